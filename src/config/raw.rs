@@ -1,0 +1,182 @@
+//! The serde shape of config.toml, before validation. Spans are kept where a later check
+//! needs to point at a line.
+
+use serde::Deserialize;
+use toml::Spanned;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawConfig {
+    #[serde(default)]
+    pub state: RawState,
+    #[serde(default)]
+    pub schedule: RawSchedule,
+    #[serde(default)]
+    pub sync: RawSync,
+    pub destination: RawDestination,
+    #[serde(default)]
+    pub audience: Vec<RawComputation>,
+    #[serde(default)]
+    pub computed_trait: Vec<RawComputation>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawState {
+    #[serde(default = "default_state_path")]
+    pub path: String,
+}
+
+impl Default for RawState {
+    fn default() -> Self {
+        RawState {
+            path: default_state_path(),
+        }
+    }
+}
+
+fn default_state_path() -> String {
+    "audience-sync.db".into()
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawSchedule {
+    #[serde(default = "default_cron")]
+    pub cron: String,
+}
+
+impl Default for RawSchedule {
+    fn default() -> Self {
+        RawSchedule {
+            cron: default_cron(),
+        }
+    }
+}
+
+fn default_cron() -> String {
+    "0 0 */2 * * *".into()
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawSync {
+    /// Memory for sorting a snapshot before the diff; beyond it, sorted runs spill to temp files.
+    #[serde(default = "default_sort_buffer_mb")]
+    pub sort_buffer_mb: usize,
+}
+
+impl Default for RawSync {
+    fn default() -> Self {
+        RawSync {
+            sort_buffer_mb: default_sort_buffer_mb(),
+        }
+    }
+}
+
+fn default_sort_buffer_mb() -> usize {
+    64
+}
+
+/// `[destination]`, flat: one table whose `type` decides which fields apply. (A serde-tagged
+/// enum would lose the spans that let errors name a line.)
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawDestination {
+    #[serde(rename = "type")]
+    pub kind: Spanned<String>,
+    // contentstack
+    pub edge_api_base_url: Option<Spanned<String>>,
+    pub project_uid: Option<Spanned<String>>,
+    pub concurrency: Option<Spanned<usize>>,
+    pub max_requests_per_second: Option<Spanned<u32>>,
+    pub connect_timeout_secs: Option<Spanned<f64>>,
+    pub request_timeout_secs: Option<Spanned<f64>>,
+    // file
+    pub path: Option<Spanned<String>>,
+}
+
+impl RawDestination {
+    /// The fields that are set, with their spans, for "does not apply to this type" errors.
+    pub fn set_fields(&self) -> Vec<(&'static str, std::ops::Range<usize>)> {
+        let mut out = Vec::new();
+        let mut add = |name, span: Option<std::ops::Range<usize>>| {
+            if let Some(s) = span {
+                out.push((name, s));
+            }
+        };
+        add(
+            "edge_api_base_url",
+            self.edge_api_base_url.as_ref().map(|v| v.span()),
+        );
+        add("project_uid", self.project_uid.as_ref().map(|v| v.span()));
+        add("concurrency", self.concurrency.as_ref().map(|v| v.span()));
+        add(
+            "max_requests_per_second",
+            self.max_requests_per_second.as_ref().map(|v| v.span()),
+        );
+        add(
+            "connect_timeout_secs",
+            self.connect_timeout_secs.as_ref().map(|v| v.span()),
+        );
+        add(
+            "request_timeout_secs",
+            self.request_timeout_secs.as_ref().map(|v| v.span()),
+        );
+        add("path", self.path.as_ref().map(|v| v.span()));
+        out
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawComputation {
+    pub name: Spanned<String>,
+    pub key: Option<Spanned<String>>,
+    pub source: RawSource,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub(super) enum RawSource {
+    File(RawFileSource),
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawFileSource {
+    pub path: String,
+    pub format: Option<SnapshotFormat>,
+}
+
+/// How a snapshot file is written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SnapshotFormat {
+    Csv,
+    Ndjson,
+}
+
+/// The format of a snapshot file: `format` when given, else from the extension
+/// (`.csv`, `.ndjson`, `.jsonl`), after a `.gz` that means gzip.
+pub(super) fn infer_format(
+    path: &str,
+    format: Option<SnapshotFormat>,
+) -> Result<(SnapshotFormat, bool), String> {
+    let gzip = path.ends_with(".gz");
+    let stem = path.strip_suffix(".gz").unwrap_or(path);
+    if let Some(f) = format {
+        return Ok((f, gzip));
+    }
+    let ext = std::path::Path::new(stem)
+        .extension()
+        .and_then(|e| e.to_str())
+        .unwrap_or("");
+    match ext.to_ascii_lowercase().as_str() {
+        "csv" => Ok((SnapshotFormat::Csv, gzip)),
+        "ndjson" | "jsonl" => Ok((SnapshotFormat::Ndjson, gzip)),
+        _ => Err(format!(
+            "cannot tell the format of {path:?} from its extension; set format = \"csv\" or \"ndjson\""
+        )),
+    }
+}

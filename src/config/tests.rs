@@ -1,0 +1,180 @@
+use std::path::Path;
+
+use super::*;
+
+const GOOD: &str = r#"
+[state]
+path = "state/sync.db"
+
+[destination]
+type = "contentstack"
+project_uid = "proj"
+concurrency = 8
+
+[[audience]]
+name = "Order Completed Last 30 Days"
+source = { type = "file", path = "snapshots/order_completed.csv" }
+
+[[computed_trait]]
+name = "Lifetime Value"
+key = "ltv"
+source = { type = "file", path = "/abs/ltv.ndjson.gz" }
+"#;
+
+fn parse(text: &str) -> Result<Config, ConfigError> {
+    Config::parse(Path::new("/etc/audience-sync/config.toml"), text)
+}
+
+fn error(text: &str) -> String {
+    parse(text)
+        .expect_err("config should be rejected")
+        .to_string()
+}
+
+#[test]
+fn good_config_resolves_keys_paths_and_defaults() {
+    let c = parse(GOOD).unwrap();
+    assert_eq!(c.state_path, Path::new("/etc/audience-sync/state/sync.db"));
+    assert_eq!(c.cron, "0 0 */2 * * *");
+    let keys: Vec<_> = c
+        .computations
+        .iter()
+        .map(|c| (c.key.as_str(), c.kind))
+        .collect();
+    assert_eq!(
+        keys,
+        [
+            ("order_completed_last_30_days", Kind::Audience),
+            ("ltv", Kind::ComputedTrait)
+        ]
+    );
+    match &c.computations[1].source {
+        Source::File { path, format, gzip } => {
+            assert_eq!(path, Path::new("/abs/ltv.ndjson.gz"));
+            assert_eq!(*format, SnapshotFormat::Ndjson);
+            assert!(*gzip);
+        }
+    }
+    match &c.destination {
+        Destination::Contentstack(d) => {
+            assert_eq!(
+                d.edge_api_base_url.as_str(),
+                "https://personalize-edge.contentstack.com/"
+            );
+            assert_eq!(d.concurrency, 8);
+            assert_eq!(d.request_timeout, Duration::from_secs(30));
+        }
+        other => panic!("unexpected destination {other:?}"),
+    }
+}
+
+#[test]
+fn unknown_field_names_field_and_line() {
+    let e = error(&GOOD.replace("concurrency = 8", "concurency = 8"));
+    assert!(e.starts_with("/etc/audience-sync/config.toml:8:"), "{e}");
+    assert!(e.contains("concurency"), "{e}");
+}
+
+#[test]
+fn field_of_another_destination_type_is_rejected() {
+    let e = error(&GOOD.replace("concurrency = 8", "path = \"out.ndjson\""));
+    assert!(
+        e.contains(":8: destination.path: not a field of a contentstack destination"),
+        "{e}"
+    );
+}
+
+#[test]
+fn missing_project_uid_is_named() {
+    let e = error(&GOOD.replace("project_uid = \"proj\"\n", ""));
+    assert!(e.contains("destination.project_uid: missing"), "{e}");
+}
+
+#[test]
+fn bad_url_is_named_with_line() {
+    let e = error(&GOOD.replace(
+        "project_uid = \"proj\"",
+        "project_uid = \"proj\"\nedge_api_base_url = \"personalize-edge\"",
+    ));
+    assert!(e.contains(":8: destination.edge_api_base_url:"), "{e}");
+    let e = error(&GOOD.replace(
+        "project_uid = \"proj\"",
+        "project_uid = \"proj\"\nedge_api_base_url = \"ftp://x\"",
+    ));
+    assert!(e.contains("must be an http(s) URL"), "{e}");
+}
+
+#[test]
+fn unknown_destination_type_is_named() {
+    let e = error(&GOOD.replace("type = \"contentstack\"", "type = \"mixpanel\""));
+    assert!(
+        e.contains(":6: destination.type: unknown destination \"mixpanel\""),
+        "{e}"
+    );
+}
+
+#[test]
+fn empty_key_is_an_error() {
+    let e = error(&GOOD.replace("Order Completed Last 30 Days", "!!!"));
+    assert!(
+        e.contains(":11: audience.name: \"!!!\" gives an empty key"),
+        "{e}"
+    );
+}
+
+#[test]
+fn duplicate_keys_name_both_computations() {
+    let e = error(&GOOD.replace("key = \"ltv\"", "key = \"order_completed_last_30_days\""));
+    assert!(
+        e.contains(
+            ":15: computed_trait.name: \"Lifetime Value\" has key \"order_completed_last_30_days\""
+        ),
+        "{e}"
+    );
+    assert!(
+        e.contains("\"Order Completed Last 30 Days\" (line 11)"),
+        "{e}"
+    );
+}
+
+#[test]
+fn malformed_key_is_rejected() {
+    let e = error(&GOOD.replace("key = \"ltv\"", "key = \"life time\""));
+    assert!(e.contains(":16: computed_trait.key:"), "{e}");
+}
+
+#[test]
+fn unknown_snapshot_extension_asks_for_format() {
+    let e = error(&GOOD.replace("order_completed.csv", "order_completed.txt"));
+    assert!(e.contains("set format = \"csv\" or \"ndjson\""), "{e}");
+    let c = parse(&GOOD.replace(
+        "order_completed.csv\" }",
+        "order_completed.txt\", format = \"csv\" }",
+    ))
+    .unwrap();
+    assert!(matches!(
+        c.computations[0].source,
+        Source::File {
+            format: SnapshotFormat::Csv,
+            gzip: false,
+            ..
+        }
+    ));
+}
+
+#[test]
+fn unknown_field_in_source_is_rejected() {
+    let e = error(&GOOD.replace(
+        "path = \"snapshots/order_completed.csv\"",
+        "path = \"a.csv\", sep = \";\"",
+    ));
+    assert!(e.contains("sep"), "{e}");
+}
+
+#[test]
+fn select_rejects_unknown_keys() {
+    let c = parse(GOOD).unwrap();
+    assert_eq!(c.select(&["ltv".into()]).unwrap().len(), 1);
+    let e = c.select(&["nope".into()]).unwrap_err().to_string();
+    assert!(e.contains("\"nope\"") && e.contains("ltv"), "{e}");
+}

@@ -1,0 +1,154 @@
+//! The diff: a sorted snapshot merged against the sorted state of one computation.
+//!
+//! Both sides arrive ordered by `user_id` (byte order, which is SQLite's BINARY collation and
+//! Rust's `str` order), so the diff is one streaming merge: memory does not grow with the number
+//! of members. It decides, for each user, what the destination should now hold (DESIGN §4).
+
+use std::cmp::Ordering;
+
+use futures::{Stream, StreamExt};
+
+use crate::config::Kind;
+use crate::source::SnapshotRecord;
+
+/// JSON text of the values the diff writes.
+pub const TRUE: &str = "true";
+pub const FALSE: &str = "false";
+pub const NULL: &str = "null";
+
+/// One row of state as the diff needs it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StateRow {
+    pub user_id: String,
+    pub desired: String,
+    pub synced: Option<String>,
+}
+
+/// A change to the state that the diff decided.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Op {
+    /// Set `desired` (the row becomes pending unless the destination already holds it).
+    Set { user_id: String, desired: String },
+    /// Drop the row: the user left before the destination ever acknowledged a value for them,
+    /// so there is nothing to take back (a user never told `true` gets no `false`).
+    Forget { user_id: String },
+}
+
+/// What a diff found, as recorded in `sync_runs`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct DiffCounts {
+    pub snapshot_rows: u64,
+    pub entered: u64,
+    pub exited: u64,
+    pub changed: u64,
+}
+
+/// Receives the ops of a diff (the state's write transaction, or a dry-run plan).
+pub trait OpSink {
+    fn apply(&mut self, op: Op) -> impl Future<Output = anyhow::Result<()>> + Send;
+}
+
+/// The value a user who is not in the snapshot holds: `false` for audiences, `null` for traits.
+pub fn absent(kind: Kind) -> &'static str {
+    match kind {
+        Kind::Audience => FALSE,
+        Kind::ComputedTrait => NULL,
+    }
+}
+
+/// Decides one user's fate. `state` is what we last wanted the destination to hold,
+/// `snapshot` what the snapshot says now; at least one of them is present.
+pub fn decide(
+    kind: Kind,
+    state: Option<&StateRow>,
+    snapshot: Option<SnapshotRecord>,
+    counts: &mut DiffCounts,
+) -> Option<Op> {
+    let gone = absent(kind);
+    match (state, snapshot) {
+        (None, Some(snap)) => {
+            counts.entered += 1;
+            Some(Op::Set {
+                user_id: snap.user_id,
+                desired: snap.value,
+            })
+        }
+        (Some(row), Some(snap)) => {
+            if row.desired == snap.value {
+                return None;
+            }
+            if row.desired == gone {
+                counts.entered += 1;
+            } else {
+                counts.changed += 1;
+            }
+            Some(Op::Set {
+                user_id: snap.user_id,
+                desired: snap.value,
+            })
+        }
+        (Some(row), None) => {
+            if row.desired == gone {
+                return None;
+            }
+            counts.exited += 1;
+            if row.synced.is_none() {
+                Some(Op::Forget {
+                    user_id: row.user_id.clone(),
+                })
+            } else {
+                Some(Op::Set {
+                    user_id: row.user_id.clone(),
+                    desired: gone.to_string(),
+                })
+            }
+        }
+        (None, None) => None,
+    }
+}
+
+/// Merges the sorted `state` and `snapshot` streams of one computation, sending every change to
+/// `sink`. Either stream failing fails the merge; the caller then discards what the sink got.
+pub async fn merge<St, Sn, W>(
+    kind: Kind,
+    mut state: St,
+    mut snapshot: Sn,
+    sink: &mut W,
+) -> anyhow::Result<DiffCounts>
+where
+    St: Stream<Item = anyhow::Result<StateRow>> + Unpin,
+    Sn: Stream<Item = anyhow::Result<SnapshotRecord>> + Unpin,
+    W: OpSink,
+{
+    let mut counts = DiffCounts::default();
+    let mut st = state.next().await.transpose()?;
+    let mut sn = snapshot.next().await.transpose()?;
+    loop {
+        let order = match (&st, &sn) {
+            (None, None) => break,
+            (Some(_), None) => Ordering::Less,
+            (None, Some(_)) => Ordering::Greater,
+            (Some(a), Some(b)) => a.user_id.as_str().cmp(b.user_id.as_str()),
+        };
+        let (row, snap) = match order {
+            Ordering::Less => (st.take(), None),
+            Ordering::Greater => (None, sn.take()),
+            Ordering::Equal => (st.take(), sn.take()),
+        };
+        if snap.is_some() {
+            counts.snapshot_rows += 1;
+            sn = snapshot.next().await.transpose()?;
+        }
+        let advance_state = row.is_some();
+        if let Some(op) = decide(kind, row.as_ref(), snap, &mut counts) {
+            sink.apply(op).await?;
+        }
+        if advance_state {
+            st = state.next().await.transpose()?;
+        }
+    }
+    Ok(counts)
+}
+
+#[cfg(test)]
+mod tests;

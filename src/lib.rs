@@ -1,0 +1,11 @@
+//! audience-sync: keeps audience memberships and computed traits in sync with a
+//! personalization destination.
+//!
+//! The modules follow the data: `source` loads a snapshot, `diff` compares it with the
+//! `state`, `delivery` sends what is pending to a `destination` and records what was
+//! acknowledged; `pass` runs that for the selected computations and `cli` is the command line.
+
+pub mod config;
+pub mod diff;
+pub mod key;
+pub mod source;

@@ -1,0 +1,198 @@
+//! Snapshots: the complete current members or values of one computation, read whole and
+//! handed to the diff sorted by user, or not at all.
+
+mod file;
+mod sort;
+mod value;
+
+use futures::Stream;
+use tokio::sync::mpsc;
+
+use crate::config::{Computation, Kind, Source};
+
+pub use sort::{SortedRecords, Sorter};
+pub use value::canonical_value;
+
+/// One user of a snapshot: their id, the JSON text of their value (`true` for an audience
+/// member), and the line it came from (for error messages).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SnapshotRecord {
+    pub user_id: String,
+    pub value: String,
+    pub line: u64,
+}
+
+/// A snapshot that did not load: where, and what is wrong.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("{source_name}{}{}: {message}", line.map(|l| format!(":{l}")).unwrap_or_default(), field.map(|f| format!(": {f}")).unwrap_or_default())]
+pub struct SnapshotError {
+    pub source_name: String,
+    pub line: Option<u64>,
+    pub field: Option<&'static str>,
+    pub message: String,
+}
+
+impl SnapshotError {
+    pub(crate) fn new(
+        source_name: &str,
+        line: Option<u64>,
+        field: Option<&'static str>,
+        message: impl Into<String>,
+    ) -> Self {
+        SnapshotError {
+            source_name: source_name.to_string(),
+            line,
+            field,
+            message: message.into(),
+        }
+    }
+}
+
+/// Records per message between the sorting thread and the diff.
+const CHUNK: usize = 4096;
+
+/// Loads the snapshot of `computation` on a blocking thread, sorts it in at most
+/// `sort_buffer_bytes` of memory (spilling sorted runs to temp files), and streams it to the
+/// diff in user order. Duplicate users surface as an error in the stream, so the diff that
+/// consumes it must be discarded on any error.
+pub fn sorted_snapshot(
+    computation: &Computation,
+    sort_buffer_bytes: usize,
+) -> impl Stream<Item = anyhow::Result<SnapshotRecord>> + Unpin + use<> {
+    let (tx, rx) = mpsc::channel::<Result<Vec<SnapshotRecord>, SnapshotError>>(4);
+    let computation = computation.clone();
+    tokio::task::spawn_blocking(move || {
+        let sorted = match load_sorted(&computation, sort_buffer_bytes) {
+            Ok(s) => s,
+            Err(e) => {
+                let _ = tx.blocking_send(Err(e));
+                return;
+            }
+        };
+        let mut chunk = Vec::with_capacity(CHUNK);
+        for rec in sorted {
+            match rec {
+                Ok(r) => chunk.push(r),
+                Err(e) => {
+                    let _ = tx.blocking_send(Err(e));
+                    return;
+                }
+            }
+            if chunk.len() == CHUNK
+                && tx
+                    .blocking_send(Ok(std::mem::replace(&mut chunk, Vec::with_capacity(CHUNK))))
+                    .is_err()
+            {
+                return;
+            }
+        }
+        if !chunk.is_empty() {
+            let _ = tx.blocking_send(Ok(chunk));
+        }
+    });
+    let chunks =
+        futures::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|c| (c, rx)) });
+    Box::pin(futures::StreamExt::flat_map(chunks, |chunk| {
+        let items: Vec<anyhow::Result<SnapshotRecord>> = match chunk {
+            Ok(records) => records.into_iter().map(Ok).collect(),
+            Err(e) => vec![Err(e.into())],
+        };
+        futures::stream::iter(items)
+    }))
+}
+
+/// Reads the whole snapshot and sorts it; the iterator then checks for users listed twice.
+pub fn load_sorted(
+    computation: &Computation,
+    sort_buffer_bytes: usize,
+) -> Result<Deduplicated, SnapshotError> {
+    match &computation.source {
+        Source::File { path, format, gzip } => {
+            let name = path.display().to_string();
+            let mut sorter = Sorter::new(sort_buffer_bytes);
+            file::read(path, *format, *gzip, computation.kind, &mut |rec| {
+                sorter.push(rec).map_err(|e| {
+                    SnapshotError::new(
+                        &name,
+                        None,
+                        None,
+                        format!("cannot spill to a temp file: {e}"),
+                    )
+                })
+            })?;
+            let sorted = sorter
+                .finish()
+                .map_err(|e| SnapshotError::new(&name, None, None, format!("cannot sort: {e}")))?;
+            Ok(Deduplicated {
+                name,
+                inner: sorted,
+                previous: None,
+            })
+        }
+    }
+}
+
+/// Sorted records, failing on the first user listed twice (naming both lines).
+pub struct Deduplicated {
+    name: String,
+    inner: SortedRecords,
+    previous: Option<(String, u64)>,
+}
+
+impl Iterator for Deduplicated {
+    type Item = Result<SnapshotRecord, SnapshotError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        let rec = match self.inner.next()? {
+            Ok(r) => r,
+            Err(e) => {
+                return Some(Err(SnapshotError::new(
+                    &self.name,
+                    None,
+                    None,
+                    format!("cannot read a sorted run: {e}"),
+                )));
+            }
+        };
+        if let Some((prev, prev_line)) = &self.previous
+            && *prev == rec.user_id
+        {
+            return Some(Err(SnapshotError::new(
+                &self.name,
+                Some(rec.line),
+                Some("user_id"),
+                format!(
+                    "user {:?} is listed twice (lines {prev_line} and {})",
+                    rec.user_id, rec.line
+                ),
+            )));
+        }
+        match &mut self.previous {
+            Some((prev, line)) => {
+                prev.clear();
+                prev.push_str(&rec.user_id);
+                *line = rec.line;
+            }
+            None => self.previous = Some((rec.user_id.clone(), rec.line)),
+        }
+        Some(Ok(rec))
+    }
+}
+
+/// Checks that a source can be read (used by `check`): loads it whole and counts its users.
+pub fn count_users(
+    computation: &Computation,
+    sort_buffer_bytes: usize,
+) -> Result<u64, SnapshotError> {
+    let mut n = 0;
+    for rec in load_sorted(computation, sort_buffer_bytes)? {
+        rec?;
+        n += 1;
+    }
+    Ok(n)
+}
+
+/// The `value` of an audience member.
+pub(crate) fn member_value(kind: Kind) -> Option<&'static str> {
+    (kind == Kind::Audience).then_some(crate::diff::TRUE)
+}
