@@ -5,7 +5,12 @@
 //! `state`, `delivery` sends what is pending to a `destination` and records what was
 //! acknowledged; `pass` runs that for the selected computations and `cli` is the command line.
 
+pub mod cli;
 pub mod config;
+pub mod delivery;
+pub mod destination;
 pub mod diff;
 pub mod key;
+pub mod pass;
 pub mod source;
+pub mod state;

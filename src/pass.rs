@@ -1,0 +1,186 @@
+//! A pass: for each selected computation load the snapshot, diff it into the state, then
+//! deliver everything pending, and record one `sync_runs` row per computation.
+//!
+//! A computation whose snapshot fails to load whole changes nothing and sends nothing
+//! (DESIGN §9.2); the others still sync.
+
+use crate::config::{Computation, Config};
+use crate::delivery::{self, KeyReport};
+use crate::destination::Destination;
+use crate::diff::{self, DiffCounts};
+use crate::source;
+use crate::state::{RunCounts, RunStatus, Store};
+
+/// What a pass did for one computation.
+#[derive(Debug, Clone)]
+pub struct ComputationReport {
+    pub key: String,
+    pub mode: &'static str,
+    pub status: RunStatus,
+    pub diff: Option<DiffCounts>,
+    pub delivery: KeyReport,
+    pub pending: u64,
+    pub error: Option<String>,
+}
+
+impl ComputationReport {
+    /// The one-line summary printed after a pass.
+    pub fn summary(&self) -> String {
+        let Some(d) = &self.diff else {
+            return format!(
+                "{}: {} pass failed, nothing written or sent: {}",
+                self.key,
+                self.mode,
+                self.error.as_deref().unwrap_or("unknown error")
+            );
+        };
+        let mut line = format!(
+            "{}: {} pass {}: {} in snapshot, {} entered, {} exited, {} changed; {} delivered, {} failed, {} pending",
+            self.key,
+            self.mode,
+            self.status.as_str(),
+            d.snapshot_rows,
+            d.entered,
+            d.exited,
+            d.changed,
+            self.delivery.delivered,
+            self.delivery.failed,
+            self.pending
+        );
+        if let Some(e) = &self.delivery.last_error {
+            line.push_str(&format!(" (last error: {e})"));
+        }
+        line
+    }
+}
+
+/// Runs one pass over `selected`. `trigger` is recorded in `sync_runs` (manual, schedule).
+/// Errors only when the state itself fails; a computation's own failure is in its report.
+pub async fn run(
+    config: &Config,
+    store: &Store,
+    destination: &Destination,
+    selected: &[Computation],
+    trigger: &str,
+) -> anyhow::Result<Vec<ComputationReport>> {
+    let mut started = Vec::new();
+    for c in selected {
+        let initial_done = store.register(c).await?;
+        let mode = if initial_done { "delta" } else { "initial" };
+        let run_id = store.start_run(&c.key, trigger, mode).await?;
+        tracing::debug!(key = %c.key, mode, "pass started");
+        let diff = load_and_diff(config, store, c).await;
+        match &diff {
+            Ok(d) => {
+                tracing::info!(key = %c.key, snapshot_rows = d.snapshot_rows, entered = d.entered, exited = d.exited, changed = d.changed, "snapshot diffed")
+            }
+            Err(e) => {
+                tracing::error!(key = %c.key, error = %format!("{e:#}"), "snapshot failed; nothing written or sent")
+            }
+        }
+        started.push((c, mode, run_id, diff));
+    }
+
+    let deliverable: Vec<String> = started
+        .iter()
+        .filter(|(_, _, _, d)| d.is_ok())
+        .map(|(c, ..)| c.key.clone())
+        .collect();
+    let delivered = delivery::deliver(store, destination, &deliverable).await;
+    let delivered = match delivered {
+        Ok(r) => r,
+        Err(e) => {
+            let message = format!("delivery stopped: {e:#}");
+            for (_, _, run_id, _) in &started {
+                store
+                    .finish_run(
+                        *run_id,
+                        RunStatus::Failed,
+                        &RunCounts::default(),
+                        Some(&message),
+                    )
+                    .await?;
+            }
+            return Err(e.context("delivery stopped"));
+        }
+    };
+
+    let mut reports = Vec::new();
+    for (c, mode, run_id, diff) in started {
+        let report = match diff {
+            Err(e) => {
+                let error = format!("{e:#}");
+                store
+                    .finish_run(
+                        run_id,
+                        RunStatus::Failed,
+                        &RunCounts::default(),
+                        Some(&error),
+                    )
+                    .await?;
+                ComputationReport {
+                    key: c.key.clone(),
+                    mode,
+                    status: RunStatus::Failed,
+                    diff: None,
+                    delivery: KeyReport::default(),
+                    pending: 0,
+                    error: Some(error),
+                }
+            }
+            Ok(d) => {
+                let delivery = delivered.per_key.get(&c.key).cloned().unwrap_or_default();
+                let pending = store.pending_count(&c.key).await?;
+                let status = if pending == 0 {
+                    RunStatus::Ok
+                } else {
+                    RunStatus::Incomplete
+                };
+                if status == RunStatus::Ok && mode == "initial" {
+                    store.mark_initial_sync_done(&c.key).await?;
+                }
+                let counts = RunCounts {
+                    snapshot_rows: Some(d.snapshot_rows),
+                    entered: d.entered,
+                    exited: d.exited,
+                    changed: d.changed,
+                    delivered: delivery.delivered,
+                    failed: delivery.failed,
+                };
+                let error = (pending > 0).then(|| match &delivery.last_error {
+                    Some(e) => format!("{pending} rows still pending; last error: {e}"),
+                    None => format!("{pending} rows still pending"),
+                });
+                store
+                    .finish_run(run_id, status, &counts, error.as_deref())
+                    .await?;
+                ComputationReport {
+                    key: c.key.clone(),
+                    mode,
+                    status,
+                    diff: Some(d),
+                    delivery,
+                    pending,
+                    error,
+                }
+            }
+        };
+        tracing::info!(key = %report.key, status = report.status.as_str(), "{}", report.summary());
+        reports.push(report);
+    }
+    Ok(reports)
+}
+
+/// Loads the snapshot of `c` and merges it into the state in one transaction, which commits
+/// only if the whole snapshot loaded and every write succeeded.
+async fn load_and_diff(
+    config: &Config,
+    store: &Store,
+    c: &Computation,
+) -> anyhow::Result<DiffCounts> {
+    let snapshot = source::sorted_snapshot(c, config.sort_buffer_bytes);
+    let mut writer = store.diff_writer(&c.key).await?;
+    let counts = diff::merge(c.kind, store.scan(&c.key), snapshot, &mut writer).await?;
+    writer.commit().await?;
+    Ok(counts)
+}

@@ -1,0 +1,57 @@
+//! The `computations` table: one row per configured audience or computed trait.
+
+use anyhow::bail;
+
+use super::{Store, now};
+use crate::config::Computation;
+
+impl Store {
+    /// Records `computation` (creating its row on first sight, keeping its name current) and
+    /// tells whether its initial sync is done. A key that changes kind is refused: its rows
+    /// hold `false` for exits or `null` for removals, and mixing them would send nonsense.
+    pub async fn register(&self, computation: &Computation) -> anyhow::Result<bool> {
+        let mut tx = self.begin_immediate().await?;
+        let existing: Option<(String, Option<String>)> =
+            sqlx::query_as("SELECT kind, initial_sync_done_at FROM computations WHERE key = ?1")
+                .bind(&computation.key)
+                .fetch_optional(&mut *tx)
+                .await?;
+        let kind = computation.kind.as_str();
+        let done = match existing {
+            Some((old, _)) if old != kind => bail!(
+                "computation {:?} is recorded as {old} in the state but configured as {kind}; give it another key",
+                computation.key
+            ),
+            Some((_, done)) => {
+                sqlx::query("UPDATE computations SET name = ?2 WHERE key = ?1")
+                    .bind(&computation.key)
+                    .bind(&computation.name)
+                    .execute(&mut *tx)
+                    .await?;
+                done.is_some()
+            }
+            None => {
+                sqlx::query("INSERT INTO computations (key, name, kind, created_at) VALUES (?1, ?2, ?3, ?4)")
+                    .bind(&computation.key)
+                    .bind(&computation.name)
+                    .bind(kind)
+                    .bind(now())
+                    .execute(&mut *tx)
+                    .await?;
+                false
+            }
+        };
+        tx.commit().await?;
+        Ok(done)
+    }
+
+    /// Notes that the first pass of `key` left nothing pending.
+    pub async fn mark_initial_sync_done(&self, key: &str) -> anyhow::Result<()> {
+        sqlx::query("UPDATE computations SET initial_sync_done_at = ?2 WHERE key = ?1 AND initial_sync_done_at IS NULL")
+            .bind(key)
+            .bind(now())
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+}

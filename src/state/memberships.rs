@@ -1,0 +1,209 @@
+//! The `memberships` table: the diff's reads and writes, delivery's pages and acknowledgements.
+
+use futures::{Stream, TryStreamExt};
+use sqlx::{QueryBuilder, Sqlite, Transaction};
+
+use super::{Store, now};
+use crate::diff::{Op, OpSink, StateRow};
+
+/// Rows per multi-row statement; 4 binds a row stays far below SQLite's variable limit.
+const WRITE_BATCH: usize = 1000;
+
+/// A pending row handed to delivery.
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
+pub struct PendingRow {
+    pub user_id: String,
+    pub computation_key: String,
+    pub desired: String,
+}
+
+/// What the destination said about one value sent for one row.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Outcome {
+    pub computation_key: String,
+    pub user_id: String,
+    /// The JSON text that was sent.
+    pub sent: String,
+    /// `None` when acknowledged (2xx), else why not.
+    pub error: Option<String>,
+}
+
+impl Store {
+    /// The state of one computation in user order, for the diff.
+    pub fn scan<'a>(
+        &'a self,
+        key: &'a str,
+    ) -> impl Stream<Item = anyhow::Result<StateRow>> + Unpin + 'a {
+        sqlx::query_as::<_, (String, String, Option<String>)>(
+            "SELECT user_id, desired, synced FROM memberships WHERE computation_key = ?1 ORDER BY user_id",
+        )
+        .bind(key)
+        .fetch(&self.pool)
+        .map_ok(|(user_id, desired, synced)| StateRow { user_id, desired, synced })
+        .map_err(anyhow::Error::from)
+    }
+
+    /// Begins the write transaction of one computation's diff. Its writes count only once
+    /// `commit` is called; dropping the writer (on any error) rolls them all back.
+    pub async fn diff_writer(&self, key: &str) -> anyhow::Result<DiffWriter> {
+        Ok(DiffWriter {
+            tx: self.begin_immediate().await?,
+            key: key.to_string(),
+            now: now(),
+            batch: Vec::with_capacity(WRITE_BATCH),
+        })
+    }
+
+    /// Up to about `limit` pending rows of the computations `keys`, for users after `after`, in
+    /// user order. A page never splits a user: the rows of its last user are all there.
+    pub async fn pending_page(
+        &self,
+        keys: &[String],
+        after: &str,
+        limit: usize,
+    ) -> anyhow::Result<Vec<PendingRow>> {
+        let keys_json = serde_json::to_string(keys)?;
+        let query = "SELECT user_id, computation_key, desired FROM memberships \
+             WHERE desired IS NOT synced AND user_id > ?1 AND computation_key IN (SELECT value FROM json_each(?2)) \
+             ORDER BY user_id, computation_key LIMIT ?3";
+        let mut rows: Vec<PendingRow> = sqlx::query_as(query)
+            .bind(after)
+            .bind(&keys_json)
+            .bind(limit as i64)
+            .fetch_all(&self.pool)
+            .await?;
+        if rows.len() == limit
+            && let Some(last) = rows.last().map(|r| r.user_id.clone())
+        {
+            let first_of_last = rows.iter().position(|r| r.user_id == last).unwrap_or(0);
+            if first_of_last > 0 {
+                // The last user may continue past the limit: leave them to the next page.
+                rows.truncate(first_of_last);
+            } else {
+                // One user fills the whole page (more computations than the limit): take all of theirs.
+                rows = sqlx::query_as(
+                    "SELECT user_id, computation_key, desired FROM memberships \
+                     WHERE desired IS NOT synced AND user_id = ?1 AND computation_key IN (SELECT value FROM json_each(?2)) \
+                     ORDER BY computation_key",
+                )
+                .bind(&last)
+                .bind(&keys_json)
+                .fetch_all(&self.pool)
+                .await?;
+            }
+        }
+        Ok(rows)
+    }
+
+    /// Records what the destination answered, in one transaction. An acknowledged row is
+    /// marked synced with exactly the value sent (if `desired` changed meanwhile, the row stays
+    /// pending); a failed one keeps its pending value and counts the attempt.
+    pub async fn record_outcomes(&self, outcomes: &[Outcome]) -> anyhow::Result<()> {
+        let mut tx = self.begin_immediate().await?;
+        let at = now();
+        for o in outcomes {
+            match &o.error {
+                None => sqlx::query(
+                    "UPDATE memberships SET synced = ?3, synced_at = ?4, attempts = 0, last_error = NULL \
+                     WHERE computation_key = ?1 AND user_id = ?2",
+                )
+                .bind(&o.computation_key)
+                .bind(&o.user_id)
+                .bind(&o.sent)
+                .bind(&at),
+                Some(error) => sqlx::query(
+                    "UPDATE memberships SET attempts = attempts + 1, last_error = ?4 \
+                     WHERE computation_key = ?1 AND user_id = ?2 AND desired = ?3",
+                )
+                .bind(&o.computation_key)
+                .bind(&o.user_id)
+                .bind(&o.sent)
+                .bind(error),
+            }
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Pending rows of `key` (all of them, failed or not).
+    pub async fn pending_count(&self, key: &str) -> anyhow::Result<u64> {
+        let n: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM memberships WHERE desired IS NOT synced AND computation_key = ?1",
+        )
+        .bind(key)
+        .fetch_one(&self.pool)
+        .await?;
+        Ok(n as u64)
+    }
+}
+
+/// The diff's writes for one computation, batched inside one IMMEDIATE transaction.
+pub struct DiffWriter {
+    tx: Transaction<'static, Sqlite>,
+    key: String,
+    now: String,
+    batch: Vec<Op>,
+}
+
+impl DiffWriter {
+    async fn flush(&mut self) -> anyhow::Result<()> {
+        let (sets, forgets): (Vec<Op>, Vec<Op>) = self
+            .batch
+            .drain(..)
+            .partition(|op| matches!(op, Op::Set { .. }));
+        if !sets.is_empty() {
+            let mut q = QueryBuilder::<Sqlite>::new(
+                "INSERT INTO memberships (computation_key, user_id, desired, updated_at) ",
+            );
+            q.push_values(sets, |mut row, op| {
+                let Op::Set { user_id, desired } = op else {
+                    unreachable!("partitioned")
+                };
+                row.push_bind(self.key.clone())
+                    .push_bind(user_id)
+                    .push_bind(desired)
+                    .push_bind(self.now.clone());
+            });
+            // A new desired value is a new delivery: its attempts and error start afresh.
+            q.push(
+                " ON CONFLICT (computation_key, user_id) DO UPDATE SET desired = excluded.desired, \
+                 updated_at = excluded.updated_at, attempts = 0, last_error = NULL",
+            );
+            q.build().execute(&mut *self.tx).await?;
+        }
+        if !forgets.is_empty() {
+            let mut q =
+                QueryBuilder::<Sqlite>::new("DELETE FROM memberships WHERE computation_key = ");
+            q.push_bind(self.key.clone()).push(" AND user_id IN (");
+            let mut list = q.separated(", ");
+            for op in forgets {
+                let Op::Forget { user_id } = op else {
+                    unreachable!("partitioned")
+                };
+                list.push_bind(user_id);
+            }
+            q.push(")");
+            q.build().execute(&mut *self.tx).await?;
+        }
+        Ok(())
+    }
+
+    /// Writes what is buffered and commits the diff.
+    pub async fn commit(mut self) -> anyhow::Result<()> {
+        self.flush().await?;
+        self.tx.commit().await?;
+        Ok(())
+    }
+}
+
+impl OpSink for DiffWriter {
+    async fn apply(&mut self, op: Op) -> anyhow::Result<()> {
+        self.batch.push(op);
+        if self.batch.len() >= WRITE_BATCH {
+            self.flush().await?;
+        }
+        Ok(())
+    }
+}

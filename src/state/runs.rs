@@ -1,0 +1,89 @@
+//! The `sync_runs` table: one row per pass of one computation.
+
+use super::{Store, now};
+
+/// How a pass ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RunStatus {
+    /// Everything selected was delivered.
+    Ok,
+    /// The snapshot loaded and the diff was recorded, but rows are still pending.
+    Incomplete,
+    /// Nothing was recorded or sent: the snapshot or the diff failed.
+    Failed,
+}
+
+impl RunStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RunStatus::Ok => "ok",
+            RunStatus::Incomplete => "incomplete",
+            RunStatus::Failed => "failed",
+        }
+    }
+}
+
+/// The counts a pass records.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RunCounts {
+    pub snapshot_rows: Option<u64>,
+    pub entered: u64,
+    pub exited: u64,
+    pub changed: u64,
+    pub delivered: u64,
+    pub failed: u64,
+}
+
+impl Store {
+    /// Opens a `sync_runs` row with status `running`. Rows that an earlier, killed process left
+    /// `running` for this computation are closed as `interrupted` first.
+    pub async fn start_run(&self, key: &str, trigger: &str, mode: &str) -> anyhow::Result<i64> {
+        let mut tx = self.begin_immediate().await?;
+        let started = now();
+        sqlx::query(
+            "UPDATE sync_runs SET status = 'interrupted', finished_at = ?2 WHERE computation_key = ?1 AND status = 'running'",
+        )
+        .bind(key)
+        .bind(&started)
+        .execute(&mut *tx)
+        .await?;
+        let id: i64 = sqlx::query_scalar(
+            "INSERT INTO sync_runs (computation_key, trigger, mode, status, started_at) VALUES (?1, ?2, ?3, 'running', ?4) RETURNING id",
+        )
+        .bind(key)
+        .bind(trigger)
+        .bind(mode)
+        .bind(&started)
+        .fetch_one(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(id)
+    }
+
+    /// Closes a `sync_runs` row with its outcome.
+    pub async fn finish_run(
+        &self,
+        id: i64,
+        status: RunStatus,
+        counts: &RunCounts,
+        error: Option<&str>,
+    ) -> anyhow::Result<()> {
+        sqlx::query(
+            "UPDATE sync_runs SET status = ?2, finished_at = ?3, snapshot_rows = ?4, entered = ?5, exited = ?6, \
+             changed = ?7, delivered = ?8, failed = ?9, error = ?10 WHERE id = ?1",
+        )
+        .bind(id)
+        .bind(status.as_str())
+        .bind(now())
+        .bind(counts.snapshot_rows.map(|n| n as i64))
+        .bind(counts.entered as i64)
+        .bind(counts.exited as i64)
+        .bind(counts.changed as i64)
+        .bind(counts.delivered as i64)
+        .bind(counts.failed as i64)
+        .bind(error)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+}
