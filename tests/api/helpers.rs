@@ -1,0 +1,199 @@
+//! A test app: a config.toml, snapshots and a state file in a temp dir, the real binary, and
+//! (for Contentstack) a wiremock server on loopback.
+
+use std::path::PathBuf;
+use std::process::Output;
+
+use serde_json::Value;
+use sqlx::sqlite::{SqliteConnectOptions, SqlitePool};
+use tempfile::TempDir;
+use wiremock::matchers::{method, path};
+use wiremock::{Mock, MockServer, Request, ResponseTemplate};
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_audience-sync");
+pub const PROJECT_UID: &str = "proj-123";
+
+pub struct TestApp {
+    pub dir: TempDir,
+}
+
+/// One row of `memberships`: (computation_key, user_id, desired, synced).
+pub type Row = (String, String, String, Option<String>);
+
+impl TestApp {
+    /// An app whose config has `destination` and `computations` (TOML fragments).
+    pub fn new(destination: &str, computations: &str) -> TestApp {
+        let app = TestApp {
+            dir: tempfile::tempdir().unwrap(),
+        };
+        app.write(
+            "config.toml",
+            &format!("[state]\npath = \"state.db\"\n\n{destination}\n{computations}"),
+        );
+        app
+    }
+
+    /// An app that sends to `server` as Contentstack with `concurrency`.
+    pub fn contentstack(server: &MockServer, concurrency: usize, computations: &str) -> TestApp {
+        let destination = format!(
+            "[destination]\ntype = \"contentstack\"\nedge_api_base_url = \"{}\"\nproject_uid = \"{PROJECT_UID}\"\nconcurrency = {concurrency}\nrequest_timeout_secs = 20\n",
+            server.uri()
+        );
+        TestApp::new(&destination, computations)
+    }
+
+    pub fn path(&self, rel: &str) -> PathBuf {
+        self.dir.path().join(rel)
+    }
+
+    pub fn config_path(&self) -> PathBuf {
+        self.path("config.toml")
+    }
+
+    pub fn write(&self, rel: &str, content: &str) {
+        let p = self.path(rel);
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        std::fs::write(p, content).unwrap();
+    }
+
+    /// A `std::process::Command` for the binary with this app's config.
+    pub fn command(&self, args: &[&str]) -> std::process::Command {
+        let mut cmd = std::process::Command::new(BIN);
+        cmd.arg("--config")
+            .arg(self.config_path())
+            .args(args)
+            .env("RUST_LOG", "warn");
+        cmd
+    }
+
+    /// Runs the binary to completion off the async runtime (the mock server keeps serving).
+    pub async fn run(&self, args: &[&str]) -> Output {
+        let mut cmd = self.command(args);
+        tokio::task::spawn_blocking(move || cmd.output().unwrap())
+            .await
+            .unwrap()
+    }
+
+    /// `sync` with extra arguments.
+    pub async fn sync(&self, args: &[&str]) -> Output {
+        let mut all = vec!["sync"];
+        all.extend_from_slice(args);
+        self.run(&all).await
+    }
+
+    pub async fn db(&self) -> SqlitePool {
+        let options = SqliteConnectOptions::new()
+            .filename(self.path("state.db"))
+            .read_only(true);
+        SqlitePool::connect_with(options).await.unwrap()
+    }
+
+    /// All membership rows, ordered.
+    pub async fn memberships(&self) -> Vec<Row> {
+        let db = self.db().await;
+        sqlx::query_as("SELECT computation_key, user_id, desired, synced FROM memberships ORDER BY computation_key, user_id")
+            .fetch_all(&db)
+            .await
+            .unwrap()
+    }
+
+    pub async fn pending_count(&self) -> i64 {
+        let db = self.db().await;
+        sqlx::query_scalar("SELECT count(*) FROM pending")
+            .fetch_one(&db)
+            .await
+            .unwrap()
+    }
+}
+
+pub fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+pub fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+/// Panics with the program's output unless it exited 0.
+pub fn assert_success(o: &Output) {
+    assert!(
+        o.status.success(),
+        "expected success, got {:?}\nstdout:\n{}\nstderr:\n{}",
+        o.status,
+        stdout(o),
+        stderr(o)
+    );
+}
+
+pub fn assert_failure(o: &Output) {
+    assert!(
+        !o.status.success(),
+        "expected failure\nstdout:\n{}\nstderr:\n{}",
+        stdout(o),
+        stderr(o)
+    );
+}
+
+/// A loopback Contentstack stand-in that acknowledges every PATCH /user-attributes.
+pub async fn contentstack_server() -> MockServer {
+    let server = MockServer::start().await;
+    acknowledge_all(&server).await;
+    server
+}
+
+/// Mounts a mock that acknowledges every PATCH /user-attributes (after a `reset`, say).
+pub async fn acknowledge_all(server: &MockServer) {
+    Mock::given(method("PATCH"))
+        .and(path("/user-attributes"))
+        .respond_with(ResponseTemplate::new(200).set_body_json(serde_json::json!({"status": "ok"})))
+        .mount(server)
+        .await;
+}
+
+/// What Contentstack received: (user, body) per request, in arrival order.
+pub async fn received(server: &MockServer) -> Vec<(String, Value)> {
+    server
+        .received_requests()
+        .await
+        .unwrap_or_default()
+        .iter()
+        .map(user_and_body)
+        .collect()
+}
+
+pub fn user_and_body(r: &Request) -> (String, Value) {
+    let user = r
+        .headers
+        .get("x-cs-personalize-user-uid")
+        .map(|v| v.to_str().unwrap().to_string())
+        .unwrap_or_default();
+    (user, serde_json::from_slice(&r.body).unwrap_or(Value::Null))
+}
+
+/// Requests sorted by user, for comparisons that do not depend on arrival order.
+pub fn sorted(mut requests: Vec<(String, Value)>) -> Vec<(String, Value)> {
+    requests.sort_by(|a, b| a.0.cmp(&b.0));
+    requests
+}
+
+/// An `[[audience]]` table reading `file`.
+pub fn audience(name: &str, file: &str) -> String {
+    format!("[[audience]]\nname = \"{name}\"\nsource = {{ type = \"file\", path = \"{file}\" }}\n")
+}
+
+/// A `[[computed_trait]]` table reading `file`.
+pub fn computed_trait(name: &str, file: &str) -> String {
+    format!(
+        "[[computed_trait]]\nname = \"{name}\"\nsource = {{ type = \"file\", path = \"{file}\" }}\n"
+    )
+}
+
+/// A CSV audience snapshot of `users`.
+pub fn csv_users(users: &[&str]) -> String {
+    let mut s = String::from("user_id\n");
+    for u in users {
+        s.push_str(u);
+        s.push('\n');
+    }
+    s
+}
