@@ -63,7 +63,9 @@ impl Store {
         limit: usize,
     ) -> anyhow::Result<Vec<PendingRow>> {
         let keys_json = serde_json::to_string(keys)?;
-        let query = "SELECT user_id, computation_key, desired FROM memberships \
+        // INDEXED BY: left to itself the planner searches the primary key by computation and
+        // sorts, re-reading every remaining row of the computation for each page (quadratic).
+        let query = "SELECT user_id, computation_key, desired FROM memberships INDEXED BY memberships_pending \
              WHERE desired IS NOT synced AND user_id > ?1 AND computation_key IN (SELECT value FROM json_each(?2)) \
              ORDER BY user_id, computation_key LIMIT ?3";
         let mut rows: Vec<PendingRow> = sqlx::query_as(query)
@@ -82,7 +84,7 @@ impl Store {
             } else {
                 // One user fills the whole page (more computations than the limit): take all of theirs.
                 rows = sqlx::query_as(
-                    "SELECT user_id, computation_key, desired FROM memberships \
+                    "SELECT user_id, computation_key, desired FROM memberships INDEXED BY memberships_pending \
                      WHERE desired IS NOT synced AND user_id = ?1 AND computation_key IN (SELECT value FROM json_each(?2)) \
                      ORDER BY computation_key",
                 )
@@ -101,27 +103,40 @@ impl Store {
     pub async fn record_outcomes(&self, outcomes: &[Outcome]) -> anyhow::Result<()> {
         let mut tx = self.begin_immediate().await?;
         let at = now();
-        for o in outcomes {
-            match &o.error {
-                None => sqlx::query(
-                    "UPDATE memberships SET synced = ?3, synced_at = ?4, attempts = 0, last_error = NULL \
-                     WHERE computation_key = ?1 AND user_id = ?2",
-                )
-                .bind(&o.computation_key)
-                .bind(&o.user_id)
-                .bind(&o.sent)
-                .bind(&at),
-                Some(error) => sqlx::query(
-                    "UPDATE memberships SET attempts = attempts + 1, last_error = ?4 \
-                     WHERE computation_key = ?1 AND user_id = ?2 AND desired = ?3",
-                )
-                .bind(&o.computation_key)
-                .bind(&o.user_id)
-                .bind(&o.sent)
-                .bind(error),
-            }
-            .execute(&mut *tx)
-            .await?;
+        let (acked, failed): (Vec<&Outcome>, Vec<&Outcome>) =
+            outcomes.iter().partition(|o| o.error.is_none());
+        for chunk in acked.chunks(WRITE_BATCH) {
+            let mut q =
+                QueryBuilder::<Sqlite>::new("WITH answer (computation_key, user_id, sent) AS (");
+            q.push_values(chunk, |mut row, o| {
+                row.push_bind(o.computation_key.clone())
+                    .push_bind(o.user_id.clone())
+                    .push_bind(o.sent.clone());
+            });
+            q.push(") UPDATE memberships SET synced = answer.sent, synced_at = ")
+                .push_bind(at.clone())
+                .push(
+                    ", attempts = 0, last_error = NULL FROM answer \
+                     WHERE memberships.computation_key = answer.computation_key AND memberships.user_id = answer.user_id",
+                );
+            q.build().execute(&mut *tx).await?;
+        }
+        for chunk in failed.chunks(WRITE_BATCH) {
+            let mut q = QueryBuilder::<Sqlite>::new(
+                "WITH answer (computation_key, user_id, sent, error) AS (",
+            );
+            q.push_values(chunk, |mut row, o| {
+                row.push_bind(o.computation_key.clone())
+                    .push_bind(o.user_id.clone())
+                    .push_bind(o.sent.clone())
+                    .push_bind(o.error.clone());
+            });
+            q.push(
+                ") UPDATE memberships SET attempts = attempts + 1, last_error = answer.error FROM answer \
+                 WHERE memberships.computation_key = answer.computation_key AND memberships.user_id = answer.user_id \
+                 AND memberships.desired = answer.sent",
+            );
+            q.build().execute(&mut *tx).await?;
         }
         tx.commit().await?;
         Ok(())
@@ -130,7 +145,8 @@ impl Store {
     /// Pending rows of `key` (all of them, failed or not).
     pub async fn pending_count(&self, key: &str) -> anyhow::Result<u64> {
         let n: i64 = sqlx::query_scalar(
-            "SELECT count(*) FROM memberships WHERE desired IS NOT synced AND computation_key = ?1",
+            "SELECT count(*) FROM memberships INDEXED BY memberships_pending \
+             WHERE desired IS NOT synced AND computation_key = ?1",
         )
         .bind(key)
         .fetch_one(&self.pool)
