@@ -18,12 +18,7 @@ use crate::state::{RunStatus, Store};
 )]
 pub struct Cli {
     /// The configuration file; relative paths in it are relative to its directory.
-    #[arg(
-        long,
-        global = true,
-        default_value = "config.toml",
-        value_name = "PATH"
-    )]
+    #[arg(long, global = true, default_value = "config.toml", value_name = "PATH")]
     pub config: PathBuf,
     #[command(subcommand)]
     pub command: Command,
@@ -67,9 +62,6 @@ async fn sync(config: &Config, keys: &[String]) -> anyhow::Result<ExitCode> {
     if unfinished.is_empty() {
         return Ok(ExitCode::SUCCESS);
     }
-    eprintln!(
-        "audience-sync: not everything was delivered: {}",
-        unfinished.join(", ")
-    );
+    eprintln!("audience-sync: not everything was delivered: {}", unfinished.join(", "));
     Ok(ExitCode::FAILURE)
 }

@@ -50,15 +50,9 @@ mod tests {
     fn key_table_follows_go_snakecase() {
         let table = [
             // The examples of DESIGN §3.
-            (
-                "Order Completed Last 30 Days",
-                "order_completed_last_30_days",
-            ),
+            ("Order Completed Last 30 Days", "order_completed_last_30_days"),
             ("Order Completed Last 30days", "order_completed_last_30days"),
-            (
-                "3 Product Views in Last 60 Days",
-                "3_product_views_in_last_60_days",
-            ),
+            ("3 Product Views in Last 60 Days", "3_product_views_in_last_60_days"),
             ("High-Value Users!", "high_value_users"),
             ("inviteYourCustomers", "invite_your_customers"),
             // camelCase and PascalCase
@@ -84,10 +78,7 @@ mod tests {
             ("日本 Users", "users"),
             // the samples of go-snakecase's own test suite
             ("sample___text", "sample_text"),
-            (
-                "inviteYourCustomersAddInvites",
-                "invite_your_customers_add_invites",
-            ),
+            ("inviteYourCustomersAddInvites", "invite_your_customers_add_invites"),
             ("   $#$sample   2    Text   ", "sample_2_text"),
             ("SAMPLE 2 TEXT", "sample_2_text"),
             ("___$$Base64Encode", "base64_encode"),

@@ -4,6 +4,10 @@
 //! A computation whose snapshot fails to load whole changes nothing and sends nothing
 //! (DESIGN §9.2); the others still sync.
 
+use std::collections::BTreeMap;
+
+use tokio::time::Instant;
+
 use crate::config::{Computation, Config};
 use crate::delivery::{self, KeyReport};
 use crate::destination::Destination;
@@ -27,15 +31,12 @@ impl ComputationReport {
     /// The one-line summary printed after a pass.
     pub fn summary(&self) -> String {
         let Some(d) = &self.diff else {
-            return format!(
-                "{}: {} pass failed, nothing written or sent: {}",
-                self.key,
-                self.mode,
-                self.error.as_deref().unwrap_or("unknown error")
-            );
+            let error = self.error.as_deref().unwrap_or("unknown error");
+            return format!("{}: {} pass failed, nothing written or sent: {error}", self.key, self.mode);
         };
+        let r = &self.delivery;
         let mut line = format!(
-            "{}: {} pass {}: {} in snapshot, {} entered, {} exited, {} changed; {} delivered, {} failed, {} pending",
+            "{}: {} pass {}: {} in snapshot, {} entered, {} exited, {} changed; {} delivered, {} retried, {} failed, {} quarantined, {} pending",
             self.key,
             self.mode,
             self.status.as_str(),
@@ -43,12 +44,14 @@ impl ComputationReport {
             d.entered,
             d.exited,
             d.changed,
-            self.delivery.delivered,
-            self.delivery.failed,
+            r.delivered,
+            r.retried,
+            r.failed,
+            r.quarantined,
             self.pending
         );
-        if let Some(e) = &self.delivery.last_error {
-            line.push_str(&format!(" (last error: {e})"));
+        if let Some(e) = &self.error {
+            line.push_str(&format!(" ({e})"));
         }
         line
     }
@@ -63,6 +66,7 @@ pub async fn run(
     selected: &[Computation],
     trigger: &str,
 ) -> anyhow::Result<Vec<ComputationReport>> {
+    let deadline = Instant::now() + config.retry.budget;
     let mut started = Vec::new();
     for c in selected {
         let initial_done = store.register(c).await?;
@@ -71,9 +75,10 @@ pub async fn run(
         tracing::debug!(key = %c.key, mode, "pass started");
         let diff = load_and_diff(config, store, c).await;
         match &diff {
-            Ok(d) => {
-                tracing::info!(key = %c.key, snapshot_rows = d.snapshot_rows, entered = d.entered, exited = d.exited, changed = d.changed, "snapshot diffed")
-            }
+            Ok(d) => tracing::info!(
+                key = %c.key, snapshot_rows = d.snapshot_rows, entered = d.entered, exited = d.exited, changed = d.changed,
+                "snapshot diffed"
+            ),
             Err(e) => {
                 tracing::error!(key = %c.key, error = %format!("{e:#}"), "snapshot failed; nothing written or sent")
             }
@@ -81,25 +86,20 @@ pub async fn run(
         started.push((c, mode, run_id, diff));
     }
 
-    let deliverable: Vec<String> = started
-        .iter()
-        .filter(|(_, _, _, d)| d.is_ok())
-        .map(|(c, ..)| c.key.clone())
-        .collect();
-    let delivered = delivery::deliver(store, destination, &deliverable).await;
-    let delivered = match delivered {
+    let loaded: Vec<&Computation> = started.iter().filter(|s| s.3.is_ok()).map(|s| s.0).collect();
+    let outcome = async {
+        let blocked = delivery::ensure_attributes(store, destination, &loaded).await?;
+        let deliverable: Vec<String> =
+            loaded.iter().filter(|c| !blocked.contains_key(&c.key)).map(|c| c.key.clone()).collect();
+        let report = delivery::deliver(store, destination, &deliverable, &config.retry, deadline).await?;
+        anyhow::Ok((blocked, report))
+    };
+    let (blocked, delivered) = match outcome.await {
         Ok(r) => r,
         Err(e) => {
             let message = format!("delivery stopped: {e:#}");
             for (_, _, run_id, _) in &started {
-                store
-                    .finish_run(
-                        *run_id,
-                        RunStatus::Failed,
-                        &RunCounts::default(),
-                        Some(&message),
-                    )
-                    .await?;
+                store.finish_run(*run_id, RunStatus::Failed, &RunCounts::default(), Some(&message)).await?;
             }
             return Err(e.context("delivery stopped"));
         }
@@ -110,60 +110,19 @@ pub async fn run(
         let report = match diff {
             Err(e) => {
                 let error = format!("{e:#}");
-                store
-                    .finish_run(
-                        run_id,
-                        RunStatus::Failed,
-                        &RunCounts::default(),
-                        Some(&error),
-                    )
-                    .await?;
+                store.finish_run(run_id, RunStatus::Failed, &RunCounts::default(), Some(&error)).await?;
+                let delivery = KeyReport::default();
                 ComputationReport {
                     key: c.key.clone(),
                     mode,
                     status: RunStatus::Failed,
                     diff: None,
-                    delivery: KeyReport::default(),
+                    delivery,
                     pending: 0,
                     error: Some(error),
                 }
             }
-            Ok(d) => {
-                let delivery = delivered.per_key.get(&c.key).cloned().unwrap_or_default();
-                let pending = store.pending_count(&c.key).await?;
-                let status = if pending == 0 {
-                    RunStatus::Ok
-                } else {
-                    RunStatus::Incomplete
-                };
-                if status == RunStatus::Ok && mode == "initial" {
-                    store.mark_initial_sync_done(&c.key).await?;
-                }
-                let counts = RunCounts {
-                    snapshot_rows: Some(d.snapshot_rows),
-                    entered: d.entered,
-                    exited: d.exited,
-                    changed: d.changed,
-                    delivered: delivery.delivered,
-                    failed: delivery.failed,
-                };
-                let error = (pending > 0).then(|| match &delivery.last_error {
-                    Some(e) => format!("{pending} rows still pending; last error: {e}"),
-                    None => format!("{pending} rows still pending"),
-                });
-                store
-                    .finish_run(run_id, status, &counts, error.as_deref())
-                    .await?;
-                ComputationReport {
-                    key: c.key.clone(),
-                    mode,
-                    status,
-                    diff: Some(d),
-                    delivery,
-                    pending,
-                    error,
-                }
-            }
+            Ok(d) => finish(store, c, mode, run_id, d, &delivered.per_key, &blocked).await?,
         };
         tracing::info!(key = %report.key, status = report.status.as_str(), "{}", report.summary());
         reports.push(report);
@@ -171,13 +130,45 @@ pub async fn run(
     Ok(reports)
 }
 
-/// Loads the snapshot of `c` and merges it into the state in one transaction, which commits
-/// only if the whole snapshot loaded and every write succeeded.
-async fn load_and_diff(
-    config: &Config,
+/// Closes the run of a computation whose diff was recorded.
+async fn finish(
     store: &Store,
     c: &Computation,
-) -> anyhow::Result<DiffCounts> {
+    mode: &'static str,
+    run_id: i64,
+    d: DiffCounts,
+    delivered: &BTreeMap<String, KeyReport>,
+    blocked: &BTreeMap<String, String>,
+) -> anyhow::Result<ComputationReport> {
+    let delivery = delivered.get(&c.key).cloned().unwrap_or_default();
+    let pending = store.pending_count(&c.key).await?;
+    let status = if pending == 0 { RunStatus::Ok } else { RunStatus::Incomplete };
+    if status == RunStatus::Ok && mode == "initial" {
+        store.mark_initial_sync_done(&c.key).await?;
+    }
+    let counts = RunCounts {
+        snapshot_rows: Some(d.snapshot_rows),
+        entered: d.entered,
+        exited: d.exited,
+        changed: d.changed,
+        delivered: delivery.delivered,
+        failed: delivery.failed,
+        retried: delivery.retried,
+        quarantined: delivery.quarantined,
+    };
+    let error = match (blocked.get(&c.key), &delivery.last_error) {
+        (Some(why), _) => Some(format!("nothing sent: {why}")),
+        (None, _) if pending == 0 => None,
+        (None, Some(e)) => Some(format!("{pending} rows still pending; last error: {e}")),
+        (None, None) => Some(format!("{pending} rows still pending")),
+    };
+    store.finish_run(run_id, status, &counts, error.as_deref()).await?;
+    Ok(ComputationReport { key: c.key.clone(), mode, status, diff: Some(d), delivery, pending, error })
+}
+
+/// Loads the snapshot of `c` and merges it into the state in one transaction, which commits
+/// only if the whole snapshot loaded and every write succeeded.
+async fn load_and_diff(config: &Config, store: &Store, c: &Computation) -> anyhow::Result<DiffCounts> {
     let snapshot = source::sorted_snapshot(c, config.sort_buffer_bytes);
     let mut writer = store.diff_writer(&c.key).await?;
     let counts = diff::merge(c.kind, store.scan(&c.key), snapshot, &mut writer).await?;

@@ -4,13 +4,17 @@
 //! to a default is the kind of surprise that costs an operator a night. Every error names the
 //! file, the line and the field.
 
+mod destination;
 mod raw;
 
 use std::path::{Path, PathBuf};
-use std::time::Duration;
 
 use crate::key::snake_case;
 
+pub use destination::{
+    AttributeCreation, ContentstackConfig, DEFAULT_EDGE_API_BASE_URL, Destination, HttpConfig, RetryConfig, Secret,
+    SegmentConfig, SegmentEvents,
+};
 pub use raw::SnapshotFormat;
 
 /// A configuration error: the file, the line (when it is known) and what is wrong.
@@ -31,23 +35,8 @@ pub struct Config {
     pub cron: String,
     pub sort_buffer_bytes: usize,
     pub destination: Destination,
+    pub retry: RetryConfig,
     pub computations: Vec<Computation>,
-}
-
-#[derive(Debug, Clone)]
-pub enum Destination {
-    Contentstack(ContentstackConfig),
-    File { path: PathBuf },
-}
-
-#[derive(Debug, Clone)]
-pub struct ContentstackConfig {
-    pub edge_api_base_url: url::Url,
-    pub project_uid: String,
-    pub concurrency: usize,
-    pub max_requests_per_second: Option<u32>,
-    pub connect_timeout: Duration,
-    pub request_timeout: Duration,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -76,11 +65,7 @@ pub struct Computation {
 
 #[derive(Debug, Clone)]
 pub enum Source {
-    File {
-        path: PathBuf,
-        format: SnapshotFormat,
-        gzip: bool,
-    },
+    File { path: PathBuf, format: SnapshotFormat, gzip: bool },
 }
 
 impl Config {
@@ -101,44 +86,32 @@ impl Config {
             line: span.map(|s| line_of(text, s.start)),
             message,
         };
-        let raw: raw::RawConfig =
-            toml::from_str(text).map_err(|e| err(e.span(), e.message().trim().to_string()))?;
+        let raw: raw::RawConfig = toml::from_str(text).map_err(|e| err(e.span(), e.message().trim().to_string()))?;
         let base = path.parent().unwrap_or(Path::new("")).to_path_buf();
         let resolve = |p: &str| base.join(p);
 
-        let destination = destination(&raw.destination, &base)
+        let env = |name: &str| std::env::var(name).ok();
+        let (destination, retry) = destination::parse(&raw.destination, &base, &env)
             .map_err(|(span, m)| err(span, format!("destination.{m}")))?;
 
         let mut computations: Vec<(Computation, std::ops::Range<usize>)> = Vec::new();
         let declared = raw.audience.into_iter().map(|c| (Kind::Audience, c));
-        let declared = declared.chain(
-            raw.computed_trait
-                .into_iter()
-                .map(|c| (Kind::ComputedTrait, c)),
-        );
+        let declared = declared.chain(raw.computed_trait.into_iter().map(|c| (Kind::ComputedTrait, c)));
         for (kind, c) in declared {
             let table = kind.as_str();
             let name_span = c.name.span();
             let name = c.name.into_inner();
             if name.trim().is_empty() {
-                return Err(err(
-                    Some(name_span),
-                    format!("{table}.name: must not be empty"),
-                ));
+                return Err(err(Some(name_span), format!("{table}.name: must not be empty")));
             }
             let key = match c.key {
                 Some(k) => {
                     let valid = !k.get_ref().is_empty()
-                        && k.get_ref()
-                            .chars()
-                            .all(|ch| ch.is_ascii_alphanumeric() || ch == '_');
+                        && k.get_ref().chars().all(|ch| ch.is_ascii_alphanumeric() || ch == '_');
                     if !valid {
                         return Err(err(
                             Some(k.span()),
-                            format!(
-                                "{table}.key: {:?} must be ASCII letters, digits and '_'",
-                                k.get_ref()
-                            ),
+                            format!("{table}.key: {:?} must be ASCII letters, digits and '_'", k.get_ref()),
                         ));
                     }
                     k.into_inner()
@@ -146,10 +119,7 @@ impl Config {
                 None => snake_case(&name),
             };
             if key.is_empty() {
-                return Err(err(
-                    Some(name_span),
-                    format!("{table}.name: {name:?} gives an empty key; set `key`"),
-                ));
+                return Err(err(Some(name_span), format!("{table}.name: {name:?} gives an empty key; set `key`")));
             }
             if let Some((other, other_span)) = computations.iter().find(|(o, _)| o.key == key) {
                 return Err(err(
@@ -163,28 +133,12 @@ impl Config {
             }
             let source = match c.source {
                 raw::RawSource::File(s) => {
-                    let (format, gzip) = raw::infer_format(&s.path, s.format).map_err(|m| {
-                        err(
-                            Some(name_span.clone()),
-                            format!("{table} {name:?}: source.path: {m}"),
-                        )
-                    })?;
-                    Source::File {
-                        path: resolve(&s.path),
-                        format,
-                        gzip,
-                    }
+                    let (format, gzip) = raw::infer_format(&s.path, s.format)
+                        .map_err(|m| err(Some(name_span.clone()), format!("{table} {name:?}: source.path: {m}")))?;
+                    Source::File { path: resolve(&s.path), format, gzip }
                 }
             };
-            computations.push((
-                Computation {
-                    name,
-                    key,
-                    kind,
-                    source,
-                },
-                name_span,
-            ));
+            computations.push((Computation { name, key, kind, source }, name_span));
         }
 
         Ok(Config {
@@ -193,6 +147,7 @@ impl Config {
             cron: raw.schedule.cron,
             sort_buffer_bytes: raw.sync.sort_buffer_mb.saturating_mul(1 << 20).max(1 << 20),
             destination,
+            retry,
             computations: computations.into_iter().map(|(c, _)| c).collect(),
         })
     }
@@ -208,123 +163,11 @@ impl Config {
                 anyhow::bail!("no computation has key {k:?} (known: {})", known.join(", "));
             }
         }
-        Ok(self
-            .computations
-            .iter()
-            .filter(|c| keys.contains(&c.key))
-            .cloned()
-            .collect())
+        Ok(self.computations.iter().filter(|c| keys.contains(&c.key)).cloned().collect())
     }
 }
 
-/// The fields each destination type accepts.
-const CONTENTSTACK_FIELDS: &[&str] = &[
-    "edge_api_base_url",
-    "project_uid",
-    "concurrency",
-    "max_requests_per_second",
-    "connect_timeout_secs",
-    "request_timeout_secs",
-];
-const FILE_FIELDS: &[&str] = &["path"];
-
-type FieldError = (Option<std::ops::Range<usize>>, String);
-
-/// Validates `[destination]`; errors are (span, "field: what is wrong").
-fn destination(d: &raw::RawDestination, base: &Path) -> Result<Destination, FieldError> {
-    let kind = d.kind.get_ref().as_str();
-    let allowed = match kind {
-        "contentstack" => CONTENTSTACK_FIELDS,
-        "file" => FILE_FIELDS,
-        other => {
-            return Err((
-                Some(d.kind.span()),
-                format!(
-                    "type: unknown destination {other:?}, expected \"contentstack\" or \"file\""
-                ),
-            ));
-        }
-    };
-    if let Some((field, span)) = d
-        .set_fields()
-        .into_iter()
-        .find(|(f, _)| !allowed.contains(f))
-    {
-        return Err((
-            Some(span),
-            format!("{field}: not a field of a {kind} destination"),
-        ));
-    }
-    let required = |v: Option<&toml::Spanned<String>>,
-                    field: &str|
-     -> Result<(String, std::ops::Range<usize>), FieldError> {
-        match v {
-            Some(v) if !v.get_ref().trim().is_empty() => Ok((v.get_ref().clone(), v.span())),
-            Some(v) => Err((Some(v.span()), format!("{field}: must not be empty"))),
-            None => Err((
-                Some(d.kind.span()),
-                format!("{field}: missing, a {kind} destination needs it"),
-            )),
-        }
-    };
-    if kind == "file" {
-        let (path, _) = required(d.path.as_ref(), "path")?;
-        return Ok(Destination::File {
-            path: base.join(path),
-        });
-    }
-    let edge_api_base_url = match &d.edge_api_base_url {
-        Some(u) => parse_http_url(u.get_ref())
-            .map_err(|m| (Some(u.span()), format!("edge_api_base_url: {m}")))?,
-        None => url::Url::parse(DEFAULT_EDGE_API_BASE_URL).expect("default URL parses"),
-    };
-    let (project_uid, _) = required(d.project_uid.as_ref(), "project_uid")?;
-    let concurrency = match &d.concurrency {
-        Some(c) if !(1..=1024).contains(c.get_ref()) => {
-            return Err((
-                Some(c.span()),
-                "concurrency: must be between 1 and 1024".into(),
-            ));
-        }
-        Some(c) => *c.get_ref(),
-        None => 16,
-    };
-    let max_requests_per_second = match &d.max_requests_per_second {
-        Some(r) if *r.get_ref() == 0 => {
-            return Err((
-                Some(r.span()),
-                "max_requests_per_second: must be at least 1".into(),
-            ));
-        }
-        r => r.as_ref().map(|r| *r.get_ref()),
-    };
-    let seconds = |v: &Option<toml::Spanned<f64>>,
-                   field: &str,
-                   default: f64|
-     -> Result<Duration, FieldError> {
-        match v {
-            Some(s) if !(s.get_ref().is_finite() && *s.get_ref() > 0.0) => Err((
-                Some(s.span()),
-                format!("{field}: must be a positive number of seconds"),
-            )),
-            Some(s) => Ok(Duration::from_secs_f64(*s.get_ref())),
-            None => Ok(Duration::from_secs_f64(default)),
-        }
-    };
-    Ok(Destination::Contentstack(ContentstackConfig {
-        edge_api_base_url,
-        project_uid,
-        concurrency,
-        max_requests_per_second,
-        connect_timeout: seconds(&d.connect_timeout_secs, "connect_timeout_secs", 10.0)?,
-        request_timeout: seconds(&d.request_timeout_secs, "request_timeout_secs", 30.0)?,
-    }))
-}
-
-/// Personalize's default (AWS North America) region.
-pub const DEFAULT_EDGE_API_BASE_URL: &str = "https://personalize-edge.contentstack.com";
-
-fn parse_http_url(s: &str) -> Result<url::Url, String> {
+pub(crate) fn parse_http_url(s: &str) -> Result<url::Url, String> {
     let url = url::Url::parse(s).map_err(|e| format!("{s:?} is not a URL: {e}"))?;
     if !matches!(url.scheme(), "http" | "https") || url.host().is_none() {
         return Err(format!("{s:?} must be an http(s) URL with a host"));
@@ -334,11 +177,7 @@ fn parse_http_url(s: &str) -> Result<url::Url, String> {
 
 /// The 1-based line holding byte `offset` of `text`.
 fn line_of(text: &str, offset: usize) -> usize {
-    text.as_bytes()[..offset.min(text.len())]
-        .iter()
-        .filter(|&&b| b == b'\n')
-        .count()
-        + 1
+    text.as_bytes()[..offset.min(text.len())].iter().filter(|&&b| b == b'\n').count() + 1
 }
 
 #[cfg(test)]

@@ -29,9 +29,7 @@ pub(super) struct RawState {
 
 impl Default for RawState {
     fn default() -> Self {
-        RawState {
-            path: default_state_path(),
-        }
+        RawState { path: default_state_path() }
     }
 }
 
@@ -48,9 +46,7 @@ pub(super) struct RawSchedule {
 
 impl Default for RawSchedule {
     fn default() -> Self {
-        RawSchedule {
-            cron: default_cron(),
-        }
+        RawSchedule { cron: default_cron() }
     }
 }
 
@@ -68,9 +64,7 @@ pub(super) struct RawSync {
 
 impl Default for RawSync {
     fn default() -> Self {
-        RawSync {
-            sort_buffer_mb: default_sort_buffer_mb(),
-        }
+        RawSync { sort_buffer_mb: default_sort_buffer_mb() }
     }
 }
 
@@ -88,10 +82,25 @@ pub(super) struct RawDestination {
     // contentstack
     pub edge_api_base_url: Option<Spanned<String>>,
     pub project_uid: Option<Spanned<String>>,
+    pub create_attributes: Option<Spanned<bool>>,
+    pub management_api_base_url: Option<Spanned<String>>,
+    pub management_token_env: Option<Spanned<String>>,
+    pub organization_uid: Option<Spanned<String>>,
+    // segment
+    pub endpoint: Option<Spanned<String>>,
+    pub write_key_env: Option<Spanned<String>>,
+    pub events: Option<Spanned<String>>,
+    // every HTTP destination
     pub concurrency: Option<Spanned<usize>>,
     pub max_requests_per_second: Option<Spanned<u32>>,
     pub connect_timeout_secs: Option<Spanned<f64>>,
     pub request_timeout_secs: Option<Spanned<f64>>,
+    // every destination
+    pub max_retries: Option<Spanned<u32>>,
+    pub retry_base_delay_ms: Option<Spanned<u64>>,
+    pub retry_max_delay_secs: Option<Spanned<f64>>,
+    pub retry_budget_secs: Option<Spanned<f64>>,
+    pub quarantine_after: Option<Spanned<u32>>,
     // file
     pub path: Option<Spanned<String>>,
 }
@@ -99,32 +108,31 @@ pub(super) struct RawDestination {
 impl RawDestination {
     /// The fields that are set, with their spans, for "does not apply to this type" errors.
     pub fn set_fields(&self) -> Vec<(&'static str, std::ops::Range<usize>)> {
-        let mut out = Vec::new();
-        let mut add = |name, span: Option<std::ops::Range<usize>>| {
-            if let Some(s) = span {
-                out.push((name, s));
-            }
-        };
-        add(
-            "edge_api_base_url",
-            self.edge_api_base_url.as_ref().map(|v| v.span()),
-        );
-        add("project_uid", self.project_uid.as_ref().map(|v| v.span()));
-        add("concurrency", self.concurrency.as_ref().map(|v| v.span()));
-        add(
-            "max_requests_per_second",
-            self.max_requests_per_second.as_ref().map(|v| v.span()),
-        );
-        add(
-            "connect_timeout_secs",
-            self.connect_timeout_secs.as_ref().map(|v| v.span()),
-        );
-        add(
-            "request_timeout_secs",
-            self.request_timeout_secs.as_ref().map(|v| v.span()),
-        );
-        add("path", self.path.as_ref().map(|v| v.span()));
-        out
+        fn span<T>(v: &Option<Spanned<T>>) -> Option<std::ops::Range<usize>> {
+            v.as_ref().map(|v| v.span())
+        }
+        let all = [
+            ("edge_api_base_url", span(&self.edge_api_base_url)),
+            ("project_uid", span(&self.project_uid)),
+            ("create_attributes", span(&self.create_attributes)),
+            ("management_api_base_url", span(&self.management_api_base_url)),
+            ("management_token_env", span(&self.management_token_env)),
+            ("organization_uid", span(&self.organization_uid)),
+            ("endpoint", span(&self.endpoint)),
+            ("write_key_env", span(&self.write_key_env)),
+            ("events", span(&self.events)),
+            ("concurrency", span(&self.concurrency)),
+            ("max_requests_per_second", span(&self.max_requests_per_second)),
+            ("connect_timeout_secs", span(&self.connect_timeout_secs)),
+            ("request_timeout_secs", span(&self.request_timeout_secs)),
+            ("max_retries", span(&self.max_retries)),
+            ("retry_base_delay_ms", span(&self.retry_base_delay_ms)),
+            ("retry_max_delay_secs", span(&self.retry_max_delay_secs)),
+            ("retry_budget_secs", span(&self.retry_budget_secs)),
+            ("quarantine_after", span(&self.quarantine_after)),
+            ("path", span(&self.path)),
+        ];
+        all.into_iter().filter_map(|(name, s)| s.map(|s| (name, s))).collect()
     }
 }
 
@@ -159,24 +167,16 @@ pub enum SnapshotFormat {
 
 /// The format of a snapshot file: `format` when given, else from the extension
 /// (`.csv`, `.ndjson`, `.jsonl`), after a `.gz` that means gzip.
-pub(super) fn infer_format(
-    path: &str,
-    format: Option<SnapshotFormat>,
-) -> Result<(SnapshotFormat, bool), String> {
+pub(super) fn infer_format(path: &str, format: Option<SnapshotFormat>) -> Result<(SnapshotFormat, bool), String> {
     let gzip = path.ends_with(".gz");
     let stem = path.strip_suffix(".gz").unwrap_or(path);
     if let Some(f) = format {
         return Ok((f, gzip));
     }
-    let ext = std::path::Path::new(stem)
-        .extension()
-        .and_then(|e| e.to_str())
-        .unwrap_or("");
+    let ext = std::path::Path::new(stem).extension().and_then(|e| e.to_str()).unwrap_or("");
     match ext.to_ascii_lowercase().as_str() {
         "csv" => Ok((SnapshotFormat::Csv, gzip)),
         "ndjson" | "jsonl" => Ok((SnapshotFormat::Ndjson, gzip)),
-        _ => Err(format!(
-            "cannot tell the format of {path:?} from its extension; set format = \"csv\" or \"ndjson\""
-        )),
+        _ => Err(format!("cannot tell the format of {path:?} from its extension; set format = \"csv\" or \"ndjson\"")),
     }
 }

@@ -26,9 +26,7 @@ fn parse(text: &str) -> Result<Config, ConfigError> {
 }
 
 fn error(text: &str) -> String {
-    parse(text)
-        .expect_err("config should be rejected")
-        .to_string()
+    parse(text).expect_err("config should be rejected").to_string()
 }
 
 #[test]
@@ -36,18 +34,8 @@ fn good_config_resolves_keys_paths_and_defaults() {
     let c = parse(GOOD).unwrap();
     assert_eq!(c.state_path, Path::new("/etc/audience-sync/state/sync.db"));
     assert_eq!(c.cron, "0 0 */2 * * *");
-    let keys: Vec<_> = c
-        .computations
-        .iter()
-        .map(|c| (c.key.as_str(), c.kind))
-        .collect();
-    assert_eq!(
-        keys,
-        [
-            ("order_completed_last_30_days", Kind::Audience),
-            ("ltv", Kind::ComputedTrait)
-        ]
-    );
+    let keys: Vec<_> = c.computations.iter().map(|c| (c.key.as_str(), c.kind)).collect();
+    assert_eq!(keys, [("order_completed_last_30_days", Kind::Audience), ("ltv", Kind::ComputedTrait)]);
     match &c.computations[1].source {
         Source::File { path, format, gzip } => {
             assert_eq!(path, Path::new("/abs/ltv.ndjson.gz"));
@@ -57,12 +45,9 @@ fn good_config_resolves_keys_paths_and_defaults() {
     }
     match &c.destination {
         Destination::Contentstack(d) => {
-            assert_eq!(
-                d.edge_api_base_url.as_str(),
-                "https://personalize-edge.contentstack.com/"
-            );
-            assert_eq!(d.concurrency, 8);
-            assert_eq!(d.request_timeout, Duration::from_secs(30));
+            assert_eq!(d.edge_api_base_url.as_str(), "https://personalize-edge.contentstack.com/");
+            assert_eq!(d.http.concurrency, 8);
+            assert_eq!(d.http.request_timeout, std::time::Duration::from_secs(30));
         }
         other => panic!("unexpected destination {other:?}"),
     }
@@ -78,10 +63,7 @@ fn unknown_field_names_field_and_line() {
 #[test]
 fn field_of_another_destination_type_is_rejected() {
     let e = error(&GOOD.replace("concurrency = 8", "path = \"out.ndjson\""));
-    assert!(
-        e.contains(":8: destination.path: not a field of a contentstack destination"),
-        "{e}"
-    );
+    assert!(e.contains(":8: destination.path: not a field of a contentstack destination"), "{e}");
 }
 
 #[test]
@@ -92,49 +74,31 @@ fn missing_project_uid_is_named() {
 
 #[test]
 fn bad_url_is_named_with_line() {
-    let e = error(&GOOD.replace(
-        "project_uid = \"proj\"",
-        "project_uid = \"proj\"\nedge_api_base_url = \"personalize-edge\"",
-    ));
+    let e = error(
+        &GOOD.replace("project_uid = \"proj\"", "project_uid = \"proj\"\nedge_api_base_url = \"personalize-edge\""),
+    );
     assert!(e.contains(":8: destination.edge_api_base_url:"), "{e}");
-    let e = error(&GOOD.replace(
-        "project_uid = \"proj\"",
-        "project_uid = \"proj\"\nedge_api_base_url = \"ftp://x\"",
-    ));
+    let e = error(&GOOD.replace("project_uid = \"proj\"", "project_uid = \"proj\"\nedge_api_base_url = \"ftp://x\""));
     assert!(e.contains("must be an http(s) URL"), "{e}");
 }
 
 #[test]
 fn unknown_destination_type_is_named() {
     let e = error(&GOOD.replace("type = \"contentstack\"", "type = \"mixpanel\""));
-    assert!(
-        e.contains(":6: destination.type: unknown destination \"mixpanel\""),
-        "{e}"
-    );
+    assert!(e.contains(":6: destination.type: unknown destination \"mixpanel\""), "{e}");
 }
 
 #[test]
 fn empty_key_is_an_error() {
     let e = error(&GOOD.replace("Order Completed Last 30 Days", "!!!"));
-    assert!(
-        e.contains(":11: audience.name: \"!!!\" gives an empty key"),
-        "{e}"
-    );
+    assert!(e.contains(":11: audience.name: \"!!!\" gives an empty key"), "{e}");
 }
 
 #[test]
 fn duplicate_keys_name_both_computations() {
     let e = error(&GOOD.replace("key = \"ltv\"", "key = \"order_completed_last_30_days\""));
-    assert!(
-        e.contains(
-            ":15: computed_trait.name: \"Lifetime Value\" has key \"order_completed_last_30_days\""
-        ),
-        "{e}"
-    );
-    assert!(
-        e.contains("\"Order Completed Last 30 Days\" (line 11)"),
-        "{e}"
-    );
+    assert!(e.contains(":15: computed_trait.name: \"Lifetime Value\" has key \"order_completed_last_30_days\""), "{e}");
+    assert!(e.contains("\"Order Completed Last 30 Days\" (line 11)"), "{e}");
 }
 
 #[test]
@@ -147,27 +111,13 @@ fn malformed_key_is_rejected() {
 fn unknown_snapshot_extension_asks_for_format() {
     let e = error(&GOOD.replace("order_completed.csv", "order_completed.txt"));
     assert!(e.contains("set format = \"csv\" or \"ndjson\""), "{e}");
-    let c = parse(&GOOD.replace(
-        "order_completed.csv\" }",
-        "order_completed.txt\", format = \"csv\" }",
-    ))
-    .unwrap();
-    assert!(matches!(
-        c.computations[0].source,
-        Source::File {
-            format: SnapshotFormat::Csv,
-            gzip: false,
-            ..
-        }
-    ));
+    let c = parse(&GOOD.replace("order_completed.csv\" }", "order_completed.txt\", format = \"csv\" }")).unwrap();
+    assert!(matches!(c.computations[0].source, Source::File { format: SnapshotFormat::Csv, gzip: false, .. }));
 }
 
 #[test]
 fn unknown_field_in_source_is_rejected() {
-    let e = error(&GOOD.replace(
-        "path = \"snapshots/order_completed.csv\"",
-        "path = \"a.csv\", sep = \";\"",
-    ));
+    let e = error(&GOOD.replace("path = \"snapshots/order_completed.csv\"", "path = \"a.csv\", sep = \";\""));
     assert!(e.contains("sep"), "{e}");
 }
 

@@ -1,25 +1,32 @@
-//! Delivery: sends every pending row of the selected computations, user by user, and records
-//! each answer.
+//! Delivery: sends every pending row of the selected computations, user by user, retrying what
+//! is worth retrying, and records each answer.
 //!
 //! Pending rows are read in pages in user order, grouped into one update per user (all of that
-//! user's pending keys), and sent with at most `concurrency` updates in flight. Answers go to
-//! one committer task that records them in group transactions; an update's slot is freed only
-//! once its answer is committed, so after a kill at most `concurrency` acknowledged-or-in-flight
-//! updates are unrecorded, and only those can be sent twice (DESIGN §9.5).
+//! user's pending keys), and handed to the destination in calls, at most `concurrency` in
+//! flight. Answers go to one committer task that records them in group transactions; a call's
+//! slot is freed only once its answers are committed, so after a kill only the calls in flight
+//! are unrecorded, and only those can be sent twice (DESIGN §9.5).
+
+mod attributes;
+mod commit;
+mod retry;
 
 use std::collections::BTreeMap;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use futures::{TryStreamExt, stream};
 use tokio::sync::{mpsc, oneshot};
+use tokio::time::Instant;
 
-use crate::destination::{Destination, UserUpdate};
+use crate::config::{Kind, RetryConfig};
+use crate::destination::{Destination, PendingValue, UserUpdate};
 use crate::state::{Outcome, PendingRow, Store};
+
+pub use attributes::ensure_attributes;
+pub use retry::backoff;
 
 /// Pending rows read per page.
 const PAGE_ROWS: usize = 2000;
-/// Most answers recorded in one transaction.
-const MAX_ACK_BATCH: usize = 4096;
 /// How often a long delivery logs its progress.
 const PROGRESS_EVERY: Duration = Duration::from_secs(10);
 
@@ -27,7 +34,12 @@ const PROGRESS_EVERY: Duration = Duration::from_secs(10);
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct KeyReport {
     pub delivered: u64,
+    /// Rows not acknowledged this pass (permanent errors, or retries exhausted).
     pub failed: u64,
+    /// Re-sends within the pass (each retry of a row counts once).
+    pub retried: u64,
+    /// Rows set aside by this pass after `quarantine_after` failed passes.
+    pub quarantined: u64,
     /// The last error a destination gave for this computation's rows.
     pub last_error: Option<String>,
 }
@@ -39,8 +51,8 @@ pub struct DeliveryReport {
 }
 
 impl DeliveryReport {
-    fn add(&mut self, outcomes: &[Outcome]) {
-        for o in outcomes {
+    fn add(&mut self, call: &CallResult) {
+        for o in &call.outcomes {
             let r = self.per_key.entry(o.computation_key.clone()).or_default();
             match &o.error {
                 None => r.delivered += 1,
@@ -50,51 +62,67 @@ impl DeliveryReport {
                 }
             }
         }
+        for key in &call.retried {
+            self.per_key.entry(key.clone()).or_default().retried += 1;
+        }
     }
 
     fn totals(&self) -> (u64, u64) {
-        self.per_key
-            .values()
-            .fold((0, 0), |(d, f), r| (d + r.delivered, f + r.failed))
+        self.per_key.values().fold((0, 0), |(d, f), r| (d + r.delivered, f + r.failed))
     }
 }
 
-/// Answers for one update, and the signal that they are committed.
-struct Ack {
+/// The answers of one call, once recorded.
+struct CallResult {
     outcomes: Vec<Outcome>,
-    committed: oneshot::Sender<()>,
+    /// The computation key of each row re-sent (once per retry).
+    retried: Vec<String>,
 }
 
-/// Delivers every pending row of the computations `keys` once (failed rows are retried on the
-/// next pass). Errors only when the state cannot be read or written.
+/// Delivers every pending, unquarantined row of the computations `keys` once, retrying within
+/// the pass until `deadline`; rows still failing stay pending for the next pass. Errors only
+/// when the state cannot be read or written.
 pub async fn deliver(
     store: &Store,
     destination: &Destination,
     keys: &[String],
+    policy: &RetryConfig,
+    deadline: Instant,
 ) -> anyhow::Result<DeliveryReport> {
     let mut report = DeliveryReport::default();
     if keys.is_empty() {
         return Ok(report);
     }
     let concurrency = destination.concurrency();
-    let (ack_tx, ack_rx) = mpsc::channel::<Ack>(concurrency);
-    let committer = tokio::spawn(commit_loop(store.clone(), ack_rx));
+    let (ack_tx, ack_rx) = mpsc::channel::<commit::Ack>(concurrency);
+    let committer = tokio::spawn(commit::commit_loop(store.clone(), ack_rx, policy.quarantine_after));
 
     let started = Instant::now();
     let mut last_progress = Instant::now();
+    let per_call = destination.updates_per_call();
     let sent = pending_updates(store, keys)
-        .map_ok(|update| send_one(destination, update, ack_tx.clone()))
+        .map_ok(|updates| {
+            let calls: Vec<Vec<UserUpdate>> = updates.chunks(per_call).map(<[UserUpdate]>::to_vec).collect();
+            stream::iter(calls.into_iter().map(Ok))
+        })
+        .try_flatten()
+        .map_ok(|call| {
+            let acks = ack_tx.clone();
+            async move {
+                let (outcomes, retried) = retry::send_with_retries(destination, policy, deadline, call).await;
+                let (committed, done) = oneshot::channel();
+                let lost = || anyhow::anyhow!("the state stopped recording answers");
+                acks.send(commit::Ack { outcomes: outcomes.clone(), committed }).await.map_err(|_| lost())?;
+                done.await.map_err(|_| lost())?;
+                anyhow::Ok(CallResult { outcomes, retried })
+            }
+        })
         .try_buffer_unordered(concurrency)
-        .try_for_each(|outcomes| {
-            report.add(&outcomes);
+        .try_for_each(|call| {
+            report.add(&call);
             if last_progress.elapsed() >= PROGRESS_EVERY {
                 let (delivered, failed) = report.totals();
-                tracing::info!(
-                    delivered,
-                    failed,
-                    elapsed_s = started.elapsed().as_secs(),
-                    "delivery in progress"
-                );
+                tracing::info!(delivered, failed, elapsed_s = started.elapsed().as_secs(), "delivery in progress");
                 last_progress = Instant::now();
             }
             futures::future::ready(Ok(()))
@@ -102,98 +130,38 @@ pub async fn deliver(
         .await;
     drop(ack_tx);
     // The committer's own error explains a failed send better than the closed channel it causes.
-    committer.await??;
+    let quarantined = committer.await??;
     sent?;
+    for (key, n) in quarantined {
+        report.per_key.entry(key).or_default().quarantined += n;
+    }
     Ok(report)
 }
 
-/// Pending rows as one update per user, page by page in user order.
+/// Pending rows as one update per user, a page at a time in user order.
 fn pending_updates<'a>(
     store: &'a Store,
     keys: &'a [String],
-) -> impl futures::Stream<Item = anyhow::Result<UserUpdate>> + 'a {
+) -> impl futures::Stream<Item = anyhow::Result<Vec<UserUpdate>>> + 'a {
     stream::try_unfold(String::new(), move |after| async move {
         let rows = store.pending_page(keys, &after, PAGE_ROWS).await?;
-        let Some(last) = rows.last().map(|r| r.user_id.clone()) else {
-            return anyhow::Ok(None);
-        };
+        let Some(last) = rows.last().map(|r| r.user_id.clone()) else { return anyhow::Ok(None) };
         Ok(Some((group_by_user(rows), last)))
     })
-    .map_ok(|updates| stream::iter(updates.into_iter().map(Ok)))
-    .try_flatten()
 }
 
 /// Consecutive rows of one user become one update.
 fn group_by_user(rows: Vec<PendingRow>) -> Vec<UserUpdate> {
     let mut updates: Vec<UserUpdate> = Vec::new();
     for row in rows {
+        let kind = if row.kind == Kind::Audience.as_str() { Kind::Audience } else { Kind::ComputedTrait };
+        let value = PendingValue { key: row.computation_key, value: row.desired, kind, changed_at: row.updated_at };
         match updates.last_mut() {
-            Some(u) if u.user_id == row.user_id => {
-                u.values.push((row.computation_key, row.desired))
-            }
-            _ => updates.push(UserUpdate {
-                user_id: row.user_id,
-                values: vec![(row.computation_key, row.desired)],
-            }),
+            Some(u) if u.user_id == row.user_id => u.values.push(value),
+            _ => updates.push(UserUpdate { user_id: row.user_id, values: vec![value] }),
         }
     }
     updates
-}
-
-/// Sends one update and waits until its answer is recorded.
-async fn send_one(
-    destination: &Destination,
-    update: UserUpdate,
-    acks: mpsc::Sender<Ack>,
-) -> anyhow::Result<Vec<Outcome>> {
-    let result = destination.send(&update).await;
-    if let Err(e) = &result {
-        tracing::debug!(user_id = %update.user_id, error = %e, "delivery failed");
-    }
-    let error = result.err().map(|e| e.message);
-    let outcomes: Vec<Outcome> = update
-        .values
-        .into_iter()
-        .map(|(computation_key, sent)| Outcome {
-            computation_key,
-            user_id: update.user_id.clone(),
-            sent,
-            error: error.clone(),
-        })
-        .collect();
-    let (committed, done) = oneshot::channel();
-    acks.send(Ack {
-        outcomes: outcomes.clone(),
-        committed,
-    })
-    .await
-    .map_err(|_| anyhow::anyhow!("the state stopped recording answers"))?;
-    done.await
-        .map_err(|_| anyhow::anyhow!("the state stopped recording answers"))?;
-    Ok(outcomes)
-}
-
-/// Records answers as they come, as many per transaction as have arrived meanwhile.
-async fn commit_loop(store: Store, mut acks: mpsc::Receiver<Ack>) -> anyhow::Result<()> {
-    let mut batch: Vec<Ack> = Vec::new();
-    while let Some(first) = acks.recv().await {
-        batch.push(first);
-        while batch.len() < MAX_ACK_BATCH {
-            match acks.try_recv() {
-                Ok(a) => batch.push(a),
-                Err(_) => break,
-            }
-        }
-        let outcomes: Vec<Outcome> = batch
-            .iter()
-            .flat_map(|a| a.outcomes.iter().cloned())
-            .collect();
-        store.record_outcomes(&outcomes).await?;
-        for a in batch.drain(..) {
-            let _ = a.committed.send(());
-        }
-    }
-    Ok(())
 }
 
 #[cfg(test)]
@@ -205,6 +173,8 @@ mod tests {
             user_id: user.into(),
             computation_key: key.into(),
             desired: "true".into(),
+            updated_at: "t".into(),
+            kind: "audience".into(),
         }
     }
 
@@ -212,13 +182,8 @@ mod tests {
     fn rows_of_one_user_become_one_update() {
         let updates = group_by_user(vec![row("a", "k1"), row("a", "k2"), row("b", "k1")]);
         assert_eq!(updates.len(), 2);
-        assert_eq!(
-            updates[0].values,
-            vec![
-                ("k1".to_string(), "true".to_string()),
-                ("k2".to_string(), "true".to_string())
-            ]
-        );
+        let keys: Vec<&str> = updates[0].values.iter().map(|v| v.key.as_str()).collect();
+        assert_eq!(keys, ["k1", "k2"]);
         assert_eq!(updates[1].user_id, "b");
     }
 }

@@ -9,7 +9,7 @@ use std::sync::Mutex;
 use anyhow::Context;
 use serde::Serialize;
 
-use super::{DeliveryError, UserUpdate};
+use super::{DeliveryError, RowResults, UserUpdate, for_every_row};
 
 pub struct FileDestination {
     out: Mutex<BufWriter<File>>,
@@ -27,35 +27,46 @@ struct Identify<'a> {
 impl FileDestination {
     pub fn open(path: &Path) -> anyhow::Result<FileDestination> {
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            std::fs::create_dir_all(dir)
-                .with_context(|| format!("cannot create {}", dir.display()))?;
+            std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
         }
         let file = OpenOptions::new()
             .create(true)
             .append(true)
             .open(path)
             .with_context(|| format!("cannot open the destination file {}", path.display()))?;
-        Ok(FileDestination {
-            out: Mutex::new(BufWriter::new(file)),
-        })
+        Ok(FileDestination { out: Mutex::new(BufWriter::with_capacity(1 << 20, file)) })
     }
 
-    /// Appends the update as one line and flushes it; the line is acknowledged once written.
-    pub fn send(&self, update: &UserUpdate) -> Result<(), DeliveryError> {
-        let identify = Identify {
-            kind: "identify",
-            user_id: &update.user_id,
-            traits: update.traits()?,
+    /// Appends one line per update and flushes them; the lines are acknowledged once written.
+    pub fn send(&self, updates: &[UserUpdate]) -> RowResults {
+        let encoded: Vec<Result<Vec<u8>, DeliveryError>> = updates
+            .iter()
+            .map(|update| {
+                let identify = Identify { kind: "identify", user_id: &update.user_id, traits: update.traits()? };
+                serde_json::to_vec(&identify).map_err(|e| DeliveryError::permanent(e.to_string()))
+            })
+            .collect();
+        let mut lines = Vec::with_capacity(updates.len() * 128);
+        for line in encoded.iter().flatten() {
+            lines.extend_from_slice(line);
+            lines.push(b'\n');
+        }
+        let written = {
+            let mut out = self.out.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+            out.write_all(&lines)
+                .and_then(|()| out.flush())
+                .map_err(|e| DeliveryError::transient(format!("cannot append to the destination file: {e}")))
         };
-        let mut line =
-            serde_json::to_vec(&identify).map_err(|e| DeliveryError::new(e.to_string()))?;
-        line.push(b'\n');
-        let mut out = self
-            .out
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
-        out.write_all(&line)
-            .and_then(|()| out.flush())
-            .map_err(|e| DeliveryError::new(format!("cannot append to the destination file: {e}")))
+        updates
+            .iter()
+            .zip(&encoded)
+            .flat_map(|(update, line)| {
+                let result = match line {
+                    Ok(_) => written.clone(),
+                    Err(e) => Err(e.clone()),
+                };
+                for_every_row(std::slice::from_ref(update), &result)
+            })
+            .collect()
     }
 }

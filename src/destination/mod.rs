@@ -1,85 +1,138 @@
-//! Destinations: where pending changes go. Each turns one user's update into its own request
-//! and answers only "acknowledged" or "not, because ..."; recording the answer is delivery's job.
+//! Destinations: where pending changes go. Each builds its own requests from users' updates and
+//! answers, per row, "acknowledged" or "not, because ..."; retrying and recording the answers
+//! is delivery's job, classifying them is `retry`'s.
 
+mod attributes;
 mod contentstack;
 mod file;
+mod http;
+mod pacer;
+pub mod retry;
+mod segment;
 
 use std::collections::BTreeMap;
 
 use serde_json::value::RawValue;
 
-use crate::config;
+use crate::config::{self, Kind};
 
+pub use attributes::AttributeManager;
 pub use contentstack::Contentstack;
 pub use file::FileDestination;
+pub use http::HttpSender;
+pub use pacer::Pacer;
+pub use retry::Failure;
+pub use segment::Segment;
 
-/// All pending values of one user in one delivery round: (trait key, JSON text), sorted by key.
+/// One pending value of one user: the row (computation key, JSON text) and what the
+/// destinations need to describe it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PendingValue {
+    pub key: String,
+    pub value: String,
+    pub kind: Kind,
+    /// When `desired` took this value: identifies the change (Segment's messageId, timestamp).
+    pub changed_at: String,
+}
+
+/// All pending values of one user in one delivery round, sorted by key.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct UserUpdate {
     pub user_id: String,
-    pub values: Vec<(String, String)>,
+    pub values: Vec<PendingValue>,
 }
 
 impl UserUpdate {
     /// The values as a JSON object, keys in order, values verbatim (they are stored as JSON).
     pub fn traits(&self) -> Result<BTreeMap<&str, &RawValue>, DeliveryError> {
-        self.values
-            .iter()
-            .map(|(k, v)| {
-                let raw: &RawValue = serde_json::from_str(v).map_err(|e| {
-                    DeliveryError::new(format!("state holds invalid JSON for {k:?}: {e}"))
-                })?;
-                Ok((k.as_str(), raw))
-            })
-            .collect()
+        self.values.iter().map(|v| Ok((v.key.as_str(), raw_json(v)?))).collect()
     }
 }
 
-/// Why a destination did not acknowledge an update: recorded as the row's `last_error`.
+/// A stored value as raw JSON, for serializing without re-encoding.
+pub fn raw_json(v: &PendingValue) -> Result<&RawValue, DeliveryError> {
+    serde_json::from_str(&v.value)
+        .map_err(|e| DeliveryError::permanent(format!("state holds invalid JSON for {:?}: {e}", v.key)))
+}
+
+/// Why a destination did not acknowledge a row: recorded as the row's `last_error`.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{message}")]
 pub struct DeliveryError {
     pub message: String,
+    pub failure: Failure,
+    /// How long the destination asked us to wait (`Retry-After`).
+    pub retry_after: Option<std::time::Duration>,
 }
 
 impl DeliveryError {
-    pub fn new(message: impl Into<String>) -> Self {
-        DeliveryError {
-            message: message.into(),
-        }
+    pub fn permanent(message: impl Into<String>) -> Self {
+        DeliveryError { message: message.into(), failure: Failure::Permanent, retry_after: None }
     }
+
+    pub fn transient(message: impl Into<String>) -> Self {
+        DeliveryError { message: message.into(), failure: Failure::Transient, retry_after: None }
+    }
+}
+
+/// The answer for each row of a call, in the order of the updates and their values.
+pub type RowResults = Vec<Result<(), DeliveryError>>;
+
+/// The same answer for every row of `updates`.
+pub fn for_every_row(updates: &[UserUpdate], result: &Result<(), DeliveryError>) -> RowResults {
+    updates.iter().flat_map(|u| u.values.iter().map(|_| result.clone())).collect()
 }
 
 pub enum Destination {
     Contentstack(Contentstack),
+    Segment(Segment),
     File(FileDestination),
 }
 
 impl Destination {
     pub fn from_config(config: &config::Destination) -> anyhow::Result<Destination> {
         Ok(match config {
-            config::Destination::Contentstack(c) => {
-                Destination::Contentstack(Contentstack::new(c)?)
-            }
+            config::Destination::Contentstack(c) => Destination::Contentstack(Contentstack::new(c)?),
+            config::Destination::Segment(c) => Destination::Segment(Segment::new(c)?),
             config::Destination::File { path } => Destination::File(FileDestination::open(path)?),
         })
     }
 
-    /// How many updates may be in flight at once.
+    /// How many calls may be in flight at once.
     pub fn concurrency(&self) -> usize {
         match self {
             Destination::Contentstack(c) => c.concurrency(),
-            // Appends are serialised by the file's lock; concurrency here only lets the state
-            // record many acknowledgements in one transaction.
-            Destination::File(_) => 256,
+            Destination::Segment(s) => s.concurrency(),
+            // Appends are serialised by the file's lock; a few calls in flight let the state
+            // record one call's answers while the next is written.
+            Destination::File(_) => 4,
         }
     }
 
-    /// Sends one user's update; `Ok` only once the destination acknowledged it.
-    pub async fn send(&self, update: &UserUpdate) -> Result<(), DeliveryError> {
+    /// How many users' updates one call carries.
+    pub fn updates_per_call(&self) -> usize {
         match self {
-            Destination::Contentstack(c) => c.send(update).await,
-            Destination::File(f) => f.send(update),
+            // One request per user (DESIGN §5).
+            Destination::Contentstack(_) => 1,
+            Destination::Segment(_) => segment::USERS_PER_CALL,
+            Destination::File(_) => 1024,
+        }
+    }
+
+    /// Sends one call's updates; one result per row, in order.
+    pub async fn send(&self, updates: &[UserUpdate]) -> RowResults {
+        match self {
+            Destination::Contentstack(c) => c.send(updates).await,
+            Destination::Segment(s) => s.send(updates).await,
+            Destination::File(f) => f.send(updates),
+        }
+    }
+
+    /// The destination's attribute manager, when it must create attributes before sending.
+    pub fn attributes(&self) -> Option<&AttributeManager> {
+        match self {
+            Destination::Contentstack(c) => c.attributes(),
+            _ => None,
         }
     }
 }

@@ -68,10 +68,7 @@ pub fn decide(
     match (state, snapshot) {
         (None, Some(snap)) => {
             counts.entered += 1;
-            Some(Op::Set {
-                user_id: snap.user_id,
-                desired: snap.value,
-            })
+            Some(Op::Set { user_id: snap.user_id, desired: snap.value })
         }
         (Some(row), Some(snap)) => {
             if row.desired == snap.value {
@@ -82,10 +79,7 @@ pub fn decide(
             } else {
                 counts.changed += 1;
             }
-            Some(Op::Set {
-                user_id: snap.user_id,
-                desired: snap.value,
-            })
+            Some(Op::Set { user_id: snap.user_id, desired: snap.value })
         }
         (Some(row), None) => {
             if row.desired == gone {
@@ -93,14 +87,9 @@ pub fn decide(
             }
             counts.exited += 1;
             if row.synced.is_none() {
-                Some(Op::Forget {
-                    user_id: row.user_id.clone(),
-                })
+                Some(Op::Forget { user_id: row.user_id.clone() })
             } else {
-                Some(Op::Set {
-                    user_id: row.user_id.clone(),
-                    desired: gone.to_string(),
-                })
+                Some(Op::Set { user_id: row.user_id.clone(), desired: gone.to_string() })
             }
         }
         (None, None) => None,
@@ -109,12 +98,7 @@ pub fn decide(
 
 /// Merges the sorted `state` and `snapshot` streams of one computation, sending every change to
 /// `sink`. Either stream failing fails the merge; the caller then discards what the sink got.
-pub async fn merge<St, Sn, W>(
-    kind: Kind,
-    mut state: St,
-    mut snapshot: Sn,
-    sink: &mut W,
-) -> anyhow::Result<DiffCounts>
+pub async fn merge<St, Sn, W>(kind: Kind, mut state: St, mut snapshot: Sn, sink: &mut W) -> anyhow::Result<DiffCounts>
 where
     St: Stream<Item = anyhow::Result<StateRow>> + Unpin,
     Sn: Stream<Item = anyhow::Result<SnapshotRecord>> + Unpin,

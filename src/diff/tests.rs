@@ -12,42 +12,23 @@ impl OpSink for Collect {
 }
 
 fn row(user: &str, desired: &str, synced: Option<&str>) -> StateRow {
-    StateRow {
-        user_id: user.into(),
-        desired: desired.into(),
-        synced: synced.map(Into::into),
-    }
+    StateRow { user_id: user.into(), desired: desired.into(), synced: synced.map(Into::into) }
 }
 
 fn snap(user: &str, value: &str) -> SnapshotRecord {
-    SnapshotRecord {
-        user_id: user.into(),
-        value: value.into(),
-        line: 0,
-    }
+    SnapshotRecord { user_id: user.into(), value: value.into(), line: 0 }
 }
 
 fn set(user: &str, desired: &str) -> Op {
-    Op::Set {
-        user_id: user.into(),
-        desired: desired.into(),
-    }
+    Op::Set { user_id: user.into(), desired: desired.into() }
 }
 
-async fn run(
-    kind: Kind,
-    state: Vec<StateRow>,
-    snapshot: Vec<SnapshotRecord>,
-) -> (Vec<Op>, DiffCounts) {
+async fn run(kind: Kind, state: Vec<StateRow>, snapshot: Vec<SnapshotRecord>) -> (Vec<Op>, DiffCounts) {
     let mut sink = Collect(Vec::new());
-    let counts = merge(
-        kind,
-        stream::iter(state.into_iter().map(Ok)),
-        stream::iter(snapshot.into_iter().map(Ok)),
-        &mut sink,
-    )
-    .await
-    .unwrap();
+    let counts =
+        merge(kind, stream::iter(state.into_iter().map(Ok)), stream::iter(snapshot.into_iter().map(Ok)), &mut sink)
+            .await
+            .unwrap();
     (sink.0, counts)
 }
 
@@ -62,26 +43,8 @@ async fn audience_entries_exits_and_unchanged_members() {
     ];
     let snapshot = vec![snap("a", TRUE), snap("d", TRUE), snap("f", TRUE)];
     let (ops, counts) = run(Kind::Audience, state, snapshot).await;
-    assert_eq!(
-        ops,
-        vec![
-            set("b", FALSE),
-            set("d", TRUE),
-            Op::Forget {
-                user_id: "e".into()
-            },
-            set("f", TRUE)
-        ]
-    );
-    assert_eq!(
-        counts,
-        DiffCounts {
-            snapshot_rows: 3,
-            entered: 2,
-            exited: 2,
-            changed: 0
-        }
-    );
+    assert_eq!(ops, vec![set("b", FALSE), set("d", TRUE), Op::Forget { user_id: "e".into() }, set("f", TRUE)]);
+    assert_eq!(counts, DiffCounts { snapshot_rows: 3, entered: 2, exited: 2, changed: 0 });
 }
 
 #[tokio::test]
@@ -95,38 +58,20 @@ async fn trait_changes_removals_and_returns() {
     let snapshot = vec![snap("a", "2"), snap("c", "3"), snap("d", "false")];
     let (ops, counts) = run(Kind::ComputedTrait, state, snapshot).await;
     assert_eq!(ops, vec![set("a", "2"), set("b", NULL), set("c", "3")]);
-    assert_eq!(
-        counts,
-        DiffCounts {
-            snapshot_rows: 3,
-            entered: 1,
-            exited: 1,
-            changed: 1
-        }
-    );
+    assert_eq!(counts, DiffCounts { snapshot_rows: 3, entered: 1, exited: 1, changed: 1 });
 }
 
 #[tokio::test]
 async fn unchanged_snapshot_yields_no_ops() {
     let state = vec![row("a", TRUE, Some(TRUE)), row("b", TRUE, None)];
-    let (ops, counts) = run(
-        Kind::Audience,
-        state,
-        vec![snap("a", TRUE), snap("b", TRUE)],
-    )
-    .await;
+    let (ops, counts) = run(Kind::Audience, state, vec![snap("a", TRUE), snap("b", TRUE)]).await;
     assert!(ops.is_empty());
     assert_eq!(counts.snapshot_rows, 2);
 }
 
 #[tokio::test]
 async fn initial_sync_enters_everyone_and_empty_snapshot_exits_everyone() {
-    let (ops, counts) = run(
-        Kind::Audience,
-        vec![],
-        vec![snap("a", TRUE), snap("b", TRUE)],
-    )
-    .await;
+    let (ops, counts) = run(Kind::Audience, vec![], vec![snap("a", TRUE), snap("b", TRUE)]).await;
     assert_eq!(ops, vec![set("a", TRUE), set("b", TRUE)]);
     assert_eq!(counts.entered, 2);
     let state = vec![row("a", TRUE, Some(TRUE)), row("b", TRUE, Some(TRUE))];
@@ -138,17 +83,9 @@ async fn initial_sync_enters_everyone_and_empty_snapshot_exits_everyone() {
 #[tokio::test]
 async fn a_failing_side_fails_the_merge() {
     let mut sink = Collect(Vec::new());
-    let snapshot = stream::iter(vec![
-        Ok(snap("a", TRUE)),
-        Err(anyhow::anyhow!("broken line")),
-    ]);
-    let err = merge(
-        Kind::Audience,
-        stream::iter(Vec::<anyhow::Result<StateRow>>::new()),
-        snapshot,
-        &mut sink,
-    )
-    .await
-    .unwrap_err();
+    let snapshot = stream::iter(vec![Ok(snap("a", TRUE)), Err(anyhow::anyhow!("broken line"))]);
+    let err = merge(Kind::Audience, stream::iter(Vec::<anyhow::Result<StateRow>>::new()), snapshot, &mut sink)
+        .await
+        .unwrap_err();
     assert!(err.to_string().contains("broken line"));
 }

@@ -14,21 +14,12 @@ use crate::config::{Kind, SnapshotFormat};
 type Push<'a> = dyn FnMut(SnapshotRecord) -> Result<(), SnapshotError> + 'a;
 
 /// Reads every record of the file at `path`, handing each to `push`; stops at the first error.
-pub fn read(
-    path: &Path,
-    format: SnapshotFormat,
-    gzip: bool,
-    kind: Kind,
-    push: &mut Push,
-) -> Result<(), SnapshotError> {
+pub fn read(path: &Path, format: SnapshotFormat, gzip: bool, kind: Kind, push: &mut Push) -> Result<(), SnapshotError> {
     let name = path.display().to_string();
-    let file = File::open(path)
-        .map_err(|e| SnapshotError::new(&name, None, None, format!("cannot open snapshot: {e}")))?;
+    let file =
+        File::open(path).map_err(|e| SnapshotError::new(&name, None, None, format!("cannot open snapshot: {e}")))?;
     let raw: Box<dyn Read> = if gzip {
-        Box::new(flate2::read::MultiGzDecoder::new(BufReader::with_capacity(
-            1 << 16,
-            file,
-        )))
+        Box::new(flate2::read::MultiGzDecoder::new(BufReader::with_capacity(1 << 16, file)))
     } else {
         Box::new(file)
     };
@@ -41,32 +32,17 @@ pub fn read(
 
 fn check_user_id(name: &str, line: u64, user_id: &str) -> Result<(), SnapshotError> {
     if user_id.trim().is_empty() {
-        return Err(SnapshotError::new(
-            name,
-            Some(line),
-            Some("user_id"),
-            "user_id is empty",
-        ));
+        return Err(SnapshotError::new(name, Some(line), Some("user_id"), "user_id is empty"));
     }
     Ok(())
 }
 
-fn read_csv(
-    name: &str,
-    reader: impl Read,
-    kind: Kind,
-    push: &mut Push,
-) -> Result<(), SnapshotError> {
-    let mut csv = csv::ReaderBuilder::new()
-        .has_headers(true)
-        .flexible(false)
-        .from_reader(reader);
+fn read_csv(name: &str, reader: impl Read, kind: Kind, push: &mut Push) -> Result<(), SnapshotError> {
+    let mut csv = csv::ReaderBuilder::new().has_headers(true).flexible(false).from_reader(reader);
     let csv_err = |e: csv::Error| {
         let line = e.position().map(|p| p.line());
         let message = match e.kind() {
-            csv::ErrorKind::UnequalLengths {
-                expected_len, len, ..
-            } => {
+            csv::ErrorKind::UnequalLengths { expected_len, len, .. } => {
                 format!("row has {len} fields, the header has {expected_len}")
             }
             csv::ErrorKind::Utf8 { .. } => "not valid UTF-8".to_string(),
@@ -77,9 +53,7 @@ fn read_csv(
     let headers = csv.headers().map_err(csv_err)?.clone();
     let header_err = |m: String| SnapshotError::new(name, Some(1), Some("header"), m);
     if headers.is_empty() || (headers.len() == 1 && headers[0].is_empty()) {
-        return Err(header_err(
-            "no header row; expected a header with user_id".into(),
-        ));
+        return Err(header_err("no header row; expected a header with user_id".into()));
     }
     let column = |want: &str| -> Result<Option<usize>, SnapshotError> {
         let mut found = headers.iter().enumerate().filter(|(_, h)| h.trim() == want);
@@ -90,14 +64,12 @@ fn read_csv(
         Ok(first)
     };
     let found = || headers.iter().collect::<Vec<_>>().join(",");
-    let user_col = column("user_id")?
-        .ok_or_else(|| header_err(format!("no user_id column (header: {})", found())))?;
+    let user_col = column("user_id")?.ok_or_else(|| header_err(format!("no user_id column (header: {})", found())))?;
     let value_col = match kind {
         Kind::Audience => None,
-        Kind::ComputedTrait => Some(
-            column("value")?
-                .ok_or_else(|| header_err(format!("no value column (header: {})", found())))?,
-        ),
+        Kind::ComputedTrait => {
+            Some(column("value")?.ok_or_else(|| header_err(format!("no value column (header: {})", found())))?)
+        }
     };
     let mut record = csv::StringRecord::new();
     while csv.read_record(&mut record).map_err(csv_err)? {
@@ -106,15 +78,12 @@ fn read_csv(
         check_user_id(name, line, user_id)?;
         let value = match (member_value(kind), value_col) {
             (Some(v), _) => v.to_string(),
-            (None, Some(col)) => csv_value(&record[col])
-                .map_err(|m| SnapshotError::new(name, Some(line), Some("value"), m))?,
+            (None, Some(col)) => {
+                csv_value(&record[col]).map_err(|m| SnapshotError::new(name, Some(line), Some("value"), m))?
+            }
             (None, None) => unreachable!("computed traits have a value column"),
         };
-        push(SnapshotRecord {
-            user_id: user_id.to_string(),
-            value,
-            line,
-        })?;
+        push(SnapshotRecord { user_id: user_id.to_string(), value, line })?;
     }
     Ok(())
 }
@@ -125,33 +94,27 @@ struct NdjsonLine {
     value: Option<Value>,
 }
 
-fn read_ndjson(
-    name: &str,
-    mut reader: impl BufRead,
-    kind: Kind,
-    push: &mut Push,
-) -> Result<(), SnapshotError> {
+fn read_ndjson(name: &str, mut reader: impl BufRead, kind: Kind, push: &mut Push) -> Result<(), SnapshotError> {
     let mut buf = Vec::new();
     let mut line = 0u64;
     loop {
         buf.clear();
-        let n = reader.read_until(b'\n', &mut buf).map_err(|e| {
-            SnapshotError::new(name, Some(line + 1), None, format!("cannot read: {e}"))
-        })?;
+        let n = reader
+            .read_until(b'\n', &mut buf)
+            .map_err(|e| SnapshotError::new(name, Some(line + 1), None, format!("cannot read: {e}")))?;
         if n == 0 {
             return Ok(());
         }
         line += 1;
         // A last line without a newline is accepted only if it parses whole: a writer cut off
         // mid-line leaves broken JSON, which fails the load below.
-        let text = std::str::from_utf8(&buf)
-            .map_err(|_| SnapshotError::new(name, Some(line), None, "not valid UTF-8"))?;
+        let text =
+            std::str::from_utf8(&buf).map_err(|_| SnapshotError::new(name, Some(line), None, "not valid UTF-8"))?;
         if text.trim().is_empty() {
             continue;
         }
-        let parsed: NdjsonLine = serde_json::from_str(text).map_err(|e| {
-            SnapshotError::new(name, Some(line), None, format!("not a JSON object: {e}"))
-        })?;
+        let parsed: NdjsonLine = serde_json::from_str(text)
+            .map_err(|e| SnapshotError::new(name, Some(line), None, format!("not a JSON object: {e}")))?;
         let user_id = match parsed.user_id {
             Some(Value::String(s)) => s,
             Some(other) => {
@@ -163,30 +126,20 @@ fn read_ndjson(
                 ));
             }
             None => {
-                return Err(SnapshotError::new(
-                    name,
-                    Some(line),
-                    Some("user_id"),
-                    "user_id is missing",
-                ));
+                return Err(SnapshotError::new(name, Some(line), Some("user_id"), "user_id is missing"));
             }
         };
         check_user_id(name, line, &user_id)?;
         let value = match member_value(kind) {
             Some(v) => v.to_string(),
             None => {
-                let v = parsed.value.ok_or_else(|| {
-                    SnapshotError::new(name, Some(line), Some("value"), "value is missing")
-                })?;
-                canonical_value(&v)
-                    .map_err(|m| SnapshotError::new(name, Some(line), Some("value"), m))?
+                let v = parsed
+                    .value
+                    .ok_or_else(|| SnapshotError::new(name, Some(line), Some("value"), "value is missing"))?;
+                canonical_value(&v).map_err(|m| SnapshotError::new(name, Some(line), Some("value"), m))?
             }
         };
-        push(SnapshotRecord {
-            user_id,
-            value,
-            line,
-        })?;
+        push(SnapshotRecord { user_id, value, line })?;
     }
 }
 

@@ -39,12 +39,7 @@ impl SnapshotError {
         field: Option<&'static str>,
         message: impl Into<String>,
     ) -> Self {
-        SnapshotError {
-            source_name: source_name.to_string(),
-            line,
-            field,
-            message: message.into(),
-        }
+        SnapshotError { source_name: source_name.to_string(), line, field, message: message.into() }
     }
 }
 
@@ -79,9 +74,7 @@ pub fn sorted_snapshot(
                 }
             }
             if chunk.len() == CHUNK
-                && tx
-                    .blocking_send(Ok(std::mem::replace(&mut chunk, Vec::with_capacity(CHUNK))))
-                    .is_err()
+                && tx.blocking_send(Ok(std::mem::replace(&mut chunk, Vec::with_capacity(CHUNK)))).is_err()
             {
                 return;
             }
@@ -90,8 +83,7 @@ pub fn sorted_snapshot(
             let _ = tx.blocking_send(Ok(chunk));
         }
     });
-    let chunks =
-        futures::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|c| (c, rx)) });
+    let chunks = futures::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|c| (c, rx)) });
     Box::pin(futures::StreamExt::flat_map(chunks, |chunk| {
         let items: Vec<anyhow::Result<SnapshotRecord>> = match chunk {
             Ok(records) => records.into_iter().map(Ok).collect(),
@@ -102,32 +94,19 @@ pub fn sorted_snapshot(
 }
 
 /// Reads the whole snapshot and sorts it; the iterator then checks for users listed twice.
-pub fn load_sorted(
-    computation: &Computation,
-    sort_buffer_bytes: usize,
-) -> Result<Deduplicated, SnapshotError> {
+pub fn load_sorted(computation: &Computation, sort_buffer_bytes: usize) -> Result<Deduplicated, SnapshotError> {
     match &computation.source {
         Source::File { path, format, gzip } => {
             let name = path.display().to_string();
             let mut sorter = Sorter::new(sort_buffer_bytes);
             file::read(path, *format, *gzip, computation.kind, &mut |rec| {
-                sorter.push(rec).map_err(|e| {
-                    SnapshotError::new(
-                        &name,
-                        None,
-                        None,
-                        format!("cannot spill to a temp file: {e}"),
-                    )
-                })
+                sorter
+                    .push(rec)
+                    .map_err(|e| SnapshotError::new(&name, None, None, format!("cannot spill to a temp file: {e}")))
             })?;
-            let sorted = sorter
-                .finish()
-                .map_err(|e| SnapshotError::new(&name, None, None, format!("cannot sort: {e}")))?;
-            Ok(Deduplicated {
-                name,
-                inner: sorted,
-                previous: None,
-            })
+            let sorted =
+                sorter.finish().map_err(|e| SnapshotError::new(&name, None, None, format!("cannot sort: {e}")))?;
+            Ok(Deduplicated { name, inner: sorted, previous: None })
         }
     }
 }
@@ -146,12 +125,7 @@ impl Iterator for Deduplicated {
         let rec = match self.inner.next()? {
             Ok(r) => r,
             Err(e) => {
-                return Some(Err(SnapshotError::new(
-                    &self.name,
-                    None,
-                    None,
-                    format!("cannot read a sorted run: {e}"),
-                )));
+                return Some(Err(SnapshotError::new(&self.name, None, None, format!("cannot read a sorted run: {e}"))));
             }
         };
         if let Some((prev, prev_line)) = &self.previous
@@ -161,10 +135,7 @@ impl Iterator for Deduplicated {
                 &self.name,
                 Some(rec.line),
                 Some("user_id"),
-                format!(
-                    "user {:?} is listed twice (lines {prev_line} and {})",
-                    rec.user_id, rec.line
-                ),
+                format!("user {:?} is listed twice (lines {prev_line} and {})", rec.user_id, rec.line),
             )));
         }
         match &mut self.previous {
@@ -180,10 +151,7 @@ impl Iterator for Deduplicated {
 }
 
 /// Checks that a source can be read (used by `check`): loads it whole and counts its users.
-pub fn count_users(
-    computation: &Computation,
-    sort_buffer_bytes: usize,
-) -> Result<u64, SnapshotError> {
+pub fn count_users(computation: &Computation, sort_buffer_bytes: usize) -> Result<u64, SnapshotError> {
     let mut n = 0;
     for rec in load_sorted(computation, sort_buffer_bytes)? {
         rec?;

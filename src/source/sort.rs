@@ -24,12 +24,7 @@ pub struct Sorter {
 
 impl Sorter {
     pub fn new(limit_bytes: usize) -> Self {
-        Sorter {
-            buffer: Vec::new(),
-            bytes: 0,
-            limit: limit_bytes,
-            runs: Vec::new(),
-        }
+        Sorter { buffer: Vec::new(), bytes: 0, limit: limit_bytes, runs: Vec::new() }
     }
 
     pub fn push(&mut self, rec: SnapshotRecord) -> io::Result<()> {
@@ -67,11 +62,8 @@ impl Sorter {
         if !self.buffer.is_empty() {
             self.spill()?;
         }
-        let mut readers: Vec<RunReader> = self
-            .runs
-            .into_iter()
-            .map(|f| RunReader(BufReader::with_capacity(1 << 16, f)))
-            .collect();
+        let mut readers: Vec<RunReader> =
+            self.runs.into_iter().map(|f| RunReader(BufReader::with_capacity(1 << 16, f))).collect();
         let mut heap = BinaryHeap::with_capacity(readers.len());
         for (i, r) in readers.iter_mut().enumerate() {
             if let Some(rec) = r.next()? {
@@ -89,10 +81,7 @@ fn sort_buffer(buffer: &mut [SnapshotRecord]) {
 /// Records in user order, from memory or merged from sorted runs.
 pub enum SortedRecords {
     Memory(std::vec::IntoIter<SnapshotRecord>),
-    Merge {
-        readers: Vec<RunReader>,
-        heap: BinaryHeap<Reverse<HeapEntry>>,
-    },
+    Merge { readers: Vec<RunReader>, heap: BinaryHeap<Reverse<HeapEntry>> },
 }
 
 impl Iterator for SortedRecords {
@@ -129,10 +118,7 @@ impl PartialOrd for HeapEntry {
 }
 impl Ord for HeapEntry {
     fn cmp(&self, other: &Self) -> Ordering {
-        self.0
-            .user_id
-            .cmp(&other.0.user_id)
-            .then(self.0.line.cmp(&other.0.line))
+        self.0.user_id.cmp(&other.0.user_id).then(self.0.line.cmp(&other.0.line))
     }
 }
 
@@ -160,11 +146,7 @@ impl RunReader {
         let value = self.string(u32::from_le_bytes(len) as usize)?;
         let mut line = [0u8; 8];
         self.0.read_exact(&mut line)?;
-        Ok(Some(SnapshotRecord {
-            user_id,
-            value,
-            line: u64::from_le_bytes(line),
-        }))
+        Ok(Some(SnapshotRecord { user_id, value, line: u64::from_le_bytes(line) }))
     }
 
     fn string(&mut self, len: usize) -> io::Result<String> {
@@ -179,11 +161,7 @@ mod tests {
     use super::*;
 
     fn rec(user: &str, line: u64) -> SnapshotRecord {
-        SnapshotRecord {
-            user_id: user.into(),
-            value: format!("{line}"),
-            line,
-        }
+        SnapshotRecord { user_id: user.into(), value: format!("{line}"), line }
     }
 
     fn sorted(limit: usize, users: &[&str]) -> (Vec<(String, u64)>, usize) {
@@ -192,20 +170,13 @@ mod tests {
             s.push(rec(u, i as u64 + 1)).unwrap();
         }
         let runs = s.spilled_runs();
-        let out = s
-            .finish()
-            .unwrap()
-            .map(|r| r.map(|r| (r.user_id, r.line)))
-            .collect::<io::Result<Vec<_>>>()
-            .unwrap();
+        let out = s.finish().unwrap().map(|r| r.map(|r| (r.user_id, r.line))).collect::<io::Result<Vec<_>>>().unwrap();
         (out, runs)
     }
 
     #[test]
     fn spilling_sort_matches_in_memory_sort() {
-        let users: Vec<String> = (0..5000u64)
-            .map(|i| format!("user-{}", (i * 7919) % 5003))
-            .collect();
+        let users: Vec<String> = (0..5000u64).map(|i| format!("user-{}", (i * 7919) % 5003)).collect();
         let users: Vec<&str> = users.iter().map(String::as_str).collect();
         let (in_memory, runs) = sorted(usize::MAX, &users);
         assert_eq!(runs, 0);
@@ -219,15 +190,7 @@ mod tests {
     fn equal_users_keep_file_order_across_runs() {
         let (out, runs) = sorted(1, &["b", "a", "b", "a"]);
         assert_eq!(runs, 4);
-        assert_eq!(
-            out,
-            vec![
-                ("a".into(), 2),
-                ("a".into(), 4),
-                ("b".into(), 1),
-                ("b".into(), 3)
-            ]
-        );
+        assert_eq!(out, vec![("a".into(), 2), ("a".into(), 4), ("b".into(), 1), ("b".into(), 3)]);
     }
 
     #[test]

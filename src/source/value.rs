@@ -21,10 +21,7 @@ pub fn canonical_value(value: &Value) -> Result<String, String> {
     }
     let text = value.to_string();
     if text.len() > MAX_VALUE_BYTES {
-        return Err(format!(
-            "value is {} bytes, more than the limit of {MAX_VALUE_BYTES}",
-            text.len()
-        ));
+        return Err(format!("value is {} bytes, more than the limit of {MAX_VALUE_BYTES}", text.len()));
     }
     Ok(text)
 }
@@ -48,10 +45,7 @@ mod tests {
 
     #[test]
     fn numbers_are_canonical() {
-        assert_eq!(
-            canonical_value(&serde_json::json!(420.50)).unwrap(),
-            "420.5"
-        );
+        assert_eq!(canonical_value(&serde_json::json!(420.50)).unwrap(), "420.5");
         assert_eq!(csv_value("420.50").unwrap(), "420.5");
         assert_eq!(csv_value("7").unwrap(), "7");
     }
@@ -73,10 +67,6 @@ mod tests {
         assert!(canonical_value(&serde_json::json!({"a": 1})).is_err());
         assert!(canonical_value(&Value::Null).is_err());
         let big = Value::String("x".repeat(MAX_VALUE_BYTES));
-        assert!(
-            canonical_value(&big)
-                .unwrap_err()
-                .contains("more than the limit")
-        );
+        assert!(canonical_value(&big).unwrap_err().contains("more than the limit"));
     }
 }

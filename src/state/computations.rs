@@ -47,11 +47,13 @@ impl Store {
 
     /// Notes that the first pass of `key` left nothing pending.
     pub async fn mark_initial_sync_done(&self, key: &str) -> anyhow::Result<()> {
-        sqlx::query("UPDATE computations SET initial_sync_done_at = ?2 WHERE key = ?1 AND initial_sync_done_at IS NULL")
-            .bind(key)
-            .bind(now())
-            .execute(&self.pool)
-            .await?;
+        sqlx::query(
+            "UPDATE computations SET initial_sync_done_at = ?2 WHERE key = ?1 AND initial_sync_done_at IS NULL",
+        )
+        .bind(key)
+        .bind(now())
+        .execute(&self.pool)
+        .await?;
         Ok(())
     }
 }

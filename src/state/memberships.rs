@@ -15,6 +15,9 @@ pub struct PendingRow {
     pub user_id: String,
     pub computation_key: String,
     pub desired: String,
+    pub updated_at: String,
+    /// The computation's kind: `audience` or `computed_trait`.
+    pub kind: String,
 }
 
 /// What the destination said about one value sent for one row.
@@ -30,10 +33,7 @@ pub struct Outcome {
 
 impl Store {
     /// The state of one computation in user order, for the diff.
-    pub fn scan<'a>(
-        &'a self,
-        key: &'a str,
-    ) -> impl Stream<Item = anyhow::Result<StateRow>> + Unpin + 'a {
+    pub fn scan<'a>(&'a self, key: &'a str) -> impl Stream<Item = anyhow::Result<StateRow>> + Unpin + 'a {
         sqlx::query_as::<_, (String, String, Option<String>)>(
             "SELECT user_id, desired, synced FROM memberships WHERE computation_key = ?1 ORDER BY user_id",
         )
@@ -56,24 +56,17 @@ impl Store {
 
     /// Up to about `limit` pending rows of the computations `keys`, for users after `after`, in
     /// user order. A page never splits a user: the rows of its last user are all there.
-    pub async fn pending_page(
-        &self,
-        keys: &[String],
-        after: &str,
-        limit: usize,
-    ) -> anyhow::Result<Vec<PendingRow>> {
+    pub async fn pending_page(&self, keys: &[String], after: &str, limit: usize) -> anyhow::Result<Vec<PendingRow>> {
         let keys_json = serde_json::to_string(keys)?;
         // INDEXED BY: left to itself the planner searches the primary key by computation and
         // sorts, re-reading every remaining row of the computation for each page (quadratic).
-        let query = "SELECT user_id, computation_key, desired FROM memberships INDEXED BY memberships_pending \
-             WHERE desired IS NOT synced AND user_id > ?1 AND computation_key IN (SELECT value FROM json_each(?2)) \
-             ORDER BY user_id, computation_key LIMIT ?3";
-        let mut rows: Vec<PendingRow> = sqlx::query_as(query)
-            .bind(after)
-            .bind(&keys_json)
-            .bind(limit as i64)
-            .fetch_all(&self.pool)
-            .await?;
+        let query = "SELECT m.user_id, m.computation_key, m.desired, m.updated_at, c.kind \
+             FROM memberships m INDEXED BY memberships_pending JOIN computations c ON c.key = m.computation_key \
+             WHERE m.desired IS NOT m.synced AND m.quarantined_at IS NULL AND m.user_id > ?1 \
+             AND m.computation_key IN (SELECT value FROM json_each(?2)) \
+             ORDER BY m.user_id, m.computation_key LIMIT ?3";
+        let mut rows: Vec<PendingRow> =
+            sqlx::query_as(query).bind(after).bind(&keys_json).bind(limit as i64).fetch_all(&self.pool).await?;
         if rows.len() == limit
             && let Some(last) = rows.last().map(|r| r.user_id.clone())
         {
@@ -84,9 +77,10 @@ impl Store {
             } else {
                 // One user fills the whole page (more computations than the limit): take all of theirs.
                 rows = sqlx::query_as(
-                    "SELECT user_id, computation_key, desired FROM memberships INDEXED BY memberships_pending \
-                     WHERE desired IS NOT synced AND user_id = ?1 AND computation_key IN (SELECT value FROM json_each(?2)) \
-                     ORDER BY computation_key",
+                    "SELECT m.user_id, m.computation_key, m.desired, m.updated_at, c.kind \
+                     FROM memberships m INDEXED BY memberships_pending JOIN computations c ON c.key = m.computation_key \
+                     WHERE m.desired IS NOT m.synced AND m.quarantined_at IS NULL AND m.user_id = ?1 \
+                     AND m.computation_key IN (SELECT value FROM json_each(?2)) ORDER BY m.computation_key",
                 )
                 .bind(&last)
                 .bind(&keys_json)
@@ -99,47 +93,49 @@ impl Store {
 
     /// Records what the destination answered, in one transaction. An acknowledged row is
     /// marked synced with exactly the value sent (if `desired` changed meanwhile, the row stays
-    /// pending); a failed one keeps its pending value and counts the attempt.
-    pub async fn record_outcomes(&self, outcomes: &[Outcome]) -> anyhow::Result<()> {
+    /// pending); a failed one keeps its pending value and counts the attempt, and on its
+    /// `quarantine_after`-th failed pass is quarantined. Returns the computation key of each row
+    /// quarantined now.
+    pub async fn record_outcomes(&self, outcomes: &[Outcome], quarantine_after: u32) -> anyhow::Result<Vec<String>> {
         let mut tx = self.begin_immediate().await?;
         let at = now();
-        let (acked, failed): (Vec<&Outcome>, Vec<&Outcome>) =
-            outcomes.iter().partition(|o| o.error.is_none());
+        let (acked, failed): (Vec<&Outcome>, Vec<&Outcome>) = outcomes.iter().partition(|o| o.error.is_none());
         for chunk in acked.chunks(WRITE_BATCH) {
-            let mut q =
-                QueryBuilder::<Sqlite>::new("WITH answer (computation_key, user_id, sent) AS (");
+            let mut q = QueryBuilder::<Sqlite>::new("WITH answer (computation_key, user_id, sent) AS (");
             q.push_values(chunk, |mut row, o| {
-                row.push_bind(o.computation_key.clone())
-                    .push_bind(o.user_id.clone())
-                    .push_bind(o.sent.clone());
+                row.push_bind(o.computation_key.clone()).push_bind(o.user_id.clone()).push_bind(o.sent.clone());
             });
             q.push(") UPDATE memberships SET synced = answer.sent, synced_at = ")
                 .push_bind(at.clone())
                 .push(
-                    ", attempts = 0, last_error = NULL FROM answer \
+                    ", attempts = 0, last_error = NULL, quarantined_at = NULL FROM answer \
                      WHERE memberships.computation_key = answer.computation_key AND memberships.user_id = answer.user_id",
                 );
             q.build().execute(&mut *tx).await?;
         }
+        let mut quarantined = Vec::new();
         for chunk in failed.chunks(WRITE_BATCH) {
-            let mut q = QueryBuilder::<Sqlite>::new(
-                "WITH answer (computation_key, user_id, sent, error) AS (",
-            );
+            let mut q = QueryBuilder::<Sqlite>::new("WITH answer (computation_key, user_id, sent, error) AS (");
             q.push_values(chunk, |mut row, o| {
                 row.push_bind(o.computation_key.clone())
                     .push_bind(o.user_id.clone())
                     .push_bind(o.sent.clone())
                     .push_bind(o.error.clone());
             });
-            q.push(
-                ") UPDATE memberships SET attempts = attempts + 1, last_error = answer.error FROM answer \
-                 WHERE memberships.computation_key = answer.computation_key AND memberships.user_id = answer.user_id \
-                 AND memberships.desired = answer.sent",
-            );
-            q.build().execute(&mut *tx).await?;
+            q.push(") UPDATE memberships SET attempts = attempts + 1, last_error = answer.error, quarantined_at = CASE WHEN attempts + 1 >= ")
+                .push_bind(i64::from(quarantine_after))
+                .push(" THEN ")
+                .push_bind(at.clone())
+                .push(
+                    " END FROM answer \
+                     WHERE memberships.computation_key = answer.computation_key AND memberships.user_id = answer.user_id \
+                     AND memberships.desired = answer.sent RETURNING memberships.computation_key, memberships.quarantined_at IS NOT NULL",
+                );
+            let rows: Vec<(String, bool)> = q.build_query_as().fetch_all(&mut *tx).await?;
+            quarantined.extend(rows.into_iter().filter(|(_, q)| *q).map(|(k, _)| k));
         }
         tx.commit().await?;
-        Ok(())
+        Ok(quarantined)
     }
 
     /// Pending rows of `key` (all of them, failed or not).
@@ -165,39 +161,27 @@ pub struct DiffWriter {
 
 impl DiffWriter {
     async fn flush(&mut self) -> anyhow::Result<()> {
-        let (sets, forgets): (Vec<Op>, Vec<Op>) = self
-            .batch
-            .drain(..)
-            .partition(|op| matches!(op, Op::Set { .. }));
+        let (sets, forgets): (Vec<Op>, Vec<Op>) = self.batch.drain(..).partition(|op| matches!(op, Op::Set { .. }));
         if !sets.is_empty() {
-            let mut q = QueryBuilder::<Sqlite>::new(
-                "INSERT INTO memberships (computation_key, user_id, desired, updated_at) ",
-            );
+            let mut q =
+                QueryBuilder::<Sqlite>::new("INSERT INTO memberships (computation_key, user_id, desired, updated_at) ");
             q.push_values(sets, |mut row, op| {
-                let Op::Set { user_id, desired } = op else {
-                    unreachable!("partitioned")
-                };
-                row.push_bind(self.key.clone())
-                    .push_bind(user_id)
-                    .push_bind(desired)
-                    .push_bind(self.now.clone());
+                let Op::Set { user_id, desired } = op else { unreachable!("partitioned") };
+                row.push_bind(self.key.clone()).push_bind(user_id).push_bind(desired).push_bind(self.now.clone());
             });
             // A new desired value is a new delivery: its attempts and error start afresh.
             q.push(
                 " ON CONFLICT (computation_key, user_id) DO UPDATE SET desired = excluded.desired, \
-                 updated_at = excluded.updated_at, attempts = 0, last_error = NULL",
+                 updated_at = excluded.updated_at, attempts = 0, last_error = NULL, quarantined_at = NULL",
             );
             q.build().execute(&mut *self.tx).await?;
         }
         if !forgets.is_empty() {
-            let mut q =
-                QueryBuilder::<Sqlite>::new("DELETE FROM memberships WHERE computation_key = ");
+            let mut q = QueryBuilder::<Sqlite>::new("DELETE FROM memberships WHERE computation_key = ");
             q.push_bind(self.key.clone()).push(" AND user_id IN (");
             let mut list = q.separated(", ");
             for op in forgets {
-                let Op::Forget { user_id } = op else {
-                    unreachable!("partitioned")
-                };
+                let Op::Forget { user_id } = op else { unreachable!("partitioned") };
                 list.push_bind(user_id);
             }
             q.push(")");

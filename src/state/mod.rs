@@ -4,6 +4,7 @@
 //! methods. Write transactions begin IMMEDIATE: a deferred transaction that reads and then
 //! writes can fail with SQLITE_BUSY that no busy timeout can wait out.
 
+mod attributes;
 mod computations;
 mod memberships;
 mod runs;
@@ -13,9 +14,7 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use anyhow::Context;
-use sqlx::sqlite::{
-    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
-};
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous};
 
 pub use memberships::{DiffWriter, Outcome, PendingRow};
 pub use runs::{RunCounts, RunStatus};
@@ -52,10 +51,7 @@ impl Store {
             .connect_with(options)
             .await
             .with_context(|| format!("cannot open the state file {}", path.display()))?;
-        MIGRATOR
-            .run(&pool)
-            .await
-            .with_context(|| format!("cannot migrate the state file {}", path.display()))?;
+        MIGRATOR.run(&pool).await.with_context(|| format!("cannot migrate the state file {}", path.display()))?;
         Ok(Store { pool })
     }
 

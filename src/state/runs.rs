@@ -32,6 +32,8 @@ pub struct RunCounts {
     pub changed: u64,
     pub delivered: u64,
     pub failed: u64,
+    pub retried: u64,
+    pub quarantined: u64,
 }
 
 impl Store {
@@ -70,7 +72,7 @@ impl Store {
     ) -> anyhow::Result<()> {
         sqlx::query(
             "UPDATE sync_runs SET status = ?2, finished_at = ?3, snapshot_rows = ?4, entered = ?5, exited = ?6, \
-             changed = ?7, delivered = ?8, failed = ?9, error = ?10 WHERE id = ?1",
+             changed = ?7, delivered = ?8, failed = ?9, error = ?10, retried = ?11, quarantined = ?12 WHERE id = ?1",
         )
         .bind(id)
         .bind(status.as_str())
@@ -82,6 +84,8 @@ impl Store {
         .bind(counts.delivered as i64)
         .bind(counts.failed as i64)
         .bind(error)
+        .bind(counts.retried as i64)
+        .bind(counts.quarantined as i64)
         .execute(&self.pool)
         .await?;
         Ok(())

@@ -11,15 +11,9 @@ async fn unknown_field_names_file_line_and_field() {
     let out = app.sync(&[]).await;
     assert_failure(&out);
     let err = stderr(&out);
-    assert!(
-        err.contains("config.toml:10: unknown field `sorce`"),
-        "{err}"
-    );
+    assert!(err.contains("config.toml:10: unknown field `sorce`"), "{err}");
     assert_eq!(err.trim().lines().count(), 1, "one line: {err}");
-    assert!(
-        !app.path("state.db").exists(),
-        "a config error must not create the state"
-    );
+    assert!(!app.path("state.db").exists(), "a config error must not create the state");
 }
 
 #[tokio::test]
@@ -29,35 +23,25 @@ async fn bad_url_and_duplicate_keys_are_config_errors() {
         &audience("A", "a.csv"),
     );
     let err = stderr(&app.sync(&[]).await);
-    assert!(
-        err.contains("config.toml:6: destination.edge_api_base_url: \"not a url\" is not a URL"),
-        "{err}"
-    );
+    assert!(err.contains("config.toml:6: destination.edge_api_base_url: \"not a url\" is not a URL"), "{err}");
 
     let app = TestApp::new(
         "[destination]\ntype = \"file\"\npath = \"o\"\n",
-        &format!(
-            "{}{}",
-            audience("High Value", "a.csv"),
-            audience("high-value", "b.csv")
-        ),
+        &format!("{}{}", audience("High Value", "a.csv"), audience("high-value", "b.csv")),
     );
     let err = stderr(&app.sync(&[]).await);
-    assert!(err.contains("audience.name: \"high-value\" has key \"high_value\", which \"High Value\" (line 9) already uses"), "{err}");
+    assert!(
+        err.contains(
+            "audience.name: \"high-value\" has key \"high_value\", which \"High Value\" (line 9) already uses"
+        ),
+        "{err}"
+    );
 }
 
 #[tokio::test]
 async fn missing_config_file_is_named() {
     let dir = tempfile::tempdir().unwrap();
-    let out = std::process::Command::new(BIN)
-        .current_dir(dir.path())
-        .arg("sync")
-        .output()
-        .unwrap();
+    let out = std::process::Command::new(BIN).current_dir(dir.path()).arg("sync").output().unwrap();
     assert_failure(&out);
-    assert!(
-        stderr(&out).contains("config.toml: cannot read configuration"),
-        "{}",
-        stderr(&out)
-    );
+    assert!(stderr(&out).contains("config.toml: cannot read configuration"), "{}", stderr(&out));
 }

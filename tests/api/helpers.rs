@@ -12,6 +12,8 @@ use wiremock::{Mock, MockServer, Request, ResponseTemplate};
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_audience-sync");
 pub const PROJECT_UID: &str = "proj-123";
+/// Destination fields that keep retry waits short in tests.
+pub const FAST_RETRIES: &str = "retry_base_delay_ms = 1\nretry_max_delay_secs = 0.02\n";
 
 pub struct TestApp {
     pub dir: TempDir,
@@ -23,21 +25,22 @@ pub type Row = (String, String, String, Option<String>);
 impl TestApp {
     /// An app whose config has `destination` and `computations` (TOML fragments).
     pub fn new(destination: &str, computations: &str) -> TestApp {
-        let app = TestApp {
-            dir: tempfile::tempdir().unwrap(),
-        };
-        app.write(
-            "config.toml",
-            &format!("[state]\npath = \"state.db\"\n\n{destination}\n{computations}"),
-        );
+        let app = TestApp { dir: tempfile::tempdir().unwrap() };
+        app.write("config.toml", &format!("[state]\npath = \"state.db\"\n\n{destination}\n{computations}"));
         app
     }
 
     /// An app that sends to `server` as Contentstack with `concurrency`.
     pub fn contentstack(server: &MockServer, concurrency: usize, computations: &str) -> TestApp {
+        TestApp::contentstack_at(&server.uri(), concurrency, "", computations)
+    }
+
+    /// An app that sends to the Contentstack stand-in at `uri`, with `extra` destination fields.
+    /// Retries wait milliseconds, not seconds, so that tests stay fast.
+    pub fn contentstack_at(uri: &str, concurrency: usize, extra: &str, computations: &str) -> TestApp {
         let destination = format!(
-            "[destination]\ntype = \"contentstack\"\nedge_api_base_url = \"{}\"\nproject_uid = \"{PROJECT_UID}\"\nconcurrency = {concurrency}\nrequest_timeout_secs = 20\n",
-            server.uri()
+            "[destination]\ntype = \"contentstack\"\nedge_api_base_url = \"{uri}\"\nproject_uid = \"{PROJECT_UID}\"\n\
+             concurrency = {concurrency}\nrequest_timeout_secs = 20\n{FAST_RETRIES}{extra}\n"
         );
         TestApp::new(&destination, computations)
     }
@@ -59,19 +62,14 @@ impl TestApp {
     /// A `std::process::Command` for the binary with this app's config.
     pub fn command(&self, args: &[&str]) -> std::process::Command {
         let mut cmd = std::process::Command::new(BIN);
-        cmd.arg("--config")
-            .arg(self.config_path())
-            .args(args)
-            .env("RUST_LOG", "warn");
+        cmd.arg("--config").arg(self.config_path()).args(args).env("RUST_LOG", "warn");
         cmd
     }
 
     /// Runs the binary to completion off the async runtime (the mock server keeps serving).
     pub async fn run(&self, args: &[&str]) -> Output {
         let mut cmd = self.command(args);
-        tokio::task::spawn_blocking(move || cmd.output().unwrap())
-            .await
-            .unwrap()
+        tokio::task::spawn_blocking(move || cmd.output().unwrap()).await.unwrap()
     }
 
     /// `sync` with extra arguments.
@@ -82,27 +80,24 @@ impl TestApp {
     }
 
     pub async fn db(&self) -> SqlitePool {
-        let options = SqliteConnectOptions::new()
-            .filename(self.path("state.db"))
-            .read_only(true);
+        let options = SqliteConnectOptions::new().filename(self.path("state.db")).read_only(true);
         SqlitePool::connect_with(options).await.unwrap()
     }
 
     /// All membership rows, ordered.
     pub async fn memberships(&self) -> Vec<Row> {
         let db = self.db().await;
-        sqlx::query_as("SELECT computation_key, user_id, desired, synced FROM memberships ORDER BY computation_key, user_id")
-            .fetch_all(&db)
-            .await
-            .unwrap()
+        sqlx::query_as(
+            "SELECT computation_key, user_id, desired, synced FROM memberships ORDER BY computation_key, user_id",
+        )
+        .fetch_all(&db)
+        .await
+        .unwrap()
     }
 
     pub async fn pending_count(&self) -> i64 {
         let db = self.db().await;
-        sqlx::query_scalar("SELECT count(*) FROM pending")
-            .fetch_one(&db)
-            .await
-            .unwrap()
+        sqlx::query_scalar("SELECT count(*) FROM pending").fetch_one(&db).await.unwrap()
     }
 }
 
@@ -116,22 +111,11 @@ pub fn stderr(o: &Output) -> String {
 
 /// Panics with the program's output unless it exited 0.
 pub fn assert_success(o: &Output) {
-    assert!(
-        o.status.success(),
-        "expected success, got {:?}\nstdout:\n{}\nstderr:\n{}",
-        o.status,
-        stdout(o),
-        stderr(o)
-    );
+    assert!(o.status.success(), "expected success, got {:?}\nstdout:\n{}\nstderr:\n{}", o.status, stdout(o), stderr(o));
 }
 
 pub fn assert_failure(o: &Output) {
-    assert!(
-        !o.status.success(),
-        "expected failure\nstdout:\n{}\nstderr:\n{}",
-        stdout(o),
-        stderr(o)
-    );
+    assert!(!o.status.success(), "expected failure\nstdout:\n{}\nstderr:\n{}", stdout(o), stderr(o));
 }
 
 /// A loopback Contentstack stand-in that acknowledges every PATCH /user-attributes.
@@ -152,21 +136,11 @@ pub async fn acknowledge_all(server: &MockServer) {
 
 /// What Contentstack received: (user, body) per request, in arrival order.
 pub async fn received(server: &MockServer) -> Vec<(String, Value)> {
-    server
-        .received_requests()
-        .await
-        .unwrap_or_default()
-        .iter()
-        .map(user_and_body)
-        .collect()
+    server.received_requests().await.unwrap_or_default().iter().map(user_and_body).collect()
 }
 
 pub fn user_and_body(r: &Request) -> (String, Value) {
-    let user = r
-        .headers
-        .get("x-cs-personalize-user-uid")
-        .map(|v| v.to_str().unwrap().to_string())
-        .unwrap_or_default();
+    let user = r.headers.get("x-cs-personalize-user-uid").map(|v| v.to_str().unwrap().to_string()).unwrap_or_default();
     (user, serde_json::from_slice(&r.body).unwrap_or(Value::Null))
 }
 
@@ -183,9 +157,7 @@ pub fn audience(name: &str, file: &str) -> String {
 
 /// A `[[computed_trait]]` table reading `file`.
 pub fn computed_trait(name: &str, file: &str) -> String {
-    format!(
-        "[[computed_trait]]\nname = \"{name}\"\nsource = {{ type = \"file\", path = \"{file}\" }}\n"
-    )
+    format!("[[computed_trait]]\nname = \"{name}\"\nsource = {{ type = \"file\", path = \"{file}\" }}\n")
 }
 
 /// A CSV audience snapshot of `users`.

@@ -23,10 +23,7 @@ async fn sigkill_during_initial_delivery_resumes_without_starting_over() {
         .await;
     let app = TestApp::contentstack(&server, CONCURRENCY, &audience("Big", "big.csv"));
     let users: Vec<String> = (0..MEMBERS).map(|i| format!("user-{i:04}")).collect();
-    app.write(
-        "big.csv",
-        &csv_users(&users.iter().map(String::as_str).collect::<Vec<_>>()),
-    );
+    app.write("big.csv", &csv_users(&users.iter().map(String::as_str).collect::<Vec<_>>()));
 
     let mut child = app.command(&["sync"]).spawn().unwrap();
     // Wait (on the server's own count, not on time) until a good part has been sent.
@@ -37,19 +34,13 @@ async fn sigkill_during_initial_delivery_resumes_without_starting_over() {
             break;
         }
         assert!(Instant::now() < deadline, "only {n} requests arrived");
-        assert!(
-            child.try_wait().unwrap().is_none(),
-            "sync finished before it could be killed"
-        );
+        assert!(child.try_wait().unwrap().is_none(), "sync finished before it could be killed");
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     child.kill().unwrap(); // SIGKILL
     child.wait().unwrap();
     let first_run = server.received_requests().await.unwrap().len();
-    assert!(
-        first_run < MEMBERS,
-        "the kill came too late to test anything"
-    );
+    assert!(first_run < MEMBERS, "the kill came too late to test anything");
 
     let out = app.sync(&[]).await;
     assert_success(&out);
@@ -60,24 +51,15 @@ async fn sigkill_during_initial_delivery_resumes_without_starting_over() {
     }
     assert_eq!(sent.len(), MEMBERS, "every member delivered");
     let duplicates: usize = sent.values().map(|n| n - 1).sum();
-    assert!(
-        duplicates <= CONCURRENCY,
-        "{duplicates} users sent twice; at most the {CONCURRENCY} in flight may be"
-    );
+    assert!(duplicates <= CONCURRENCY, "{duplicates} users sent twice; at most the {CONCURRENCY} in flight may be");
     assert_eq!(app.pending_count().await, 0);
 
     // The interrupted run is marked as such; the resumed one finished the initial sync.
     let db = app.db().await;
     let runs: Vec<(String, String)> =
-        sqlx::query_as("SELECT mode, status FROM sync_runs ORDER BY id")
-            .fetch_all(&db)
-            .await
-            .unwrap();
+        sqlx::query_as("SELECT mode, status FROM sync_runs ORDER BY id").fetch_all(&db).await.unwrap();
     assert_eq!(
         runs,
-        vec![
-            ("initial".to_string(), "interrupted".to_string()),
-            ("initial".to_string(), "ok".to_string())
-        ]
+        vec![("initial".to_string(), "interrupted".to_string()), ("initial".to_string(), "ok".to_string())]
     );
 }

@@ -8,15 +8,8 @@ use crate::helpers::*;
 /// An app with a healthy audience "Good" and an audience "Bad" whose snapshot the test breaks,
 /// after an initial sync of both.
 async fn app_with_initial_sync(server: &wiremock::MockServer, bad_file: &str) -> TestApp {
-    let app = TestApp::contentstack(
-        server,
-        4,
-        &format!(
-            "{}{}",
-            audience("Good", "good.csv"),
-            audience("Bad", bad_file)
-        ),
-    );
+    let app =
+        TestApp::contentstack(server, 4, &format!("{}{}", audience("Good", "good.csv"), audience("Bad", bad_file)));
     app.write("good.csv", &csv_users(&["g1"]));
     let initial = if bad_file.ends_with(".ndjson") {
         "{\"user_id\":\"b1\"}\n{\"user_id\":\"b2\"}\n".to_string()
@@ -32,11 +25,7 @@ async fn app_with_initial_sync(server: &wiremock::MockServer, bad_file: &str) ->
 
 /// Breaks the "Bad" snapshot with `content` (or deletes it), syncs, and checks the promise.
 /// Returns the error output for the caller's own checks.
-async fn assert_bad_snapshot_changes_nothing(
-    bad_file: &str,
-    content: Option<&str>,
-    expect_in_error: &str,
-) -> String {
+async fn assert_bad_snapshot_changes_nothing(bad_file: &str, content: Option<&str>, expect_in_error: &str) -> String {
     let server = contentstack_server().await;
     let app = app_with_initial_sync(&server, bad_file).await;
     let before = app.memberships().await;
@@ -50,29 +39,14 @@ async fn assert_bad_snapshot_changes_nothing(
     let out = app.sync(&[]).await;
     assert_failure(&out);
     let text = format!("{}{}", stdout(&out), stderr(&out));
-    assert!(
-        text.contains(expect_in_error),
-        "expected {expect_in_error:?} in:\n{text}"
-    );
-    assert!(
-        stderr(&out).contains("bad (snapshot failed)"),
-        "{}",
-        stderr(&out)
-    );
+    assert!(text.contains(expect_in_error), "expected {expect_in_error:?} in:\n{text}");
+    assert!(stderr(&out).contains("bad (snapshot failed)"), "{}", stderr(&out));
 
     // Nothing sent for "bad", the good change delivered.
-    assert_eq!(
-        received(&server).await,
-        vec![("g2".into(), json!({"good": true}))]
-    );
+    assert_eq!(received(&server).await, vec![("g2".into(), json!({"good": true}))]);
     // The bad audience's rows are exactly as before; the good one gained g2.
     let after = app.memberships().await;
-    let bad_rows = |rows: &[Row]| {
-        rows.iter()
-            .filter(|r| r.0 == "bad")
-            .cloned()
-            .collect::<Vec<_>>()
-    };
+    let bad_rows = |rows: &[Row]| rows.iter().filter(|r| r.0 == "bad").cloned().collect::<Vec<_>>();
     assert_eq!(bad_rows(&after), bad_rows(&before));
     assert_eq!(after.len(), before.len() + 1);
 
@@ -89,19 +63,13 @@ async fn assert_bad_snapshot_changes_nothing(
 
 #[tokio::test]
 async fn missing_snapshot_file() {
-    let text =
-        assert_bad_snapshot_changes_nothing("bad.csv", None, "bad.csv: cannot open snapshot").await;
+    let text = assert_bad_snapshot_changes_nothing("bad.csv", None, "bad.csv: cannot open snapshot").await;
     assert!(text.contains("No such file"), "{text}");
 }
 
 #[tokio::test]
 async fn header_without_user_id() {
-    assert_bad_snapshot_changes_nothing(
-        "bad.csv",
-        Some("id\nb1\n"),
-        "bad.csv:1: header: no user_id column",
-    )
-    .await;
+    assert_bad_snapshot_changes_nothing("bad.csv", Some("id\nb1\n"), "bad.csv:1: header: no user_id column").await;
 }
 
 #[tokio::test]
@@ -151,10 +119,7 @@ async fn duplicate_found_after_spilling_to_temp_files_still_changes_nothing() {
     let server = contentstack_server().await;
     let app = TestApp::contentstack(&server, 4, &audience("Big", "big.csv"));
     let config = std::fs::read_to_string(app.config_path()).unwrap();
-    app.write(
-        "config.toml",
-        &format!("[sync]\nsort_buffer_mb = 1\n{config}"),
-    );
+    app.write("config.toml", &format!("[sync]\nsort_buffer_mb = 1\n{config}"));
     let users: Vec<String> = (0..30_000).map(|i| format!("user-{i:06}")).collect();
     let mut with_dup: Vec<&str> = users.iter().map(String::as_str).collect();
     with_dup.push("user-029999");
@@ -162,11 +127,7 @@ async fn duplicate_found_after_spilling_to_temp_files_still_changes_nothing() {
 
     let out = app.sync(&[]).await;
     assert_failure(&out);
-    assert!(
-        stdout(&out).contains("user \"user-029999\" is listed twice (lines 30001 and 30002)"),
-        "{}",
-        stdout(&out)
-    );
+    assert!(stdout(&out).contains("user \"user-029999\" is listed twice (lines 30001 and 30002)"), "{}", stdout(&out));
     assert!(app.memberships().await.is_empty());
     assert!(received(&server).await.is_empty());
 }

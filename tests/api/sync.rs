@@ -32,35 +32,22 @@ async fn initial_sync_sends_every_member_once_with_headers_and_all_keys_of_a_use
         assert_eq!(r.url.path(), "/user-attributes");
         assert_eq!(r.headers.get("x-project-uid").unwrap(), PROJECT_UID);
         assert_eq!(r.headers.get("content-type").unwrap(), "application/json");
-        assert_eq!(
-            r.headers.get("x-cs-eclipse-user-uid"),
-            r.headers.get("x-cs-personalize-user-uid")
-        );
+        assert_eq!(r.headers.get("x-cs-eclipse-user-uid"), r.headers.get("x-cs-personalize-user-uid"));
     }
     let got = sorted(requests.iter().map(user_and_body).collect());
     assert_eq!(
         got,
         vec![
             ("u1".into(), json!({"order_completed_last_30_days": true})),
-            (
-                "u2".into(),
-                json!({"order_completed_last_30_days": true, "lifetime_value": 10})
-            ),
-            (
-                "u3".into(),
-                json!({"order_completed_last_30_days": true, "lifetime_value": "gold"})
-            ),
+            ("u2".into(), json!({"order_completed_last_30_days": true, "lifetime_value": 10})),
+            ("u3".into(), json!({"order_completed_last_30_days": true, "lifetime_value": "gold"})),
             ("u4".into(), json!({"lifetime_value": 1.5})),
         ]
     );
     assert_eq!(app.pending_count().await, 0);
     let rows = app.memberships().await;
     assert_eq!(rows.len(), 6);
-    assert!(
-        rows.iter()
-            .all(|(_, _, desired, synced)| Some(desired) == synced.as_ref()),
-        "{rows:?}"
-    );
+    assert!(rows.iter().all(|(_, _, desired, synced)| Some(desired) == synced.as_ref()), "{rows:?}");
 }
 
 #[tokio::test]
@@ -73,7 +60,13 @@ async fn unchanged_snapshot_sends_zero_requests() {
     let out = app.sync(&[]).await;
     assert_success(&out);
     assert!(received(&server).await.is_empty());
-    assert!(stdout(&out).contains("order_completed_last_30_days: delta pass ok: 3 in snapshot, 0 entered, 0 exited, 0 changed; 0 delivered"), "{}", stdout(&out));
+    assert!(
+        stdout(&out).contains(
+            "order_completed_last_30_days: delta pass ok: 3 in snapshot, 0 entered, 0 exited, 0 changed; 0 delivered"
+        ),
+        "{}",
+        stdout(&out)
+    );
 }
 
 #[tokio::test]
@@ -85,10 +78,7 @@ async fn entries_exits_changes_and_removals_send_exactly_the_changes() {
 
     // u1 leaves and u5 joins the audience; u2's value changes, u3's is gone, u4's is unchanged.
     app.write("orders.csv", &csv_users(&["u5", "u3", "u2"]));
-    app.write(
-        "ltv.ndjson",
-        "{\"user_id\":\"u4\",\"value\":1.50}\n{\"user_id\":\"u2\",\"value\":11}\n",
-    );
+    app.write("ltv.ndjson", "{\"user_id\":\"u4\",\"value\":1.50}\n{\"user_id\":\"u2\",\"value\":11}\n");
     let out = app.sync(&[]).await;
     assert_success(&out);
 
@@ -113,43 +103,15 @@ async fn entries_exits_changes_and_removals_send_exactly_the_changes() {
     assert_eq!(
         runs,
         vec![
-            (
-                "order_completed_last_30_days".into(),
-                "delta".into(),
-                "ok".into(),
-                3,
-                1,
-                1,
-                0,
-                2
-            ),
-            (
-                "lifetime_value".into(),
-                "delta".into(),
-                "ok".into(),
-                2,
-                0,
-                1,
-                1,
-                2
-            ),
+            ("order_completed_last_30_days".into(), "delta".into(), "ok".into(), 3, 1, 1, 0, 2),
+            ("lifetime_value".into(), "delta".into(), "ok".into(), 2, 0, 1, 1, 2),
         ]
     );
 
     // An ex-member stays in the state as `false`, so the operator can see they were told.
     let rows = app.memberships().await;
-    assert!(rows.contains(&(
-        "order_completed_last_30_days".into(),
-        "u1".into(),
-        "false".into(),
-        Some("false".into())
-    )));
-    assert!(rows.contains(&(
-        "lifetime_value".into(),
-        "u3".into(),
-        "null".into(),
-        Some("null".into())
-    )));
+    assert!(rows.contains(&("order_completed_last_30_days".into(), "u1".into(), "false".into(), Some("false".into()))));
+    assert!(rows.contains(&("lifetime_value".into(), "u3".into(), "null".into(), Some("null".into()))));
 }
 
 #[tokio::test]
@@ -160,47 +122,32 @@ async fn rejected_update_stays_pending_with_its_error_and_is_sent_next_pass() {
     let server = wiremock::MockServer::start().await;
     Mock::given(method("PATCH"))
         .and(header("x-cs-personalize-user-uid", "u2"))
-        .respond_with(ResponseTemplate::new(422).set_body_string(
-            "{\"error\":\"attribute order_completed_last_30_days does not exist\"}",
-        ))
+        .respond_with(
+            ResponseTemplate::new(422)
+                .set_body_string("{\"error\":\"attribute order_completed_last_30_days does not exist\"}"),
+        )
         .mount(&server)
         .await;
     acknowledge_all(&server).await;
-    let app = TestApp::contentstack(
-        &server,
-        2,
-        &audience("Order Completed Last 30 Days", "orders.csv"),
-    );
+    let app = TestApp::contentstack(&server, 2, &audience("Order Completed Last 30 Days", "orders.csv"));
     app.write("orders.csv", &csv_users(&["u1", "u2", "u3"]));
 
     let out = app.sync(&[]).await;
     assert_failure(&out);
-    assert!(
-        stderr(&out).contains("order_completed_last_30_days (1 pending)"),
-        "{}",
-        stderr(&out)
-    );
+    assert!(stderr(&out).contains("order_completed_last_30_days (1 pending)"), "{}", stderr(&out));
 
     let db = app.db().await;
     let pending: Vec<(String, i64, String)> =
-        sqlx::query_as("SELECT user_id, attempts, last_error FROM pending")
-            .fetch_all(&db)
-            .await
-            .unwrap();
+        sqlx::query_as("SELECT user_id, attempts, last_error FROM pending").fetch_all(&db).await.unwrap();
     assert_eq!(pending.len(), 1);
     assert_eq!(pending[0].0, "u2");
     assert_eq!(pending[0].1, 1);
     assert!(
-        pending[0]
-            .2
-            .starts_with("HTTP 422: {\"error\":\"attribute order_completed_last_30_days"),
+        pending[0].2.starts_with("HTTP 422: {\"error\":\"attribute order_completed_last_30_days"),
         "{}",
         pending[0].2
     );
-    let status: String = sqlx::query_scalar("SELECT last_status FROM computation_status")
-        .fetch_one(&db)
-        .await
-        .unwrap();
+    let status: String = sqlx::query_scalar("SELECT last_status FROM computation_status").fetch_one(&db).await.unwrap();
     assert_eq!(status, "incomplete");
 
     // The destination accepts it now: only the pending row is sent.
@@ -208,38 +155,28 @@ async fn rejected_update_stays_pending_with_its_error_and_is_sent_next_pass() {
     acknowledge_all(&server).await;
     let out = app.sync(&[]).await;
     assert_success(&out);
-    assert_eq!(
-        received(&server).await,
-        vec![("u2".into(), json!({"order_completed_last_30_days": true}))]
-    );
+    assert_eq!(received(&server).await, vec![("u2".into(), json!({"order_completed_last_30_days": true}))]);
     assert_eq!(app.pending_count().await, 0);
 }
 
 #[tokio::test]
 async fn unreachable_destination_leaves_everything_pending() {
     // A port nothing listens on: bind, note the port, close.
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let destination = format!(
-        "[destination]\ntype = \"contentstack\"\nedge_api_base_url = \"http://127.0.0.1:{port}\"\nproject_uid = \"p\"\n"
-    );
-    let app = TestApp::new(&destination, &audience("A", "a.csv"));
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let app =
+        TestApp::contentstack_at(&format!("http://127.0.0.1:{port}"), 2, "max_retries = 2\n", &audience("A", "a.csv"));
     app.write("a.csv", &csv_users(&["u1", "u2"]));
     let out = app.sync(&[]).await;
     assert_failure(&out);
     let db = app.db().await;
-    let errors: Vec<String> = sqlx::query_scalar("SELECT last_error FROM pending")
-        .fetch_all(&db)
-        .await
-        .unwrap();
+    let errors: Vec<String> = sqlx::query_scalar("SELECT last_error FROM pending").fetch_all(&db).await.unwrap();
     assert_eq!(errors.len(), 2);
     assert!(
-        errors.iter().all(|e| e.starts_with("request failed")),
+        errors.iter().all(|e| e.starts_with("request failed") && e.ends_with("(retries exhausted after 2 retries)")),
         "{errors:?}"
     );
+    let retried: i64 = sqlx::query_scalar("SELECT retried FROM sync_runs").fetch_one(&db).await.unwrap();
+    assert_eq!(retried, 4, "two rows, two retries each");
 }
 
 #[tokio::test]
@@ -250,28 +187,18 @@ async fn audience_flag_syncs_only_the_named_computation() {
     app.write("ltv.ndjson", "{\"user_id\":\"u1\",\"value\":3}\n");
     let out = app.sync(&["--audience", "lifetime_value"]).await;
     assert_success(&out);
-    assert_eq!(
-        received(&server).await,
-        vec![("u1".into(), json!({"lifetime_value": 3}))]
-    );
+    assert_eq!(received(&server).await, vec![("u1".into(), json!({"lifetime_value": 3}))]);
     let keys: Vec<String> = app.memberships().await.into_iter().map(|r| r.0).collect();
     assert_eq!(keys, vec!["lifetime_value".to_string()]);
 
     let out = app.sync(&["--audience", "nope"]).await;
     assert_failure(&out);
-    assert!(
-        stderr(&out).contains("no computation has key \"nope\""),
-        "{}",
-        stderr(&out)
-    );
+    assert!(stderr(&out).contains("no computation has key \"nope\""), "{}", stderr(&out));
 }
 
 #[tokio::test]
 async fn file_destination_appends_identify_lines() {
-    let app = TestApp::new(
-        "[destination]\ntype = \"file\"\npath = \"out/identifies.ndjson\"\n",
-        &two_computations(),
-    );
+    let app = TestApp::new("[destination]\ntype = \"file\"\npath = \"out/identifies.ndjson\"\n", &two_computations());
     app.write("orders.csv", &csv_users(&["u1", "u2"]));
     app.write("ltv.ndjson", "{\"user_id\":\"u2\",\"value\":7}\n");
     assert_success(&app.sync(&[]).await);
@@ -279,10 +206,7 @@ async fn file_destination_appends_identify_lines() {
     assert_success(&app.sync(&[]).await);
 
     let text = std::fs::read_to_string(app.path("out/identifies.ndjson")).unwrap();
-    let lines: Vec<serde_json::Value> = text
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
+    let lines: Vec<serde_json::Value> = text.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
     assert_eq!(
         lines,
         vec![

@@ -2,29 +2,18 @@ use std::io::Write;
 
 use super::*;
 
-fn load(
-    name: &str,
-    content: &[u8],
-    kind: Kind,
-) -> Result<Vec<(String, String, u64)>, SnapshotError> {
+fn load(name: &str, content: &[u8], kind: Kind) -> Result<Vec<(String, String, u64)>, SnapshotError> {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join(name);
     let gzip = name.ends_with(".gz");
     if gzip {
-        let mut enc = flate2::write::GzEncoder::new(
-            File::create(&path).unwrap(),
-            flate2::Compression::fast(),
-        );
+        let mut enc = flate2::write::GzEncoder::new(File::create(&path).unwrap(), flate2::Compression::fast());
         enc.write_all(content).unwrap();
         enc.finish().unwrap();
     } else {
         std::fs::write(&path, content).unwrap();
     }
-    let format = if name.contains(".csv") {
-        SnapshotFormat::Csv
-    } else {
-        SnapshotFormat::Ndjson
-    };
+    let format = if name.contains(".csv") { SnapshotFormat::Csv } else { SnapshotFormat::Ndjson };
     let mut out = Vec::new();
     read(&path, format, gzip, kind, &mut |r| {
         out.push((r.user_id, r.value, r.line));
@@ -35,33 +24,19 @@ fn load(
 
 fn err(name: &str, content: &[u8], kind: Kind) -> String {
     let e = load(name, content, kind).expect_err("load should fail");
-    assert!(
-        e.source_name.ends_with(name),
-        "error must name the file: {e}"
-    );
+    assert!(e.source_name.ends_with(name), "error must name the file: {e}");
     e.to_string()
 }
 
 #[test]
 fn csv_audience_with_extra_columns() {
     let got = load("a.csv", b"email,user_id\nx@y,u1\nz@w,u2\n", Kind::Audience).unwrap();
-    assert_eq!(
-        got,
-        vec![
-            ("u1".into(), "true".into(), 2),
-            ("u2".into(), "true".into(), 3)
-        ]
-    );
+    assert_eq!(got, vec![("u1".into(), "true".into(), 2), ("u2".into(), "true".into(), 3)]);
 }
 
 #[test]
 fn csv_trait_values() {
-    let got = load(
-        "t.csv",
-        b"user_id,value\nu1,420.50\nu2,gold\nu3,true\n",
-        Kind::ComputedTrait,
-    )
-    .unwrap();
+    let got = load("t.csv", b"user_id,value\nu1,420.50\nu2,gold\nu3,true\n", Kind::ComputedTrait).unwrap();
     let values: Vec<&str> = got.iter().map(|(_, v, _)| v.as_str()).collect();
     assert_eq!(values, ["420.5", "\"gold\"", "true"]);
 }
@@ -74,13 +49,7 @@ fn ndjson_gzip_trait() {
         Kind::ComputedTrait,
     )
     .unwrap();
-    assert_eq!(
-        got,
-        vec![
-            ("u1".into(), "1".into(), 1),
-            ("u2".into(), "\"a\"".into(), 3)
-        ]
-    );
+    assert_eq!(got, vec![("u1".into(), "1".into(), 1), ("u2".into(), "\"a\"".into(), 3)]);
 }
 
 #[test]
@@ -91,28 +60,15 @@ fn csv_gzip_audience() {
 
 #[test]
 fn missing_file_is_named() {
-    let e = read(
-        Path::new("/nonexistent/x.csv"),
-        SnapshotFormat::Csv,
-        false,
-        Kind::Audience,
-        &mut |_| Ok(()),
-    )
-    .unwrap_err();
-    assert!(
-        e.to_string()
-            .starts_with("/nonexistent/x.csv: cannot open snapshot"),
-        "{e}"
-    );
+    let e =
+        read(Path::new("/nonexistent/x.csv"), SnapshotFormat::Csv, false, Kind::Audience, &mut |_| Ok(())).unwrap_err();
+    assert!(e.to_string().starts_with("/nonexistent/x.csv: cannot open snapshot"), "{e}");
 }
 
 #[test]
 fn csv_header_without_user_id() {
     let e = err("a.csv", b"id\nu1\n", Kind::Audience);
-    assert!(
-        e.ends_with("a.csv:1: header: no user_id column (header: id)"),
-        "{e}"
-    );
+    assert!(e.ends_with("a.csv:1: header: no user_id column (header: id)"), "{e}");
     let e = err("t.csv", b"user_id\nu1\n", Kind::ComputedTrait);
     assert!(e.contains(":1: header: no value column"), "{e}");
     let e = err("e.csv", b"", Kind::Audience);
@@ -121,15 +77,8 @@ fn csv_header_without_user_id() {
 
 #[test]
 fn csv_broken_row_names_line() {
-    let e = err(
-        "a.csv",
-        b"user_id,value\nu1,1\nu2,2,3\n",
-        Kind::ComputedTrait,
-    );
-    assert!(
-        e.ends_with("a.csv:3: row has 3 fields, the header has 2"),
-        "{e}"
-    );
+    let e = err("a.csv", b"user_id,value\nu1,1\nu2,2,3\n", Kind::ComputedTrait);
+    assert!(e.ends_with("a.csv:3: row has 3 fields, the header has 2"), "{e}");
 }
 
 #[test]
@@ -143,30 +92,16 @@ fn empty_user_id_names_line_and_field() {
 
 #[test]
 fn ndjson_broken_and_wrong_lines() {
-    let e = err(
-        "a.ndjson",
-        b"{\"user_id\":\"u1\"}\n{\"user_id\":\"u2\"\n",
-        Kind::Audience,
-    );
+    let e = err("a.ndjson", b"{\"user_id\":\"u1\"}\n{\"user_id\":\"u2\"\n", Kind::Audience);
     assert!(e.contains("a.ndjson:2: not a JSON object"), "{e}");
     let e = err("a.ndjson", b"{\"user_id\":5}\n", Kind::Audience);
-    assert!(
-        e.ends_with(":1: user_id: user_id must be a string, got 5"),
-        "{e}"
-    );
+    assert!(e.ends_with(":1: user_id: user_id must be a string, got 5"), "{e}");
     let e = err("a.ndjson", b"{\"id\":\"u1\"}\n", Kind::Audience);
     assert!(e.ends_with(":1: user_id: user_id is missing"), "{e}");
     let e = err("t.ndjson", b"{\"user_id\":\"u1\"}\n", Kind::ComputedTrait);
     assert!(e.ends_with(":1: value: value is missing"), "{e}");
-    let e = err(
-        "t.ndjson",
-        b"{\"user_id\":\"u1\",\"value\":[1]}\n",
-        Kind::ComputedTrait,
-    );
-    assert!(
-        e.ends_with(":1: value: value must be a string, number or boolean"),
-        "{e}"
-    );
+    let e = err("t.ndjson", b"{\"user_id\":\"u1\",\"value\":[1]}\n", Kind::ComputedTrait);
+    assert!(e.ends_with(":1: value: value must be a string, number or boolean"), "{e}");
     let e = err("a.ndjson", b"{\"user_id\":\"u\xff\"}\n", Kind::Audience);
     assert!(e.ends_with(":1: not valid UTF-8"), "{e}");
 }
@@ -182,13 +117,6 @@ fn truncated_gzip_is_an_error() {
     }
     let bytes = enc.finish().unwrap();
     std::fs::write(&path, &bytes[..bytes.len() / 2]).unwrap();
-    let e = read(
-        &path,
-        SnapshotFormat::Csv,
-        true,
-        Kind::Audience,
-        &mut |_| Ok(()),
-    )
-    .unwrap_err();
+    let e = read(&path, SnapshotFormat::Csv, true, Kind::Audience, &mut |_| Ok(())).unwrap_err();
     assert!(e.source_name.ends_with("a.csv.gz"), "{e}");
 }

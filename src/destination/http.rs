@@ -1,0 +1,48 @@
+//! Sending one HTTP request for a destination: pacing, sending, classifying the answer.
+
+use std::time::SystemTime;
+
+use super::retry::{self, Failure};
+use super::{DeliveryError, Pacer};
+use crate::config::HttpConfig;
+
+/// A destination's HTTP client (keep-alive connections, timeouts) and its shared pacer.
+pub struct HttpSender {
+    client: reqwest::Client,
+    pacer: Pacer,
+}
+
+impl HttpSender {
+    pub fn new(config: &HttpConfig) -> anyhow::Result<HttpSender> {
+        let client = reqwest::Client::builder()
+            .connect_timeout(config.connect_timeout)
+            .timeout(config.request_timeout)
+            .pool_max_idle_per_host(config.concurrency)
+            .user_agent(concat!("audience-sync/", env!("CARGO_PKG_VERSION")))
+            .build()?;
+        Ok(HttpSender { client, pacer: Pacer::new(config.max_requests_per_second) })
+    }
+
+    pub fn client(&self) -> &reqwest::Client {
+        &self.client
+    }
+
+    /// Sends `request` when the pacer allows; the body on 2xx. A 429 slows the whole destination.
+    pub async fn send(&self, request: reqwest::RequestBuilder) -> Result<Vec<u8>, DeliveryError> {
+        self.pacer.acquire().await;
+        let response = request.send().await.map_err(|e| retry::from_transport(&e))?;
+        let status = response.status();
+        let Some(failure) = retry::classify(status) else {
+            self.pacer.succeeded();
+            let body = response.bytes().await.map_err(|e| retry::from_transport(&e))?;
+            return Ok(body.to_vec());
+        };
+        let headers = response.headers().clone();
+        let body = response.text().await.unwrap_or_default();
+        let error = retry::from_response(status, &headers, &body, failure);
+        if failure == Failure::Throttled {
+            self.pacer.throttled(retry::retry_after(&headers, SystemTime::now()));
+        }
+        Err(error)
+    }
+}

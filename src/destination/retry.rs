@@ -1,0 +1,121 @@
+//! Which answers are worth retrying: the one place that classifies HTTP outcomes for every
+//! HTTP destination (DESIGN §5).
+//!
+//! 408, 429 and 5xx other than 501 are transient, as are connection errors and timeouts;
+//! every other non-2xx is permanent for the rows it carried (retried on the next pass, never
+//! within this one). 429 is singled out as throttling: it slows the whole destination down.
+
+use std::time::{Duration, SystemTime};
+
+use reqwest::StatusCode;
+use reqwest::header::{HeaderMap, RETRY_AFTER};
+
+use super::DeliveryError;
+
+/// What kind of failure a delivery error is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Failure {
+    /// Retrying will not help within this pass (4xx other than 408 and 429, 501, bad data).
+    Permanent,
+    /// May succeed if tried again after a while (408, 5xx, connection errors, timeouts).
+    Transient,
+    /// The destination asks us to slow down (429).
+    Throttled,
+}
+
+/// Longest `Retry-After` honoured; a longer one is treated as this (the pass budget still rules).
+const MAX_RETRY_AFTER: Duration = Duration::from_secs(3600);
+
+/// How much of an error body is kept in `last_error`.
+const ERROR_SNIPPET_CHARS: usize = 200;
+
+/// The failure kind of a non-2xx status, or `None` for success.
+pub fn classify(status: StatusCode) -> Option<Failure> {
+    match status.as_u16() {
+        200..=299 => None,
+        429 => Some(Failure::Throttled),
+        408 => Some(Failure::Transient),
+        501 => Some(Failure::Permanent),
+        500..=599 => Some(Failure::Transient),
+        _ => Some(Failure::Permanent),
+    }
+}
+
+/// `Retry-After` as a delay: delta-seconds or an HTTP date (RFC 9110 §10.2.3).
+pub fn retry_after(headers: &HeaderMap, now: SystemTime) -> Option<Duration> {
+    let value = headers.get(RETRY_AFTER)?.to_str().ok()?.trim();
+    let delay = match value.parse::<u64>() {
+        Ok(secs) => Duration::from_secs(secs),
+        Err(_) => {
+            let at = chrono::DateTime::parse_from_rfc2822(value).ok()?;
+            let at = SystemTime::UNIX_EPOCH + Duration::from_secs(u64::try_from(at.timestamp()).ok()?);
+            at.duration_since(now).unwrap_or(Duration::ZERO)
+        }
+    };
+    Some(delay.min(MAX_RETRY_AFTER))
+}
+
+/// The error for a non-2xx answer: status, the first bytes of the body, and its kind.
+pub fn from_response(status: StatusCode, headers: &HeaderMap, body: &str, failure: Failure) -> DeliveryError {
+    let snippet: String = body.chars().take(ERROR_SNIPPET_CHARS).collect();
+    DeliveryError {
+        message: format!("HTTP {}: {}", status.as_u16(), snippet.trim()),
+        failure,
+        retry_after: retry_after(headers, SystemTime::now()),
+    }
+}
+
+/// The error for a request that got no answer: connection refused, reset, timeout.
+pub fn from_transport(e: &reqwest::Error) -> DeliveryError {
+    let what = if e.is_timeout() { "timed out" } else { "failed" };
+    let failure = if e.is_builder() { Failure::Permanent } else { Failure::Transient };
+    DeliveryError { message: format!("request {what}: {}", error_chain(e)), failure, retry_after: None }
+}
+
+/// An error with its causes, on one line.
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        out.push_str(": ");
+        out.push_str(&s.to_string());
+        source = s.source();
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use reqwest::header::HeaderValue;
+
+    use super::*;
+
+    #[test]
+    fn status_classes() {
+        let kind = |s: u16| classify(StatusCode::from_u16(s).unwrap());
+        assert_eq!(kind(200), None);
+        assert_eq!(kind(204), None);
+        assert_eq!(kind(429), Some(Failure::Throttled));
+        for s in [408, 500, 502, 503, 504, 599] {
+            assert_eq!(kind(s), Some(Failure::Transient), "{s}");
+        }
+        for s in [400, 401, 403, 404, 409, 413, 422, 501] {
+            assert_eq!(kind(s), Some(Failure::Permanent), "{s}");
+        }
+    }
+
+    #[test]
+    fn retry_after_seconds_and_http_date() {
+        let mut h = HeaderMap::new();
+        assert_eq!(retry_after(&h, SystemTime::now()), None);
+        h.insert(RETRY_AFTER, HeaderValue::from_static("7"));
+        assert_eq!(retry_after(&h, SystemTime::now()), Some(Duration::from_secs(7)));
+        h.insert(RETRY_AFTER, HeaderValue::from_static("Wed, 21 Oct 2015 07:28:00 GMT"));
+        let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_445_412_470); // 10 s before
+        assert_eq!(retry_after(&h, now), Some(Duration::from_secs(10)));
+        let later = now + Duration::from_secs(60);
+        assert_eq!(retry_after(&h, later), Some(Duration::ZERO));
+        h.insert(RETRY_AFTER, HeaderValue::from_static("soon"));
+        assert_eq!(retry_after(&h, now), None);
+    }
+}
