@@ -26,7 +26,7 @@ pub use attributes::ensure_attributes;
 pub use retry::backoff;
 
 /// Pending rows read per page.
-const PAGE_ROWS: usize = 2000;
+const PAGE_ROWS: usize = 5000;
 /// How often a long delivery logs its progress.
 const PROGRESS_EVERY: Duration = Duration::from_secs(10);
 

@@ -19,7 +19,7 @@ use super::{DeliveryError, HttpSender, PendingValue, RowResults, UserUpdate, raw
 use crate::config::{Kind, SegmentConfig, SegmentEvents};
 
 /// Users per delivery call; their events are packed into as few batches as the limits allow.
-pub const USERS_PER_CALL: usize = 1000;
+pub const USERS_PER_CALL: usize = 2500;
 /// Segment's limits: events and bytes per batch, bytes per event.
 pub const MAX_BATCH_EVENTS: usize = 2500;
 pub const MAX_BATCH_BYTES: usize = 475_000;
@@ -210,7 +210,7 @@ pub fn message_id(kind: &str, user_id: &str, v: &PendingValue) -> String {
     }
     let digest = h.finalize();
     let hex: String = digest.iter().take(16).map(|b| format!("{b:02x}")).collect();
-    format!("audience-sync-{hex}")
+    format!("as-{hex}")
 }
 
 #[cfg(test)]

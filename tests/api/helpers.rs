@@ -12,6 +12,12 @@ use wiremock::{Mock, MockServer, Request, ResponseTemplate};
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_audience-sync");
 pub const PROJECT_UID: &str = "proj-123";
+/// The environment variable holding the Segment write key in tests, and its value.
+pub const WRITE_KEY_ENV: &str = "AUDIENCE_SYNC_TEST_WRITE_KEY";
+pub const WRITE_KEY: &str = "wk_test_123";
+/// The environment variable holding the Contentstack management token in tests, and its value.
+pub const MANAGEMENT_TOKEN_ENV: &str = "AUDIENCE_SYNC_TEST_MANAGEMENT_TOKEN";
+pub const MANAGEMENT_TOKEN: &str = "cs_mgmt_456";
 /// Destination fields that keep retry waits short in tests.
 pub const FAST_RETRIES: &str = "retry_base_delay_ms = 1\nretry_max_delay_secs = 0.02\n";
 
@@ -45,6 +51,22 @@ impl TestApp {
         TestApp::new(&destination, computations)
     }
 
+    /// An app that sends to `server` as Segment, with `extra` destination fields.
+    pub fn segment(server: &MockServer, extra: &str, computations: &str) -> TestApp {
+        let destination = format!(
+            "[destination]\ntype = \"segment\"\nendpoint = \"{}\"\nwrite_key_env = \"{WRITE_KEY_ENV}\"\n{FAST_RETRIES}{extra}\n",
+            server.uri()
+        );
+        TestApp::new(&destination, computations)
+    }
+
+    /// The same app with `from` replaced by `to` in its config.toml.
+    pub fn replace_in_config(self, from: &str, to: &str) -> TestApp {
+        let config = std::fs::read_to_string(self.config_path()).unwrap().replace(from, to);
+        self.write("config.toml", &config);
+        self
+    }
+
     pub fn path(&self, rel: &str) -> PathBuf {
         self.dir.path().join(rel)
     }
@@ -62,7 +84,12 @@ impl TestApp {
     /// A `std::process::Command` for the binary with this app's config.
     pub fn command(&self, args: &[&str]) -> std::process::Command {
         let mut cmd = std::process::Command::new(BIN);
-        cmd.arg("--config").arg(self.config_path()).args(args).env("RUST_LOG", "warn");
+        cmd.arg("--config")
+            .arg(self.config_path())
+            .args(args)
+            .env("RUST_LOG", "warn")
+            .env(WRITE_KEY_ENV, WRITE_KEY)
+            .env(MANAGEMENT_TOKEN_ENV, MANAGEMENT_TOKEN);
         cmd
     }
 

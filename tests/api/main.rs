@@ -1,8 +1,12 @@
 //! End-to-end tests: the real binary, real SQLite files in temp dirs, a real HTTP server on
 //! loopback standing in for Contentstack.
 
+mod attributes;
 mod cli_config;
+mod counting_server;
+mod delivery;
 mod helpers;
 mod resume;
+mod segment;
 mod snapshots;
 mod sync;
