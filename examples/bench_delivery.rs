@@ -1,0 +1,77 @@
+//! Measures delivery throughput against a loopback stand-in with a fixed latency.
+//!
+//! `cargo build --release && cargo run --release --example bench_delivery -- \
+//!     --destination contentstack --members 20000 --latency-ms 10 --concurrency 16`
+//!
+//! It writes an audience of `--members` users and a config into a temp dir, starts a
+//! keep-alive HTTP stand-in on 127.0.0.1 that answers 200 after `--latency-ms`, runs the real
+//! `target/release/audience-sync sync` against it, and prints deliveries (or events) a second
+//! beside the bound `concurrency / latency` (for Contentstack, one user per request).
+
+#[path = "../tests/api/counting_server.rs"]
+mod counting_server;
+
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+fn main() {
+    let mut destination = "contentstack".to_string();
+    let (mut members, mut latency_ms, mut concurrency) = (20_000usize, 10u64, 16usize);
+    let mut args = std::env::args().skip(1);
+    while let Some(a) = args.next() {
+        let mut value = || args.next().unwrap_or_else(|| panic!("{a} needs a value"));
+        match a.as_str() {
+            "--destination" => destination = value(),
+            "--members" => members = value().parse().expect("--members N"),
+            "--latency-ms" => latency_ms = value().parse().expect("--latency-ms MS"),
+            "--concurrency" => concurrency = value().parse().expect("--concurrency N"),
+            other => panic!("unknown argument {other}"),
+        }
+    }
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let server = runtime.block_on(counting_server::CountingServer::start(Duration::from_millis(latency_ms)));
+
+    let dir = tempfile::tempdir().unwrap();
+    let mut csv = String::from("user_id\n");
+    for i in 0..members {
+        csv.push_str(&format!("user-{i:08}\n"));
+    }
+    std::fs::write(dir.path().join("a.csv"), csv).unwrap();
+    let target = match destination.as_str() {
+        "contentstack" => {
+            format!("type = \"contentstack\"\nedge_api_base_url = \"{}\"\nproject_uid = \"bench\"\n", server.uri)
+        }
+        "segment" => {
+            format!("type = \"segment\"\nendpoint = \"{}\"\nwrite_key_env = \"BENCH_WRITE_KEY\"\n", server.uri)
+        }
+        other => panic!("unknown destination {other}"),
+    };
+    let config = format!(
+        "[state]\npath = \"state.db\"\n[destination]\n{target}concurrency = {concurrency}\n\
+         [[audience]]\nname = \"Bench\"\nsource = {{ type = \"file\", path = \"a.csv\" }}\n"
+    );
+    std::fs::write(dir.path().join("config.toml"), config).unwrap();
+
+    let exe = std::env::current_exe().unwrap();
+    let binary = exe.parent().and_then(|p| p.parent()).unwrap().join("audience-sync");
+    let started = Instant::now();
+    let out = std::process::Command::new(&binary)
+        .arg("--config")
+        .arg(dir.path().join("config.toml"))
+        .arg("sync")
+        .env("BENCH_WRITE_KEY", "bench")
+        .env("RUST_LOG", "warn")
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {}: {e} (build it with cargo build --release)", binary.display()));
+    let elapsed = started.elapsed().as_secs_f64();
+    assert!(out.status.success(), "sync failed: {}", String::from_utf8_lossy(&out.stderr));
+    let requests = server.requests.load(Ordering::SeqCst);
+    let rate = members as f64 / elapsed;
+    println!("destination={destination} members={members} latency_ms={latency_ms} concurrency={concurrency}");
+    println!("  {requests} requests, {elapsed:.2} s, {rate:.0} deliveries/s");
+    if destination == "contentstack" {
+        let bound = concurrency as f64 * 1000.0 / latency_ms as f64;
+        println!("  bound concurrency/latency = {bound:.0}/s, achieved {:.0} %", 100.0 * rate / bound);
+    }
+    println!("  max requests in flight seen by the stand-in: {}", server.max_in_flight.load(Ordering::SeqCst));
+}
