@@ -2,13 +2,12 @@
 
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::Duration;
 
-use clap::{Parser, Subcommand};
+use clap::{Parser, Subcommand, ValueEnum};
 
+use crate::commands;
 use crate::config::Config;
-use crate::destination::Destination;
-use crate::pass;
-use crate::state::{RunStatus, Store};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -20,48 +19,71 @@ pub struct Cli {
     /// The configuration file; relative paths in it are relative to its directory.
     #[arg(long, global = true, default_value = "config.toml", value_name = "PATH")]
     pub config: PathBuf,
+    /// Log lines as human-readable text or as JSON objects (logs go to standard error).
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
     #[command(subcommand)]
     pub command: Command,
 }
 
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// One pass now: load, diff and deliver the selected computations (all by default),
-    /// first delivering whatever an earlier pass left pending.
+    /// The daemon: passes on the cron schedule until SIGTERM or SIGINT.
+    Run,
+    /// One pass now for all computations or the named ones, first delivering whatever an
+    /// earlier pass left pending.
     Sync {
         /// The key of a computation to sync (repeatable); all when absent.
         #[arg(long = "audience", value_name = "KEY")]
         audiences: Vec<String>,
+        /// Print the plan (entries, exits, changes) and send nothing, change nothing.
+        #[arg(long)]
+        dry_run: bool,
+        /// If another process is syncing a selected computation, wait up to SECS for it.
+        #[arg(long, value_name = "SECS", default_value_t = 0)]
+        wait: u64,
     },
+    /// Full resync: re-send the current value of every selected row, then a pass.
+    Resync {
+        /// The key of a computation to resync (repeatable); all when absent.
+        #[arg(long = "audience", value_name = "KEY")]
+        audiences: Vec<String>,
+        /// Only this user's rows.
+        #[arg(long = "user", value_name = "ID")]
+        user: Option<String>,
+        /// If another process is syncing a selected computation, wait up to SECS for it.
+        #[arg(long, value_name = "SECS", default_value_t = 0)]
+        wait: u64,
+    },
+    /// Per computation: members, pending, failed, quarantined, last pass, next pass.
+    Status {
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Validate config.toml and the sources it can reach; sends nothing, changes nothing.
+    Check,
 }
 
 /// Runs the command; the exit code is 0 when everything selected was delivered.
 pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     let config = Config::load(&cli.config)?;
     match cli.command {
-        Command::Sync { audiences } => sync(&config, &audiences).await,
+        Command::Run => commands::run::run(config).await,
+        Command::Sync { audiences, dry_run: true, .. } => commands::sync::dry_run(&config, &audiences).await,
+        Command::Sync { audiences, wait, .. } => {
+            commands::sync::sync(&config, &audiences, Duration::from_secs(wait)).await
+        }
+        Command::Resync { audiences, user, wait } => {
+            commands::sync::resync(&config, &audiences, user.as_deref(), Duration::from_secs(wait)).await
+        }
+        Command::Status { json } => commands::status::status(&config, json).await,
+        Command::Check => commands::check::check(&config).await,
     }
-}
-
-async fn sync(config: &Config, keys: &[String]) -> anyhow::Result<ExitCode> {
-    let selected = config.select(keys)?;
-    let store = Store::open(&config.state_path).await?;
-    let destination = Destination::from_config(&config.destination)?;
-    let reports = pass::run(config, &store, &destination, &selected, "manual").await?;
-    for r in &reports {
-        println!("{}", r.summary());
-    }
-    let unfinished: Vec<String> = reports
-        .iter()
-        .filter(|r| r.status != RunStatus::Ok)
-        .map(|r| match r.status {
-            RunStatus::Failed => format!("{} (snapshot failed)", r.key),
-            _ => format!("{} ({} pending)", r.key, r.pending),
-        })
-        .collect();
-    if unfinished.is_empty() {
-        return Ok(ExitCode::SUCCESS);
-    }
-    eprintln!("audience-sync: not everything was delivered: {}", unfinished.join(", "));
-    Ok(ExitCode::FAILURE)
 }

@@ -6,7 +6,9 @@
 //! acknowledged; `pass` runs that for the selected computations and `cli` is the command line.
 
 pub mod cli;
+pub mod commands;
 pub mod config;
+pub mod daemon;
 pub mod delivery;
 pub mod destination;
 pub mod diff;

@@ -6,6 +6,7 @@
 
 mod destination;
 mod raw;
+pub mod schedule;
 
 use std::path::{Path, PathBuf};
 
@@ -32,8 +33,13 @@ pub struct ConfigError {
 pub struct Config {
     pub path: PathBuf,
     pub state_path: PathBuf,
+    /// The default schedule (six fields, seconds first, UTC).
     pub cron: String,
     pub sort_buffer_bytes: usize,
+    pub lease_ttl: std::time::Duration,
+    pub shutdown_grace: std::time::Duration,
+    /// Where `run` serves Prometheus metrics and `/healthz`, when set.
+    pub metrics_listen: Option<std::net::SocketAddr>,
     pub destination: Destination,
     pub retry: RetryConfig,
     pub computations: Vec<Computation>,
@@ -60,6 +66,8 @@ pub struct Computation {
     pub name: String,
     pub key: String,
     pub kind: Kind,
+    /// The cron schedule of this computation (its own, or `[schedule].cron`).
+    pub cron: String,
     pub source: Source,
 }
 
@@ -94,6 +102,22 @@ impl Config {
         let (destination, retry) = destination::parse(&raw.destination, &base, &env)
             .map_err(|(span, m)| err(span, format!("destination.{m}")))?;
 
+        let cron = match &raw.schedule.cron {
+            Some(c) => {
+                schedule::parse(c.get_ref()).map_err(|m| err(Some(c.span()), format!("schedule.cron: {m}")))?;
+                c.get_ref().clone()
+            }
+            None => schedule::DEFAULT_CRON.to_string(),
+        };
+        let metrics_listen = match &raw.metrics {
+            Some(m) => Some(m.listen.get_ref().parse::<std::net::SocketAddr>().map_err(|e| {
+                err(
+                    Some(m.listen.span()),
+                    format!("metrics.listen: {:?} is not an address:port: {e}", m.listen.get_ref()),
+                )
+            })?),
+            None => None,
+        };
         let mut computations: Vec<(Computation, std::ops::Range<usize>)> = Vec::new();
         let declared = raw.audience.into_iter().map(|c| (Kind::Audience, c));
         let declared = declared.chain(raw.computed_trait.into_iter().map(|c| (Kind::ComputedTrait, c)));
@@ -138,14 +162,25 @@ impl Config {
                     Source::File { path: resolve(&s.path), format, gzip }
                 }
             };
-            computations.push((Computation { name, key, kind, source }, name_span));
+            let cron = match c.schedule {
+                Some(own) => {
+                    schedule::parse(own.get_ref())
+                        .map_err(|m| err(Some(own.span()), format!("{table}.schedule: {m}")))?;
+                    own.into_inner()
+                }
+                None => cron.clone(),
+            };
+            computations.push((Computation { name, key, kind, cron, source }, name_span));
         }
 
         Ok(Config {
             path: path.to_path_buf(),
             state_path: resolve(&raw.state.path),
-            cron: raw.schedule.cron,
+            cron,
             sort_buffer_bytes: raw.sync.sort_buffer_mb.saturating_mul(1 << 20).max(1 << 20),
+            lease_ttl: std::time::Duration::from_secs(raw.sync.lease_ttl_secs.max(1)),
+            shutdown_grace: std::time::Duration::from_secs(raw.sync.shutdown_grace_secs),
+            metrics_listen,
             destination,
             retry,
             computations: computations.into_iter().map(|(c, _)| c).collect(),

@@ -13,6 +13,7 @@ pub(super) struct RawConfig {
     pub schedule: RawSchedule,
     #[serde(default)]
     pub sync: RawSync,
+    pub metrics: Option<RawMetrics>,
     pub destination: RawDestination,
     #[serde(default)]
     pub audience: Vec<RawComputation>,
@@ -40,18 +41,19 @@ fn default_state_path() -> String {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(super) struct RawSchedule {
-    #[serde(default = "default_cron")]
-    pub cron: String,
+    pub cron: Option<Spanned<String>>,
 }
 
 impl Default for RawSchedule {
     fn default() -> Self {
-        RawSchedule { cron: default_cron() }
+        RawSchedule { cron: None }
     }
 }
 
-fn default_cron() -> String {
-    "0 0 */2 * * *".into()
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawMetrics {
+    pub listen: Spanned<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -60,12 +62,30 @@ pub(super) struct RawSync {
     /// Memory for sorting a snapshot before the diff; beyond it, sorted runs spill to temp files.
     #[serde(default = "default_sort_buffer_mb")]
     pub sort_buffer_mb: usize,
+    /// How long a pass's lease on a computation lasts without a heartbeat.
+    #[serde(default = "default_lease_ttl_secs")]
+    pub lease_ttl_secs: u64,
+    /// On SIGTERM, how long requests in flight may take to finish.
+    #[serde(default = "default_shutdown_grace_secs")]
+    pub shutdown_grace_secs: u64,
 }
 
 impl Default for RawSync {
     fn default() -> Self {
-        RawSync { sort_buffer_mb: default_sort_buffer_mb() }
+        RawSync {
+            sort_buffer_mb: default_sort_buffer_mb(),
+            lease_ttl_secs: default_lease_ttl_secs(),
+            shutdown_grace_secs: default_shutdown_grace_secs(),
+        }
     }
+}
+
+fn default_lease_ttl_secs() -> u64 {
+    60
+}
+
+fn default_shutdown_grace_secs() -> u64 {
+    30
 }
 
 fn default_sort_buffer_mb() -> usize {
@@ -141,6 +161,8 @@ impl RawDestination {
 pub(super) struct RawComputation {
     pub name: Spanned<String>,
     pub key: Option<Spanned<String>>,
+    /// This computation's own cron schedule, instead of `[schedule].cron`.
+    pub schedule: Option<Spanned<String>>,
     pub source: RawSource,
 }
 

@@ -128,3 +128,26 @@ fn select_rejects_unknown_keys() {
     let e = c.select(&["nope".into()]).unwrap_err().to_string();
     assert!(e.contains("\"nope\"") && e.contains("ltv"), "{e}");
 }
+
+#[test]
+fn five_field_cron_is_a_config_error_that_says_so() {
+    let e = error(&GOOD.replace("[destination]", "[schedule]\ncron = \"0 */2 * * *\"\n\n[destination]"));
+    assert!(e.contains(":6: schedule.cron: \"0 */2 * * *\" has 5 fields"), "{e}");
+}
+
+#[test]
+fn per_computation_schedule_overrides_the_default() {
+    let c = parse(&GOOD.replace("key = \"ltv\"", "key = \"ltv\"\nschedule = \"0 30 * * * *\"")).unwrap();
+    assert_eq!(c.computations[0].cron, "0 0 */2 * * *");
+    assert_eq!(c.computations[1].cron, "0 30 * * * *");
+    let e = error(&GOOD.replace("key = \"ltv\"", "key = \"ltv\"\nschedule = \"bad\""));
+    assert!(e.contains("computed_trait.schedule:"), "{e}");
+}
+
+#[test]
+fn metrics_listen_must_be_an_address() {
+    let c = parse(&format!("{GOOD}\n[metrics]\nlisten = \"127.0.0.1:9464\"\n")).unwrap();
+    assert_eq!(c.metrics_listen.unwrap().port(), 9464);
+    let e = error(&format!("{GOOD}\n[metrics]\nlisten = \"localhost\"\n"));
+    assert!(e.contains("metrics.listen:"), "{e}");
+}

@@ -14,9 +14,10 @@ mod retry;
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use futures::{TryStreamExt, stream};
+use futures::{StreamExt, TryStreamExt, stream};
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
 
 use crate::config::{Kind, RetryConfig};
 use crate::destination::{Destination, PendingValue, UserUpdate};
@@ -82,12 +83,15 @@ struct CallResult {
 /// Delivers every pending, unquarantined row of the computations `keys` once, retrying within
 /// the pass until `deadline`; rows still failing stay pending for the next pass. Errors only
 /// when the state cannot be read or written.
+/// Once `stop` is cancelled (shutdown), no new call starts and no retry waits; the calls in
+/// flight finish and are recorded.
 pub async fn deliver(
     store: &Store,
     destination: &Destination,
     keys: &[String],
     policy: &RetryConfig,
     deadline: Instant,
+    stop: &CancellationToken,
 ) -> anyhow::Result<DeliveryReport> {
     let mut report = DeliveryReport::default();
     if keys.is_empty() {
@@ -101,6 +105,7 @@ pub async fn deliver(
     let mut last_progress = Instant::now();
     let per_call = destination.updates_per_call();
     let sent = pending_updates(store, keys)
+        .take_until(stop.cancelled())
         .map_ok(|updates| {
             let calls: Vec<Vec<UserUpdate>> = updates.chunks(per_call).map(<[UserUpdate]>::to_vec).collect();
             stream::iter(calls.into_iter().map(Ok))
@@ -109,7 +114,7 @@ pub async fn deliver(
         .map_ok(|call| {
             let acks = ack_tx.clone();
             async move {
-                let (outcomes, retried) = retry::send_with_retries(destination, policy, deadline, call).await;
+                let (outcomes, retried) = retry::send_with_retries(destination, policy, deadline, stop, call).await;
                 let (committed, done) = oneshot::channel();
                 let lost = || anyhow::anyhow!("the state stopped recording answers");
                 acks.send(commit::Ack { outcomes: outcomes.clone(), committed }).await.map_err(|_| lost())?;

@@ -4,6 +4,7 @@
 use std::time::Duration;
 
 use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
 
 use crate::config::RetryConfig;
 use crate::destination::{DeliveryError, Destination, Failure, PendingValue, UserUpdate};
@@ -22,6 +23,7 @@ pub async fn send_with_retries(
     destination: &Destination,
     policy: &RetryConfig,
     deadline: Instant,
+    stop: &CancellationToken,
     call: Vec<UserUpdate>,
 ) -> (Vec<Outcome>, Vec<String>) {
     let mut outcomes = Vec::new();
@@ -50,9 +52,14 @@ pub async fn send_with_retries(
         }
         let retry_after = again.iter().filter_map(|(_, _, e)| e.retry_after).max();
         let delay = backoff(policy, attempt, retry_after);
-        if attempt >= policy.max_retries || Instant::now() + delay > deadline {
-            let why =
-                if attempt >= policy.max_retries { "retries exhausted" } else { "retry budget of the pass spent" };
+        if attempt >= policy.max_retries || Instant::now() + delay > deadline || stop.is_cancelled() {
+            let why = if stop.is_cancelled() {
+                "shutting down"
+            } else if attempt >= policy.max_retries {
+                "retries exhausted"
+            } else {
+                "retry budget of the pass spent"
+            };
             for (user, value, e) in again {
                 outcomes.push(outcome(&user, value, Some(format!("{} ({why} after {attempt} retries)", e.message))));
             }

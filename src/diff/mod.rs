@@ -21,14 +21,27 @@ pub const NULL: &str = "null";
 pub struct StateRow {
     pub user_id: String,
     pub desired: String,
-    pub synced: Option<String>,
+    /// Whether the destination ever acknowledged a value for this row (a resync clears
+    /// `synced` but not the fact that the destination was told).
+    pub told: bool,
+}
+
+/// What a change means for the user, for counts and plans.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Change {
+    /// Joined the audience, or gained a trait value.
+    Entered,
+    /// Left the audience, or lost the trait value.
+    Exited,
+    /// A trait value changed.
+    Changed,
 }
 
 /// A change to the state that the diff decided.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Op {
     /// Set `desired` (the row becomes pending unless the destination already holds it).
-    Set { user_id: String, desired: String },
+    Set { user_id: String, desired: String, change: Change },
     /// Drop the row: the user left before the destination ever acknowledged a value for them,
     /// so there is nothing to take back (a user never told `true` gets no `false`).
     Forget { user_id: String },
@@ -68,28 +81,30 @@ pub fn decide(
     match (state, snapshot) {
         (None, Some(snap)) => {
             counts.entered += 1;
-            Some(Op::Set { user_id: snap.user_id, desired: snap.value })
+            Some(Op::Set { user_id: snap.user_id, desired: snap.value, change: Change::Entered })
         }
         (Some(row), Some(snap)) => {
             if row.desired == snap.value {
                 return None;
             }
-            if row.desired == gone {
+            let change = if row.desired == gone {
                 counts.entered += 1;
+                Change::Entered
             } else {
                 counts.changed += 1;
-            }
-            Some(Op::Set { user_id: snap.user_id, desired: snap.value })
+                Change::Changed
+            };
+            Some(Op::Set { user_id: snap.user_id, desired: snap.value, change })
         }
         (Some(row), None) => {
             if row.desired == gone {
                 return None;
             }
             counts.exited += 1;
-            if row.synced.is_none() {
+            if !row.told {
                 Some(Op::Forget { user_id: row.user_id.clone() })
             } else {
-                Some(Op::Set { user_id: row.user_id.clone(), desired: gone.to_string() })
+                Some(Op::Set { user_id: row.user_id.clone(), desired: gone.to_string(), change: Change::Exited })
             }
         }
         (None, None) => None,

@@ -12,7 +12,7 @@ impl OpSink for Collect {
 }
 
 fn row(user: &str, desired: &str, synced: Option<&str>) -> StateRow {
-    StateRow { user_id: user.into(), desired: desired.into(), synced: synced.map(Into::into) }
+    StateRow { user_id: user.into(), desired: desired.into(), told: synced.is_some() }
 }
 
 fn snap(user: &str, value: &str) -> SnapshotRecord {
@@ -20,7 +20,15 @@ fn snap(user: &str, value: &str) -> SnapshotRecord {
 }
 
 fn set(user: &str, desired: &str) -> Op {
-    Op::Set { user_id: user.into(), desired: desired.into() }
+    let change = match desired {
+        FALSE | NULL => Change::Exited,
+        _ => Change::Entered,
+    };
+    Op::Set { user_id: user.into(), desired: desired.into(), change }
+}
+
+fn changed(user: &str, desired: &str) -> Op {
+    Op::Set { user_id: user.into(), desired: desired.into(), change: Change::Changed }
 }
 
 async fn run(kind: Kind, state: Vec<StateRow>, snapshot: Vec<SnapshotRecord>) -> (Vec<Op>, DiffCounts) {
@@ -57,7 +65,7 @@ async fn trait_changes_removals_and_returns() {
     ];
     let snapshot = vec![snap("a", "2"), snap("c", "3"), snap("d", "false")];
     let (ops, counts) = run(Kind::ComputedTrait, state, snapshot).await;
-    assert_eq!(ops, vec![set("a", "2"), set("b", NULL), set("c", "3")]);
+    assert_eq!(ops, vec![changed("a", "2"), set("b", NULL), set("c", "3")]);
     assert_eq!(counts, DiffCounts { snapshot_rows: 3, entered: 1, exited: 1, changed: 1 });
 }
 

@@ -45,6 +45,15 @@ impl Store {
         Ok(done)
     }
 
+    /// Whether the state has seen computation `key`.
+    pub async fn knows(&self, key: &str) -> anyhow::Result<bool> {
+        let n: i64 = sqlx::query_scalar("SELECT count(*) FROM computations WHERE key = ?1")
+            .bind(key)
+            .fetch_one(&self.pool)
+            .await?;
+        Ok(n > 0)
+    }
+
     /// Notes that the first pass of `key` left nothing pending.
     pub async fn mark_initial_sync_done(&self, key: &str) -> anyhow::Result<()> {
         sqlx::query(

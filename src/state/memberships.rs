@@ -34,12 +34,13 @@ pub struct Outcome {
 impl Store {
     /// The state of one computation in user order, for the diff.
     pub fn scan<'a>(&'a self, key: &'a str) -> impl Stream<Item = anyhow::Result<StateRow>> + Unpin + 'a {
-        sqlx::query_as::<_, (String, String, Option<String>)>(
-            "SELECT user_id, desired, synced FROM memberships WHERE computation_key = ?1 ORDER BY user_id",
+        sqlx::query_as::<_, (String, String, bool)>(
+            "SELECT user_id, desired, synced IS NOT NULL OR synced_at IS NOT NULL FROM memberships \
+             WHERE computation_key = ?1 ORDER BY user_id",
         )
         .bind(key)
         .fetch(&self.pool)
-        .map_ok(|(user_id, desired, synced)| StateRow { user_id, desired, synced })
+        .map_ok(|(user_id, desired, told)| StateRow { user_id, desired, told })
         .map_err(anyhow::Error::from)
     }
 
@@ -138,6 +139,23 @@ impl Store {
         Ok(quarantined)
     }
 
+    /// Marks rows pending again so that their current value is re-sent: every row of the
+    /// computations `keys`, or only `user`'s. Quarantine and failure counts start afresh.
+    /// Returns how many rows were marked.
+    pub async fn mark_for_resync(&self, keys: &[String], user: Option<&str>) -> anyhow::Result<u64> {
+        let mut tx = self.begin_immediate().await?;
+        let done = sqlx::query(
+            "UPDATE memberships SET synced = NULL, attempts = 0, last_error = NULL, quarantined_at = NULL \
+             WHERE computation_key IN (SELECT value FROM json_each(?1)) AND (?2 IS NULL OR user_id = ?2)",
+        )
+        .bind(serde_json::to_string(keys)?)
+        .bind(user)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(done.rows_affected())
+    }
+
     /// Pending rows of `key` (all of them, failed or not).
     pub async fn pending_count(&self, key: &str) -> anyhow::Result<u64> {
         let n: i64 = sqlx::query_scalar(
@@ -166,7 +184,7 @@ impl DiffWriter {
             let mut q =
                 QueryBuilder::<Sqlite>::new("INSERT INTO memberships (computation_key, user_id, desired, updated_at) ");
             q.push_values(sets, |mut row, op| {
-                let Op::Set { user_id, desired } = op else { unreachable!("partitioned") };
+                let Op::Set { user_id, desired, .. } = op else { unreachable!("partitioned") };
                 row.push_bind(self.key.clone()).push_bind(user_id).push_bind(desired).push_bind(self.now.clone());
             });
             // A new desired value is a new delivery: its attempts and error start afresh.

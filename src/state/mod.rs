@@ -6,8 +6,10 @@
 
 mod attributes;
 mod computations;
+mod leases;
 mod memberships;
 mod runs;
+mod status;
 
 use std::path::Path;
 use std::str::FromStr;
@@ -16,8 +18,10 @@ use std::time::Duration;
 use anyhow::Context;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous};
 
+pub use leases::{HeldLease, LeaseOwner};
 pub use memberships::{DiffWriter, Outcome, PendingRow};
 pub use runs::{RunCounts, RunStatus};
+pub use status::{ComputationStatus, LastRun};
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!();
 
@@ -53,6 +57,22 @@ impl Store {
             .with_context(|| format!("cannot open the state file {}", path.display()))?;
         MIGRATOR.run(&pool).await.with_context(|| format!("cannot migrate the state file {}", path.display()))?;
         Ok(Store { pool })
+    }
+
+    /// Opens an existing state file read-only, without migrating it (dry runs and status must
+    /// not change anything); `None` when there is no state file yet.
+    pub async fn open_read_only(path: &Path) -> anyhow::Result<Option<Store>> {
+        if !path.exists() {
+            return Ok(None);
+        }
+        let options =
+            SqliteConnectOptions::from_str("sqlite://")?.filename(path).read_only(true).busy_timeout(BUSY_TIMEOUT);
+        let pool = SqlitePoolOptions::new()
+            .max_connections(2)
+            .connect_with(options)
+            .await
+            .with_context(|| format!("cannot open the state file {}", path.display()))?;
+        Ok(Some(Store { pool }))
     }
 
     /// The connection pool, for read-only inspection in tests and tools.

@@ -4,9 +4,13 @@
 //! A computation whose snapshot fails to load whole changes nothing and sends nothing
 //! (DESIGN §9.2); the others still sync.
 
+pub mod lease;
+pub mod plan;
+
 use std::collections::BTreeMap;
 
 use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
 
 use crate::config::{Computation, Config};
 use crate::delivery::{self, KeyReport};
@@ -57,20 +61,42 @@ impl ComputationReport {
     }
 }
 
-/// Runs one pass over `selected`. `trigger` is recorded in `sync_runs` (manual, schedule).
+/// Computations with at most this many rows pending are delivered before bigger ones, so that
+/// a multi-hour initial sync does not hold back the deltas of the others.
+const SMALL_FIRST_ROWS: u64 = 100_000;
+
+/// How a pass was asked for.
+pub struct PassOptions {
+    /// Recorded in `sync_runs.trigger`: manual or schedule.
+    pub trigger: &'static str,
+    /// Record the pass as a `resync` (rows were marked pending again before it).
+    pub resync: bool,
+    /// Cancelled on shutdown: nothing new starts, what is in flight finishes and is recorded.
+    pub stop: CancellationToken,
+}
+
+/// Runs one pass over `selected` (whose leases the caller holds).
 /// Errors only when the state itself fails; a computation's own failure is in its report.
 pub async fn run(
     config: &Config,
     store: &Store,
     destination: &Destination,
     selected: &[Computation],
-    trigger: &str,
+    options: &PassOptions,
 ) -> anyhow::Result<Vec<ComputationReport>> {
     let deadline = Instant::now() + config.retry.budget;
+    let trigger = options.trigger;
     let mut started = Vec::new();
     for c in selected {
+        if options.stop.is_cancelled() {
+            break;
+        }
         let initial_done = store.register(c).await?;
-        let mode = if initial_done { "delta" } else { "initial" };
+        let mode = match (options.resync, initial_done) {
+            (true, _) => "resync",
+            (false, true) => "delta",
+            (false, false) => "initial",
+        };
         let run_id = store.start_run(&c.key, trigger, mode).await?;
         tracing::debug!(key = %c.key, mode, "pass started");
         let diff = load_and_diff(config, store, c).await;
@@ -89,9 +115,15 @@ pub async fn run(
     let loaded: Vec<&Computation> = started.iter().filter(|s| s.3.is_ok()).map(|s| s.0).collect();
     let outcome = async {
         let blocked = delivery::ensure_attributes(store, destination, &loaded).await?;
-        let deliverable: Vec<String> =
-            loaded.iter().filter(|c| !blocked.contains_key(&c.key)).map(|c| c.key.clone()).collect();
-        let report = delivery::deliver(store, destination, &deliverable, &config.retry, deadline).await?;
+        let mut small = Vec::new();
+        let mut large = Vec::new();
+        for c in loaded.iter().filter(|c| !blocked.contains_key(&c.key)) {
+            let group = if store.pending_count(&c.key).await? <= SMALL_FIRST_ROWS { &mut small } else { &mut large };
+            group.push(c.key.clone());
+        }
+        let mut report = delivery::deliver(store, destination, &small, &config.retry, deadline, &options.stop).await?;
+        let rest = delivery::deliver(store, destination, &large, &config.retry, deadline, &options.stop).await?;
+        report.per_key.extend(rest.per_key);
         anyhow::Ok((blocked, report))
     };
     let (blocked, delivered) = match outcome.await {

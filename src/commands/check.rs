@@ -1,0 +1,39 @@
+//! `check`: the configuration is already valid once loaded; this reads every source whole and
+//! says what it found, without opening the state or sending anything.
+
+use std::process::ExitCode;
+
+use crate::config::{Config, Destination};
+use crate::source;
+
+pub async fn check(config: &Config) -> anyhow::Result<ExitCode> {
+    println!("config {}: ok", config.path.display());
+    let state = &config.state_path;
+    let exists = if state.exists() { "exists" } else { "will be created on first sync" };
+    println!("state {}: {exists}", state.display());
+    match &config.destination {
+        Destination::Contentstack(c) => {
+            let attributes = if c.attributes.is_some() { ", creates missing attributes" } else { "" };
+            println!("destination contentstack: {} (project {}){attributes}", c.edge_api_base_url, c.project_uid);
+        }
+        Destination::Segment(s) => println!("destination segment: {} ({:?} events)", s.endpoint, s.events),
+        Destination::File { path } => println!("destination file: {}", path.display()),
+    }
+    let mut broken = Vec::new();
+    for c in &config.computations {
+        let (c2, buffer) = (c.clone(), config.sort_buffer_bytes);
+        let counted = tokio::task::spawn_blocking(move || source::count_users(&c2, buffer)).await?;
+        match counted {
+            Ok(n) => println!("{} {:?} ({}): ok, {n} users, schedule {:?}", c.kind.as_str(), c.name, c.key, c.cron),
+            Err(e) => {
+                println!("{} {:?} ({}): {e}", c.kind.as_str(), c.name, c.key);
+                broken.push(c.key.clone());
+            }
+        }
+    }
+    if broken.is_empty() {
+        return Ok(ExitCode::SUCCESS);
+    }
+    eprintln!("audience-sync: sources that do not load: {}", broken.join(", "));
+    Ok(ExitCode::FAILURE)
+}

@@ -1,0 +1,57 @@
+//! What each command does, on top of the pass and the state.
+
+pub mod check;
+pub mod run;
+pub mod status;
+pub mod sync;
+
+use std::process::ExitCode;
+
+use tokio_util::sync::CancellationToken;
+
+use crate::pass::ComputationReport;
+use crate::state::RunStatus;
+
+/// Prints the summaries; exit 0 only when everything selected was delivered.
+fn conclude(reports: &[ComputationReport]) -> ExitCode {
+    for r in reports {
+        println!("{}", r.summary());
+    }
+    let unfinished: Vec<String> = reports
+        .iter()
+        .filter(|r| r.status != RunStatus::Ok)
+        .map(|r| match r.status {
+            RunStatus::Failed => format!("{} (snapshot failed)", r.key),
+            _ => format!("{} ({} pending)", r.key, r.pending),
+        })
+        .collect();
+    if unfinished.is_empty() {
+        return ExitCode::SUCCESS;
+    }
+    eprintln!("audience-sync: not everything was delivered: {}", unfinished.join(", "));
+    ExitCode::FAILURE
+}
+
+/// A token cancelled by the first SIGTERM or SIGINT.
+pub fn stop_on_signal() -> CancellationToken {
+    let stop = CancellationToken::new();
+    let token = stop.clone();
+    tokio::spawn(async move {
+        shutdown_signal().await;
+        tracing::warn!("shutdown requested: finishing the requests in flight");
+        token.cancel();
+    });
+    stop
+}
+
+/// Resolves on SIGTERM or SIGINT.
+pub async fn shutdown_signal() {
+    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(_) => return std::future::pending().await,
+    };
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
+}

@@ -1,0 +1,104 @@
+//! `status [--json]`: one row per configured computation, read from the state without
+//! changing it.
+
+use std::process::ExitCode;
+
+use serde::Serialize;
+
+use crate::config::{Config, schedule};
+use crate::state::{LastRun, Store};
+
+/// One computation in `status --json`; field names are stable.
+#[derive(Debug, Serialize)]
+pub struct StatusRow {
+    pub key: String,
+    pub name: String,
+    pub kind: &'static str,
+    pub members: i64,
+    pub pending: i64,
+    pub failed: i64,
+    pub quarantined: i64,
+    pub initial_sync_done_at: Option<String>,
+    pub last_pass: Option<LastRun>,
+    pub next_pass: Option<String>,
+}
+
+pub async fn rows(config: &Config) -> anyhow::Result<Vec<StatusRow>> {
+    let store = Store::open_read_only(&config.state_path).await?;
+    let known = match &store {
+        Some(s) => s.statuses().await?,
+        None => Vec::new(),
+    };
+    let now = chrono::Utc::now();
+    let mut rows = Vec::new();
+    for c in &config.computations {
+        let state = known.iter().find(|s| s.key == c.key);
+        let last_pass = match &store {
+            Some(s) => s.last_run(&c.key).await?,
+            None => None,
+        };
+        rows.push(StatusRow {
+            key: c.key.clone(),
+            name: c.name.clone(),
+            kind: c.kind.as_str(),
+            members: state.map_or(0, |s| s.members),
+            pending: state.map_or(0, |s| s.pending),
+            failed: state.map_or(0, |s| s.failed),
+            quarantined: state.map_or(0, |s| s.quarantined),
+            initial_sync_done_at: state.and_then(|s| s.initial_sync_done_at.clone()),
+            last_pass,
+            next_pass: schedule::next_after(&c.cron, now).map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)),
+        });
+    }
+    Ok(rows)
+}
+
+pub async fn status(config: &Config, json: bool) -> anyhow::Result<ExitCode> {
+    let rows = rows(config).await?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&rows)?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    let table: Vec<[String; 8]> = rows
+        .iter()
+        .map(|r| {
+            let last = match &r.last_pass {
+                Some(p) => format!(
+                    "{} {} {} (+{} -{} ~{}, {} delivered, {} failed)",
+                    p.mode,
+                    p.status,
+                    p.finished_at.as_deref().unwrap_or(&p.started_at),
+                    p.entered,
+                    p.exited,
+                    p.changed,
+                    p.delivered,
+                    p.failed
+                ),
+                None => "never".into(),
+            };
+            [
+                r.key.clone(),
+                r.kind.to_string(),
+                r.members.to_string(),
+                r.pending.to_string(),
+                r.failed.to_string(),
+                r.quarantined.to_string(),
+                last,
+                r.next_pass.clone().unwrap_or_default(),
+            ]
+        })
+        .collect();
+    let header =
+        ["KEY", "KIND", "MEMBERS", "PENDING", "FAILED", "QUARANTINED", "LAST PASS", "NEXT PASS"].map(String::from);
+    let mut widths = header.clone().map(|h| h.len());
+    for row in &table {
+        for (w, cell) in widths.iter_mut().zip(row) {
+            *w = (*w).max(cell.len());
+        }
+    }
+    for row in std::iter::once(&header).chain(&table) {
+        let cells: Vec<String> = row.iter().zip(widths).map(|(c, w)| format!("{c:<w$}")).collect();
+        println!("{}", cells.join("  ").trim_end());
+    }
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,178 @@
+//! The daemon: passes on the cron schedule until SIGTERM or SIGINT.
+//!
+//! tokio-cron-scheduler fires the schedules (six fields, UTC); each firing names the
+//! computations due. A computation whose previous pass is still running in this process is
+//! skipped (the scheduler itself would happily overlap runs), and one being synced by another
+//! process is skipped through its lease. Each firing runs as its own task, so a multi-hour
+//! initial sync of one computation never holds back the deltas of the others.
+
+mod metrics;
+
+use std::collections::{BTreeMap, HashSet};
+use std::sync::{Arc, Mutex};
+
+use anyhow::Context;
+use tokio::sync::mpsc;
+use tokio::task::JoinSet;
+use tokio_cron_scheduler::{Job, JobScheduler};
+use tokio_util::sync::CancellationToken;
+
+use crate::commands::shutdown_signal;
+use crate::config::{Computation, Config, schedule};
+use crate::destination::Destination;
+use crate::pass::{self, PassOptions, lease};
+use crate::state::{LeaseOwner, Store};
+
+pub use metrics::Metrics;
+
+/// What a pass task needs, shared by all of them.
+struct Shared {
+    config: Config,
+    store: Store,
+    destination: Destination,
+    owner: LeaseOwner,
+    metrics: Metrics,
+    /// Computations with a pass running in this process.
+    running: Mutex<HashSet<String>>,
+}
+
+pub async fn run(config: Config) -> anyhow::Result<()> {
+    let store = Store::open(&config.state_path).await?;
+    let destination = Destination::from_config(&config.destination)?;
+    let shared = Arc::new(Shared {
+        store,
+        destination,
+        owner: LeaseOwner::this_process(),
+        metrics: Metrics::default(),
+        running: Mutex::new(HashSet::new()),
+        config,
+    });
+    if let Some(addr) = shared.config.metrics_listen {
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("cannot listen on {addr} for metrics"))?;
+        tracing::info!(%addr, "serving /metrics and /healthz");
+        let shared = shared.clone();
+        tokio::spawn(async move { metrics::serve(listener, &shared.metrics, &shared.store).await });
+    }
+
+    let (due_tx, mut due_rx) = mpsc::channel::<Vec<String>>(64);
+    let mut scheduler = JobScheduler::new().await?;
+    let mut by_cron: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for c in &shared.config.computations {
+        by_cron.entry(c.cron.clone()).or_default().push(c.key.clone());
+    }
+    for (cron, keys) in by_cron {
+        let tx = due_tx.clone();
+        tracing::info!(cron = %cron, computations = %keys.join(","), "scheduled");
+        let job = Job::new_async(cron.as_str(), move |_, _| {
+            let (tx, keys) = (tx.clone(), keys.clone());
+            Box::pin(async move {
+                let _ = tx.send(keys).await;
+            })
+        })
+        .with_context(|| format!("cannot schedule {cron:?}"))?;
+        scheduler.add(job).await?;
+    }
+    scheduler.start().await?;
+
+    let overdue = catch_up(&shared.store, &shared.config.computations).await?;
+    if !overdue.is_empty() {
+        tracing::info!(computations = %overdue.join(","), "catching up: last pass unfinished or older than its interval");
+        due_tx.send(overdue).await?;
+    }
+
+    let stop = CancellationToken::new();
+    let mut passes = JoinSet::new();
+    let signal = shutdown_signal();
+    tokio::pin!(signal);
+    loop {
+        tokio::select! {
+            Some(keys) = due_rx.recv() => {
+                let shared = shared.clone();
+                let stop = stop.clone();
+                passes.spawn(async move { pass_task(&shared, keys, stop).await });
+            }
+            Some(done) = passes.join_next(), if !passes.is_empty() => {
+                if let Err(e) = done {
+                    tracing::error!(error = %e, "a pass task panicked");
+                }
+            }
+            _ = &mut signal => break,
+        }
+    }
+
+    tracing::info!(grace_s = shared.config.shutdown_grace.as_secs(), "shutting down: starting nothing new");
+    scheduler.shutdown().await?;
+    stop.cancel();
+    let finished =
+        tokio::time::timeout(shared.config.shutdown_grace, async { while passes.join_next().await.is_some() {} }).await;
+    if finished.is_err() {
+        tracing::warn!("requests still in flight after the grace period; they will be re-sent by the next pass");
+        passes.abort_all();
+    }
+    tracing::info!("stopped");
+    Ok(())
+}
+
+/// One firing: the due computations not already running here and not leased elsewhere.
+async fn pass_task(shared: &Shared, keys: Vec<String>, stop: CancellationToken) {
+    let mine: Vec<String> = {
+        let mut running = shared.running.lock().unwrap_or_else(|p| p.into_inner());
+        let (free, busy): (Vec<String>, Vec<String>) = keys.into_iter().partition(|k| !running.contains(k));
+        if !busy.is_empty() {
+            tracing::info!(computations = %busy.join(","), "previous pass still running; skipping this trigger");
+        }
+        running.extend(free.iter().cloned());
+        free
+    };
+    if mine.is_empty() {
+        return;
+    }
+    if let Err(e) = leased_pass(shared, &mine, stop).await {
+        tracing::error!(error = %format!("{e:#}"), "pass failed");
+    }
+    let mut running = shared.running.lock().unwrap_or_else(|p| p.into_inner());
+    for k in &mine {
+        running.remove(k);
+    }
+}
+
+async fn leased_pass(shared: &Shared, keys: &[String], stop: CancellationToken) -> anyhow::Result<()> {
+    let (leases, held) = lease::try_acquire(&shared.store, &shared.owner, shared.config.lease_ttl, keys).await?;
+    for h in held {
+        tracing::info!("skipping: {h}");
+    }
+    let selected: Vec<Computation> =
+        shared.config.computations.iter().filter(|c| leases.keys().contains(&c.key)).cloned().collect();
+    let started = std::time::Instant::now();
+    let options = PassOptions { trigger: "schedule", resync: false, stop };
+    let result = pass::run(&shared.config, &shared.store, &shared.destination, &selected, &options).await;
+    leases.release().await?;
+    shared.metrics.record(&result?, started.elapsed());
+    Ok(())
+}
+
+/// Computations to run at once on start: never synced, last pass unfinished (running,
+/// interrupted, incomplete, failed), or finished longer ago than their schedule's interval.
+pub async fn catch_up(store: &Store, computations: &[Computation]) -> anyhow::Result<Vec<String>> {
+    let now = chrono::Utc::now();
+    let mut due = Vec::new();
+    for c in computations {
+        let overdue = match store.last_run(&c.key).await? {
+            None => true,
+            Some(run) if run.status != "ok" => true,
+            Some(run) => {
+                let finished = run.finished_at.as_deref().and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok());
+                match (finished, schedule::interval_at(&c.cron, now)) {
+                    (Some(f), Some(interval)) => now - f.with_timezone(&chrono::Utc) > interval,
+                    _ => true,
+                }
+            }
+        };
+        if overdue {
+            due.push(c.key.clone());
+        }
+    }
+    Ok(due)
+}

@@ -1,0 +1,58 @@
+//! What `status` and the daemon read: one summary per computation and its last pass.
+
+use serde::Serialize;
+
+use super::Store;
+
+/// The last pass of a computation.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, sqlx::FromRow)]
+pub struct LastRun {
+    pub mode: String,
+    pub status: String,
+    pub started_at: String,
+    pub finished_at: Option<String>,
+    pub snapshot_rows: Option<i64>,
+    pub entered: i64,
+    pub exited: i64,
+    pub changed: i64,
+    pub delivered: i64,
+    pub failed: i64,
+    pub retried: i64,
+    pub quarantined: i64,
+    pub error: Option<String>,
+}
+
+/// One row of the `computation_status` view.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, sqlx::FromRow)]
+pub struct ComputationStatus {
+    pub key: String,
+    pub name: String,
+    pub kind: String,
+    pub members: i64,
+    pub pending: i64,
+    pub failed: i64,
+    pub quarantined: i64,
+    pub initial_sync_done_at: Option<String>,
+}
+
+impl Store {
+    /// Every computation the state knows, by key.
+    pub async fn statuses(&self) -> anyhow::Result<Vec<ComputationStatus>> {
+        Ok(sqlx::query_as(
+            "SELECT key, name, kind, members, pending, failed, quarantined, initial_sync_done_at FROM computation_status ORDER BY key",
+        )
+        .fetch_all(&self.pool)
+        .await?)
+    }
+
+    /// The most recent pass of `key`, if any.
+    pub async fn last_run(&self, key: &str) -> anyhow::Result<Option<LastRun>> {
+        Ok(sqlx::query_as(
+            "SELECT mode, status, started_at, finished_at, snapshot_rows, entered, exited, changed, delivered, failed, \
+             retried, quarantined, error FROM sync_runs WHERE computation_key = ?1 ORDER BY id DESC LIMIT 1",
+        )
+        .bind(key)
+        .fetch_optional(&self.pool)
+        .await?)
+    }
+}
