@@ -105,12 +105,12 @@ pub async fn deliver(
     let mut last_progress = Instant::now();
     let per_call = destination.updates_per_call();
     let sent = pending_updates(store, keys)
-        .take_until(stop.cancelled())
         .map_ok(|updates| {
             let calls: Vec<Vec<UserUpdate>> = updates.chunks(per_call).map(<[UserUpdate]>::to_vec).collect();
             stream::iter(calls.into_iter().map(Ok))
         })
         .try_flatten()
+        .take_until(stop.cancelled())
         .map_ok(|call| {
             let acks = ack_tx.clone();
             async move {

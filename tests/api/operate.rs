@@ -1,0 +1,337 @@
+//! What the operator lives with: the daemon, leases, resync, status, check, dry runs, metrics.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use serde_json::{Value, json};
+use wiremock::matchers::method;
+use wiremock::{Mock, MockServer, ResponseTemplate};
+
+use crate::helpers::*;
+
+/// Users received so far, with how many times each.
+async fn counts(server: &MockServer) -> HashMap<String, usize> {
+    let mut sent = HashMap::new();
+    for (user, _) in received(server).await {
+        *sent.entry(user).or_default() += 1;
+    }
+    sent
+}
+
+async fn slow_server(delay_ms: u64) -> MockServer {
+    let server = MockServer::start().await;
+    Mock::given(method("PATCH"))
+        .respond_with(ResponseTemplate::new(200).set_delay(Duration::from_millis(delay_ms)))
+        .mount(&server)
+        .await;
+    server
+}
+
+fn many(n: usize) -> String {
+    let ids: Vec<String> = (0..n).map(|i| format!("user-{i:04}")).collect();
+    csv_users(&ids.iter().map(String::as_str).collect::<Vec<_>>())
+}
+
+/// Puts a `[schedule]` table in the app's config.
+fn with_schedule(app: TestApp, cron: &str) -> TestApp {
+    let config = std::fs::read_to_string(app.config_path()).unwrap();
+    app.write("config.toml", &format!("[schedule]\ncron = \"{cron}\"\n\n{config}"));
+    app
+}
+
+#[tokio::test]
+async fn the_daemon_on_a_per_second_schedule_picks_up_a_changed_snapshot() {
+    let server = contentstack_server().await;
+    let app = with_schedule(TestApp::contentstack(&server, 2, &audience("A", "a.csv")), "* * * * * *");
+    app.write("a.csv", &csv_users(&["u1"]));
+    let mut daemon = app.command(&["run"]).spawn().unwrap();
+
+    // Catch-up runs the never-synced audience at once.
+    wait_until(30, "u1 to be delivered", || async { counts(&server).await.contains_key("u1") }).await;
+    app.write("a.csv", &csv_users(&["u1", "u2"]));
+    wait_until(30, "u2 to be delivered by a scheduled pass", || async { counts(&server).await.contains_key("u2") })
+        .await;
+
+    terminate(&daemon);
+    assert!(wait_exit(&mut daemon, 30).await.success());
+    assert_eq!(counts(&server).await, HashMap::from([("u1".to_string(), 1), ("u2".to_string(), 1)]));
+    let db = app.db().await;
+    let triggers: Vec<String> =
+        sqlx::query_scalar("SELECT DISTINCT trigger FROM sync_runs").fetch_all(&db).await.unwrap();
+    assert_eq!(triggers, ["schedule"]);
+}
+
+#[tokio::test]
+async fn sigterm_during_delivery_exits_zero_and_the_next_pass_leaves_nothing_pending() {
+    let server = slow_server(50).await;
+    let app = TestApp::contentstack(&server, 2, &audience("A", "a.csv"));
+    app.write("a.csv", &many(200));
+    let mut daemon = app.command(&["run"]).spawn().unwrap();
+    wait_until(30, "delivery to start", || async { server.received_requests().await.unwrap().len() >= 10 }).await;
+    terminate(&daemon);
+    let status = wait_exit(&mut daemon, 30).await;
+    assert!(status.success(), "{status:?}");
+    let sent_before = server.received_requests().await.unwrap().len();
+    assert!(sent_before < 200, "shutdown must not wait for the whole audience");
+
+    let db = app.db().await;
+    let (mode, status): (String, String) =
+        sqlx::query_as("SELECT mode, status FROM sync_runs ORDER BY id DESC LIMIT 1").fetch_one(&db).await.unwrap();
+    assert_eq!((mode.as_str(), status.as_str()), ("initial", "incomplete"), "the interrupted pass is recorded");
+
+    assert_success(&app.sync(&[]).await);
+    assert_eq!(app.pending_count().await, 0);
+    let sent = counts(&server).await;
+    assert_eq!(sent.len(), 200);
+    assert!(sent.values().all(|n| *n == 1), "every request in flight at SIGTERM finished and was recorded");
+}
+
+#[tokio::test]
+async fn sync_while_the_daemon_runs_waits_for_its_lease_and_sends_nothing_twice() {
+    let server = slow_server(20).await;
+    let app = TestApp::contentstack(&server, 2, &audience("A", "a.csv"));
+    app.write("a.csv", &many(100));
+    let mut daemon = app.command(&["run"]).spawn().unwrap();
+    wait_until(30, "the daemon to start delivering", || async {
+        !server.received_requests().await.unwrap().is_empty()
+    })
+    .await;
+
+    let out = app.sync(&[]).await;
+    assert_failure(&out);
+    assert!(stderr(&out).contains("a is being synced by pid"), "{}", stderr(&out));
+    assert!(stderr(&out).contains("pass --wait SECS"), "{}", stderr(&out));
+
+    let out = app.sync(&["--wait", "60"]).await;
+    assert_success(&out);
+    assert!(stderr(&out).contains("waiting up to 60s"), "{}", stderr(&out));
+    terminate(&daemon);
+    assert!(wait_exit(&mut daemon, 30).await.success());
+    let sent = counts(&server).await;
+    assert_eq!(sent.len(), 100);
+    assert!(sent.values().all(|n| *n == 1), "no user sent twice");
+}
+
+#[tokio::test]
+async fn a_stale_lease_is_taken_over_and_a_live_one_is_respected() {
+    let server = contentstack_server().await;
+    let app = TestApp::contentstack(&server, 2, &audience("A", "a.csv"));
+    app.write("a.csv", &csv_users(&["u1"]));
+    assert_success(&app.sync(&[]).await); // creates the state
+    let rw = sqlx::SqlitePool::connect(&format!("sqlite://{}", app.path("state.db").display())).await.unwrap();
+    let put_lease = |host: &'static str, pid: i64, expires: &'static str| {
+        let rw = rw.clone();
+        async move {
+            sqlx::query("DELETE FROM leases").execute(&rw).await.unwrap();
+            sqlx::query("INSERT INTO leases VALUES ('a', 'other-owner', ?1, ?2, '2026-01-01T00:00:00.000Z', '2026-01-01T00:00:00.000Z', ?3)")
+                .bind(pid)
+                .bind(host)
+                .bind(expires)
+                .execute(&rw)
+                .await
+                .unwrap();
+        }
+    };
+
+    // Another host's lease that expired: taken over.
+    put_lease("elsewhere", 42, "2000-01-01T00:00:00.000Z").await;
+    assert_success(&app.sync(&[]).await);
+
+    // Another host's live lease: respected, with who holds it.
+    put_lease("elsewhere", 42, "2999-01-01T00:00:00.000Z").await;
+    let out = app.sync(&["--wait", "1"]).await;
+    assert_failure(&out);
+    assert!(
+        stderr(&out).contains(
+            "a is being synced by pid 42 on elsewhere (lease expires 2999-01-01T00:00:00.000Z); gave up waiting"
+        ),
+        "{}",
+        stderr(&out)
+    );
+
+    // A live lease of a process on this host that is gone (killed): taken over at once.
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap().trim().to_string();
+    let host: &'static str = Box::leak(host.into_boxed_str());
+    let mut gone = std::process::Command::new("true").spawn().unwrap();
+    let dead_pid = i64::from(gone.id());
+    gone.wait().unwrap();
+    put_lease(host, dead_pid, "2999-01-01T00:00:00.000Z").await;
+    assert_success(&app.sync(&[]).await);
+    let left: i64 = sqlx::query_scalar("SELECT count(*) FROM leases").fetch_one(&rw).await.unwrap();
+    assert_eq!(left, 0, "a finished pass releases its lease");
+}
+
+#[tokio::test]
+async fn resync_of_one_audience_and_of_one_user_sends_exactly_those_rows() {
+    let server = contentstack_server().await;
+    let app =
+        TestApp::contentstack(&server, 2, &format!("{}{}", audience("A", "a.csv"), computed_trait("T", "t.ndjson")));
+    app.write("a.csv", &csv_users(&["u1", "u2"]));
+    app.write("t.ndjson", "{\"user_id\":\"u1\",\"value\":5}\n");
+    assert_success(&app.sync(&[]).await);
+    app.write("a.csv", &csv_users(&["u1"])); // u2 exits: a tracked ex-member
+    assert_success(&app.sync(&[]).await);
+    server.reset().await;
+    acknowledge_all(&server).await;
+
+    let out = app.run(&["resync", "--audience", "a"]).await;
+    assert_success(&out);
+    assert!(stdout(&out).contains("resync: 2 rows marked to be sent again"), "{}", stdout(&out));
+    assert_eq!(
+        sorted(received(&server).await),
+        vec![("u1".into(), json!({"a": true})), ("u2".into(), json!({"a": false}))]
+    );
+    let db = app.db().await;
+    let mode: String =
+        sqlx::query_scalar("SELECT mode FROM sync_runs ORDER BY id DESC LIMIT 1").fetch_one(&db).await.unwrap();
+    assert_eq!(mode, "resync");
+
+    server.reset().await;
+    acknowledge_all(&server).await;
+    assert_success(&app.run(&["resync", "--user", "u1"]).await);
+    assert_eq!(received(&server).await, vec![("u1".into(), json!({"a": true, "t": 5}))]);
+    assert_eq!(app.pending_count().await, 0);
+}
+
+#[tokio::test]
+async fn resync_releases_a_quarantined_row() {
+    use wiremock::matchers::header;
+    let server = MockServer::start().await;
+    Mock::given(method("PATCH"))
+        .and(header("x-cs-personalize-user-uid", "u2"))
+        .respond_with(ResponseTemplate::new(400))
+        .up_to_n_times(1)
+        .mount(&server)
+        .await;
+    acknowledge_all(&server).await;
+    let app = TestApp::contentstack_at(&server.uri(), 2, "quarantine_after = 1\n", &audience("A", "a.csv"));
+    app.write("a.csv", &csv_users(&["u1", "u2"]));
+    assert_failure(&app.sync(&[]).await);
+    let db = app.db().await;
+    let quarantined: i64 = sqlx::query_scalar("SELECT count(*) FROM quarantined").fetch_one(&db).await.unwrap();
+    assert_eq!(quarantined, 1);
+
+    assert_success(&app.run(&["resync", "--user", "u2"]).await);
+    let left: i64 = sqlx::query_scalar("SELECT count(*) FROM quarantined").fetch_one(&db).await.unwrap();
+    assert_eq!(left, 0);
+    assert_eq!(app.pending_count().await, 0);
+}
+
+#[tokio::test]
+async fn status_as_text_and_as_json() {
+    let server = contentstack_server().await;
+    let app =
+        TestApp::contentstack(&server, 2, &format!("{}{}", audience("A", "a.csv"), computed_trait("T", "t.ndjson")));
+    app.write("a.csv", &csv_users(&["u1", "u2"]));
+    app.write("t.ndjson", "{\"user_id\":\"u1\",\"value\":5}\n");
+    assert_success(&app.sync(&["--audience", "a"]).await);
+
+    let out = app.run(&["status"]).await;
+    assert_success(&out);
+    let text = stdout(&out);
+    let lines: Vec<&str> = text.lines().collect();
+    assert!(lines[0].starts_with("KEY") && lines[0].contains("PENDING") && lines[0].contains("NEXT PASS"), "{text}");
+    assert!(lines[1].starts_with("a ") && lines[1].contains("initial ok"), "{text}");
+    assert!(lines[2].starts_with("t ") && lines[2].contains("never"), "{text}");
+
+    let out = app.run(&["status", "--json"]).await;
+    let rows: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(rows[0]["key"], "a");
+    assert_eq!(rows[0]["kind"], "audience");
+    assert_eq!(rows[0]["members"], 2);
+    assert_eq!(rows[0]["pending"], 0);
+    assert_eq!(rows[0]["quarantined"], 0);
+    assert_eq!(rows[0]["last_pass"]["mode"], "initial");
+    assert_eq!(rows[0]["last_pass"]["status"], "ok");
+    assert_eq!(rows[0]["last_pass"]["delivered"], 2);
+    assert!(rows[0]["next_pass"].as_str().unwrap().ends_with(":00:00Z"));
+    assert_eq!(rows[1]["key"], "t");
+    assert_eq!(rows[1]["last_pass"], Value::Null);
+}
+
+#[tokio::test]
+async fn check_reports_good_and_broken_sources_and_sends_nothing() {
+    let server = contentstack_server().await;
+    let app = TestApp::contentstack(&server, 2, &format!("{}{}", audience("A", "a.csv"), audience("B", "b.csv")));
+    app.write("a.csv", &csv_users(&["u1", "u2"]));
+    app.write("b.csv", &csv_users(&["u1"]));
+    let out = app.run(&["check"]).await;
+    assert_success(&out);
+    assert!(stdout(&out).contains("audience \"A\" (a): ok, 2 users"), "{}", stdout(&out));
+
+    app.write("b.csv", "user_id\nu1\nu1\n");
+    let out = app.run(&["check"]).await;
+    assert_failure(&out);
+    assert!(stdout(&out).contains("b.csv:3: user_id: user \"u1\" is listed twice (lines 2 and 3)"), "{}", stdout(&out));
+    assert!(stderr(&out).contains("sources that do not load: b"), "{}", stderr(&out));
+    assert!(server.received_requests().await.unwrap().is_empty());
+    assert!(!app.path("state.db").exists(), "check creates no state");
+
+    let broken =
+        TestApp::contentstack(&server, 2, &audience("A", "a.csv")).replace_in_config("concurrency", "concurency");
+    let out = broken.run(&["check"]).await;
+    assert_failure(&out);
+    assert!(stderr(&out).contains("unknown field `concurency`"), "{}", stderr(&out));
+}
+
+#[tokio::test]
+async fn dry_run_sends_nothing_and_leaves_the_state_unchanged() {
+    let server = contentstack_server().await;
+    let app = TestApp::contentstack(&server, 2, &audience("A", "a.csv"));
+    app.write("a.csv", &csv_users(&["u1", "u2"]));
+    assert_success(&app.sync(&[]).await);
+    server.reset().await;
+    acknowledge_all(&server).await;
+    let rows_before = app.memberships().await;
+    let db = app.db().await;
+    let runs_before: i64 = sqlx::query_scalar("SELECT count(*) FROM sync_runs").fetch_one(&db).await.unwrap();
+
+    app.write("a.csv", &csv_users(&["u2", "u3", "u4"]));
+    let out = app.sync(&["--dry-run"]).await;
+    assert_success(&out);
+    assert_eq!(
+        stdout(&out).trim(),
+        "a: plan: 3 in snapshot, 2 entered (e.g. u3, u4), 1 exited (e.g. u1), 0 changed; 0 already pending"
+    );
+    assert!(server.received_requests().await.unwrap().is_empty());
+    assert_eq!(app.memberships().await, rows_before);
+    let runs_after: i64 = sqlx::query_scalar("SELECT count(*) FROM sync_runs").fetch_one(&db).await.unwrap();
+    assert_eq!(runs_after, runs_before);
+
+    // Without any state yet, the plan is an initial sync and no state file appears.
+    let fresh = TestApp::contentstack(&server, 2, &audience("A", "a.csv"));
+    fresh.write("a.csv", &csv_users(&["u1"]));
+    assert!(stdout(&fresh.sync(&["--dry-run"]).await).contains("1 entered (e.g. u1)"));
+    assert!(!fresh.path("state.db").exists());
+}
+
+#[tokio::test]
+async fn metrics_answer_with_the_counters_after_a_pass() {
+    let server = contentstack_server().await;
+    let port = free_port();
+    let app = TestApp::contentstack(&server, 2, &audience("A", "a.csv"));
+    let config = std::fs::read_to_string(app.config_path()).unwrap();
+    app.write("config.toml", &format!("{config}\n[metrics]\nlisten = \"127.0.0.1:{port}\"\n"));
+    app.write("a.csv", &csv_users(&["u1", "u2", "u3"]));
+    let mut daemon = app.command(&["run"]).spawn().unwrap();
+
+    let client = reqwest::Client::new();
+    let url = format!("http://127.0.0.1:{port}/metrics");
+    let scrape = || async { client.get(&url).send().await.ok()?.text().await.ok() };
+    let delivered = "audience_sync_delivered_total{computation=\"a\"} 3";
+    wait_until(30, "the pass to show in the metrics", || async {
+        scrape().await.is_some_and(|b| b.contains(delivered))
+    })
+    .await;
+    let body = scrape().await.unwrap();
+    assert!(body.contains("# TYPE audience_sync_pending_rows gauge"), "{body}");
+    assert!(body.contains("audience_sync_pending_rows{computation=\"a\"} 0"), "{body}");
+    assert!(body.contains("audience_sync_failed_total{computation=\"a\"} 0"), "{body}");
+    assert!(body.contains("audience_sync_last_success_timestamp_seconds{computation=\"a\"}"), "{body}");
+    assert!(body.contains("audience_sync_pass_duration_seconds{computation=\"a\"}"), "{body}");
+    let health = client.get(format!("http://127.0.0.1:{port}/healthz")).send().await.unwrap();
+    assert_eq!(health.status(), 200);
+
+    terminate(&daemon);
+    assert!(wait_exit(&mut daemon, 30).await.success());
+}
