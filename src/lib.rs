@@ -14,5 +14,6 @@ pub mod destination;
 pub mod diff;
 pub mod key;
 pub mod pass;
+pub mod progress;
 pub mod source;
 pub mod state;

@@ -7,6 +7,7 @@ use super::{conclude, stop_on_signal};
 use crate::config::Config;
 use crate::destination::Destination;
 use crate::pass::{self, PassOptions, lease, plan};
+use crate::progress::Progress;
 use crate::state::{LeaseOwner, Store};
 
 /// One pass now over the computations named by `keys` (all when empty).
@@ -38,7 +39,12 @@ async fn leased_pass(
             let whose = user.map(|u| format!(" of user {u:?}")).unwrap_or_default();
             println!("resync: {marked} rows{whose} marked to be sent again");
         }
-        let options = PassOptions { trigger: "manual", resync: resync.is_some(), stop: stop_on_signal() };
+        let options = PassOptions {
+            trigger: "manual",
+            resync: resync.is_some(),
+            stop: stop_on_signal(),
+            progress: Progress::for_command(),
+        };
         pass::run(config, &store, &destination, &selected, &options).await
     }
     .await;

@@ -21,6 +21,7 @@ use crate::commands::shutdown_signal;
 use crate::config::{Computation, Config, schedule};
 use crate::destination::Destination;
 use crate::pass::{self, PassOptions, lease};
+use crate::progress::Progress;
 use crate::state::{LeaseOwner, Store};
 
 pub use metrics::Metrics;
@@ -146,7 +147,7 @@ async fn leased_pass(shared: &Shared, keys: &[String], stop: CancellationToken) 
     let selected: Vec<Computation> =
         shared.config.computations.iter().filter(|c| leases.keys().contains(&c.key)).cloned().collect();
     let started = std::time::Instant::now();
-    let options = PassOptions { trigger: "schedule", resync: false, stop };
+    let options = PassOptions { trigger: "schedule", resync: false, stop, progress: Progress::off() };
     let result = pass::run(&shared.config, &shared.store, &shared.destination, &selected, &options).await;
     leases.release().await?;
     shared.metrics.record(&result?, started.elapsed());

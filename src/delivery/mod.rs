@@ -21,6 +21,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::{Kind, RetryConfig};
 use crate::destination::{Destination, PendingValue, UserUpdate};
+use crate::progress::Stage;
 use crate::state::{Outcome, PendingRow, Store};
 
 pub use attributes::ensure_attributes;
@@ -92,6 +93,7 @@ pub async fn deliver(
     policy: &RetryConfig,
     deadline: Instant,
     stop: &CancellationToken,
+    progress: &Stage,
 ) -> anyhow::Result<DeliveryReport> {
     let mut report = DeliveryReport::default();
     if keys.is_empty() {
@@ -125,6 +127,7 @@ pub async fn deliver(
         .try_buffer_unordered(concurrency)
         .try_for_each(|call| {
             report.add(&call);
+            progress.inc(call.outcomes.len() as u64);
             if last_progress.elapsed() >= PROGRESS_EVERY {
                 let (delivered, failed) = report.totals();
                 tracing::info!(delivered, failed, elapsed_s = started.elapsed().as_secs(), "delivery in progress");

@@ -9,6 +9,7 @@ pub mod plan;
 
 use std::collections::BTreeMap;
 
+use futures::StreamExt;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
@@ -16,6 +17,7 @@ use crate::config::{Computation, Config};
 use crate::delivery::{self, KeyReport};
 use crate::destination::Destination;
 use crate::diff::{self, DiffCounts};
+use crate::progress::Progress;
 use crate::source;
 use crate::state::{RunCounts, RunStatus, Store};
 
@@ -73,6 +75,7 @@ pub struct PassOptions {
     pub resync: bool,
     /// Cancelled on shutdown: nothing new starts, what is in flight finishes and is recorded.
     pub stop: CancellationToken,
+    pub progress: Progress,
 }
 
 /// Runs one pass over `selected` (whose leases the caller holds).
@@ -99,7 +102,7 @@ pub async fn run(
         };
         let run_id = store.start_run(&c.key, trigger, mode).await?;
         tracing::debug!(key = %c.key, mode, "pass started");
-        let diff = load_and_diff(config, store, c).await;
+        let diff = load_and_diff(config, store, c, &options.progress).await;
         match &diff {
             Ok(d) => tracing::info!(
                 key = %c.key, snapshot_rows = d.snapshot_rows, entered = d.entered, exited = d.exited, changed = d.changed,
@@ -115,14 +118,19 @@ pub async fn run(
     let loaded: Vec<&Computation> = started.iter().filter(|s| s.3.is_ok()).map(|s| s.0).collect();
     let outcome = async {
         let blocked = delivery::ensure_attributes(store, destination, &loaded).await?;
-        let mut small = Vec::new();
-        let mut large = Vec::new();
+        let (mut small, mut large, mut total) = (Vec::new(), Vec::new(), 0);
         for c in loaded.iter().filter(|c| !blocked.contains_key(&c.key)) {
-            let group = if store.pending_count(&c.key).await? <= SMALL_FIRST_ROWS { &mut small } else { &mut large };
+            let pending = store.pending_count(&c.key).await?;
+            total += pending;
+            let group = if pending <= SMALL_FIRST_ROWS { &mut small } else { &mut large };
             group.push(c.key.clone());
         }
-        let mut report = delivery::deliver(store, destination, &small, &config.retry, deadline, &options.stop).await?;
-        let rest = delivery::deliver(store, destination, &large, &config.retry, deadline, &options.stop).await?;
+        let delivering = options.progress.stage("delivering".into(), "rows answered", Some(total));
+        let run =
+            |keys| delivery::deliver(store, destination, keys, &config.retry, deadline, &options.stop, &delivering);
+        let mut report = run(&small).await?;
+        let rest = run(&large).await?;
+        delivering.finish();
         report.per_key.extend(rest.per_key);
         anyhow::Ok((blocked, report))
     };
@@ -200,10 +208,18 @@ async fn finish(
 
 /// Loads the snapshot of `c` and merges it into the state in one transaction, which commits
 /// only if the whole snapshot loaded and every write succeeded.
-async fn load_and_diff(config: &Config, store: &Store, c: &Computation) -> anyhow::Result<DiffCounts> {
-    let snapshot = source::sorted_snapshot(c, config.sort_buffer_bytes);
+async fn load_and_diff(
+    config: &Config,
+    store: &Store,
+    c: &Computation,
+    progress: &Progress,
+) -> anyhow::Result<DiffCounts> {
+    let loading = progress.stage(format!("{}: loading", c.key), "rows read", None);
+    let diffing = progress.stage(format!("{}: diff", c.key), "rows compared", None);
+    let snapshot = source::sorted_snapshot(c, config.sort_buffer_bytes, loading).inspect(|_| diffing.inc(1));
     let mut writer = store.diff_writer(&c.key).await?;
     let counts = diff::merge(c.kind, store.scan(&c.key), snapshot, &mut writer).await?;
     writer.commit().await?;
+    diffing.finish();
     Ok(counts)
 }

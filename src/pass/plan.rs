@@ -5,6 +5,7 @@ use futures::stream;
 
 use crate::config::{Computation, Config};
 use crate::diff::{self, Change, DiffCounts, Op, OpSink, StateRow};
+use crate::progress::Stage;
 use crate::source;
 use crate::state::Store;
 
@@ -57,7 +58,7 @@ impl OpSink for Plan {
 
 /// Plans `c` against `store` (a read-only state, or none yet).
 pub async fn plan(config: &Config, store: Option<&Store>, c: &Computation) -> anyhow::Result<Plan> {
-    let snapshot = source::sorted_snapshot(c, config.sort_buffer_bytes);
+    let snapshot = source::sorted_snapshot(c, config.sort_buffer_bytes, Stage::default());
     let mut plan = Plan::default();
     plan.counts = match store {
         Some(s) if s.knows(&c.key).await? => {

@@ -9,6 +9,7 @@ use futures::Stream;
 use tokio::sync::mpsc;
 
 use crate::config::{Computation, Kind, Source};
+use crate::progress::Stage;
 
 pub use sort::{SortedRecords, Sorter};
 pub use value::canonical_value;
@@ -53,11 +54,12 @@ const CHUNK: usize = 4096;
 pub fn sorted_snapshot(
     computation: &Computation,
     sort_buffer_bytes: usize,
+    loading: Stage,
 ) -> impl Stream<Item = anyhow::Result<SnapshotRecord>> + Unpin + use<> {
     let (tx, rx) = mpsc::channel::<Result<Vec<SnapshotRecord>, SnapshotError>>(4);
     let computation = computation.clone();
     tokio::task::spawn_blocking(move || {
-        let sorted = match load_sorted(&computation, sort_buffer_bytes) {
+        let sorted = match load_sorted(&computation, sort_buffer_bytes, &loading) {
             Ok(s) => s,
             Err(e) => {
                 let _ = tx.blocking_send(Err(e));
@@ -94,16 +96,27 @@ pub fn sorted_snapshot(
 }
 
 /// Reads the whole snapshot and sorts it; the iterator then checks for users listed twice.
-pub fn load_sorted(computation: &Computation, sort_buffer_bytes: usize) -> Result<Deduplicated, SnapshotError> {
+pub fn load_sorted(
+    computation: &Computation,
+    sort_buffer_bytes: usize,
+    loading: &Stage,
+) -> Result<Deduplicated, SnapshotError> {
     match &computation.source {
         Source::File { path, format, gzip } => {
             let name = path.display().to_string();
             let mut sorter = Sorter::new(sort_buffer_bytes);
+            let mut read = 0u64;
             file::read(path, *format, *gzip, computation.kind, &mut |rec| {
+                read += 1;
+                if read % 4096 == 0 {
+                    loading.inc(4096);
+                }
                 sorter
                     .push(rec)
                     .map_err(|e| SnapshotError::new(&name, None, None, format!("cannot spill to a temp file: {e}")))
             })?;
+            loading.inc(read % 4096);
+            loading.finish();
             let sorted =
                 sorter.finish().map_err(|e| SnapshotError::new(&name, None, None, format!("cannot sort: {e}")))?;
             Ok(Deduplicated { name, inner: sorted, previous: None })
@@ -153,7 +166,7 @@ impl Iterator for Deduplicated {
 /// Checks that a source can be read (used by `check`): loads it whole and counts its users.
 pub fn count_users(computation: &Computation, sort_buffer_bytes: usize) -> Result<u64, SnapshotError> {
     let mut n = 0;
-    for rec in load_sorted(computation, sort_buffer_bytes)? {
+    for rec in load_sorted(computation, sort_buffer_bytes, &Stage::default())? {
         rec?;
         n += 1;
     }

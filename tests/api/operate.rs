@@ -335,3 +335,27 @@ async fn metrics_answer_with_the_counters_after_a_pass() {
     terminate(&daemon);
     assert!(wait_exit(&mut daemon, 30).await.success());
 }
+
+#[tokio::test]
+async fn a_big_initial_sync_does_not_hold_back_a_small_computation() {
+    let server = contentstack_server().await;
+    let app =
+        TestApp::contentstack(&server, 1, &format!("{}{}", audience("Big", "big.csv"), audience("Small", "small.csv")));
+    app.write("big.csv", &csv_users(&[]));
+    app.write("small.csv", &csv_users(&["zz-1", "zz-2"]));
+    assert_success(&app.sync(&["--audience", "small"]).await);
+    server.reset().await;
+    acknowledge_all(&server).await;
+
+    // Big's 200_000-row initial sync is over the small-first bound; small has one new member,
+    // whose user id sorts after every one of Big's.
+    let ids: Vec<String> = (0..200_001).map(|i| format!("user-{i:06}")).collect();
+    app.write("big.csv", &csv_users(&ids.iter().map(String::as_str).collect::<Vec<_>>()));
+    app.write("small.csv", &csv_users(&["zz-1", "zz-2", "zz-3"]));
+    let mut child = app.command(&["sync"]).spawn().unwrap();
+    wait_until(60, "the first request", || async { !server.received_requests().await.unwrap().is_empty() }).await;
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let first = received(&server).await.into_iter().next().unwrap();
+    assert_eq!(first, ("zz-3".into(), json!({"small": true})), "the small delta goes before the big initial sync");
+}
