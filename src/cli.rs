@@ -48,6 +48,9 @@ pub enum Command {
         /// If another process is syncing a selected computation, wait up to SECS for it.
         #[arg(long, value_name = "SECS", default_value_t = 0)]
         wait: u64,
+        /// Let through, this once, snapshots that would remove more than max_exit_ratio of the members.
+        #[arg(long)]
+        allow_mass_exit: bool,
     },
     /// Full resync: re-send the current value of every selected row, then a pass.
     Resync {
@@ -77,8 +80,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Run => commands::run::run(config).await,
         Command::Sync { audiences, dry_run: true, .. } => commands::sync::dry_run(&config, &audiences).await,
-        Command::Sync { audiences, wait, .. } => {
-            commands::sync::sync(&config, &audiences, Duration::from_secs(wait)).await
+        Command::Sync { audiences, wait, allow_mass_exit, .. } => {
+            commands::sync::sync(&config, &audiences, Duration::from_secs(wait), allow_mass_exit).await
         }
         Command::Resync { audiences, user, wait } => {
             commands::sync::resync(&config, &audiences, user.as_deref(), Duration::from_secs(wait)).await

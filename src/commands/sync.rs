@@ -11,13 +11,13 @@ use crate::progress::Progress;
 use crate::state::{LeaseOwner, Store};
 
 /// One pass now over the computations named by `keys` (all when empty).
-pub async fn sync(config: &Config, keys: &[String], wait: Duration) -> anyhow::Result<ExitCode> {
-    leased_pass(config, keys, wait, None).await
+pub async fn sync(config: &Config, keys: &[String], wait: Duration, allow_mass_exit: bool) -> anyhow::Result<ExitCode> {
+    leased_pass(config, keys, wait, None, allow_mass_exit).await
 }
 
 /// Marks the selected rows (or `user`'s) pending again, then runs a pass recorded as `resync`.
 pub async fn resync(config: &Config, keys: &[String], user: Option<&str>, wait: Duration) -> anyhow::Result<ExitCode> {
-    leased_pass(config, keys, wait, Some(user)).await
+    leased_pass(config, keys, wait, Some(user), false).await
 }
 
 /// A pass under leases; `resync` is `Some(user filter)` for a resync.
@@ -26,6 +26,7 @@ async fn leased_pass(
     keys: &[String],
     wait: Duration,
     resync: Option<Option<&str>>,
+    allow_mass_exit: bool,
 ) -> anyhow::Result<ExitCode> {
     let selected = config.select(keys)?;
     let store = Store::open(&config.state_path).await?;
@@ -43,6 +44,7 @@ async fn leased_pass(
             trigger: "manual",
             resync: resync.is_some(),
             stop: stop_on_signal(),
+            allow_mass_exit,
             progress: Progress::for_command(),
         };
         pass::run(config, &store, &destination, &selected, &options).await
@@ -59,7 +61,12 @@ pub async fn dry_run(config: &Config, keys: &[String]) -> anyhow::Result<ExitCod
     let mut failed = Vec::new();
     for c in &selected {
         match plan::plan(config, store.as_ref(), c).await {
-            Ok(p) => println!("{}", p.summary(&c.key)),
+            Ok(p) => {
+                println!("{}", p.summary(&c.key));
+                if let Err(held) = pass::guard(c, &p.counts) {
+                    println!("{}: {held:#}", c.key);
+                }
+            }
             Err(e) => {
                 println!("{}: snapshot failed: {e:#}", c.key);
                 failed.push(c.key.clone());

@@ -16,7 +16,7 @@ pub use destination::{
     AttributeCreation, ContentstackConfig, DEFAULT_EDGE_API_BASE_URL, Destination, HttpConfig, RetryConfig, Secret,
     SegmentConfig, SegmentEvents,
 };
-pub use raw::SnapshotFormat;
+pub use raw::{HttpFormat, SnapshotFormat};
 
 /// A configuration error: the file, the line (when it is known) and what is wrong.
 #[derive(Debug, thiserror::Error)]
@@ -69,11 +69,40 @@ pub struct Computation {
     /// The cron schedule of this computation (its own, or `[schedule].cron`).
     pub cron: String,
     pub source: Source,
+    pub guard: Guard,
+    /// Arrays and objects are acceptable computed-trait values.
+    pub allow_structured: bool,
 }
 
 #[derive(Debug, Clone)]
 pub enum Source {
-    File { path: PathBuf, format: SnapshotFormat, gzip: bool },
+    File {
+        path: PathBuf,
+        format: SnapshotFormat,
+        gzip: bool,
+        /// Read the snapshot only when this marker exists and is not older than it.
+        ready_file: Option<PathBuf>,
+    },
+    Http {
+        url: url::Url,
+        format: HttpFormat,
+        /// A whole `Authorization` header value, from the environment.
+        authorization: Option<Secret>,
+        timeout: std::time::Duration,
+        max_retries: u32,
+    },
+    Sql {
+        /// The database URL (it may hold a password, hence a secret).
+        url: Secret,
+        query: String,
+    },
+}
+
+/// The mass-exit guard of a computation (DESIGN §9.3).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Guard {
+    pub max_exit_ratio: f64,
+    pub min_members: u64,
 }
 
 impl Config {
@@ -155,13 +184,53 @@ impl Config {
                     ),
                 ));
             }
+            let source_err = |m: String| err(Some(name_span.clone()), format!("{table} {name:?}: source.{m}"));
             let source = match c.source {
                 raw::RawSource::File(s) => {
-                    let (format, gzip) = raw::infer_format(&s.path, s.format)
-                        .map_err(|m| err(Some(name_span.clone()), format!("{table} {name:?}: source.path: {m}")))?;
-                    Source::File { path: resolve(&s.path), format, gzip }
+                    let (format, gzip) =
+                        raw::infer_format(&s.path, s.format).map_err(|m| source_err(format!("path: {m}")))?;
+                    Source::File {
+                        path: resolve(&s.path),
+                        format,
+                        gzip,
+                        ready_file: s.ready_file.as_deref().map(resolve),
+                    }
+                }
+                raw::RawSource::Http(h) => Source::Http {
+                    url: parse_http_url(&h.url).map_err(|m| source_err(format!("url: {m}")))?,
+                    format: h.format,
+                    authorization: match &h.auth_header_env {
+                        Some(var) => Some(Secret::new(env(var).ok_or_else(|| {
+                            source_err(format!("auth_header_env: the environment variable {var} is not set"))
+                        })?)),
+                        None => None,
+                    },
+                    timeout: positive_duration(h.timeout_secs)
+                        .ok_or_else(|| source_err("timeout_secs: must be positive".into()))?,
+                    max_retries: h.max_retries,
+                },
+                raw::RawSource::Sql(q) => {
+                    let url = match (q.url, q.url_env) {
+                        (Some(u), None) => u,
+                        (None, Some(var)) => env(&var)
+                            .ok_or_else(|| source_err(format!("url_env: the environment variable {var} is not set")))?,
+                        _ => return Err(source_err("url: give exactly one of url and url_env".into())),
+                    };
+                    if !(url.starts_with("sqlite:") || url.starts_with("postgres:") || url.starts_with("postgresql:")) {
+                        return Err(source_err("url: only sqlite:// and postgres:// databases are supported".into()));
+                    }
+                    Source::Sql { url: Secret::new(url), query: q.query }
                 }
             };
+            let ratio = match c.max_exit_ratio.as_ref().or(raw.sync.max_exit_ratio.as_ref()) {
+                Some(r) if !(0.0..=1.0).contains(r.get_ref()) => {
+                    return Err(err(Some(r.span()), "max_exit_ratio: must be between 0 and 1".into()));
+                }
+                Some(r) => *r.get_ref(),
+                None => 0.5,
+            };
+            let guard =
+                Guard { max_exit_ratio: ratio, min_members: c.guard_min_members.unwrap_or(raw.sync.guard_min_members) };
             let cron = match c.schedule {
                 Some(own) => {
                     schedule::parse(own.get_ref())
@@ -170,7 +239,8 @@ impl Config {
                 }
                 None => cron.clone(),
             };
-            computations.push((Computation { name, key, kind, cron, source }, name_span));
+            let allow_structured = c.allow_structured;
+            computations.push((Computation { name, key, kind, cron, source, guard, allow_structured }, name_span));
         }
 
         Ok(Config {
@@ -208,6 +278,10 @@ pub(crate) fn parse_http_url(s: &str) -> Result<url::Url, String> {
         return Err(format!("{s:?} must be an http(s) URL with a host"));
     }
     Ok(url)
+}
+
+fn positive_duration(secs: f64) -> Option<std::time::Duration> {
+    (secs.is_finite() && secs > 0.0).then(|| std::time::Duration::from_secs_f64(secs))
 }
 
 /// The 1-based line holding byte `offset` of `text`.

@@ -68,6 +68,14 @@ pub(super) struct RawSync {
     /// On SIGTERM, how long requests in flight may take to finish.
     #[serde(default = "default_shutdown_grace_secs")]
     pub shutdown_grace_secs: u64,
+    /// Default mass-exit guard of every computation.
+    pub max_exit_ratio: Option<Spanned<f64>>,
+    #[serde(default = "default_guard_min_members")]
+    pub guard_min_members: u64,
+}
+
+fn default_guard_min_members() -> u64 {
+    100
 }
 
 impl Default for RawSync {
@@ -76,6 +84,8 @@ impl Default for RawSync {
             sort_buffer_mb: default_sort_buffer_mb(),
             lease_ttl_secs: default_lease_ttl_secs(),
             shutdown_grace_secs: default_shutdown_grace_secs(),
+            max_exit_ratio: None,
+            guard_min_members: default_guard_min_members(),
         }
     }
 }
@@ -163,6 +173,13 @@ pub(super) struct RawComputation {
     pub key: Option<Spanned<String>>,
     /// This computation's own cron schedule, instead of `[schedule].cron`.
     pub schedule: Option<Spanned<String>>,
+    /// Hold back a snapshot that would remove more than this share of the members.
+    pub max_exit_ratio: Option<Spanned<f64>>,
+    /// ... when there are at least this many.
+    pub guard_min_members: Option<u64>,
+    /// Accept arrays and objects as computed-trait values.
+    #[serde(default)]
+    pub allow_structured: bool,
     pub source: RawSource,
 }
 
@@ -170,6 +187,8 @@ pub(super) struct RawComputation {
 #[serde(tag = "type", rename_all = "snake_case")]
 pub(super) enum RawSource {
     File(RawFileSource),
+    Http(RawHttpSource),
+    Sql(RawSqlSource),
 }
 
 #[derive(Debug, Deserialize)]
@@ -177,6 +196,51 @@ pub(super) enum RawSource {
 pub(super) struct RawFileSource {
     pub path: String,
     pub format: Option<SnapshotFormat>,
+    /// A marker the exporter writes once the snapshot is complete.
+    pub ready_file: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawHttpSource {
+    pub url: String,
+    #[serde(default = "default_http_format")]
+    pub format: HttpFormat,
+    /// The environment variable holding a whole `Authorization` header value.
+    pub auth_header_env: Option<String>,
+    #[serde(default = "default_http_timeout")]
+    pub timeout_secs: f64,
+    #[serde(default = "default_http_retries")]
+    pub max_retries: u32,
+}
+
+fn default_http_format() -> HttpFormat {
+    HttpFormat::Ndjson
+}
+
+fn default_http_timeout() -> f64 {
+    60.0
+}
+
+fn default_http_retries() -> u32 {
+    3
+}
+
+/// What an HTTP source answers: NDJSON (streamed) or JSON pages.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum HttpFormat {
+    Ndjson,
+    Json,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawSqlSource {
+    pub url: Option<String>,
+    /// The environment variable holding the database URL (which may carry a password).
+    pub url_env: Option<String>,
+    pub query: String,
 }
 
 /// How a snapshot file is written.

@@ -37,11 +37,12 @@ fn good_config_resolves_keys_paths_and_defaults() {
     let keys: Vec<_> = c.computations.iter().map(|c| (c.key.as_str(), c.kind)).collect();
     assert_eq!(keys, [("order_completed_last_30_days", Kind::Audience), ("ltv", Kind::ComputedTrait)]);
     match &c.computations[1].source {
-        Source::File { path, format, gzip } => {
+        Source::File { path, format, gzip, .. } => {
             assert_eq!(path, Path::new("/abs/ltv.ndjson.gz"));
             assert_eq!(*format, SnapshotFormat::Ndjson);
             assert!(*gzip);
         }
+        other => panic!("unexpected source {other:?}"),
     }
     match &c.destination {
         Destination::Contentstack(d) => {

@@ -147,7 +147,8 @@ async fn leased_pass(shared: &Shared, keys: &[String], stop: CancellationToken) 
     let selected: Vec<Computation> =
         shared.config.computations.iter().filter(|c| leases.keys().contains(&c.key)).cloned().collect();
     let started = std::time::Instant::now();
-    let options = PassOptions { trigger: "schedule", resync: false, stop, progress: Progress::off() };
+    let options =
+        PassOptions { trigger: "schedule", resync: false, stop, progress: Progress::off(), allow_mass_exit: false };
     let result = pass::run(&shared.config, &shared.store, &shared.destination, &selected, &options).await;
     leases.release().await?;
     shared.metrics.record(&result?, started.elapsed());

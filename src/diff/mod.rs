@@ -50,6 +50,8 @@ pub enum Op {
 /// What a diff found, as recorded in `sync_runs`.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct DiffCounts {
+    /// Members (audience) or users with a value (trait) before this snapshot.
+    pub members_before: u64,
     pub snapshot_rows: u64,
     pub entered: u64,
     pub exited: u64,
@@ -139,6 +141,9 @@ where
             sn = snapshot.next().await.transpose()?;
         }
         let advance_state = row.is_some();
+        if row.as_ref().is_some_and(|r| r.desired != absent(kind)) {
+            counts.members_before += 1;
+        }
         if let Some(op) = decide(kind, row.as_ref(), snap, &mut counts) {
             sink.apply(op).await?;
         }

@@ -52,7 +52,7 @@ async fn audience_entries_exits_and_unchanged_members() {
     let snapshot = vec![snap("a", TRUE), snap("d", TRUE), snap("f", TRUE)];
     let (ops, counts) = run(Kind::Audience, state, snapshot).await;
     assert_eq!(ops, vec![set("b", FALSE), set("d", TRUE), Op::Forget { user_id: "e".into() }, set("f", TRUE)]);
-    assert_eq!(counts, DiffCounts { snapshot_rows: 3, entered: 2, exited: 2, changed: 0 });
+    assert_eq!(counts, DiffCounts { members_before: 3, snapshot_rows: 3, entered: 2, exited: 2, changed: 0 });
 }
 
 #[tokio::test]
@@ -66,7 +66,7 @@ async fn trait_changes_removals_and_returns() {
     let snapshot = vec![snap("a", "2"), snap("c", "3"), snap("d", "false")];
     let (ops, counts) = run(Kind::ComputedTrait, state, snapshot).await;
     assert_eq!(ops, vec![changed("a", "2"), set("b", NULL), set("c", "3")]);
-    assert_eq!(counts, DiffCounts { snapshot_rows: 3, entered: 1, exited: 1, changed: 1 });
+    assert_eq!(counts, DiffCounts { members_before: 3, snapshot_rows: 3, entered: 1, exited: 1, changed: 1 });
 }
 
 #[tokio::test]

@@ -76,6 +76,8 @@ pub struct PassOptions {
     /// Cancelled on shutdown: nothing new starts, what is in flight finishes and is recorded.
     pub stop: CancellationToken,
     pub progress: Progress,
+    /// Let snapshots through that the mass-exit guard would hold back (this pass only).
+    pub allow_mass_exit: bool,
 }
 
 /// Runs one pass over `selected` (whose leases the caller holds).
@@ -102,7 +104,7 @@ pub async fn run(
         };
         let run_id = store.start_run(&c.key, trigger, mode).await?;
         tracing::debug!(key = %c.key, mode, "pass started");
-        let diff = load_and_diff(config, store, c, &options.progress).await;
+        let diff = load_and_diff(config, store, c, options).await;
         match &diff {
             Ok(d) => tracing::info!(
                 key = %c.key, snapshot_rows = d.snapshot_rows, entered = d.entered, exited = d.exited, changed = d.changed,
@@ -207,19 +209,65 @@ async fn finish(
 }
 
 /// Loads the snapshot of `c` and merges it into the state in one transaction, which commits
-/// only if the whole snapshot loaded and every write succeeded.
+/// only if the whole snapshot loaded, passed the guards and every write succeeded.
 async fn load_and_diff(
     config: &Config,
     store: &Store,
     c: &Computation,
-    progress: &Progress,
+    options: &PassOptions,
 ) -> anyhow::Result<DiffCounts> {
+    let modified_at = source::file_modified_at(&c.source);
+    if let (Some(now), Some(last)) = (&modified_at, store.snapshot_modified_at(&c.key).await?)
+        && is_older(now, &last)
+    {
+        anyhow::bail!(
+            "{}: stale snapshot: modified {now}, older than the one the last pass used ({last}); refusing to go back",
+            source::source_name(&c.source)
+        );
+    }
+    let progress = &options.progress;
     let loading = progress.stage(format!("{}: loading", c.key), "rows read", None);
     let diffing = progress.stage(format!("{}: diff", c.key), "rows compared", None);
     let snapshot = source::sorted_snapshot(c, config.sort_buffer_bytes, loading).inspect(|_| diffing.inc(1));
     let mut writer = store.diff_writer(&c.key).await?;
     let counts = diff::merge(c.kind, store.scan(&c.key), snapshot, &mut writer).await?;
-    writer.commit().await?;
+    if !options.allow_mass_exit {
+        guard(c, &counts)?;
+    }
+    writer.commit(modified_at.as_deref()).await?;
     diffing.finish();
     Ok(counts)
+}
+
+fn is_older(a: &str, b: &str) -> bool {
+    match (chrono::DateTime::parse_from_rfc3339(a), chrono::DateTime::parse_from_rfc3339(b)) {
+        (Ok(a), Ok(b)) => a < b,
+        _ => false,
+    }
+}
+
+/// The mass-exit guard (DESIGN §9.3): a snapshot that would remove more than `max_exit_ratio`
+/// of at least `min_members` members is held back; the caller drops the diff unrecorded.
+pub fn guard(c: &Computation, counts: &DiffCounts) -> anyhow::Result<()> {
+    let before = counts.members_before;
+    if before < c.guard.min_members || before == 0 {
+        return Ok(());
+    }
+    let ratio = counts.exited as f64 / before as f64;
+    if ratio <= c.guard.max_exit_ratio {
+        return Ok(());
+    }
+    let what = match c.kind {
+        crate::config::Kind::Audience => "members",
+        crate::config::Kind::ComputedTrait => "users with a value",
+    };
+    anyhow::bail!(
+        "held back: this snapshot would remove {} of {before} {what} ({:.0} %), more than max_exit_ratio = {} allows; \
+         nothing written or sent. If the snapshot is right, run `audience-sync sync --allow-mass-exit --audience {}` once, \
+         or raise max_exit_ratio in config.toml",
+        counts.exited,
+        ratio * 100.0,
+        c.guard.max_exit_ratio,
+        c.key
+    )
 }

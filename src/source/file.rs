@@ -1,20 +1,22 @@
 //! Snapshot files: CSV with a header row, or NDJSON; gzip-compressed when the name ends `.gz`.
 
 use std::fs::File;
-use std::io::{BufRead, BufReader, Read};
+use std::io::{BufReader, Read};
 use std::path::Path;
 
-use serde::Deserialize;
-use serde_json::Value;
-
-use super::value::{canonical_value, csv_value};
+use super::member::{Push, Rules, check_user_id, read_ndjson};
+use super::value::csv_value;
 use super::{SnapshotError, SnapshotRecord, member_value};
 use crate::config::{Kind, SnapshotFormat};
 
-type Push<'a> = dyn FnMut(SnapshotRecord) -> Result<(), SnapshotError> + 'a;
-
 /// Reads every record of the file at `path`, handing each to `push`; stops at the first error.
-pub fn read(path: &Path, format: SnapshotFormat, gzip: bool, kind: Kind, push: &mut Push) -> Result<(), SnapshotError> {
+pub fn read(
+    path: &Path,
+    format: SnapshotFormat,
+    gzip: bool,
+    rules: Rules,
+    push: &mut Push,
+) -> Result<(), SnapshotError> {
     let name = path.display().to_string();
     let file =
         File::open(path).map_err(|e| SnapshotError::new(&name, None, None, format!("cannot open snapshot: {e}")))?;
@@ -25,16 +27,9 @@ pub fn read(path: &Path, format: SnapshotFormat, gzip: bool, kind: Kind, push: &
     };
     let reader = BufReader::with_capacity(1 << 16, raw);
     match format {
-        SnapshotFormat::Csv => read_csv(&name, reader, kind, push),
-        SnapshotFormat::Ndjson => read_ndjson(&name, reader, kind, push),
+        SnapshotFormat::Csv => read_csv(&name, reader, rules.kind, push),
+        SnapshotFormat::Ndjson => read_ndjson(&name, reader, rules, push),
     }
-}
-
-fn check_user_id(name: &str, line: u64, user_id: &str) -> Result<(), SnapshotError> {
-    if user_id.trim().is_empty() {
-        return Err(SnapshotError::new(name, Some(line), Some("user_id"), "user_id is empty"));
-    }
-    Ok(())
 }
 
 fn read_csv(name: &str, reader: impl Read, kind: Kind, push: &mut Push) -> Result<(), SnapshotError> {
@@ -86,61 +81,6 @@ fn read_csv(name: &str, reader: impl Read, kind: Kind, push: &mut Push) -> Resul
         push(SnapshotRecord { user_id: user_id.to_string(), value, line })?;
     }
     Ok(())
-}
-
-#[derive(Deserialize)]
-struct NdjsonLine {
-    user_id: Option<Value>,
-    value: Option<Value>,
-}
-
-fn read_ndjson(name: &str, mut reader: impl BufRead, kind: Kind, push: &mut Push) -> Result<(), SnapshotError> {
-    let mut buf = Vec::new();
-    let mut line = 0u64;
-    loop {
-        buf.clear();
-        let n = reader
-            .read_until(b'\n', &mut buf)
-            .map_err(|e| SnapshotError::new(name, Some(line + 1), None, format!("cannot read: {e}")))?;
-        if n == 0 {
-            return Ok(());
-        }
-        line += 1;
-        // A last line without a newline is accepted only if it parses whole: a writer cut off
-        // mid-line leaves broken JSON, which fails the load below.
-        let text =
-            std::str::from_utf8(&buf).map_err(|_| SnapshotError::new(name, Some(line), None, "not valid UTF-8"))?;
-        if text.trim().is_empty() {
-            continue;
-        }
-        let parsed: NdjsonLine = serde_json::from_str(text)
-            .map_err(|e| SnapshotError::new(name, Some(line), None, format!("not a JSON object: {e}")))?;
-        let user_id = match parsed.user_id {
-            Some(Value::String(s)) => s,
-            Some(other) => {
-                return Err(SnapshotError::new(
-                    name,
-                    Some(line),
-                    Some("user_id"),
-                    format!("user_id must be a string, got {other}"),
-                ));
-            }
-            None => {
-                return Err(SnapshotError::new(name, Some(line), Some("user_id"), "user_id is missing"));
-            }
-        };
-        check_user_id(name, line, &user_id)?;
-        let value = match member_value(kind) {
-            Some(v) => v.to_string(),
-            None => {
-                let v = parsed
-                    .value
-                    .ok_or_else(|| SnapshotError::new(name, Some(line), Some("value"), "value is missing"))?;
-                canonical_value(&v).map_err(|m| SnapshotError::new(name, Some(line), Some("value"), m))?
-            }
-        };
-        push(SnapshotRecord { user_id, value, line })?;
-    }
 }
 
 #[cfg(test)]

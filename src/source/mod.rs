@@ -2,14 +2,22 @@
 //! handed to the diff sorted by user, or not at all.
 
 mod file;
+mod http;
+mod member;
 mod sort;
+mod sql;
 mod value;
 
 use futures::Stream;
 use tokio::sync::mpsc;
 
+use std::path::Path;
+
+use tokio::runtime::Handle;
+
 use crate::config::{Computation, Kind, Source};
 use crate::progress::Stage;
+use member::Rules;
 
 pub use sort::{SortedRecords, Sorter};
 pub use value::canonical_value;
@@ -96,32 +104,88 @@ pub fn sorted_snapshot(
 }
 
 /// Reads the whole snapshot and sorts it; the iterator then checks for users listed twice.
+/// Runs on a blocking thread: HTTP and SQL sources are driven through the runtime's handle.
 pub fn load_sorted(
     computation: &Computation,
     sort_buffer_bytes: usize,
     loading: &Stage,
 ) -> Result<Deduplicated, SnapshotError> {
-    match &computation.source {
-        Source::File { path, format, gzip } => {
-            let name = path.display().to_string();
-            let mut sorter = Sorter::new(sort_buffer_bytes);
-            let mut read = 0u64;
-            file::read(path, *format, *gzip, computation.kind, &mut |rec| {
-                read += 1;
-                if read % 4096 == 0 {
-                    loading.inc(4096);
-                }
-                sorter
-                    .push(rec)
-                    .map_err(|e| SnapshotError::new(&name, None, None, format!("cannot spill to a temp file: {e}")))
-            })?;
-            loading.inc(read % 4096);
-            loading.finish();
-            let sorted =
-                sorter.finish().map_err(|e| SnapshotError::new(&name, None, None, format!("cannot sort: {e}")))?;
-            Ok(Deduplicated { name, inner: sorted, previous: None })
+    let name = source_name(&computation.source);
+    let rules = Rules { kind: computation.kind, allow_structured: computation.allow_structured };
+    let mut sorter = Sorter::new(sort_buffer_bytes);
+    let mut read = 0u64;
+    let mut push = |rec: SnapshotRecord| {
+        read += 1;
+        if read % 4096 == 0 {
+            loading.inc(4096);
         }
+        sorter.push(rec).map_err(|e| SnapshotError::new(&name, None, None, format!("cannot spill to a temp file: {e}")))
+    };
+    match &computation.source {
+        Source::File { path, format, gzip, ready_file } => {
+            if let Some(marker) = ready_file {
+                check_ready(path, marker)?;
+            }
+            file::read(path, *format, *gzip, rules, &mut push)?;
+        }
+        Source::Http { url, format, authorization, timeout, max_retries } => {
+            let source = http::HttpSource {
+                url,
+                format: *format,
+                authorization: authorization.as_ref(),
+                timeout: *timeout,
+                max_retries: *max_retries,
+            };
+            http::read(&Handle::current(), &source, rules, &mut push)?;
+        }
+        Source::Sql { url, query } => sql::read(&Handle::current(), url, query, rules, &mut push)?,
     }
+    loading.inc(read % 4096);
+    loading.finish();
+    let sorted = sorter.finish().map_err(|e| SnapshotError::new(&name, None, None, format!("cannot sort: {e}")))?;
+    Ok(Deduplicated { name, inner: sorted, previous: None })
+}
+
+/// How a source is named in errors (never with credentials).
+pub fn source_name(source: &Source) -> String {
+    match source {
+        Source::File { path, .. } => path.display().to_string(),
+        Source::Http { url, .. } => url.to_string(),
+        Source::Sql { url, .. } => sql::display_name(url),
+    }
+}
+
+/// A snapshot with a `ready_file` is read only once the exporter wrote that marker, after the
+/// snapshot: a missing or older marker means the export may still be running.
+fn check_ready(snapshot: &Path, marker: &Path) -> Result<(), SnapshotError> {
+    let name = snapshot.display().to_string();
+    let modified = |p: &Path| std::fs::metadata(p).and_then(|m| m.modified());
+    let marker_at = modified(marker).map_err(|_| {
+        SnapshotError::new(
+            &name,
+            None,
+            None,
+            format!("the ready file {} is missing: the export may be unfinished", marker.display()),
+        )
+    })?;
+    let snapshot_at =
+        modified(snapshot).map_err(|e| SnapshotError::new(&name, None, None, format!("cannot open snapshot: {e}")))?;
+    if marker_at < snapshot_at {
+        return Err(SnapshotError::new(
+            &name,
+            None,
+            None,
+            format!("the ready file {} is older than the snapshot: the export may be unfinished", marker.display()),
+        ));
+    }
+    Ok(())
+}
+
+/// When a file snapshot was last modified (RFC 3339), for refusing a stale one.
+pub fn file_modified_at(source: &Source) -> Option<String> {
+    let Source::File { path, .. } = source else { return None };
+    let modified = std::fs::metadata(path).and_then(|m| m.modified()).ok()?;
+    Some(chrono::DateTime::<chrono::Utc>::from(modified).to_rfc3339_opts(chrono::SecondsFormat::Nanos, true))
 }
 
 /// Sorted records, failing on the first user listed twice (naming both lines).

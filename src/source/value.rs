@@ -8,15 +8,17 @@ use serde_json::Value;
 /// Largest value accepted, as JSON text: Segment's limit for a whole event.
 pub const MAX_VALUE_BYTES: usize = 32 * 1024;
 
-/// The canonical JSON text of a computed-trait value, or why it is not acceptable.
-pub fn canonical_value(value: &Value) -> Result<String, String> {
+/// The canonical JSON text of a computed-trait value, or why it is not acceptable. Arrays and
+/// objects are acceptable only with `allow_structured`.
+pub fn canonical_value(value: &Value, allow_structured: bool) -> Result<String, String> {
     match value {
         Value::String(_) | Value::Number(_) | Value::Bool(_) => {}
-        Value::Null => {
-            return Err("value is null; leave the user out of the snapshot instead".into());
-        }
+        Value::Null => return Err("value is null; leave the user out of the snapshot instead".into()),
+        Value::Array(_) | Value::Object(_) if allow_structured => {}
         Value::Array(_) | Value::Object(_) => {
-            return Err("value must be a string, number or boolean".into());
+            return Err(
+                "value must be a string, number or boolean (set allow_structured = true for arrays and objects)".into(),
+            );
         }
     }
     let text = value.to_string();
@@ -33,9 +35,9 @@ pub fn csv_value(cell: &str) -> Result<String, String> {
         return Err("value is empty".into());
     }
     match serde_json::from_str::<Value>(cell) {
-        Ok(v @ (Value::String(_) | Value::Number(_) | Value::Bool(_))) => canonical_value(&v),
+        Ok(v @ (Value::String(_) | Value::Number(_) | Value::Bool(_))) => canonical_value(&v, false),
         Ok(Value::Null) => Err("value is null; leave the user out of the snapshot instead".into()),
-        _ => canonical_value(&Value::String(cell.to_string())),
+        _ => canonical_value(&Value::String(cell.to_string()), false),
     }
 }
 
@@ -45,7 +47,7 @@ mod tests {
 
     #[test]
     fn numbers_are_canonical() {
-        assert_eq!(canonical_value(&serde_json::json!(420.50)).unwrap(), "420.5");
+        assert_eq!(canonical_value(&serde_json::json!(420.50), false).unwrap(), "420.5");
         assert_eq!(csv_value("420.50").unwrap(), "420.5");
         assert_eq!(csv_value("7").unwrap(), "7");
     }
@@ -63,10 +65,11 @@ mod tests {
 
     #[test]
     fn structured_null_and_oversized_values_are_refused() {
-        assert!(canonical_value(&serde_json::json!([1])).is_err());
-        assert!(canonical_value(&serde_json::json!({"a": 1})).is_err());
-        assert!(canonical_value(&Value::Null).is_err());
+        assert!(canonical_value(&serde_json::json!([1]), false).is_err());
+        assert!(canonical_value(&serde_json::json!({"a": 1}), false).is_err());
+        assert_eq!(canonical_value(&serde_json::json!({"b": [1, 2], "a": 1}), true).unwrap(), r#"{"a":1,"b":[1,2]}"#);
+        assert!(canonical_value(&Value::Null, true).is_err());
         let big = Value::String("x".repeat(MAX_VALUE_BYTES));
-        assert!(canonical_value(&big).unwrap_err().contains("more than the limit"));
+        assert!(canonical_value(&big, false).unwrap_err().contains("more than the limit"));
     }
 }

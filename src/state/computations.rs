@@ -45,6 +45,16 @@ impl Store {
         Ok(done)
     }
 
+    /// When the file snapshot of the last recorded diff of `key` was modified.
+    pub async fn snapshot_modified_at(&self, key: &str) -> anyhow::Result<Option<String>> {
+        let at: Option<Option<String>> =
+            sqlx::query_scalar("SELECT snapshot_modified_at FROM computations WHERE key = ?1")
+                .bind(key)
+                .fetch_optional(&self.pool)
+                .await?;
+        Ok(at.flatten())
+    }
+
     /// Whether the state has seen computation `key`.
     pub async fn knows(&self, key: &str) -> anyhow::Result<bool> {
         let n: i64 = sqlx::query_scalar("SELECT count(*) FROM computations WHERE key = ?1")

@@ -208,9 +208,17 @@ impl DiffWriter {
         Ok(())
     }
 
-    /// Writes what is buffered and commits the diff.
-    pub async fn commit(mut self) -> anyhow::Result<()> {
+    /// Writes what is buffered and commits the diff, noting when the snapshot it came from was
+    /// modified (file sources), in the same transaction.
+    pub async fn commit(mut self, snapshot_modified_at: Option<&str>) -> anyhow::Result<()> {
         self.flush().await?;
+        if let Some(at) = snapshot_modified_at {
+            sqlx::query("UPDATE computations SET snapshot_modified_at = ?2 WHERE key = ?1")
+                .bind(&self.key)
+                .bind(at)
+                .execute(&mut *self.tx)
+                .await?;
+        }
         self.tx.commit().await?;
         Ok(())
     }

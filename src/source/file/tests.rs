@@ -2,6 +2,8 @@ use std::io::Write;
 
 use super::*;
 
+const AUDIENCE: Rules = Rules { kind: Kind::Audience, allow_structured: false };
+
 fn load(name: &str, content: &[u8], kind: Kind) -> Result<Vec<(String, String, u64)>, SnapshotError> {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join(name);
@@ -15,7 +17,7 @@ fn load(name: &str, content: &[u8], kind: Kind) -> Result<Vec<(String, String, u
     }
     let format = if name.contains(".csv") { SnapshotFormat::Csv } else { SnapshotFormat::Ndjson };
     let mut out = Vec::new();
-    read(&path, format, gzip, kind, &mut |r| {
+    read(&path, format, gzip, Rules { kind, allow_structured: false }, &mut |r| {
         out.push((r.user_id, r.value, r.line));
         Ok(())
     })?;
@@ -60,8 +62,7 @@ fn csv_gzip_audience() {
 
 #[test]
 fn missing_file_is_named() {
-    let e =
-        read(Path::new("/nonexistent/x.csv"), SnapshotFormat::Csv, false, Kind::Audience, &mut |_| Ok(())).unwrap_err();
+    let e = read(Path::new("/nonexistent/x.csv"), SnapshotFormat::Csv, false, AUDIENCE, &mut |_| Ok(())).unwrap_err();
     assert!(e.to_string().starts_with("/nonexistent/x.csv: cannot open snapshot"), "{e}");
 }
 
@@ -101,7 +102,7 @@ fn ndjson_broken_and_wrong_lines() {
     let e = err("t.ndjson", b"{\"user_id\":\"u1\"}\n", Kind::ComputedTrait);
     assert!(e.ends_with(":1: value: value is missing"), "{e}");
     let e = err("t.ndjson", b"{\"user_id\":\"u1\",\"value\":[1]}\n", Kind::ComputedTrait);
-    assert!(e.ends_with(":1: value: value must be a string, number or boolean"), "{e}");
+    assert!(e.contains(":1: value: value must be a string, number or boolean"), "{e}");
     let e = err("a.ndjson", b"{\"user_id\":\"u\xff\"}\n", Kind::Audience);
     assert!(e.ends_with(":1: not valid UTF-8"), "{e}");
 }
@@ -117,6 +118,6 @@ fn truncated_gzip_is_an_error() {
     }
     let bytes = enc.finish().unwrap();
     std::fs::write(&path, &bytes[..bytes.len() / 2]).unwrap();
-    let e = read(&path, SnapshotFormat::Csv, true, Kind::Audience, &mut |_| Ok(())).unwrap_err();
+    let e = read(&path, SnapshotFormat::Csv, true, AUDIENCE, &mut |_| Ok(())).unwrap_err();
     assert!(e.source_name.ends_with("a.csv.gz"), "{e}");
 }

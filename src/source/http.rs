@@ -1,0 +1,164 @@
+//! HTTP snapshots: NDJSON streamed line by line, or JSON pages
+//! `{"members": [{"user_id": ..., "value": ...}], "next": URL or null}` (a `Link: <...>;
+//! rel="next"` header is followed too). The snapshot counts only once its last page arrived.
+//!
+//! This runs on the snapshot's blocking thread and drives the async client through the
+//! runtime's handle, so that the NDJSON body can be read like any other file.
+
+use std::io::Read;
+use std::time::Duration;
+
+use reqwest::header::{AUTHORIZATION, LINK};
+use serde::Deserialize;
+use tokio::runtime::Handle;
+
+use super::SnapshotError;
+use super::member::{JsonMember, Push, Rules, from_json, read_ndjson};
+use crate::config::{HttpFormat, Secret};
+use crate::destination::retry::{self, Failure};
+
+/// What an HTTP source needs to be read.
+pub struct HttpSource<'a> {
+    pub url: &'a url::Url,
+    pub format: HttpFormat,
+    pub authorization: Option<&'a Secret>,
+    pub timeout: Duration,
+    pub max_retries: u32,
+}
+
+#[derive(Deserialize)]
+struct Page {
+    members: Vec<JsonMember>,
+    next: Option<String>,
+}
+
+pub fn read(handle: &Handle, source: &HttpSource, rules: Rules, push: &mut Push) -> Result<(), SnapshotError> {
+    let client = reqwest::Client::builder()
+        .connect_timeout(source.timeout)
+        .read_timeout(source.timeout)
+        .user_agent(concat!("audience-sync/", env!("CARGO_PKG_VERSION")))
+        .build()
+        .map_err(|e| SnapshotError::new(source.url.as_str(), None, None, e.to_string()))?;
+    match source.format {
+        HttpFormat::Ndjson => {
+            let name = source.url.as_str();
+            let response = get(handle, &client, source, source.url)?;
+            let body = BodyReader { handle, response, chunk: Vec::new(), at: 0, timeout: source.timeout };
+            read_ndjson(name, std::io::BufReader::with_capacity(1 << 16, body), rules, push)
+        }
+        HttpFormat::Json => {
+            let mut next = Some(source.url.clone());
+            let mut page_number = 0;
+            while let Some(url) = next.take() {
+                page_number += 1;
+                let name = format!("{url} (page {page_number})");
+                let response = get(handle, &client, source, &url)?;
+                let link = next_link(&response, &url);
+                let body = handle
+                    .block_on(async { tokio::time::timeout(source.timeout, response.bytes()).await })
+                    .map_err(|_| {
+                        SnapshotError::new(&name, None, None, format!("no answer within {:?}", source.timeout))
+                    })?
+                    .map_err(|e| SnapshotError::new(&name, None, None, format!("cannot read the page: {e}")))?;
+                let page: Page = serde_json::from_slice(&body)
+                    .map_err(|e| SnapshotError::new(&name, None, None, format!("not a page of members: {e}")))?;
+                for (i, member) in page.members.into_iter().enumerate() {
+                    push(from_json(&name, i as u64 + 1, member, rules)?)?;
+                }
+                next = match page.next.or(link) {
+                    Some(n) => {
+                        let n = url
+                            .join(&n)
+                            .map_err(|e| SnapshotError::new(&name, None, Some("next"), format!("{n:?}: {e}")))?;
+                        if n == url {
+                            return Err(SnapshotError::new(&name, None, Some("next"), "the next page is this page"));
+                        }
+                        Some(n)
+                    }
+                    None => None,
+                };
+            }
+            Ok(())
+        }
+    }
+}
+
+/// GET with retries on transient failures (408, 429, 5xx but 501, no answer).
+fn get(
+    handle: &Handle,
+    client: &reqwest::Client,
+    source: &HttpSource,
+    url: &url::Url,
+) -> Result<reqwest::Response, SnapshotError> {
+    let mut attempt = 0;
+    loop {
+        let mut request = client.get(url.clone()).timeout(source.timeout);
+        if let Some(auth) = source.authorization {
+            request = request.header(AUTHORIZATION, auth.expose());
+        }
+        let error = match handle.block_on(request.send()) {
+            Ok(response) => {
+                let status = response.status();
+                let Some(failure) = retry::classify(status) else { return Ok(response) };
+                let headers = response.headers().clone();
+                let body = handle.block_on(response.text()).unwrap_or_default();
+                retry::from_response(status, &headers, &body, failure)
+            }
+            Err(e) => retry::from_transport(&e),
+        };
+        if error.failure == Failure::Permanent || attempt >= source.max_retries {
+            let tries = if attempt > 0 { format!(" (after {attempt} retries)") } else { String::new() };
+            return Err(SnapshotError::new(url.as_str(), None, None, format!("{}{tries}", error.message)));
+        }
+        let wait = Duration::from_millis(100u64 << attempt.min(6)).mul_f64(0.5 + fastrand::f64() / 2.0);
+        std::thread::sleep(wait.max(error.retry_after.unwrap_or_default()));
+        attempt += 1;
+    }
+}
+
+/// The `rel="next"` target of a `Link` header, if any.
+fn next_link(response: &reqwest::Response, base: &url::Url) -> Option<String> {
+    let header = response.headers().get(LINK)?.to_str().ok()?;
+    header.split(',').find_map(|part| {
+        let (target, params) = part.split_once(';')?;
+        let is_next = params.split(';').any(|p| matches!(p.trim(), "rel=\"next\"" | "rel=next"));
+        let target = target.trim().strip_prefix('<')?.strip_suffix('>')?;
+        is_next.then(|| base.join(target).map(|u| u.to_string()).unwrap_or_else(|_| target.to_string()))
+    })
+}
+
+/// A response body read chunk by chunk from the blocking thread.
+struct BodyReader<'a> {
+    handle: &'a Handle,
+    response: reqwest::Response,
+    chunk: Vec<u8>,
+    at: usize,
+    timeout: Duration,
+}
+
+impl Read for BodyReader<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        while self.at == self.chunk.len() {
+            let next = self.handle.block_on(async { tokio::time::timeout(self.timeout, self.response.chunk()).await });
+            match next {
+                Err(_) => {
+                    return Err(std::io::Error::new(
+                        std::io::ErrorKind::TimedOut,
+                        format!("no data for {:?}", self.timeout),
+                    ));
+                }
+                Ok(Err(e)) => return Err(std::io::Error::other(e)),
+                Ok(Ok(None)) => return Ok(0),
+                Ok(Ok(Some(bytes))) => {
+                    self.chunk.clear();
+                    self.chunk.extend_from_slice(&bytes);
+                    self.at = 0;
+                }
+            }
+        }
+        let n = buf.len().min(self.chunk.len() - self.at);
+        buf[..n].copy_from_slice(&self.chunk[self.at..self.at + n]);
+        self.at += n;
+        Ok(n)
+    }
+}

@@ -1,0 +1,88 @@
+//! One member of a snapshot, from a CSV row, an NDJSON line or a JSON page: the checks every
+//! source shares, so an empty `user_id` or a bad value reads the same wherever it came from.
+
+use std::io::BufRead;
+
+use serde::Deserialize;
+use serde_json::Value;
+
+use super::value::canonical_value;
+use super::{SnapshotError, SnapshotRecord, member_value};
+use crate::config::Kind;
+
+/// Where records go as they are read.
+pub type Push<'a> = dyn FnMut(SnapshotRecord) -> Result<(), SnapshotError> + 'a;
+
+/// What a member must look like for one computation.
+#[derive(Debug, Clone, Copy)]
+pub struct Rules {
+    pub kind: Kind,
+    pub allow_structured: bool,
+}
+
+/// A member as JSON: `{"user_id": "...", "value": ...}`; other fields are ignored.
+#[derive(Debug, Deserialize)]
+pub struct JsonMember {
+    user_id: Option<Value>,
+    value: Option<Value>,
+}
+
+pub fn check_user_id(name: &str, line: u64, user_id: &str) -> Result<(), SnapshotError> {
+    if user_id.trim().is_empty() {
+        return Err(SnapshotError::new(name, Some(line), Some("user_id"), "user_id is empty"));
+    }
+    Ok(())
+}
+
+/// Checks a JSON member; `line` is its line (NDJSON) or its position (JSON pages).
+pub fn from_json(name: &str, line: u64, member: JsonMember, rules: Rules) -> Result<SnapshotRecord, SnapshotError> {
+    let user_id = match member.user_id {
+        Some(Value::String(s)) => s,
+        Some(other) => {
+            return Err(SnapshotError::new(
+                name,
+                Some(line),
+                Some("user_id"),
+                format!("user_id must be a string, got {other}"),
+            ));
+        }
+        None => return Err(SnapshotError::new(name, Some(line), Some("user_id"), "user_id is missing")),
+    };
+    check_user_id(name, line, &user_id)?;
+    let value = match member_value(rules.kind) {
+        Some(v) => v.to_string(),
+        None => {
+            let v =
+                member.value.ok_or_else(|| SnapshotError::new(name, Some(line), Some("value"), "value is missing"))?;
+            canonical_value(&v, rules.allow_structured)
+                .map_err(|m| SnapshotError::new(name, Some(line), Some("value"), format!("{m} (user {user_id:?})")))?
+        }
+    };
+    Ok(SnapshotRecord { user_id, value, line })
+}
+
+/// Reads NDJSON, one member a line; blank lines are skipped.
+pub fn read_ndjson(name: &str, mut reader: impl BufRead, rules: Rules, push: &mut Push) -> Result<(), SnapshotError> {
+    let mut buf = Vec::new();
+    let mut line = 0u64;
+    loop {
+        buf.clear();
+        let n = reader
+            .read_until(b'\n', &mut buf)
+            .map_err(|e| SnapshotError::new(name, Some(line + 1), None, format!("cannot read: {e}")))?;
+        if n == 0 {
+            return Ok(());
+        }
+        line += 1;
+        // A last line without a newline is accepted only if it parses whole: a writer cut off
+        // mid-line leaves broken JSON, which fails the load below.
+        let text =
+            std::str::from_utf8(&buf).map_err(|_| SnapshotError::new(name, Some(line), None, "not valid UTF-8"))?;
+        if text.trim().is_empty() {
+            continue;
+        }
+        let member: JsonMember = serde_json::from_str(text)
+            .map_err(|e| SnapshotError::new(name, Some(line), None, format!("not a JSON object: {e}")))?;
+        push(from_json(name, line, member, rules)?)?;
+    }
+}
