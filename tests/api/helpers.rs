@@ -18,6 +18,9 @@ pub const WRITE_KEY: &str = "wk_test_123";
 /// The environment variable holding the Contentstack management token in tests, and its value.
 pub const MANAGEMENT_TOKEN_ENV: &str = "AUDIENCE_SYNC_TEST_MANAGEMENT_TOKEN";
 pub const MANAGEMENT_TOKEN: &str = "cs_mgmt_456";
+/// The environment variable holding an HTTP source's Authorization header in tests, and its value.
+pub const SOURCE_AUTH_ENV: &str = "AUDIENCE_SYNC_TEST_SOURCE_AUTH";
+pub const SOURCE_AUTH: &str = "Bearer source-s3cret";
 /// Destination fields that keep retry waits short in tests.
 pub const FAST_RETRIES: &str = "retry_base_delay_ms = 1\nretry_max_delay_secs = 0.02\n";
 
@@ -89,7 +92,8 @@ impl TestApp {
             .args(args)
             .env("RUST_LOG", "warn")
             .env(WRITE_KEY_ENV, WRITE_KEY)
-            .env(MANAGEMENT_TOKEN_ENV, MANAGEMENT_TOKEN);
+            .env(MANAGEMENT_TOKEN_ENV, MANAGEMENT_TOKEN)
+            .env(SOURCE_AUTH_ENV, SOURCE_AUTH);
         cmd
     }
 

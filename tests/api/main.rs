@@ -10,4 +10,5 @@ mod operate;
 mod resume;
 mod segment;
 mod snapshots;
+mod sources;
 mod sync;
