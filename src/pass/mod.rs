@@ -18,7 +18,7 @@ use crate::delivery::{self, KeyReport};
 use crate::destination::Destination;
 use crate::diff::{self, DiffCounts};
 use crate::progress::Progress;
-use crate::source;
+use crate::source::{self, fingerprint};
 use crate::state::{RunCounts, RunStatus, Store};
 
 /// What a pass did for one computation.
@@ -216,15 +216,26 @@ async fn load_and_diff(
     c: &Computation,
     options: &PassOptions,
 ) -> anyhow::Result<DiffCounts> {
-    let modified_at = source::file_modified_at(&c.source);
-    if let (Some(now), Some(last)) = (&modified_at, store.snapshot_modified_at(&c.key).await?)
-        && is_older(now, &last)
-    {
-        anyhow::bail!(
-            "{}: stale snapshot: modified {now}, older than the one the last pass used ({last}); refusing to go back",
-            source::source_name(&c.source)
-        );
+    let last = store.snapshot_fingerprint(&c.key).await?;
+    if let (Some((size, modified_at)), Some((last, rows))) = (fingerprint::metadata(&c.source), &last) {
+        if is_older(&modified_at, &last.modified_at) {
+            anyhow::bail!(
+                "{}: stale snapshot: modified {modified_at}, older than the one the last pass used ({}); refusing to go back",
+                source::source_name(&c.source),
+                last.modified_at
+            );
+        }
+        if size == last.size && modified_at == last.modified_at {
+            let source = c.source.clone();
+            let same = tokio::task::spawn_blocking(move || fingerprint::fingerprint(&source)).await?;
+            if same.as_ref() == Some(last) {
+                tracing::info!(key = %c.key, "snapshot unchanged (same size, modification time and SHA-256): diff skipped");
+                return Ok(DiffCounts { snapshot_rows: *rows, ..DiffCounts::default() });
+            }
+        }
     }
+    let source = c.source.clone();
+    let fingerprint = tokio::task::spawn_blocking(move || fingerprint::fingerprint(&source)).await?;
     let progress = &options.progress;
     let loading = progress.stage(format!("{}: loading", c.key), "rows read", None);
     let diffing = progress.stage(format!("{}: diff", c.key), "rows compared", None);
@@ -234,7 +245,7 @@ async fn load_and_diff(
     if !options.allow_mass_exit {
         guard(c, &counts)?;
     }
-    writer.commit(modified_at.as_deref()).await?;
+    writer.commit(fingerprint.as_ref().map(|f| (f, counts.snapshot_rows))).await?;
     diffing.finish();
     Ok(counts)
 }

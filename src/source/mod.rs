@@ -2,6 +2,7 @@
 //! handed to the diff sorted by user, or not at all.
 
 mod file;
+pub mod fingerprint;
 mod http;
 mod member;
 mod sort;
@@ -179,13 +180,6 @@ fn check_ready(snapshot: &Path, marker: &Path) -> Result<(), SnapshotError> {
         ));
     }
     Ok(())
-}
-
-/// When a file snapshot was last modified (RFC 3339), for refusing a stale one.
-pub fn file_modified_at(source: &Source) -> Option<String> {
-    let Source::File { path, .. } = source else { return None };
-    let modified = std::fs::metadata(path).and_then(|m| m.modified()).ok()?;
-    Some(chrono::DateTime::<chrono::Utc>::from(modified).to_rfc3339_opts(chrono::SecondsFormat::Nanos, true))
 }
 
 /// Sorted records, failing on the first user listed twice (naming both lines).

@@ -4,6 +4,7 @@ use anyhow::bail;
 
 use super::{Store, now};
 use crate::config::Computation;
+use crate::source::fingerprint::Fingerprint;
 
 impl Store {
     /// Records `computation` (creating its row on first sight, keeping its name current) and
@@ -45,14 +46,22 @@ impl Store {
         Ok(done)
     }
 
-    /// When the file snapshot of the last recorded diff of `key` was modified.
-    pub async fn snapshot_modified_at(&self, key: &str) -> anyhow::Result<Option<String>> {
-        let at: Option<Option<String>> =
-            sqlx::query_scalar("SELECT snapshot_modified_at FROM computations WHERE key = ?1")
-                .bind(key)
-                .fetch_optional(&self.pool)
-                .await?;
-        Ok(at.flatten())
+    /// The fingerprint of the file snapshot of the last recorded diff of `key`, and how many
+    /// rows it had.
+    pub async fn snapshot_fingerprint(&self, key: &str) -> anyhow::Result<Option<(Fingerprint, u64)>> {
+        let row: Option<(Option<i64>, Option<String>, Option<String>, Option<i64>)> = sqlx::query_as(
+            "SELECT snapshot_size, snapshot_modified_at, snapshot_sha256, snapshot_rows FROM computations WHERE key = ?1",
+        )
+        .bind(key)
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(match row {
+            Some((Some(size), Some(modified_at), sha256, rows)) => Some((
+                Fingerprint { size: size as u64, modified_at, sha256: sha256.unwrap_or_default() },
+                rows.unwrap_or(0) as u64,
+            )),
+            _ => None,
+        })
     }
 
     /// Whether the state has seen computation `key`.

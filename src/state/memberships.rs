@@ -5,6 +5,7 @@ use sqlx::{QueryBuilder, Sqlite, Transaction};
 
 use super::{Store, now};
 use crate::diff::{Op, OpSink, StateRow};
+use crate::source::fingerprint::Fingerprint;
 
 /// Rows per multi-row statement; 4 binds a row stays far below SQLite's variable limit.
 const WRITE_BATCH: usize = 1000;
@@ -208,16 +209,22 @@ impl DiffWriter {
         Ok(())
     }
 
-    /// Writes what is buffered and commits the diff, noting when the snapshot it came from was
-    /// modified (file sources), in the same transaction.
-    pub async fn commit(mut self, snapshot_modified_at: Option<&str>) -> anyhow::Result<()> {
+    /// Writes what is buffered and commits the diff, noting the fingerprint of the file snapshot
+    /// it came from (and its rows), in the same transaction.
+    pub async fn commit(mut self, snapshot: Option<(&Fingerprint, u64)>) -> anyhow::Result<()> {
         self.flush().await?;
-        if let Some(at) = snapshot_modified_at {
-            sqlx::query("UPDATE computations SET snapshot_modified_at = ?2 WHERE key = ?1")
-                .bind(&self.key)
-                .bind(at)
-                .execute(&mut *self.tx)
-                .await?;
+        if let Some((fp, rows)) = snapshot {
+            sqlx::query(
+                "UPDATE computations SET snapshot_size = ?2, snapshot_modified_at = ?3, snapshot_sha256 = ?4, snapshot_rows = ?5 \
+                 WHERE key = ?1",
+            )
+            .bind(&self.key)
+            .bind(fp.size as i64)
+            .bind(&fp.modified_at)
+            .bind(&fp.sha256)
+            .bind(rows as i64)
+            .execute(&mut *self.tx)
+            .await?;
         }
         self.tx.commit().await?;
         Ok(())

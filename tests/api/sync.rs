@@ -216,3 +216,29 @@ async fn file_destination_appends_identify_lines() {
         ]
     );
 }
+
+#[tokio::test]
+async fn a_provably_unchanged_snapshot_skips_the_diff_and_a_same_size_edit_does_not() {
+    let server = contentstack_server().await;
+    let app = TestApp::contentstack(&server, 2, &audience("A", "a.csv"));
+    app.write("a.csv", &csv_users(&["u1", "u2"]));
+    assert_success(&app.sync(&[]).await);
+    // Take u2 out of the state behind the program's back: only a real diff would put it back.
+    let rw = sqlx::SqlitePool::connect(&format!("sqlite://{}", app.path("state.db").display())).await.unwrap();
+    sqlx::query("DELETE FROM memberships WHERE user_id = 'u2'").execute(&rw).await.unwrap();
+
+    let out = app.sync(&[]).await;
+    assert_success(&out);
+    assert!(stdout(&out).contains("2 in snapshot, 0 entered"), "{}", stdout(&out));
+    assert_eq!(app.memberships().await.len(), 1, "the diff was skipped");
+
+    // Same size, same modification time, other content: the hash tells them apart.
+    let modified = std::fs::metadata(app.path("a.csv")).unwrap().modified().unwrap();
+    app.write("a.csv", &csv_users(&["u1", "u3"]));
+    std::fs::File::options().write(true).open(app.path("a.csv")).unwrap().set_modified(modified).unwrap();
+    let out = app.sync(&[]).await;
+    assert_success(&out);
+    assert!(stdout(&out).contains("2 in snapshot, 1 entered"), "{}", stdout(&out));
+    let users: Vec<String> = app.memberships().await.into_iter().filter(|r| r.2 == "true").map(|r| r.1).collect();
+    assert_eq!(users, ["u1", "u3"]);
+}
