@@ -1,10 +1,9 @@
 //! The `memberships` table: the diff's reads and writes, delivery's pages and acknowledgements.
 
-use futures::{Stream, TryStreamExt};
 use sqlx::{QueryBuilder, Sqlite, Transaction};
 
 use super::{Store, now};
-use crate::diff::{Op, OpSink, StateRow};
+use crate::diff::{Op, OpSink};
 use crate::source::fingerprint::Fingerprint;
 
 /// Rows per multi-row statement; 4 binds a row stays far below SQLite's variable limit.
@@ -33,18 +32,6 @@ pub struct Outcome {
 }
 
 impl Store {
-    /// The state of one computation in user order, for the diff.
-    pub fn scan<'a>(&'a self, key: &'a str) -> impl Stream<Item = anyhow::Result<StateRow>> + Unpin + 'a {
-        sqlx::query_as::<_, (String, String, bool)>(
-            "SELECT user_id, desired, synced IS NOT NULL OR synced_at IS NOT NULL FROM memberships \
-             WHERE computation_key = ?1 ORDER BY user_id",
-        )
-        .bind(key)
-        .fetch(&self.pool)
-        .map_ok(|(user_id, desired, told)| StateRow { user_id, desired, told })
-        .map_err(anyhow::Error::from)
-    }
-
     /// Begins the write transaction of one computation's diff. Its writes count only once
     /// `commit` is called; dropping the writer (on any error) rolls them all back.
     pub async fn diff_writer(&self, key: &str) -> anyhow::Result<DiffWriter> {

@@ -9,6 +9,7 @@ mod computations;
 mod leases;
 mod memberships;
 mod runs;
+mod scan;
 mod status;
 
 use std::path::Path;
@@ -32,6 +33,8 @@ const BUSY_TIMEOUT: Duration = Duration::from_secs(30);
 #[derive(Clone)]
 pub struct Store {
     pool: SqlitePool,
+    /// The state file, for the bulk scan that reads it without sqlx (see `scan`).
+    path: std::path::PathBuf,
 }
 
 impl Store {
@@ -56,7 +59,7 @@ impl Store {
             .await
             .with_context(|| format!("cannot open the state file {}", path.display()))?;
         MIGRATOR.run(&pool).await.with_context(|| format!("cannot migrate the state file {}", path.display()))?;
-        Ok(Store { pool })
+        Ok(Store { pool, path: path.to_path_buf() })
     }
 
     /// Opens an existing state file read-only, without migrating it (dry runs and status must
@@ -72,7 +75,7 @@ impl Store {
             .connect_with(options)
             .await
             .with_context(|| format!("cannot open the state file {}", path.display()))?;
-        Ok(Some(Store { pool }))
+        Ok(Some(Store { pool, path: path.to_path_buf() }))
     }
 
     /// The connection pool, for read-only inspection in tests and tools.
