@@ -9,7 +9,7 @@ use std::cmp::Ordering;
 use futures::{Stream, StreamExt};
 
 use crate::config::Kind;
-use crate::source::SnapshotRecord;
+use crate::source::{JsonText, SnapshotRecord};
 
 /// JSON text of the values the diff writes.
 pub const TRUE: &str = "true";
@@ -20,7 +20,7 @@ pub const NULL: &str = "null";
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StateRow {
     pub user_id: String,
-    pub desired: String,
+    pub desired: JsonText,
     /// Whether the destination ever acknowledged a value for this row (a resync clears
     /// `synced` but not the fact that the destination was told).
     pub told: bool,
@@ -83,7 +83,7 @@ pub fn decide(
     match (state, snapshot) {
         (None, Some(snap)) => {
             counts.entered += 1;
-            Some(Op::Set { user_id: snap.user_id, desired: snap.value, change: Change::Entered })
+            Some(Op::Set { user_id: snap.user_id, desired: snap.value.into_owned(), change: Change::Entered })
         }
         (Some(row), Some(snap)) => {
             if row.desired == snap.value {
@@ -96,7 +96,7 @@ pub fn decide(
                 counts.changed += 1;
                 Change::Changed
             };
-            Some(Op::Set { user_id: snap.user_id, desired: snap.value, change })
+            Some(Op::Set { user_id: snap.user_id, desired: snap.value.into_owned(), change })
         }
         (Some(row), None) => {
             if row.desired == gone {

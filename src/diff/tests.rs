@@ -12,11 +12,11 @@ impl OpSink for Collect {
 }
 
 fn row(user: &str, desired: &str, synced: Option<&str>) -> StateRow {
-    StateRow { user_id: user.into(), desired: desired.into(), told: synced.is_some() }
+    StateRow { user_id: user.into(), desired: desired.to_string().into(), told: synced.is_some() }
 }
 
 fn snap(user: &str, value: &str) -> SnapshotRecord {
-    SnapshotRecord { user_id: user.into(), value: value.into(), line: 0 }
+    SnapshotRecord { user_id: user.into(), value: value.to_string().into(), line: 0 }
 }
 
 fn set(user: &str, desired: &str) -> Op {

@@ -72,9 +72,9 @@ fn read_csv(name: &str, reader: impl Read, kind: Kind, push: &mut Push) -> Resul
         let user_id = &record[user_col];
         check_user_id(name, line, user_id)?;
         let value = match (member_value(kind), value_col) {
-            (Some(v), _) => v.to_string(),
+            (Some(v), _) => v.into(),
             (None, Some(col)) => {
-                csv_value(&record[col]).map_err(|m| SnapshotError::new(name, Some(line), Some("value"), m))?
+                csv_value(&record[col]).map_err(|m| SnapshotError::new(name, Some(line), Some("value"), m))?.into()
             }
             (None, None) => unreachable!("computed traits have a value column"),
         };

@@ -50,12 +50,13 @@ pub fn from_json(name: &str, line: u64, member: JsonMember, rules: Rules) -> Res
     };
     check_user_id(name, line, &user_id)?;
     let value = match member_value(rules.kind) {
-        Some(v) => v.to_string(),
+        Some(v) => v.into(),
         None => {
             let v =
                 member.value.ok_or_else(|| SnapshotError::new(name, Some(line), Some("value"), "value is missing"))?;
             canonical_value(&v, rules.allow_structured)
                 .map_err(|m| SnapshotError::new(name, Some(line), Some("value"), format!("{m} (user {user_id:?})")))?
+                .into()
         }
     };
     Ok(SnapshotRecord { user_id, value, line })

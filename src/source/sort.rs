@@ -124,7 +124,7 @@ impl Ord for HeapEntry {
 
 /// Run format: per record, u32 LE length + user_id bytes, u32 LE length + value bytes, u64 LE line.
 fn write_record(out: &mut impl Write, rec: &SnapshotRecord) -> io::Result<()> {
-    for s in [&rec.user_id, &rec.value] {
+    for s in [rec.user_id.as_str(), &rec.value] {
         out.write_all(&(s.len() as u32).to_le_bytes())?;
         out.write_all(s.as_bytes())?;
     }
@@ -143,7 +143,7 @@ impl RunReader {
         }
         let user_id = self.string(u32::from_le_bytes(len) as usize)?;
         self.0.read_exact(&mut len)?;
-        let value = self.string(u32::from_le_bytes(len) as usize)?;
+        let value = super::json_text(&self.string(u32::from_le_bytes(len) as usize)?);
         let mut line = [0u8; 8];
         self.0.read_exact(&mut line)?;
         Ok(Some(SnapshotRecord { user_id, value, line: u64::from_le_bytes(line) }))
@@ -161,7 +161,7 @@ mod tests {
     use super::*;
 
     fn rec(user: &str, line: u64) -> SnapshotRecord {
-        SnapshotRecord { user_id: user.into(), value: format!("{line}"), line }
+        SnapshotRecord { user_id: user.into(), value: format!("{line}").into(), line }
     }
 
     fn sorted(limit: usize, users: &[&str]) -> (Vec<(String, u64)>, usize) {

@@ -83,8 +83,8 @@ where
         .try_get(user_col)
         .map_err(|e| SnapshotError::new(name, Some(n), Some("user_id"), format!("user_id must be text: {e}")))?;
     check_user_id(name, n, &user_id)?;
-    let value = match super::member_value(rules.kind) {
-        Some(v) => v.to_string(),
+    let value: super::JsonText = match super::member_value(rules.kind) {
+        Some(v) => v.into(),
         None => {
             let col = column("value").ok_or_else(|| {
                 SnapshotError::new(
@@ -97,6 +97,7 @@ where
             let v = value_of(row, col).map_err(|m| SnapshotError::new(name, Some(n), Some("value"), m))?;
             canonical_value(&v, rules.allow_structured)
                 .map_err(|m| SnapshotError::new(name, Some(n), Some("value"), format!("{m} (user {user_id:?})")))?
+                .into()
         }
     };
     Ok(super::SnapshotRecord { user_id, value, line: n })

@@ -13,6 +13,7 @@ use tokio::sync::mpsc;
 
 use super::{BUSY_TIMEOUT, Store};
 use crate::diff::StateRow;
+use crate::source::json_text;
 
 /// Rows per message from the scanning thread.
 const CHUNK: usize = 4096;
@@ -38,7 +39,11 @@ impl Store {
     }
 }
 
-fn scan_into(path: &std::path::Path, key: &str, tx: &mpsc::Sender<anyhow::Result<Vec<StateRow>>>) -> anyhow::Result<()> {
+fn scan_into(
+    path: &std::path::Path,
+    key: &str,
+    tx: &mpsc::Sender<anyhow::Result<Vec<StateRow>>>,
+) -> anyhow::Result<()> {
     let db = Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX)?;
     db.busy_timeout(BUSY_TIMEOUT)?;
     let mut statement = db.prepare(
@@ -48,8 +53,11 @@ fn scan_into(path: &std::path::Path, key: &str, tx: &mpsc::Sender<anyhow::Result
     let mut rows = statement.query([key])?;
     let mut chunk = Vec::with_capacity(CHUNK);
     while let Some(row) = rows.next()? {
-        chunk.push(StateRow { user_id: row.get(0)?, desired: row.get(1)?, told: row.get(2)? });
-        if chunk.len() == CHUNK && tx.blocking_send(Ok(std::mem::replace(&mut chunk, Vec::with_capacity(CHUNK)))).is_err() {
+        let desired = json_text(row.get_ref(1)?.as_str()?);
+        chunk.push(StateRow { user_id: row.get(0)?, desired, told: row.get(2)? });
+        if chunk.len() == CHUNK
+            && tx.blocking_send(Ok(std::mem::replace(&mut chunk, Vec::with_capacity(CHUNK)))).is_err()
+        {
             return Ok(()); // the diff stopped listening
         }
     }
