@@ -18,7 +18,7 @@ fn load(name: &str, content: &[u8], kind: Kind) -> Result<Vec<(String, String, u
     let format = if name.contains(".csv") { SnapshotFormat::Csv } else { SnapshotFormat::Ndjson };
     let mut out = Vec::new();
     read(&path, format, gzip, Rules { kind, allow_structured: false }, &mut |r| {
-        out.push((r.user_id, r.value, r.line));
+        out.push((r.user_id, r.value.into_owned(), r.line));
         Ok(())
     })?;
     Ok(out)
