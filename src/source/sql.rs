@@ -36,25 +36,36 @@ pub fn read(handle: &Handle, url: &Secret, query: &str, rules: Rules, push: &mut
                 .read_only(true);
             let pool = sqlx::sqlite::SqlitePoolOptions::new().max_connections(1).connect_with(options).await;
             let pool = pool.map_err(|e| err(None, None, format!("cannot connect: {e}")))?;
-            let mut rows = sqlx::query(sqlx::AssertSqlSafe(query.to_string())).fetch(&pool);
-            let mut n = 0;
-            while let Some(row) = rows.try_next().await.map_err(|e| err(None, None, format!("query failed: {e}")))? {
-                n += 1;
-                push(record(&name, n, &row, rules, sqlite_value)?)?;
-            }
-            Ok(())
+            drain(sqlx::query(sqlx::AssertSqlSafe(query.to_string())).fetch(&pool), &name, rules, push, sqlite_value)
+                .await
         } else {
             let pool = sqlx::postgres::PgPoolOptions::new().max_connections(1).connect(url.expose()).await;
             let pool = pool.map_err(|e| err(None, None, format!("cannot connect: {e}")))?;
-            let mut rows = sqlx::query(sqlx::AssertSqlSafe(query.to_string())).fetch(&pool);
-            let mut n = 0;
-            while let Some(row) = rows.try_next().await.map_err(|e| err(None, None, format!("query failed: {e}")))? {
-                n += 1;
-                push(record(&name, n, &row, rules, pg_value)?)?;
-            }
-            Ok(())
+            drain(sqlx::query(sqlx::AssertSqlSafe(query.to_string())).fetch(&pool), &name, rules, push, pg_value).await
         }
     })
+}
+
+/// Every row of a query, as records.
+async fn drain<R: Row>(
+    mut rows: futures::stream::BoxStream<'_, Result<R, sqlx::Error>>,
+    name: &str,
+    rules: Rules,
+    push: &mut Push<'_>,
+    value_of: fn(&R, usize) -> Result<Value, String>,
+) -> Result<(), SnapshotError>
+where
+    usize: sqlx::ColumnIndex<R>,
+    for<'r> String: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+{
+    let mut n = 0;
+    while let Some(row) =
+        rows.try_next().await.map_err(|e| SnapshotError::new(name, None, None, format!("query failed: {e}")))?
+    {
+        n += 1;
+        push(record(name, n, &row, rules, value_of)?)?;
+    }
+    Ok(())
 }
 
 /// One row as a record; `n` (the row's position) stands in for a line number.
