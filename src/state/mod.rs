@@ -26,8 +26,10 @@ pub use status::{ComputationStatus, LastRun};
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!();
 
-/// How long a statement waits for another process's write lock before failing.
-const BUSY_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long a statement waits for another writer's lock before failing. The diff of a big
+/// snapshot holds the write lock for its whole length (it must commit whole), and the daemon
+/// runs passes side by side: another pass's acknowledgements wait for it rather than fail.
+const BUSY_TIMEOUT: Duration = Duration::from_secs(300);
 
 /// The state file, opened with its migrations applied.
 #[derive(Clone)]
@@ -51,10 +53,11 @@ impl Store {
             .synchronous(SqliteSynchronous::Normal)
             .busy_timeout(BUSY_TIMEOUT)
             .foreign_keys(true);
-        // A diff reads the state while its transaction writes, and delivery reads pages while
-        // acknowledgements are written: a few connections are enough.
+        // A diff writes while delivery reads pages and the committer writes answers, and the
+        // daemon may run a few passes side by side.
         let pool = SqlitePoolOptions::new()
-            .max_connections(4)
+            .max_connections(8)
+            .acquire_timeout(BUSY_TIMEOUT)
             .connect_with(options)
             .await
             .with_context(|| format!("cannot open the state file {}", path.display()))?;
