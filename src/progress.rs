@@ -89,6 +89,8 @@ impl Stage {
         let done = inner.done.fetch_add(n, Ordering::Relaxed) + n;
         match &inner.bar {
             Some(bar) => bar.inc(n),
+            // Look at the clock only now and then: this runs once per row.
+            None if (done - n) / 4096 == done / 4096 => {}
             None => {
                 let mut last = inner.last_line.lock().unwrap_or_else(|p| p.into_inner());
                 if last.elapsed() >= LINE_EVERY {

@@ -51,6 +51,7 @@ async fn leased_pass(
     }
     .await;
     leases.release().await?;
+    store.close().await;
     Ok(conclude(&result?))
 }
 

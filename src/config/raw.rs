@@ -38,16 +38,10 @@ fn default_state_path() -> String {
     "audience-sync.db".into()
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(super) struct RawSchedule {
     pub cron: Option<Spanned<String>>,
-}
-
-impl Default for RawSchedule {
-    fn default() -> Self {
-        RawSchedule { cron: None }
-    }
 }
 
 #[derive(Debug, Deserialize)]

@@ -112,6 +112,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         tracing::warn!("requests still in flight after the grace period; they will be re-sent by the next pass");
         passes.abort_all();
     }
+    shared.store.close().await;
     tracing::info!("stopped");
     Ok(())
 }

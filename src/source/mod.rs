@@ -132,7 +132,7 @@ pub fn load_sorted(
     let mut read = 0u64;
     let mut push = |rec: SnapshotRecord| {
         read += 1;
-        if read % 4096 == 0 {
+        if read.is_multiple_of(4096) {
             loading.inc(4096);
         }
         sorter.push(rec).map_err(|e| SnapshotError::new(&name, None, None, format!("cannot spill to a temp file: {e}")))

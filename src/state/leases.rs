@@ -73,7 +73,7 @@ impl Store {
         if let Some(h) = held {
             // A holder on this host whose process is gone (killed, crashed) cannot renew its
             // lease: take it over now rather than when it expires.
-            if !(h.host == owner.host && !process_alive(h.pid)) {
+            if h.host != owner.host || process_alive(h.pid) {
                 return Ok(Err(h));
             }
             tracing::info!(key, pid = h.pid, "taking over the lease of a process that is gone");

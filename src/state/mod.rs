@@ -81,6 +81,12 @@ impl Store {
         Ok(Some(Store { pool, path: path.to_path_buf() }))
     }
 
+    /// Closes every connection; the last one to close checkpoints the WAL into the database
+    /// file, so that a state file left by a finished command is whole on its own.
+    pub async fn close(&self) {
+        self.pool.close().await;
+    }
+
     /// The connection pool, for read-only inspection in tests and tools.
     pub fn pool(&self) -> &SqlitePool {
         &self.pool
