@@ -1,17 +1,15 @@
 //! The diff core: merging a sorted snapshot with sorted state, no I/O.
 //! `cargo bench --bench diff`
 
-use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
-use futures::stream;
-
 use audience_sync::config::Kind;
 use audience_sync::diff::{self, Op, OpSink, StateRow};
 use audience_sync::source::SnapshotRecord;
+use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 
 struct Count(u64);
 
 impl OpSink for Count {
-    async fn apply(&mut self, _op: Op) -> anyhow::Result<()> {
+    fn apply(&mut self, _op: Op) -> anyhow::Result<()> {
         self.0 += 1;
         Ok(())
     }
@@ -29,7 +27,6 @@ fn inputs(n: usize, churn: f64) -> (Vec<StateRow>, Vec<SnapshotRecord>) {
 }
 
 fn bench(c: &mut Criterion) {
-    let runtime = tokio::runtime::Builder::new_current_thread().build().unwrap();
     let mut group = c.benchmark_group("merge");
     for (n, churn) in [(100_000, 0.0), (100_000, 0.01), (1_000_000, 0.01)] {
         let (state, snapshot) = inputs(n, churn);
@@ -37,9 +34,9 @@ fn bench(c: &mut Criterion) {
         group.bench_with_input(BenchmarkId::new(format!("churn {churn}"), n), &n, |b, _| {
             b.iter(|| {
                 let mut sink = Count(0);
-                let st = stream::iter(state.iter().cloned().map(Ok));
-                let sn = stream::iter(snapshot.iter().cloned().map(Ok));
-                runtime.block_on(diff::merge(Kind::Audience, st, sn, &mut sink)).unwrap();
+                let st = state.iter().cloned().map(Ok);
+                let sn = snapshot.iter().cloned().map(Ok);
+                diff::merge(Kind::Audience, st, sn, &mut sink).unwrap();
                 sink.0
             })
         });

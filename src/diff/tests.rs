@@ -1,11 +1,9 @@
-use futures::stream;
-
 use super::*;
 
 struct Collect(Vec<Op>);
 
 impl OpSink for Collect {
-    async fn apply(&mut self, op: Op) -> anyhow::Result<()> {
+    fn apply(&mut self, op: Op) -> anyhow::Result<()> {
         self.0.push(op);
         Ok(())
     }
@@ -31,17 +29,14 @@ fn changed(user: &str, desired: &str) -> Op {
     Op::Set { user_id: user.into(), desired: desired.into(), change: Change::Changed }
 }
 
-async fn run(kind: Kind, state: Vec<StateRow>, snapshot: Vec<SnapshotRecord>) -> (Vec<Op>, DiffCounts) {
+fn run(kind: Kind, state: Vec<StateRow>, snapshot: Vec<SnapshotRecord>) -> (Vec<Op>, DiffCounts) {
     let mut sink = Collect(Vec::new());
-    let counts =
-        merge(kind, stream::iter(state.into_iter().map(Ok)), stream::iter(snapshot.into_iter().map(Ok)), &mut sink)
-            .await
-            .unwrap();
+    let counts = merge(kind, state.into_iter().map(Ok), snapshot.into_iter().map(Ok), &mut sink).unwrap();
     (sink.0, counts)
 }
 
-#[tokio::test]
-async fn audience_entries_exits_and_unchanged_members() {
+#[test]
+fn audience_entries_exits_and_unchanged_members() {
     let state = vec![
         row("a", TRUE, Some(TRUE)),   // stays
         row("b", TRUE, Some(TRUE)),   // exits: was told true
@@ -50,13 +45,13 @@ async fn audience_entries_exits_and_unchanged_members() {
         row("e", TRUE, None),         // never acknowledged, leaves: forget
     ];
     let snapshot = vec![snap("a", TRUE), snap("d", TRUE), snap("f", TRUE)];
-    let (ops, counts) = run(Kind::Audience, state, snapshot).await;
+    let (ops, counts) = run(Kind::Audience, state, snapshot);
     assert_eq!(ops, vec![set("b", FALSE), set("d", TRUE), Op::Forget { user_id: "e".into() }, set("f", TRUE)]);
     assert_eq!(counts, DiffCounts { members_before: 3, snapshot_rows: 3, entered: 2, exited: 2, changed: 0 });
 }
 
-#[tokio::test]
-async fn trait_changes_removals_and_returns() {
+#[test]
+fn trait_changes_removals_and_returns() {
     let state = vec![
         row("a", "1", Some("1")),
         row("b", "\"gold\"", Some("\"gold\"")),
@@ -64,36 +59,35 @@ async fn trait_changes_removals_and_returns() {
         row("d", "false", Some("false")), // a boolean trait value false is a value, not an absence
     ];
     let snapshot = vec![snap("a", "2"), snap("c", "3"), snap("d", "false")];
-    let (ops, counts) = run(Kind::ComputedTrait, state, snapshot).await;
+    let (ops, counts) = run(Kind::ComputedTrait, state, snapshot);
     assert_eq!(ops, vec![changed("a", "2"), set("b", NULL), set("c", "3")]);
     assert_eq!(counts, DiffCounts { members_before: 3, snapshot_rows: 3, entered: 1, exited: 1, changed: 1 });
 }
 
-#[tokio::test]
-async fn unchanged_snapshot_yields_no_ops() {
+#[test]
+fn unchanged_snapshot_yields_no_ops() {
     let state = vec![row("a", TRUE, Some(TRUE)), row("b", TRUE, None)];
-    let (ops, counts) = run(Kind::Audience, state, vec![snap("a", TRUE), snap("b", TRUE)]).await;
+    let (ops, counts) = run(Kind::Audience, state, vec![snap("a", TRUE), snap("b", TRUE)]);
     assert!(ops.is_empty());
     assert_eq!(counts.snapshot_rows, 2);
 }
 
-#[tokio::test]
-async fn initial_sync_enters_everyone_and_empty_snapshot_exits_everyone() {
-    let (ops, counts) = run(Kind::Audience, vec![], vec![snap("a", TRUE), snap("b", TRUE)]).await;
+#[test]
+fn initial_sync_enters_everyone_and_empty_snapshot_exits_everyone() {
+    let (ops, counts) = run(Kind::Audience, vec![], vec![snap("a", TRUE), snap("b", TRUE)]);
     assert_eq!(ops, vec![set("a", TRUE), set("b", TRUE)]);
     assert_eq!(counts.entered, 2);
     let state = vec![row("a", TRUE, Some(TRUE)), row("b", TRUE, Some(TRUE))];
-    let (ops, counts) = run(Kind::Audience, state, vec![]).await;
+    let (ops, counts) = run(Kind::Audience, state, vec![]);
     assert_eq!(ops, vec![set("a", FALSE), set("b", FALSE)]);
     assert_eq!(counts.exited, 2);
 }
 
-#[tokio::test]
-async fn a_failing_side_fails_the_merge() {
+#[test]
+fn a_failing_side_fails_the_merge() {
     let mut sink = Collect(Vec::new());
-    let snapshot = stream::iter(vec![Ok(snap("a", TRUE)), Err(anyhow::anyhow!("broken line"))]);
-    let err = merge(Kind::Audience, stream::iter(Vec::<anyhow::Result<StateRow>>::new()), snapshot, &mut sink)
-        .await
-        .unwrap_err();
+    let snapshot = vec![Ok(snap("a", TRUE)), Err(anyhow::anyhow!("broken line"))].into_iter();
+    let err =
+        merge(Kind::Audience, Vec::<anyhow::Result<StateRow>>::new().into_iter(), snapshot, &mut sink).unwrap_err();
     assert!(err.to_string().contains("broken line"));
 }

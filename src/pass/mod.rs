@@ -4,19 +4,19 @@
 //! A computation whose snapshot fails to load whole changes nothing and sends nothing
 //! (DESIGN §9.2); the others still sync.
 
+mod differ;
 pub mod lease;
 pub mod plan;
 
 use std::collections::BTreeMap;
 
-use futures::StreamExt;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{Computation, Config};
 use crate::delivery::{self, KeyReport};
 use crate::destination::Destination;
-use crate::diff::{self, DiffCounts};
+use crate::diff::DiffCounts;
 use crate::progress::Progress;
 use crate::source::{self, fingerprint};
 use crate::state::{RunCounts, RunStatus, Store};
@@ -239,14 +239,31 @@ async fn load_and_diff(
     let progress = &options.progress;
     let loading = progress.stage(format!("{}: loading", c.key), "rows read", None);
     let diffing = progress.stage(format!("{}: diff", c.key), "rows compared", None);
-    let snapshot = source::sorted_snapshot(c, config.sort_buffer_bytes, loading).inspect(|_| diffing.inc(1));
+    let (tx, mut ops) = tokio::sync::mpsc::channel(4);
+    let merge =
+        differ::run(Some(store.clone()), c, config.sort_buffer_bytes, loading, diffing, differ::Batches::new(tx));
+    tokio::pin!(merge);
     let mut writer = store.diff_writer(&c.key).await?;
-    let counts = diff::merge(c.kind, store.scan(&c.key), snapshot, &mut writer).await?;
+    let counts = loop {
+        tokio::select! {
+            Some(batch) = ops.recv() => {
+                for op in batch {
+                    writer.push(op).await?;
+                }
+            }
+            done = &mut merge => break done?.0,
+        }
+    };
+    // The merge has finished: its last batches are in the channel.
+    while let Ok(batch) = ops.try_recv() {
+        for op in batch {
+            writer.push(op).await?;
+        }
+    }
     if !options.allow_mass_exit {
         guard(c, &counts)?;
     }
     writer.commit(fingerprint.as_ref().map(|f| (f, counts.snapshot_rows))).await?;
-    diffing.finish();
     Ok(counts)
 }
 

@@ -1,12 +1,10 @@
 //! `sync --dry-run`: what a pass would do, computed from the snapshots and the state without
 //! writing anything or sending anything.
 
-use futures::stream;
-
+use super::differ;
 use crate::config::{Computation, Config};
-use crate::diff::{self, Change, DiffCounts, Op, OpSink, StateRow};
+use crate::diff::{Change, DiffCounts, Op, OpSink};
 use crate::progress::Stage;
-use crate::source;
 use crate::state::Store;
 
 /// Sample users shown per kind of change.
@@ -43,7 +41,7 @@ impl Plan {
 }
 
 impl OpSink for Plan {
-    async fn apply(&mut self, op: Op) -> anyhow::Result<()> {
+    fn apply(&mut self, op: Op) -> anyhow::Result<()> {
         let (user, list) = match op {
             Op::Set { user_id, change: Change::Entered, .. } => (user_id, &mut self.entered),
             Op::Set { user_id, change: Change::Changed, .. } => (user_id, &mut self.changed),
@@ -58,14 +56,15 @@ impl OpSink for Plan {
 
 /// Plans `c` against `store` (a read-only state, or none yet).
 pub async fn plan(config: &Config, store: Option<&Store>, c: &Computation) -> anyhow::Result<Plan> {
-    let snapshot = source::sorted_snapshot(c, config.sort_buffer_bytes, Stage::default());
-    let mut plan = Plan::default();
-    plan.counts = match store {
-        Some(s) if s.knows(&c.key).await? => {
-            plan.already_pending = s.pending_count(&c.key).await?;
-            diff::merge(c.kind, s.scan(&c.key), snapshot, &mut plan).await?
-        }
-        _ => diff::merge(c.kind, stream::empty::<anyhow::Result<StateRow>>(), snapshot, &mut plan).await?,
+    let store = match store {
+        Some(s) if s.knows(&c.key).await? => Some(s.clone()),
+        _ => None,
     };
-    Ok(plan)
+    let already_pending = match &store {
+        Some(s) => s.pending_count(&c.key).await?,
+        None => 0,
+    };
+    let (counts, plan) =
+        differ::run(store, c, config.sort_buffer_bytes, Stage::default(), Stage::default(), Plan::default()).await?;
+    Ok(Plan { counts, already_pending, ..plan })
 }

@@ -9,9 +9,6 @@ mod sort;
 mod sql;
 mod value;
 
-use futures::Stream;
-use tokio::sync::mpsc;
-
 use std::path::Path;
 
 use tokio::runtime::Handle;
@@ -66,57 +63,6 @@ impl SnapshotError {
     ) -> Self {
         SnapshotError { source_name: source_name.to_string(), line, field, message: message.into() }
     }
-}
-
-/// Records per message between the sorting thread and the diff.
-const CHUNK: usize = 4096;
-
-/// Loads the snapshot of `computation` on a blocking thread, sorts it in at most
-/// `sort_buffer_bytes` of memory (spilling sorted runs to temp files), and streams it to the
-/// diff in user order. Duplicate users surface as an error in the stream, so the diff that
-/// consumes it must be discarded on any error.
-pub fn sorted_snapshot(
-    computation: &Computation,
-    sort_buffer_bytes: usize,
-    loading: Stage,
-) -> impl Stream<Item = anyhow::Result<SnapshotRecord>> + Unpin + use<> {
-    let (tx, rx) = mpsc::channel::<Result<Vec<SnapshotRecord>, SnapshotError>>(4);
-    let computation = computation.clone();
-    tokio::task::spawn_blocking(move || {
-        let sorted = match load_sorted(&computation, sort_buffer_bytes, &loading) {
-            Ok(s) => s,
-            Err(e) => {
-                let _ = tx.blocking_send(Err(e));
-                return;
-            }
-        };
-        let mut chunk = Vec::with_capacity(CHUNK);
-        for rec in sorted {
-            match rec {
-                Ok(r) => chunk.push(r),
-                Err(e) => {
-                    let _ = tx.blocking_send(Err(e));
-                    return;
-                }
-            }
-            if chunk.len() == CHUNK
-                && tx.blocking_send(Ok(std::mem::replace(&mut chunk, Vec::with_capacity(CHUNK)))).is_err()
-            {
-                return;
-            }
-        }
-        if !chunk.is_empty() {
-            let _ = tx.blocking_send(Ok(chunk));
-        }
-    });
-    let chunks = futures::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|c| (c, rx)) });
-    Box::pin(futures::StreamExt::flat_map(chunks, |chunk| {
-        let items: Vec<anyhow::Result<SnapshotRecord>> = match chunk {
-            Ok(records) => records.into_iter().map(Ok).collect(),
-            Err(e) => vec![Err(e.into())],
-        };
-        futures::stream::iter(items)
-    }))
 }
 
 /// Reads the whole snapshot and sorts it; the iterator then checks for users listed twice.

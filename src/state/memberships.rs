@@ -3,7 +3,7 @@
 use sqlx::{QueryBuilder, Sqlite, Transaction};
 
 use super::{Store, now};
-use crate::diff::{Op, OpSink};
+use crate::diff::Op;
 use crate::source::fingerprint::Fingerprint;
 
 /// Rows per multi-row statement; 4 binds a row stays far below SQLite's variable limit.
@@ -166,6 +166,15 @@ pub struct DiffWriter {
 }
 
 impl DiffWriter {
+    /// Adds one op of the diff, writing a batch when enough have gathered.
+    pub async fn push(&mut self, op: Op) -> anyhow::Result<()> {
+        self.batch.push(op);
+        if self.batch.len() >= WRITE_BATCH {
+            self.flush().await?;
+        }
+        Ok(())
+    }
+
     async fn flush(&mut self) -> anyhow::Result<()> {
         let (sets, forgets): (Vec<Op>, Vec<Op>) = self.batch.drain(..).partition(|op| matches!(op, Op::Set { .. }));
         if !sets.is_empty() {
@@ -214,16 +223,6 @@ impl DiffWriter {
             .await?;
         }
         self.tx.commit().await?;
-        Ok(())
-    }
-}
-
-impl OpSink for DiffWriter {
-    async fn apply(&mut self, op: Op) -> anyhow::Result<()> {
-        self.batch.push(op);
-        if self.batch.len() >= WRITE_BATCH {
-            self.flush().await?;
-        }
         Ok(())
     }
 }
