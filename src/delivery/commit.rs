@@ -1,4 +1,5 @@
-//! The committer: records answers as they come, as many per transaction as have arrived.
+//! The committer: records answers as they come, as many per transaction as have arrived, on
+//! a blocking thread with its own connection (see `state::AnswerWriter`).
 
 use std::collections::BTreeMap;
 
@@ -15,15 +16,18 @@ pub struct Ack {
     pub committed: oneshot::Sender<()>,
 }
 
-/// Records every call's answers; returns how many rows each computation had quarantined.
-pub async fn commit_loop(
+/// Records every call's answers until the channel closes; returns how many rows each
+/// computation had quarantined. Blocking: run it with `spawn_blocking`.
+pub fn commit_loop(
     store: Store,
     mut acks: mpsc::Receiver<Ack>,
     quarantine_after: u32,
 ) -> anyhow::Result<BTreeMap<String, u64>> {
+    let mut writer = store.answer_writer(quarantine_after)?;
     let mut quarantined: BTreeMap<String, u64> = BTreeMap::new();
     let mut batch: Vec<Ack> = Vec::new();
-    while let Some(first) = acks.recv().await {
+    let mut outcomes: Vec<Outcome> = Vec::new();
+    while let Some(first) = acks.blocking_recv() {
         let mut rows = first.outcomes.len();
         batch.push(first);
         while rows < MAX_ACK_BATCH {
@@ -35,8 +39,11 @@ pub async fn commit_loop(
                 Err(_) => break,
             }
         }
-        let outcomes: Vec<Outcome> = batch.iter().flat_map(|a| a.outcomes.iter().cloned()).collect();
-        for key in store.record_outcomes(&outcomes, quarantine_after).await? {
+        outcomes.clear();
+        for a in &mut batch {
+            outcomes.append(&mut a.outcomes);
+        }
+        for key in writer.record(&outcomes)? {
             *quarantined.entry(key).or_default() += 1;
         }
         for a in batch.drain(..) {

@@ -101,7 +101,8 @@ pub async fn deliver(
     }
     let concurrency = destination.concurrency();
     let (ack_tx, ack_rx) = mpsc::channel::<commit::Ack>(concurrency);
-    let committer = tokio::spawn(commit::commit_loop(store.clone(), ack_rx, policy.quarantine_after));
+    let (committer_store, quarantine_after) = (store.clone(), policy.quarantine_after);
+    let committer = tokio::task::spawn_blocking(move || commit::commit_loop(committer_store, ack_rx, quarantine_after));
 
     let started = Instant::now();
     let mut last_progress = Instant::now();

@@ -80,53 +80,6 @@ impl Store {
         Ok(rows)
     }
 
-    /// Records what the destination answered, in one transaction. An acknowledged row is
-    /// marked synced with exactly the value sent (if `desired` changed meanwhile, the row stays
-    /// pending); a failed one keeps its pending value and counts the attempt, and on its
-    /// `quarantine_after`-th failed pass is quarantined. Returns the computation key of each row
-    /// quarantined now.
-    pub async fn record_outcomes(&self, outcomes: &[Outcome], quarantine_after: u32) -> anyhow::Result<Vec<String>> {
-        let mut tx = self.begin_immediate().await?;
-        let at = now();
-        let (acked, failed): (Vec<&Outcome>, Vec<&Outcome>) = outcomes.iter().partition(|o| o.error.is_none());
-        for chunk in acked.chunks(WRITE_BATCH) {
-            let mut q = QueryBuilder::<Sqlite>::new("WITH answer (computation_key, user_id, sent) AS (");
-            q.push_values(chunk, |mut row, o| {
-                row.push_bind(o.computation_key.clone()).push_bind(o.user_id.clone()).push_bind(o.sent.clone());
-            });
-            q.push(") UPDATE memberships SET synced = answer.sent, synced_at = ")
-                .push_bind(at.clone())
-                .push(
-                    ", attempts = 0, last_error = NULL, quarantined_at = NULL FROM answer \
-                     WHERE memberships.computation_key = answer.computation_key AND memberships.user_id = answer.user_id",
-                );
-            q.build().execute(&mut *tx).await?;
-        }
-        let mut quarantined = Vec::new();
-        for chunk in failed.chunks(WRITE_BATCH) {
-            let mut q = QueryBuilder::<Sqlite>::new("WITH answer (computation_key, user_id, sent, error) AS (");
-            q.push_values(chunk, |mut row, o| {
-                row.push_bind(o.computation_key.clone())
-                    .push_bind(o.user_id.clone())
-                    .push_bind(o.sent.clone())
-                    .push_bind(o.error.clone());
-            });
-            q.push(") UPDATE memberships SET attempts = attempts + 1, last_error = answer.error, quarantined_at = CASE WHEN attempts + 1 >= ")
-                .push_bind(i64::from(quarantine_after))
-                .push(" THEN ")
-                .push_bind(at.clone())
-                .push(
-                    " END FROM answer \
-                     WHERE memberships.computation_key = answer.computation_key AND memberships.user_id = answer.user_id \
-                     AND memberships.desired = answer.sent RETURNING memberships.computation_key, memberships.quarantined_at IS NOT NULL",
-                );
-            let rows: Vec<(String, bool)> = q.build_query_as().fetch_all(&mut *tx).await?;
-            quarantined.extend(rows.into_iter().filter(|(_, q)| *q).map(|(k, _)| k));
-        }
-        tx.commit().await?;
-        Ok(quarantined)
-    }
-
     /// Marks rows pending again so that their current value is re-sent: every row of the
     /// computations `keys`, or only `user`'s. Quarantine and failure counts start afresh.
     /// Returns how many rows were marked.

@@ -4,6 +4,7 @@
 //! methods. Write transactions begin IMMEDIATE: a deferred transaction that reads and then
 //! writes can fail with SQLITE_BUSY that no busy timeout can wait out.
 
+mod answers;
 mod attributes;
 mod computations;
 mod leases;
@@ -19,6 +20,7 @@ use std::time::Duration;
 use anyhow::Context;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous};
 
+pub use answers::AnswerWriter;
 pub use leases::{HeldLease, LeaseOwner};
 pub use memberships::{DiffWriter, Outcome, PendingRow};
 pub use runs::{RunCounts, RunStatus};
