@@ -25,7 +25,6 @@ use crate::progress::Stage;
 use crate::state::{Outcome, PendingRow, Store};
 
 pub use attributes::ensure_attributes;
-pub use retry::backoff;
 
 /// Pending rows read per page.
 const PAGE_ROWS: usize = 5000;

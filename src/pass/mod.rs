@@ -216,26 +216,24 @@ async fn load_and_diff(
     c: &Computation,
     options: &PassOptions,
 ) -> anyhow::Result<DiffCounts> {
-    let last = store.snapshot_fingerprint(&c.key).await?;
-    if let (Some((size, modified_at)), Some((last, rows))) = (fingerprint::metadata(&c.source), &last) {
-        if is_older(&modified_at, &last.modified_at) {
+    // One read of the file for its hash, before it is loaded: equal to the last recorded diff's
+    // fingerprint means provably unchanged; otherwise it is what this diff records.
+    let source = c.source.clone();
+    let fingerprint = tokio::task::spawn_blocking(move || fingerprint::fingerprint(&source)).await?;
+    if let (Some(now), Some((last, rows))) = (&fingerprint, store.snapshot_fingerprint(&c.key).await?) {
+        if is_older(&now.modified_at, &last.modified_at) {
             anyhow::bail!(
-                "{}: stale snapshot: modified {modified_at}, older than the one the last pass used ({}); refusing to go back",
+                "{}: stale snapshot: modified {}, older than the one the last pass used ({}); refusing to go back",
                 source::source_name(&c.source),
+                now.modified_at,
                 last.modified_at
             );
         }
-        if size == last.size && modified_at == last.modified_at {
-            let source = c.source.clone();
-            let same = tokio::task::spawn_blocking(move || fingerprint::fingerprint(&source)).await?;
-            if same.as_ref() == Some(last) {
-                tracing::info!(key = %c.key, "snapshot unchanged (same size, modification time and SHA-256): diff skipped");
-                return Ok(DiffCounts { snapshot_rows: *rows, ..DiffCounts::default() });
-            }
+        if *now == last {
+            tracing::info!(key = %c.key, "snapshot unchanged (same size, modification time and SHA-256): diff skipped");
+            return Ok(DiffCounts { snapshot_rows: rows, ..DiffCounts::default() });
         }
     }
-    let source = c.source.clone();
-    let fingerprint = tokio::task::spawn_blocking(move || fingerprint::fingerprint(&source)).await?;
     let progress = &options.progress;
     let loading = progress.stage(format!("{}: loading", c.key), "rows read", None);
     let diffing = progress.stage(format!("{}: diff", c.key), "rows compared", None);

@@ -19,7 +19,7 @@ pub struct Fingerprint {
 
 /// The size and modification time of a file snapshot, taken before it is read (so that a write
 /// during the read shows as a different time next pass).
-pub fn metadata(source: &Source) -> Option<(u64, String)> {
+fn metadata(source: &Source) -> Option<(u64, String)> {
     let Source::File { path, .. } = source else { return None };
     let meta = std::fs::metadata(path).ok()?;
     let modified = chrono::DateTime::<chrono::Utc>::from(meta.modified().ok()?);

@@ -89,11 +89,6 @@ impl Store {
         self.pool.close().await;
     }
 
-    /// The connection pool, for read-only inspection in tests and tools.
-    pub fn pool(&self) -> &SqlitePool {
-        &self.pool
-    }
-
     async fn begin_immediate(&self) -> sqlx::Result<sqlx::Transaction<'static, sqlx::Sqlite>> {
         self.pool.begin_with("BEGIN IMMEDIATE").await
     }
