@@ -11,7 +11,7 @@ mod attributes;
 mod commit;
 mod retry;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 use std::time::Duration;
 
 use futures::{StreamExt, TryStreamExt, stream};
@@ -106,7 +106,7 @@ pub async fn deliver(
     let started = Instant::now();
     let mut last_progress = Instant::now();
     let per_call = destination.updates_per_call();
-    let sent = pending_updates(store, keys)
+    let sent = pending_updates(store, keys, concurrency * per_call)
         .map_ok(|updates| {
             let calls: Vec<Vec<UserUpdate>> = updates.chunks(per_call).map(<[UserUpdate]>::to_vec).collect();
             stream::iter(calls.into_iter().map(Ok))
@@ -146,15 +146,27 @@ pub async fn deliver(
     Ok(report)
 }
 
-/// Pending rows as one update per user, a page at a time in user order.
+/// Pending rows as one update per user, in user order, a window of `window` users at a time.
+/// Before a window is handed out, its never-acknowledged rows are marked as being sent
+/// (`mark_sending`): the window is what can be in flight at once, so a kill leaves at most that
+/// many users marked without having been sent.
 fn pending_updates<'a>(
     store: &'a Store,
     keys: &'a [String],
+    window: usize,
 ) -> impl futures::Stream<Item = anyhow::Result<Vec<UserUpdate>>> + 'a {
-    stream::try_unfold(String::new(), move |after| async move {
-        let rows = store.pending_page(keys, &after, PAGE_ROWS).await?;
-        let Some(last) = rows.last().map(|r| r.user_id.clone()) else { return anyhow::Ok(None) };
-        Ok(Some((group_by_user(rows), last)))
+    stream::try_unfold((String::new(), VecDeque::new()), move |(after, mut queued)| async move {
+        if queued.is_empty() {
+            let rows = store.pending_page(keys, &after, PAGE_ROWS).await?;
+            let mut updates = group_by_user(rows).into_iter().peekable();
+            while updates.peek().is_some() {
+                queued.push_back(updates.by_ref().take(window).collect::<Vec<UserUpdate>>());
+            }
+        }
+        let Some(next) = queued.pop_front() else { return anyhow::Ok(None) };
+        let last = next.last().map(|u| u.user_id.clone()).unwrap_or_default();
+        store.mark_sending(keys, &after, &last).await?;
+        Ok(Some((next, (last, queued))))
     })
 }
 

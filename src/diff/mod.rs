@@ -19,8 +19,8 @@ pub const NULL: &str = "null";
 pub struct StateRow {
     pub user_id: String,
     pub desired: JsonText,
-    /// Whether the destination ever acknowledged a value for this row (a resync clears
-    /// `synced` but not the fact that the destination was told).
+    /// Whether the destination may hold a value for this row: it acknowledged one (a resync
+    /// clears `synced` but not that), or one was about to be sent (and may have landed).
     pub told: bool,
 }
 

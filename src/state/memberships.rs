@@ -80,6 +80,24 @@ impl Store {
         Ok(rows)
     }
 
+    /// Notes, before they are sent, that the never-acknowledged pending rows of users in
+    /// (`after`, `last`] may reach the destination. Committed before the requests go, so that a
+    /// kill during them cannot make the diff forget a user the destination may hold.
+    pub async fn mark_sending(&self, keys: &[String], after: &str, last: &str) -> anyhow::Result<()> {
+        sqlx::query(
+            "UPDATE memberships INDEXED BY memberships_pending SET first_sent_at = ?1 \
+             WHERE desired IS NOT synced AND quarantined_at IS NULL AND synced_at IS NULL AND first_sent_at IS NULL \
+             AND user_id > ?2 AND user_id <= ?3 AND computation_key IN (SELECT value FROM json_each(?4))",
+        )
+        .bind(now())
+        .bind(after)
+        .bind(last)
+        .bind(serde_json::to_string(keys)?)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
     /// Marks rows pending again so that their current value is re-sent: every row of the
     /// computations `keys`, or only `user`'s. Quarantine and failure counts start afresh.
     /// Returns how many rows were marked.

@@ -27,7 +27,7 @@ impl Store {
         )?;
         db.busy_timeout(BUSY_TIMEOUT)?;
         let mut statement = db.prepare(
-            "SELECT user_id, desired, synced IS NOT NULL OR synced_at IS NOT NULL FROM memberships \
+            "SELECT user_id, desired, synced IS NOT NULL OR synced_at IS NOT NULL OR first_sent_at IS NOT NULL FROM memberships \
              WHERE computation_key = ?1 ORDER BY user_id",
         )?;
         let mut rows = statement.query([key])?;

@@ -63,3 +63,46 @@ async fn sigkill_during_initial_delivery_resumes_without_starting_over() {
         vec![("initial".to_string(), "interrupted".to_string()), ("initial".to_string(), "ok".to_string())]
     );
 }
+
+#[tokio::test]
+async fn users_leaving_after_a_kill_mid_delivery_are_told_false_if_they_may_have_been_sent() {
+    let server = MockServer::start().await;
+    Mock::given(method("PATCH"))
+        .and(path("/user-attributes"))
+        .respond_with(ResponseTemplate::new(200).set_delay(Duration::from_millis(20)))
+        .mount(&server)
+        .await;
+    let app = TestApp::contentstack(&server, CONCURRENCY, &audience("Big", "big.csv"));
+    let users: Vec<String> = (0..MEMBERS).map(|i| format!("user-{i:04}")).collect();
+    app.write("big.csv", &csv_users(&users.iter().map(String::as_str).collect::<Vec<_>>()));
+
+    let mut child = app.command(&["sync"]).spawn().unwrap();
+    wait_until(60, "a quarter of the members to be sent", || async {
+        server.received_requests().await.unwrap().len() >= MEMBERS / 4
+    })
+    .await;
+    child.kill().unwrap(); // SIGKILL, with requests in flight
+    child.wait().unwrap();
+    let sent_before: std::collections::HashSet<String> = received(&server).await.into_iter().map(|(u, _)| u).collect();
+    server.reset().await;
+    acknowledge_all(&server).await;
+
+    // Everybody leaves. Whoever may hold `true` (acknowledged or in flight at the kill) is told
+    // `false`; whoever was never sent anything gets nothing.
+    app.write("big.csv", &csv_users(&[]));
+    assert_success(&app.sync(&["--allow-mass-exit"]).await);
+    let told_false: std::collections::HashSet<String> = received(&server)
+        .await
+        .into_iter()
+        .filter(|(_, body)| body == &serde_json::json!({"big": false}))
+        .map(|(u, _)| u)
+        .collect();
+    assert!(
+        sent_before.is_subset(&told_false),
+        "{} sent users were not told false",
+        sent_before.difference(&told_false).count()
+    );
+    assert!(told_false.len() < MEMBERS, "users never sent must not get false");
+    assert_eq!(received(&server).await.len(), told_false.len(), "nothing but exits is sent");
+    assert_eq!(app.pending_count().await, 0);
+}
