@@ -41,7 +41,8 @@ impl AnswerWriter {
         let mut quarantined = Vec::new();
         {
             let mut acked = tx.prepare_cached(
-                "UPDATE memberships SET synced = ?3, synced_at = ?4, attempts = 0, last_error = NULL, quarantined_at = NULL \
+                "UPDATE memberships SET synced = ?3, synced_at = ?4, attempts = 0, last_error = NULL, quarantined_at = NULL, \
+                 first_sent_at = NULL \
                  WHERE computation_key = ?1 AND user_id = ?2",
             )?;
             let mut failed = tx.prepare_cached(
