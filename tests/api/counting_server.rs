@@ -52,7 +52,7 @@ impl CountingServer {
                         let now = in_flight.fetch_add(1, Ordering::SeqCst) + 1;
                         max.fetch_max(now, Ordering::SeqCst);
                         count.fetch_add(1, Ordering::SeqCst);
-                        tokio::time::sleep(delay).await;
+                        let _ = tokio::task::spawn_blocking(move || std::thread::sleep(delay)).await;
                         in_flight.fetch_sub(1, Ordering::SeqCst);
                         if write.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n").await.is_err() {
                             return;
