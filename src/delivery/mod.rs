@@ -99,46 +99,69 @@ pub async fn deliver(
         return Ok(report);
     }
     let concurrency = destination.concurrency();
-    let (ack_tx, ack_rx) = mpsc::channel::<commit::Ack>(concurrency);
-    let (committer_store, quarantine_after) = (store.clone(), policy.quarantine_after);
-    let committer = tokio::task::spawn_blocking(move || commit::commit_loop(committer_store, ack_rx, quarantine_after));
+    let (write_tx, write_rx) = mpsc::channel::<commit::Write>(concurrency + 1);
+    let (committer_store, committer_keys, quarantine_after) = (store.clone(), keys.to_vec(), policy.quarantine_after);
+    let committer = tokio::task::spawn_blocking(move || {
+        commit::commit_loop(committer_store, committer_keys, write_rx, quarantine_after)
+    });
+
+    // Windows of users are read and marked one ahead of the calls that send them, so that
+    // requests never wait for the state between windows.
+    let per_call = destination.updates_per_call();
+    let (window_tx, window_rx) = mpsc::channel::<Vec<UserUpdate>>(1);
+    let produce = async {
+        let windows = pending_updates(store, keys, &write_tx, concurrency * per_call);
+        futures::pin_mut!(windows);
+        while let Some(window) = windows.try_next().await? {
+            if window_tx.send(window).await.is_err() {
+                break; // the sending side stopped (shutdown, or an error it reports)
+            }
+        }
+        drop(window_tx);
+        anyhow::Ok(())
+    };
 
     let started = Instant::now();
     let mut last_progress = Instant::now();
-    let per_call = destination.updates_per_call();
-    let sent = pending_updates(store, keys, concurrency * per_call)
-        .map_ok(|updates| {
-            let calls: Vec<Vec<UserUpdate>> = updates.chunks(per_call).map(<[UserUpdate]>::to_vec).collect();
-            stream::iter(calls.into_iter().map(Ok))
-        })
-        .try_flatten()
-        .take_until(stop.cancelled())
-        .map_ok(|call| {
-            let acks = ack_tx.clone();
-            async move {
-                let (outcomes, retried) = retry::send_with_retries(destination, policy, deadline, stop, call).await;
-                let (committed, done) = oneshot::channel();
-                let lost = || anyhow::anyhow!("the state stopped recording answers");
-                acks.send(commit::Ack { outcomes: outcomes.clone(), committed }).await.map_err(|_| lost())?;
-                done.await.map_err(|_| lost())?;
-                anyhow::Ok(CallResult { outcomes, retried })
-            }
-        })
-        .try_buffer_unordered(concurrency)
-        .try_for_each(|call| {
-            report.add(&call);
-            progress.inc(call.outcomes.len() as u64);
-            if last_progress.elapsed() >= PROGRESS_EVERY {
-                let (delivered, failed) = report.totals();
-                tracing::info!(delivered, failed, elapsed_s = started.elapsed().as_secs(), "delivery in progress");
-                last_progress = Instant::now();
-            }
-            futures::future::ready(Ok(()))
-        })
-        .await;
-    drop(ack_tx);
+    let mut window_rx = window_rx;
+    // An owning block: the receiver is dropped as soon as sending ends, which frees the
+    // producer if it is waiting to hand over a window.
+    let send = async {
+        stream::poll_fn(move |cx| window_rx.poll_recv(cx))
+            .flat_map(|updates| {
+                let calls: Vec<Vec<UserUpdate>> = updates.chunks(per_call).map(<[UserUpdate]>::to_vec).collect();
+                stream::iter(calls)
+            })
+            .take_until(stop.cancelled())
+            .map(|call| {
+                let writes = write_tx.clone();
+                async move {
+                    let (outcomes, retried) = retry::send_with_retries(destination, policy, deadline, stop, call).await;
+                    let (committed, done) = oneshot::channel();
+                    let answers = commit::Write::Answers { outcomes: outcomes.clone(), committed };
+                    writes.send(answers).await.map_err(|_| stopped_recording())?;
+                    done.await.map_err(|_| stopped_recording())?;
+                    anyhow::Ok(CallResult { outcomes, retried })
+                }
+            })
+            .buffer_unordered(concurrency)
+            .try_for_each(|call| {
+                report.add(&call);
+                progress.inc(call.outcomes.len() as u64);
+                if last_progress.elapsed() >= PROGRESS_EVERY {
+                    let (delivered, failed) = report.totals();
+                    tracing::info!(delivered, failed, elapsed_s = started.elapsed().as_secs(), "delivery in progress");
+                    last_progress = Instant::now();
+                }
+                futures::future::ready(Ok(()))
+            })
+            .await
+    };
+    let (produced, sent) = tokio::join!(produce, send);
+    drop(write_tx);
     // The committer's own error explains a failed send better than the closed channel it causes.
     let quarantined = committer.await??;
+    produced?;
     sent?;
     for (key, n) in quarantined {
         report.per_key.entry(key).or_default().quarantined += n;
@@ -146,13 +169,18 @@ pub async fn deliver(
     Ok(report)
 }
 
+fn stopped_recording() -> anyhow::Error {
+    anyhow::anyhow!("the state stopped recording answers")
+}
+
 /// Pending rows as one update per user, in user order, a window of `window` users at a time.
 /// Before a window is handed out, its never-acknowledged rows are marked as being sent
-/// (`mark_sending`): the window is what can be in flight at once, so a kill leaves at most that
-/// many users marked without having been sent.
+/// (`mark_sending`). With one window in flight, one handed over and one being marked, a kill
+/// leaves at most three windows marked without having been sent.
 fn pending_updates<'a>(
     store: &'a Store,
     keys: &'a [String],
+    writes: &'a mpsc::Sender<commit::Write>,
     window: usize,
 ) -> impl futures::Stream<Item = anyhow::Result<Vec<UserUpdate>>> + 'a {
     stream::try_unfold((String::new(), VecDeque::new()), move |(after, mut queued)| async move {
@@ -165,7 +193,10 @@ fn pending_updates<'a>(
         }
         let Some(next) = queued.pop_front() else { return anyhow::Ok(None) };
         let last = next.last().map(|u| u.user_id.clone()).unwrap_or_default();
-        store.mark_sending(keys, &after, &last).await?;
+        let (noted, done) = oneshot::channel();
+        let sending = commit::Write::Sending { after: after.clone(), last: last.clone(), noted };
+        writes.send(sending).await.map_err(|_| stopped_recording())?;
+        done.await.map_err(|_| stopped_recording())??;
         Ok(Some((next, (last, queued))))
     })
 }

@@ -1,17 +1,12 @@
-//! Running a diff: the snapshot is loaded and merged with the state on one blocking thread
-//! (plain iterators, no per-row hand-offs); only the ops, in batches, come back to the async
-//! side that writes them.
-
-use tokio::sync::mpsc;
+//! Running a diff: the snapshot is loaded and merged with the state on one blocking thread,
+//! over plain iterators, and every op goes straight to a sink on that thread (the state's
+//! writer, or a dry run's plan): no per-row hand-offs.
 
 use crate::config::Computation;
-use crate::diff::{self, DiffCounts, Op, OpSink};
+use crate::diff::{self, DiffCounts, OpSink};
 use crate::progress::Stage;
 use crate::source;
 use crate::state::Store;
-
-/// Ops per batch sent to the writer.
-const BATCH: usize = 1000;
 
 /// Loads the snapshot of `c` and merges it with its state (`None`: no state yet) on a blocking
 /// thread, handing every op to `sink`; gives the sink back with the counts.
@@ -38,35 +33,4 @@ pub async fn run<S: OpSink + Send + 'static>(
         Ok((counts, sink))
     })
     .await?
-}
-
-/// Sends ops in batches over a channel, from the blocking merge to the async writer.
-pub struct Batches {
-    tx: mpsc::Sender<Vec<Op>>,
-    batch: Vec<Op>,
-}
-
-impl Batches {
-    pub fn new(tx: mpsc::Sender<Vec<Op>>) -> Batches {
-        Batches { tx, batch: Vec::with_capacity(BATCH) }
-    }
-
-    fn send(&mut self) -> anyhow::Result<()> {
-        let batch = std::mem::replace(&mut self.batch, Vec::with_capacity(BATCH));
-        self.tx.blocking_send(batch).map_err(|_| anyhow::anyhow!("the state writer stopped"))
-    }
-}
-
-impl OpSink for Batches {
-    fn apply(&mut self, op: Op) -> anyhow::Result<()> {
-        self.batch.push(op);
-        if self.batch.len() >= BATCH {
-            self.send()?;
-        }
-        Ok(())
-    }
-
-    fn finish(&mut self) -> anyhow::Result<()> {
-        if self.batch.is_empty() { Ok(()) } else { self.send() }
-    }
 }

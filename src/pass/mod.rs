@@ -237,31 +237,17 @@ async fn load_and_diff(
     let progress = &options.progress;
     let loading = progress.stage(format!("{}: loading", c.key), "rows read", None);
     let diffing = progress.stage(format!("{}: diff", c.key), "rows compared", None);
-    let (tx, mut ops) = tokio::sync::mpsc::channel(4);
-    let merge =
-        differ::run(Some(store.clone()), c, config.sort_buffer_bytes, loading, diffing, differ::Batches::new(tx));
-    tokio::pin!(merge);
-    let mut writer = store.diff_writer(&c.key).await?;
-    let counts = loop {
-        tokio::select! {
-            Some(batch) = ops.recv() => {
-                for op in batch {
-                    writer.push(op).await?;
-                }
-            }
-            done = &mut merge => break done?.0,
-        }
+    let writer = {
+        let (store, key) = (store.clone(), c.key.clone());
+        tokio::task::spawn_blocking(move || store.diff_writer(&key)).await??
     };
-    // The merge has finished: its last batches are in the channel.
-    while let Ok(batch) = ops.try_recv() {
-        for op in batch {
-            writer.push(op).await?;
-        }
-    }
+    let (counts, writer) =
+        differ::run(Some(store.clone()), c, config.sort_buffer_bytes, loading, diffing, writer).await?;
     if !options.allow_mass_exit {
         guard(c, &counts)?;
     }
-    writer.commit(fingerprint.as_ref().map(|f| (f, counts.snapshot_rows))).await?;
+    let rows = counts.snapshot_rows;
+    tokio::task::spawn_blocking(move || writer.commit(fingerprint.as_ref().map(|f| (f, rows)))).await??;
     Ok(counts)
 }
 

@@ -31,6 +31,20 @@ impl Store {
 }
 
 impl AnswerWriter {
+    /// Notes, before they are sent, that the never-acknowledged pending rows of the
+    /// computations `keys` for users in (`after`, `last`] may reach the destination. Committed
+    /// before the requests go, so that a kill during them cannot make the diff forget a user
+    /// the destination may hold.
+    pub fn mark_sending(&mut self, keys: &[String], after: &str, last: &str) -> anyhow::Result<()> {
+        let mut mark = self.db.prepare_cached(
+            "UPDATE memberships INDEXED BY memberships_pending SET first_sent_at = ?1 \
+             WHERE desired IS NOT synced AND quarantined_at IS NULL AND synced_at IS NULL AND first_sent_at IS NULL \
+             AND user_id > ?2 AND user_id <= ?3 AND computation_key IN (SELECT value FROM json_each(?4))",
+        )?;
+        mark.execute(params![now(), after, last, serde_json::to_string(keys)?])?;
+        Ok(())
+    }
+
     /// Records answers in one IMMEDIATE transaction. An acknowledged row is marked synced with
     /// exactly the value sent (if `desired` changed meanwhile, the row stays pending); a failed
     /// one keeps its pending value and counts the attempt. Returns the computation key of each

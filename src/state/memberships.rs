@@ -1,13 +1,6 @@
 //! The `memberships` table: the diff's reads and writes, delivery's pages and acknowledgements.
 
-use sqlx::{QueryBuilder, Sqlite, Transaction};
-
-use super::{Store, now};
-use crate::diff::Op;
-use crate::source::fingerprint::Fingerprint;
-
-/// Rows per multi-row statement; 4 binds a row stays far below SQLite's variable limit.
-const WRITE_BATCH: usize = 1000;
+use super::Store;
 
 /// A pending row handed to delivery.
 #[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
@@ -32,17 +25,6 @@ pub struct Outcome {
 }
 
 impl Store {
-    /// Begins the write transaction of one computation's diff. Its writes count only once
-    /// `commit` is called; dropping the writer (on any error) rolls them all back.
-    pub async fn diff_writer(&self, key: &str) -> anyhow::Result<DiffWriter> {
-        Ok(DiffWriter {
-            tx: self.begin_immediate().await?,
-            key: key.to_string(),
-            now: now(),
-            batch: Vec::with_capacity(WRITE_BATCH),
-        })
-    }
-
     /// Up to about `limit` pending rows of the computations `keys`, for users after `after`, in
     /// user order. A page never splits a user: the rows of its last user are all there.
     pub async fn pending_page(&self, keys: &[String], after: &str, limit: usize) -> anyhow::Result<Vec<PendingRow>> {
@@ -80,24 +62,6 @@ impl Store {
         Ok(rows)
     }
 
-    /// Notes, before they are sent, that the never-acknowledged pending rows of users in
-    /// (`after`, `last`] may reach the destination. Committed before the requests go, so that a
-    /// kill during them cannot make the diff forget a user the destination may hold.
-    pub async fn mark_sending(&self, keys: &[String], after: &str, last: &str) -> anyhow::Result<()> {
-        sqlx::query(
-            "UPDATE memberships INDEXED BY memberships_pending SET first_sent_at = ?1 \
-             WHERE desired IS NOT synced AND quarantined_at IS NULL AND synced_at IS NULL AND first_sent_at IS NULL \
-             AND user_id > ?2 AND user_id <= ?3 AND computation_key IN (SELECT value FROM json_each(?4))",
-        )
-        .bind(now())
-        .bind(after)
-        .bind(last)
-        .bind(serde_json::to_string(keys)?)
-        .execute(&self.pool)
-        .await?;
-        Ok(())
-    }
-
     /// Marks rows pending again so that their current value is re-sent: every row of the
     /// computations `keys`, or only `user`'s. Quarantine and failure counts start afresh.
     /// Returns how many rows were marked.
@@ -125,75 +89,5 @@ impl Store {
         .fetch_one(&self.pool)
         .await?;
         Ok(n as u64)
-    }
-}
-
-/// The diff's writes for one computation, batched inside one IMMEDIATE transaction.
-pub struct DiffWriter {
-    tx: Transaction<'static, Sqlite>,
-    key: String,
-    now: String,
-    batch: Vec<Op>,
-}
-
-impl DiffWriter {
-    /// Adds one op of the diff, writing a batch when enough have gathered.
-    pub async fn push(&mut self, op: Op) -> anyhow::Result<()> {
-        self.batch.push(op);
-        if self.batch.len() >= WRITE_BATCH {
-            self.flush().await?;
-        }
-        Ok(())
-    }
-
-    async fn flush(&mut self) -> anyhow::Result<()> {
-        let (sets, forgets): (Vec<Op>, Vec<Op>) = self.batch.drain(..).partition(|op| matches!(op, Op::Set { .. }));
-        if !sets.is_empty() {
-            let mut q =
-                QueryBuilder::<Sqlite>::new("INSERT INTO memberships (computation_key, user_id, desired, updated_at) ");
-            q.push_values(sets, |mut row, op| {
-                let Op::Set { user_id, desired, .. } = op else { unreachable!("partitioned") };
-                row.push_bind(self.key.clone()).push_bind(user_id).push_bind(desired).push_bind(self.now.clone());
-            });
-            // A new desired value is a new delivery: its attempts and error start afresh.
-            q.push(
-                " ON CONFLICT (computation_key, user_id) DO UPDATE SET desired = excluded.desired, \
-                 updated_at = excluded.updated_at, attempts = 0, last_error = NULL, quarantined_at = NULL",
-            );
-            q.build().execute(&mut *self.tx).await?;
-        }
-        if !forgets.is_empty() {
-            let mut q = QueryBuilder::<Sqlite>::new("DELETE FROM memberships WHERE computation_key = ");
-            q.push_bind(self.key.clone()).push(" AND user_id IN (");
-            let mut list = q.separated(", ");
-            for op in forgets {
-                let Op::Forget { user_id } = op else { unreachable!("partitioned") };
-                list.push_bind(user_id);
-            }
-            q.push(")");
-            q.build().execute(&mut *self.tx).await?;
-        }
-        Ok(())
-    }
-
-    /// Writes what is buffered and commits the diff, noting the fingerprint of the file snapshot
-    /// it came from (and its rows), in the same transaction.
-    pub async fn commit(mut self, snapshot: Option<(&Fingerprint, u64)>) -> anyhow::Result<()> {
-        self.flush().await?;
-        if let Some((fp, rows)) = snapshot {
-            sqlx::query(
-                "UPDATE computations SET snapshot_size = ?2, snapshot_modified_at = ?3, snapshot_sha256 = ?4, snapshot_rows = ?5 \
-                 WHERE key = ?1",
-            )
-            .bind(&self.key)
-            .bind(fp.size as i64)
-            .bind(&fp.modified_at)
-            .bind(&fp.sha256)
-            .bind(rows as i64)
-            .execute(&mut *self.tx)
-            .await?;
-        }
-        self.tx.commit().await?;
-        Ok(())
     }
 }

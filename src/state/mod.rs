@@ -7,6 +7,7 @@
 mod answers;
 mod attributes;
 mod computations;
+mod diff_writer;
 mod leases;
 mod memberships;
 mod runs;
@@ -21,8 +22,9 @@ use anyhow::Context;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous};
 
 pub use answers::AnswerWriter;
+pub use diff_writer::DiffWriter;
 pub use leases::{HeldLease, LeaseOwner};
-pub use memberships::{DiffWriter, Outcome, PendingRow};
+pub use memberships::{Outcome, PendingRow};
 pub use runs::{RunCounts, RunStatus};
 pub use status::{ComputationStatus, LastRun};
 
