@@ -26,7 +26,7 @@ use crate::state::{Outcome, PendingRow, Store};
 
 pub use attributes::ensure_attributes;
 
-/// Pending rows read per page.
+/// Pending rows read per page, at least (a page holds at least one window of users).
 const PAGE_ROWS: usize = 5000;
 /// How often a long delivery logs its progress.
 const PROGRESS_EVERY: Duration = Duration::from_secs(10);
@@ -185,7 +185,7 @@ fn pending_updates<'a>(
 ) -> impl futures::Stream<Item = anyhow::Result<Vec<UserUpdate>>> + 'a {
     stream::try_unfold((String::new(), VecDeque::new()), move |(after, mut queued)| async move {
         if queued.is_empty() {
-            let rows = store.pending_page(keys, &after, PAGE_ROWS).await?;
+            let rows = store.pending_page(keys, &after, PAGE_ROWS.max(window)).await?;
             let mut updates = group_by_user(rows).into_iter().peekable();
             while updates.peek().is_some() {
                 queued.push_back(updates.by_ref().take(window).collect::<Vec<UserUpdate>>());

@@ -19,7 +19,9 @@ use super::{DeliveryError, HttpSender, PendingValue, RowResults, UserUpdate, raw
 use crate::config::{Kind, SegmentConfig, SegmentEvents};
 
 /// Users per delivery call; their events are packed into as few batches as the limits allow.
-pub const USERS_PER_CALL: usize = 2500;
+/// An identify is about 220 bytes, so a call of one computation fits one batch of 475 KB and
+/// `concurrency` calls are that many requests in flight.
+pub const USERS_PER_CALL: usize = 1000;
 /// Segment's limits: events and bytes per batch, bytes per event.
 pub const MAX_BATCH_EVENTS: usize = 2500;
 pub const MAX_BATCH_BYTES: usize = 475_000;

@@ -216,8 +216,8 @@ async fn load_and_diff(
     c: &Computation,
     options: &PassOptions,
 ) -> anyhow::Result<DiffCounts> {
-    // One read of the file for its hash, before it is loaded: equal to the last recorded diff's
-    // fingerprint means provably unchanged; otherwise it is what this diff records.
+    // One read of the file for its hash, before it is loaded: the same size and hash as the last
+    // recorded diff's mean provably unchanged; otherwise it is what this diff records.
     let source = c.source.clone();
     let fingerprint = tokio::task::spawn_blocking(move || fingerprint::fingerprint(&source)).await?;
     if let (Some(now), Some((last, rows))) = (&fingerprint, store.snapshot_fingerprint(&c.key).await?) {
@@ -229,8 +229,14 @@ async fn load_and_diff(
                 last.modified_at
             );
         }
-        if *now == last {
-            tracing::info!(key = %c.key, "snapshot unchanged (same size, modification time and SHA-256): diff skipped");
+        if now.same_content(&last) {
+            // Rewritten with the same bytes: the diff would find nothing, but the newer
+            // modification time is what the next pass's staleness check compares with.
+            if now.modified_at != last.modified_at {
+                let (store, key, now) = (store.clone(), c.key.clone(), now.clone());
+                tokio::task::spawn_blocking(move || store.diff_writer(&key)?.commit(Some((&now, rows)))).await??;
+            }
+            tracing::info!(key = %c.key, "snapshot unchanged (same size and SHA-256): diff skipped");
             return Ok(DiffCounts { snapshot_rows: rows, ..DiffCounts::default() });
         }
     }

@@ -1,6 +1,6 @@
 //! A file snapshot's fingerprint: size, modification time and SHA-256 of its bytes. The same
-//! fingerprint as the last recorded diff's proves the snapshot unchanged, so the diff (the
-//! costliest part of an unchanged pass) can be skipped.
+//! size and hash as the last recorded diff's prove the snapshot unchanged, so the diff (the
+//! costliest part of an unchanged pass) can be skipped; the time is kept for the staleness check.
 
 use std::io::Read;
 use std::path::Path;
@@ -15,6 +15,14 @@ pub struct Fingerprint {
     /// RFC 3339 with nanoseconds, UTC.
     pub modified_at: String,
     pub sha256: String,
+}
+
+impl Fingerprint {
+    /// The same bytes (size and SHA-256), whatever the modification time says: a snapshot
+    /// rewritten unchanged by a nightly export is still unchanged.
+    pub fn same_content(&self, other: &Fingerprint) -> bool {
+        self.size == other.size && self.sha256 == other.sha256
+    }
 }
 
 /// The size and modification time of a file snapshot, taken before it is read (so that a write

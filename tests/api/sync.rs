@@ -242,3 +242,29 @@ async fn a_provably_unchanged_snapshot_skips_the_diff_and_a_same_size_edit_does_
     let users: Vec<String> = app.memberships().await.into_iter().filter(|r| r.2 == "true").map(|r| r.1).collect();
     assert_eq!(users, ["u1", "u3"]);
 }
+
+#[tokio::test]
+async fn a_snapshot_rewritten_with_the_same_bytes_skips_the_diff_and_moves_the_staleness_mark() {
+    let server = contentstack_server().await;
+    let app = TestApp::contentstack(&server, 2, &audience("A", "a.csv"));
+    app.write("a.csv", &csv_users(&["u1", "u2"]));
+    let old = std::time::SystemTime::now() - std::time::Duration::from_secs(3600);
+    std::fs::File::options().write(true).open(app.path("a.csv")).unwrap().set_modified(old).unwrap();
+    assert_success(&app.sync(&[]).await);
+    let rw = sqlx::SqlitePool::connect(&format!("sqlite://{}", app.path("state.db").display())).await.unwrap();
+    sqlx::query("DELETE FROM memberships WHERE user_id = 'u2'").execute(&rw).await.unwrap();
+
+    // The nightly export writes the same bytes again: a new modification time, nothing else.
+    app.write("a.csv", &csv_users(&["u1", "u2"]));
+    let out = app.sync(&[]).await;
+    assert_success(&out);
+    assert!(stdout(&out).contains("2 in snapshot, 0 entered"), "{}", stdout(&out));
+    assert_eq!(app.memberships().await.len(), 1, "the diff was skipped");
+
+    // The newer time was recorded: the file from an hour ago is now stale.
+    app.write("a.csv", &csv_users(&["u1", "u3"]));
+    std::fs::File::options().write(true).open(app.path("a.csv")).unwrap().set_modified(old).unwrap();
+    let out = app.sync(&[]).await;
+    assert!(!out.status.success());
+    assert!(stdout(&out).contains("stale snapshot"), "{}", stdout(&out));
+}
