@@ -22,7 +22,7 @@ use tokio_util::sync::CancellationToken;
 use crate::config::{Kind, RetryConfig};
 use crate::destination::{Destination, PendingValue, UserUpdate};
 use crate::progress::Stage;
-use crate::state::{Outcome, PendingRow, Store};
+use crate::state::{Outcome, PendingReader, PendingRow, Store};
 
 pub use attributes::ensure_attributes;
 
@@ -183,10 +183,24 @@ fn pending_updates<'a>(
     writes: &'a mpsc::Sender<commit::Write>,
     window: usize,
 ) -> impl futures::Stream<Item = anyhow::Result<Vec<UserUpdate>>> + 'a {
-    stream::try_unfold((String::new(), VecDeque::new()), move |(after, mut queued)| async move {
+    let state = (String::new(), VecDeque::new(), None::<PendingReader>);
+    stream::try_unfold(state, move |(after, mut queued, reader)| async move {
+        let mut reader = match reader {
+            Some(r) => r,
+            None => {
+                let (store, keys) = (store.clone(), keys.to_vec());
+                tokio::task::spawn_blocking(move || store.pending_reader(&keys)).await??
+            }
+        };
         if queued.is_empty() {
-            let rows = store.pending_page(keys, &after, PAGE_ROWS.max(window)).await?;
-            let mut updates = group_by_user(rows).into_iter().peekable();
+            let from = after.clone();
+            let (rows, back) = tokio::task::spawn_blocking(move || {
+                let rows = reader.page(&from, PAGE_ROWS.max(window));
+                (rows, reader)
+            })
+            .await?;
+            reader = back;
+            let mut updates = group_by_user(rows?).into_iter().peekable();
             while updates.peek().is_some() {
                 queued.push_back(updates.by_ref().take(window).collect::<Vec<UserUpdate>>());
             }
@@ -197,7 +211,7 @@ fn pending_updates<'a>(
         let sending = commit::Write::Sending { after: after.clone(), last: last.clone(), noted };
         writes.send(sending).await.map_err(|_| stopped_recording())?;
         done.await.map_err(|_| stopped_recording())??;
-        Ok(Some((next, (last, queued))))
+        Ok(Some((next, (last, queued, Some(reader)))))
     })
 }
 

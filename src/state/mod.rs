@@ -10,6 +10,7 @@ mod computations;
 mod diff_writer;
 mod leases;
 mod memberships;
+mod pending;
 mod runs;
 mod scan;
 mod status;
@@ -24,7 +25,8 @@ use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePo
 pub use answers::AnswerWriter;
 pub use diff_writer::DiffWriter;
 pub use leases::{HeldLease, LeaseOwner};
-pub use memberships::{Outcome, PendingRow};
+pub use memberships::Outcome;
+pub use pending::{PendingReader, PendingRow};
 pub use runs::{RunCounts, RunStatus};
 pub use status::{ComputationStatus, LastRun};
 

@@ -1,0 +1,85 @@
+//! Delivery's reads: pending rows in pages, in user order.
+//!
+//! An initial pass reads every row of a big audience back here, so the pages come through a
+//! read-only rusqlite connection on a blocking thread rather than sqlx's row-at-a-time channel
+//! (see `scan`).
+
+use rusqlite::{Connection, OpenFlags, params};
+
+use super::{BUSY_TIMEOUT, Store};
+
+/// A pending row handed to delivery.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PendingRow {
+    pub user_id: String,
+    pub computation_key: String,
+    pub desired: String,
+    pub updated_at: String,
+    /// The computation's kind: `audience` or `computed_trait`.
+    pub kind: String,
+}
+
+/// Reads pending pages of a fixed set of computations. Blocking.
+pub struct PendingReader {
+    db: Connection,
+    keys_json: String,
+}
+
+// INDEXED BY: left to itself the planner searches the primary key by computation and sorts,
+// re-reading every remaining row of the computation for each page (quadratic).
+const PAGE: &str = "SELECT m.user_id, m.computation_key, m.desired, m.updated_at, c.kind \
+     FROM memberships m INDEXED BY memberships_pending JOIN computations c ON c.key = m.computation_key \
+     WHERE m.desired IS NOT m.synced AND m.quarantined_at IS NULL AND m.user_id > ?1 \
+     AND m.computation_key IN (SELECT value FROM json_each(?2)) \
+     ORDER BY m.user_id, m.computation_key LIMIT ?3";
+const ONE_USER: &str = "SELECT m.user_id, m.computation_key, m.desired, m.updated_at, c.kind \
+     FROM memberships m INDEXED BY memberships_pending JOIN computations c ON c.key = m.computation_key \
+     WHERE m.desired IS NOT m.synced AND m.quarantined_at IS NULL AND m.user_id = ?1 \
+     AND m.computation_key IN (SELECT value FROM json_each(?2)) ORDER BY m.computation_key";
+
+impl Store {
+    /// A reader of the pending rows of the computations `keys`. Blocking.
+    pub fn pending_reader(&self, keys: &[String]) -> anyhow::Result<PendingReader> {
+        let db = Connection::open_with_flags(
+            &self.path,
+            OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )?;
+        db.busy_timeout(BUSY_TIMEOUT)?;
+        Ok(PendingReader { db, keys_json: serde_json::to_string(keys)? })
+    }
+}
+
+impl PendingReader {
+    /// Up to about `limit` pending rows for users after `after`, in user order. A page never
+    /// splits a user: the rows of its last user are all there.
+    pub fn page(&mut self, after: &str, limit: usize) -> anyhow::Result<Vec<PendingRow>> {
+        let mut rows = self.query(PAGE, params![after, self.keys_json, limit as i64])?;
+        if rows.len() == limit
+            && let Some(last) = rows.last().map(|r| r.user_id.clone())
+        {
+            let first_of_last = rows.iter().position(|r| r.user_id == last).unwrap_or(0);
+            if first_of_last > 0 {
+                // The last user may continue past the limit: leave them to the next page.
+                rows.truncate(first_of_last);
+            } else {
+                // One user fills the whole page (more computations than the limit): take all of theirs.
+                rows = self.query(ONE_USER, params![last, self.keys_json])?;
+            }
+        }
+        Ok(rows)
+    }
+
+    fn query(&self, sql: &str, params: impl rusqlite::Params) -> anyhow::Result<Vec<PendingRow>> {
+        let mut statement = self.db.prepare_cached(sql)?;
+        let rows = statement.query_map(params, |r| {
+            Ok(PendingRow {
+                user_id: r.get(0)?,
+                computation_key: r.get(1)?,
+                desired: r.get(2)?,
+                updated_at: r.get(3)?,
+                kind: r.get(4)?,
+            })
+        })?;
+        Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
+    }
+}
