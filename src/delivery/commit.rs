@@ -1,12 +1,13 @@
-//! The committer: the one writer of delivery's state. It marks each window of users as about to
-//! be sent, and records answers as they come, as many per transaction as have arrived, on a
-//! blocking thread with its own connection (see `state::AnswerWriter`).
+//! The committer: the one writer of delivery's state. It notes each window of users as about to
+//! be sent, records answers as they come, as many per transaction as have arrived, and drops a
+//! window's note with its last answer; on a blocking thread with its own connection (see
+//! `state::AnswerWriter`).
 //!
 //! Both kinds of write go through this one thread on purpose: two connections writing in turn
 //! meet SQLite's busy handler, which sleeps a millisecond or more whenever the other holds the
 //! lock, and every request slot waits out that sleep.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 
 use tokio::sync::{mpsc, oneshot};
 
@@ -17,10 +18,11 @@ const MAX_ACK_BATCH: usize = 4096;
 
 /// A write asked of the committer.
 pub enum Write {
-    /// One call's answers, and where to say they are recorded.
-    Answers { outcomes: Vec<Outcome>, committed: oneshot::Sender<()> },
-    /// Users in (`after`, `last`] are about to be sent; say when that is noted.
-    Sending { after: String, last: String, noted: oneshot::Sender<anyhow::Result<()>> },
+    /// The answers of one call of window `window`, and where to say they are recorded.
+    Answers { window: u64, outcomes: Vec<Outcome>, committed: oneshot::Sender<()> },
+    /// Window `window`, users in (`after`, `last`] sent in `calls` calls, is about to be sent;
+    /// say when that is noted.
+    Sending { window: u64, calls: usize, after: String, last: String, noted: oneshot::Sender<anyhow::Result<()>> },
 }
 
 /// Serves writes for the computations `keys` until the channel closes; returns how many rows
@@ -33,38 +35,50 @@ pub fn commit_loop(
 ) -> anyhow::Result<BTreeMap<String, u64>> {
     let mut writer = store.answer_writer(quarantine_after)?;
     let mut quarantined: BTreeMap<String, u64> = BTreeMap::new();
+    // Per window noted: its calls not yet answered, and its rows in `sending_windows`.
+    let mut windows: HashMap<u64, (usize, Vec<i64>)> = HashMap::new();
     let mut waiting: Vec<oneshot::Sender<()>> = Vec::new();
     let mut outcomes: Vec<Outcome> = Vec::new();
+    let mut answered: Vec<i64> = Vec::new();
     let mut next = writes.blocking_recv();
     while let Some(write) = next.take() {
-        match write {
-            Write::Sending { after, last, noted } => {
-                let _ = noted.send(writer.mark_sending(&keys, &after, &last));
+        let mut answers = match write {
+            Write::Sending { window, calls, after, last, noted } => {
+                let result = writer.note_window(&keys, &after, &last).map(|ids| {
+                    windows.insert(window, (calls, ids));
+                });
+                let _ = noted.send(result);
+                None
             }
-            Write::Answers { outcomes: mut first, committed } => {
-                outcomes.clear();
-                outcomes.append(&mut first);
-                waiting.push(committed);
-                // Gather the answers that have already arrived, up to the first other write.
-                while outcomes.len() < MAX_ACK_BATCH {
-                    match writes.try_recv() {
-                        Ok(Write::Answers { outcomes: mut more, committed }) => {
-                            outcomes.append(&mut more);
-                            waiting.push(committed);
-                        }
-                        Ok(other) => {
-                            next = Some(other);
-                            break;
-                        }
-                        Err(_) => break,
-                    }
+            Write::Answers { window, outcomes, committed } => Some((window, outcomes, committed)),
+        };
+        outcomes.clear();
+        answered.clear();
+        // Gather the answers that have already arrived, up to the first other write.
+        while let Some((window, mut more, committed)) = answers.take() {
+            outcomes.append(&mut more);
+            waiting.push(committed);
+            if let Some((calls, ids)) = windows.get_mut(&window) {
+                *calls -= 1;
+                if *calls == 0 {
+                    answered.append(ids);
+                    windows.remove(&window);
                 }
-                for key in writer.record(&outcomes)? {
-                    *quarantined.entry(key).or_default() += 1;
+            }
+            if outcomes.len() < MAX_ACK_BATCH {
+                match writes.try_recv() {
+                    Ok(Write::Answers { window, outcomes, committed }) => answers = Some((window, outcomes, committed)),
+                    Ok(other) => next = Some(other),
+                    Err(_) => {}
                 }
-                for committed in waiting.drain(..) {
-                    let _ = committed.send(());
-                }
+            }
+        }
+        if !waiting.is_empty() {
+            for key in writer.record(&outcomes, &answered)? {
+                *quarantined.entry(key).or_default() += 1;
+            }
+            for committed in waiting.drain(..) {
+                let _ = committed.send(());
             }
         }
         if next.is_none() {

@@ -105,12 +105,12 @@ pub async fn deliver(
         commit::commit_loop(committer_store, committer_keys, write_rx, quarantine_after)
     });
 
-    // Windows of users are read and marked one ahead of the calls that send them, so that
+    // Windows of users are read and noted one ahead of the calls that send them, so that
     // requests never wait for the state between windows.
     let per_call = destination.updates_per_call();
-    let (window_tx, window_rx) = mpsc::channel::<Vec<UserUpdate>>(1);
+    let (window_tx, window_rx) = mpsc::channel::<Window>(1);
     let produce = async {
-        let windows = pending_updates(store, keys, &write_tx, concurrency * per_call);
+        let windows = pending_updates(store, keys, &write_tx, concurrency, per_call);
         futures::pin_mut!(windows);
         while let Some(window) = windows.try_next().await? {
             if window_tx.send(window).await.is_err() {
@@ -128,17 +128,14 @@ pub async fn deliver(
     // producer if it is waiting to hand over a window.
     let send = async {
         stream::poll_fn(move |cx| window_rx.poll_recv(cx))
-            .flat_map(|updates| {
-                let calls: Vec<Vec<UserUpdate>> = updates.chunks(per_call).map(<[UserUpdate]>::to_vec).collect();
-                stream::iter(calls)
-            })
+            .flat_map(|window| stream::iter(window.calls.into_iter().map(move |call| (window.id, call))))
             .take_until(stop.cancelled())
-            .map(|call| {
+            .map(|(window, call)| {
                 let writes = write_tx.clone();
                 async move {
                     let (outcomes, retried) = retry::send_with_retries(destination, policy, deadline, stop, call).await;
                     let (committed, done) = oneshot::channel();
-                    let answers = commit::Write::Answers { outcomes: outcomes.clone(), committed };
+                    let answers = commit::Write::Answers { window, outcomes: outcomes.clone(), committed };
                     writes.send(answers).await.map_err(|_| stopped_recording())?;
                     done.await.map_err(|_| stopped_recording())?;
                     anyhow::Ok(CallResult { outcomes, retried })
@@ -173,18 +170,25 @@ fn stopped_recording() -> anyhow::Error {
     anyhow::anyhow!("the state stopped recording answers")
 }
 
-/// Pending rows as one update per user, in user order, a window of `window` users at a time.
-/// Before a window is handed out, its never-acknowledged rows are marked as being sent
-/// (`mark_sending`). With one window in flight, one handed over and one being marked, a kill
-/// leaves at most three windows marked without having been sent.
+/// A window of users, split into calls; noted in `sending_windows` before it is handed out.
+struct Window {
+    id: u64,
+    calls: Vec<Vec<UserUpdate>>,
+}
+
+/// Pending rows as one update per user, in user order, a window of `window` calls of
+/// `per_call` users at a time. Each window is noted as being sent before it is handed out
+/// (`AnswerWriter::note_window`); with one window in flight, one handed over and one being
+/// noted, a kill leaves at most three windows noted without having been sent.
 fn pending_updates<'a>(
     store: &'a Store,
     keys: &'a [String],
     writes: &'a mpsc::Sender<commit::Write>,
     window: usize,
-) -> impl futures::Stream<Item = anyhow::Result<Vec<UserUpdate>>> + 'a {
-    let state = (String::new(), VecDeque::new(), None::<PendingReader>);
-    stream::try_unfold(state, move |(after, mut queued, reader)| async move {
+    per_call: usize,
+) -> impl futures::Stream<Item = anyhow::Result<Window>> + 'a {
+    let state = (String::new(), VecDeque::new(), None::<PendingReader>, 0u64);
+    stream::try_unfold(state, move |(after, mut queued, reader, id)| async move {
         let mut reader = match reader {
             Some(r) => r,
             None => {
@@ -195,23 +199,25 @@ fn pending_updates<'a>(
         if queued.is_empty() {
             let from = after.clone();
             let (rows, back) = tokio::task::spawn_blocking(move || {
-                let rows = reader.page(&from, PAGE_ROWS.max(window));
+                let rows = reader.page(&from, PAGE_ROWS.max(window * per_call));
                 (rows, reader)
             })
             .await?;
             reader = back;
             let mut updates = group_by_user(rows?).into_iter().peekable();
             while updates.peek().is_some() {
-                queued.push_back(updates.by_ref().take(window).collect::<Vec<UserUpdate>>());
+                queued.push_back(updates.by_ref().take(window * per_call).collect::<Vec<UserUpdate>>());
             }
         }
-        let Some(next) = queued.pop_front() else { return anyhow::Ok(None) };
-        let last = next.last().map(|u| u.user_id.clone()).unwrap_or_default();
+        let Some(users) = queued.pop_front() else { return anyhow::Ok(None) };
+        let last = users.last().map(|u| u.user_id.clone()).unwrap_or_default();
+        let calls: Vec<Vec<UserUpdate>> = users.chunks(per_call).map(<[UserUpdate]>::to_vec).collect();
         let (noted, done) = oneshot::channel();
-        let sending = commit::Write::Sending { after: after.clone(), last: last.clone(), noted };
+        let sending =
+            commit::Write::Sending { window: id, calls: calls.len(), after: after.clone(), last: last.clone(), noted };
         writes.send(sending).await.map_err(|_| stopped_recording())?;
         done.await.map_err(|_| stopped_recording())??;
-        Ok(Some((next, (last, queued, Some(reader)))))
+        Ok(Some((Window { id, calls }, (last, queued, Some(reader), id + 1))))
     })
 }
 

@@ -97,6 +97,13 @@ pub async fn run(
             break;
         }
         let initial_done = store.register(c).await?;
+        let marked = store.settle_sending_windows(&c.key).await?;
+        if marked > 0 {
+            tracing::warn!(
+                key = %c.key, rows = marked,
+                "the last delivery was interrupted: rows it may have sent are treated as told"
+            );
+        }
         let mode = match (options.resync, initial_done) {
             (true, _) => "resync",
             (false, true) => "delta",

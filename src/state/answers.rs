@@ -31,25 +31,34 @@ impl Store {
 }
 
 impl AnswerWriter {
-    /// Notes, before they are sent, that the never-acknowledged pending rows of the
-    /// computations `keys` for users in (`after`, `last`] may reach the destination. Committed
+    /// Notes, before they are sent, that users in (`after`, `last`] of the computations `keys`
+    /// may reach the destination: one row per computation in `sending_windows`, committed
     /// before the requests go, so that a kill during them cannot make the diff forget a user
-    /// the destination may hold.
-    pub fn mark_sending(&mut self, keys: &[String], after: &str, last: &str) -> anyhow::Result<()> {
-        let mut mark = self.db.prepare_cached(
-            "UPDATE memberships INDEXED BY memberships_pending SET first_sent_at = ?1 \
-             WHERE desired IS NOT synced AND quarantined_at IS NULL AND synced_at IS NULL AND first_sent_at IS NULL \
-             AND user_id > ?2 AND user_id <= ?3 AND computation_key IN (SELECT value FROM json_each(?4))",
-        )?;
-        mark.execute(params![now(), after, last, serde_json::to_string(keys)?])?;
-        Ok(())
+    /// the destination may hold. Returns the rows, for `record` to drop once answered.
+    pub fn note_window(&mut self, keys: &[String], after: &str, last: &str) -> anyhow::Result<Vec<i64>> {
+        let at = now();
+        let tx = rusqlite::Transaction::new(&mut self.db, rusqlite::TransactionBehavior::Immediate)?;
+        let mut ids = Vec::with_capacity(keys.len());
+        {
+            let mut note = tx.prepare_cached(
+                "INSERT INTO sending_windows (computation_key, after_user, last_user, noted_at) VALUES (?1, ?2, ?3, ?4)",
+            )?;
+            for key in keys {
+                note.execute(params![key, after, last, at])?;
+                ids.push(tx.last_insert_rowid());
+            }
+        }
+        tx.commit()?;
+        Ok(ids)
     }
 
-    /// Records answers in one IMMEDIATE transaction. An acknowledged row is marked synced with
+    /// Records answers in one IMMEDIATE transaction, and drops the `sending_windows` rows
+    /// `answered` whose every call is now answered. An acknowledged row is marked synced with
     /// exactly the value sent (if `desired` changed meanwhile, the row stays pending); a failed
-    /// one keeps its pending value and counts the attempt. Returns the computation key of each
-    /// row quarantined now.
-    pub fn record(&mut self, outcomes: &[Outcome]) -> anyhow::Result<Vec<String>> {
+    /// one keeps its pending value, counts the attempt and is marked `first_sent_at` (a request
+    /// that timed out may still have landed). Returns the computation key of each row
+    /// quarantined now.
+    pub fn record(&mut self, outcomes: &[Outcome], answered: &[i64]) -> anyhow::Result<Vec<String>> {
         let at = now();
         let tx = rusqlite::Transaction::new(&mut self.db, rusqlite::TransactionBehavior::Immediate)?;
         let mut quarantined = Vec::new();
@@ -60,7 +69,7 @@ impl AnswerWriter {
                  WHERE computation_key = ?1 AND user_id = ?2",
             )?;
             let mut failed = tx.prepare_cached(
-                "UPDATE memberships SET attempts = attempts + 1, last_error = ?4, \
+                "UPDATE memberships SET attempts = attempts + 1, last_error = ?4, first_sent_at = coalesce(first_sent_at, ?6), \
                  quarantined_at = CASE WHEN attempts + 1 >= ?5 THEN ?6 END \
                  WHERE computation_key = ?1 AND user_id = ?2 AND desired = ?3 RETURNING quarantined_at IS NOT NULL",
             )?;
@@ -85,6 +94,12 @@ impl AnswerWriter {
                         }
                     }
                 }
+            }
+        }
+        {
+            let mut drop_window = tx.prepare_cached("DELETE FROM sending_windows WHERE id = ?1")?;
+            for id in answered {
+                drop_window.execute([id])?;
             }
         }
         tx.commit()?;

@@ -14,6 +14,41 @@ pub struct Outcome {
 }
 
 impl Store {
+    /// Settles what a process that died mid-delivery left of `key`: in each of its windows
+    /// (`sending_windows`), the never-acknowledged pending rows may have reached the
+    /// destination, so they are marked `first_sent_at` (the diff then tells a leaving user
+    /// `false` instead of forgetting them), and the windows are dropped. Call it holding the
+    /// computation's lease, before its diff. Returns how many rows were marked.
+    pub async fn settle_sending_windows(&self, key: &str) -> anyhow::Result<u64> {
+        let mut tx = self.begin_immediate().await?;
+        let windows: Vec<(String, String, String)> = sqlx::query_as(
+            "SELECT after_user, last_user, noted_at FROM sending_windows WHERE computation_key = ?1 ORDER BY id",
+        )
+        .bind(key)
+        .fetch_all(&mut *tx)
+        .await?;
+        let mut marked = 0;
+        for (after, last, noted_at) in &windows {
+            marked += sqlx::query(
+                "UPDATE memberships SET first_sent_at = ?4 \
+                 WHERE computation_key = ?1 AND user_id > ?2 AND user_id <= ?3 \
+                 AND desired IS NOT synced AND synced_at IS NULL AND first_sent_at IS NULL",
+            )
+            .bind(key)
+            .bind(after)
+            .bind(last)
+            .bind(noted_at)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+        }
+        if !windows.is_empty() {
+            sqlx::query("DELETE FROM sending_windows WHERE computation_key = ?1").bind(key).execute(&mut *tx).await?;
+        }
+        tx.commit().await?;
+        Ok(marked)
+    }
+
     /// Marks rows pending again so that their current value is re-sent: every row of the
     /// computations `keys`, or only `user`'s. Quarantine and failure counts start afresh.
     /// Returns how many rows were marked.

@@ -53,6 +53,15 @@ async fn sigkill_during_initial_delivery_resumes_without_starting_over() {
     let duplicates: usize = sent.values().map(|n| n - 1).sum();
     assert!(duplicates <= CONCURRENCY, "{duplicates} users sent twice; at most the {CONCURRENCY} in flight may be");
     assert_eq!(app.pending_count().await, 0);
+    // The windows the killed process noted were settled, and the finished delivery left none.
+    let db = app.db().await;
+    let windows: i64 = sqlx::query_scalar("SELECT count(*) FROM sending_windows").fetch_one(&db).await.unwrap();
+    assert_eq!(windows, 0);
+    let marked: i64 = sqlx::query_scalar("SELECT count(*) FROM memberships WHERE first_sent_at IS NOT NULL")
+        .fetch_one(&db)
+        .await
+        .unwrap();
+    assert_eq!(marked, 0, "acknowledged rows keep no first_sent_at");
 
     // The interrupted run is marked as such; the resumed one finished the initial sync.
     let db = app.db().await;
