@@ -38,7 +38,8 @@ pub fn commit_loop(
     // Per window noted: its calls not yet answered, and its rows in `sending_windows`.
     let mut windows: HashMap<u64, (usize, Vec<i64>)> = HashMap::new();
     let mut waiting: Vec<oneshot::Sender<()>> = Vec::new();
-    let mut outcomes: Vec<Outcome> = Vec::new();
+    let mut calls: Vec<Vec<Outcome>> = Vec::new();
+    let mut rows;
     let mut answered: Vec<i64> = Vec::new();
     let mut next = writes.blocking_recv();
     while let Some(write) = next.take() {
@@ -52,11 +53,13 @@ pub fn commit_loop(
             }
             Write::Answers { window, outcomes, committed } => Some((window, outcomes, committed)),
         };
-        outcomes.clear();
+        calls.clear();
+        rows = 0;
         answered.clear();
         // Gather the answers that have already arrived, up to the first other write.
-        while let Some((window, mut more, committed)) = answers.take() {
-            outcomes.append(&mut more);
+        while let Some((window, outcomes, committed)) = answers.take() {
+            rows += outcomes.len();
+            calls.push(outcomes);
             waiting.push(committed);
             if let Some((calls, ids)) = windows.get_mut(&window) {
                 *calls -= 1;
@@ -65,7 +68,7 @@ pub fn commit_loop(
                     windows.remove(&window);
                 }
             }
-            if outcomes.len() < MAX_ACK_BATCH {
+            if rows < MAX_ACK_BATCH {
                 match writes.try_recv() {
                     Ok(Write::Answers { window, outcomes, committed }) => answers = Some((window, outcomes, committed)),
                     Ok(other) => next = Some(other),
@@ -74,7 +77,7 @@ pub fn commit_loop(
             }
         }
         if !waiting.is_empty() {
-            for key in writer.record(&outcomes, &answered)? {
+            for key in writer.record(&calls, &answered)? {
                 *quarantined.entry(key).or_default() += 1;
             }
             for committed in waiting.drain(..) {

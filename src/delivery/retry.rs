@@ -75,7 +75,13 @@ pub async fn send_with_retries(
 }
 
 fn outcome(user_id: &str, value: PendingValue, error: Option<String>) -> Outcome {
-    Outcome { computation_key: value.key, user_id: user_id.to_string(), sent: value.value, error }
+    Outcome {
+        computation_key: value.key,
+        user_id: user_id.to_string(),
+        sent: value.value,
+        changed_at: value.changed_at,
+        error,
+    }
 }
 
 /// Rows to retry, back into one update per user (they arrive grouped by user).

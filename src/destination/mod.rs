@@ -115,7 +115,7 @@ impl Destination {
             // One request per user (DESIGN §5).
             Destination::Contentstack(_) => 1,
             Destination::Segment(_) => segment::USERS_PER_CALL,
-            Destination::File(_) => 1024,
+            Destination::File(_) => 4096,
         }
     }
 

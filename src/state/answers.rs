@@ -6,6 +6,8 @@
 //! worker thread; here one blocking thread holds its own SQLite connection and runs cached
 //! statements directly.
 
+use std::collections::BTreeMap;
+
 use rusqlite::{Connection, OpenFlags, params};
 
 use super::{BUSY_TIMEOUT, Store, now};
@@ -52,47 +54,24 @@ impl AnswerWriter {
         Ok(ids)
     }
 
-    /// Records answers in one IMMEDIATE transaction, and drops the `sending_windows` rows
-    /// `answered` whose every call is now answered. An acknowledged row is marked synced with
-    /// exactly the value sent (if `desired` changed meanwhile, the row stays pending); a failed
-    /// one keeps its pending value, counts the attempt and is marked `first_sent_at` (a request
-    /// that timed out may still have landed). Returns the computation key of each row
-    /// quarantined now.
-    pub fn record(&mut self, outcomes: &[Outcome], answered: &[i64]) -> anyhow::Result<Vec<String>> {
+    /// Records the answers of `calls` in one IMMEDIATE transaction, and drops the
+    /// `sending_windows` rows `answered` whose every call is now answered. An acknowledged row
+    /// is marked synced with exactly the value sent (if `desired` changed meanwhile, the row
+    /// stays pending); a failed one keeps its pending value, counts the attempt and is marked
+    /// `first_sent_at` (a request that timed out may still have landed). Returns the
+    /// computation key of each row quarantined now.
+    pub fn record(&mut self, calls: &[Vec<Outcome>], answered: &[i64]) -> anyhow::Result<Vec<String>> {
         let at = now();
         let tx = rusqlite::Transaction::new(&mut self.db, rusqlite::TransactionBehavior::Immediate)?;
         let mut quarantined = Vec::new();
-        {
-            let mut acked = tx.prepare_cached(
-                "UPDATE memberships SET synced = ?3, synced_at = ?4, attempts = 0, last_error = NULL, quarantined_at = NULL, \
-                 first_sent_at = NULL \
-                 WHERE computation_key = ?1 AND user_id = ?2",
-            )?;
-            let mut failed = tx.prepare_cached(
-                "UPDATE memberships SET attempts = attempts + 1, last_error = ?4, first_sent_at = coalesce(first_sent_at, ?6), \
-                 quarantined_at = CASE WHEN attempts + 1 >= ?5 THEN ?6 END \
-                 WHERE computation_key = ?1 AND user_id = ?2 AND desired = ?3 RETURNING quarantined_at IS NOT NULL",
-            )?;
-            for o in outcomes {
-                match &o.error {
-                    None => {
-                        acked.execute(params![o.computation_key, o.user_id, o.sent, at])?;
-                    }
-                    Some(error) => {
-                        let mut rows = failed.query(params![
-                            o.computation_key,
-                            o.user_id,
-                            o.sent,
-                            error,
-                            self.quarantine_after,
-                            at
-                        ])?;
-                        if let Some(row) = rows.next()?
-                            && row.get::<_, bool>(0)?
-                        {
-                            quarantined.push(o.computation_key.clone());
-                        }
-                    }
+        for call in calls {
+            let all_acked = call.iter().all(|o| o.error.is_none());
+            if all_acked && call.len() >= RANGE_ACK_MIN_ROWS && ack_range(&tx, call, &at)? {
+                continue;
+            }
+            for o in call {
+                if record_one(&tx, o, &at, self.quarantine_after)? {
+                    quarantined.push(o.computation_key.clone());
                 }
             }
         }
@@ -104,5 +83,136 @@ impl AnswerWriter {
         }
         tx.commit()?;
         Ok(quarantined)
+    }
+}
+
+/// Calls with fewer rows are recorded row by row.
+const RANGE_ACK_MIN_ROWS: usize = 8;
+
+/// Records one answer; true when it quarantined the row.
+fn record_one(tx: &Connection, o: &Outcome, at: &str, quarantine_after: u32) -> rusqlite::Result<bool> {
+    let Some(error) = &o.error else {
+        let mut acked = tx.prepare_cached(
+            "UPDATE memberships SET synced = ?3, synced_at = ?4, attempts = 0, last_error = NULL, quarantined_at = NULL, \
+             first_sent_at = NULL \
+             WHERE computation_key = ?1 AND user_id = ?2",
+        )?;
+        acked.execute(params![o.computation_key, o.user_id, o.sent, at])?;
+        return Ok(false);
+    };
+    let mut failed = tx.prepare_cached(
+        "UPDATE memberships SET attempts = attempts + 1, last_error = ?4, first_sent_at = coalesce(first_sent_at, ?6), \
+         quarantined_at = CASE WHEN attempts + 1 >= ?5 THEN ?6 END \
+         WHERE computation_key = ?1 AND user_id = ?2 AND desired = ?3 RETURNING quarantined_at IS NOT NULL",
+    )?;
+    let mut rows = failed.query(params![o.computation_key, o.user_id, o.sent, error, quarantine_after, at])?;
+    match rows.next()? {
+        Some(row) => row.get(0),
+        None => Ok(false),
+    }
+}
+
+/// Acknowledges a call whose rows all succeeded with one UPDATE per computation over the
+/// users it covers: a call holds every pending row of its computations for a run of
+/// consecutive users, so those are exactly the pending rows in that range not changed since
+/// they were read. If the count says otherwise (a row changed meanwhile), nothing is kept and
+/// it returns false, for the caller to record row by row.
+fn ack_range(tx: &Connection, call: &[Outcome], at: &str) -> rusqlite::Result<bool> {
+    // Per computation: first and last user, latest change sent, rows.
+    let mut ranges: BTreeMap<&str, (&str, &str, &str, usize)> = BTreeMap::new();
+    for o in call {
+        let r = ranges.entry(&o.computation_key).or_insert((&o.user_id, &o.user_id, &o.changed_at, 0));
+        r.0 = r.0.min(&o.user_id);
+        r.1 = r.1.max(&o.user_id);
+        r.2 = r.2.max(&o.changed_at);
+        r.3 += 1;
+    }
+    tx.execute_batch("SAVEPOINT range_ack")?;
+    let mut ack = tx.prepare_cached(
+        "UPDATE memberships SET synced = desired, synced_at = ?4, attempts = 0, last_error = NULL, first_sent_at = NULL \
+         WHERE computation_key = ?1 AND user_id >= ?2 AND user_id <= ?3 \
+         AND desired IS NOT synced AND quarantined_at IS NULL AND updated_at <= ?5",
+    )?;
+    for (key, (first, last, changed_at, rows)) in &ranges {
+        if ack.execute(params![key, first, last, at, changed_at])? != *rows {
+            tx.execute_batch("ROLLBACK TO range_ack; RELEASE range_ack")?;
+            return Ok(false);
+        }
+    }
+    tx.execute_batch("RELEASE range_ack")?;
+    Ok(true)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A state file with `users` pending `true` in computation `a`, read for sending at `t1`.
+    async fn state_with_pending(dir: &std::path::Path, users: &[String]) -> Store {
+        let store = Store::open(&dir.join("state.db")).await.unwrap();
+        let db = Connection::open(dir.join("state.db")).unwrap();
+        db.execute("INSERT INTO computations (key, name, kind, created_at) VALUES ('a', 'A', 'audience', 't0')", [])
+            .unwrap();
+        for u in users {
+            db.execute(
+                "INSERT INTO memberships (computation_key, user_id, desired, updated_at) VALUES ('a', ?1, 'true', 't1')",
+                [u],
+            )
+            .unwrap();
+        }
+        store
+    }
+
+    fn acked(user: &str) -> Outcome {
+        Outcome {
+            computation_key: "a".into(),
+            user_id: user.into(),
+            sent: "true".into(),
+            changed_at: "t1".into(),
+            error: None,
+        }
+    }
+
+    fn rows(store: &Store) -> Vec<(String, String, Option<String>)> {
+        let db = Connection::open(&store.path).unwrap();
+        let mut q = db.prepare("SELECT user_id, desired, synced FROM memberships ORDER BY user_id").unwrap();
+        q.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?))).unwrap().collect::<Result<_, _>>().unwrap()
+    }
+
+    fn users(n: usize) -> Vec<String> {
+        (0..n).map(|i| format!("u{i:02}")).collect()
+    }
+
+    #[tokio::test]
+    async fn a_whole_call_acknowledges_exactly_its_users() {
+        let dir = tempfile::tempdir().unwrap();
+        let all = users(12);
+        let store = state_with_pending(dir.path(), &all).await;
+        let call: Vec<Outcome> = all[..10].iter().map(|u| acked(u)).collect();
+        store.answer_writer(3).unwrap().record(&[call], &[]).unwrap();
+        let synced: Vec<String> =
+            rows(&store).into_iter().filter(|r| r.2.as_deref() == Some("true")).map(|r| r.0).collect();
+        assert_eq!(synced, all[..10], "the two users after the call stay pending");
+    }
+
+    #[tokio::test]
+    async fn a_row_changed_after_it_was_read_keeps_its_new_value_pending() {
+        let dir = tempfile::tempdir().unwrap();
+        let all = users(10);
+        let store = state_with_pending(dir.path(), &all).await;
+        // u04 left while its `true` was on the way: the range must not mark `false` as synced.
+        Connection::open(&store.path)
+            .unwrap()
+            .execute("UPDATE memberships SET desired = 'false', updated_at = 't2' WHERE user_id = 'u04'", [])
+            .unwrap();
+        let call: Vec<Outcome> = all.iter().map(|u| acked(u)).collect();
+        store.answer_writer(3).unwrap().record(&[call], &[]).unwrap();
+        for (user, desired, synced) in rows(&store) {
+            if user == "u04" {
+                assert_eq!((desired.as_str(), synced.as_deref()), ("false", Some("true")), "u04 is still pending");
+            } else {
+                assert_eq!(synced.as_deref(), Some("true"), "{user}");
+            }
+        }
     }
 }

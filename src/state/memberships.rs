@@ -9,6 +9,8 @@ pub struct Outcome {
     pub user_id: String,
     /// The JSON text that was sent.
     pub sent: String,
+    /// The row's `updated_at` when it was read for sending.
+    pub changed_at: String,
     /// `None` when acknowledged (2xx), else why not.
     pub error: Option<String>,
 }
