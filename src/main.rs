@@ -4,6 +4,12 @@ use audience_sync::cli::LogFormat;
 use clap::Parser;
 use tracing_subscriber::EnvFilter;
 
+/// Snapshots of ten million members are ten million small strings to sort and merge; mimalloc
+/// frees and reuses them at about half the cost of the system allocator (see the README's
+/// Performance section).
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> ExitCode {
     let cli = audience_sync::cli::Cli::parse();
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info,sqlx::query=error"));
