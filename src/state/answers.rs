@@ -118,7 +118,9 @@ fn record_one(tx: &Connection, o: &Outcome, at: &str, quarantine_after: u32) -> 
 /// they were read. If the count says otherwise (a row changed meanwhile), nothing is kept and
 /// it returns false, for the caller to record row by row.
 fn ack_range(tx: &Connection, call: &[Outcome], at: &str) -> rusqlite::Result<bool> {
-    // Per computation: first and last user, latest change sent, rows.
+    // Per computation: first and last user, latest change sent, rows. The update walks the
+    // primary key over the range; through the pending index instead, a 1 % delta of 10M rows
+    // acknowledges 0.4 s sooner but an initial pass of 1M takes 1 s longer (measured).
     let mut ranges: BTreeMap<&str, (&str, &str, &str, usize)> = BTreeMap::new();
     for o in call {
         let r = ranges.entry(&o.computation_key).or_insert((&o.user_id, &o.user_id, &o.changed_at, 0));
@@ -129,7 +131,8 @@ fn ack_range(tx: &Connection, call: &[Outcome], at: &str) -> rusqlite::Result<bo
     }
     tx.execute_batch("SAVEPOINT range_ack")?;
     let mut ack = tx.prepare_cached(
-        "UPDATE memberships SET synced = desired, synced_at = ?4, attempts = 0, last_error = NULL, first_sent_at = NULL \
+        "UPDATE memberships \
+         SET synced = desired, synced_at = ?4, attempts = 0, last_error = NULL, first_sent_at = NULL \
          WHERE computation_key = ?1 AND user_id >= ?2 AND user_id <= ?3 \
          AND desired IS NOT synced AND quarantined_at IS NULL AND updated_at <= ?5",
     )?;
