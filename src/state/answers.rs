@@ -8,9 +8,9 @@
 
 use std::collections::BTreeMap;
 
-use rusqlite::{Connection, OpenFlags, params};
+use rusqlite::{Connection, params};
 
-use super::{BUSY_TIMEOUT, Store, now};
+use super::{Store, now};
 use crate::state::Outcome;
 
 /// A connection that records answers; used from one blocking thread.
@@ -22,12 +22,7 @@ pub struct AnswerWriter {
 impl Store {
     /// Opens a writer of answers; a row failing on its `quarantine_after`-th pass is quarantined.
     pub fn answer_writer(&self, quarantine_after: u32) -> anyhow::Result<AnswerWriter> {
-        let db = Connection::open_with_flags(
-            &self.path,
-            OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
-        )?;
-        db.busy_timeout(BUSY_TIMEOUT)?;
-        db.pragma_update(None, "synchronous", "NORMAL")?;
+        let db = self.bulk_writer()?;
         Ok(AnswerWriter { db, quarantine_after })
     }
 }

@@ -6,9 +6,9 @@
 //! The transaction begins at the first op, after the snapshot has loaded and sorted, so a
 //! long load does not hold the state's one write lock.
 
-use rusqlite::{Connection, OpenFlags, params};
+use rusqlite::{Connection, params};
 
-use super::{BUSY_TIMEOUT, Store, now};
+use super::{Store, now};
 use crate::diff::{Op, OpSink};
 use crate::source::fingerprint::Fingerprint;
 
@@ -24,12 +24,7 @@ pub struct DiffWriter {
 impl Store {
     /// Opens the writer of `key`'s diff. Blocking: call it from a blocking thread.
     pub fn diff_writer(&self, key: &str) -> anyhow::Result<DiffWriter> {
-        let db = Connection::open_with_flags(
-            &self.path,
-            OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
-        )?;
-        db.busy_timeout(BUSY_TIMEOUT)?;
-        db.pragma_update(None, "synchronous", "NORMAL")?;
+        let db = self.bulk_writer()?;
         Ok(DiffWriter { db, key: key.to_string(), now: now(), begun: false })
     }
 }

@@ -93,6 +93,18 @@ impl Store {
         self.pool.close().await;
     }
 
+    /// A connection of its own for a blocking thread that writes many rows (a diff, or
+    /// delivery's answers), through rusqlite on the same bundled SQLite as sqlx.
+    fn bulk_writer(&self) -> rusqlite::Result<rusqlite::Connection> {
+        let db = rusqlite::Connection::open_with_flags(
+            &self.path,
+            rusqlite::OpenFlags::SQLITE_OPEN_READ_WRITE | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )?;
+        db.busy_timeout(BUSY_TIMEOUT)?;
+        db.pragma_update(None, "synchronous", "NORMAL")?;
+        Ok(db)
+    }
+
     async fn begin_immediate(&self) -> sqlx::Result<sqlx::Transaction<'static, sqlx::Sqlite>> {
         self.pool.begin_with("BEGIN IMMEDIATE").await
     }
