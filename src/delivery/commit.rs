@@ -15,6 +15,8 @@ use crate::state::{Outcome, Store};
 
 /// Most answers recorded in one transaction.
 const MAX_ACK_BATCH: usize = 4096;
+/// Transactions between two checkpoints asked of the checkpointer.
+const COMMITS_PER_CHECKPOINT: u32 = 200;
 
 /// A write asked of the committer.
 pub enum Write {
@@ -34,6 +36,8 @@ pub fn commit_loop(
     quarantine_after: u32,
 ) -> anyhow::Result<BTreeMap<String, u64>> {
     let mut writer = store.answer_writer(quarantine_after)?;
+    let checkpointer = store.checkpointer();
+    let mut commits = 0u32;
     let mut quarantined: BTreeMap<String, u64> = BTreeMap::new();
     // Per window noted: its calls not yet answered, and its rows in `sending_windows`.
     let mut windows: HashMap<u64, (usize, Vec<i64>)> = HashMap::new();
@@ -79,6 +83,10 @@ pub fn commit_loop(
         if !waiting.is_empty() {
             for key in writer.record(&calls, &answered)? {
                 *quarantined.entry(key).or_default() += 1;
+            }
+            commits += 1;
+            if commits.is_multiple_of(COMMITS_PER_CHECKPOINT) || rows >= MAX_ACK_BATCH {
+                checkpointer.nudge();
             }
             for committed in waiting.drain(..) {
                 let _ = committed.send(());

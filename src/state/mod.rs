@@ -6,6 +6,7 @@
 
 mod answers;
 mod attributes;
+mod checkpoint;
 mod computations;
 mod diff_writer;
 mod leases;
@@ -23,6 +24,7 @@ use anyhow::Context;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous};
 
 pub use answers::AnswerWriter;
+pub use checkpoint::Checkpointer;
 pub use diff_writer::DiffWriter;
 pub use leases::{HeldLease, LeaseOwner};
 pub use memberships::Outcome;
@@ -94,7 +96,8 @@ impl Store {
     }
 
     /// A connection of its own for a blocking thread that writes many rows (a diff, or
-    /// delivery's answers), through rusqlite on the same bundled SQLite as sqlx.
+    /// delivery's answers), through rusqlite on the same bundled SQLite as sqlx. It never
+    /// checkpoints: a `Checkpointer` does, beside it.
     fn bulk_writer(&self) -> rusqlite::Result<rusqlite::Connection> {
         let db = rusqlite::Connection::open_with_flags(
             &self.path,
@@ -102,6 +105,7 @@ impl Store {
         )?;
         db.busy_timeout(BUSY_TIMEOUT)?;
         db.pragma_update(None, "synchronous", "NORMAL")?;
+        db.pragma_update(None, "wal_autocheckpoint", 0)?;
         Ok(db)
     }
 
