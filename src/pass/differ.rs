@@ -26,7 +26,7 @@ pub async fn run<S: OpSink + Send + 'static>(
             r.map_err(anyhow::Error::from)
         });
         let counts = match &store {
-            Some(s) => s.with_state_rows(&c.key, |state| diff::merge(c.kind, state, snapshot, &mut sink))?,
+            Some(s) => s.with_state_rows_read_ahead(&c.key, |state| diff::merge(c.kind, state, snapshot, &mut sink))?,
             None => diff::merge(c.kind, std::iter::empty(), snapshot, &mut sink)?,
         };
         diffing.finish();
