@@ -19,13 +19,15 @@ pub struct DiffWriter {
     key: String,
     now: String,
     begun: bool,
+    /// Sets not yet written: (user, desired).
+    sets: Vec<(String, String)>,
 }
 
 impl Store {
     /// Opens the writer of `key`'s diff. Blocking: call it from a blocking thread.
     pub fn diff_writer(&self, key: &str) -> anyhow::Result<DiffWriter> {
         let db = self.bulk_writer()?;
-        Ok(DiffWriter { db, key: key.to_string(), now: now(), begun: false })
+        Ok(DiffWriter { db, key: key.to_string(), now: now(), begun: false, sets: Vec::with_capacity(SET_BATCH) })
     }
 }
 
@@ -41,6 +43,7 @@ impl DiffWriter {
     /// Commits the diff, noting the fingerprint of the file snapshot it came from (and its
     /// rows) in the same transaction. Blocking.
     pub fn commit(mut self, snapshot: Option<(&Fingerprint, u64)>) -> anyhow::Result<()> {
+        self.flush()?;
         if let Some((fp, rows)) = snapshot {
             self.begin()?;
             self.db.execute(
@@ -56,18 +59,58 @@ impl DiffWriter {
     }
 }
 
+impl DiffWriter {
+    /// Writes the buffered sets: whole batches through one multi-row statement (a statement's
+    /// set-up costs about as much as a row's insert), the rest one by one.
+    fn flush(&mut self) -> rusqlite::Result<()> {
+        let sets = std::mem::take(&mut self.sets);
+        let mut batches = sets.chunks_exact(SET_BATCH);
+        for batch in batches.by_ref() {
+            let mut upsert = self.db.prepare_cached(&upsert_sql(SET_BATCH))?;
+            let mut i = 1;
+            for (user_id, desired) in batch {
+                for value in [self.key.as_str(), user_id, desired, &self.now] {
+                    upsert.raw_bind_parameter(i, value)?;
+                    i += 1;
+                }
+            }
+            upsert.raw_execute()?;
+        }
+        for (user_id, desired) in batches.remainder() {
+            let mut upsert = self.db.prepare_cached(&upsert_sql(1))?;
+            upsert.execute(params![self.key, user_id, desired, self.now])?;
+        }
+        self.sets = sets;
+        self.sets.clear();
+        Ok(())
+    }
+}
+
+/// Sets written by one statement.
+const SET_BATCH: usize = 64;
+
+/// An upsert of `rows` rows. A new desired value is a new delivery: its attempts and error
+/// start afresh.
+fn upsert_sql(rows: usize) -> String {
+    let values: Vec<String> =
+        (0..rows).map(|r| format!("(?{}, ?{}, ?{}, ?{})", 4 * r + 1, 4 * r + 2, 4 * r + 3, 4 * r + 4)).collect();
+    format!(
+        "INSERT INTO memberships (computation_key, user_id, desired, updated_at) VALUES {} \
+         ON CONFLICT (computation_key, user_id) DO UPDATE SET desired = excluded.desired, \
+         updated_at = excluded.updated_at, attempts = 0, last_error = NULL, quarantined_at = NULL",
+        values.join(", ")
+    )
+}
+
 impl OpSink for DiffWriter {
     fn apply(&mut self, op: Op) -> anyhow::Result<()> {
         self.begin()?;
         match op {
             Op::Set { user_id, desired, .. } => {
-                // A new desired value is a new delivery: its attempts and error start afresh.
-                let mut upsert = self.db.prepare_cached(
-                    "INSERT INTO memberships (computation_key, user_id, desired, updated_at) VALUES (?1, ?2, ?3, ?4) \
-                     ON CONFLICT (computation_key, user_id) DO UPDATE SET desired = excluded.desired, \
-                     updated_at = excluded.updated_at, attempts = 0, last_error = NULL, quarantined_at = NULL",
-                )?;
-                upsert.execute(params![self.key, user_id, desired, self.now])?;
+                self.sets.push((user_id, desired));
+                if self.sets.len() == SET_BATCH {
+                    self.flush()?;
+                }
             }
             Op::Forget { user_id } => {
                 let mut forget =
