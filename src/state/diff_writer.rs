@@ -121,3 +121,63 @@ impl OpSink for DiffWriter {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::diff::Change;
+
+    #[tokio::test]
+    async fn sets_in_whole_batches_and_the_rest_all_land_and_forgets_remove() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state.db");
+        let store = Store::open(&path).await.unwrap();
+        let db = Connection::open(&path).unwrap();
+        db.execute("INSERT INTO computations (key, name, kind, created_at) VALUES ('a', 'A', 'audience', 't0')", [])
+            .unwrap();
+        let set = |i: usize, desired: &str| Op::Set {
+            user_id: format!("u{i:04}"),
+            desired: desired.into(),
+            change: Change::Entered,
+        };
+        // Two whole batches and a remainder; then, in a second diff, changes and forgets.
+        let mut writer = store.diff_writer("a").unwrap();
+        for i in 0..(2 * SET_BATCH + 5) {
+            writer.apply(set(i, "true")).unwrap();
+        }
+        writer.commit(None).unwrap();
+        let mut writer = store.diff_writer("a").unwrap();
+        writer.apply(Op::Forget { user_id: "u0000".into() }).unwrap();
+        for i in 1..(SET_BATCH + 2) {
+            writer.apply(set(i, "false")).unwrap();
+        }
+        writer.apply(Op::Forget { user_id: format!("u{:04}", 2 * SET_BATCH + 4) }).unwrap();
+        writer.commit(None).unwrap();
+
+        let count = |desired: &str| -> usize {
+            let n: i64 =
+                db.query_row("SELECT count(*) FROM memberships WHERE desired = ?1", [desired], |r| r.get(0)).unwrap();
+            n as usize
+        };
+        assert_eq!(count("false"), SET_BATCH + 1);
+        assert_eq!(count("true"), 2 * SET_BATCH + 5 - 2 - (SET_BATCH + 1));
+    }
+
+    #[tokio::test]
+    async fn a_diff_dropped_before_commit_writes_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state.db");
+        let store = Store::open(&path).await.unwrap();
+        let db = Connection::open(&path).unwrap();
+        db.execute("INSERT INTO computations (key, name, kind, created_at) VALUES ('a', 'A', 'audience', 't0')", [])
+            .unwrap();
+        let mut writer = store.diff_writer("a").unwrap();
+        for i in 0..(3 * SET_BATCH) {
+            let op = Op::Set { user_id: format!("u{i:04}"), desired: "true".into(), change: Change::Entered };
+            writer.apply(op).unwrap();
+        }
+        drop(writer); // a guard held the snapshot back, or the load failed
+        let rows: i64 = db.query_row("SELECT count(*) FROM memberships", [], |r| r.get(0)).unwrap();
+        assert_eq!(rows, 0);
+    }
+}
