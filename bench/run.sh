@@ -65,6 +65,13 @@ TOML
 
   bytes=$(stat -c %s "$work/state.db")
   printf '%-44s %10s %9s %12s %s\n' "$n state file" "" "" "$((bytes / (n + n / 100)))  B/row" "$((bytes / 1048576)) MB for $((n + n / 100)) rows"
+
+  # cost against churn: a delta with ten times the changes
+  "$gen" --members "$n" --churn 0.1 > "$work/snap.csv"
+  read -r secs mb < <(measure "$bin" --config "$work/config.toml" sync)
+  changes=$(grep -o '[0-9]* entered, [0-9]* exited' "$dir/cmd.out" | head -1)
+  printf '%-44s %10s %9s %12s %s\n' "$n delta pass, about 10% churn" "$secs" "$mb" "$(awk "BEGIN{printf \"%.1fx\", $secs/$ref}")" "($changes)"
+
   rm -f "$work"/*.csv "$work/base.sorted" "$work/out.ndjson"
 done
 
