@@ -144,13 +144,11 @@ fn ack_range(tx: &Connection, call: &[Outcome], at: &str) -> rusqlite::Result<bo
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::state::testing::store_with_audience;
 
     /// A state file with `users` pending `true` in computation `a`, read for sending at `t1`.
     async fn state_with_pending(dir: &std::path::Path, users: &[String]) -> Store {
-        let store = Store::open(&dir.join("state.db")).await.unwrap();
-        let db = Connection::open(dir.join("state.db")).unwrap();
-        db.execute("INSERT INTO computations (key, name, kind, created_at) VALUES ('a', 'A', 'audience', 't0')", [])
-            .unwrap();
+        let (store, db) = store_with_audience(dir).await;
         for u in users {
             db.execute(
                 "INSERT INTO memberships (computation_key, user_id, desired, updated_at) VALUES ('a', ?1, 'true', 't1')",

@@ -63,17 +63,13 @@ impl Drop for Checkpointer {
 #[cfg(test)]
 mod tests {
     use crate::diff::{Change, Op, OpSink};
-    use crate::state::Store;
+    use crate::state::testing::store_with_audience;
 
     #[tokio::test]
     async fn bulk_writes_reach_the_database_file_through_the_checkpointer() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("state.db");
-        let store = Store::open(&path).await.unwrap();
-        rusqlite::Connection::open(&path)
-            .unwrap()
-            .execute("INSERT INTO computations (key, name, kind, created_at) VALUES ('a', 'A', 'audience', 't0')", [])
-            .unwrap();
+        let (store, _) = store_with_audience(dir.path()).await;
         let mut writer = store.diff_writer("a").unwrap();
         for i in 0..20_000 {
             let op = Op::Set { user_id: format!("user-{i:08}"), desired: "true".into(), change: Change::Entered };

@@ -126,15 +126,12 @@ impl OpSink for DiffWriter {
 mod tests {
     use super::*;
     use crate::diff::Change;
+    use crate::state::testing::store_with_audience;
 
     #[tokio::test]
     async fn sets_in_whole_batches_and_the_rest_all_land_and_forgets_remove() {
         let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("state.db");
-        let store = Store::open(&path).await.unwrap();
-        let db = Connection::open(&path).unwrap();
-        db.execute("INSERT INTO computations (key, name, kind, created_at) VALUES ('a', 'A', 'audience', 't0')", [])
-            .unwrap();
+        let (store, db) = store_with_audience(dir.path()).await;
         let set = |i: usize, desired: &str| Op::Set {
             user_id: format!("u{i:04}"),
             desired: desired.into(),
@@ -166,11 +163,7 @@ mod tests {
     #[tokio::test]
     async fn a_diff_dropped_before_commit_writes_nothing() {
         let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("state.db");
-        let store = Store::open(&path).await.unwrap();
-        let db = Connection::open(&path).unwrap();
-        db.execute("INSERT INTO computations (key, name, kind, created_at) VALUES ('a', 'A', 'audience', 't0')", [])
-            .unwrap();
+        let (store, db) = store_with_audience(dir.path()).await;
         let mut writer = store.diff_writer("a").unwrap();
         for i in 0..(3 * SET_BATCH) {
             let op = Op::Set { user_id: format!("u{i:04}"), desired: "true".into(), change: Change::Entered };

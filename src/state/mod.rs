@@ -118,3 +118,19 @@ impl Store {
 pub fn now() -> String {
     chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
 }
+
+/// For the state's own tests: a real state file with one audience.
+#[cfg(test)]
+pub(crate) mod testing {
+    use super::Store;
+
+    /// A state file in `dir` with the audience `a`, and a plain connection to it.
+    pub async fn store_with_audience(dir: &std::path::Path) -> (Store, rusqlite::Connection) {
+        let path = dir.join("state.db");
+        let store = Store::open(&path).await.unwrap();
+        let db = rusqlite::Connection::open(&path).unwrap();
+        db.execute("INSERT INTO computations (key, name, kind, created_at) VALUES ('a', 'A', 'audience', 't0')", [])
+            .unwrap();
+        (store, db)
+    }
+}
