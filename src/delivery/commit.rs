@@ -11,7 +11,7 @@ use std::collections::{BTreeMap, HashMap};
 
 use tokio::sync::{mpsc, oneshot};
 
-use crate::state::{Outcome, Store};
+use crate::state::{AnswerWriter, Checkpointer, Outcome, Store};
 
 /// Most answers recorded in one transaction.
 const MAX_ACK_BATCH: usize = 4096;
@@ -35,66 +35,87 @@ pub fn commit_loop(
     mut writes: mpsc::Receiver<Write>,
     quarantine_after: u32,
 ) -> anyhow::Result<BTreeMap<String, u64>> {
-    let mut writer = store.answer_writer(quarantine_after)?;
-    let checkpointer = store.checkpointer();
-    let mut commits = 0u32;
-    let mut quarantined: BTreeMap<String, u64> = BTreeMap::new();
-    // Per window noted: its calls not yet answered, and its rows in `sending_windows`.
-    let mut windows: HashMap<u64, (usize, Vec<i64>)> = HashMap::new();
-    let mut waiting: Vec<oneshot::Sender<()>> = Vec::new();
-    let mut calls: Vec<Vec<Outcome>> = Vec::new();
-    let mut rows;
-    let mut answered: Vec<i64> = Vec::new();
+    let mut committer = Committer {
+        writer: store.answer_writer(quarantine_after)?,
+        checkpointer: store.checkpointer(),
+        keys,
+        windows: HashMap::new(),
+        quarantined: BTreeMap::new(),
+        commits: 0,
+    };
     let mut next = writes.blocking_recv();
     while let Some(write) = next.take() {
-        let mut answers = match write {
+        next = match write {
             Write::Sending { window, calls, after, last, noted } => {
-                let result = writer.note_window(&keys, &after, &last).map(|ids| {
-                    windows.insert(window, (calls, ids));
-                });
-                let _ = noted.send(result);
+                let _ = noted.send(committer.note(window, calls, &after, &last));
                 None
             }
-            Write::Answers { window, outcomes, committed } => Some((window, outcomes, committed)),
+            Write::Answers { window, outcomes, committed } => {
+                committer.record_arrived((window, outcomes, committed), &mut writes)?
+            }
         };
-        calls.clear();
-        rows = 0;
-        answered.clear();
-        // Gather the answers that have already arrived, up to the first other write.
-        while let Some((window, outcomes, committed)) = answers.take() {
-            rows += outcomes.len();
-            calls.push(outcomes);
-            waiting.push(committed);
-            if let Some((calls, ids)) = windows.get_mut(&window) {
-                *calls -= 1;
-                if *calls == 0 {
-                    answered.append(ids);
-                    windows.remove(&window);
-                }
-            }
-            if rows < MAX_ACK_BATCH {
-                match writes.try_recv() {
-                    Ok(Write::Answers { window, outcomes, committed }) => answers = Some((window, outcomes, committed)),
-                    Ok(other) => next = Some(other),
-                    Err(_) => {}
-                }
-            }
-        }
-        if !waiting.is_empty() {
-            for key in writer.record(&calls, &answered)? {
-                *quarantined.entry(key).or_default() += 1;
-            }
-            commits += 1;
-            if commits.is_multiple_of(COMMITS_PER_CHECKPOINT) || rows >= MAX_ACK_BATCH {
-                checkpointer.nudge();
-            }
-            for committed in waiting.drain(..) {
-                let _ = committed.send(());
-            }
-        }
         if next.is_none() {
             next = writes.blocking_recv();
         }
     }
-    Ok(quarantined)
+    Ok(committer.quarantined)
+}
+
+/// One call's answers: its window, its outcomes, where to say they are recorded.
+type Answers = (u64, Vec<Outcome>, oneshot::Sender<()>);
+
+struct Committer {
+    writer: AnswerWriter,
+    checkpointer: Checkpointer,
+    keys: Vec<String>,
+    /// Per window noted: its calls not yet answered, and its rows in `sending_windows`.
+    windows: HashMap<u64, (usize, Vec<i64>)>,
+    quarantined: BTreeMap<String, u64>,
+    commits: u32,
+}
+
+impl Committer {
+    fn note(&mut self, window: u64, calls: usize, after: &str, last: &str) -> anyhow::Result<()> {
+        let ids = self.writer.note_window(&self.keys, after, last)?;
+        self.windows.insert(window, (calls, ids));
+        Ok(())
+    }
+
+    /// Records `first` and every answer that has already arrived behind it, in one
+    /// transaction, then says so to their calls. Returns the first other write it met.
+    fn record_arrived(&mut self, first: Answers, writes: &mut mpsc::Receiver<Write>) -> anyhow::Result<Option<Write>> {
+        let (mut calls, mut waiting, mut answered) = (Vec::new(), Vec::new(), Vec::new());
+        let (mut rows, mut other) = (0, None);
+        let mut next = Some(first);
+        while let Some((window, outcomes, committed)) = next.take() {
+            rows += outcomes.len();
+            calls.push(outcomes);
+            waiting.push(committed);
+            if let Some((left, ids)) = self.windows.get_mut(&window) {
+                *left -= 1;
+                if *left == 0 {
+                    answered.append(ids);
+                    self.windows.remove(&window);
+                }
+            }
+            if rows < MAX_ACK_BATCH {
+                match writes.try_recv() {
+                    Ok(Write::Answers { window, outcomes, committed }) => next = Some((window, outcomes, committed)),
+                    Ok(write) => other = Some(write),
+                    Err(_) => {}
+                }
+            }
+        }
+        for key in self.writer.record(&calls, &answered)? {
+            *self.quarantined.entry(key).or_default() += 1;
+        }
+        self.commits += 1;
+        if self.commits.is_multiple_of(COMMITS_PER_CHECKPOINT) || rows >= MAX_ACK_BATCH {
+            self.checkpointer.nudge();
+        }
+        for committed in waiting {
+            let _ = committed.send(());
+        }
+        Ok(other)
+    }
 }
