@@ -3,9 +3,9 @@
 //! This is the hottest read: every row of an audience, ten million for a big one, on every
 //! pass. Through sqlx each row crosses a channel from the driver's worker thread with a task
 //! wake-up of its own, which caps the scan near half a million rows a second; so the scan opens
-//! its own read-only SQLite connection (rusqlite, on the same bundled SQLite) on the diff's
-//! blocking thread. In WAL mode it reads the last committed state, never the diff transaction
-//! that is being written meanwhile.
+//! its own read-only SQLite connection (rusqlite, on the same bundled SQLite), on a thread of
+//! its own that reads ahead of the merge. In WAL mode it reads the last committed state, never
+//! the diff transaction that is being written meanwhile (which commits only after the merge).
 
 use rusqlite::{Connection, OpenFlags};
 
