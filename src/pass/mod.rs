@@ -125,11 +125,20 @@ pub async fn run(
     }
 
     let loaded: Vec<&Computation> = started.iter().filter(|s| s.3.is_ok()).map(|s| s.0).collect();
+    // A first diff's entries are exactly what is pending: no need to count them (at millions
+    // of rows the count reads every one).
+    let fresh: BTreeMap<&str, u64> = started
+        .iter()
+        .filter_map(|(c, _, _, d)| d.as_ref().ok().filter(|d| d.fresh).map(|d| (c.key.as_str(), d.entered)))
+        .collect();
     let outcome = async {
         let blocked = delivery::ensure_attributes(store, destination, &loaded).await?;
         let (mut small, mut large, mut total) = (Vec::new(), Vec::new(), 0);
         for c in loaded.iter().filter(|c| !blocked.contains_key(&c.key)) {
-            let pending = store.pending_count(&c.key).await?;
+            let pending = match fresh.get(c.key.as_str()) {
+                Some(entered) => *entered,
+                None => store.pending_count(&c.key).await?,
+            };
             total += pending;
             let group = if pending <= SMALL_FIRST_ROWS { &mut small } else { &mut large };
             group.push(c.key.clone());
