@@ -22,6 +22,15 @@ impl Store {
     /// `false` instead of forgetting them), and the windows are dropped. Call it holding the
     /// computation's lease, before its diff. Returns how many rows were marked.
     pub async fn settle_sending_windows(&self, key: &str) -> anyhow::Result<u64> {
+        // Almost always there is nothing to settle: find that out without waiting for the write
+        // lock, which another pass's long diff may hold.
+        let left: bool = sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM sending_windows WHERE computation_key = ?1)")
+            .bind(key)
+            .fetch_one(&self.pool)
+            .await?;
+        if !left {
+            return Ok(0);
+        }
         let mut tx = self.begin_immediate().await?;
         let windows: Vec<(String, String, String)> = sqlx::query_as(
             "SELECT after_user, last_user, noted_at FROM sending_windows WHERE computation_key = ?1 ORDER BY id",
