@@ -23,20 +23,30 @@ pub enum Write {
     /// The answers of one call of window `window`, and where to say they are recorded.
     Answers { window: u64, outcomes: Vec<Outcome>, committed: oneshot::Sender<()> },
     /// Window `window`, users in (`after`, `last`] sent in `calls` calls, is about to be sent;
-    /// say when that is noted.
-    Sending { window: u64, calls: usize, after: String, last: String, noted: oneshot::Sender<anyhow::Result<()>> },
+    /// say when that is noted. `first_users`: per first sync, its users in the window with
+    /// their values (JSON) and when those were decided.
+    Sending {
+        window: u64,
+        calls: usize,
+        after: String,
+        last: String,
+        first_users: BTreeMap<String, (String, String)>,
+        noted: oneshot::Sender<anyhow::Result<()>>,
+    },
 }
 
-/// Serves writes for the computations `keys` until the channel closes; returns how many rows
-/// each computation had quarantined. Blocking: run it with `spawn_blocking`.
+/// Serves writes for the computations `keys` (of which `first_sync` are on their first sync)
+/// until the channel closes; returns how many rows each computation had quarantined.
+/// Blocking: run it with `spawn_blocking`.
 pub fn commit_loop(
     store: Store,
     keys: Vec<String>,
+    first_sync: Vec<String>,
     mut writes: mpsc::Receiver<Write>,
     quarantine_after: u32,
 ) -> anyhow::Result<BTreeMap<String, u64>> {
     let mut committer = Committer {
-        writer: store.answer_writer(quarantine_after)?,
+        writer: store.answer_writer(quarantine_after, &first_sync)?,
         checkpointer: store.checkpointer(),
         keys,
         windows: HashMap::new(),
@@ -46,8 +56,8 @@ pub fn commit_loop(
     let mut next = writes.blocking_recv();
     while let Some(write) = next.take() {
         next = match write {
-            Write::Sending { window, calls, after, last, noted } => {
-                let _ = noted.send(committer.note(window, calls, &after, &last));
+            Write::Sending { window, calls, after, last, first_users, noted } => {
+                let _ = noted.send(committer.note(window, calls, &after, &last, &first_users));
                 None
             }
             Write::Answers { window, outcomes, committed } => {
@@ -75,8 +85,15 @@ struct Committer {
 }
 
 impl Committer {
-    fn note(&mut self, window: u64, calls: usize, after: &str, last: &str) -> anyhow::Result<()> {
-        let ids = self.writer.note_window(&self.keys, after, last)?;
+    fn note(
+        &mut self,
+        window: u64,
+        calls: usize,
+        after: &str,
+        last: &str,
+        first_users: &BTreeMap<String, (String, String)>,
+    ) -> anyhow::Result<()> {
+        let ids = self.writer.note_window(&self.keys, after, last, first_users)?;
         self.windows.insert(window, (calls, ids));
         Ok(())
     }

@@ -10,6 +10,7 @@
 mod attributes;
 mod commit;
 mod retry;
+mod rows;
 
 use std::collections::{BTreeMap, VecDeque};
 use std::time::Duration;
@@ -22,9 +23,11 @@ use tokio_util::sync::CancellationToken;
 use crate::config::{Kind, RetryConfig};
 use crate::destination::{Destination, PendingValue, UserUpdate};
 use crate::progress::Stage;
-use crate::state::{Outcome, PendingReader, PendingRow, Store};
+use crate::state::{Outcome, PendingRow, Store};
 
 pub use attributes::ensure_attributes;
+pub use rows::FirstSync;
+use rows::Rows;
 
 /// Pending rows read per page, at least (a page holds at least one window of users).
 const PAGE_ROWS: usize = 5000;
@@ -80,37 +83,51 @@ struct CallResult {
     retried: Vec<String>,
 }
 
-/// Delivers every pending, unquarantined row of the computations `keys` once, retrying within
-/// the pass until `deadline`; rows still failing stay pending for the next pass. Errors only
-/// when the state cannot be read or written.
+/// Delivers every pending, unquarantined row of the computations `keys`, and every entry of the
+/// first syncs `first`, once, retrying within the pass until `deadline`; rows still failing stay
+/// pending for the next pass. Errors only when the state cannot be read or written.
 /// Once `stop` is cancelled (shutdown), no new call starts and no retry waits; the calls in
 /// flight finish and are recorded.
 pub async fn deliver(
     store: &Store,
     destination: &Destination,
     keys: &[String],
+    first: Vec<FirstSync>,
     policy: &RetryConfig,
     deadline: Instant,
     stop: &CancellationToken,
     progress: &Stage,
 ) -> anyhow::Result<DeliveryReport> {
     let mut report = DeliveryReport::default();
-    if keys.is_empty() {
+    if keys.is_empty() && first.is_empty() {
         return Ok(report);
     }
     let concurrency = destination.concurrency();
     let (write_tx, write_rx) = mpsc::channel::<commit::Write>(concurrency + 1);
-    let (committer_store, committer_keys, quarantine_after) = (store.clone(), keys.to_vec(), policy.quarantine_after);
-    let committer = tokio::task::spawn_blocking(move || {
-        commit::commit_loop(committer_store, committer_keys, write_rx, quarantine_after)
-    });
+    let first_keys: Vec<String> = first.iter().map(|f| f.key.clone()).collect();
+    let all_keys: Vec<String> = keys.iter().chain(&first_keys).cloned().collect();
+    let committer = {
+        let (store, all_keys, first_keys) = (store.clone(), all_keys.clone(), first_keys.clone());
+        let quarantine_after = policy.quarantine_after;
+        tokio::task::spawn_blocking(move || {
+            commit::commit_loop(store, all_keys, first_keys, write_rx, quarantine_after)
+        })
+    };
 
     // Windows of users are read and noted one ahead of the calls that send them, so that
     // requests never wait for the state between windows.
     let per_call = destination.updates_per_call();
     let (window_tx, window_rx) = mpsc::channel::<Window>(1);
     let produce = async {
-        let windows = pending_updates(store, keys, &write_tx, concurrency, per_call);
+        let rows = {
+            let (store, keys) = (store.clone(), keys.to_vec());
+            tokio::task::spawn_blocking(move || {
+                let pending = if keys.is_empty() { None } else { Some(store.pending_reader(&keys)?) };
+                Rows::new(pending, first)
+            })
+            .await??
+        };
+        let windows = windows_of_updates(rows, &first_keys, &write_tx, concurrency, per_call);
         futures::pin_mut!(windows);
         while let Some(window) = windows.try_next().await? {
             if window_tx.send(window).await.is_err() {
@@ -176,49 +193,70 @@ struct Window {
     calls: Vec<Vec<UserUpdate>>,
 }
 
-/// Pending rows as one update per user, in user order, a window of `window` calls of
-/// `per_call` users at a time. Each window is noted as being sent before it is handed out
-/// (`AnswerWriter::note_window`); with one window in flight, one handed over and one being
-/// noted, a kill leaves at most three windows noted without having been sent.
-fn pending_updates<'a>(
-    store: &'a Store,
-    keys: &'a [String],
+/// Rows as one update per user, in user order, a window of `window` calls of `per_call` users
+/// at a time. Each window is noted as being sent before it is handed out
+/// (`AnswerWriter::note_window`), with its users of each first sync `first` (their rows are not
+/// in the state yet); with one window in flight, one handed over and one being noted, a kill
+/// leaves at most three windows noted without having been sent.
+fn windows_of_updates<'a>(
+    rows: Rows,
+    first: &'a [String],
     writes: &'a mpsc::Sender<commit::Write>,
     window: usize,
     per_call: usize,
 ) -> impl futures::Stream<Item = anyhow::Result<Window>> + 'a {
-    let state = (String::new(), VecDeque::new(), None::<PendingReader>, 0u64);
-    stream::try_unfold(state, move |(after, mut queued, reader, id)| async move {
-        let mut reader = match reader {
-            Some(r) => r,
-            None => {
-                let (store, keys) = (store.clone(), keys.to_vec());
-                tokio::task::spawn_blocking(move || store.pending_reader(&keys)).await??
-            }
-        };
+    let state = (String::new(), VecDeque::new(), rows, 0u64);
+    stream::try_unfold(state, move |(after, mut queued, mut rows, id)| async move {
         if queued.is_empty() {
-            let from = after.clone();
-            let (rows, back) = tokio::task::spawn_blocking(move || {
-                let rows = reader.page(&from, PAGE_ROWS.max(window * per_call));
-                (rows, reader)
+            let (page, back) = tokio::task::spawn_blocking(move || {
+                let page = rows.page(PAGE_ROWS.max(window * per_call));
+                (page, rows)
             })
             .await?;
-            reader = back;
-            let mut updates = group_by_user(rows?).into_iter().peekable();
+            rows = back;
+            let mut updates = group_by_user(page?).into_iter().peekable();
             while updates.peek().is_some() {
                 queued.push_back(updates.by_ref().take(window * per_call).collect::<Vec<UserUpdate>>());
             }
         }
         let Some(users) = queued.pop_front() else { return anyhow::Ok(None) };
         let last = users.last().map(|u| u.user_id.clone()).unwrap_or_default();
+        let first_users = users_of(&users, first)?;
         let calls: Vec<Vec<UserUpdate>> = users.chunks(per_call).map(<[UserUpdate]>::to_vec).collect();
         let (noted, done) = oneshot::channel();
-        let sending =
-            commit::Write::Sending { window: id, calls: calls.len(), after: after.clone(), last: last.clone(), noted };
+        let sending = commit::Write::Sending {
+            window: id,
+            calls: calls.len(),
+            after: after.clone(),
+            last: last.clone(),
+            first_users,
+            noted,
+        };
         writes.send(sending).await.map_err(|_| stopped_recording())?;
         done.await.map_err(|_| stopped_recording())??;
-        Ok(Some((Window { id, calls }, (last, queued, Some(reader), id + 1))))
+        Ok(Some((Window { id, calls }, (last, queued, rows, id + 1))))
     })
+}
+
+/// For each computation of `keys` that some of `updates` hold a value of: those users with the
+/// values, as a JSON array of [user, value JSON text] pairs, and when the values were decided.
+fn users_of(updates: &[UserUpdate], keys: &[String]) -> anyhow::Result<BTreeMap<String, (String, String)>> {
+    let mut users: BTreeMap<&str, (Vec<[&str; 2]>, &str)> = BTreeMap::new();
+    if keys.is_empty() {
+        return Ok(BTreeMap::new());
+    }
+    for u in updates {
+        for v in u.values.iter().filter(|v| keys.contains(&v.key)) {
+            let (pairs, _) = users.entry(&v.key).or_insert_with(|| (Vec::new(), &v.changed_at));
+            pairs.push([&u.user_id, &v.value]);
+        }
+    }
+    users
+        .into_iter()
+        .map(|(key, (pairs, changed_at))| {
+            Ok((key.to_string(), (serde_json::to_string(&pairs)?, changed_at.to_string())))
+        })
+        .collect()
 }
 
 /// Consecutive rows of one user become one update.

@@ -4,6 +4,8 @@
 //! Rust's `str` order), so the diff is one streaming merge: memory does not grow with the number
 //! of members. It decides, for each user, what the destination should now hold (DESIGN §4).
 
+pub mod spool;
+
 use std::cmp::Ordering;
 
 use crate::config::Kind;

@@ -1,10 +1,12 @@
-//! A pass: for each selected computation load the snapshot, diff it into the state, then
-//! deliver everything pending, and record one `sync_runs` row per computation.
+//! A pass: for each selected computation load the snapshot, diff it into the state (or, for a
+//! computation with no state yet, into a spool: see `first_sync`), then deliver everything
+//! pending, and record one `sync_runs` row per computation.
 //!
 //! A computation whose snapshot fails to load whole changes nothing and sends nothing
 //! (DESIGN §9.2); the others still sync.
 
 mod differ;
+mod first_sync;
 pub mod lease;
 pub mod plan;
 
@@ -20,6 +22,8 @@ use crate::diff::DiffCounts;
 use crate::progress::Progress;
 use crate::source::{self, fingerprint};
 use crate::state::{RunCounts, RunStatus, Store};
+
+use first_sync::Spooled;
 
 /// What a pass did for one computation.
 #[derive(Debug, Clone)]
@@ -113,7 +117,7 @@ pub async fn run(
         tracing::debug!(key = %c.key, mode, "pass started");
         let diff = load_and_diff(config, store, c, options).await;
         match &diff {
-            Ok(d) => tracing::info!(
+            Ok((d, _)) => tracing::info!(
                 key = %c.key, snapshot_rows = d.snapshot_rows, entered = d.entered, exited = d.exited, changed = d.changed,
                 "snapshot diffed"
             ),
@@ -125,34 +129,52 @@ pub async fn run(
     }
 
     let loaded: Vec<&Computation> = started.iter().filter(|s| s.3.is_ok()).map(|s| s.0).collect();
-    // A first diff's entries are exactly what is pending: no need to count them (at millions
-    // of rows the count reads every one).
-    let fresh: BTreeMap<&str, u64> = started
-        .iter()
-        .filter_map(|(c, _, _, d)| d.as_ref().ok().filter(|d| d.fresh).map(|d| (c.key.as_str(), d.entered)))
-        .collect();
+    // First syncs' entries, for delivery to take.
+    let mut first: BTreeMap<String, _> = BTreeMap::new();
+    for (c, _, _, d) in &mut started {
+        if let Ok((_, Some(spooled))) = d
+            && let Some(entries) = spooled.entries.take()
+        {
+            first.insert(c.key.clone(), entries);
+        }
+    }
     let outcome = async {
         let blocked = delivery::ensure_attributes(store, destination, &loaded).await?;
-        let (mut small, mut large, mut total) = (Vec::new(), Vec::new(), 0);
+        // Small before large: (keys with pending rows, first syncs) of each.
+        let (mut small, mut large, mut total) = ((Vec::new(), Vec::new()), (Vec::new(), Vec::new()), 0);
         for c in loaded.iter().filter(|c| !blocked.contains_key(&c.key)) {
-            let pending = match fresh.get(c.key.as_str()) {
-                Some(entered) => *entered,
+            let spooled = first.remove(&c.key);
+            let pending = match &spooled {
+                Some(f) => f.entries.len(),
                 None => store.pending_count(&c.key).await?,
             };
             total += pending;
             let group = if pending <= SMALL_FIRST_ROWS { &mut small } else { &mut large };
-            group.push(c.key.clone());
+            match spooled {
+                Some(f) => group.1.push(f),
+                None => group.0.push(c.key.clone()),
+            }
         }
         let delivering = options.progress.stage("delivering".into(), "rows answered", Some(total));
-        let run =
-            |keys| delivery::deliver(store, destination, keys, &config.retry, deadline, &options.stop, &delivering);
-        let mut report = run(&small).await?;
-        let rest = run(&large).await?;
+        let delivering = &delivering;
+        let run = |(keys, first): (Vec<String>, _)| async move {
+            delivery::deliver(store, destination, &keys, first, &config.retry, deadline, &options.stop, delivering)
+                .await
+        };
+        let mut report = run(small).await?;
+        let rest = run(large).await?;
         delivering.finish();
         report.per_key.extend(rest.per_key);
         anyhow::Ok((blocked, report))
     };
-    let (blocked, delivered) = match outcome.await {
+    let outcome = outcome.await;
+    // A first sync that was not delivered (its attribute is blocked) gets its entries back.
+    for (c, _, _, d) in &mut started {
+        if let Ok((_, Some(spooled))) = d {
+            spooled.entries = first.remove(&c.key);
+        }
+    }
+    let (blocked, delivered) = match outcome {
         Ok(r) => r,
         Err(e) => {
             let message = format!("delivery stopped: {e:#}");
@@ -180,7 +202,7 @@ pub async fn run(
                     error: Some(error),
                 }
             }
-            Ok(d) => finish(store, c, mode, run_id, d, &delivered.per_key, &blocked).await?,
+            Ok((d, spooled)) => finish(store, c, mode, run_id, d, spooled, &delivered.per_key, &blocked).await?,
         };
         tracing::info!(key = %report.key, status = report.status.as_str(), "{}", report.summary());
         reports.push(report);
@@ -195,11 +217,16 @@ async fn finish(
     mode: &'static str,
     run_id: i64,
     d: DiffCounts,
+    spooled: Option<Spooled>,
     delivered: &BTreeMap<String, KeyReport>,
     blocked: &BTreeMap<String, String>,
 ) -> anyhow::Result<ComputationReport> {
     let delivery = delivered.get(&c.key).cloned().unwrap_or_default();
-    let pending = store.pending_count(&c.key).await?;
+    let unsent = match spooled {
+        Some(spooled) => first_sync::close(store, &c.key, &d, spooled, &delivery).await?,
+        None => 0,
+    };
+    let pending = store.pending_count(&c.key).await? + unsent;
     let status = if pending == 0 { RunStatus::Ok } else { RunStatus::Incomplete };
     if status == RunStatus::Ok && mode == "initial" {
         store.mark_initial_sync_done(&c.key).await?;
@@ -225,13 +252,14 @@ async fn finish(
 }
 
 /// Loads the snapshot of `c` and merges it into the state in one transaction, which commits
-/// only if the whole snapshot loaded, passed the guards and every write succeeded.
+/// only if the whole snapshot loaded, passed the guards and every write succeeded; or, when the
+/// state holds nothing of `c`, spools it for a first sync.
 async fn load_and_diff(
     config: &Config,
     store: &Store,
     c: &Computation,
     options: &PassOptions,
-) -> anyhow::Result<DiffCounts> {
+) -> anyhow::Result<(DiffCounts, Option<Spooled>)> {
     // One read of the file for its hash, before it is loaded: the same size and hash as the last
     // recorded diff's mean provably unchanged; otherwise it is what this diff records.
     let source = c.source.clone();
@@ -253,8 +281,12 @@ async fn load_and_diff(
                 tokio::task::spawn_blocking(move || store.diff_writer(&key)?.commit(Some((&now, rows)))).await??;
             }
             tracing::info!(key = %c.key, "snapshot unchanged (same size and SHA-256): diff skipped");
-            return Ok(DiffCounts { snapshot_rows: rows, ..DiffCounts::default() });
+            return Ok((DiffCounts { snapshot_rows: rows, ..DiffCounts::default() }, None));
         }
+    }
+    if !store.has_rows(&c.key).await? {
+        let (counts, spooled) = first_sync::diff(config, c, options, fingerprint).await?;
+        return Ok((counts, Some(spooled)));
     }
     let progress = &options.progress;
     let loading = progress.stage(format!("{}: loading", c.key), "rows read", None);
@@ -270,7 +302,7 @@ async fn load_and_diff(
     }
     let rows = counts.snapshot_rows;
     tokio::task::spawn_blocking(move || writer.commit(fingerprint.as_ref().map(|f| (f, rows)))).await??;
-    Ok(counts)
+    Ok((counts, None))
 }
 
 fn is_older(a: &str, b: &str) -> bool {

@@ -6,24 +6,28 @@
 //! worker thread; here one blocking thread holds its own SQLite connection and runs cached
 //! statements directly.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 
 use rusqlite::{Connection, params};
 
-use super::{Store, now};
+use super::{Store, execute_batched, now, values_list};
 use crate::state::Outcome;
 
 /// A connection that records answers; used from one blocking thread.
 pub struct AnswerWriter {
     db: Connection,
     quarantine_after: u32,
+    /// Computations on their first sync: their rows are written with their first answer.
+    first_sync: HashSet<String>,
 }
 
 impl Store {
     /// Opens a writer of answers; a row failing on its `quarantine_after`-th pass is quarantined.
-    pub fn answer_writer(&self, quarantine_after: u32) -> anyhow::Result<AnswerWriter> {
+    /// The computations `first_sync` have no rows yet (see `diff::spool`): an answer about one
+    /// of theirs writes the row.
+    pub fn answer_writer(&self, quarantine_after: u32, first_sync: &[String]) -> anyhow::Result<AnswerWriter> {
         let db = self.bulk_writer()?;
-        Ok(AnswerWriter { db, quarantine_after })
+        Ok(AnswerWriter { db, quarantine_after, first_sync: first_sync.iter().cloned().collect() })
     }
 }
 
@@ -31,17 +35,28 @@ impl AnswerWriter {
     /// Notes, before they are sent, that users in (`after`, `last`] of the computations `keys`
     /// may reach the destination: one row per computation in `sending_windows`, committed
     /// before the requests go, so that a kill during them cannot make the diff forget a user
-    /// the destination may hold. Returns the rows, for `record` to drop once answered.
-    pub fn note_window(&mut self, keys: &[String], after: &str, last: &str) -> anyhow::Result<Vec<i64>> {
+    /// the destination may hold. A computation on its first sync has no rows to find there:
+    /// `users` gives, for each such key, the window's users with the values sent (a JSON array
+    /// of pairs) and when those were decided.
+    /// Returns the rows, for `record` to drop once answered.
+    pub fn note_window(
+        &mut self,
+        keys: &[String],
+        after: &str,
+        last: &str,
+        users: &BTreeMap<String, (String, String)>,
+    ) -> anyhow::Result<Vec<i64>> {
         let at = now();
         let tx = rusqlite::Transaction::new(&mut self.db, rusqlite::TransactionBehavior::Immediate)?;
         let mut ids = Vec::with_capacity(keys.len());
         {
             let mut note = tx.prepare_cached(
-                "INSERT INTO sending_windows (computation_key, after_user, last_user, noted_at) VALUES (?1, ?2, ?3, ?4)",
+                "INSERT INTO sending_windows (computation_key, after_user, last_user, noted_at, users, changed_at) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
             )?;
             for key in keys {
-                note.execute(params![key, after, last, at])?;
+                let (users, changed_at) = users.get(key).map(|(u, c)| (u, c)).unzip();
+                note.execute(params![key, after, last, at, users, changed_at])?;
                 ids.push(tx.last_insert_rowid());
             }
         }
@@ -60,11 +75,14 @@ impl AnswerWriter {
         let tx = rusqlite::Transaction::new(&mut self.db, rusqlite::TransactionBehavior::Immediate)?;
         let mut quarantined = Vec::new();
         for call in calls {
-            let all_acked = call.iter().all(|o| o.error.is_none());
-            if all_acked && call.len() >= RANGE_ACK_MIN_ROWS && ack_range(&tx, call, &at)? {
+            let (new, known): (Vec<&Outcome>, Vec<&Outcome>) =
+                call.iter().partition(|o| self.first_sync.contains(&o.computation_key));
+            quarantined.extend(insert_answered(&tx, &new, &at, self.quarantine_after)?);
+            let all_acked = known.iter().all(|o| o.error.is_none());
+            if all_acked && known.len() >= RANGE_ACK_MIN_ROWS && ack_range(&tx, &known, &at)? {
                 continue;
             }
-            for o in call {
+            for o in known {
                 if record_one(&tx, o, &at, self.quarantine_after)? {
                     quarantined.push(o.computation_key.clone());
                 }
@@ -107,12 +125,49 @@ fn record_one(tx: &Connection, o: &Outcome, at: &str, quarantine_after: u32) -> 
     }
 }
 
+/// Writes the rows of a first sync's answers (they are not in the state yet): acknowledged, a
+/// row is synced with the value sent; failed, it is pending with its first attempt counted and
+/// `first_sent_at` (the request may have landed). Returns the key of each row quarantined.
+fn insert_answered(
+    tx: &Connection,
+    answers: &[&Outcome],
+    at: &str,
+    quarantine_after: u32,
+) -> rusqlite::Result<Vec<String>> {
+    let acked: Vec<[&str; 6]> = answers
+        .iter()
+        .filter(|o| o.error.is_none())
+        .map(|o| [o.computation_key.as_str(), &o.user_id, &o.sent, &o.sent, &o.changed_at, at])
+        .collect();
+    let insert_synced = |rows| {
+        format!(
+            "INSERT INTO memberships (computation_key, user_id, desired, synced, updated_at, synced_at) VALUES {}",
+            values_list(rows, 6)
+        )
+    };
+    execute_batched(tx, insert_synced, &acked)?;
+    let mut quarantined = Vec::new();
+    let mut failed = tx.prepare_cached(
+        "INSERT INTO memberships (computation_key, user_id, desired, updated_at, attempts, last_error, first_sent_at, quarantined_at) \
+         VALUES (?1, ?2, ?3, ?4, 1, ?5, ?6, CASE WHEN ?7 <= 1 THEN ?6 END)",
+    )?;
+    for o in answers {
+        if let Some(error) = &o.error {
+            failed.execute(params![o.computation_key, o.user_id, o.sent, o.changed_at, error, at, quarantine_after])?;
+            if quarantine_after <= 1 {
+                quarantined.push(o.computation_key.clone());
+            }
+        }
+    }
+    Ok(quarantined)
+}
+
 /// Acknowledges a call whose rows all succeeded with one UPDATE per computation over the
 /// users it covers: a call holds every pending row of its computations for a run of
 /// consecutive users, so those are exactly the pending rows in that range not changed since
 /// they were read. If the count says otherwise (a row changed meanwhile), nothing is kept and
 /// it returns false, for the caller to record row by row.
-fn ack_range(tx: &Connection, call: &[Outcome], at: &str) -> rusqlite::Result<bool> {
+fn ack_range(tx: &Connection, call: &[&Outcome], at: &str) -> rusqlite::Result<bool> {
     // Per computation: first and last user, latest change sent, rows. The update walks the
     // primary key over the range; through the pending index instead, a 1 % delta of 10M rows
     // acknowledges 0.4 s sooner but an initial pass of 1M takes 1 s longer (measured).
@@ -185,7 +240,7 @@ mod tests {
         let all = users(12);
         let store = state_with_pending(dir.path(), &all).await;
         let call: Vec<Outcome> = all[..10].iter().map(|u| acked(u)).collect();
-        store.answer_writer(3).unwrap().record(&[call], &[]).unwrap();
+        store.answer_writer(3, &[]).unwrap().record(&[call], &[]).unwrap();
         let synced: Vec<String> =
             rows(&store).into_iter().filter(|r| r.2.as_deref() == Some("true")).map(|r| r.0).collect();
         assert_eq!(synced, all[..10], "the two users after the call stay pending");
@@ -202,7 +257,7 @@ mod tests {
             .execute("UPDATE memberships SET desired = 'false', updated_at = 't2' WHERE user_id = 'u04'", [])
             .unwrap();
         let call: Vec<Outcome> = all.iter().map(|u| acked(u)).collect();
-        store.answer_writer(3).unwrap().record(&[call], &[]).unwrap();
+        store.answer_writer(3, &[]).unwrap().record(&[call], &[]).unwrap();
         for (user, desired, synced) in rows(&store) {
             if user == "u04" {
                 assert_eq!((desired.as_str(), synced.as_deref()), ("false", Some("true")), "u04 is still pending");

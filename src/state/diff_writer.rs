@@ -8,7 +8,7 @@
 
 use rusqlite::{Connection, params};
 
-use super::{Store, now};
+use super::{ROWS_PER_STATEMENT, Store, execute_batched, now, values_list};
 use crate::diff::{Op, OpSink};
 use crate::source::fingerprint::Fingerprint;
 
@@ -27,7 +27,13 @@ impl Store {
     /// Opens the writer of `key`'s diff. Blocking: call it from a blocking thread.
     pub fn diff_writer(&self, key: &str) -> anyhow::Result<DiffWriter> {
         let db = self.bulk_writer()?;
-        Ok(DiffWriter { db, key: key.to_string(), now: now(), begun: false, sets: Vec::with_capacity(SET_BATCH) })
+        Ok(DiffWriter {
+            db,
+            key: key.to_string(),
+            now: now(),
+            begun: false,
+            sets: Vec::with_capacity(ROWS_PER_STATEMENT),
+        })
     }
 }
 
@@ -60,45 +66,24 @@ impl DiffWriter {
 }
 
 impl DiffWriter {
-    /// Writes the buffered sets: whole batches through one multi-row statement (a statement's
-    /// set-up costs about as much as a row's insert), the rest one by one.
+    /// Writes the buffered sets.
     fn flush(&mut self) -> rusqlite::Result<()> {
-        let sets = std::mem::take(&mut self.sets);
-        let mut batches = sets.chunks_exact(SET_BATCH);
-        for batch in batches.by_ref() {
-            let mut upsert = self.db.prepare_cached(&upsert_sql(SET_BATCH))?;
-            let mut i = 1;
-            for (user_id, desired) in batch {
-                for value in [self.key.as_str(), user_id, desired, &self.now] {
-                    upsert.raw_bind_parameter(i, value)?;
-                    i += 1;
-                }
-            }
-            upsert.raw_execute()?;
-        }
-        for (user_id, desired) in batches.remainder() {
-            let mut upsert = self.db.prepare_cached(&upsert_sql(1))?;
-            upsert.execute(params![self.key, user_id, desired, self.now])?;
-        }
-        self.sets = sets;
+        let rows: Vec<[&str; 4]> =
+            self.sets.iter().map(|(user, desired)| [self.key.as_str(), user, desired, &self.now]).collect();
+        execute_batched(&self.db, upsert_sql, &rows)?;
         self.sets.clear();
         Ok(())
     }
 }
 
-/// Sets written by one statement.
-const SET_BATCH: usize = 64;
-
 /// An upsert of `rows` rows. A new desired value is a new delivery: its attempts and error
 /// start afresh.
 fn upsert_sql(rows: usize) -> String {
-    let values: Vec<String> =
-        (0..rows).map(|r| format!("(?{}, ?{}, ?{}, ?{})", 4 * r + 1, 4 * r + 2, 4 * r + 3, 4 * r + 4)).collect();
     format!(
         "INSERT INTO memberships (computation_key, user_id, desired, updated_at) VALUES {} \
          ON CONFLICT (computation_key, user_id) DO UPDATE SET desired = excluded.desired, \
          updated_at = excluded.updated_at, attempts = 0, last_error = NULL, quarantined_at = NULL",
-        values.join(", ")
+        values_list(rows, 4)
     )
 }
 
@@ -108,7 +93,7 @@ impl OpSink for DiffWriter {
         match op {
             Op::Set { user_id, desired, .. } => {
                 self.sets.push((user_id, desired));
-                if self.sets.len() == SET_BATCH {
+                if self.sets.len() == ROWS_PER_STATEMENT {
                     self.flush()?;
                 }
             }
@@ -139,16 +124,16 @@ mod tests {
         };
         // Two whole batches and a remainder; then, in a second diff, changes and forgets.
         let mut writer = store.diff_writer("a").unwrap();
-        for i in 0..(2 * SET_BATCH + 5) {
+        for i in 0..(2 * ROWS_PER_STATEMENT + 5) {
             writer.apply(set(i, "true")).unwrap();
         }
         writer.commit(None).unwrap();
         let mut writer = store.diff_writer("a").unwrap();
         writer.apply(Op::Forget { user_id: "u0000".into() }).unwrap();
-        for i in 1..(SET_BATCH + 2) {
+        for i in 1..(ROWS_PER_STATEMENT + 2) {
             writer.apply(set(i, "false")).unwrap();
         }
-        writer.apply(Op::Forget { user_id: format!("u{:04}", 2 * SET_BATCH + 4) }).unwrap();
+        writer.apply(Op::Forget { user_id: format!("u{:04}", 2 * ROWS_PER_STATEMENT + 4) }).unwrap();
         writer.commit(None).unwrap();
 
         let count = |desired: &str| -> usize {
@@ -156,8 +141,8 @@ mod tests {
                 db.query_row("SELECT count(*) FROM memberships WHERE desired = ?1", [desired], |r| r.get(0)).unwrap();
             n as usize
         };
-        assert_eq!(count("false"), SET_BATCH + 1);
-        assert_eq!(count("true"), 2 * SET_BATCH + 5 - 2 - (SET_BATCH + 1));
+        assert_eq!(count("false"), ROWS_PER_STATEMENT + 1);
+        assert_eq!(count("true"), 2 * ROWS_PER_STATEMENT + 5 - 2 - (ROWS_PER_STATEMENT + 1));
     }
 
     #[tokio::test]
@@ -165,7 +150,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let (store, db) = store_with_audience(dir.path()).await;
         let mut writer = store.diff_writer("a").unwrap();
-        for i in 0..(3 * SET_BATCH) {
+        for i in 0..(3 * ROWS_PER_STATEMENT) {
             let op = Op::Set { user_id: format!("u{i:04}"), desired: "true".into(), change: Change::Entered };
             writer.apply(op).unwrap();
         }

@@ -19,7 +19,8 @@ impl Store {
     /// Settles what a process that died mid-delivery left of `key`: in each of its windows
     /// (`sending_windows`), the never-acknowledged pending rows may have reached the
     /// destination, so they are marked `first_sent_at` (the diff then tells a leaving user
-    /// `false` instead of forgetting them), and the windows are dropped. Call it holding the
+    /// `false` instead of forgetting them), a first sync's users not in the state get such a
+    /// row, and the windows are dropped. Call it holding the
     /// computation's lease, before its diff. Returns how many rows were marked.
     pub async fn settle_sending_windows(&self, key: &str) -> anyhow::Result<u64> {
         // Almost always there is nothing to settle: find that out without waiting for the write
@@ -32,14 +33,31 @@ impl Store {
             return Ok(0);
         }
         let mut tx = self.begin_immediate().await?;
-        let windows: Vec<(String, String, String)> = sqlx::query_as(
-            "SELECT after_user, last_user, noted_at FROM sending_windows WHERE computation_key = ?1 ORDER BY id",
+        let windows: Vec<(String, String, String, Option<String>, Option<String>)> = sqlx::query_as(
+            "SELECT after_user, last_user, noted_at, users, changed_at FROM sending_windows \
+             WHERE computation_key = ?1 ORDER BY id",
         )
         .bind(key)
         .fetch_all(&mut *tx)
         .await?;
         let mut marked = 0;
-        for (after, last, noted_at) in &windows {
+        for (after, last, noted_at, users, changed_at) in &windows {
+            // A first sync's window: its users have no rows until acknowledged. Those still
+            // without one get a pending row with the value sent, told (see migration 0008).
+            if let Some(users) = users {
+                marked += sqlx::query(
+                    "INSERT INTO memberships (computation_key, user_id, desired, updated_at, first_sent_at) \
+                     SELECT ?1, u.value ->> 0, u.value ->> 1, ?3, ?4 FROM json_each(?2) u WHERE true \
+                     ON CONFLICT (computation_key, user_id) DO NOTHING",
+                )
+                .bind(key)
+                .bind(users)
+                .bind(changed_at.as_deref().unwrap_or(noted_at))
+                .bind(noted_at)
+                .execute(&mut *tx)
+                .await?
+                .rows_affected();
+            }
             marked += sqlx::query(
                 "UPDATE memberships SET first_sent_at = ?4 \
                  WHERE computation_key = ?1 AND user_id > ?2 AND user_id <= ?3 \
@@ -58,6 +76,15 @@ impl Store {
         }
         tx.commit().await?;
         Ok(marked)
+    }
+
+    /// Whether the state holds any row of `key`; without one its diff is a first sync.
+    pub async fn has_rows(&self, key: &str) -> anyhow::Result<bool> {
+        let any = sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM memberships WHERE computation_key = ?1)")
+            .bind(key)
+            .fetch_one(&self.pool)
+            .await?;
+        Ok(any)
     }
 
     /// Marks rows pending again so that their current value is re-sent: every row of the

@@ -114,6 +114,40 @@ impl Store {
     }
 }
 
+/// Rows written by one statement of the bulk writers.
+const ROWS_PER_STATEMENT: usize = 64;
+
+/// Runs `sql(n)`, a statement over `n` rows of `N` parameters each, over all of `rows`: whole
+/// batches of `ROWS_PER_STATEMENT` through one cached statement (a statement's set-up costs
+/// about as much as a row's insert), the rest one row a statement.
+fn execute_batched<const N: usize>(
+    db: &rusqlite::Connection,
+    sql: impl Fn(usize) -> String,
+    rows: &[[&str; N]],
+) -> rusqlite::Result<()> {
+    let mut batches = rows.chunks_exact(ROWS_PER_STATEMENT);
+    let run = |batch: &[[&str; N]]| -> rusqlite::Result<()> {
+        let mut statement = db.prepare_cached(&sql(batch.len()))?;
+        for (i, value) in batch.iter().flatten().enumerate() {
+            statement.raw_bind_parameter(i + 1, *value)?;
+        }
+        statement.raw_execute().map(drop)
+    };
+    for batch in batches.by_ref() {
+        run(batch)?;
+    }
+    batches.remainder().chunks(1).try_for_each(run)
+}
+
+/// The placeholders of a multi-row `VALUES` list: `rows` rows of `columns` numbered parameters.
+fn values_list(rows: usize, columns: usize) -> String {
+    let row = |r: usize| {
+        let params: Vec<String> = (1..=columns).map(|c| format!("?{}", r * columns + c)).collect();
+        format!("({})", params.join(", "))
+    };
+    (0..rows).map(row).collect::<Vec<_>>().join(", ")
+}
+
 /// Timestamps in the state: RFC 3339 in UTC with milliseconds, which sort as text.
 pub fn now() -> String {
     chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true)

@@ -1,0 +1,137 @@
+//! Delivery's rows: the pending rows of the state and the entries of first syncs' spools,
+//! merged in user order (then computation), so that each user still gets one update holding
+//! all of their values.
+
+use std::collections::VecDeque;
+
+use crate::config::Kind;
+use crate::diff::spool::SpoolReader;
+use crate::state::{PendingReader, PendingRow};
+
+/// A computation on its first sync: the entries its diff spooled, each to be sent as changed at
+/// `changed_at` (the diff's time).
+pub struct FirstSync {
+    pub key: String,
+    pub kind: Kind,
+    pub changed_at: String,
+    pub entries: SpoolReader,
+}
+
+/// Rows to deliver, in pages. Blocking: read it on a blocking thread.
+pub struct Rows {
+    pending: Option<PendingReader>,
+    /// Pending rows read and not yet handed out, and the last user read.
+    buffered: VecDeque<PendingRow>,
+    read_through: String,
+    spools: Vec<(FirstSync, Option<PendingRow>)>,
+}
+
+/// Pending rows read from the state at a time.
+const STATE_PAGE_ROWS: usize = 4096;
+
+impl Rows {
+    /// Rows from `pending` (the state's, if any computation has some) and from `first`.
+    pub fn new(pending: Option<PendingReader>, first: Vec<FirstSync>) -> anyhow::Result<Rows> {
+        let mut spools = Vec::with_capacity(first.len());
+        for mut f in first {
+            let head = next_entry(&mut f)?;
+            spools.push((f, head));
+        }
+        Ok(Rows { pending, buffered: VecDeque::new(), read_through: String::new(), spools })
+    }
+
+    /// At least `limit` rows (fewer at the end), in user order; never splits a user.
+    pub fn page(&mut self, limit: usize) -> anyhow::Result<Vec<PendingRow>> {
+        let mut page: Vec<PendingRow> = Vec::with_capacity(limit + 1);
+        loop {
+            if self.buffered.is_empty()
+                && let Some(reader) = &mut self.pending
+            {
+                let rows = reader.page(&self.read_through, STATE_PAGE_ROWS)?;
+                match rows.last() {
+                    Some(last) => self.read_through = last.user_id.clone(),
+                    None => self.pending = None,
+                }
+                self.buffered.extend(rows);
+            }
+            let Some(source) = self.smallest() else { break };
+            let next = match source {
+                None => &self.buffered[0],
+                Some(i) => self.spools[i].1.as_ref().expect("the smallest head is there"),
+            };
+            if page.len() >= limit && page.last().is_some_and(|last| last.user_id != next.user_id) {
+                break;
+            }
+            let row = match source {
+                None => self.buffered.pop_front().expect("the smallest head is there"),
+                Some(i) => {
+                    let (first, head) = &mut self.spools[i];
+                    let next = next_entry(first)?;
+                    std::mem::replace(head, next).expect("the smallest head is there")
+                }
+            };
+            page.push(row);
+        }
+        Ok(page)
+    }
+
+    /// Which head comes first, by (user, computation): `None` the state's, `Some(i)` spool
+    /// `i`'s; `Ok(None)` when all are done.
+    fn smallest(&self) -> Option<Option<usize>> {
+        let mut best: Option<(Option<usize>, &PendingRow)> = self.buffered.front().map(|r| (None, r));
+        for (i, (_, head)) in self.spools.iter().enumerate() {
+            if let Some(row) = head
+                && best.is_none_or(|(_, b)| (&row.user_id, &row.computation_key) < (&b.user_id, &b.computation_key))
+            {
+                best = Some((Some(i), row));
+            }
+        }
+        best.map(|(source, _)| source)
+    }
+}
+
+fn next_entry(first: &mut FirstSync) -> anyhow::Result<Option<PendingRow>> {
+    let Some(entry) = first.entries.next() else { return Ok(None) };
+    let (user_id, desired) =
+        entry.map_err(|e| anyhow::anyhow!("cannot read back the spooled entries of {}: {e}", first.key))?;
+    Ok(Some(PendingRow {
+        user_id,
+        computation_key: first.key.clone(),
+        desired,
+        updated_at: first.changed_at.clone(),
+        kind: first.kind.as_str().to_string(),
+    }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::diff::spool::Spool;
+    use crate::diff::{Change, Op, OpSink};
+
+    fn first_sync(key: &str, users: &[&str]) -> FirstSync {
+        let mut spool = Spool::new().unwrap();
+        for u in users {
+            spool.apply(Op::Set { user_id: u.to_string(), desired: "true".into(), change: Change::Entered }).unwrap();
+        }
+        let entries = spool.into_reader().unwrap();
+        FirstSync { key: key.into(), kind: Kind::Audience, changed_at: "t".into(), entries }
+    }
+
+    fn pairs(rows: &[PendingRow]) -> Vec<(String, String)> {
+        rows.iter().map(|r| (r.user_id.clone(), r.computation_key.clone())).collect()
+    }
+
+    #[test]
+    fn spools_merge_by_user_then_computation_and_pages_keep_a_user_whole() {
+        let a = first_sync("a", &["u1", "u2", "u4"]);
+        let b = first_sync("b", &["u2", "u3", "u4"]);
+        let mut rows = Rows::new(None, vec![b, a]).unwrap();
+        // A page of at least 3 rows: u2's second row comes along rather than wait for the next.
+        let first = rows.page(2).unwrap();
+        assert_eq!(pairs(&first), [("u1", "a"), ("u2", "a"), ("u2", "b")].map(|(u, k)| (u.into(), k.into())));
+        let rest = rows.page(10).unwrap();
+        assert_eq!(pairs(&rest), [("u3", "b"), ("u4", "a"), ("u4", "b")].map(|(u, k)| (u.into(), k.into())));
+        assert!(rows.page(10).unwrap().is_empty());
+    }
+}

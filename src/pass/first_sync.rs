@@ -1,0 +1,69 @@
+//! A first sync: the diff of a computation with no state spools its entries (`diff::spool`)
+//! instead of writing them as pending rows; delivery writes each row with its first answer.
+//!
+//! The snapshot's fingerprint is recorded only once every entry has an answer recorded: until
+//! then the state does not hold the whole snapshot, and an unchanged file must not skip the
+//! diff that finds the rest.
+
+use crate::config::{Computation, Config};
+use crate::delivery::{FirstSync, KeyReport};
+use crate::diff::spool::Spool;
+use crate::diff::{Change, DiffCounts, Op, OpSink};
+use crate::source::fingerprint::Fingerprint;
+use crate::state::{Store, now};
+
+use super::{PassOptions, differ};
+
+/// A first sync's diff: its counts, its spooled entries (until delivery takes them), and the
+/// fingerprint to record once they all have answers.
+pub struct Spooled {
+    pub entries: Option<FirstSync>,
+    fingerprint: Option<Fingerprint>,
+}
+
+/// Loads and sorts the snapshot of `c` (which has no state) and spools its entries.
+pub async fn diff(
+    config: &Config,
+    c: &Computation,
+    options: &PassOptions,
+    fingerprint: Option<Fingerprint>,
+) -> anyhow::Result<(DiffCounts, Spooled)> {
+    let progress = &options.progress;
+    let loading = progress.stage(format!("{}: loading", c.key), "rows read", None);
+    let diffing = progress.stage(format!("{}: diff", c.key), "rows compared", None);
+    let spool = tokio::task::spawn_blocking(Spool::new).await??;
+    let (counts, spool) = differ::run(None, c, config.sort_buffer_bytes, loading, diffing, spool).await?;
+    let entries = FirstSync { key: c.key.clone(), kind: c.kind, changed_at: now(), entries: spool.into_reader()? };
+    Ok((counts, Spooled { entries: Some(entries), fingerprint }))
+}
+
+/// After delivery: records the snapshot's fingerprint once the state holds it whole, and
+/// returns how many entries are neither in the state nor delivered (a shutdown or a failing
+/// state stopped delivery; the next diff finds them again). Entries delivery never took (their
+/// attribute is blocked) are written as pending rows, for the operator to see.
+pub async fn close(
+    store: &Store,
+    key: &str,
+    counts: &DiffCounts,
+    spooled: Spooled,
+    delivery: &KeyReport,
+) -> anyhow::Result<u64> {
+    let (store, key, rows) = (store.clone(), key.to_string(), counts.snapshot_rows);
+    let fingerprint = spooled.fingerprint;
+    let unsent = match spooled.entries {
+        Some(_) => 0,
+        None => counts.entered.saturating_sub(delivery.delivered + delivery.failed),
+    };
+    if unsent == 0 {
+        tokio::task::spawn_blocking(move || {
+            let mut writer = store.diff_writer(&key)?;
+            for entry in spooled.entries.into_iter().flat_map(|f| f.entries) {
+                let (user_id, desired) = entry?;
+                writer.apply(Op::Set { user_id, desired, change: Change::Entered })?;
+            }
+            writer.commit(fingerprint.as_ref().map(|f| (f, rows)))
+        })
+        .await??;
+    }
+    Ok(unsent)
+}
