@@ -10,7 +10,7 @@ use std::collections::{BTreeMap, HashSet};
 
 use rusqlite::{Connection, params};
 
-use super::{Store, execute_batched, now, values_list};
+use super::{Batched, Store, now, values_list};
 use crate::state::Outcome;
 
 /// A connection that records answers; used from one blocking thread.
@@ -19,6 +19,7 @@ pub struct AnswerWriter {
     quarantine_after: u32,
     /// Computations on their first sync: their rows are written with their first answer.
     first_sync: HashSet<String>,
+    insert_synced: Batched<6>,
 }
 
 impl Store {
@@ -27,7 +28,8 @@ impl Store {
     /// of theirs writes the row.
     pub fn answer_writer(&self, quarantine_after: u32, first_sync: &[String]) -> anyhow::Result<AnswerWriter> {
         let db = self.bulk_writer()?;
-        Ok(AnswerWriter { db, quarantine_after, first_sync: first_sync.iter().cloned().collect() })
+        let first_sync = first_sync.iter().cloned().collect();
+        Ok(AnswerWriter { db, quarantine_after, first_sync, insert_synced: Batched::new(insert_synced_sql) })
     }
 }
 
@@ -77,7 +79,7 @@ impl AnswerWriter {
         for call in calls {
             let (new, known): (Vec<&Outcome>, Vec<&Outcome>) =
                 call.iter().partition(|o| self.first_sync.contains(&o.computation_key));
-            quarantined.extend(insert_answered(&tx, &new, &at, self.quarantine_after)?);
+            quarantined.extend(insert_answered(&tx, &self.insert_synced, &new, &at, self.quarantine_after)?);
             let all_acked = known.iter().all(|o| o.error.is_none());
             if all_acked && known.len() >= RANGE_ACK_MIN_ROWS && ack_range(&tx, &known, &at)? {
                 continue;
@@ -97,6 +99,14 @@ impl AnswerWriter {
         tx.commit()?;
         Ok(quarantined)
     }
+}
+
+/// Acknowledged rows of a first sync: `synced` is the value sent, as is `desired`.
+fn insert_synced_sql(rows: usize) -> String {
+    format!(
+        "INSERT INTO memberships (computation_key, user_id, desired, synced, updated_at, synced_at) VALUES {}",
+        values_list(rows, 6)
+    )
 }
 
 /// Calls with fewer rows are recorded row by row.
@@ -130,6 +140,7 @@ fn record_one(tx: &Connection, o: &Outcome, at: &str, quarantine_after: u32) -> 
 /// `first_sent_at` (the request may have landed). Returns the key of each row quarantined.
 fn insert_answered(
     tx: &Connection,
+    insert_synced: &Batched<6>,
     answers: &[&Outcome],
     at: &str,
     quarantine_after: u32,
@@ -139,13 +150,7 @@ fn insert_answered(
         .filter(|o| o.error.is_none())
         .map(|o| [o.computation_key.as_str(), &o.user_id, &o.sent, &o.sent, &o.changed_at, at])
         .collect();
-    let insert_synced = |rows| {
-        format!(
-            "INSERT INTO memberships (computation_key, user_id, desired, synced, updated_at, synced_at) VALUES {}",
-            values_list(rows, 6)
-        )
-    };
-    execute_batched(tx, insert_synced, &acked)?;
+    insert_synced.execute(tx, &acked)?;
     let mut quarantined = Vec::new();
     let mut failed = tx.prepare_cached(
         "INSERT INTO memberships (computation_key, user_id, desired, updated_at, attempts, last_error, first_sent_at, quarantined_at) \

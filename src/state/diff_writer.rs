@@ -8,7 +8,7 @@
 
 use rusqlite::{Connection, params};
 
-use super::{ROWS_PER_STATEMENT, Store, execute_batched, now, values_list};
+use super::{Batched, ROWS_PER_STATEMENT, Store, now, values_list};
 use crate::diff::{Op, OpSink};
 use crate::source::fingerprint::Fingerprint;
 
@@ -21,6 +21,7 @@ pub struct DiffWriter {
     begun: bool,
     /// Sets not yet written: (user, desired).
     sets: Vec<(String, String)>,
+    upsert: Batched<4>,
 }
 
 impl Store {
@@ -33,6 +34,7 @@ impl Store {
             now: now(),
             begun: false,
             sets: Vec::with_capacity(ROWS_PER_STATEMENT),
+            upsert: Batched::new(upsert_sql),
         })
     }
 }
@@ -70,7 +72,7 @@ impl DiffWriter {
     fn flush(&mut self) -> rusqlite::Result<()> {
         let rows: Vec<[&str; 4]> =
             self.sets.iter().map(|(user, desired)| [self.key.as_str(), user, desired, &self.now]).collect();
-        execute_batched(&self.db, upsert_sql, &rows)?;
+        self.upsert.execute(&self.db, &rows)?;
         self.sets.clear();
         Ok(())
     }

@@ -117,26 +117,35 @@ impl Store {
 /// Rows written by one statement of the bulk writers.
 const ROWS_PER_STATEMENT: usize = 64;
 
-/// Runs `sql(n)`, a statement over `n` rows of `N` parameters each, over all of `rows`: whole
-/// batches of `ROWS_PER_STATEMENT` through one cached statement (a statement's set-up costs
-/// about as much as a row's insert), the rest one row a statement.
-fn execute_batched<const N: usize>(
-    db: &rusqlite::Connection,
-    sql: impl Fn(usize) -> String,
-    rows: &[[&str; N]],
-) -> rusqlite::Result<()> {
-    let mut batches = rows.chunks_exact(ROWS_PER_STATEMENT);
-    let run = |batch: &[[&str; N]]| -> rusqlite::Result<()> {
-        let mut statement = db.prepare_cached(&sql(batch.len()))?;
-        for (i, value) in batch.iter().flatten().enumerate() {
-            statement.raw_bind_parameter(i + 1, *value)?;
-        }
-        statement.raw_execute().map(drop)
-    };
-    for batch in batches.by_ref() {
-        run(batch)?;
+/// A statement over many rows of `N` parameters each (its SQL for a whole batch of
+/// `ROWS_PER_STATEMENT` rows, and for one row), built once per writer.
+struct Batched<const N: usize> {
+    whole: String,
+    single: String,
+}
+
+impl<const N: usize> Batched<N> {
+    /// `sql(n)` is the statement over `n` rows.
+    fn new(sql: impl Fn(usize) -> String) -> Self {
+        Batched { whole: sql(ROWS_PER_STATEMENT), single: sql(1) }
     }
-    batches.remainder().chunks(1).try_for_each(run)
+
+    /// Runs the statement over all of `rows`: whole batches through one cached statement (a
+    /// statement's set-up costs about as much as a row's insert), the rest one row a statement.
+    fn execute(&self, db: &rusqlite::Connection, rows: &[[&str; N]]) -> rusqlite::Result<()> {
+        let mut batches = rows.chunks_exact(ROWS_PER_STATEMENT);
+        let run = |sql: &str, batch: &[[&str; N]]| -> rusqlite::Result<()> {
+            let mut statement = db.prepare_cached(sql)?;
+            for (i, value) in batch.iter().flatten().enumerate() {
+                statement.raw_bind_parameter(i + 1, *value)?;
+            }
+            statement.raw_execute().map(drop)
+        };
+        for batch in batches.by_ref() {
+            run(&self.whole, batch)?;
+        }
+        batches.remainder().chunks(1).try_for_each(|row| run(&self.single, row))
+    }
 }
 
 /// The placeholders of a multi-row `VALUES` list: `rows` rows of `columns` numbered parameters.
