@@ -56,9 +56,6 @@ pub struct DiffCounts {
     pub entered: u64,
     pub exited: u64,
     pub changed: u64,
-    /// The diff found no state at all for the computation: every row it set is new and
-    /// pending, so `entered` is exactly what is pending now (counting it would read them all).
-    pub fresh: bool,
 }
 
 /// Receives the ops of a diff (batches for the state's write transaction, or a dry-run plan).
@@ -134,7 +131,6 @@ where
 {
     let mut counts = DiffCounts::default();
     let mut st = state.next().transpose()?;
-    counts.fresh = st.is_none();
     let mut sn = snapshot.next().transpose()?;
     loop {
         let order = match (&st, &sn) {

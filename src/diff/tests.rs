@@ -47,10 +47,7 @@ fn audience_entries_exits_and_unchanged_members() {
     let snapshot = vec![snap("a", TRUE), snap("d", TRUE), snap("f", TRUE)];
     let (ops, counts) = run(Kind::Audience, state, snapshot);
     assert_eq!(ops, vec![set("b", FALSE), set("d", TRUE), Op::Forget { user_id: "e".into() }, set("f", TRUE)]);
-    assert_eq!(
-        counts,
-        DiffCounts { members_before: 3, snapshot_rows: 3, entered: 2, exited: 2, changed: 0, fresh: false }
-    );
+    assert_eq!(counts, DiffCounts { members_before: 3, snapshot_rows: 3, entered: 2, exited: 2, changed: 0 });
 }
 
 #[test]
@@ -64,10 +61,7 @@ fn trait_changes_removals_and_returns() {
     let snapshot = vec![snap("a", "2"), snap("c", "3"), snap("d", "false")];
     let (ops, counts) = run(Kind::ComputedTrait, state, snapshot);
     assert_eq!(ops, vec![changed("a", "2"), set("b", NULL), set("c", "3")]);
-    assert_eq!(
-        counts,
-        DiffCounts { members_before: 3, snapshot_rows: 3, entered: 1, exited: 1, changed: 1, fresh: false }
-    );
+    assert_eq!(counts, DiffCounts { members_before: 3, snapshot_rows: 3, entered: 1, exited: 1, changed: 1 });
 }
 
 #[test]
@@ -96,14 +90,4 @@ fn a_failing_side_fails_the_merge() {
     let err =
         merge(Kind::Audience, Vec::<anyhow::Result<StateRow>>::new().into_iter(), snapshot, &mut sink).unwrap_err();
     assert!(err.to_string().contains("broken line"));
-}
-
-#[test]
-fn a_diff_against_no_state_is_fresh_and_its_entries_are_what_is_pending() {
-    let (ops, counts) = run(Kind::Audience, vec![], vec![snap("a", TRUE), snap("b", TRUE)]);
-    assert_eq!(ops.len(), 2);
-    assert!(counts.fresh);
-    assert_eq!(counts.entered, 2);
-    let (_, counts) = run(Kind::Audience, vec![row("a", FALSE, Some(FALSE))], vec![snap("b", TRUE)]);
-    assert!(!counts.fresh, "an ex-member's row is state");
 }

@@ -271,4 +271,32 @@ mod tests {
             }
         }
     }
+
+    #[tokio::test]
+    async fn a_first_syncs_answers_write_its_rows_synced_or_pending_with_the_failure() {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, db) = store_with_audience(dir.path()).await;
+        // Two whole statements of rows and a remainder, acknowledged; one row refused.
+        let all = users(2 * crate::state::ROWS_PER_STATEMENT + 3);
+        let mut call: Vec<Outcome> = all.iter().map(|u| acked(u)).collect();
+        call[5].error = Some("HTTP 400".into());
+        let quarantined = store.answer_writer(1, &["a".into()]).unwrap().record(&[call], &[]).unwrap();
+        assert_eq!(quarantined, ["a"], "failing on the first of quarantine_after = 1 passes");
+
+        let written = rows(&store);
+        assert_eq!(written.len(), all.len(), "every answer wrote its row");
+        for (user, desired, synced) in &written {
+            let expected = if user == &all[5] { None } else { Some("true") };
+            assert_eq!((desired.as_str(), synced.as_deref()), ("true", expected), "{user}");
+        }
+        let failed: (i64, String, bool, bool, String) = db
+            .query_row(
+                "SELECT attempts, last_error, first_sent_at IS NOT NULL, quarantined_at IS NOT NULL, updated_at \
+                 FROM memberships WHERE user_id = ?1",
+                [&all[5]],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?)),
+            )
+            .unwrap();
+        assert_eq!(failed, (1, "HTTP 400".to_string(), true, true, "t1".to_string()));
+    }
 }

@@ -268,3 +268,44 @@ async fn a_snapshot_rewritten_with_the_same_bytes_skips_the_diff_and_moves_the_s
     assert!(!out.status.success());
     assert!(stdout(&out).contains("stale snapshot"), "{}", stdout(&out));
 }
+
+#[tokio::test]
+async fn a_computation_added_later_is_sent_with_the_others_changes_in_one_update_per_user() {
+    let server = contentstack_server().await;
+    let app = TestApp::contentstack(&server, 4, &audience("Order Completed Last 30 Days", "orders.csv"));
+    app.write("orders.csv", &csv_users(&["u1", "u2"]));
+    assert_success(&app.sync(&[]).await);
+    server.reset().await;
+    acknowledge_all(&server).await;
+
+    // A new computation (a first sync, spooled) and a delta of the known one in the same pass.
+    app.write(
+        "config.toml",
+        &std::fs::read_to_string(app.config_path())
+            .unwrap()
+            .replace("[[audience]]", &format!("{}[[audience]]", computed_trait("Lifetime Value", "ltv.ndjson"))),
+    );
+    app.write("orders.csv", &csv_users(&["u2", "u3"]));
+    app.write(
+        "ltv.ndjson",
+        "{\"user_id\":\"u1\",\"value\":5}\n{\"user_id\":\"u3\",\"value\":7}\n{\"user_id\":\"u4\",\"value\":9}\n",
+    );
+    assert_success(&app.sync(&[]).await);
+
+    assert_eq!(
+        sorted(received(&server).await),
+        vec![
+            ("u1".into(), json!({"order_completed_last_30_days": false, "lifetime_value": 5})),
+            ("u3".into(), json!({"order_completed_last_30_days": true, "lifetime_value": 7})),
+            ("u4".into(), json!({"lifetime_value": 9})),
+        ]
+    );
+    assert_eq!(app.pending_count().await, 0);
+    let ltv: Vec<(String, String, String, Option<String>)> =
+        app.memberships().await.into_iter().filter(|r| r.0 == "lifetime_value").collect();
+    let expected: Vec<(String, String, String, Option<String>)> = [("u1", "5"), ("u3", "7"), ("u4", "9")]
+        .iter()
+        .map(|(u, v)| ("lifetime_value".to_string(), u.to_string(), v.to_string(), Some(v.to_string())))
+        .collect();
+    assert_eq!(ltv, expected, "the first sync's rows are written synced as they are acknowledged");
+}
