@@ -22,6 +22,8 @@ const COMMITS_PER_CHECKPOINT: u32 = 200;
 pub enum Write {
     /// The answers of one call of window `window`, and where to say they are recorded.
     Answers { window: u64, outcomes: Vec<Outcome>, committed: oneshot::Sender<()> },
+    /// How far delivery is, for the running `sync_runs` rows: (id, delivered, failed).
+    Progress(Vec<(i64, u64, u64)>),
     /// Window `window`, users in (`after`, `last`] sent in `calls` calls, is about to be sent;
     /// say when that is noted. `first_users`: per first sync, its users in the window with
     /// their values (JSON) and when those were decided.
@@ -58,6 +60,10 @@ pub fn commit_loop(
         next = match write {
             Write::Sending { window, calls, after, last, first_users, noted } => {
                 let _ = noted.send(committer.note(window, calls, &after, &last, &first_users));
+                None
+            }
+            Write::Progress(runs) => {
+                committer.writer.note_progress(&runs)?;
                 None
             }
             Write::Answers { window, outcomes, committed } => {

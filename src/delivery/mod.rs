@@ -83,22 +83,31 @@ struct CallResult {
     retried: Vec<String>,
 }
 
-/// Delivers every pending, unquarantined row of the computations `keys`, and every entry of the
-/// first syncs `first`, once, retrying within the pass until `deadline`; rows still failing stay
-/// pending for the next pass. Errors only when the state cannot be read or written.
+/// What one delivery sends: the pending rows of `keys`, and the entries of the first syncs
+/// `first`; `runs` gives each computation's running `sync_runs` row, where progress is noted.
+#[derive(Default)]
+pub struct Work {
+    pub keys: Vec<String>,
+    pub first: Vec<FirstSync>,
+    pub runs: BTreeMap<String, i64>,
+}
+
+/// Delivers every pending, unquarantined row of `work`, and every entry of its first syncs,
+/// once, retrying within the pass until `deadline`; rows still failing stay pending for the
+/// next pass. Errors only when the state cannot be read or written.
 /// Once `stop` is cancelled (shutdown), no new call starts and no retry waits; the calls in
 /// flight finish and are recorded.
 pub async fn deliver(
     store: &Store,
     destination: &Destination,
-    keys: &[String],
-    first: Vec<FirstSync>,
+    work: Work,
     policy: &RetryConfig,
     deadline: Instant,
     stop: &CancellationToken,
     progress: &Stage,
 ) -> anyhow::Result<DeliveryReport> {
     let mut report = DeliveryReport::default();
+    let Work { keys, first, runs } = work;
     if keys.is_empty() && first.is_empty() {
         return Ok(report);
     }
@@ -162,12 +171,14 @@ pub async fn deliver(
             .try_for_each(|call| {
                 report.add(&call);
                 progress.inc(call.outcomes.len() as u64);
+                let mut noted = Ok(());
                 if last_progress.elapsed() >= PROGRESS_EVERY {
                     let (delivered, failed) = report.totals();
                     tracing::info!(delivered, failed, elapsed_s = started.elapsed().as_secs(), "delivery in progress");
                     last_progress = Instant::now();
+                    noted = note_progress(&report, &runs, &write_tx);
                 }
-                futures::future::ready(Ok(()))
+                futures::future::ready(noted)
             })
             .await
     };
@@ -181,6 +192,22 @@ pub async fn deliver(
         report.per_key.entry(key).or_default().quarantined += n;
     }
     Ok(report)
+}
+
+/// Asks the committer to note on the running `sync_runs` rows how far delivery is, so that the
+/// state shows the progress of an hours-long pass.
+fn note_progress(
+    report: &DeliveryReport,
+    runs: &BTreeMap<String, i64>,
+    writes: &mpsc::Sender<commit::Write>,
+) -> anyhow::Result<()> {
+    let progress =
+        runs.iter().filter_map(|(key, id)| report.per_key.get(key).map(|r| (*id, r.delivered, r.failed))).collect();
+    // Without room now, the next note will do.
+    match writes.try_send(commit::Write::Progress(progress)) {
+        Err(mpsc::error::TrySendError::Closed(_)) => Err(stopped_recording()),
+        _ => Ok(()),
+    }
 }
 
 fn stopped_recording() -> anyhow::Error {

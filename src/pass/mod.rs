@@ -117,10 +117,13 @@ pub async fn run(
         tracing::debug!(key = %c.key, mode, "pass started");
         let diff = load_and_diff(config, store, c, options).await;
         match &diff {
-            Ok((d, _)) => tracing::info!(
-                key = %c.key, snapshot_rows = d.snapshot_rows, entered = d.entered, exited = d.exited, changed = d.changed,
-                "snapshot diffed"
-            ),
+            Ok((d, _)) => {
+                tracing::info!(
+                    key = %c.key, snapshot_rows = d.snapshot_rows, entered = d.entered, exited = d.exited, changed = d.changed,
+                    "snapshot diffed"
+                );
+                store.note_diff(run_id, &RunCounts::of_diff(d)).await?;
+            }
             Err(e) => {
                 tracing::error!(key = %c.key, error = %format!("{e:#}"), "snapshot failed; nothing written or sent")
             }
@@ -129,6 +132,7 @@ pub async fn run(
     }
 
     let loaded: Vec<&Computation> = started.iter().filter(|s| s.3.is_ok()).map(|s| s.0).collect();
+    let runs: BTreeMap<String, i64> = started.iter().map(|(c, _, id, _)| (c.key.clone(), *id)).collect();
     // First syncs' entries, for delivery to take.
     let mut first: BTreeMap<String, _> = BTreeMap::new();
     for (c, _, _, d) in &mut started {
@@ -140,8 +144,8 @@ pub async fn run(
     }
     let outcome = async {
         let blocked = delivery::ensure_attributes(store, destination, &loaded).await?;
-        // Small before large: (keys with pending rows, first syncs) of each.
-        let (mut small, mut large, mut total) = ((Vec::new(), Vec::new()), (Vec::new(), Vec::new()), 0);
+        // Small before large.
+        let (mut small, mut large, mut total) = (delivery::Work::default(), delivery::Work::default(), 0);
         for c in loaded.iter().filter(|c| !blocked.contains_key(&c.key)) {
             let spooled = first.remove(&c.key);
             let pending = match &spooled {
@@ -151,15 +155,15 @@ pub async fn run(
             total += pending;
             let group = if pending <= SMALL_FIRST_ROWS { &mut small } else { &mut large };
             match spooled {
-                Some(f) => group.1.push(f),
-                None => group.0.push(c.key.clone()),
+                Some(f) => group.first.push(f),
+                None => group.keys.push(c.key.clone()),
             }
+            group.runs.insert(c.key.clone(), runs[&c.key]);
         }
         let delivering = options.progress.stage("delivering".into(), "rows answered", Some(total));
         let delivering = &delivering;
-        let run = |(keys, first): (Vec<String>, _)| async move {
-            delivery::deliver(store, destination, &keys, first, &config.retry, deadline, &options.stop, delivering)
-                .await
+        let run = |work| async move {
+            delivery::deliver(store, destination, work, &config.retry, deadline, &options.stop, delivering).await
         };
         let mut report = run(small).await?;
         let rest = run(large).await?;
@@ -202,7 +206,7 @@ pub async fn run(
                     error: Some(error),
                 }
             }
-            Ok((d, spooled)) => finish(store, c, mode, run_id, d, spooled, &delivered.per_key, &blocked).await?,
+            Ok(diffed) => finish(store, c, mode, run_id, diffed, &delivered.per_key, &blocked).await?,
         };
         tracing::info!(key = %report.key, status = report.status.as_str(), "{}", report.summary());
         reports.push(report);
@@ -216,8 +220,7 @@ async fn finish(
     c: &Computation,
     mode: &'static str,
     run_id: i64,
-    d: DiffCounts,
-    spooled: Option<Spooled>,
+    (d, spooled): (DiffCounts, Option<Spooled>),
     delivered: &BTreeMap<String, KeyReport>,
     blocked: &BTreeMap<String, String>,
 ) -> anyhow::Result<ComputationReport> {
@@ -232,14 +235,11 @@ async fn finish(
         store.mark_initial_sync_done(&c.key).await?;
     }
     let counts = RunCounts {
-        snapshot_rows: Some(d.snapshot_rows),
-        entered: d.entered,
-        exited: d.exited,
-        changed: d.changed,
         delivered: delivery.delivered,
         failed: delivery.failed,
         retried: delivery.retried,
         quarantined: delivery.quarantined,
+        ..RunCounts::of_diff(&d)
     };
     let error = match (blocked.get(&c.key), &delivery.last_error) {
         (Some(why), _) => Some(format!("nothing sent: {why}")),

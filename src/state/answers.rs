@@ -101,6 +101,23 @@ impl AnswerWriter {
     }
 }
 
+impl AnswerWriter {
+    /// Records how far delivery is on running `sync_runs` rows: (id, delivered, failed).
+    pub fn note_progress(&mut self, runs: &[(i64, u64, u64)]) -> anyhow::Result<()> {
+        let tx = rusqlite::Transaction::new(&mut self.db, rusqlite::TransactionBehavior::Immediate)?;
+        {
+            let mut note = tx.prepare_cached(
+                "UPDATE sync_runs SET delivered = ?2, failed = ?3 WHERE id = ?1 AND status = 'running'",
+            )?;
+            for (id, delivered, failed) in runs {
+                note.execute(params![id, *delivered as i64, *failed as i64])?;
+            }
+        }
+        tx.commit()?;
+        Ok(())
+    }
+}
+
 /// Acknowledged rows of a first sync: `synced` is the value sent, as is `desired`.
 fn insert_synced_sql(rows: usize) -> String {
     format!(
@@ -298,5 +315,21 @@ mod tests {
             )
             .unwrap();
         assert_eq!(failed, (1, "HTTP 400".to_string(), true, true, "t1".to_string()));
+    }
+
+    #[tokio::test]
+    async fn progress_is_noted_on_running_runs_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, db) = store_with_audience(dir.path()).await;
+        let interrupted = store.start_run("a", "manual", "initial").await.unwrap();
+        let running = store.start_run("a", "manual", "initial").await.unwrap(); // closes the first as interrupted
+        let mut writer = store.answer_writer(3, &[]).unwrap();
+        writer.note_progress(&[(interrupted, 5, 1), (running, 7, 2)]).unwrap();
+        let counts = |id: i64| -> (i64, i64) {
+            db.query_row("SELECT delivered, failed FROM sync_runs WHERE id = ?1", [id], |r| Ok((r.get(0)?, r.get(1)?)))
+                .unwrap()
+        };
+        assert_eq!(counts(interrupted), (0, 0), "an interrupted run keeps its counts");
+        assert_eq!(counts(running), (7, 2));
     }
 }

@@ -36,6 +36,19 @@ pub struct RunCounts {
     pub quarantined: u64,
 }
 
+impl RunCounts {
+    /// What a diff found; nothing delivered yet.
+    pub fn of_diff(d: &crate::diff::DiffCounts) -> RunCounts {
+        RunCounts {
+            snapshot_rows: Some(d.snapshot_rows),
+            entered: d.entered,
+            exited: d.exited,
+            changed: d.changed,
+            ..RunCounts::default()
+        }
+    }
+}
+
 impl Store {
     /// Opens a `sync_runs` row with status `running`. Rows that an earlier, killed process left
     /// `running` for this computation are closed as `interrupted` first.
@@ -60,6 +73,19 @@ impl Store {
         .await?;
         tx.commit().await?;
         Ok(id)
+    }
+
+    /// Records on a running `sync_runs` row what its diff found, before delivery begins.
+    pub async fn note_diff(&self, id: i64, counts: &RunCounts) -> anyhow::Result<()> {
+        sqlx::query("UPDATE sync_runs SET snapshot_rows = ?2, entered = ?3, exited = ?4, changed = ?5 WHERE id = ?1")
+            .bind(id)
+            .bind(counts.snapshot_rows.map(|n| n as i64))
+            .bind(counts.entered as i64)
+            .bind(counts.exited as i64)
+            .bind(counts.changed as i64)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
     }
 
     /// Closes a `sync_runs` row with its outcome.

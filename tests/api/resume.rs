@@ -63,14 +63,18 @@ async fn sigkill_during_initial_delivery_resumes_without_starting_over() {
         .unwrap();
     assert_eq!(marked, 0, "acknowledged rows keep no first_sent_at");
 
-    // The interrupted run is marked as such; the resumed one finished the initial sync.
+    // The interrupted run is marked as such, with what its diff found (noted before delivery);
+    // the resumed one finished the initial sync.
     let db = app.db().await;
-    let runs: Vec<(String, String)> =
-        sqlx::query_as("SELECT mode, status FROM sync_runs ORDER BY id").fetch_all(&db).await.unwrap();
-    assert_eq!(
-        runs,
-        vec![("initial".to_string(), "interrupted".to_string()), ("initial".to_string(), "ok".to_string())]
-    );
+    let runs: Vec<(String, String, Option<i64>, i64)> =
+        sqlx::query_as("SELECT mode, status, snapshot_rows, entered FROM sync_runs ORDER BY id")
+            .fetch_all(&db)
+            .await
+            .unwrap();
+    let m = MEMBERS as i64;
+    assert_eq!(runs[0], ("initial".to_string(), "interrupted".to_string(), Some(m), m));
+    assert_eq!((runs[1].0.as_str(), runs[1].1.as_str(), runs[1].2), ("initial", "ok", Some(m)));
+    assert_eq!(runs.len(), 2);
 }
 
 #[tokio::test]
