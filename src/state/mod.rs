@@ -54,6 +54,7 @@ impl Store {
             std::fs::create_dir_all(dir)
                 .with_context(|| format!("cannot create the state directory {}", dir.display()))?;
         }
+        configure_sqlite();
         let options = SqliteConnectOptions::from_str("sqlite://")?
             .filename(path)
             .create_if_missing(true)
@@ -112,6 +113,21 @@ impl Store {
     async fn begin_immediate(&self) -> sqlx::Result<sqlx::Transaction<'static, sqlx::Sqlite>> {
         self.pool.begin_with("BEGIN IMMEDIATE").await
     }
+}
+
+/// Turns off SQLite's memory statistics, once per process, before its first connection: with
+/// them on, every allocation inside SQLite takes a global mutex, which the bulk writers of a
+/// first sync paid for on each of their millions of rows. Later calls (SQLite already running)
+/// are refused by SQLite and change nothing.
+fn configure_sqlite() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        // SAFETY: SQLITE_CONFIG_MEMSTATUS takes one int; sqlite3_config is safe to call before
+        // sqlite3_initialize, and returns SQLITE_MISUSE (ignored) after it.
+        unsafe {
+            rusqlite::ffi::sqlite3_config(rusqlite::ffi::SQLITE_CONFIG_MEMSTATUS, 0 as std::ffi::c_int);
+        }
+    });
 }
 
 /// Rows written by one statement of the bulk writers.
