@@ -6,7 +6,9 @@
 //! It writes an audience of `--members` users and a config into a temp dir, starts a
 //! keep-alive HTTP stand-in on 127.0.0.1 that answers 200 after `--latency-ms`, runs the real
 //! `target/release/audience-sync sync` against it, and prints deliveries (or events) a second
-//! beside the bound `concurrency / latency` (for Contentstack, one user per request).
+//! beside the bound `concurrency / latency` (for Contentstack, one user per request). For
+//! Contentstack it then runs a bare HTTP client (reqwest, the same requests and concurrency, no
+//! state) against a fresh stand-in: what this machine allows any client, in the same run.
 
 #[path = "../tests/api/counting_server.rs"]
 mod counting_server;
@@ -81,4 +83,43 @@ fn main() {
         );
     }
     println!("  max requests in flight seen by the stand-in: {}", server.max_in_flight.load(Ordering::SeqCst));
+    if destination == "contentstack" {
+        let bound = concurrency as f64 * 1000.0 / latency_ms as f64;
+        let busy = bare_client(&runtime, members, latency_ms, concurrency).as_secs_f64();
+        println!(
+            "  reference: a bare HTTP client achieves {:.0} % over the delivery",
+            100.0 * members as f64 / busy / bound
+        );
+    }
+}
+
+/// Sends `members` Contentstack-shaped requests, `concurrency` at a time, from a bare reqwest
+/// client on a runtime of its own to a fresh stand-in; returns the stand-in's busy time.
+fn bare_client(
+    server_runtime: &tokio::runtime::Runtime,
+    members: usize,
+    latency_ms: u64,
+    concurrency: usize,
+) -> Duration {
+    use futures::StreamExt;
+    let server = server_runtime.block_on(counting_server::CountingServer::start(Duration::from_millis(latency_ms)));
+    let client_runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    client_runtime.block_on(async {
+        let client = reqwest::Client::new();
+        let uri = format!("{}/user-attributes", server.uri);
+        futures::stream::iter(0..members)
+            .map(|i| {
+                let request = client
+                    .patch(&uri)
+                    .header("x-project-uid", "bench")
+                    .header("x-cs-personalize-user-uid", format!("user-{i:08}"))
+                    .header("content-type", "application/json")
+                    .body("{\"bench\":true}");
+                async move { request.send().await.expect("the stand-in answers").bytes().await.expect("a body") }
+            })
+            .buffer_unordered(concurrency)
+            .for_each(|_| async {})
+            .await;
+    });
+    server.busy()
 }
