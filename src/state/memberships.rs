@@ -15,6 +15,10 @@ pub struct Outcome {
     pub error: Option<String>,
 }
 
+/// A `sending_windows` row left by a process that died: after_user, last_user, noted_at, and a
+/// first sync's users and changed_at.
+type LeftWindow = (String, String, String, Option<String>, Option<String>);
+
 impl Store {
     /// Settles what a process that died mid-delivery left of `key`: in each of its windows
     /// (`sending_windows`), the never-acknowledged pending rows may have reached the
@@ -33,7 +37,7 @@ impl Store {
             return Ok(0);
         }
         let mut tx = self.begin_immediate().await?;
-        let windows: Vec<(String, String, String, Option<String>, Option<String>)> = sqlx::query_as(
+        let windows: Vec<LeftWindow> = sqlx::query_as(
             "SELECT after_user, last_user, noted_at, users, changed_at FROM sending_windows \
              WHERE computation_key = ?1 ORDER BY id",
         )
