@@ -75,9 +75,15 @@ async fn sigterm_during_delivery_exits_zero_and_the_next_pass_leaves_nothing_pen
     assert!(sent_before < 200, "shutdown must not wait for the whole audience");
 
     let db = app.db().await;
-    let (mode, status): (String, String) =
-        sqlx::query_as("SELECT mode, status FROM sync_runs ORDER BY id DESC LIMIT 1").fetch_one(&db).await.unwrap();
+    let (mode, status, delivered, error): (String, String, i64, String) =
+        sqlx::query_as("SELECT mode, status, delivered, error FROM sync_runs ORDER BY id DESC LIMIT 1")
+            .fetch_one(&db)
+            .await
+            .unwrap();
     assert_eq!((mode.as_str(), status.as_str()), ("initial", "incomplete"), "the interrupted pass is recorded");
+    // A first sync's members never sent are in no table yet; the run still counts them.
+    assert_eq!(delivered as usize, sent_before);
+    assert!(error.starts_with(&format!("{} rows still pending", 200 - sent_before)), "{error}");
 
     assert_success(&app.sync(&[]).await);
     assert_eq!(app.pending_count().await, 0);
