@@ -12,9 +12,9 @@ use crate::helpers::*;
 const MEMBERS: usize = 400;
 const CONCURRENCY: usize = 4;
 
-#[tokio::test]
-async fn sigkill_during_initial_delivery_resumes_without_starting_over() {
-    // A slow destination, so that the kill lands in the middle of delivery.
+/// An audience of `MEMBERS` users and a destination slow enough (20 ms an answer) for a kill
+/// to land in the middle of its delivery.
+async fn big_audience_on_a_slow_destination() -> (MockServer, TestApp) {
     let server = MockServer::start().await;
     Mock::given(method("PATCH"))
         .and(path("/user-attributes"))
@@ -24,6 +24,12 @@ async fn sigkill_during_initial_delivery_resumes_without_starting_over() {
     let app = TestApp::contentstack(&server, CONCURRENCY, &audience("Big", "big.csv"));
     let users: Vec<String> = (0..MEMBERS).map(|i| format!("user-{i:04}")).collect();
     app.write("big.csv", &csv_users(&users.iter().map(String::as_str).collect::<Vec<_>>()));
+    (server, app)
+}
+
+#[tokio::test]
+async fn sigkill_during_initial_delivery_resumes_without_starting_over() {
+    let (server, app) = big_audience_on_a_slow_destination().await;
 
     let mut child = app.command(&["sync"]).spawn().unwrap();
     // Wait (on the server's own count, not on time) until a good part has been sent.
@@ -79,15 +85,7 @@ async fn sigkill_during_initial_delivery_resumes_without_starting_over() {
 
 #[tokio::test]
 async fn users_leaving_after_a_kill_mid_delivery_are_told_false_if_they_may_have_been_sent() {
-    let server = MockServer::start().await;
-    Mock::given(method("PATCH"))
-        .and(path("/user-attributes"))
-        .respond_with(ResponseTemplate::new(200).set_delay(Duration::from_millis(20)))
-        .mount(&server)
-        .await;
-    let app = TestApp::contentstack(&server, CONCURRENCY, &audience("Big", "big.csv"));
-    let users: Vec<String> = (0..MEMBERS).map(|i| format!("user-{i:04}")).collect();
-    app.write("big.csv", &csv_users(&users.iter().map(String::as_str).collect::<Vec<_>>()));
+    let (server, app) = big_audience_on_a_slow_destination().await;
 
     let mut child = app.command(&["sync"]).spawn().unwrap();
     wait_until(60, "a quarter of the members to be sent", || async {
