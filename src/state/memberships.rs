@@ -120,3 +120,50 @@ impl Store {
         Ok(n as u64)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use crate::state::testing::store_with_audience;
+
+    #[tokio::test]
+    async fn a_first_syncs_left_window_gives_its_users_their_sent_value_told_and_pending() {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, db) = store_with_audience(dir.path()).await;
+        // u2's answer was recorded before the kill; u1 and u3 were in flight.
+        db.execute(
+            "INSERT INTO memberships (computation_key, user_id, desired, synced, updated_at, synced_at) \
+             VALUES ('a', 'u2', '5', '5', 't1', 't2')",
+            [],
+        )
+        .unwrap();
+        db.execute(
+            "INSERT INTO sending_windows (computation_key, after_user, last_user, noted_at, users, changed_at) \
+             VALUES ('a', '', 'u3', 't2', ?1, 't1')",
+            [r#"[["u1","\"gold\""],["u2","5"],["u3","true"]]"#],
+        )
+        .unwrap();
+
+        assert_eq!(store.settle_sending_windows("a").await.unwrap(), 2);
+        let mut rows = db
+            .prepare("SELECT user_id, desired, synced, updated_at, first_sent_at FROM memberships ORDER BY user_id")
+            .unwrap();
+        let rows: Vec<(String, String, Option<String>, String, Option<String>)> = rows
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?)))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        let row = |u: &str, d: &str, s: Option<&str>, at: &str, first: Option<&str>| {
+            (u.to_string(), d.to_string(), s.map(String::from), at.to_string(), first.map(String::from))
+        };
+        assert_eq!(
+            rows,
+            vec![
+                row("u1", "\"gold\"", None, "t1", Some("t2")),
+                row("u2", "5", Some("5"), "t1", None),
+                row("u3", "true", None, "t1", Some("t2")),
+            ]
+        );
+        let left: i64 = db.query_row("SELECT count(*) FROM sending_windows", [], |r| r.get(0)).unwrap();
+        assert_eq!(left, 0);
+    }
+}
