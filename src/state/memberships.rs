@@ -125,6 +125,9 @@ impl Store {
 mod tests {
     use crate::state::testing::store_with_audience;
 
+    /// user_id, desired, synced, updated_at, first_sent_at
+    type Row = (String, String, Option<String>, String, Option<String>);
+
     #[tokio::test]
     async fn a_first_syncs_left_window_gives_its_users_their_sent_value_told_and_pending() {
         let dir = tempfile::tempdir().unwrap();
@@ -147,12 +150,12 @@ mod tests {
         let mut rows = db
             .prepare("SELECT user_id, desired, synced, updated_at, first_sent_at FROM memberships ORDER BY user_id")
             .unwrap();
-        let rows: Vec<(String, String, Option<String>, String, Option<String>)> = rows
+        let rows: Vec<Row> = rows
             .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?)))
             .unwrap()
             .collect::<Result<_, _>>()
             .unwrap();
-        let row = |u: &str, d: &str, s: Option<&str>, at: &str, first: Option<&str>| {
+        let row = |u: &str, d: &str, s: Option<&str>, at: &str, first: Option<&str>| -> Row {
             (u.to_string(), d.to_string(), s.map(String::from), at.to_string(), first.map(String::from))
         };
         assert_eq!(
