@@ -3,9 +3,10 @@
 //!
 //! Pending rows are read in pages in user order (merged with the entries of first syncs, which
 //! are not in the state yet: see `rows`), grouped into one update per user (all of that user's
-//! pending keys), and handed to the destination in calls, at most `concurrency` in flight. Answers go to one committer task that records them in group transactions; a call's
-//! slot is freed only once its answers are committed, so after a kill only the calls in flight
-//! are unrecorded, and only those can be sent twice (DESIGN §9.5).
+//! pending keys), and handed to the destination in calls, at most `concurrency` in flight.
+//! Answers go to one committer thread that records them in group transactions; a call's slot is
+//! freed only once its answers are committed, so after a kill only the calls in flight are
+//! unrecorded, and only those can be sent twice (DESIGN §9.5).
 
 mod attributes;
 mod commit;
@@ -116,7 +117,7 @@ pub async fn deliver(
     let first_keys: Vec<String> = first.iter().map(|f| f.key.clone()).collect();
     let all_keys: Vec<String> = keys.iter().chain(&first_keys).cloned().collect();
     let committer = {
-        let (store, all_keys, first_keys) = (store.clone(), all_keys.clone(), first_keys.clone());
+        let (store, first_keys) = (store.clone(), first_keys.clone());
         let quarantine_after = policy.quarantine_after;
         tokio::task::spawn_blocking(move || {
             commit::commit_loop(store, all_keys, first_keys, write_rx, quarantine_after)
@@ -129,7 +130,7 @@ pub async fn deliver(
     let (window_tx, window_rx) = mpsc::channel::<Window>(1);
     let produce = async {
         let rows = {
-            let (store, keys) = (store.clone(), keys.to_vec());
+            let store = store.clone();
             tokio::task::spawn_blocking(move || {
                 let pending = if keys.is_empty() { None } else { Some(store.pending_reader(&keys)?) };
                 Rows::new(pending, first)

@@ -54,7 +54,8 @@ pub async fn close(
         Some(_) => 0,
         None => counts.entered.saturating_sub(delivery.delivered + delivery.failed),
     };
-    if unsent == 0 {
+    // Nothing to write for a delivered first sync of a source without a fingerprint (HTTP, SQL).
+    if unsent == 0 && (spooled.entries.is_some() || fingerprint.is_some()) {
         tokio::task::spawn_blocking(move || {
             let mut writer = store.diff_writer(&key)?;
             for entry in spooled.entries.into_iter().flat_map(|f| f.entries) {

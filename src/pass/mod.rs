@@ -132,33 +132,25 @@ pub async fn run(
     }
 
     let loaded: Vec<&Computation> = started.iter().filter(|s| s.3.is_ok()).map(|s| s.0).collect();
-    let runs: BTreeMap<String, i64> = started.iter().map(|(c, _, id, _)| (c.key.clone(), *id)).collect();
-    // First syncs' entries, for delivery to take.
-    let mut first: BTreeMap<String, _> = BTreeMap::new();
-    for (c, _, _, d) in &mut started {
-        if let Ok((_, Some(spooled))) = d
-            && let Some(entries) = spooled.entries.take()
-        {
-            first.insert(c.key.clone(), entries);
-        }
-    }
     let outcome = async {
         let blocked = delivery::ensure_attributes(store, destination, &loaded).await?;
-        // Small before large.
+        // Small before large. A first sync that is not delivered (its attribute is blocked)
+        // keeps its entries: `finish` writes them as pending rows.
         let (mut small, mut large, mut total) = (delivery::Work::default(), delivery::Work::default(), 0);
-        for c in loaded.iter().filter(|c| !blocked.contains_key(&c.key)) {
-            let spooled = first.remove(&c.key);
-            let pending = match &spooled {
+        for (c, _, run_id, d) in started.iter_mut().filter(|s| !blocked.contains_key(&s.0.key)) {
+            let Ok((_, spooled)) = d else { continue };
+            let first = spooled.as_mut().and_then(|s| s.entries.take());
+            let pending = match &first {
                 Some(f) => f.entries.len(),
                 None => store.pending_count(&c.key).await?,
             };
             total += pending;
             let group = if pending <= SMALL_FIRST_ROWS { &mut small } else { &mut large };
-            match spooled {
+            match first {
                 Some(f) => group.first.push(f),
                 None => group.keys.push(c.key.clone()),
             }
-            group.runs.insert(c.key.clone(), runs[&c.key]);
+            group.runs.insert(c.key.clone(), *run_id);
         }
         let delivering = options.progress.stage("delivering".into(), "rows answered", Some(total));
         let delivering = &delivering;
@@ -171,14 +163,7 @@ pub async fn run(
         report.per_key.extend(rest.per_key);
         anyhow::Ok((blocked, report))
     };
-    let outcome = outcome.await;
-    // A first sync that was not delivered (its attribute is blocked) gets its entries back.
-    for (c, _, _, d) in &mut started {
-        if let Ok((_, Some(spooled))) = d {
-            spooled.entries = first.remove(&c.key);
-        }
-    }
-    let (blocked, delivered) = match outcome {
+    let (blocked, delivered) = match outcome.await {
         Ok(r) => r,
         Err(e) => {
             let message = format!("delivery stopped: {e:#}");

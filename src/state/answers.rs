@@ -169,16 +169,15 @@ fn insert_answered(
         .collect();
     insert_synced.execute(tx, &acked)?;
     let mut quarantined = Vec::new();
-    let mut failed = tx.prepare_cached(
-        "INSERT INTO memberships (computation_key, user_id, desired, updated_at, attempts, last_error, first_sent_at, quarantined_at) \
-         VALUES (?1, ?2, ?3, ?4, 1, ?5, ?6, CASE WHEN ?7 <= 1 THEN ?6 END)",
-    )?;
     for o in answers {
-        if let Some(error) = &o.error {
-            failed.execute(params![o.computation_key, o.user_id, o.sent, o.changed_at, error, at, quarantine_after])?;
-            if quarantine_after <= 1 {
-                quarantined.push(o.computation_key.clone());
-            }
+        let Some(error) = &o.error else { continue };
+        let mut failed = tx.prepare_cached(
+            "INSERT INTO memberships (computation_key, user_id, desired, updated_at, attempts, last_error, first_sent_at, quarantined_at) \
+             VALUES (?1, ?2, ?3, ?4, 1, ?5, ?6, CASE WHEN ?7 <= 1 THEN ?6 END)",
+        )?;
+        failed.execute(params![o.computation_key, o.user_id, o.sent, o.changed_at, error, at, quarantine_after])?;
+        if quarantine_after <= 1 {
+            quarantined.push(o.computation_key.clone());
         }
     }
     Ok(quarantined)

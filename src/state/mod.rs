@@ -80,6 +80,7 @@ impl Store {
         if !path.exists() {
             return Ok(None);
         }
+        configure_sqlite();
         let options =
             SqliteConnectOptions::from_str("sqlite://")?.filename(path).read_only(true).busy_timeout(BUSY_TIMEOUT);
         let pool = SqlitePoolOptions::new()
