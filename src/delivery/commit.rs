@@ -139,6 +139,7 @@ impl Committer {
         for committed in waiting {
             let _ = committed.send(());
         }
+        self.writer.catch_up(&self.checkpointer)?;
         Ok(other)
     }
 }

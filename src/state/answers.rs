@@ -102,6 +102,12 @@ impl AnswerWriter {
 }
 
 impl AnswerWriter {
+    /// Lets `checkpointer` keep the log short (see `Checkpointer::catch_up`); call it between
+    /// transactions.
+    pub fn catch_up(&self, checkpointer: &super::Checkpointer) -> rusqlite::Result<bool> {
+        checkpointer.catch_up(&self.db)
+    }
+
     /// Records how far delivery is on running `sync_runs` rows: (id, delivered, failed).
     pub fn note_progress(&mut self, runs: &[(i64, u64, u64)]) -> anyhow::Result<()> {
         let tx = rusqlite::Transaction::new(&mut self.db, rusqlite::TransactionBehavior::Immediate)?;
