@@ -82,7 +82,11 @@ fn main() {
             100.0 * rate / bound
         );
     }
-    println!("  max requests in flight seen by the stand-in: {}", server.max_in_flight.load(Ordering::SeqCst));
+    println!(
+        "  max requests in flight seen by the stand-in: {}; it held each {:.2} ms on average",
+        server.max_in_flight.load(Ordering::SeqCst),
+        server.mean_hold().as_secs_f64() * 1000.0
+    );
     if destination == "contentstack" {
         let bound = concurrency as f64 * 1000.0 / latency_ms as f64;
         let busy = bare_client(&runtime, members, latency_ms, concurrency).as_secs_f64();
