@@ -1,9 +1,9 @@
 //! The committer: the one writer of delivery's state. It notes each window of users as about to
 //! be sent, records answers as they come, as many per transaction as have arrived, and drops a
-//! window's note with its last answer; on a blocking thread with its own connection (see
-//! `state::AnswerWriter`).
+//! window's note with its last answer; with its own connection (see `state::AnswerWriter`),
+//! on the sending thread or a thread of its own (`deliver` says which, and why).
 //!
-//! Both kinds of write go through this one thread on purpose: two connections writing in turn
+//! Both kinds of write go through this one writer on purpose: two connections writing in turn
 //! meet SQLite's busy handler, which sleeps a millisecond or more whenever the other holds the
 //! lock, and every request slot waits out that sleep.
 
@@ -39,8 +39,9 @@ pub enum Write {
 
 /// Serves writes for the computations `keys` (of which `first_sync` are on their first sync)
 /// until the channel closes; returns how many rows each computation had quarantined.
-/// Blocking: run it with `spawn_blocking`.
-pub fn commit_loop(
+/// Between writes it waits without blocking; each write blocks the thread for its transaction
+/// (tens of microseconds for a few answers).
+pub async fn commit_loop(
     store: Store,
     keys: Vec<String>,
     first_sync: Vec<String>,
@@ -55,7 +56,7 @@ pub fn commit_loop(
         quarantined: BTreeMap::new(),
         commits: 0,
     };
-    let mut next = writes.blocking_recv();
+    let mut next = writes.recv().await;
     while let Some(write) = next.take() {
         next = match write {
             Write::Sending { window, calls, after, last, first_users, noted } => {
@@ -71,7 +72,7 @@ pub fn commit_loop(
             }
         };
         if next.is_none() {
-            next = writes.blocking_recv();
+            next = writes.recv().await;
         }
     }
     Ok(committer.quarantined)
