@@ -20,8 +20,8 @@ const COMMITS_PER_CHECKPOINT: u32 = 200;
 
 /// A write asked of the committer.
 pub enum Write {
-    /// The answers of one call of window `window`, and where to say they are recorded.
-    Answers { window: u64, outcomes: Vec<Outcome>, committed: oneshot::Sender<()> },
+    /// The answers of one call of window `window`, and where to hand them back once recorded.
+    Answers { window: u64, outcomes: Vec<Outcome>, committed: oneshot::Sender<Vec<Outcome>> },
     /// How far delivery is, for the running `sync_runs` rows: (id, delivered, failed).
     Progress(Vec<(i64, u64, u64)>),
     /// Window `window`, users in (`after`, `last`] sent in `calls` calls, is about to be sent;
@@ -79,7 +79,7 @@ pub async fn commit_loop(
 }
 
 /// One call's answers: its window, its outcomes, where to say they are recorded.
-type Answers = (u64, Vec<Outcome>, oneshot::Sender<()>);
+type Answers = (u64, Vec<Outcome>, oneshot::Sender<Vec<Outcome>>);
 
 struct Committer {
     writer: AnswerWriter,
@@ -106,7 +106,7 @@ impl Committer {
     }
 
     /// Records `first` and every answer that has already arrived behind it, in one
-    /// transaction, then says so to their calls. Returns the first other write it met.
+    /// transaction, then hands each call its answers back. Returns the first other write it met.
     fn record_arrived(&mut self, first: Answers, writes: &mut mpsc::Receiver<Write>) -> anyhow::Result<Option<Write>> {
         let (mut calls, mut waiting, mut answered) = (Vec::new(), Vec::new(), Vec::new());
         let (mut rows, mut other) = (0, None);
@@ -137,8 +137,8 @@ impl Committer {
         if self.commits.is_multiple_of(COMMITS_PER_CHECKPOINT) || rows >= MAX_ACK_BATCH {
             self.checkpointer.nudge();
         }
-        for committed in waiting {
-            let _ = committed.send(());
+        for (committed, outcomes) in waiting.into_iter().zip(calls) {
+            let _ = committed.send(outcomes);
         }
         self.writer.catch_up(&self.checkpointer)?;
         Ok(other)

@@ -58,7 +58,7 @@ pub struct DeliveryReport {
 impl DeliveryReport {
     fn add(&mut self, call: &CallResult) {
         for o in &call.outcomes {
-            let r = self.per_key.entry(o.computation_key.clone()).or_default();
+            let r = self.key(&o.computation_key);
             match &o.error {
                 None => r.delivered += 1,
                 Some(e) => {
@@ -68,8 +68,16 @@ impl DeliveryReport {
             }
         }
         for key in &call.retried {
-            self.per_key.entry(key.clone()).or_default().retried += 1;
+            self.key(key).retried += 1;
         }
+    }
+
+    /// The report of computation `key` (looked up without allocating, once it exists).
+    fn key(&mut self, key: &str) -> &mut KeyReport {
+        if !self.per_key.contains_key(key) {
+            self.per_key.insert(key.to_string(), KeyReport::default());
+        }
+        self.per_key.get_mut(key).expect("inserted above")
     }
 
     fn totals(&self) -> (u64, u64) {
@@ -174,9 +182,9 @@ pub async fn deliver(
                         let (outcomes, retried) =
                             retry::send_with_retries(destination, policy, deadline, stop, call).await;
                         let (committed, done) = oneshot::channel();
-                        let answers = commit::Write::Answers { window, outcomes: outcomes.clone(), committed };
+                        let answers = commit::Write::Answers { window, outcomes, committed };
                         writes.send(answers).await.map_err(|_| stopped_recording())?;
-                        done.await.map_err(|_| stopped_recording())?;
+                        let outcomes = done.await.map_err(|_| stopped_recording())?;
                         anyhow::Ok(CallResult { outcomes, retried })
                     }
                 })
@@ -268,7 +276,13 @@ fn windows_of_updates<'a>(
         let Some(users) = queued.pop_front() else { return anyhow::Ok(None) };
         let last = users.last().map(|u| u.user_id.clone()).unwrap_or_default();
         let first_users = users_of(&users, first)?;
-        let calls: Vec<Vec<UserUpdate>> = users.chunks(per_call).map(<[UserUpdate]>::to_vec).collect();
+        let mut calls: Vec<Vec<UserUpdate>> = Vec::with_capacity(users.len().div_ceil(per_call));
+        for user in users {
+            match calls.last_mut() {
+                Some(call) if call.len() < per_call => call.push(user),
+                _ => calls.push(vec![user]),
+            }
+        }
         let (noted, done) = oneshot::channel();
         let sending = commit::Write::Sending {
             window: id,
