@@ -15,8 +15,10 @@ use crate::state::{AnswerWriter, Checkpointer, Outcome, Store};
 
 /// Most answers recorded in one transaction.
 const MAX_ACK_BATCH: usize = 4096;
-/// Transactions between two checkpoints asked of the checkpointer.
-const COMMITS_PER_CHECKPOINT: u32 = 200;
+/// Transactions between two checkpoints asked of the checkpointer. Each ends with the
+/// committer catching up (two fsyncs, about a millisecond, see `state::Checkpointer`); a
+/// thousand Contentstack transactions leave about 12 MB of log.
+const COMMITS_PER_CHECKPOINT: u32 = 1000;
 
 /// A write asked of the committer.
 pub enum Write {
