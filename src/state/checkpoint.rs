@@ -27,7 +27,7 @@ use super::{BUSY_TIMEOUT, Store};
 pub struct Checkpointer {
     nudges: Option<SyncSender<()>>,
     thread: Option<JoinHandle<()>>,
-    /// Set when a checkpoint has copied back all the log it found.
+    /// Set when the thread has run a checkpoint the writer has not caught up with yet.
     done: Arc<AtomicBool>,
 }
 
