@@ -4,8 +4,8 @@
 //! Pending rows are read in pages in user order (merged with the entries of first syncs, which
 //! are not in the state yet: see `rows`), grouped into one update per user (all of that user's
 //! pending keys), and handed to the destination in calls, at most `concurrency` in flight.
-//! Answers go to one committer thread that records them in group transactions; a call's slot is
-//! freed only once its answers are committed, so after a kill only the calls in flight are
+//! Answers go to one committer that records them in group transactions (see `commit`); a call's
+//! slot is freed only once its answers are committed, so after a kill only the calls in flight are
 //! unrecorded, and only those can be sent twice (DESIGN §9.5).
 
 mod attributes;

@@ -3,8 +3,8 @@
 //! Every acknowledged update waits for its answer to be recorded before its slot is reused
 //! (that bounds what a kill can make us re-send), so the time a record takes is time each
 //! request holds a slot. Through sqlx, a transaction costs three round trips to the driver's
-//! worker thread; here one blocking thread holds its own SQLite connection and runs cached
-//! statements directly.
+//! worker thread; here one writer holds its own SQLite connection and runs cached statements
+//! directly, on the thread that calls it.
 
 use std::collections::{BTreeMap, HashSet};
 
@@ -13,7 +13,7 @@ use rusqlite::{Connection, params};
 use super::{Batched, Store, now, values_list};
 use crate::state::Outcome;
 
-/// A connection that records answers; used from one blocking thread.
+/// A connection that records answers; used from one thread at a time.
 pub struct AnswerWriter {
     db: Connection,
     quarantine_after: u32,
