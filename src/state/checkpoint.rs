@@ -73,17 +73,14 @@ impl Checkpointer {
 
     /// Once a checkpoint is done, copies back on the writer's own connection `db` the frames
     /// written since, so that the writer's next transaction starts the log over. Call it
-    /// between transactions. True when it did; otherwise (a reader or a checkpoint of another
-    /// process stood in the way) asks the checkpointer for another.
+    /// between transactions. True when it did; when a reader's older snapshot or another
+    /// process's checkpoint stood in the way, the writer's next nudge tries again (asking at once
+    /// would, while an operator holds a read transaction open, checkpoint after every commit).
     pub fn catch_up(&self, db: &rusqlite::Connection) -> rusqlite::Result<bool> {
         if !self.done.swap(false, Ordering::AcqRel) {
             return Ok(false);
         }
-        let caught_up = checkpoint(db)?;
-        if !caught_up {
-            self.nudge();
-        }
-        Ok(caught_up)
+        checkpoint(db)
     }
 }
 
