@@ -14,6 +14,7 @@ mod memberships;
 mod pending;
 mod runs;
 mod scan;
+mod sqlite_config;
 mod status;
 
 use std::path::Path;
@@ -21,6 +22,7 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use anyhow::Context;
+pub(crate) use sqlite_config::configure_sqlite;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous};
 
 pub use answers::AnswerWriter;
@@ -114,21 +116,6 @@ impl Store {
     async fn begin_immediate(&self) -> sqlx::Result<sqlx::Transaction<'static, sqlx::Sqlite>> {
         self.pool.begin_with("BEGIN IMMEDIATE").await
     }
-}
-
-/// Turns off SQLite's memory statistics, once per process, before its first connection: with
-/// them on, every allocation inside SQLite takes a global mutex, which the bulk writers of a
-/// first sync paid for on each of their millions of rows. Later calls (SQLite already running)
-/// are refused by SQLite and change nothing.
-fn configure_sqlite() {
-    static ONCE: std::sync::Once = std::sync::Once::new();
-    ONCE.call_once(|| {
-        // SAFETY: SQLITE_CONFIG_MEMSTATUS takes one int; sqlite3_config is safe to call before
-        // sqlite3_initialize, and returns SQLITE_MISUSE (ignored) after it.
-        unsafe {
-            rusqlite::ffi::sqlite3_config(rusqlite::ffi::SQLITE_CONFIG_MEMSTATUS, 0 as std::ffi::c_int);
-        }
-    });
 }
 
 /// Rows written by one statement of the bulk writers.
