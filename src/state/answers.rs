@@ -10,7 +10,7 @@ use std::collections::{BTreeMap, HashSet};
 
 use rusqlite::{Connection, params};
 
-use super::{Batched, Store, now, values_list};
+use super::{Batched, Param, Store, now, values_list};
 use crate::state::Outcome;
 
 /// A connection that records answers; used from one thread at a time.
@@ -19,7 +19,8 @@ pub struct AnswerWriter {
     quarantine_after: u32,
     /// Computations on their first sync: their rows are written with their first answer.
     first_sync: HashSet<String>,
-    insert_synced: Batched<6>,
+    /// Shared: the computation and the time; per row: user, value sent, when it was decided.
+    insert_synced: Batched<2, 3>,
 }
 
 impl Store {
@@ -128,7 +129,11 @@ impl AnswerWriter {
 fn insert_synced_sql(rows: usize) -> String {
     format!(
         "INSERT INTO memberships (computation_key, user_id, desired, synced, updated_at, synced_at) VALUES {}",
-        values_list(rows, 6)
+        values_list(
+            rows,
+            2,
+            &[Param::Shared(1), Param::Own(1), Param::Own(2), Param::Own(2), Param::Own(3), Param::Shared(2)]
+        )
     )
 }
 
@@ -163,17 +168,19 @@ fn record_one(tx: &Connection, o: &Outcome, at: &str, quarantine_after: u32) -> 
 /// `first_sent_at` (the request may have landed). Returns the key of each row quarantined.
 fn insert_answered(
     tx: &Connection,
-    insert_synced: &Batched<6>,
+    insert_synced: &Batched<2, 3>,
     answers: &[&Outcome],
     at: &str,
     quarantine_after: u32,
 ) -> rusqlite::Result<Vec<String>> {
-    let acked: Vec<[&str; 6]> = answers
-        .iter()
-        .filter(|o| o.error.is_none())
-        .map(|o| [o.computation_key.as_str(), &o.user_id, &o.sent, &o.sent, &o.changed_at, at])
-        .collect();
-    insert_synced.execute(tx, &acked)?;
+    // Per computation, in the order they came (user order within a call).
+    let mut acked: BTreeMap<&str, Vec<[&str; 3]>> = BTreeMap::new();
+    for o in answers.iter().filter(|o| o.error.is_none()) {
+        acked.entry(&o.computation_key).or_default().push([&o.user_id, &o.sent, &o.changed_at]);
+    }
+    for (key, rows) in &acked {
+        insert_synced.execute(tx, [key, at], rows)?;
+    }
     let mut quarantined = Vec::new();
     for o in answers {
         let Some(error) = &o.error else { continue };
@@ -320,6 +327,44 @@ mod tests {
             )
             .unwrap();
         assert_eq!(failed, (1, "HTTP 400".to_string(), true, true, "t1".to_string()));
+    }
+
+    #[tokio::test]
+    async fn a_call_of_two_first_syncs_writes_each_row_under_its_own_computation() {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, db) = store_with_audience(dir.path()).await;
+        db.execute("INSERT INTO computations (key, name, kind, created_at) VALUES ('b', 'B', 'audience', 't0')", [])
+            .unwrap();
+        // Each user in both computations, with a value of its own: more than a whole statement
+        // of rows per computation, interleaved as a call holds them (user by user).
+        let all = users(crate::state::ROWS_PER_STATEMENT + 5);
+        let call: Vec<Outcome> = all
+            .iter()
+            .flat_map(|u| {
+                ["a", "b"].map(|key| Outcome {
+                    computation_key: key.into(),
+                    sent: format!("\"{key}-{u}\""),
+                    changed_at: format!("t-{key}"),
+                    ..acked(u)
+                })
+            })
+            .collect();
+        store.answer_writer(3, &["a".into(), "b".into()]).unwrap().record(&[call], &[]).unwrap();
+
+        let mut q = db
+            .prepare("SELECT computation_key, user_id, desired, synced, updated_at FROM memberships ORDER BY 1, 2")
+            .unwrap();
+        let written: Vec<(String, String, String, String, String)> = q
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?)))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        assert_eq!(written.len(), 2 * all.len());
+        for (key, user, desired, synced, updated_at) in written {
+            assert_eq!(desired, format!("\"{key}-{user}\""));
+            assert_eq!(synced, desired, "{key} {user}");
+            assert_eq!(updated_at, format!("t-{key}"));
+        }
     }
 
     #[tokio::test]

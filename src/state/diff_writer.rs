@@ -8,7 +8,7 @@
 
 use rusqlite::{Connection, params};
 
-use super::{Batched, ROWS_PER_STATEMENT, Store, now, values_list};
+use super::{Batched, Param, ROWS_PER_STATEMENT, Store, now, values_list};
 use crate::diff::{Op, OpSink};
 use crate::source::fingerprint::Fingerprint;
 
@@ -21,7 +21,8 @@ pub struct DiffWriter {
     begun: bool,
     /// Sets not yet written: (user, desired).
     sets: Vec<(String, String)>,
-    upsert: Batched<4>,
+    /// Shared: the computation and the time; per row: user, desired.
+    upsert: Batched<2, 2>,
 }
 
 impl Store {
@@ -70,9 +71,8 @@ impl DiffWriter {
 impl DiffWriter {
     /// Writes the buffered sets.
     fn flush(&mut self) -> rusqlite::Result<()> {
-        let rows: Vec<[&str; 4]> =
-            self.sets.iter().map(|(user, desired)| [self.key.as_str(), user, desired, &self.now]).collect();
-        self.upsert.execute(&self.db, &rows)?;
+        let rows: Vec<[&str; 2]> = self.sets.iter().map(|(user, desired)| [user.as_str(), desired]).collect();
+        self.upsert.execute(&self.db, [&self.key, &self.now], &rows)?;
         self.sets.clear();
         Ok(())
     }
@@ -85,7 +85,7 @@ fn upsert_sql(rows: usize) -> String {
         "INSERT INTO memberships (computation_key, user_id, desired, updated_at) VALUES {} \
          ON CONFLICT (computation_key, user_id) DO UPDATE SET desired = excluded.desired, \
          updated_at = excluded.updated_at, attempts = 0, last_error = NULL, quarantined_at = NULL",
-        values_list(rows, 4)
+        values_list(rows, 2, &[Param::Shared(1), Param::Own(1), Param::Own(2), Param::Shared(2)])
     )
 }
 

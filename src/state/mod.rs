@@ -121,14 +121,16 @@ impl Store {
 /// Rows written by one statement of the bulk writers.
 const ROWS_PER_STATEMENT: usize = 64;
 
-/// A statement over many rows of `N` parameters each (its SQL for a whole batch of
-/// `ROWS_PER_STATEMENT` rows, and for one row), built once per writer.
-struct Batched<const N: usize> {
+/// A statement over many rows: `S` parameters shared by every row (`?1`..`?S`, bound once per
+/// statement), then `N` of each row's own (its SQL for a whole batch of `ROWS_PER_STATEMENT`
+/// rows, and for one row), built once per writer. Binding is about a third of a row's insert
+/// (SQLite copies each text bound), so what rows share is bound once.
+struct Batched<const S: usize, const N: usize> {
     whole: String,
     single: String,
 }
 
-impl<const N: usize> Batched<N> {
+impl<const S: usize, const N: usize> Batched<S, N> {
     /// `sql(n)` is the statement over `n` rows.
     fn new(sql: impl Fn(usize) -> String) -> Self {
         Batched { whole: sql(ROWS_PER_STATEMENT), single: sql(1) }
@@ -136,11 +138,11 @@ impl<const N: usize> Batched<N> {
 
     /// Runs the statement over all of `rows`: whole batches through one cached statement (a
     /// statement's set-up costs about as much as a row's insert), the rest one row a statement.
-    fn execute(&self, db: &rusqlite::Connection, rows: &[[&str; N]]) -> rusqlite::Result<()> {
+    fn execute(&self, db: &rusqlite::Connection, shared: [&str; S], rows: &[[&str; N]]) -> rusqlite::Result<()> {
         let mut batches = rows.chunks_exact(ROWS_PER_STATEMENT);
         let run = |sql: &str, batch: &[[&str; N]]| -> rusqlite::Result<()> {
             let mut statement = db.prepare_cached(sql)?;
-            for (i, value) in batch.iter().flatten().enumerate() {
+            for (i, value) in shared.iter().chain(batch.iter().flatten()).enumerate() {
                 statement.raw_bind_parameter(i + 1, *value)?;
             }
             statement.raw_execute().map(drop)
@@ -152,10 +154,27 @@ impl<const N: usize> Batched<N> {
     }
 }
 
-/// The placeholders of a multi-row `VALUES` list: `rows` rows of `columns` numbered parameters.
-fn values_list(rows: usize, columns: usize) -> String {
+/// Where a column of a `VALUES` row takes its value from, for `values_list`: the `i`-th
+/// (from 1) parameter shared by all rows, or the `i`-th of the row's own.
+#[derive(Clone, Copy)]
+enum Param {
+    Shared(usize),
+    Own(usize),
+}
+
+/// The placeholders of a multi-row `VALUES` list of `rows` rows, each with the columns
+/// `columns`, after `shared` parameters common to all rows; each row has as many parameters of
+/// its own as the highest `Own` of `columns`.
+fn values_list(rows: usize, shared: usize, columns: &[Param]) -> String {
+    let own = columns.iter().map(|c| if let Param::Own(i) = c { *i } else { 0 }).max().unwrap_or(0);
     let row = |r: usize| {
-        let params: Vec<String> = (1..=columns).map(|c| format!("?{}", r * columns + c)).collect();
+        let params: Vec<String> = columns
+            .iter()
+            .map(|c| match c {
+                Param::Shared(i) => format!("?{i}"),
+                Param::Own(i) => format!("?{}", shared + r * own + i),
+            })
+            .collect();
         format!("({})", params.join(", "))
     };
     (0..rows).map(row).collect::<Vec<_>>().join(", ")
