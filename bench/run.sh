@@ -75,5 +75,5 @@ TOML
   rm -f "$work"/*.csv "$work/base.sorted" "$work/out.ndjson"
 done
 
-target/release/examples/bench_delivery --destination contentstack --members 30000 --latency-ms 5 --concurrency 64 | sed 's/^/contentstack 5 ms c=64: /'
+target/release/examples/bench_delivery --destination contentstack --members 30000 --latency-ms 5 --concurrency 64 --runs 5 | sed 's/^/contentstack 5 ms c=64: /'
 target/release/examples/bench_delivery --destination segment --members 300000 --latency-ms 5 --concurrency 16 | sed 's/^/segment 5 ms c=16: /'
