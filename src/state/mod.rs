@@ -123,8 +123,8 @@ const ROWS_PER_STATEMENT: usize = 64;
 
 /// A statement over many rows: `S` parameters shared by every row (`?1`..`?S`, bound once per
 /// statement), then `N` of each row's own (its SQL for a whole batch of `ROWS_PER_STATEMENT`
-/// rows, and for one row), built once per writer. Binding is about a third of a row's insert
-/// (SQLite copies each text bound), so what rows share is bound once.
+/// rows, and for one row), built once per writer. Binding was about a quarter of a row's insert
+/// (SQLite copies each text bound; callgrind), so what rows share is bound once.
 struct Batched<const S: usize, const N: usize> {
     whole: String,
     single: String,
