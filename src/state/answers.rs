@@ -10,7 +10,7 @@ use std::collections::{BTreeMap, HashSet};
 
 use rusqlite::{Connection, params};
 
-use super::{Batched, Param, Store, now, values_list};
+use super::{Batched, Param, Store, now};
 use crate::state::Outcome;
 
 /// A connection that records answers; used from one thread at a time.
@@ -30,7 +30,12 @@ impl Store {
     pub fn answer_writer(&self, quarantine_after: u32, first_sync: &[String]) -> anyhow::Result<AnswerWriter> {
         let db = self.bulk_writer()?;
         let first_sync = first_sync.iter().cloned().collect();
-        Ok(AnswerWriter { db, quarantine_after, first_sync, insert_synced: Batched::new(insert_synced_sql) })
+        Ok(AnswerWriter {
+            db,
+            quarantine_after,
+            first_sync,
+            insert_synced: Batched::new(INSERT_SYNCED_COLUMNS, insert_synced_sql),
+        })
     }
 }
 
@@ -125,17 +130,17 @@ impl AnswerWriter {
     }
 }
 
-/// Acknowledged rows of a first sync: `synced` is the value sent, as is `desired`.
-fn insert_synced_sql(rows: usize) -> String {
+/// Acknowledged rows of a first sync, `values`: `synced` is the value sent, as is `desired`.
+fn insert_synced_sql(values: &str) -> String {
     format!(
-        "INSERT INTO memberships (computation_key, user_id, desired, synced, updated_at, synced_at) VALUES {}",
-        values_list(
-            rows,
-            2,
-            &[Param::Shared(1), Param::Own(1), Param::Own(2), Param::Own(2), Param::Own(3), Param::Shared(2)]
-        )
+        "INSERT INTO memberships (computation_key, user_id, desired, synced, updated_at, synced_at) VALUES {values}"
     )
 }
+
+/// Its values: the computation and the time shared; the user, the value sent (twice), and when
+/// it was decided.
+const INSERT_SYNCED_COLUMNS: &[Param] =
+    &[Param::Shared(1), Param::Own(1), Param::Own(2), Param::Own(2), Param::Own(3), Param::Shared(2)];
 
 /// Calls with fewer rows are recorded row by row.
 const RANGE_ACK_MIN_ROWS: usize = 8;

@@ -8,7 +8,7 @@
 
 use rusqlite::{Connection, params};
 
-use super::{Batched, Param, ROWS_PER_STATEMENT, Store, now, values_list};
+use super::{Batched, Param, ROWS_PER_STATEMENT, Store, now};
 use crate::diff::{Op, OpSink};
 use crate::source::fingerprint::Fingerprint;
 
@@ -35,7 +35,7 @@ impl Store {
             now: now(),
             begun: false,
             sets: Vec::with_capacity(ROWS_PER_STATEMENT),
-            upsert: Batched::new(upsert_sql),
+            upsert: Batched::new(&[Param::Shared(1), Param::Own(1), Param::Own(2), Param::Shared(2)], upsert_sql),
         })
     }
 }
@@ -78,14 +78,13 @@ impl DiffWriter {
     }
 }
 
-/// An upsert of `rows` rows. A new desired value is a new delivery: its attempts and error
+/// An upsert of the rows `values`. A new desired value is a new delivery: its attempts and error
 /// start afresh.
-fn upsert_sql(rows: usize) -> String {
+fn upsert_sql(values: &str) -> String {
     format!(
-        "INSERT INTO memberships (computation_key, user_id, desired, updated_at) VALUES {} \
+        "INSERT INTO memberships (computation_key, user_id, desired, updated_at) VALUES {values} \
          ON CONFLICT (computation_key, user_id) DO UPDATE SET desired = excluded.desired, \
-         updated_at = excluded.updated_at, attempts = 0, last_error = NULL, quarantined_at = NULL",
-        values_list(rows, 2, &[Param::Shared(1), Param::Own(1), Param::Own(2), Param::Shared(2)])
+         updated_at = excluded.updated_at, attempts = 0, last_error = NULL, quarantined_at = NULL"
     )
 }
 

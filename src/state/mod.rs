@@ -131,9 +131,15 @@ struct Batched<const S: usize, const N: usize> {
 }
 
 impl<const S: usize, const N: usize> Batched<S, N> {
-    /// `sql(n)` is the statement over `n` rows.
-    fn new(sql: impl Fn(usize) -> String) -> Self {
-        Batched { whole: sql(ROWS_PER_STATEMENT), single: sql(1) }
+    /// The statement `sql(values)`, where `values` is a `VALUES` list of rows of `columns`.
+    fn new(columns: &[Param], sql: impl Fn(&str) -> String) -> Self {
+        debug_assert!(
+            columns.iter().all(|c| matches!(*c, Param::Shared(i) if i <= S) || matches!(*c, Param::Own(i) if i <= N))
+        );
+        Batched {
+            whole: sql(&values_list(ROWS_PER_STATEMENT, S, N, columns)),
+            single: sql(&values_list(1, S, N, columns)),
+        }
     }
 
     /// Runs the statement over all of `rows`: whole batches through one cached statement (a
@@ -163,10 +169,8 @@ enum Param {
 }
 
 /// The placeholders of a multi-row `VALUES` list of `rows` rows, each with the columns
-/// `columns`, after `shared` parameters common to all rows; each row has as many parameters of
-/// its own as the highest `Own` of `columns`.
-fn values_list(rows: usize, shared: usize, columns: &[Param]) -> String {
-    let own = columns.iter().map(|c| if let Param::Own(i) = c { *i } else { 0 }).max().unwrap_or(0);
+/// `columns`, after `shared` parameters common to all rows, each row with `own` of its own.
+fn values_list(rows: usize, shared: usize, own: usize, columns: &[Param]) -> String {
     let row = |r: usize| {
         let params: Vec<String> = columns
             .iter()
