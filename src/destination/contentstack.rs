@@ -1,8 +1,9 @@
 //! Contentstack Personalize Edge API: `PATCH {edge_api_base_url}/user-attributes`, one request
 //! per user holding all of that user's pending attributes (DESIGN §5).
 
-use reqwest::header::{CONTENT_TYPE, HeaderValue};
+use reqwest::header::{CONTENT_TYPE, HOST, HeaderMap, HeaderValue};
 
+use super::h1::H1Pool;
 use super::{AttributeManager, DeliveryError, HttpSender, RowResults, UserUpdate, for_every_row};
 use crate::config::ContentstackConfig;
 
@@ -14,9 +15,18 @@ pub const PROJECT_UID_HEADER: &str = "x-project-uid";
 pub struct Contentstack {
     http: HttpSender,
     url: reqwest::Url,
+    /// Straight through hyper, unless a proxy is set in the environment (see `h1`).
+    direct: Option<Direct>,
     project_uid: HeaderValue,
     concurrency: usize,
     attributes: Option<AttributeManager>,
+}
+
+/// The updates' connections, and what their requests carry of the URL.
+struct Direct {
+    pool: H1Pool,
+    path: hyper::Uri,
+    host: HeaderValue,
 }
 
 impl Contentstack {
@@ -29,9 +39,24 @@ impl Contentstack {
             Some(a) => Some(AttributeManager::new(a, &config.project_uid, &config.http)?),
             None => None,
         };
+        let direct = if proxy_set(&url) {
+            tracing::info!("a proxy is set in the environment: Contentstack updates go through it");
+            None
+        } else {
+            let host = match url.port() {
+                Some(port) => format!("{}:{port}", url.host_str().unwrap_or_default()),
+                None => url.host_str().unwrap_or_default().to_string(),
+            };
+            Some(Direct {
+                pool: H1Pool::new(&url, config.http.connect_timeout, config.http.request_timeout)?,
+                path: url[url::Position::BeforePath..].parse()?,
+                host: HeaderValue::from_str(&host)?,
+            })
+        };
         Ok(Contentstack {
             http: HttpSender::new(&config.http)?,
             url,
+            direct,
             project_uid,
             concurrency: config.http.concurrency,
             attributes,
@@ -64,15 +89,30 @@ impl Contentstack {
     async fn send_one(&self, update: &UserUpdate) -> Result<(), DeliveryError> {
         let user = HeaderValue::from_str(&update.user_id)
             .map_err(|_| DeliveryError::permanent("user_id cannot be sent as an HTTP header (control characters)"))?;
-        let request = self
-            .http
-            .client()
-            .patch(self.url.clone())
-            .header(PROJECT_UID_HEADER, self.project_uid.clone())
-            .header(USER_UID_HEADER, user.clone())
-            .header(LEGACY_USER_UID_HEADER, user)
-            .header(CONTENT_TYPE, "application/json")
-            .body(Self::body(update)?);
-        self.http.send(request).await.map(drop)
+        let mut headers = HeaderMap::with_capacity(5);
+        headers.insert(PROJECT_UID_HEADER, self.project_uid.clone());
+        headers.insert(USER_UID_HEADER, user.clone());
+        headers.insert(LEGACY_USER_UID_HEADER, user);
+        headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        let body = Self::body(update)?;
+        let Some(direct) = &self.direct else {
+            let request = self.http.client().patch(self.url.clone()).headers(headers).body(body);
+            return self.http.send(request).await.map(drop);
+        };
+        headers.insert(HOST, direct.host.clone());
+        let mut request = hyper::Request::new(http_body_util::Full::new(bytes::Bytes::from(body)));
+        *request.method_mut() = reqwest::Method::PATCH;
+        *request.uri_mut() = direct.path.clone();
+        *request.headers_mut() = headers;
+        self.http.send_h1(&direct.pool, request).await
     }
+}
+
+/// Whether reqwest would send requests to `url` through a proxy named in the environment
+/// (it reads these variables; `NO_PROXY` is left to it).
+fn proxy_set(url: &reqwest::Url) -> bool {
+    let scheme = if url.scheme() == "https" { "https_proxy" } else { "http_proxy" };
+    [scheme, "all_proxy"].iter().any(|name| {
+        [name.to_string(), name.to_uppercase()].iter().any(|v| std::env::var_os(v).is_some_and(|v| !v.is_empty()))
+    })
 }

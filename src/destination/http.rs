@@ -39,10 +39,36 @@ impl HttpSender {
         };
         let headers = response.headers().clone();
         let body = response.text().await.unwrap_or_default();
-        let error = retry::from_response(status, &headers, &body, failure);
+        Err(self.refused(status, &headers, &body, failure))
+    }
+
+    /// As `send`, through `pool`.
+    pub async fn send_h1(
+        &self,
+        pool: &super::h1::H1Pool,
+        request: hyper::Request<http_body_util::Full<bytes::Bytes>>,
+    ) -> Result<(), DeliveryError> {
+        self.pacer.acquire().await;
+        let answer = pool.send(request).await.map_err(|e| retry::from_h1(&e))?;
+        let Some(failure) = retry::classify(answer.status) else {
+            self.pacer.succeeded();
+            return Ok(());
+        };
+        Err(self.refused(answer.status, &answer.headers, &String::from_utf8_lossy(&answer.body), failure))
+    }
+
+    /// The error for a refused request; a 429 slows the whole destination.
+    fn refused(
+        &self,
+        status: reqwest::StatusCode,
+        headers: &reqwest::header::HeaderMap,
+        body: &str,
+        failure: Failure,
+    ) -> DeliveryError {
+        let error = retry::from_response(status, headers, body, failure);
         if failure == Failure::Throttled {
-            self.pacer.throttled(retry::retry_after(&headers, SystemTime::now()));
+            self.pacer.throttled(retry::retry_after(headers, SystemTime::now()));
         }
-        Err(error)
+        error
     }
 }

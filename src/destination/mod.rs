@@ -5,6 +5,7 @@
 mod attributes;
 mod contentstack;
 mod file;
+mod h1;
 mod http;
 mod pacer;
 pub mod retry;

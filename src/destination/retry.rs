@@ -72,6 +72,12 @@ pub fn from_transport(e: &reqwest::Error) -> DeliveryError {
     DeliveryError { message: format!("request {what}: {}", error_chain(e)), failure, retry_after: None }
 }
 
+/// The same, for a request of Contentstack's own HTTP/1.1 client (`h1`).
+pub fn from_h1(e: &super::h1::TransportError) -> DeliveryError {
+    let what = if e.timed_out { "timed out" } else { "failed" };
+    DeliveryError { message: format!("request {what}: {}", e.message), failure: Failure::Transient, retry_after: None }
+}
+
 /// An error with its causes, on one line.
 fn error_chain(e: &dyn std::error::Error) -> String {
     let mut out = e.to_string();

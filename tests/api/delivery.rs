@@ -182,3 +182,23 @@ async fn requests_in_flight_never_exceed_concurrency() {
     let max = server.max_in_flight.load(Ordering::SeqCst);
     assert!((2..=3).contains(&max), "{max} requests were in flight at once");
 }
+
+#[tokio::test]
+async fn with_a_proxy_in_the_environment_contentstack_updates_go_through_it() {
+    let proxy = MockServer::start().await;
+    Mock::given(method("PATCH"))
+        .and(header("x-cs-personalize-user-uid", "u1"))
+        .respond_with(ResponseTemplate::new(200))
+        .mount(&proxy)
+        .await;
+    // The edge's name does not resolve: only the proxy can carry the update.
+    let app = TestApp::contentstack_at("http://personalize-edge.invalid", 1, "", &audience("A", "a.csv"));
+    app.write("a.csv", &csv_users(&["u1"]));
+    let mut sync = app.command(&["sync"]);
+    sync.env("http_proxy", proxy.uri());
+    let out = tokio::task::spawn_blocking(move || sync.output().unwrap()).await.unwrap();
+    assert_success(&out);
+    let requests = proxy.received_requests().await.unwrap();
+    assert_eq!(requests.len(), 1);
+    assert_eq!(requests[0].url.host_str(), Some("personalize-edge.invalid"), "asked of the proxy for the edge");
+}
