@@ -114,7 +114,9 @@ async fn requests_over_tls_reuse_one_connection() {
     let heads = server.heads.lock().unwrap().clone();
     assert_eq!(heads.len(), 2);
     assert!(heads[0].starts_with("PATCH /user-attributes HTTP/1.1\r\n"), "{}", heads[0]);
-    assert!(heads[0].to_ascii_lowercase().contains("user-agent: audience-sync/"), "{}", heads[0]);
+    let head = heads[0].to_ascii_lowercase();
+    assert!(head.contains("user-agent: audience-sync/"), "{head}");
+    assert!(head.contains("content-length: 10\r\n"), "a body of known length, not chunked: {head}");
 }
 
 #[tokio::test]
