@@ -17,7 +17,8 @@ mod counting_server;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-/// What one run measured.
+/// What each run sends: to which destination, how many members, at what latency and
+/// concurrency.
 struct Run {
     destination: String,
     members: usize,

@@ -17,3 +17,6 @@ pub mod pass;
 pub mod progress;
 pub mod source;
 pub mod state;
+
+/// What every HTTP request of ours says it comes from.
+pub const USER_AGENT: &str = concat!("audience-sync/", env!("CARGO_PKG_VERSION"));

@@ -1,7 +1,7 @@
 //! Contentstack Personalize Edge API: `PATCH {edge_api_base_url}/user-attributes`, one request
 //! per user holding all of that user's pending attributes (DESIGN §5).
 
-use reqwest::header::{CONTENT_TYPE, HOST, HeaderMap, HeaderValue};
+use reqwest::header::{CONTENT_TYPE, HeaderMap, HeaderValue};
 
 use super::h1::H1Pool;
 use super::{AttributeManager, DeliveryError, HttpSender, RowResults, UserUpdate, for_every_row};
@@ -22,11 +22,10 @@ pub struct Contentstack {
     attributes: Option<AttributeManager>,
 }
 
-/// The updates' connections, and what their requests carry of the URL.
+/// The updates' connections, and the path their requests go to.
 struct Direct {
     pool: H1Pool,
     path: hyper::Uri,
-    host: HeaderValue,
 }
 
 impl Contentstack {
@@ -43,14 +42,9 @@ impl Contentstack {
             tracing::info!("a proxy is set in the environment: Contentstack updates go through it");
             None
         } else {
-            let host = match url.port() {
-                Some(port) => format!("{}:{port}", url.host_str().unwrap_or_default()),
-                None => url.host_str().unwrap_or_default().to_string(),
-            };
             Some(Direct {
                 pool: H1Pool::new(&url, config.http.connect_timeout, config.http.request_timeout)?,
                 path: url[url::Position::BeforePath..].parse()?,
-                host: HeaderValue::from_str(&host)?,
             })
         };
         Ok(Contentstack {
@@ -99,7 +93,6 @@ impl Contentstack {
             let request = self.http.client().patch(self.url.clone()).headers(headers).body(body);
             return self.http.send(request).await.map(drop);
         };
-        headers.insert(HOST, direct.host.clone());
         let mut request = hyper::Request::new(http_body_util::Full::new(bytes::Bytes::from(body)));
         *request.method_mut() = reqwest::Method::PATCH;
         *request.uri_mut() = direct.path.clone();

@@ -20,7 +20,7 @@ use http_body_util::{BodyExt, Full};
 use hyper::client::conn::http1::SendRequest;
 use hyper_util::rt::TokioIo;
 use reqwest::StatusCode;
-use reqwest::header::{HeaderMap, HeaderValue, USER_AGENT};
+use reqwest::header::{HOST, HeaderMap, HeaderValue, USER_AGENT};
 use rustls::pki_types::ServerName;
 
 /// A request's answer, read whole.
@@ -49,6 +49,8 @@ type Sender = SendRequest<Full<Bytes>>;
 pub struct H1Pool {
     /// `host:port` to connect to.
     address: String,
+    /// The `Host` header: the URL's host, and its port if the URL names one.
+    host: HeaderValue,
     /// For `https`: the TLS set-up and the name the certificate must carry.
     tls: Option<(tokio_rustls::TlsConnector, ServerName<'static>)>,
     /// Idle connections, each with when it last answered.
@@ -76,6 +78,10 @@ impl H1Pool {
     ) -> anyhow::Result<H1Pool> {
         let host = url.host_str().ok_or_else(|| anyhow::anyhow!("{url} has no host"))?;
         let port = url.port_or_known_default().ok_or_else(|| anyhow::anyhow!("{url} has no port"))?;
+        let host_header = match url.port() {
+            Some(port) => HeaderValue::from_str(&format!("{host}:{port}"))?,
+            None => HeaderValue::from_str(host)?,
+        };
         let tls = match tls {
             Some(config) => {
                 let name = ServerName::try_from(host.trim_matches(['[', ']']).to_string())?;
@@ -85,6 +91,7 @@ impl H1Pool {
         };
         Ok(H1Pool {
             address: format!("{host}:{port}"),
+            host: host_header,
             tls,
             idle: Mutex::new(Vec::new()),
             connect_timeout,
@@ -92,11 +99,14 @@ impl H1Pool {
         })
     }
 
-    /// Sends `request` on an idle connection, or a new one, within the request timeout. A
+    /// Sends `request` (its path; the pool adds `Host` and `User-Agent`) on an idle
+    /// connection, or a new one, within the request timeout. A
     /// request that an idle connection could not take (the server had just closed it) goes on
     /// a new one at once; any other failure is the caller's to retry.
     pub async fn send(&self, mut request: hyper::Request<Full<Bytes>>) -> Result<Answer, TransportError> {
-        request.headers_mut().insert(USER_AGENT, HeaderValue::from_static(USER_AGENT_VALUE));
+        let headers = request.headers_mut();
+        headers.insert(HOST, self.host.clone());
+        headers.insert(USER_AGENT, HeaderValue::from_static(crate::USER_AGENT));
         let exchange = async {
             let response = match self.checkout() {
                 Some(mut sender) => match sender.try_send_request(request).await {
@@ -163,8 +173,6 @@ impl H1Pool {
 }
 
 const MAX_IDLE: Duration = Duration::from_secs(30);
-
-const USER_AGENT_VALUE: &str = concat!("audience-sync/", env!("CARGO_PKG_VERSION"));
 
 /// An HTTP/1.1 connection over `io`, its driver spawned on the runtime.
 async fn handshake<T>(io: T) -> Result<Sender, String>

@@ -18,7 +18,7 @@ impl HttpSender {
             .connect_timeout(config.connect_timeout)
             .timeout(config.request_timeout)
             .pool_max_idle_per_host(config.concurrency)
-            .user_agent(concat!("audience-sync/", env!("CARGO_PKG_VERSION")))
+            .user_agent(crate::USER_AGENT)
             .build()?;
         Ok(HttpSender { client, pacer: Pacer::new(config.max_requests_per_second) })
     }

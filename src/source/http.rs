@@ -36,7 +36,7 @@ pub fn read(handle: &Handle, source: &HttpSource, rules: Rules, push: &mut Push)
     let client = reqwest::Client::builder()
         .connect_timeout(source.timeout)
         .read_timeout(source.timeout)
-        .user_agent(concat!("audience-sync/", env!("CARGO_PKG_VERSION")))
+        .user_agent(crate::USER_AGENT)
         .build()
         .map_err(|e| SnapshotError::new(source.url.as_str(), None, None, e.to_string()))?;
     match source.format {

@@ -116,6 +116,7 @@ async fn requests_over_tls_reuse_one_connection() {
     assert!(heads[0].starts_with("PATCH /user-attributes HTTP/1.1\r\n"), "{}", heads[0]);
     let head = heads[0].to_ascii_lowercase();
     assert!(head.contains("user-agent: audience-sync/"), "{head}");
+    assert!(head.contains(&format!("host: localhost:{}\r\n", server.port)), "{head}");
     assert!(head.contains("content-length: 10\r\n"), "a body of known length, not chunked: {head}");
 }
 
