@@ -6,7 +6,15 @@ use crate::config::Computation;
 use crate::diff::{self, DiffCounts, OpSink};
 use crate::progress::Stage;
 use crate::source;
+use crate::source::fingerprint::Fingerprint;
 use crate::state::Store;
+
+/// What a diff found, the sink it wrote to, and the fingerprint of the file it read (if any).
+pub struct Diffed<S> {
+    pub counts: DiffCounts,
+    pub sink: S,
+    pub fingerprint: Option<Fingerprint>,
+}
 
 /// Loads the snapshot of `c` and merges it with its state (`None`: no state yet) on a blocking
 /// thread, handing every op to `sink`; gives the sink back with the counts.
@@ -17,10 +25,11 @@ pub async fn run<S: OpSink + Send + 'static>(
     loading: Stage,
     diffing: Stage,
     mut sink: S,
-) -> anyhow::Result<(DiffCounts, S)> {
+) -> anyhow::Result<Diffed<S>> {
     let c = c.clone();
     tokio::task::spawn_blocking(move || {
-        let snapshot = source::load_sorted(&c, sort_buffer_bytes, &loading)?;
+        let mut snapshot = source::load_sorted(&c, sort_buffer_bytes, &loading)?;
+        let fingerprint = snapshot.fingerprint.take();
         let snapshot = snapshot.map(|r| {
             diffing.inc(1);
             r.map_err(anyhow::Error::from)
@@ -30,7 +39,7 @@ pub async fn run<S: OpSink + Send + 'static>(
             None => diff::merge(c.kind, std::iter::empty(), snapshot, &mut sink)?,
         };
         diffing.finish();
-        Ok((counts, sink))
+        Ok(Diffed { counts, sink, fingerprint })
     })
     .await?
 }

@@ -26,13 +26,13 @@ pub async fn diff(
     config: &Config,
     c: &Computation,
     options: &PassOptions,
-    fingerprint: Option<Fingerprint>,
 ) -> anyhow::Result<(DiffCounts, Spooled)> {
     let progress = &options.progress;
     let loading = progress.stage(format!("{}: loading", c.key), "rows read", None);
     let diffing = progress.stage(format!("{}: diff", c.key), "rows compared", None);
     let spool = tokio::task::spawn_blocking(Spool::new).await??;
-    let (counts, spool) = differ::run(None, c, config.sort_buffer_bytes, loading, diffing, spool).await?;
+    let differ::Diffed { counts, sink: spool, fingerprint } =
+        differ::run(None, c, config.sort_buffer_bytes, loading, diffing, spool).await?;
     let entries = FirstSync { key: c.key.clone(), kind: c.kind, changed_at: now(), entries: spool.into_reader()? };
     Ok((counts, Spooled { entries: Some(entries), fingerprint }))
 }

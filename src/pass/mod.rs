@@ -108,7 +108,9 @@ pub async fn run(
                 "the last delivery was interrupted: rows it may have sent are treated as told"
             );
         }
-        let mode = match (options.resync, initial_done) {
+        // A computation the state holds no row of goes through a first sync, whatever an
+        // earlier (empty) first snapshot left in `initial_sync_done_at`.
+        let mode = match (options.resync, initial_done && store.has_rows(&c.key).await?) {
             (true, _) => "resync",
             (false, true) => "delta",
             (false, false) => "initial",
@@ -168,7 +170,7 @@ pub async fn run(
         Err(e) => {
             let message = format!("delivery stopped: {e:#}");
             for (_, _, run_id, _) in &started {
-                store.finish_run(*run_id, RunStatus::Failed, &RunCounts::default(), Some(&message)).await?;
+                store.fail_run(*run_id, &message).await?;
             }
             return Err(e.context("delivery stopped"));
         }
@@ -245,11 +247,11 @@ async fn load_and_diff(
     c: &Computation,
     options: &PassOptions,
 ) -> anyhow::Result<(DiffCounts, Option<Spooled>)> {
-    // One read of the file for its hash, before it is loaded: the same size and hash as the last
-    // recorded diff's mean provably unchanged; otherwise it is what this diff records.
+    // The file as it is now: the same size and hash as the last recorded diff's mean provably
+    // unchanged. What a diff records is the fingerprint taken in its own load.
     let source = c.source.clone();
-    let fingerprint = tokio::task::spawn_blocking(move || fingerprint::fingerprint(&source)).await?;
-    if let (Some(now), Some((last, rows))) = (&fingerprint, store.snapshot_fingerprint(&c.key).await?) {
+    let now = tokio::task::spawn_blocking(move || fingerprint::fingerprint(&source)).await?;
+    if let (Some(now), Some((last, rows))) = (&now, store.snapshot_fingerprint(&c.key).await?) {
         if is_older(&now.modified_at, &last.modified_at) {
             anyhow::bail!(
                 "{}: stale snapshot: modified {}, older than the one the last pass used ({}); refusing to go back",
@@ -270,7 +272,10 @@ async fn load_and_diff(
         }
     }
     if !store.has_rows(&c.key).await? {
-        let (counts, spooled) = first_sync::diff(config, c, options, fingerprint).await?;
+        // From the first row a first sync writes, the state is no longer what any recorded
+        // fingerprint produced.
+        store.forget_snapshot_content(&c.key).await?;
+        let (counts, spooled) = first_sync::diff(config, c, options).await?;
         return Ok((counts, Some(spooled)));
     }
     let progress = &options.progress;
@@ -280,7 +285,7 @@ async fn load_and_diff(
         let (store, key) = (store.clone(), c.key.clone());
         tokio::task::spawn_blocking(move || store.diff_writer(&key)).await??
     };
-    let (counts, writer) =
+    let differ::Diffed { counts, sink: writer, fingerprint } =
         differ::run(Some(store.clone()), c, config.sort_buffer_bytes, loading, diffing, writer).await?;
     if !options.allow_mass_exit {
         guard(c, &counts)?;

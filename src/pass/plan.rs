@@ -64,7 +64,7 @@ pub async fn plan(config: &Config, store: Option<&Store>, c: &Computation) -> an
         Some(s) => s.pending_count(&c.key).await?,
         None => 0,
     };
-    let (counts, plan) =
+    let diffed =
         differ::run(store, c, config.sort_buffer_bytes, Stage::default(), Stage::default(), Plan::default()).await?;
-    Ok(Plan { counts, already_pending, ..plan })
+    Ok(Plan { counts: diffed.counts, already_pending, ..diffed.sink })
 }

@@ -4,32 +4,40 @@ use std::fs::File;
 use std::io::{BufReader, Read};
 use std::path::Path;
 
+use super::fingerprint::{Fingerprint, Hashing};
 use super::member::{Push, Rules, check_user_id, read_ndjson};
 use super::value::csv_value;
 use super::{SnapshotError, SnapshotRecord, member_value};
 use crate::config::{Kind, SnapshotFormat};
 
 /// Reads every record of the file at `path`, handing each to `push`; stops at the first error.
+/// Returns the fingerprint of the bytes it read, hashed in that same read.
 pub fn read(
     path: &Path,
     format: SnapshotFormat,
     gzip: bool,
     rules: Rules,
     push: &mut Push,
-) -> Result<(), SnapshotError> {
+) -> Result<Fingerprint, SnapshotError> {
     let name = path.display().to_string();
-    let file =
-        File::open(path).map_err(|e| SnapshotError::new(&name, None, None, format!("cannot open snapshot: {e}")))?;
-    let raw: Box<dyn Read> = if gzip {
-        Box::new(flate2::read::MultiGzDecoder::new(BufReader::with_capacity(1 << 16, file)))
-    } else {
-        Box::new(file)
-    };
-    let reader = BufReader::with_capacity(1 << 16, raw);
-    match format {
-        SnapshotFormat::Csv => read_csv(&name, reader, rules.kind, push),
-        SnapshotFormat::Ndjson => read_ndjson(&name, reader, rules, push),
+    let cannot_open = |e: std::io::Error| SnapshotError::new(&name, None, None, format!("cannot open snapshot: {e}"));
+    let mut file = Hashing::new(File::open(path).map_err(cannot_open)?).map_err(cannot_open)?;
+    {
+        let raw: Box<dyn Read> = if gzip {
+            Box::new(flate2::read::MultiGzDecoder::new(BufReader::with_capacity(1 << 16, &mut file)))
+        } else {
+            Box::new(&mut file)
+        };
+        let reader = BufReader::with_capacity(1 << 16, raw);
+        match format {
+            SnapshotFormat::Csv => read_csv(&name, reader, rules.kind, push)?,
+            SnapshotFormat::Ndjson => read_ndjson(&name, reader, rules, push)?,
+        }
     }
+    // A reader may stop at its format's end (gzip's last member): the rest still counts.
+    std::io::copy(&mut file, &mut std::io::sink())
+        .map_err(|e| SnapshotError::new(&name, None, None, format!("cannot read snapshot: {e}")))?;
+    Ok(file.fingerprint())
 }
 
 fn read_csv(name: &str, reader: impl Read, kind: Kind, push: &mut Push) -> Result<(), SnapshotError> {

@@ -1,9 +1,13 @@
 //! A file snapshot's fingerprint: size, modification time and SHA-256 of its bytes. The same
 //! size and hash as the last recorded diff's prove the snapshot unchanged, so the diff (the
 //! costliest part of an unchanged pass) can be skipped; the time is kept for the staleness check.
+//!
+//! The fingerprint a diff records is taken in the very read that loads the snapshot
+//! (`Hashing`), so a file replaced between a check and the load can never be recorded under
+//! the bytes of the other.
 
+use std::fs::File;
 use std::io::Read;
-use std::path::Path;
 
 use sha2::{Digest, Sha256};
 
@@ -14,6 +18,7 @@ pub struct Fingerprint {
     pub size: u64,
     /// RFC 3339 with nanoseconds, UTC.
     pub modified_at: String,
+    /// Hex; empty when the state no longer vouches for any content (a first sync started).
     pub sha256: String,
 }
 
@@ -21,39 +26,56 @@ impl Fingerprint {
     /// The same bytes (size and SHA-256), whatever the modification time says: a snapshot
     /// rewritten unchanged by a nightly export is still unchanged.
     pub fn same_content(&self, other: &Fingerprint) -> bool {
-        self.size == other.size && self.sha256 == other.sha256
+        !self.sha256.is_empty() && self.size == other.size && self.sha256 == other.sha256
     }
 }
 
-/// The size and modification time of a file snapshot, taken before it is read (so that a write
-/// during the read shows as a different time next pass).
-fn metadata(source: &Source) -> Option<(u64, String)> {
-    let Source::File { path, .. } = source else { return None };
-    let meta = std::fs::metadata(path).ok()?;
-    let modified = chrono::DateTime::<chrono::Utc>::from(meta.modified().ok()?);
-    Some((meta.len(), modified.to_rfc3339_opts(chrono::SecondsFormat::Nanos, true)))
+/// The modification time of an open file, as recorded.
+fn modified_at(file: &File) -> std::io::Result<String> {
+    let modified = chrono::DateTime::<chrono::Utc>::from(file.metadata()?.modified()?);
+    Ok(modified.to_rfc3339_opts(chrono::SecondsFormat::Nanos, true))
 }
 
-/// SHA-256 of a file, hex.
-pub fn sha256(path: &Path) -> std::io::Result<String> {
-    let mut file = std::fs::File::open(path)?;
-    let mut hasher = Sha256::new();
-    let mut buf = vec![0u8; 1 << 20];
-    loop {
-        let n = file.read(&mut buf)?;
-        if n == 0 {
-            break;
-        }
-        hasher.update(&buf[..n]);
+/// A reader that hashes and counts every byte read through it.
+pub struct Hashing<R> {
+    inner: R,
+    hasher: Sha256,
+    size: u64,
+    modified_at: String,
+}
+
+impl Hashing<File> {
+    /// Wraps an open snapshot file; its modification time is taken now, before the read, so
+    /// that a write during the read shows as a different time next pass.
+    pub fn new(file: File) -> std::io::Result<Self> {
+        let modified_at = modified_at(&file)?;
+        Ok(Hashing { inner: file, hasher: Sha256::new(), size: 0, modified_at })
     }
-    Ok(hasher.finalize().iter().map(|b| format!("{b:02x}")).collect())
 }
 
-/// The fingerprint of a file snapshot; `None` for other sources or an unreadable file (the
-/// load then reports the error).
+impl<R> Hashing<R> {
+    /// The fingerprint of everything read so far.
+    pub fn fingerprint(&self) -> Fingerprint {
+        let sha256 = self.hasher.clone().finalize().iter().map(|b| format!("{b:02x}")).collect();
+        Fingerprint { size: self.size, modified_at: self.modified_at.clone(), sha256 }
+    }
+}
+
+impl<R: Read> Read for Hashing<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.hasher.update(&buf[..n]);
+        self.size += n as u64;
+        Ok(n)
+    }
+}
+
+/// The fingerprint of a file snapshot as it is now, for the unchanged check before a load;
+/// `None` for other sources or an unreadable file (the load then reports the error).
 pub fn fingerprint(source: &Source) -> Option<Fingerprint> {
     let Source::File { path, .. } = source else { return None };
-    let (size, modified_at) = metadata(source)?;
-    let sha256 = sha256(path).ok()?;
-    Some(Fingerprint { size, modified_at, sha256 })
+    let mut reader = Hashing::new(File::open(path).ok()?).ok()?;
+    let mut buf = vec![0u8; 1 << 20];
+    while reader.read(&mut buf).ok()? > 0 {}
+    Some(reader.fingerprint())
 }

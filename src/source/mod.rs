@@ -76,6 +76,7 @@ pub fn load_sorted(
     let rules = Rules { kind: computation.kind, allow_structured: computation.allow_structured };
     let mut sorter = Sorter::new(sort_buffer_bytes);
     let mut read = 0u64;
+    let mut fingerprint = None;
     let mut push = |rec: SnapshotRecord| {
         read += 1;
         if read.is_multiple_of(4096) {
@@ -88,15 +89,16 @@ pub fn load_sorted(
             if let Some(marker) = ready_file {
                 check_ready(path, marker)?;
             }
-            file::read(path, *format, *gzip, rules, &mut push)?;
+            fingerprint = Some(file::read(path, *format, *gzip, rules, &mut push)?);
         }
-        Source::Http { url, format, authorization, timeout, max_retries } => {
+        Source::Http { url, format, authorization, timeout, max_retries, max_pages } => {
             let source = http::HttpSource {
                 url,
                 format: *format,
                 authorization: authorization.as_ref(),
                 timeout: *timeout,
                 max_retries: *max_retries,
+                max_pages: *max_pages,
             };
             http::read(&Handle::current(), &source, rules, &mut push)?;
         }
@@ -105,7 +107,7 @@ pub fn load_sorted(
     loading.inc(read % 4096);
     loading.finish();
     let sorted = sorter.finish().map_err(|e| SnapshotError::new(&name, None, None, format!("cannot sort: {e}")))?;
-    Ok(Deduplicated { name, inner: sorted, previous: None })
+    Ok(Deduplicated { name, inner: sorted, previous: None, fingerprint })
 }
 
 /// How a source is named in errors (never with credentials).
@@ -148,6 +150,8 @@ pub struct Deduplicated {
     name: String,
     inner: SortedRecords,
     previous: Option<(String, u64)>,
+    /// A file snapshot's fingerprint, taken in the read that loaded these records.
+    pub fingerprint: Option<fingerprint::Fingerprint>,
 }
 
 impl Iterator for Deduplicated {

@@ -50,17 +50,19 @@ impl DiffWriter {
     }
 
     /// Commits the diff, noting the fingerprint of the file snapshot it came from (and its
-    /// rows) in the same transaction. Blocking.
+    /// rows) in the same transaction; a diff of any other source withdraws the recorded hash,
+    /// which no longer describes the state. Blocking.
     pub fn commit(mut self, snapshot: Option<(&Fingerprint, u64)>) -> anyhow::Result<()> {
         self.flush()?;
-        if let Some((fp, rows)) = snapshot {
-            self.begin()?;
-            self.db.execute(
+        self.begin()?;
+        match snapshot {
+            Some((fp, rows)) => self.db.execute(
                 "UPDATE computations SET snapshot_size = ?2, snapshot_modified_at = ?3, snapshot_sha256 = ?4, snapshot_rows = ?5 \
                  WHERE key = ?1",
                 params![self.key, fp.size as i64, fp.modified_at, fp.sha256, rows as i64],
-            )?;
-        }
+            )?,
+            None => self.db.execute("UPDATE computations SET snapshot_sha256 = NULL WHERE key = ?1", params![self.key])?,
+        };
         if self.begun {
             self.db.execute_batch("COMMIT")?;
         }

@@ -88,6 +88,17 @@ impl Store {
         Ok(())
     }
 
+    /// Closes a `sync_runs` row as failed, keeping the counts it noted (its diff's).
+    pub async fn fail_run(&self, id: i64, error: &str) -> anyhow::Result<()> {
+        sqlx::query("UPDATE sync_runs SET status = 'failed', finished_at = ?2, error = ?3 WHERE id = ?1")
+            .bind(id)
+            .bind(now())
+            .bind(error)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
     /// Closes a `sync_runs` row with its outcome.
     pub async fn finish_run(
         &self,

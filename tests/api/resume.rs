@@ -117,3 +117,47 @@ async fn users_leaving_after_a_kill_mid_delivery_are_told_false_if_they_may_have
     assert_eq!(received(&server).await.len(), told_false.len(), "nothing but exits is sent");
     assert_eq!(app.pending_count().await, 0);
 }
+
+/// Issue 13.1: an empty first snapshot recorded its fingerprint; a first sync of a later,
+/// non-empty one was killed; the export then went back to the same empty bytes. The state is
+/// no longer what those bytes produced, so the diff must run and tell the sent users `false`.
+#[tokio::test]
+async fn a_killed_first_sync_invalidates_the_fingerprint_of_an_earlier_empty_snapshot() {
+    let (server, app) = big_audience_on_a_slow_destination().await;
+    let full = std::fs::read_to_string(app.path("big.csv")).unwrap();
+    let empty = csv_users(&[]);
+    app.write("big.csv", &empty);
+    assert_success(&app.sync(&[]).await);
+    assert!(received(&server).await.is_empty());
+
+    app.write("big.csv", &full);
+    let mut child = app.command(&["sync"]).spawn().unwrap();
+    wait_until(60, "a quarter of the members to be sent", || async {
+        server.received_requests().await.unwrap().len() >= MEMBERS / 4
+    })
+    .await;
+    child.kill().unwrap(); // SIGKILL, mid first sync
+    child.wait().unwrap();
+    let sent_before: std::collections::HashSet<String> = received(&server).await.into_iter().map(|(u, _)| u).collect();
+    server.reset().await;
+    acknowledge_all(&server).await;
+
+    app.write("big.csv", &empty); // the same bytes as the first, recorded snapshot
+    assert_success(&app.sync(&["--allow-mass-exit"]).await);
+    let told_false: std::collections::HashSet<String> = received(&server)
+        .await
+        .into_iter()
+        .filter(|(_, body)| body == &serde_json::json!({"big": false}))
+        .map(|(u, _)| u)
+        .collect();
+    assert!(
+        sent_before.is_subset(&told_false),
+        "{} users sent `true` were never told false",
+        sent_before.difference(&told_false).count()
+    );
+    assert_eq!(app.pending_count().await, 0);
+    // Issue 13.11: the first sync after an empty first snapshot is recorded as one.
+    let db = app.db().await;
+    let modes: Vec<String> = sqlx::query_scalar("SELECT mode FROM sync_runs ORDER BY id").fetch_all(&db).await.unwrap();
+    assert_eq!(modes, ["initial", "initial", "delta"]);
+}
