@@ -90,6 +90,8 @@ pub enum Source {
         authorization: Option<Secret>,
         timeout: std::time::Duration,
         max_retries: u32,
+        /// Most pages one load of a paged JSON source may follow.
+        max_pages: u64,
     },
     Sql {
         /// The database URL (it may hold a password, hence a secret).
@@ -208,6 +210,7 @@ impl Config {
                     timeout: positive_duration(h.timeout_secs)
                         .ok_or_else(|| source_err("timeout_secs: must be positive".into()))?,
                     max_retries: h.max_retries,
+                    max_pages: h.max_pages,
                 },
                 raw::RawSource::Sql(q) => {
                     let url = match (q.url, q.url_env) {

@@ -206,6 +206,13 @@ pub(super) struct RawHttpSource {
     pub timeout_secs: f64,
     #[serde(default = "default_http_retries")]
     pub max_retries: u32,
+    /// Most pages one load of a paged JSON source may follow.
+    #[serde(default = "default_max_pages")]
+    pub max_pages: u64,
+}
+
+fn default_max_pages() -> u64 {
+    100_000
 }
 
 fn default_http_format() -> HttpFormat {

@@ -19,6 +19,8 @@ impl HttpSender {
             .timeout(config.request_timeout)
             .pool_max_idle_per_host(config.concurrency)
             .user_agent(crate::USER_AGENT)
+            // A redirect is never an acknowledgement: a 3xx is that request's answer.
+            .redirect(reqwest::redirect::Policy::none())
             .build()?;
         Ok(HttpSender { client, pacer: Pacer::new(config.max_requests_per_second) })
     }

@@ -58,8 +58,12 @@ pub fn retry_after(headers: &HeaderMap, now: SystemTime) -> Option<Duration> {
 /// The error for a non-2xx answer: status, the first bytes of the body, and its kind.
 pub fn from_response(status: StatusCode, headers: &HeaderMap, body: &str, failure: Failure) -> DeliveryError {
     let snippet: String = body.chars().take(ERROR_SNIPPET_CHARS).collect();
+    let location = match headers.get(reqwest::header::LOCATION).filter(|_| status.is_redirection()) {
+        Some(to) => format!(" (redirect to {}, not followed)", String::from_utf8_lossy(to.as_bytes())),
+        None => String::new(),
+    };
     DeliveryError {
-        message: format!("HTTP {}: {}", status.as_u16(), snippet.trim()),
+        message: format!("HTTP {}{location}: {}", status.as_u16(), snippet.trim()),
         failure,
         retry_after: retry_after(headers, SystemTime::now()),
     }
@@ -68,7 +72,7 @@ pub fn from_response(status: StatusCode, headers: &HeaderMap, body: &str, failur
 /// The error for a request that got no answer: connection refused, reset, timeout.
 pub fn from_transport(e: &reqwest::Error) -> DeliveryError {
     let what = if e.is_timeout() { "timed out" } else { "failed" };
-    let failure = if e.is_builder() { Failure::Permanent } else { Failure::Transient };
+    let failure = if e.is_builder() || e.is_redirect() { Failure::Permanent } else { Failure::Transient };
     DeliveryError { message: format!("request {what}: {}", error_chain(e)), failure, retry_after: None }
 }
 

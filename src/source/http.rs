@@ -24,6 +24,7 @@ pub struct HttpSource<'a> {
     pub authorization: Option<&'a Secret>,
     pub timeout: Duration,
     pub max_retries: u32,
+    pub max_pages: u64,
 }
 
 #[derive(Deserialize)]
@@ -37,6 +38,7 @@ pub fn read(handle: &Handle, source: &HttpSource, rules: Rules, push: &mut Push)
         .connect_timeout(source.timeout)
         .read_timeout(source.timeout)
         .user_agent(crate::USER_AGENT)
+        .redirect(same_scheme_redirects())
         .build()
         .map_err(|e| SnapshotError::new(source.url.as_str(), None, None, e.to_string()))?;
     match source.format {
@@ -48,10 +50,19 @@ pub fn read(handle: &Handle, source: &HttpSource, rules: Rules, push: &mut Push)
         }
         HttpFormat::Json => {
             let mut next = Some(source.url.clone());
+            let mut seen: std::collections::HashMap<url::Url, u64> = std::collections::HashMap::new();
             let mut page_number = 0;
             while let Some(url) = next.take() {
                 page_number += 1;
                 let name = format!("{url} (page {page_number})");
+                if let Some(first) = seen.insert(url.clone(), page_number) {
+                    let message = format!("pages {first} and {page_number} are the same URL: the pages loop");
+                    return Err(SnapshotError::new(&name, None, Some("next"), message));
+                }
+                if page_number > source.max_pages {
+                    let message = format!("more than max_pages = {} pages; raise it if the source is that big", source.max_pages);
+                    return Err(SnapshotError::new(&name, None, Some("next"), message));
+                }
                 let response = get(handle, &client, source, &url)?;
                 let link = next_link(&response, &url);
                 let body = handle
@@ -81,6 +92,22 @@ pub fn read(handle: &Handle, source: &HttpSource, rules: Rules, push: &mut Push)
             Ok(())
         }
     }
+}
+
+/// A source only reads, so it may follow redirects, but never to another scheme (an `https`
+/// source sent to `http` would give its `Authorization` away in clear).
+fn same_scheme_redirects() -> reqwest::redirect::Policy {
+    reqwest::redirect::Policy::custom(|attempt| {
+        let from = attempt.previous().first().map(|u| u.scheme().to_string()).unwrap_or_default();
+        if attempt.url().scheme() != from {
+            let message = format!("redirected from {from} to {}: refused", attempt.url().scheme());
+            attempt.error(message)
+        } else if attempt.previous().len() > 10 {
+            attempt.error("more than 10 redirects")
+        } else {
+            attempt.follow()
+        }
+    })
 }
 
 /// GET with retries on transient failures (408, 429, 5xx but 501, no answer).

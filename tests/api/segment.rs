@@ -218,3 +218,30 @@ async fn missing_write_key_variable_is_a_config_error_naming_it() {
     );
     assert!(!stderr(&out).contains(WRITE_KEY));
 }
+
+/// Issue 13.2: a `302 -> /landing` used to be followed as a bodyless GET whose 200 marked the
+/// rows synced. A 3xx is a permanent failure of those rows, its Location in `last_error`.
+#[tokio::test]
+async fn a_redirect_is_never_an_acknowledgement() {
+    let server = MockServer::start().await;
+    Mock::given(method("POST"))
+        .and(path("/v1/batch"))
+        .respond_with(ResponseTemplate::new(302).insert_header("location", "/landing"))
+        .mount(&server)
+        .await;
+    Mock::given(path("/landing")).respond_with(ResponseTemplate::new(200)).mount(&server).await;
+    let app = TestApp::segment(&server, "", &audience("A", "a.csv"));
+    app.write("a.csv", &csv_users(&["u1", "u2"]));
+    assert_failure(&app.sync(&[]).await);
+
+    let requests = server.received_requests().await.unwrap();
+    assert!(requests.iter().all(|r| r.url.path() == "/v1/batch"), "the redirect was followed");
+    assert_eq!(app.pending_count().await, 2, "nothing acknowledged");
+    let db = app.db().await;
+    let errors: Vec<Option<String>> =
+        sqlx::query_scalar("SELECT last_error FROM memberships").fetch_all(&db).await.unwrap();
+    for e in errors {
+        let e = e.expect("the failure is recorded");
+        assert!(e.contains("302") && e.contains("/landing"), "{e}");
+    }
+}

@@ -394,3 +394,73 @@ async fn structured_values_need_allow_structured_and_oversized_values_name_the_u
         stdout(&out)
     );
 }
+
+/// Issue 13.7: `next` pointing 1 -> 2 -> 1 used to load forever.
+#[tokio::test]
+async fn json_pages_that_loop_fail_the_load_naming_both_pages() {
+    let edge = contentstack_server().await;
+    let source = MockServer::start().await;
+    Mock::given(path("/m"))
+        .and(query_param("page", "1"))
+        .respond_with(ResponseTemplate::new(200).set_body_json(page(&["u1"], Some("/m?page=2"))))
+        .mount(&source)
+        .await;
+    Mock::given(path("/m"))
+        .and(query_param("page", "2"))
+        .respond_with(ResponseTemplate::new(200).set_body_json(page(&["u2"], Some("/m?page=1"))))
+        .mount(&source)
+        .await;
+    let app = app_with(&edge, &http_audience("A", &format!("{}/m?page=1", source.uri()), ", format = \"json\"")).await;
+    let out = app.sync(&[]).await;
+    assert_failure(&out);
+    assert!(stderr(&out).contains("pages 1 and 3 are the same URL"), "{}", stderr(&out));
+    assert!(received(&edge).await.is_empty(), "nothing sent from a snapshot that did not load");
+    assert!(app.memberships().await.is_empty());
+}
+
+#[tokio::test]
+async fn a_paged_source_longer_than_max_pages_fails_the_load() {
+    let edge = contentstack_server().await;
+    let source = MockServer::start().await;
+    for i in 1..=3 {
+        Mock::given(path("/m"))
+            .and(query_param("page", i.to_string()))
+            .respond_with(ResponseTemplate::new(200).set_body_json(page(&[&format!("u{i}")], Some(&format!("/m?page={}", i + 1)))))
+            .mount(&source)
+            .await;
+    }
+    let url = format!("{}/m?page=1", source.uri());
+    let app = app_with(&edge, &http_audience("A", &url, ", format = \"json\", max_pages = 2")).await;
+    let out = app.sync(&[]).await;
+    assert_failure(&out);
+    assert!(stderr(&out).contains("more than max_pages = 2"), "{}", stderr(&out));
+    assert!(received(&edge).await.is_empty());
+}
+
+/// Issue 13.2: a source may follow a redirect, but not to another scheme.
+#[tokio::test]
+async fn a_source_follows_redirects_but_not_to_another_scheme() {
+    let edge = contentstack_server().await;
+    let source = MockServer::start().await;
+    Mock::given(path("/old"))
+        .respond_with(ResponseTemplate::new(301).insert_header("location", "/new"))
+        .mount(&source)
+        .await;
+    Mock::given(path("/new"))
+        .respond_with(ResponseTemplate::new(200).set_body_string("{\"user_id\":\"u1\"}\n"))
+        .mount(&source)
+        .await;
+    let https = source.uri().replace("http://", "https://");
+    Mock::given(path("/tls"))
+        .respond_with(ResponseTemplate::new(302).insert_header("location", format!("{https}/new").as_str()))
+        .mount(&source)
+        .await;
+    let app = app_with(&edge, &http_audience("A", &format!("{}/old", source.uri()), "")).await;
+    assert_success(&app.sync(&[]).await);
+    assert_eq!(received(&edge).await.len(), 1);
+
+    let app = app_with(&edge, &http_audience("B", &format!("{}/tls", source.uri()), "")).await;
+    let out = app.sync(&[]).await;
+    assert_failure(&out);
+    assert!(stderr(&out).contains("redirected from http to https"), "{}", stderr(&out));
+}
