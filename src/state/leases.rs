@@ -10,6 +10,8 @@ pub struct LeaseOwner {
     pub id: String,
     pub pid: u32,
     pub host: String,
+    /// `ProcessIdentity` of this process, as stored.
+    pub process: Option<String>,
 }
 
 impl LeaseOwner {
@@ -19,8 +21,49 @@ impl LeaseOwner {
             .map(|h| h.trim().to_string())
             .unwrap_or_else(|_| "unknown".into());
         let pid = std::process::id();
-        LeaseOwner { id: format!("{host}:{pid}:{:016x}", fastrand::u64(..)), pid, host }
+        let process = ProcessIdentity::of(pid).map(|p| p.to_string());
+        LeaseOwner { id: format!("{host}:{pid}:{:016x}", fastrand::u64(..)), pid, host, process }
     }
+}
+
+/// A process as this kernel knows it: a hostname is shared by containers on the host network,
+/// and a PID is reused and means another process in another PID namespace, but a boot, a PID
+/// namespace, a PID and a start time name one process only.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct ProcessIdentity {
+    boot_id: String,
+    pid_namespace: String,
+    /// Clock ticks after boot (field 22 of `/proc/PID/stat`).
+    started: u64,
+}
+
+impl ProcessIdentity {
+    /// The identity of `pid` as seen from this process's PID namespace.
+    fn of(pid: u32) -> Option<ProcessIdentity> {
+        let boot_id = std::fs::read_to_string("/proc/sys/kernel/random/boot_id").ok()?.trim().to_string();
+        let pid_namespace = std::fs::read_link("/proc/self/ns/pid").ok()?.to_string_lossy().into_owned();
+        Some(ProcessIdentity { boot_id, pid_namespace, started: start_time(pid)? })
+    }
+
+    fn parse(text: &str) -> Option<ProcessIdentity> {
+        let mut parts = text.split(' ');
+        let (boot_id, pid_namespace, started) = (parts.next()?, parts.next()?, parts.next()?.parse().ok()?);
+        Some(ProcessIdentity { boot_id: boot_id.into(), pid_namespace: pid_namespace.into(), started })
+    }
+}
+
+impl std::fmt::Display for ProcessIdentity {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} {} {}", self.boot_id, self.pid_namespace, self.started)
+    }
+}
+
+/// When `pid` started, in clock ticks after boot; `None` if no such process is visible.
+fn start_time(pid: u32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name (field 2) may hold spaces and parentheses: count from its end.
+    let after_name = &stat[stat.rfind(')')? + 2..];
+    after_name.split(' ').nth(19)?.parse().ok()
 }
 
 /// A live lease held by someone else.
@@ -30,6 +73,7 @@ pub struct HeldLease {
     pub pid: i64,
     pub host: String,
     pub expires_at: String,
+    pub process: Option<String>,
 }
 
 impl std::fmt::Display for HeldLease {
@@ -42,9 +86,17 @@ impl std::fmt::Display for HeldLease {
     }
 }
 
-/// Whether a process with this pid runs on this host.
-fn process_alive(pid: i64) -> bool {
-    std::path::Path::new(&format!("/proc/{pid}")).exists()
+/// Whether the holder of a live lease is certainly gone: it ran on this boot of this host, in
+/// our PID namespace, and its PID is free or now belongs to a process started at another time.
+/// In any doubt (another namespace, a lease written without an identity) it is not.
+fn holder_gone(holder: &HeldLease, owner: &LeaseOwner) -> bool {
+    let Some(theirs) = holder.process.as_deref().and_then(ProcessIdentity::parse) else { return false };
+    let Some(ours) = owner.process.as_deref().and_then(ProcessIdentity::parse) else { return false };
+    if holder.host != owner.host || theirs.boot_id != ours.boot_id || theirs.pid_namespace != ours.pid_namespace {
+        return false;
+    }
+    let Ok(pid) = u32::try_from(holder.pid) else { return false };
+    start_time(pid) != Some(theirs.started)
 }
 
 fn expiry(ttl: Duration) -> String {
@@ -63,7 +115,7 @@ impl Store {
         let mut tx = self.begin_immediate().await?;
         let at = now();
         let held: Option<HeldLease> = sqlx::query_as(
-            "SELECT computation_key, pid, host, expires_at FROM leases WHERE computation_key = ?1 AND owner <> ?2 AND expires_at > ?3",
+            "SELECT computation_key, pid, host, expires_at, process FROM leases WHERE computation_key = ?1 AND owner <> ?2 AND expires_at > ?3",
         )
         .bind(key)
         .bind(&owner.id)
@@ -71,18 +123,18 @@ impl Store {
         .fetch_optional(&mut *tx)
         .await?;
         if let Some(h) = held {
-            // A holder on this host whose process is gone (killed, crashed) cannot renew its
-            // lease: take it over now rather than when it expires.
-            if h.host != owner.host || process_alive(h.pid) {
+            // A holder whose process is gone (killed, crashed) cannot renew its lease: take it
+            // over now rather than when it expires.
+            if !holder_gone(&h, owner) {
                 return Ok(Err(h));
             }
             tracing::info!(key, pid = h.pid, "taking over the lease of a process that is gone");
         }
         sqlx::query(
-            "INSERT INTO leases (computation_key, owner, pid, host, acquired_at, heartbeat_at, expires_at) \
-             VALUES (?1, ?2, ?3, ?4, ?5, ?5, ?6) ON CONFLICT (computation_key) DO UPDATE SET owner = excluded.owner, \
+            "INSERT INTO leases (computation_key, owner, pid, host, acquired_at, heartbeat_at, expires_at, process) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?5, ?6, ?7) ON CONFLICT (computation_key) DO UPDATE SET owner = excluded.owner, \
              pid = excluded.pid, host = excluded.host, acquired_at = excluded.acquired_at, \
-             heartbeat_at = excluded.heartbeat_at, expires_at = excluded.expires_at",
+             heartbeat_at = excluded.heartbeat_at, expires_at = excluded.expires_at, process = excluded.process",
         )
         .bind(key)
         .bind(&owner.id)
@@ -90,6 +142,7 @@ impl Store {
         .bind(&owner.host)
         .bind(&at)
         .bind(expiry(ttl))
+        .bind(&owner.process)
         .execute(&mut *tx)
         .await?;
         tx.commit().await?;

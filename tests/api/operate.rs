@@ -125,26 +125,30 @@ async fn a_stale_lease_is_taken_over_and_a_live_one_is_respected() {
     app.write("a.csv", &csv_users(&["u1"]));
     assert_success(&app.sync(&[]).await); // creates the state
     let rw = sqlx::SqlitePool::connect(&format!("sqlite://{}", app.path("state.db").display())).await.unwrap();
-    let put_lease = |host: &'static str, pid: i64, expires: &'static str| {
+    let put_lease = |host: &'static str, pid: i64, expires: &'static str, process: Option<String>| {
         let rw = rw.clone();
         async move {
             sqlx::query("DELETE FROM leases").execute(&rw).await.unwrap();
-            sqlx::query("INSERT INTO leases VALUES ('a', 'other-owner', ?1, ?2, '2026-01-01T00:00:00.000Z', '2026-01-01T00:00:00.000Z', ?3)")
-                .bind(pid)
-                .bind(host)
-                .bind(expires)
-                .execute(&rw)
-                .await
-                .unwrap();
+            sqlx::query(
+                "INSERT INTO leases (computation_key, owner, pid, host, acquired_at, heartbeat_at, expires_at, process) \
+                 VALUES ('a', 'other-owner', ?1, ?2, '2026-01-01T00:00:00.000Z', '2026-01-01T00:00:00.000Z', ?3, ?4)",
+            )
+            .bind(pid)
+            .bind(host)
+            .bind(expires)
+            .bind(process)
+            .execute(&rw)
+            .await
+            .unwrap();
         }
     };
 
     // Another host's lease that expired: taken over.
-    put_lease("elsewhere", 42, "2000-01-01T00:00:00.000Z").await;
+    put_lease("elsewhere", 42, "2000-01-01T00:00:00.000Z", None).await;
     assert_success(&app.sync(&[]).await);
 
     // Another host's live lease: respected, with who holds it.
-    put_lease("elsewhere", 42, "2999-01-01T00:00:00.000Z").await;
+    put_lease("elsewhere", 42, "2999-01-01T00:00:00.000Z", None).await;
     let out = app.sync(&["--wait", "1"]).await;
     assert_failure(&out);
     assert!(
@@ -161,10 +165,27 @@ async fn a_stale_lease_is_taken_over_and_a_live_one_is_respected() {
     let mut gone = std::process::Command::new("true").spawn().unwrap();
     let dead_pid = i64::from(gone.id());
     gone.wait().unwrap();
-    put_lease(host, dead_pid, "2999-01-01T00:00:00.000Z").await;
+    let boot_id = std::fs::read_to_string("/proc/sys/kernel/random/boot_id").unwrap().trim().to_string();
+    let namespace = std::fs::read_link("/proc/self/ns/pid").unwrap().to_string_lossy().into_owned();
+    let identity = |namespace: &str, started: u64| Some(format!("{boot_id} {namespace} {started}"));
+    put_lease(host, dead_pid, "2999-01-01T00:00:00.000Z", identity(&namespace, 1)).await;
     assert_success(&app.sync(&[]).await);
     let left: i64 = sqlx::query_scalar("SELECT count(*) FROM leases").fetch_one(&rw).await.unwrap();
     assert_eq!(left, 0, "a finished pass releases its lease");
+
+    // Issue 13.4: the same PID seen from another PID namespace (a container on the host
+    // network, same hostname) is not "gone": wait for the lease to expire.
+    put_lease(host, dead_pid, "2999-01-01T00:00:00.000Z", identity("pid:[4026531999]", 1)).await;
+    let out = app.sync(&["--wait", "1"]).await;
+    assert_failure(&out);
+    assert!(stderr(&out).contains(&format!("a is being synced by pid {dead_pid}")), "{}", stderr(&out));
+    // A lease that does not say which process holds it (an older version's): the same.
+    put_lease(host, dead_pid, "2999-01-01T00:00:00.000Z", None).await;
+    assert_failure(&app.sync(&["--wait", "1"]).await);
+    // A PID now used by another process (this test's, started at another time): gone.
+    let reused = i64::from(std::process::id());
+    put_lease(host, reused, "2999-01-01T00:00:00.000Z", identity(&namespace, 1)).await;
+    assert_success(&app.sync(&[]).await);
 }
 
 #[tokio::test]
