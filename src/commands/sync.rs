@@ -32,8 +32,10 @@ async fn leased_pass(
     let store = Store::open(&config.state_path).await?;
     let destination = Destination::from_config(&config.destination)?;
     let selected_keys: Vec<String> = selected.iter().map(|c| c.key.clone()).collect();
-    let leases =
-        lease::acquire_all(&store, &LeaseOwner::this_process(), config.lease_ttl, &selected_keys, wait).await?;
+    let owner = LeaseOwner::this_process();
+    let stop = stop_on_signal();
+    let leases = lease::acquire_all(&store, &owner, config.lease_ttl, &selected_keys, wait, &stop).await?;
+    let store = store.claimed_by(&owner, config.lease_ttl);
     let result = async {
         if let Some(user) = resync {
             let marked = store.mark_for_resync(&selected_keys, user).await?;
@@ -43,7 +45,7 @@ async fn leased_pass(
         let options = PassOptions {
             trigger: "manual",
             resync: resync.is_some(),
-            stop: stop_on_signal(),
+            stop,
             allow_mass_exit,
             progress: Progress::for_command(),
         };

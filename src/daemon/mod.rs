@@ -141,7 +141,10 @@ async fn pass_task(shared: &Shared, keys: Vec<String>, stop: CancellationToken) 
 }
 
 async fn leased_pass(shared: &Shared, keys: &[String], stop: CancellationToken) -> anyhow::Result<()> {
-    let (leases, held) = lease::try_acquire(&shared.store, &shared.owner, shared.config.lease_ttl, keys).await?;
+    let ttl = shared.config.lease_ttl;
+    let stop = stop.child_token();
+    let (leases, held) = lease::try_acquire(&shared.store, &shared.owner, ttl, keys, &stop).await?;
+    let store = shared.store.claimed_by(&shared.owner, ttl);
     for h in held {
         tracing::info!("skipping: {h}");
     }
@@ -150,7 +153,7 @@ async fn leased_pass(shared: &Shared, keys: &[String], stop: CancellationToken) 
     let started = std::time::Instant::now();
     let options =
         PassOptions { trigger: "schedule", resync: false, stop, progress: Progress::off(), allow_mass_exit: false };
-    let result = pass::run(&shared.config, &shared.store, &shared.destination, &selected, &options).await;
+    let result = pass::run(&shared.config, &store, &shared.destination, &selected, &options).await;
     leases.release().await?;
     shared.metrics.record(&result?, started.elapsed());
     Ok(())

@@ -54,7 +54,7 @@ pub async fn commit_loop(
     quarantine_after: u32,
 ) -> anyhow::Result<BTreeMap<String, u64>> {
     let mut committer = Committer {
-        writer: store.answer_writer(quarantine_after, &first_sync)?,
+        writer: store.answer_writer(&keys, quarantine_after, &first_sync)?,
         checkpointer: store.checkpointer(),
         keys,
         windows: HashMap::new(),

@@ -6,8 +6,9 @@ use std::time::Duration;
 
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
 
-use crate::state::{HeldLease, LeaseOwner, Store};
+use crate::state::{HeldLease, LeaseLost, LeaseOwner, Store};
 
 /// Leases held by this process on some computations.
 pub struct Leases {
@@ -30,11 +31,13 @@ impl Leases {
 }
 
 /// Takes the leases of `keys` that are free. Returns them and, for the others, who holds them.
+/// `lost` is cancelled if a renewal finds a lease taken over: the pass must stop.
 pub async fn try_acquire(
     store: &Store,
     owner: &LeaseOwner,
     ttl: Duration,
     keys: &[String],
+    lost: &CancellationToken,
 ) -> anyhow::Result<(Leases, Vec<HeldLease>)> {
     let mut got = Vec::new();
     let mut held = Vec::new();
@@ -44,20 +47,30 @@ pub async fn try_acquire(
             Err(h) => held.push(h),
         }
     }
-    let heartbeat = {
-        let (store, owner) = (store.clone(), owner.clone());
-        tokio::spawn(async move {
-            let mut tick = tokio::time::interval(ttl / 3);
-            tick.tick().await;
-            loop {
-                tick.tick().await;
-                if let Err(e) = store.renew_leases(&owner, ttl).await {
-                    tracing::warn!(error = %format!("{e:#}"), "cannot renew leases");
-                }
-            }
-        })
-    };
+    let heartbeat = tokio::spawn(heartbeat(store.clone(), owner.clone(), got.clone(), ttl, lost.clone()));
     Ok((Leases { store: store.clone(), owner: owner.clone(), keys: got, heartbeat }, held))
+}
+
+/// Renews the leases of `keys` every third of `ttl`, each renewal waiting at most that long for
+/// the write lock; cancels `lost` and ends when one was taken over.
+async fn heartbeat(store: Store, owner: LeaseOwner, keys: Vec<String>, ttl: Duration, lost: CancellationToken) {
+    let mut tick = tokio::time::interval(ttl / 3);
+    tick.tick().await;
+    loop {
+        tick.tick().await;
+        let (store, owner, keys) = (store.clone(), owner.clone(), keys.clone());
+        let renewed = tokio::task::spawn_blocking(move || store.renew_leases(&owner, &keys, ttl, ttl / 3)).await;
+        match renewed {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) if e.is::<LeaseLost>() => {
+                tracing::error!(error = %e, "lease lost: stopping the pass");
+                lost.cancel();
+                return;
+            }
+            Ok(Err(e)) => tracing::warn!(error = %format!("{e:#}"), "cannot renew leases"),
+            Err(e) => tracing::warn!(error = %e, "cannot renew leases"),
+        }
+    }
 }
 
 /// Takes the leases of all `keys`, waiting up to `wait` for other processes to finish.
@@ -68,11 +81,12 @@ pub async fn acquire_all(
     ttl: Duration,
     keys: &[String],
     wait: Duration,
+    lost: &CancellationToken,
 ) -> anyhow::Result<Leases> {
     let until = Instant::now() + wait;
     let mut told = false;
     loop {
-        let (leases, held) = try_acquire(store, owner, ttl, keys).await?;
+        let (leases, held) = try_acquire(store, owner, ttl, keys, lost).await?;
         if held.is_empty() {
             return Ok(leases);
         }

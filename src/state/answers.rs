@@ -17,6 +17,9 @@ use crate::state::Outcome;
 pub struct AnswerWriter {
     db: Connection,
     quarantine_after: u32,
+    claim: Option<super::leases::Claim>,
+    /// The computations written for, whose leases every transaction checks.
+    keys: Vec<String>,
     /// Computations on their first sync: their rows are written with their first answer.
     first_sync: HashSet<String>,
     /// Shared: the computation and the time; per row: user, value sent, when it was decided.
@@ -27,11 +30,19 @@ impl Store {
     /// Opens a writer of answers; a row failing on its `quarantine_after`-th pass is quarantined.
     /// The computations `first_sync` have no rows yet (see `diff::spool`): an answer about one
     /// of theirs writes the row.
-    pub fn answer_writer(&self, quarantine_after: u32, first_sync: &[String]) -> anyhow::Result<AnswerWriter> {
+    /// Every transaction checks that the leases of `keys` are still this pass's.
+    pub fn answer_writer(
+        &self,
+        keys: &[String],
+        quarantine_after: u32,
+        first_sync: &[String],
+    ) -> anyhow::Result<AnswerWriter> {
         let db = self.bulk_writer()?;
         let first_sync = first_sync.iter().cloned().collect();
         Ok(AnswerWriter {
             db,
+            claim: self.claim(),
+            keys: keys.to_vec(),
             quarantine_after,
             first_sync,
             insert_synced: Batched::new(INSERT_SYNCED_COLUMNS, insert_synced_sql),
@@ -68,6 +79,7 @@ impl AnswerWriter {
                 ids.push(tx.last_insert_rowid());
             }
         }
+        super::leases::hold(&tx, self.claim.as_ref(), &self.keys, false)?;
         tx.commit()?;
         Ok(ids)
     }
@@ -102,6 +114,7 @@ impl AnswerWriter {
                 drop_window.execute([id])?;
             }
         }
+        super::leases::hold(&tx, self.claim.as_ref(), &self.keys, false)?;
         tx.commit()?;
         Ok(quarantined)
     }
@@ -279,7 +292,7 @@ mod tests {
         let all = users(12);
         let store = state_with_pending(dir.path(), &all).await;
         let call: Vec<Outcome> = all[..10].iter().map(|u| acked(u)).collect();
-        store.answer_writer(3, &[]).unwrap().record(&[call], &[]).unwrap();
+        store.answer_writer(&[], 3, &[]).unwrap().record(&[call], &[]).unwrap();
         let synced: Vec<String> =
             rows(&store).into_iter().filter(|r| r.2.as_deref() == Some("true")).map(|r| r.0).collect();
         assert_eq!(synced, all[..10], "the two users after the call stay pending");
@@ -296,7 +309,7 @@ mod tests {
             .execute("UPDATE memberships SET desired = 'false', updated_at = 't2' WHERE user_id = 'u04'", [])
             .unwrap();
         let call: Vec<Outcome> = all.iter().map(|u| acked(u)).collect();
-        store.answer_writer(3, &[]).unwrap().record(&[call], &[]).unwrap();
+        store.answer_writer(&[], 3, &[]).unwrap().record(&[call], &[]).unwrap();
         for (user, desired, synced) in rows(&store) {
             if user == "u04" {
                 assert_eq!((desired.as_str(), synced.as_deref()), ("false", Some("true")), "u04 is still pending");
@@ -314,7 +327,7 @@ mod tests {
         let all = users(2 * crate::state::ROWS_PER_STATEMENT + 3);
         let mut call: Vec<Outcome> = all.iter().map(|u| acked(u)).collect();
         call[5].error = Some("HTTP 400".into());
-        let quarantined = store.answer_writer(1, &["a".into()]).unwrap().record(&[call], &[]).unwrap();
+        let quarantined = store.answer_writer(&[], 1, &["a".into()]).unwrap().record(&[call], &[]).unwrap();
         assert_eq!(quarantined, ["a"], "failing on the first of quarantine_after = 1 passes");
 
         let written = rows(&store);
@@ -354,7 +367,7 @@ mod tests {
                 })
             })
             .collect();
-        store.answer_writer(3, &["a".into(), "b".into()]).unwrap().record(&[call], &[]).unwrap();
+        store.answer_writer(&[], 3, &["a".into(), "b".into()]).unwrap().record(&[call], &[]).unwrap();
 
         let mut q = db
             .prepare("SELECT computation_key, user_id, desired, synced, updated_at FROM memberships ORDER BY 1, 2")
@@ -378,7 +391,7 @@ mod tests {
         let (store, db) = store_with_audience(dir.path()).await;
         let interrupted = store.start_run("a", "manual", "initial").await.unwrap();
         let running = store.start_run("a", "manual", "initial").await.unwrap(); // closes the first as interrupted
-        let mut writer = store.answer_writer(3, &[]).unwrap();
+        let mut writer = store.answer_writer(&[], 3, &[]).unwrap();
         writer.note_progress(&[(interrupted, 5, 1), (running, 7, 2)]).unwrap();
         let counts = |id: i64| -> (i64, i64) {
             db.query_row("SELECT delivered, failed FROM sync_runs WHERE id = ?1", [id], |r| Ok((r.get(0)?, r.get(1)?)))

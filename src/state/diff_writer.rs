@@ -16,6 +16,7 @@ use crate::source::fingerprint::Fingerprint;
 /// the writer (on any error, or when a guard holds the snapshot back) rolls them all back.
 pub struct DiffWriter {
     db: Connection,
+    claim: Option<super::leases::Claim>,
     key: String,
     now: String,
     begun: bool,
@@ -31,6 +32,7 @@ impl Store {
         let db = self.bulk_writer()?;
         Ok(DiffWriter {
             db,
+            claim: self.claim(),
             key: key.to_string(),
             now: now(),
             begun: false,
@@ -63,9 +65,10 @@ impl DiffWriter {
             )?,
             None => self.db.execute("UPDATE computations SET snapshot_sha256 = NULL WHERE key = ?1", params![self.key])?,
         };
-        if self.begun {
-            self.db.execute_batch("COMMIT")?;
-        }
+        // A diff may hold the write lock longer than a lease lasts: the lease is checked, and
+        // renewed, in the transaction that commits it.
+        super::leases::hold(&self.db, self.claim.as_ref(), std::slice::from_ref(&self.key), true)?;
+        self.db.execute_batch("COMMIT")?;
         Ok(())
     }
 }

@@ -1,8 +1,63 @@
 //! The `leases` table: which process is running a pass of which computation.
 
+use std::sync::Arc;
 use std::time::Duration;
 
+use rusqlite::params;
+
 use super::{Store, now};
+
+/// The pass writing through a store lost the lease of one of its computations: another
+/// process took it over, and this one must stop before writing anything more.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("lost the lease of {keys}: another process took it over; stopping without writing more")]
+pub struct LeaseLost {
+    pub keys: String,
+}
+
+/// What a store's writes check: the leases of this owner. Every write transaction of a pass
+/// verifies, inside itself, that its computations' leases are still this owner's: a takeover
+/// needs the write lock too, so a check inside the transaction cannot be overtaken by one.
+#[derive(Debug, Clone)]
+pub(super) struct Claim {
+    owner: Arc<str>,
+    ttl: Duration,
+}
+
+impl Store {
+    /// This store, its pass's writes checked against the leases `owner` holds.
+    pub fn claimed_by(&self, owner: &LeaseOwner, ttl: Duration) -> Store {
+        Store { claim: Some(Claim { owner: owner.id.as_str().into(), ttl }), ..self.clone() }
+    }
+
+    /// The claim of this store's pass, for a writer of its own to check.
+    pub(super) fn claim(&self) -> Option<Claim> {
+        self.claim.clone()
+    }
+}
+
+/// Inside a write transaction on `db`: fails with `LeaseLost` unless the leases of `keys` are
+/// still `claim`'s, and (with `renew`) extends them, as a heartbeat would. No claim, no check.
+pub(super) fn hold(db: &rusqlite::Connection, claim: Option<&Claim>, keys: &[String], renew: bool) -> anyhow::Result<()> {
+    let Some(claim) = claim else { return Ok(()) };
+    let keys_json = serde_json::to_string(keys)?;
+    let held: usize = if renew {
+        db.prepare_cached(
+            "UPDATE leases SET heartbeat_at = ?3, expires_at = ?4 \
+             WHERE owner = ?1 AND computation_key IN (SELECT value FROM json_each(?2))",
+        )?
+        .execute(params![&*claim.owner, keys_json, now(), expiry(claim.ttl)])?
+    } else {
+        db.prepare_cached(
+            "SELECT count(*) FROM leases WHERE owner = ?1 AND computation_key IN (SELECT value FROM json_each(?2))",
+        )?
+        .query_row(params![&*claim.owner, keys_json], |r| r.get::<_, i64>(0))? as usize
+    };
+    if held < keys.len() {
+        return Err(LeaseLost { keys: keys.join(", ") }.into());
+    }
+    Ok(())
+}
 
 /// Who holds a lease: this process, described for operators.
 #[derive(Debug, Clone)]
@@ -149,14 +204,16 @@ impl Store {
         Ok(Ok(()))
     }
 
-    /// Extends every lease `owner` holds.
-    pub async fn renew_leases(&self, owner: &LeaseOwner, ttl: Duration) -> anyhow::Result<()> {
-        sqlx::query("UPDATE leases SET heartbeat_at = ?2, expires_at = ?3 WHERE owner = ?1")
-            .bind(&owner.id)
-            .bind(now())
-            .bind(expiry(ttl))
-            .execute(&self.pool)
-            .await?;
+    /// Extends the leases of `keys` that `owner` holds, on a connection of its own whose lock
+    /// wait is bounded by `wait` (a renewal stuck behind a long write would outlive the lease).
+    /// Fails with `LeaseLost` when one of them is no longer ours. Blocking.
+    pub fn renew_leases(&self, owner: &LeaseOwner, keys: &[String], ttl: Duration, wait: Duration) -> anyhow::Result<()> {
+        let db = rusqlite::Connection::open_with_flags(&self.path, rusqlite::OpenFlags::SQLITE_OPEN_READ_WRITE)?;
+        db.busy_timeout(wait)?;
+        let claim = Claim { owner: owner.id.as_str().into(), ttl };
+        db.execute_batch("BEGIN IMMEDIATE")?;
+        hold(&db, Some(&claim), keys, true)?;
+        db.execute_batch("COMMIT")?;
         Ok(())
     }
 

@@ -28,7 +28,7 @@ use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePo
 pub use answers::AnswerWriter;
 pub use checkpoint::Checkpointer;
 pub use diff_writer::DiffWriter;
-pub use leases::{HeldLease, LeaseOwner};
+pub use leases::{HeldLease, LeaseLost, LeaseOwner};
 pub use memberships::Outcome;
 pub use pending::{PendingReader, PendingRow};
 pub use runs::{RunCounts, RunStatus};
@@ -47,6 +47,8 @@ pub struct Store {
     pool: SqlitePool,
     /// The state file, for the bulk scan that reads it without sqlx (see `scan`).
     path: std::path::PathBuf,
+    /// The leases a pass through this handle must still hold when it writes (see `leases`).
+    claim: Option<leases::Claim>,
 }
 
 impl Store {
@@ -73,7 +75,7 @@ impl Store {
             .await
             .with_context(|| format!("cannot open the state file {}", path.display()))?;
         MIGRATOR.run(&pool).await.with_context(|| format!("cannot migrate the state file {}", path.display()))?;
-        Ok(Store { pool, path: path.to_path_buf() })
+        Ok(Store { pool, path: path.to_path_buf(), claim: None })
     }
 
     /// Opens an existing state file read-only, without migrating it (dry runs and status must
@@ -90,7 +92,7 @@ impl Store {
             .connect_with(options)
             .await
             .with_context(|| format!("cannot open the state file {}", path.display()))?;
-        Ok(Some(Store { pool, path: path.to_path_buf() }))
+        Ok(Some(Store { pool, path: path.to_path_buf(), claim: None }))
     }
 
     /// Closes every connection; the last one to close checkpoints the WAL into the database

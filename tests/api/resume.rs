@@ -161,3 +161,39 @@ async fn a_killed_first_sync_invalidates_the_fingerprint_of_an_earlier_empty_sna
     let modes: Vec<String> = sqlx::query_scalar("SELECT mode FROM sync_runs ORDER BY id").fetch_all(&db).await.unwrap();
     assert_eq!(modes, ["initial", "initial", "delta"]);
 }
+
+/// Issue 13.3: a holder whose lease another process took (its renewal stalled behind a lock,
+/// say) stops before its next write instead of running on beside the new holder.
+#[tokio::test]
+async fn a_pass_whose_lease_was_taken_over_stops_before_its_next_write() {
+    let (server, app) = big_audience_on_a_slow_destination().await;
+    let mut child = app.command(&["sync"]).stderr(std::process::Stdio::piped()).spawn().unwrap();
+    wait_until(60, "a quarter of the members to be sent", || async {
+        server.received_requests().await.unwrap().len() >= MEMBERS / 4
+    })
+    .await;
+    let rw = sqlx::SqlitePool::connect(&format!("sqlite://{}", app.path("state.db").display())).await.unwrap();
+    sqlx::query("UPDATE leases SET owner = 'thief', process = NULL, expires_at = '2999-01-01T00:00:00.000Z'")
+        .execute(&rw)
+        .await
+        .unwrap();
+    let synced_at_theft: i64 = sqlx::query_scalar("SELECT count(*) FROM memberships WHERE synced IS NOT NULL")
+        .fetch_one(&rw)
+        .await
+        .unwrap();
+    let sent_at_theft = server.received_requests().await.unwrap().len();
+
+    let status = wait_exit(&mut child, 30).await;
+    let out = child.wait_with_output().unwrap();
+    assert!(!status.success(), "the pass ran on without its lease");
+    assert!(stderr(&out).contains("lease"), "{}", stderr(&out));
+    let synced_after: i64 = sqlx::query_scalar("SELECT count(*) FROM memberships WHERE synced IS NOT NULL")
+        .fetch_one(&rw)
+        .await
+        .unwrap();
+    assert_eq!(synced_after, synced_at_theft, "nothing written after the lease was lost");
+    let sent_after = server.received_requests().await.unwrap().len() - sent_at_theft;
+    assert!(sent_after <= 2 * CONCURRENCY, "{sent_after} requests sent after the lease was lost");
+    let owner: String = sqlx::query_scalar("SELECT owner FROM leases").fetch_one(&rw).await.unwrap();
+    assert_eq!(owner, "thief", "the new holder keeps its lease");
+}
