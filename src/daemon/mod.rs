@@ -3,8 +3,9 @@
 //! tokio-cron-scheduler fires the schedules (six fields, UTC); each firing names the
 //! computations due. A computation whose previous pass is still running in this process is
 //! skipped (the scheduler itself would happily overlap runs), and one being synced by another
-//! process is skipped through its lease. Each firing runs as its own task, so a multi-hour
-//! initial sync of one computation never holds back the deltas of the others.
+//! process is skipped through its lease. Each computation's pass runs as its own task under its
+//! own lease, so a multi-hour initial sync of one never holds back the others; the
+//! destination's own limit bounds their requests in flight together.
 
 mod metrics;
 
@@ -90,9 +91,12 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     loop {
         tokio::select! {
             Some(keys) = due_rx.recv() => {
-                let shared = shared.clone();
-                let stop = stop.clone();
-                passes.spawn(async move { pass_task(&shared, keys, stop).await });
+                // Each computation's pass holds only its own lease and ends on its own: a
+                // multi-hour first sync holds back nothing else.
+                for key in keys {
+                    let (shared, stop) = (shared.clone(), stop.clone());
+                    passes.spawn(async move { pass_task(&shared, key, stop).await });
+                }
             }
             Some(done) = passes.join_next(), if !passes.is_empty() => {
                 if let Err(e) = done {
@@ -117,27 +121,18 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// One firing: the due computations not already running here and not leased elsewhere.
-async fn pass_task(shared: &Shared, keys: Vec<String>, stop: CancellationToken) {
-    let mine: Vec<String> = {
-        let mut running = shared.running.lock().unwrap_or_else(|p| p.into_inner());
-        let (free, busy): (Vec<String>, Vec<String>) = keys.into_iter().partition(|k| !running.contains(k));
-        if !busy.is_empty() {
-            tracing::info!(computations = %busy.join(","), "previous pass still running; skipping this trigger");
-        }
-        running.extend(free.iter().cloned());
-        free
-    };
-    if mine.is_empty() {
+/// One computation's pass, unless one is already running here or it is leased elsewhere.
+async fn pass_task(shared: &Shared, key: String, stop: CancellationToken) {
+    let free = shared.running.lock().unwrap_or_else(|p| p.into_inner()).insert(key.clone());
+    if !free {
+        tracing::info!(computation = %key, "previous pass still running; skipping this trigger");
         return;
     }
-    if let Err(e) = leased_pass(shared, &mine, stop).await {
-        tracing::error!(error = %format!("{e:#}"), "pass failed");
+    let keys = std::slice::from_ref(&key);
+    if let Err(e) = leased_pass(shared, keys, stop).await {
+        tracing::error!(computation = %key, error = %format!("{e:#}"), "pass failed");
     }
-    let mut running = shared.running.lock().unwrap_or_else(|p| p.into_inner());
-    for k in &mine {
-        running.remove(k);
-    }
+    shared.running.lock().unwrap_or_else(|p| p.into_inner()).remove(&key);
 }
 
 async fn leased_pass(shared: &Shared, keys: &[String], stop: CancellationToken) -> anyhow::Result<()> {

@@ -10,6 +10,9 @@ use crate::config::HttpConfig;
 pub struct HttpSender {
     client: reqwest::Client,
     pacer: Pacer,
+    /// `concurrency` bounds the requests in flight to the destination, whichever passes (the
+    /// daemon runs one per computation) send them.
+    in_flight: tokio::sync::Semaphore,
 }
 
 impl HttpSender {
@@ -22,7 +25,8 @@ impl HttpSender {
             // A redirect is never an acknowledgement: a 3xx is that request's answer.
             .redirect(reqwest::redirect::Policy::none())
             .build()?;
-        Ok(HttpSender { client, pacer: Pacer::new(config.max_requests_per_second) })
+        let in_flight = tokio::sync::Semaphore::new(config.concurrency);
+        Ok(HttpSender { client, pacer: Pacer::new(config.max_requests_per_second), in_flight })
     }
 
     pub fn client(&self) -> &reqwest::Client {
@@ -31,6 +35,7 @@ impl HttpSender {
 
     /// Sends `request` when the pacer allows; the body on 2xx. A 429 slows the whole destination.
     pub async fn send(&self, request: reqwest::RequestBuilder) -> Result<Vec<u8>, DeliveryError> {
+        let _slot = self.in_flight.acquire().await.expect("never closed");
         self.pacer.acquire().await;
         let response = request.send().await.map_err(|e| retry::from_transport(&e))?;
         let status = response.status();
@@ -50,6 +55,7 @@ impl HttpSender {
         pool: &super::h1::H1Pool,
         request: hyper::Request<http_body_util::Full<bytes::Bytes>>,
     ) -> Result<(), DeliveryError> {
+        let _slot = self.in_flight.acquire().await.expect("never closed");
         self.pacer.acquire().await;
         let answer = pool.send(request).await.map_err(|e| retry::from_h1(&e))?;
         let Some(failure) = retry::classify(answer.status) else {

@@ -202,3 +202,26 @@ async fn with_a_proxy_in_the_environment_contentstack_updates_go_through_it() {
     assert_eq!(requests.len(), 1);
     assert_eq!(requests[0].url.host_str(), Some("personalize-edge.invalid"), "asked of the proxy for the edge");
 }
+
+/// The daemon runs one pass per computation side by side: together they still keep to the
+/// destination's `concurrency`.
+#[tokio::test]
+async fn passes_side_by_side_in_the_daemon_share_the_destinations_concurrency() {
+    use std::sync::atomic::Ordering;
+
+    use crate::counting_server::CountingServer;
+
+    let server = CountingServer::start(Duration::from_millis(20)).await;
+    let computations: String = (0..3).map(|i| audience(&format!("A{i}"), &format!("a{i}.csv"))).collect();
+    let app = TestApp::contentstack_at(&server.uri, 3, "", &computations);
+    for i in 0..3 {
+        let users: Vec<String> = (0..40).map(|u| format!("a{i}-u{u:02}")).collect();
+        app.write(&format!("a{i}.csv"), &csv_users(&users.iter().map(String::as_str).collect::<Vec<_>>()));
+    }
+    let mut daemon = app.command(&["run"]).spawn().unwrap();
+    wait_until(60, "every member to be delivered", || async { server.requests.load(Ordering::SeqCst) >= 120 }).await;
+    terminate(&daemon);
+    assert!(wait_exit(&mut daemon, 30).await.success());
+    let max = server.max_in_flight.load(Ordering::SeqCst);
+    assert!((2..=3).contains(&max), "{max} requests were in flight at once");
+}

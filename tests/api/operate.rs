@@ -386,3 +386,32 @@ async fn a_big_initial_sync_does_not_hold_back_a_small_computation() {
     let first = received(&server).await.into_iter().next().unwrap();
     assert_eq!(first, ("zz-3".into(), json!({"small": true})), "the small delta goes before the big initial sync");
 }
+
+/// Issue 13.5: the daemon used to hold every lease of a firing until the whole firing ended,
+/// so a long first sync kept a small audience's lease (and any manual `sync` of it) waiting.
+#[tokio::test]
+async fn a_long_first_sync_in_the_daemon_holds_back_no_other_computation() {
+    let server = slow_server(50).await;
+    let computations = format!("{}{}", audience("Big", "big.csv"), audience("Small", "small.csv"));
+    let app = TestApp::contentstack(&server, 2, &computations);
+    app.write("big.csv", &many(2000)); // 2000 x 50 ms / 2 in flight: about 50 s
+    app.write("small.csv", &csv_users(&["s1"]));
+    let mut daemon = app.command(&["run"]).spawn().unwrap();
+    wait_until(30, "the daemon to deliver the small audience", || async {
+        counts(&server).await.contains_key("s1")
+    })
+    .await;
+
+    // The small audience's pass ends on its own: a manual sync of it gets its lease at once.
+    let out = app.sync(&["--audience", "small", "--wait", "20"]).await;
+    assert_success(&out);
+    let db = app.db().await;
+    let big_status: String =
+        sqlx::query_scalar("SELECT status FROM sync_runs WHERE computation_key = 'big' ORDER BY id DESC LIMIT 1")
+            .fetch_one(&db)
+            .await
+            .unwrap();
+    assert_eq!(big_status, "running", "the big first sync is still under way");
+    terminate(&daemon);
+    assert!(wait_exit(&mut daemon, 30).await.success());
+}
