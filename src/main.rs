@@ -10,9 +10,15 @@ use tracing_subscriber::EnvFilter;
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+/// sqlx logs every connection parameter it does not know with its value (`sslpassword=...`, at
+/// warn level): whatever `RUST_LOG` says, that target logs errors only, so that no secret of a
+/// database URL reaches the log (DESIGN §9.8).
+const QUIET_SECRETS: &str = "sqlx_postgres::options=error";
+
 fn main() -> ExitCode {
     let cli = audience_sync::cli::Cli::parse();
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info,sqlx::query=error"));
+    let filter = filter.add_directive(QUIET_SECRETS.parse().expect("a valid directive"));
     let logs = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
     match cli.log_format {
         LogFormat::Text => logs.init(),

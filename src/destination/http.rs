@@ -32,11 +32,11 @@ impl HttpSender {
     /// Sends `request` when the pacer allows; the body on 2xx. A 429 slows the whole destination.
     pub async fn send(&self, request: reqwest::RequestBuilder) -> Result<Vec<u8>, DeliveryError> {
         self.pacer.acquire().await;
-        let response = request.send().await.map_err(|e| retry::from_transport(&e))?;
+        let response = request.send().await.map_err(retry::from_transport)?;
         let status = response.status();
         let Some(failure) = retry::classify(status) else {
             self.pacer.succeeded();
-            let body = response.bytes().await.map_err(|e| retry::from_transport(&e))?;
+            let body = response.bytes().await.map_err(retry::from_transport)?;
             return Ok(body.to_vec());
         };
         let headers = response.headers().clone();
