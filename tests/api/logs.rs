@@ -1,5 +1,5 @@
 //! What the program leaves behind where operators and their tools read: no secret in its
-//! logs, output or state (DESIGN §9.8).
+//! logs, output or state (DESIGN §9.8), and no terminal escape codes where no terminal reads.
 
 use std::process::Output;
 
@@ -165,4 +165,16 @@ async fn no_secret_reaches_a_log_the_output_or_the_state() {
     }
     assert_no_canary("the state", &state_text(&app).join("\n"));
     assert_no_canary("the state of the Segment app", &state_text(&with_key).join("\n"));
+}
+
+/// Issue 13.12: logs written to a file or a pipe carry no colour codes.
+#[tokio::test]
+async fn logs_to_a_pipe_have_no_escape_codes() {
+    let app = TestApp::new("[destination]\ntype = \"file\"\npath = \"out.ndjson\"\n", &audience("A", "missing.csv"));
+    let mut cmd = app.command(&["sync"]);
+    cmd.env("RUST_LOG", "info").env_remove("NO_COLOR");
+    let out = tokio::task::spawn_blocking(move || cmd.output().unwrap()).await.unwrap();
+    assert_failure(&out);
+    assert!(!stderr(&out).is_empty(), "the failing pass logs");
+    assert!(!stderr(&out).contains('\x1b'), "escape codes in a pipe: {:?}", stderr(&out));
 }
