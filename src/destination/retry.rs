@@ -123,7 +123,7 @@ mod tests {
         let mut h = HeaderMap::new();
         h.insert(reqwest::header::LOCATION, HeaderValue::from_static("https://u:pw@h/x?sig=s1&n=1"));
         let e = from_response(StatusCode::TEMPORARY_REDIRECT, &h, "", Failure::Permanent);
-        assert_eq!(e.message, "HTTP 307 (redirect to https://***@h/x?sig=***&n=1, not followed):");
+        assert_eq!(e.message.trim_end(), "HTTP 307 (redirect to https://***@h/x?sig=***&n=1, not followed):");
     }
 
     #[test]
