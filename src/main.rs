@@ -1,3 +1,4 @@
+use std::io::IsTerminal;
 use std::process::ExitCode;
 
 use audience_sync::cli::LogFormat;
@@ -10,10 +11,22 @@ use tracing_subscriber::EnvFilter;
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+/// sqlx logs every connection parameter it does not know with its value (`sslpassword=...`, at
+/// warn level): whatever `RUST_LOG` says, that target logs errors only, so that no secret of a
+/// database URL reaches the log (DESIGN §9.8).
+const QUIET_SECRETS: &str = "sqlx_postgres::options=error";
+
+/// Colour in logs only for a person at a terminal: escape codes in a file or a pipe are noise
+/// to every tool that reads them, and `NO_COLOR` (no-color.org) turns them off everywhere.
+fn colour() -> bool {
+    std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty())
+}
+
 fn main() -> ExitCode {
     let cli = audience_sync::cli::Cli::parse();
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info,sqlx::query=error"));
-    let logs = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let filter = filter.add_directive(QUIET_SECRETS.parse().expect("a valid directive"));
+    let logs = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_ansi(colour());
     match cli.log_format {
         LogFormat::Text => logs.init(),
         LogFormat::Json => logs.json().init(),

@@ -4,6 +4,7 @@
 use std::process::ExitCode;
 
 use crate::config::{Config, Destination};
+use crate::redact::redact_url;
 use crate::source;
 
 pub async fn check(config: &Config) -> anyhow::Result<ExitCode> {
@@ -14,9 +15,15 @@ pub async fn check(config: &Config) -> anyhow::Result<ExitCode> {
     match &config.destination {
         Destination::Contentstack(c) => {
             let attributes = if c.attributes.is_some() { ", creates missing attributes" } else { "" };
-            println!("destination contentstack: {} (project {}){attributes}", c.edge_api_base_url, c.project_uid);
+            println!(
+                "destination contentstack: {} (project {}){attributes}",
+                redact_url(c.edge_api_base_url.as_str()),
+                c.project_uid
+            );
         }
-        Destination::Segment(s) => println!("destination segment: {} ({:?} events)", s.endpoint, s.events),
+        Destination::Segment(s) => {
+            println!("destination segment: {} ({:?} events)", redact_url(s.endpoint.as_str()), s.events)
+        }
         Destination::File { path } => println!("destination file: {}", path.display()),
     }
     let mut broken = Vec::new();

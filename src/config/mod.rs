@@ -276,9 +276,10 @@ impl Config {
 }
 
 pub(crate) fn parse_http_url(s: &str) -> Result<url::Url, String> {
-    let url = url::Url::parse(s).map_err(|e| format!("{s:?} is not a URL: {e}"))?;
+    let shown = crate::redact::redact_url(s);
+    let url = url::Url::parse(s).map_err(|e| format!("{shown:?} is not a URL: {e}"))?;
     if !matches!(url.scheme(), "http" | "https") || url.host().is_none() {
-        return Err(format!("{s:?} must be an http(s) URL with a host"));
+        return Err(format!("{shown:?} must be an http(s) URL with a host"));
     }
     Ok(url)
 }

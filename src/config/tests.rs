@@ -84,6 +84,13 @@ fn bad_url_is_named_with_line() {
 }
 
 #[test]
+fn a_bad_url_is_named_without_its_secrets() {
+    let bad = "edge_api_base_url = \"ftp://me:pw1@x/?token=tk1\"";
+    let e = error(&GOOD.replace("project_uid = \"proj\"", &format!("project_uid = \"proj\"\n{bad}")));
+    assert!(e.contains("ftp://***@x/?token=***") && !e.contains("pw1") && !e.contains("tk1"), "{e}");
+}
+
+#[test]
 fn unknown_destination_type_is_named() {
     let e = error(&GOOD.replace("type = \"contentstack\"", "type = \"mixpanel\""));
     assert!(e.contains(":6: destination.type: unknown destination \"mixpanel\""), "{e}");

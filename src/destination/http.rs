@@ -37,11 +37,11 @@ impl HttpSender {
     pub async fn send(&self, request: reqwest::RequestBuilder) -> Result<Vec<u8>, DeliveryError> {
         let _slot = self.in_flight.acquire().await.expect("never closed");
         self.pacer.acquire().await;
-        let response = request.send().await.map_err(|e| retry::from_transport(&e))?;
+        let response = request.send().await.map_err(retry::from_transport)?;
         let status = response.status();
         let Some(failure) = retry::classify(status) else {
             self.pacer.succeeded();
-            let body = response.bytes().await.map_err(|e| retry::from_transport(&e))?;
+            let body = response.bytes().await.map_err(retry::from_transport)?;
             return Ok(body.to_vec());
         };
         let headers = response.headers().clone();

@@ -11,6 +11,7 @@ use reqwest::StatusCode;
 use reqwest::header::{HeaderMap, RETRY_AFTER};
 
 use super::DeliveryError;
+use crate::redact::redact_url;
 
 /// What kind of failure a delivery error is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -59,7 +60,7 @@ pub fn retry_after(headers: &HeaderMap, now: SystemTime) -> Option<Duration> {
 pub fn from_response(status: StatusCode, headers: &HeaderMap, body: &str, failure: Failure) -> DeliveryError {
     let snippet: String = body.chars().take(ERROR_SNIPPET_CHARS).collect();
     let location = match headers.get(reqwest::header::LOCATION).filter(|_| status.is_redirection()) {
-        Some(to) => format!(" (redirect to {}, not followed)", String::from_utf8_lossy(to.as_bytes())),
+        Some(to) => format!(" (redirect to {}, not followed)", redact_url(&String::from_utf8_lossy(to.as_bytes()))),
         None => String::new(),
     };
     DeliveryError {
@@ -69,11 +70,14 @@ pub fn from_response(status: StatusCode, headers: &HeaderMap, body: &str, failur
     }
 }
 
-/// The error for a request that got no answer: connection refused, reset, timeout.
-pub fn from_transport(e: &reqwest::Error) -> DeliveryError {
+/// The error for a request that got no answer: connection refused, reset, timeout. reqwest
+/// prints the URL whole, credentials and all: it is shown redacted instead.
+pub fn from_transport(e: reqwest::Error) -> DeliveryError {
     let what = if e.is_timeout() { "timed out" } else { "failed" };
     let failure = if e.is_builder() || e.is_redirect() { Failure::Permanent } else { Failure::Transient };
-    DeliveryError { message: format!("request {what}: {}", error_chain(e)), failure, retry_after: None }
+    let url = e.url().map(|u| format!(" ({})", redact_url(u.as_str()))).unwrap_or_default();
+    let message = format!("request {what}{url}: {}", error_chain(&e.without_url()));
+    DeliveryError { message, failure, retry_after: None }
 }
 
 /// The same, for a request of Contentstack's own HTTP/1.1 client (`h1`).
@@ -112,6 +116,14 @@ mod tests {
         for s in [400, 401, 403, 404, 409, 413, 422, 501] {
             assert_eq!(kind(s), Some(Failure::Permanent), "{s}");
         }
+    }
+
+    #[test]
+    fn a_redirect_is_named_without_its_secrets() {
+        let mut h = HeaderMap::new();
+        h.insert(reqwest::header::LOCATION, HeaderValue::from_static("https://u:pw@h/x?sig=s1&n=1"));
+        let e = from_response(StatusCode::TEMPORARY_REDIRECT, &h, "", Failure::Permanent);
+        assert_eq!(e.message.trim_end(), "HTTP 307 (redirect to https://***@h/x?sig=***&n=1, not followed):");
     }
 
     #[test]

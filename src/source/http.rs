@@ -16,6 +16,7 @@ use super::SnapshotError;
 use super::member::{JsonMember, Push, Rules, from_json, read_ndjson};
 use crate::config::{HttpFormat, Secret};
 use crate::destination::retry::{self, Failure};
+use crate::redact::redact_url;
 
 /// What an HTTP source needs to be read.
 pub struct HttpSource<'a> {
@@ -40,13 +41,13 @@ pub fn read(handle: &Handle, source: &HttpSource, rules: Rules, push: &mut Push)
         .user_agent(crate::USER_AGENT)
         .redirect(same_scheme_redirects())
         .build()
-        .map_err(|e| SnapshotError::new(source.url.as_str(), None, None, e.to_string()))?;
+        .map_err(|e| SnapshotError::new(&redact_url(source.url.as_str()), None, None, e.without_url().to_string()))?;
     match source.format {
         HttpFormat::Ndjson => {
-            let name = source.url.as_str();
+            let name = redact_url(source.url.as_str());
             let response = get(handle, &client, source, source.url)?;
             let body = BodyReader { handle, response, chunk: Vec::new(), at: 0, timeout: source.timeout };
-            read_ndjson(name, std::io::BufReader::with_capacity(1 << 16, body), rules, push)
+            read_ndjson(&name, std::io::BufReader::with_capacity(1 << 16, body), rules, push)
         }
         HttpFormat::Json => {
             let mut next = Some(source.url.clone());
@@ -54,13 +55,14 @@ pub fn read(handle: &Handle, source: &HttpSource, rules: Rules, push: &mut Push)
             let mut page_number = 0;
             while let Some(url) = next.take() {
                 page_number += 1;
-                let name = format!("{url} (page {page_number})");
+                let name = format!("{} (page {page_number})", redact_url(url.as_str()));
                 if let Some(first) = seen.insert(url.clone(), page_number) {
                     let message = format!("pages {first} and {page_number} are the same URL: the pages loop");
                     return Err(SnapshotError::new(&name, None, Some("next"), message));
                 }
                 if page_number > source.max_pages {
-                    let message = format!("more than max_pages = {} pages; raise it if the source is that big", source.max_pages);
+                    let message =
+                        format!("more than max_pages = {} pages; raise it if the source is that big", source.max_pages);
                     return Err(SnapshotError::new(&name, None, Some("next"), message));
                 }
                 let response = get(handle, &client, source, &url)?;
@@ -70,7 +72,9 @@ pub fn read(handle: &Handle, source: &HttpSource, rules: Rules, push: &mut Push)
                     .map_err(|_| {
                         SnapshotError::new(&name, None, None, format!("no answer within {:?}", source.timeout))
                     })?
-                    .map_err(|e| SnapshotError::new(&name, None, None, format!("cannot read the page: {e}")))?;
+                    .map_err(|e| {
+                        SnapshotError::new(&name, None, None, format!("cannot read the page: {}", e.without_url()))
+                    })?;
                 let page: Page = serde_json::from_slice(&body)
                     .map_err(|e| SnapshotError::new(&name, None, None, format!("not a page of members: {e}")))?;
                 for (i, member) in page.members.into_iter().enumerate() {
@@ -78,9 +82,9 @@ pub fn read(handle: &Handle, source: &HttpSource, rules: Rules, push: &mut Push)
                 }
                 next = match page.next.or(link) {
                     Some(n) => {
-                        let n = url
-                            .join(&n)
-                            .map_err(|e| SnapshotError::new(&name, None, Some("next"), format!("{n:?}: {e}")))?;
+                        let n = url.join(&n).map_err(|e| {
+                            SnapshotError::new(&name, None, Some("next"), format!("{:?}: {e}", redact_url(&n)))
+                        })?;
                         if n == url {
                             return Err(SnapshotError::new(&name, None, Some("next"), "the next page is this page"));
                         }
@@ -131,11 +135,11 @@ fn get(
                 let body = handle.block_on(response.text()).unwrap_or_default();
                 retry::from_response(status, &headers, &body, failure)
             }
-            Err(e) => retry::from_transport(&e),
+            Err(e) => retry::from_transport(e),
         };
         if error.failure == Failure::Permanent || attempt >= source.max_retries {
             let tries = if attempt > 0 { format!(" (after {attempt} retries)") } else { String::new() };
-            return Err(SnapshotError::new(url.as_str(), None, None, format!("{}{tries}", error.message)));
+            return Err(SnapshotError::new(&redact_url(url.as_str()), None, None, format!("{}{tries}", error.message)));
         }
         let wait = Duration::from_millis(100u64 << attempt.min(6)).mul_f64(0.5 + fastrand::f64() / 2.0);
         std::thread::sleep(wait.max(error.retry_after.unwrap_or_default()));
@@ -174,7 +178,7 @@ impl Read for BodyReader<'_> {
                         format!("no data for {:?}", self.timeout),
                     ));
                 }
-                Ok(Err(e)) => return Err(std::io::Error::other(e)),
+                Ok(Err(e)) => return Err(std::io::Error::other(e.without_url())),
                 Ok(Ok(None)) => return Ok(0),
                 Ok(Ok(Some(bytes))) => {
                     self.chunk.clear();

@@ -15,6 +15,7 @@ use tokio::runtime::Handle;
 
 use crate::config::{Computation, Kind, Source};
 use crate::progress::Stage;
+use crate::redact::redact_url;
 use member::Rules;
 
 pub use sort::{SortedRecords, Sorter};
@@ -110,12 +111,12 @@ pub fn load_sorted(
     Ok(Deduplicated { name, inner: sorted, previous: None, fingerprint })
 }
 
-/// How a source is named in errors (never with credentials).
+/// How a source is named in errors, logs and the state: never with credentials.
 pub fn source_name(source: &Source) -> String {
     match source {
         Source::File { path, .. } => path.display().to_string(),
-        Source::Http { url, .. } => url.to_string(),
-        Source::Sql { url, .. } => sql::display_name(url),
+        Source::Http { url, .. } => redact_url(url.as_str()),
+        Source::Sql { url, .. } => redact_url(url.expose()),
     }
 }
 

@@ -12,20 +12,8 @@ use super::member::{Push, Rules, check_user_id};
 use super::value::canonical_value;
 use crate::config::Secret;
 
-/// How a database is named in errors: its URL without credentials.
-pub fn display_name(url: &Secret) -> String {
-    match url::Url::parse(url.expose()) {
-        Ok(mut u) => {
-            let _ = u.set_password(None);
-            let _ = u.set_username("");
-            u.to_string()
-        }
-        Err(_) => "the database".into(),
-    }
-}
-
 pub fn read(handle: &Handle, url: &Secret, query: &str, rules: Rules, push: &mut Push) -> Result<(), SnapshotError> {
-    let name = display_name(url);
+    let name = crate::redact::redact_url(url.expose());
     let err = |line: Option<u64>, field: Option<&'static str>, m: String| SnapshotError::new(&name, line, field, m);
     handle.block_on(async {
         if url.expose().starts_with("sqlite:") {

@@ -6,6 +6,7 @@ mod cli_config;
 mod counting_server;
 mod delivery;
 mod helpers;
+mod logs;
 mod operate;
 mod resume;
 mod segment;

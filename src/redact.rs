@@ -1,0 +1,106 @@
+//! URLs as they may be shown: in errors, logs, summaries, `check` and the state (DESIGN §9.8).
+//!
+//! A URL from the configuration or from a server (a `Location`, a `next` page) may carry
+//! credentials: `user:password@`, or a query parameter such as `?token=` or `?password=`
+//! (which sqlx honours for databases). Every place that shows a URL shows `redact_url` of it,
+//! so that there is one rule to review.
+
+/// What stands in for a hidden value.
+const HIDDEN: &str = "***";
+
+/// Parts of parameter names that suggest a secret (matched case-insensitively, anywhere in the
+/// name): `password`, `sslpassword`, `pwd`, `access_token`, `api_key`, `client_secret`,
+/// `X-Amz-Signature`, `sig`, `auth`, `credential`, `session`... Hiding a harmless value by
+/// mistake costs little; showing a secret cannot be undone.
+const SECRET_NAME_PARTS: &[&str] =
+    &["pass", "pwd", "token", "secret", "key", "sig", "auth", "cred", "session", "private", "jwt"];
+
+/// `url` with its userinfo replaced by `***` and the value of every parameter whose name
+/// suggests a secret (in the query, the fragment, or a `key=value` connection string)
+/// replaced by `***`. Works on the text, not a parsed URL, so that what cannot be parsed
+/// (a malformed URL in a config error, a libpq connection string) is hidden too.
+pub fn redact_url(url: &str) -> String {
+    let (rest, fragment) = match url.split_once('#') {
+        Some((r, f)) => (r, Some(f)),
+        None => (url, None),
+    };
+    let mut out = match rest.split_once('?') {
+        Some((base, query)) => format!("{}?{}", hide_userinfo(base), hide_params(query, '&')),
+        None if !rest.contains("://") && rest.contains('=') => hide_params(rest, ' '),
+        None => hide_userinfo(rest),
+    };
+    if let Some(f) = fragment {
+        out.push('#');
+        out.push_str(&hide_params(f, '&'));
+    }
+    out
+}
+
+/// `scheme://user:password@host/path` as `scheme://***@host/path`.
+fn hide_userinfo(base: &str) -> String {
+    let Some((scheme, after)) = base.split_once("://") else { return base.to_string() };
+    let authority_end = after.find('/').unwrap_or(after.len());
+    match after[..authority_end].rfind('@') {
+        Some(at) => format!("{scheme}://{HIDDEN}{}", &after[at..]),
+        None => base.to_string(),
+    }
+}
+
+/// `name=value` pairs separated by `separator`, with secret values hidden.
+fn hide_params(params: &str, separator: char) -> String {
+    let hide = |pair: &str| match pair.split_once('=') {
+        Some((name, _)) if is_secret_name(name) => format!("{name}={HIDDEN}"),
+        _ => pair.to_string(),
+    };
+    params.split(separator).map(hide).collect::<Vec<_>>().join(&separator.to_string())
+}
+
+/// Whether a parameter name suggests a secret (`%5F` and the like decoded first).
+fn is_secret_name(name: &str) -> bool {
+    let decoded = percent_decode(name).to_ascii_lowercase();
+    SECRET_NAME_PARTS.iter().any(|part| decoded.contains(part))
+}
+
+/// `%XX` escapes decoded (enough to read a parameter name; invalid escapes stay as they are).
+fn percent_decode(s: &str) -> String {
+    url::form_urlencoded::parse(format!("{s}=").as_bytes()).next().map(|(k, _)| k.into_owned()).unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::redact_url;
+
+    #[test]
+    fn userinfo_is_hidden() {
+        assert_eq!(redact_url("https://user:s3cret@example.com/a"), "https://***@example.com/a");
+        assert_eq!(redact_url("https://TOKEN@example.com"), "https://***@example.com");
+        assert_eq!(redact_url("postgres://u@h:p@db:5432/x"), "postgres://***@db:5432/x");
+        assert_eq!(redact_url("https://example.com/a@b"), "https://example.com/a@b");
+    }
+
+    #[test]
+    fn secret_parameters_are_hidden_and_others_kept() {
+        let url = "https://h/p?token=t1&page=2&X-Amz-Signature=s&API_KEY=k&client%5Fsecret=c&sslpassword=p";
+        let want = "https://h/p?token=***&page=2&X-Amz-Signature=***&API_KEY=***&client%5Fsecret=***&sslpassword=***";
+        assert_eq!(redact_url(url), want);
+        assert_eq!(redact_url("sqlite:///tmp/w.db?mode=ro&password=x"), "sqlite:///tmp/w.db?mode=ro&password=***");
+        assert_eq!(redact_url("sqlite:w.db?pwd=x"), "sqlite:w.db?pwd=***");
+        for name in ["pass", "passwd", "access_token", "apikey", "sig", "auth", "credential", "Secret"] {
+            assert_eq!(redact_url(&format!("http://h/?{name}=v")), format!("http://h/?{name}=***"), "{name}");
+        }
+    }
+
+    #[test]
+    fn both_at_once_and_fragments() {
+        assert_eq!(redact_url("http://a:b@h:1/x?token=t&x=1"), "http://***@h:1/x?token=***&x=1");
+        assert_eq!(redact_url("https://h/cb#access_token=t&state=s"), "https://h/cb#access_token=***&state=s");
+        assert_eq!(redact_url("https://h/p?flag&token"), "https://h/p?flag&token");
+    }
+
+    #[test]
+    fn connection_strings_and_plain_text() {
+        assert_eq!(redact_url("host=db user=me password=pw dbname=x"), "host=db user=me password=*** dbname=x");
+        assert_eq!(redact_url("snapshots/a.csv"), "snapshots/a.csv");
+        assert_eq!(redact_url(""), "");
+    }
+}

@@ -1,0 +1,180 @@
+//! What the program leaves behind where operators and their tools read: no secret in its
+//! logs, output or state (DESIGN §9.8), and no terminal escape codes where no terminal reads.
+
+use std::process::Output;
+
+use wiremock::matchers::{method, path};
+use wiremock::{Mock, MockServer, ResponseTemplate};
+
+use crate::helpers::*;
+
+/// A distinct secret per setting, so that a leak names the setting it came from.
+fn canary(n: u32) -> String {
+    format!("CANARY{n:02}zq")
+}
+
+/// The HTTP source stand-in: a good NDJSON body, a 404, and a redirect to another scheme
+/// whose target carries credentials.
+async fn source_server() -> MockServer {
+    let server = MockServer::start().await;
+    Mock::given(path("/ok.ndjson"))
+        .respond_with(ResponseTemplate::new(200).set_body_string("{\"user_id\":\"u1\"}\n"))
+        .mount(&server)
+        .await;
+    let https = server.uri().replace("http://", &format!("https://u:{}@", canary(13)));
+    let location = format!("{https}/next?token={}", canary(14));
+    Mock::given(path("/moved"))
+        .respond_with(ResponseTemplate::new(302).insert_header("location", location.as_str()))
+        .mount(&server)
+        .await;
+    Mock::given(path("/gone.ndjson")).respond_with(ResponseTemplate::new(404)).mount(&server).await;
+    server
+}
+
+/// A Contentstack stand-in that answers every update with a redirect whose `Location`
+/// carries a signature, and a management API that creates whatever is asked.
+async fn destination_servers() -> (MockServer, MockServer) {
+    let edge = MockServer::start().await;
+    let location = format!("http://elsewhere.invalid/u?X-Amz-Signature={}&part=1", canary(9));
+    Mock::given(method("PATCH"))
+        .respond_with(ResponseTemplate::new(307).insert_header("location", location.as_str()))
+        .mount(&edge)
+        .await;
+    let management = MockServer::start().await;
+    Mock::given(method("GET"))
+        .and(path("/attributes"))
+        .respond_with(ResponseTemplate::new(200).set_body_string("[]"))
+        .mount(&management)
+        .await;
+    Mock::given(method("POST")).respond_with(ResponseTemplate::new(201)).mount(&management).await;
+    (edge, management)
+}
+
+/// Every kind of source, each URL with secrets in it: one that loads, one answering 404, one
+/// whose server is down, one redirected to another scheme, and two databases that fail.
+fn computations(app: &TestApp, source: &MockServer) -> String {
+    let host = source.uri().replace("http://", "");
+    let down = free_port();
+    let http = |name: &str, url: String, extra: &str| {
+        format!(
+            "[[audience]]\nname = \"{name}\"\nsource = {{ type = \"http\", url = \"{url}\", max_retries = 0{extra} }}\n"
+        )
+    };
+    let sql = |name: &str, url: String| {
+        format!(
+            "[[audience]]\nname = \"{name}\"\nsource = {{ type = \"sql\", url = \"{url}\", query = \"SELECT 'u1' AS user_id\" }}\n"
+        )
+    };
+    let auth = format!(", auth_header_env = \"{SOURCE_AUTH_ENV}\"");
+    [
+        http("Good", format!("http://user:{}@{host}/ok.ndjson?token={}&x=1", canary(1), canary(2)), &auth),
+        http("Gone", format!("http://{host}/gone.ndjson?access_token={}", canary(3)), ""),
+        http("Down", format!("http://user:{}@127.0.0.1:{down}/x?api_key={}", canary(4), canary(5)), ""),
+        http("Moved", format!("http://{host}/moved?sig={}", canary(6)), ""),
+        sql("Lite", format!("sqlite://{}?password={}", app.path("w.db").display(), canary(7))),
+        // The HTTP server answers a Postgres handshake with garbage: an error without the wait
+        // for a server that refuses connections.
+        sql("Pg", format!("postgres://user:{}@{host}/db?sslpassword={}", canary(8), canary(15))),
+    ]
+    .concat()
+}
+
+/// The secrets given through the environment.
+const ENV_CANARIES: [(&str, u32); 3] = [(SOURCE_AUTH_ENV, 10), (MANAGEMENT_TOKEN_ENV, 11), (WRITE_KEY_ENV, 12)];
+
+/// Runs the binary with debug logs and the canaries in the environment.
+async fn run(app: &TestApp, args: &[&str]) -> Output {
+    let mut cmd = app.command(args);
+    cmd.env("RUST_LOG", "debug");
+    for (var, n) in ENV_CANARIES {
+        cmd.env(var, canary(n));
+    }
+    tokio::task::spawn_blocking(move || cmd.output().unwrap()).await.unwrap()
+}
+
+/// Every text cell of every table and view of the state, one string per cell.
+fn state_text(app: &TestApp) -> Vec<String> {
+    let db = rusqlite::Connection::open(app.path("state.db")).unwrap();
+    let mut names = db.prepare("SELECT name FROM sqlite_master WHERE type IN ('table', 'view')").unwrap();
+    let names: Vec<String> = names.query_map([], |r| r.get(0)).unwrap().map(Result::unwrap).collect();
+    let mut cells = Vec::new();
+    for name in names {
+        let mut select = db.prepare(&format!("SELECT * FROM \"{name}\"")).unwrap();
+        let columns = select.column_count();
+        let mut rows = select.query([]).unwrap();
+        while let Some(row) = rows.next().unwrap() {
+            for i in 0..columns {
+                if let rusqlite::types::ValueRef::Text(t) | rusqlite::types::ValueRef::Blob(t) = row.get_ref(i).unwrap()
+                {
+                    cells.push(format!("{name}: {}", String::from_utf8_lossy(t)));
+                }
+            }
+        }
+    }
+    cells
+}
+
+/// Fails naming each canary found in `text`, and where.
+fn assert_no_canary(what: &str, text: &str) {
+    let leaked: Vec<String> = (1..=16).map(canary).filter(|c| text.contains(c.as_str())).collect();
+    assert!(leaked.is_empty(), "{what} holds the secrets {leaked:?}:\n{text}");
+}
+
+/// Issue 13.9: a secret in any setting (URL credentials, secret query parameters, tokens and
+/// keys in the environment) reaches no log, output or state, on the error paths included.
+#[tokio::test]
+async fn no_secret_reaches_a_log_the_output_or_the_state() {
+    let source = source_server().await;
+    let (edge, management) = destination_servers().await;
+    let extra = format!(
+        "create_attributes = true\nmanagement_api_base_url = \"{}\"\nmanagement_token_env = \"{MANAGEMENT_TOKEN_ENV}\"\n",
+        management.uri()
+    );
+    let app = TestApp::contentstack_at(&edge.uri(), 2, &extra, "");
+    let config = std::fs::read_to_string(app.config_path()).unwrap();
+    app.write("config.toml", &format!("{config}\n{}", computations(&app, &source)));
+    let mut outputs = Vec::new();
+    for args in [
+        &["sync"][..],
+        &["--log-format", "json", "sync"],
+        &["sync", "--dry-run"],
+        &["check"],
+        &["status"],
+        &["status", "--json"],
+    ] {
+        let out = run(&app, args).await;
+        outputs.push((format!("{args:?}"), out));
+    }
+    let segment = MockServer::start().await;
+    Mock::given(method("POST")).respond_with(ResponseTemplate::new(500)).mount(&segment).await;
+    let with_key = TestApp::segment(&segment, "", &audience("Good", "g.csv"));
+    let with_key = with_key.replace_in_config("http://", &format!("http://w:{}@", canary(16)));
+    with_key.write("g.csv", &csv_users(&["u1"]));
+    for args in [&["sync"][..], &["check"]] {
+        outputs.push((format!("segment {args:?}"), run(&with_key, args).await));
+    }
+    assert!(!received(&edge).await.is_empty(), "the redirect path of the destination ran");
+    assert!(!segment.received_requests().await.unwrap_or_default().is_empty(), "the Segment app sent");
+    let first = stdout(&outputs[0].1);
+    for shown in ["http://***@", "api_key=***", "password=***", "X-Amz-Signature=***", "HTTP 404"] {
+        assert!(first.contains(shown), "the errors still name their sources ({shown}):\n{first}");
+    }
+    for (args, out) in &outputs {
+        assert_no_canary(&format!("stdout of {args}"), &stdout(out));
+        assert_no_canary(&format!("stderr of {args}"), &stderr(out));
+    }
+    assert_no_canary("the state", &state_text(&app).join("\n"));
+    assert_no_canary("the state of the Segment app", &state_text(&with_key).join("\n"));
+}
+
+/// Issue 13.12: logs written to a file or a pipe carry no colour codes.
+#[tokio::test]
+async fn logs_to_a_pipe_have_no_escape_codes() {
+    let app = TestApp::new("[destination]\ntype = \"file\"\npath = \"out.ndjson\"\n", &audience("A", "missing.csv"));
+    let mut cmd = app.command(&["sync"]);
+    cmd.env("RUST_LOG", "info").env_remove("NO_COLOR");
+    let out = tokio::task::spawn_blocking(move || cmd.output().unwrap()).await.unwrap();
+    assert_failure(&out);
+    assert!(!stderr(&out).is_empty(), "the failing pass logs");
+    assert!(!stderr(&out).contains('\x1b'), "escape codes in a pipe: {:?}", stderr(&out));
+}
