@@ -239,8 +239,9 @@ impl State {
         Ticket { slowdowns: self.slowdowns }
     }
 
-    /// Halves the rate the destination was sent at (the limit, or what was measured if less:
-    /// a limit above what the requests reached would halve to no effect), starting an epoch.
+    /// Halves the rate the destination was paced at, starting an epoch. An unpaced one is
+    /// halved from what it was measured sending. A paced one is not measured: requests waiting
+    /// out retry backoffs send below the pace, and halving that would grind the pace down.
     fn slow_down(&mut self, now: Instant, max_rate: Option<f64>) {
         let window = now.saturating_duration_since(self.window_start);
         let measured = if window >= MEASURE_MIN {
@@ -249,7 +250,7 @@ impl State {
             self.last_measure
         };
         let current = match (self.rate, measured) {
-            (Some(rate), m) => m.map_or(rate, |m| rate.min(m)),
+            (Some(rate), _) => rate,
             (None, Some(m)) => m,
             (None, None) => f64::from(self.window_sent) / MEASURE_MIN.as_secs_f64(),
         }
