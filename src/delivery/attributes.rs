@@ -5,15 +5,17 @@
 use std::collections::BTreeMap;
 
 use crate::config::Computation;
-use crate::destination::Destination;
+use crate::destination::{Destination, Patience};
 use crate::state::Store;
 
 /// Ensures the attributes of `computations` exist. Returns, for each computation whose
-/// attribute could not be listed or created, why; nothing may be sent for those.
+/// attribute could not be listed or created, why; nothing may be sent for those. No request
+/// waits for its turn longer than `patience`.
 pub async fn ensure_attributes(
     store: &Store,
     destination: &Destination,
     computations: &[&Computation],
+    patience: &Patience<'_>,
 ) -> anyhow::Result<BTreeMap<String, String>> {
     let mut blocked = BTreeMap::new();
     let Some(manager) = destination.attributes() else { return Ok(blocked) };
@@ -22,7 +24,7 @@ pub async fn ensure_attributes(
     if needed.is_empty() {
         return Ok(blocked);
     }
-    let existing = match manager.list().await {
+    let existing = match manager.list(patience).await {
         Ok(existing) => existing,
         Err(e) => {
             for c in needed {
@@ -36,7 +38,7 @@ pub async fn ensure_attributes(
             store.remember_attribute(&c.key, false).await?;
             continue;
         }
-        match manager.create(&c.key, &c.name).await {
+        match manager.create(&c.key, &c.name, patience).await {
             Ok(()) => {
                 tracing::info!(key = %c.key, "created the destination attribute");
                 store.remember_attribute(&c.key, true).await?;

@@ -47,6 +47,9 @@ pub struct KeyReport {
     pub quarantined: u64,
     /// The last error a destination gave for this computation's rows.
     pub last_error: Option<String>,
+    /// Why delivery stopped before every row had its turn (the destination paused past the
+    /// pass's retry budget); not set by a shutdown.
+    pub stopped: Option<String>,
 }
 
 /// What delivery did, per computation key.
@@ -104,8 +107,10 @@ pub struct Work {
 /// Delivers every pending, unquarantined row of `work`, and every entry of its first syncs,
 /// once, retrying within the pass until `deadline`; rows still failing stay pending for the
 /// next pass. Errors only when the state cannot be read or written.
-/// Once `stop` is cancelled (shutdown), no new call starts and no retry waits; the calls in
-/// flight finish and are recorded.
+/// Once `stop` is cancelled (shutdown), no new call starts and no wait goes on (the pacer's,
+/// the retries'); the requests in flight finish and are recorded. The same when the destination
+/// pauses past the retry budget (a `Retry-After` longer than what is left of it): the rows not
+/// sent stay pending, and each computation's report says why delivery stopped.
 pub async fn deliver(
     store: &Store,
     destination: &Destination,
@@ -125,7 +130,9 @@ pub async fn deliver(
     let first_keys: Vec<String> = first.iter().map(|f| f.key.clone()).collect();
     let all_keys: Vec<String> = keys.iter().chain(&first_keys).cloned().collect();
     let per_call = destination.updates_per_call();
-    let committer = commit::commit_loop(store.clone(), all_keys, first_keys.clone(), write_rx, policy.quarantine_after);
+    let halt = retry::Halt::new(stop);
+    let halt = &halt;
+    let committer = commit::commit_loop(store.clone(), all_keys.clone(), first_keys.clone(), write_rx, policy.quarantine_after);
     // With one user per call (Contentstack), a slot's time is the latency plus the wait for its
     // answer to be recorded, and a record is a small transaction: done on this thread, between
     // polls, it saves two thread wake-ups a call (5 ms, concurrency 64: 86-88 % -> 88-90 % of
@@ -175,12 +182,12 @@ pub async fn deliver(
         let send = async {
             stream::poll_fn(move |cx| window_rx.poll_recv(cx))
                 .flat_map(|window| stream::iter(window.calls.into_iter().map(move |call| (window.id, call))))
-                .take_until(stop.cancelled())
+                .take_until(halt.token().cancelled())
                 .map(|(window, call)| {
                     let writes = write_tx.clone();
                     async move {
                         let (outcomes, retried) =
-                            retry::send_with_retries(destination, policy, deadline, stop, call).await;
+                            retry::send_with_retries(destination, policy, deadline, halt, call).await;
                         let (committed, done) = oneshot::channel();
                         let answers = commit::Write::Answers { window, outcomes, committed };
                         writes.send(answers).await.map_err(|_| stopped_recording())?;
@@ -217,6 +224,12 @@ pub async fn deliver(
     sent?;
     for (key, n) in quarantined {
         report.per_key.entry(key).or_default().quarantined += n;
+    }
+    if let Some(why) = halt.reason() {
+        tracing::warn!(reason = %why, "delivery stopped; the rows not sent stay pending");
+        for key in all_keys {
+            report.per_key.entry(key).or_default().stopped = Some(why.clone());
+        }
     }
     Ok(report)
 }

@@ -7,7 +7,7 @@ use std::collections::HashSet;
 use reqwest::header::{AUTHORIZATION, CONTENT_TYPE, HeaderValue};
 use serde::{Deserialize, Serialize};
 
-use super::{DeliveryError, HttpSender};
+use super::{DeliveryError, HttpSender, Patience};
 use crate::config::{AttributeCreation, HttpConfig};
 
 /// The management API's limit, per organization.
@@ -67,18 +67,18 @@ impl AttributeManager {
     }
 
     /// The keys of the project's attributes.
-    pub async fn list(&self) -> Result<HashSet<String>, DeliveryError> {
-        let body = self.http.send(self.request(reqwest::Method::GET)).await?;
+    pub async fn list(&self, patience: &Patience<'_>) -> Result<HashSet<String>, DeliveryError> {
+        let body = self.http.send(self.request(reqwest::Method::GET), patience).await?;
         let attributes: Vec<Attribute> = serde_json::from_slice(&body)
             .map_err(|e| DeliveryError::permanent(format!("unexpected answer listing attributes: {e}")))?;
         Ok(attributes.into_iter().map(|a| a.key).collect())
     }
 
     /// Creates the attribute `key`, named after the computation.
-    pub async fn create(&self, key: &str, name: &str) -> Result<(), DeliveryError> {
+    pub async fn create(&self, key: &str, name: &str, patience: &Patience<'_>) -> Result<(), DeliveryError> {
         let body = NewAttribute { name, key, description: format!("audience-sync: {name}") };
         let body = serde_json::to_vec(&body).map_err(|e| DeliveryError::permanent(e.to_string()))?;
         let request = self.request(reqwest::Method::POST).header(CONTENT_TYPE, "application/json").body(body);
-        self.http.send(request).await.map(drop)
+        self.http.send(request, patience).await.map(drop)
     }
 }

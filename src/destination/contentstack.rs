@@ -4,7 +4,7 @@
 use reqwest::header::{CONTENT_TYPE, HeaderMap, HeaderValue};
 
 use super::h1::H1Pool;
-use super::{AttributeManager, DeliveryError, HttpSender, RowResults, UserUpdate, for_every_row};
+use super::{AttributeManager, Patience, DeliveryError, HttpSender, RowResults, UserUpdate, for_every_row};
 use crate::config::ContentstackConfig;
 
 /// The header Personalize reads the user from, and the legacy one Segment's destination sends.
@@ -71,16 +71,16 @@ impl Contentstack {
     }
 
     /// One request per user, in turn (delivery gives one user per call).
-    pub async fn send(&self, updates: &[UserUpdate]) -> RowResults {
+    pub async fn send(&self, updates: &[UserUpdate], patience: &Patience<'_>) -> RowResults {
         let mut results = Vec::new();
         for update in updates {
-            let result = self.send_one(update).await;
+            let result = self.send_one(update, patience).await;
             results.extend(for_every_row(std::slice::from_ref(update), &result));
         }
         results
     }
 
-    async fn send_one(&self, update: &UserUpdate) -> Result<(), DeliveryError> {
+    async fn send_one(&self, update: &UserUpdate, patience: &Patience<'_>) -> Result<(), DeliveryError> {
         let user = HeaderValue::from_str(&update.user_id)
             .map_err(|_| DeliveryError::permanent("user_id cannot be sent as an HTTP header (control characters)"))?;
         let mut headers = HeaderMap::with_capacity(5);
@@ -91,13 +91,13 @@ impl Contentstack {
         let body = Self::body(update)?;
         let Some(direct) = &self.direct else {
             let request = self.http.client().patch(self.url.clone()).headers(headers).body(body);
-            return self.http.send(request).await.map(drop);
+            return self.http.send(request, patience).await.map(drop);
         };
         let mut request = hyper::Request::new(http_body_util::Full::new(bytes::Bytes::from(body)));
         *request.method_mut() = reqwest::Method::PATCH;
         *request.uri_mut() = direct.path.clone();
         *request.headers_mut() = headers;
-        self.http.send_h1(&direct.pool, request).await
+        self.http.send_h1(&direct.pool, request, patience).await
     }
 }
 

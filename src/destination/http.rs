@@ -3,6 +3,7 @@
 use std::time::SystemTime;
 
 use super::retry::{self, Failure};
+use super::pacer::{Patience, Ticket};
 use super::{DeliveryError, Pacer};
 use crate::config::HttpConfig;
 
@@ -33,20 +34,21 @@ impl HttpSender {
         &self.client
     }
 
-    /// Sends `request` when the pacer allows; the body on 2xx. A 429 slows the whole destination.
-    pub async fn send(&self, request: reqwest::RequestBuilder) -> Result<Vec<u8>, DeliveryError> {
+    /// Sends `request` when the pacer allows (waiting no longer than `patience`); the body on
+    /// 2xx. A 429 slows the whole destination.
+    pub async fn send(&self, request: reqwest::RequestBuilder, patience: &Patience<'_>) -> Result<Vec<u8>, DeliveryError> {
         let _slot = self.in_flight.acquire().await.expect("never closed");
-        self.pacer.acquire().await;
+        let ticket = self.pacer.acquire(patience).await?;
         let response = request.send().await.map_err(retry::from_transport)?;
         let status = response.status();
         let Some(failure) = retry::classify(status) else {
-            self.pacer.succeeded();
+            self.pacer.succeeded(ticket);
             let body = response.bytes().await.map_err(retry::from_transport)?;
             return Ok(body.to_vec());
         };
         let headers = response.headers().clone();
         let body = response.text().await.unwrap_or_default();
-        Err(self.refused(status, &headers, &body, failure))
+        Err(self.refused(ticket, status, &headers, &body, failure))
     }
 
     /// As `send`, through `pool`.
@@ -54,20 +56,23 @@ impl HttpSender {
         &self,
         pool: &super::h1::H1Pool,
         request: hyper::Request<http_body_util::Full<bytes::Bytes>>,
+        patience: &Patience<'_>,
     ) -> Result<(), DeliveryError> {
         let _slot = self.in_flight.acquire().await.expect("never closed");
-        self.pacer.acquire().await;
+        let ticket = self.pacer.acquire(patience).await?;
         let answer = pool.send(request).await.map_err(|e| retry::from_h1(&e))?;
         let Some(failure) = retry::classify(answer.status) else {
-            self.pacer.succeeded();
+            self.pacer.succeeded(ticket);
             return Ok(());
         };
-        Err(self.refused(answer.status, &answer.headers, &String::from_utf8_lossy(&answer.body), failure))
+        Err(self.refused(ticket, answer.status, &answer.headers, &String::from_utf8_lossy(&answer.body), failure))
     }
 
-    /// The error for a refused request; a 429 slows the whole destination.
+    /// The error for a refused request; a 429 slows the whole destination (once per congestion
+    /// event: the pacer tells from `ticket` whether it was sent before the last slow-down).
     fn refused(
         &self,
+        ticket: Ticket,
         status: reqwest::StatusCode,
         headers: &reqwest::header::HeaderMap,
         body: &str,
@@ -75,7 +80,7 @@ impl HttpSender {
     ) -> DeliveryError {
         let error = retry::from_response(status, headers, body, failure);
         if failure == Failure::Throttled {
-            self.pacer.throttled(retry::retry_after(headers, SystemTime::now()));
+            self.pacer.throttled(ticket, retry::retry_after(headers, SystemTime::now()));
         }
         error
     }

@@ -21,7 +21,7 @@ pub use attributes::AttributeManager;
 pub use contentstack::Contentstack;
 pub use file::FileDestination;
 pub use http::HttpSender;
-pub use pacer::Pacer;
+pub use pacer::{Pacer, Patience, beyond_budget};
 pub use retry::Failure;
 pub use segment::Segment;
 
@@ -120,11 +120,12 @@ impl Destination {
         }
     }
 
-    /// Sends one call's updates; one result per row, in order.
-    pub async fn send(&self, updates: &[UserUpdate]) -> RowResults {
+    /// Sends one call's updates, no request waiting for its turn longer than `patience`; one
+    /// result per row, in order.
+    pub async fn send(&self, updates: &[UserUpdate], patience: &Patience<'_>) -> RowResults {
         match self {
-            Destination::Contentstack(c) => c.send(updates).await,
-            Destination::Segment(s) => s.send(updates).await,
+            Destination::Contentstack(c) => c.send(updates, patience).await,
+            Destination::Segment(s) => s.send(updates, patience).await,
             Destination::File(f) => f.send(updates),
         }
     }

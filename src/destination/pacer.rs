@@ -1,36 +1,101 @@
 //! One pacer per destination: every request of every task waits its turn here.
 //!
-//! It enforces `max_requests_per_second`, and reacts to throttling: a 429 pauses the whole
-//! destination for its `Retry-After` and halves the request rate, which then recovers by a few
-//! percent per acknowledged request (additive-increase would take too long at high rates).
+//! It enforces `max_requests_per_second`, and reacts to throttling as TCP reacts to loss: once
+//! per congestion event, not once per answer. A 429 pauses the whole destination for its
+//! `Retry-After` and halves the rate; the 429s of requests sent before that slow-down (they were
+//! in flight when it happened) say nothing new, so they neither halve it again nor restart the
+//! pause. Each request carries a `Ticket` saying which slow-down it was sent after.
+//!
+//! Recovery: acknowledgements of requests sent since the slow-down bring the rate quickly back
+//! to where it was throttled (the "ceiling"; a few requests, so that throttles at random do not
+//! grind it down), then it probes above it slowly, by a tenth of the ceiling a second, so that a
+//! destination enforcing a rate limit throttles rarely. Halving once per answer, with 5 % of
+//! answers 429 at random, sank the rate to one request a second.
+//!
+//! Every wait here ends at once on `Patience::stop`, and a pause that would outlast the pass's
+//! retry budget is refused rather than waited out (DESIGN §9.9).
 
 use std::sync::Mutex;
 use std::time::Duration;
 
+use tokio::sync::Notify;
 use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use super::{DeliveryError, Failure};
 
 /// Never slow below this many requests a second.
 const MIN_RATE: f64 = 1.0;
 /// Pause after a 429 without `Retry-After`.
 const DEFAULT_PAUSE: Duration = Duration::from_secs(1);
-/// Rate growth per acknowledged request while recovering.
-const RECOVERY: f64 = 1.02;
+/// Rate growth per acknowledged request while below the ceiling: about seven to double.
+const CATCH_UP: f64 = 1.1;
+/// Growth above the ceiling, as a share of the ceiling per second.
+const PROBE_PER_SECOND: f64 = 0.1;
+/// An unlimited destination is unpaced again once its rate reaches this multiple of what it
+/// sent before its first slow-down.
+const UNPACED_AFTER: f64 = 2.0;
+/// The shortest window the sending rate is measured over.
+const MEASURE_MIN: Duration = Duration::from_millis(50);
+
+/// Which slow-down a request was sent after: handed back with its answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Ticket {
+    slowdowns: u64,
+}
+
+/// How long a request may wait for its turn: until `stop`, and never for a pause that ends
+/// after `deadline` (the end of the pass's retry budget).
+#[derive(Clone, Copy)]
+pub struct Patience<'a> {
+    pub deadline: Instant,
+    pub stop: &'a CancellationToken,
+}
+
+/// Why delivery ends when the destination asks to pause for `asked` with `left` of the budget.
+pub fn beyond_budget(asked: Duration, left: Duration) -> String {
+    format!("Retry-After {} s exceeds the {} s left of retry_budget_secs", asked.as_secs(), left.as_secs())
+}
+
+/// A request refused its turn, and why.
+fn unsent(why: String) -> DeliveryError {
+    DeliveryError { message: why, failure: Failure::Unsent, retry_after: None }
+}
 
 pub struct Pacer {
     max_rate: Option<f64>,
     state: Mutex<State>,
+    /// Wakes the requests waiting for their turn when a slow-down moved it.
+    changed: Notify,
 }
 
 struct State {
     /// Requests a second allowed now; `None` is unlimited.
     rate: Option<f64>,
+    /// The rate at the last slow-down: recovery is quick below it, slow above it.
+    ceiling: f64,
+    /// When the rate got back to the ceiling after the last slow-down.
+    probing_since: Option<Instant>,
     /// Where an unlimited destination stops being paced again after a slow-down.
-    recover_to: Option<f64>,
+    unpaced_at: Option<f64>,
     next_slot: Instant,
     paused_until: Instant,
+    /// The `Retry-After` that set `paused_until`.
+    pause: Duration,
+    /// Slow-downs so far: a ticket's congestion epoch. A request given its turn before a
+    /// slow-down takes a new one (the pause and the slower rate apply to it too).
+    slowdowns: u64,
+    /// Requests sent since `window_start`, measuring the sending rate.
     window_start: Instant,
-    window_count: u32,
-    observed_rate: f64,
+    window_sent: u32,
+    /// The rate measured over the last full second.
+    last_measure: Option<f64>,
+}
+
+/// A request's turn: now, or at an instant given after `slowdowns` slow-downs.
+enum Turn {
+    Now(Ticket),
+    At(Instant, u64),
 }
 
 impl Pacer {
@@ -41,70 +106,115 @@ impl Pacer {
             max_rate,
             state: Mutex::new(State {
                 rate: max_rate,
-                recover_to: None,
+                ceiling: 0.0,
+                probing_since: None,
+                unpaced_at: None,
                 next_slot: now,
                 paused_until: now,
+                pause: Duration::ZERO,
+                slowdowns: 0,
                 window_start: now,
-                window_count: 0,
-                observed_rate: 0.0,
+                window_sent: 0,
+                last_measure: None,
             }),
+            changed: Notify::new(),
         }
     }
 
-    /// Waits until this request may go.
-    pub async fn acquire(&self) {
-        let at = {
-            let mut s = self.state.lock().unwrap_or_else(|p| p.into_inner());
-            let now = Instant::now();
-            let window = now - s.window_start;
-            if window >= Duration::from_secs(1) {
-                s.observed_rate = f64::from(s.window_count) / window.as_secs_f64();
-                s.window_start = now;
-                s.window_count = 0;
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Waits until this request may go; the ticket goes back with its answer. Refused (an
+    /// `Unsent` error) on `patience.stop`, or when the destination is paused past the deadline.
+    pub async fn acquire(&self, patience: &Patience<'_>) -> Result<Ticket, DeliveryError> {
+        loop {
+            // Listening before taking a turn: a throttle between the two still wakes us.
+            let changed = self.changed.notified();
+            tokio::pin!(changed);
+            changed.as_mut().enable();
+            let (at, slowdowns) = match self.turn(patience.deadline)? {
+                Turn::Now(ticket) => return Ok(ticket),
+                Turn::At(at, slowdowns) => (at, slowdowns),
+            };
+            tokio::select! {
+                _ = tokio::time::sleep_until(at) => {
+                    if let Some(ticket) = self.take_turn(slowdowns) {
+                        return Ok(ticket);
+                    }
+                }
+                _ = &mut changed => {}
+                _ = patience.stop.cancelled() => {
+                    return Err(unsent("delivery stopped".to_string()));
+                }
             }
-            s.window_count += 1;
-            let mut at = now.max(s.paused_until);
-            if let Some(rate) = s.rate {
-                at = at.max(s.next_slot);
-                s.next_slot = at + Duration::from_secs_f64(1.0 / rate);
-            }
-            at
-        };
-        // Only a real wait goes through the timer: a sleep already due still waits for the
-        // timer's next millisecond tick, which at a few milliseconds a request is a lot.
-        if at > Instant::now() {
-            tokio::time::sleep_until(at).await;
         }
     }
 
-    /// A 429: pause everyone for `retry_after` and halve the rate.
-    pub fn throttled(&self, retry_after: Option<Duration>) {
-        let mut s = self.state.lock().unwrap_or_else(|p| p.into_inner());
+    /// The next turn: now (the request goes), or a slot to wait for. Only a real wait goes
+    /// through the timer: a sleep already due still waits for the timer's next millisecond
+    /// tick, which at a few milliseconds a request is a lot.
+    fn turn(&self, deadline: Instant) -> Result<Turn, DeliveryError> {
+        let mut s = self.lock();
         let now = Instant::now();
-        s.paused_until = s.paused_until.max(now + retry_after.unwrap_or(DEFAULT_PAUSE));
-        let current = s.rate.unwrap_or_else(|| s.observed_rate.max(MIN_RATE));
-        if s.rate.is_none() && self.max_rate.is_none() {
-            s.recover_to = Some(current);
+        if s.paused_until > now && s.paused_until > deadline {
+            return Err(unsent(beyond_budget(s.pause, deadline.saturating_duration_since(now))));
         }
-        let slowed = (current / 2.0).max(MIN_RATE);
-        s.rate = Some(slowed);
+        let mut at = now.max(s.paused_until);
+        if let Some(rate) = s.rate {
+            at = at.max(s.next_slot);
+            s.next_slot = at + Duration::from_secs_f64(1.0 / rate);
+        }
+        Ok(if at <= now { Turn::Now(s.sent(now)) } else { Turn::At(at, s.slowdowns) })
+    }
+
+    /// The turn given after `slowdowns` slow-downs, unless another has moved it since.
+    fn take_turn(&self, slowdowns: u64) -> Option<Ticket> {
+        let mut s = self.lock();
+        (s.slowdowns == slowdowns).then(|| s.sent(Instant::now()))
+    }
+
+    /// A 429 for the request sent with `ticket`. The first of a congestion event pauses everyone
+    /// for `retry_after` and halves the rate; one for a request sent before that slow-down was
+    /// in flight when it happened and changes nothing.
+    pub fn throttled(&self, ticket: Ticket, retry_after: Option<Duration>) {
+        let mut s = self.lock();
+        if ticket.slowdowns != s.slowdowns {
+            return;
+        }
+        let now = Instant::now();
+        let pause = retry_after.unwrap_or(DEFAULT_PAUSE);
+        s.slow_down(now, self.max_rate);
+        (s.paused_until, s.pause) = (now + pause, pause);
         s.next_slot = s.paused_until;
+        (s.window_start, s.window_sent) = (s.paused_until, 0);
         tracing::warn!(
-            requests_per_second = slowed,
-            pause_ms = (s.paused_until - now).as_millis() as u64,
+            requests_per_second = s.rate.unwrap_or_default(),
+            pause_ms = pause.as_millis() as u64,
             "destination throttled; slowing down"
         );
+        drop(s);
+        self.changed.notify_waiters();
     }
 
-    /// An acknowledged request: let the rate recover towards its limit.
-    pub fn succeeded(&self) {
-        let mut s = self.state.lock().unwrap_or_else(|p| p.into_inner());
+    /// An acknowledged request: one sent since the last slow-down lets the rate recover.
+    pub fn succeeded(&self, ticket: Ticket) {
+        let mut s = self.lock();
+        // Never slowed down, the rate is the limit; an old answer says nothing of the new rate.
+        if s.slowdowns == 0 || ticket.slowdowns != s.slowdowns {
+            return;
+        }
         let Some(rate) = s.rate else { return };
-        let grown = rate * RECOVERY;
-        s.rate = match (self.max_rate, s.recover_to) {
+        let grown = if rate < s.ceiling {
+            (rate * CATCH_UP).min(s.ceiling)
+        } else {
+            let since = *s.probing_since.get_or_insert_with(Instant::now);
+            s.ceiling * (1.0 + PROBE_PER_SECOND * since.elapsed().as_secs_f64())
+        };
+        s.rate = match (self.max_rate, s.unpaced_at) {
             (Some(max), _) => Some(grown.min(max)),
-            (None, Some(target)) if grown >= target => {
-                s.recover_to = None;
+            (None, Some(unpaced)) if grown >= unpaced => {
+                s.unpaced_at = None;
                 None
             }
             (None, _) => Some(grown),
@@ -113,7 +223,45 @@ impl Pacer {
 
     /// The current rate limit (for tests and logs); `None` is unlimited.
     pub fn rate(&self) -> Option<f64> {
-        self.state.lock().unwrap_or_else(|p| p.into_inner()).rate
+        self.lock().rate
+    }
+}
+
+impl State {
+    /// A request goes now: counted in the measure, ticketed with the current epoch.
+    fn sent(&mut self, now: Instant) -> Ticket {
+        let window = now.saturating_duration_since(self.window_start);
+        if window >= Duration::from_secs(1) {
+            self.last_measure = Some(f64::from(self.window_sent) / window.as_secs_f64());
+            (self.window_start, self.window_sent) = (now, 0);
+        }
+        self.window_sent += 1;
+        Ticket { slowdowns: self.slowdowns }
+    }
+
+    /// Halves the rate the destination was paced at, starting an epoch. An unpaced one is
+    /// halved from what it was measured sending. A paced one is not measured: requests waiting
+    /// out retry backoffs send below the pace, and halving that would grind the pace down.
+    fn slow_down(&mut self, now: Instant, max_rate: Option<f64>) {
+        let window = now.saturating_duration_since(self.window_start);
+        let measured = if window >= MEASURE_MIN {
+            Some(f64::from(self.window_sent) / window.as_secs_f64())
+        } else {
+            self.last_measure
+        };
+        let current = match (self.rate, measured) {
+            (Some(rate), _) => rate,
+            (None, Some(m)) => m,
+            (None, None) => f64::from(self.window_sent) / MEASURE_MIN.as_secs_f64(),
+        }
+        .max(MIN_RATE);
+        if self.rate.is_none() && max_rate.is_none() {
+            self.unpaced_at = Some(current * UNPACED_AFTER);
+        }
+        self.ceiling = current;
+        self.rate = Some((current / 2.0).max(MIN_RATE));
+        self.probing_since = None;
+        self.slowdowns += 1;
     }
 }
 
@@ -123,29 +271,43 @@ mod tests {
 
     use super::*;
 
+    /// Patience that never runs out, for tests that are not about it.
+    fn forever(stop: &CancellationToken) -> Patience<'_> {
+        Patience { deadline: Instant::now() + Duration::from_secs(86_400), stop }
+    }
+
     #[tokio::test(start_paused = true)]
     async fn max_rate_spaces_requests() {
-        let pacer = Pacer::new(Some(10));
+        let (pacer, stop) = (Pacer::new(Some(10)), CancellationToken::new());
         let start = Instant::now();
         for _ in 0..11 {
-            pacer.acquire().await;
+            pacer.acquire(&forever(&stop)).await.unwrap();
         }
         // 11 requests at 10/s: the 11th goes one second after the first.
         assert_eq!(Instant::now() - start, Duration::from_secs(1));
     }
 
     #[tokio::test(start_paused = true)]
+    async fn successes_without_a_throttle_keep_the_limit() {
+        let (pacer, stop) = (Pacer::new(Some(10)), CancellationToken::new());
+        let ticket = pacer.acquire(&forever(&stop)).await.unwrap();
+        pacer.succeeded(ticket);
+        assert_eq!(pacer.rate(), Some(10.0));
+    }
+
+    #[tokio::test(start_paused = true)]
     async fn a_throttle_pauses_every_task_and_halves_the_rate() {
         let pacer = Arc::new(Pacer::new(Some(100)));
-        pacer.acquire().await;
+        let stop = CancellationToken::new();
+        let ticket = pacer.acquire(&forever(&stop)).await.unwrap();
         let start = Instant::now();
-        pacer.throttled(Some(Duration::from_secs(3)));
+        pacer.throttled(ticket, Some(Duration::from_secs(3)));
         assert_eq!(pacer.rate(), Some(50.0));
         let mut tasks = Vec::new();
         for _ in 0..4 {
-            let p = pacer.clone();
+            let (p, stop) = (pacer.clone(), stop.clone());
             tasks.push(tokio::spawn(async move {
-                p.acquire().await;
+                p.acquire(&forever(&stop)).await.unwrap();
                 Instant::now()
             }));
         }
@@ -160,27 +322,136 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
-    async fn rate_recovers_gradually_up_to_the_limit() {
-        let pacer = Pacer::new(Some(100));
-        pacer.throttled(None);
-        pacer.succeeded();
+    async fn throttles_of_requests_sent_before_a_slow_down_slow_it_once() {
+        let (pacer, stop) = (Pacer::new(Some(100)), CancellationToken::new());
+        let mut in_flight = Vec::new();
+        for _ in 0..20 {
+            in_flight.push(pacer.acquire(&forever(&stop)).await.unwrap());
+        }
+        let first_429 = Instant::now();
+        pacer.throttled(in_flight[0], Some(Duration::from_secs(1)));
+        assert_eq!(pacer.rate(), Some(50.0));
+        // The other 19 were in flight: their 429s come later and change nothing.
+        tokio::time::advance(Duration::from_millis(100)).await;
+        for ticket in &in_flight[1..] {
+            pacer.throttled(*ticket, Some(Duration::from_secs(1)));
+            pacer.succeeded(*ticket);
+        }
+        assert_eq!(pacer.rate(), Some(50.0), "halved once, and not recovered by old answers");
+        pacer.acquire(&forever(&stop)).await.unwrap();
+        assert_eq!(Instant::now() - first_429, Duration::from_secs(1), "the pause was not restarted");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_throttle_of_a_request_sent_after_the_slow_down_slows_it_again() {
+        let (pacer, stop) = (Pacer::new(Some(100)), CancellationToken::new());
+        let before = pacer.acquire(&forever(&stop)).await.unwrap();
+        pacer.throttled(before, None);
+        let after = pacer.acquire(&forever(&stop)).await.unwrap();
+        pacer.throttled(after, None);
+        assert_eq!(pacer.rate(), Some(25.0));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_request_waiting_for_its_slot_waits_for_a_pause_begun_meanwhile() {
+        let pacer = Arc::new(Pacer::new(Some(1)));
+        let stop = CancellationToken::new();
+        let start = Instant::now();
+        let ticket = pacer.acquire(&forever(&stop)).await.unwrap();
+        let (p, s) = (pacer.clone(), stop.clone());
+        let waiting = tokio::spawn(async move { p.acquire(&forever(&s)).await.map(|_| Instant::now()) });
+        tokio::time::advance(Duration::from_millis(500)).await;
+        pacer.throttled(ticket, Some(Duration::from_secs(5)));
+        let went = waiting.await.unwrap().unwrap();
+        assert_eq!(went - start, Duration::from_millis(5500));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_pause_past_the_deadline_is_refused_at_once() {
+        let (pacer, stop) = (Pacer::new(None), CancellationToken::new());
+        let ticket = pacer.acquire(&forever(&stop)).await.unwrap();
+        pacer.throttled(ticket, Some(Duration::from_secs(3600)));
+        let start = Instant::now();
+        let patience = Patience { deadline: start + Duration::from_secs(60), stop: &stop };
+        let refused = pacer.acquire(&patience).await.unwrap_err();
+        assert_eq!(refused.failure, Failure::Unsent);
+        assert_eq!(refused.message, "Retry-After 3600 s exceeds the 60 s left of retry_budget_secs");
+        assert_eq!(Instant::now(), start);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_request_waiting_out_a_pause_gives_up_when_stopped() {
+        let pacer = Arc::new(Pacer::new(None));
+        let stop = CancellationToken::new();
+        let ticket = pacer.acquire(&forever(&stop)).await.unwrap();
+        pacer.throttled(ticket, Some(Duration::from_secs(3600)));
+        let start = Instant::now();
+        let (p, s) = (pacer.clone(), stop.clone());
+        let waiting = tokio::spawn(async move { p.acquire(&forever(&s)).await });
+        tokio::task::yield_now().await;
+        stop.cancel();
+        assert_eq!(waiting.await.unwrap().unwrap_err().failure, Failure::Unsent);
+        assert_eq!(Instant::now(), start);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn rate_recovers_quickly_to_where_it_was_throttled_then_slowly_up_to_the_limit() {
+        let (pacer, stop) = (Pacer::new(Some(100)), CancellationToken::new());
+        let ticket = pacer.acquire(&forever(&stop)).await.unwrap();
+        pacer.throttled(ticket, None);
+        let ticket = pacer.acquire(&forever(&stop)).await.unwrap();
+        pacer.succeeded(ticket);
         let after_one = pacer.rate().unwrap();
-        assert!(after_one > 50.0 && after_one < 52.0, "{after_one}");
+        assert!(after_one > 50.0 && after_one < 56.0, "{after_one}");
         for _ in 0..200 {
-            pacer.succeeded();
+            pacer.succeeded(ticket);
         }
         assert_eq!(pacer.rate(), Some(100.0));
     }
 
     #[tokio::test(start_paused = true)]
-    async fn an_unlimited_destination_returns_to_unlimited() {
-        let pacer = Pacer::new(None);
-        assert_eq!(pacer.rate(), None);
-        pacer.throttled(None);
-        assert_eq!(pacer.rate(), Some(MIN_RATE));
-        for _ in 0..10 {
-            pacer.succeeded();
+    async fn above_the_rate_it_was_throttled_at_the_rate_grows_by_a_tenth_of_it_a_second() {
+        let (pacer, stop) = (Pacer::new(Some(1000)), CancellationToken::new());
+        let ticket = pacer.acquire(&forever(&stop)).await.unwrap();
+        pacer.throttled(ticket, None);
+        let ticket = pacer.acquire(&forever(&stop)).await.unwrap();
+        for _ in 0..20 {
+            pacer.succeeded(ticket);
         }
+        assert_eq!(pacer.rate(), Some(1000.0), "the cap: nothing to probe above it");
+        let (pacer, stop) = (Pacer::new(None), stop);
+        for _ in 0..100 {
+            pacer.acquire(&forever(&stop)).await.unwrap();
+        }
+        tokio::time::advance(Duration::from_millis(100)).await;
+        let ticket = pacer.acquire(&forever(&stop)).await.unwrap();
+        pacer.throttled(ticket, None); // 101 requests in 100 ms: about 1,010 a second
+        let ceiling = pacer.rate().unwrap() * 2.0;
+        let ticket = pacer.acquire(&forever(&stop)).await.unwrap();
+        for _ in 0..20 {
+            pacer.succeeded(ticket);
+        }
+        assert_eq!(pacer.rate(), Some(ceiling));
+        tokio::time::advance(Duration::from_secs(2)).await;
+        pacer.succeeded(ticket);
+        let probed = pacer.rate().unwrap() / ceiling;
+        assert!((probed - 1.2).abs() < 1e-9, "{probed}");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_unlimited_destination_returns_to_unlimited() {
+        let (pacer, stop) = (Pacer::new(None), CancellationToken::new());
         assert_eq!(pacer.rate(), None);
+        let ticket = pacer.acquire(&forever(&stop)).await.unwrap();
+        pacer.throttled(ticket, None);
+        assert!(pacer.rate().is_some());
+        // Paced while it recovers, for seconds without a throttle; then not at all.
+        let start = Instant::now();
+        while pacer.rate().is_some() {
+            let ticket = pacer.acquire(&forever(&stop)).await.unwrap();
+            pacer.succeeded(ticket);
+        }
+        let took = Instant::now() - start;
+        assert!(took > Duration::from_secs(5) && took < Duration::from_secs(15), "{took:?}");
     }
 }

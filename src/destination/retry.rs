@@ -22,6 +22,9 @@ pub enum Failure {
     Transient,
     /// The destination asks us to slow down (429).
     Throttled,
+    /// Never sent: delivery stopped, or the destination is paused past the pass's retry budget.
+    /// The row stays pending without an attempt counted.
+    Unsent,
 }
 
 /// Longest `Retry-After` honoured; a longer one is treated as this (the pass budget still rules).

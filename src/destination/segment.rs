@@ -15,7 +15,7 @@ use serde_json::Value;
 use serde_json::value::RawValue;
 use sha2::{Digest, Sha256};
 
-use super::{DeliveryError, HttpSender, PendingValue, RowResults, UserUpdate, raw_json};
+use super::{DeliveryError, HttpSender, Patience, PendingValue, RowResults, UserUpdate, raw_json};
 use crate::config::{Kind, SegmentConfig, SegmentEvents};
 
 /// Users per delivery call; their events are packed into as few batches as the limits allow.
@@ -143,7 +143,7 @@ impl Segment {
 
     /// Encodes every row, packs the events into batches within Segment's limits, and sends the
     /// batches in turn. A row is acknowledged when every batch holding one of its events was.
-    pub async fn send(&self, updates: &[UserUpdate]) -> RowResults {
+    pub async fn send(&self, updates: &[UserUpdate], patience: &Patience<'_>) -> RowResults {
         let rows: Vec<(&str, &PendingValue)> =
             updates.iter().flat_map(|u| u.values.iter().map(move |v| (u.user_id.as_str(), v))).collect();
         let mut results: RowResults = vec![Ok(()); rows.len()];
@@ -171,7 +171,7 @@ impl Segment {
                 .header(AUTHORIZATION, self.authorization.clone())
                 .header(CONTENT_TYPE, "application/json")
                 .body(body);
-            if let Err(e) = self.http.send(request).await {
+            if let Err(e) = self.http.send(request, patience).await {
                 for (row, _) in batch {
                     if results[*row].is_ok() {
                         results[*row] = Err(e.clone());

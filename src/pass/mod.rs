@@ -17,7 +17,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::{Computation, Config};
 use crate::delivery::{self, KeyReport};
-use crate::destination::Destination;
+use crate::destination::{Destination, Patience};
 use crate::diff::DiffCounts;
 use crate::progress::Progress;
 use crate::source::{self, fingerprint};
@@ -135,7 +135,8 @@ pub async fn run(
 
     let loaded: Vec<&Computation> = started.iter().filter(|s| s.3.is_ok()).map(|s| s.0).collect();
     let outcome = async {
-        let blocked = delivery::ensure_attributes(store, destination, &loaded).await?;
+        let patience = Patience { deadline, stop: &options.stop };
+        let blocked = delivery::ensure_attributes(store, destination, &loaded, &patience).await?;
         // Small before large. A first sync that is not delivered (its attribute is blocked)
         // keeps its entries: `finish` writes them as pending rows.
         let (mut small, mut large, mut total) = (delivery::Work::default(), delivery::Work::default(), 0);
@@ -160,9 +161,16 @@ pub async fn run(
             delivery::deliver(store, destination, work, &config.retry, deadline, &options.stop, delivering).await
         };
         let mut report = run(small).await?;
-        let rest = run(large).await?;
+        // A destination paused past the budget takes nothing more in this pass.
+        match report.per_key.values().find_map(|r| r.stopped.clone()) {
+            None => report.per_key.extend(run(large).await?.per_key),
+            Some(why) => {
+                for key in large.runs.into_keys() {
+                    report.per_key.entry(key).or_default().stopped = Some(why.clone());
+                }
+            }
+        }
         delivering.finish();
-        report.per_key.extend(rest.per_key);
         anyhow::Ok((blocked, report))
     };
     let (blocked, delivered) = match outcome.await {
@@ -228,14 +236,25 @@ async fn finish(
         quarantined: delivery.quarantined,
         ..RunCounts::of_diff(&d)
     };
-    let error = match (blocked.get(&c.key), &delivery.last_error) {
-        (Some(why), _) => Some(format!("nothing sent: {why}")),
-        (None, _) if pending == 0 => None,
-        (None, Some(e)) => Some(format!("{pending} rows still pending; last error: {e}")),
-        (None, None) => Some(format!("{pending} rows still pending")),
+    let error = match blocked.get(&c.key) {
+        Some(why) => Some(format!("nothing sent: {why}")),
+        None if pending == 0 => None,
+        None => Some(pending_error(pending, &delivery)),
     };
     store.finish_run(run_id, status, &counts, error.as_deref()).await?;
     Ok(ComputationReport { key: c.key.clone(), mode, status, diff: Some(d), delivery, pending, error })
+}
+
+/// Why rows are still pending: why delivery stopped, if it did, and the last error.
+fn pending_error(pending: u64, delivery: &KeyReport) -> String {
+    let mut error = format!("{pending} rows still pending");
+    if let Some(why) = &delivery.stopped {
+        error.push_str(&format!("; delivery stopped: {why}"));
+    }
+    if let Some(e) = &delivery.last_error {
+        error.push_str(&format!("; last error: {e}"));
+    }
+    error
 }
 
 /// Loads the snapshot of `c` and merges it into the state in one transaction, which commits

@@ -8,6 +8,7 @@ mod delivery;
 mod helpers;
 mod logs;
 mod operate;
+mod pauses;
 mod resume;
 mod segment;
 mod snapshots;

@@ -1,0 +1,91 @@
+//! Long waits: a `Retry-After` longer than what is left of the pass's retry budget ends its
+//! delivery with the rows pending, and SIGTERM ends a pause at once (DESIGN §9.9).
+
+use std::process::{ExitStatus, Stdio};
+
+use wiremock::matchers::method;
+use wiremock::{Mock, MockServer, ResponseTemplate};
+
+use crate::helpers::*;
+
+const USERS: usize = 20;
+
+/// A Contentstack stand-in answering every request 429 with `Retry-After: 3600`.
+async fn throttling_for_an_hour() -> MockServer {
+    let server = MockServer::start().await;
+    Mock::given(method("PATCH"))
+        .respond_with(ResponseTemplate::new(429).insert_header("retry-after", "3600"))
+        .mount(&server)
+        .await;
+    server
+}
+
+/// An app sending `USERS` users to `server`, four at a time, with `retry_budget_secs = budget`.
+fn app(server: &MockServer, budget: u32) -> TestApp {
+    let extra = format!("retry_budget_secs = {budget}\n");
+    let app = TestApp::contentstack_at(&server.uri(), 4, &extra, &audience("A", "a.csv"));
+    let users: Vec<String> = (0..USERS).map(|i| format!("user-{i:02}")).collect();
+    app.write("a.csv", &csv_users(&users.iter().map(String::as_str).collect::<Vec<_>>()));
+    app
+}
+
+fn spawn(app: &TestApp, args: &[&str]) -> std::process::Child {
+    app.command(args).stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap()
+}
+
+/// Every user is still to be delivered: the ones answered 429 are pending in the state, the
+/// others (a first sync's members never sent) are not in it yet, and the run counts them all.
+async fn assert_nothing_acknowledged(app: &TestApp) {
+    let rows = app.memberships().await;
+    assert!(rows.iter().all(|r| r.3.is_none()), "{rows:?}");
+}
+
+async fn last_run(app: &TestApp) -> (String, String) {
+    let db = app.db().await;
+    sqlx::query_as("SELECT status, error FROM sync_runs ORDER BY id DESC LIMIT 1").fetch_one(&db).await.unwrap()
+}
+
+#[tokio::test]
+async fn a_retry_after_beyond_the_retry_budget_ends_the_pass_with_the_rows_pending() {
+    let server = throttling_for_an_hour().await;
+    let app = app(&server, 60);
+    let mut sync = spawn(&app, &["sync"]);
+    let status = wait_exit(&mut sync, 30).await;
+    assert!(!status.success(), "{status:?}");
+
+    assert_nothing_acknowledged(&app).await;
+    let sent = server.received_requests().await.unwrap().len();
+    assert!(sent <= 4, "{sent} requests: only those sent before the first 429 may go");
+    let (status, error) = last_run(&app).await;
+    assert_eq!(status, "incomplete");
+    let why = format!("{USERS} rows still pending; delivery stopped: Retry-After 3600 s exceeds the ");
+    assert!(error.starts_with(&why) && error.contains(" s left of retry_budget_secs"), "{error}");
+}
+
+/// Starts `args` against a destination that pauses for an hour (within a two-hour budget),
+/// sends SIGTERM once the first request arrived, and waits (10 s at most) for the exit.
+async fn terminated_during_a_pause(args: &[&str]) -> (ExitStatus, TestApp) {
+    let server = throttling_for_an_hour().await;
+    let app = app(&server, 7200);
+    let mut child = spawn(&app, args);
+    wait_until(30, "the first request", || async { !server.received_requests().await.unwrap().is_empty() }).await;
+    terminate(&child);
+    let status = wait_exit(&mut child, 10).await;
+    assert_nothing_acknowledged(&app).await;
+    let (run, error) = last_run(&app).await;
+    assert_eq!(run, "incomplete");
+    assert!(error.starts_with(&format!("{USERS} rows still pending")), "{error}");
+    (status, app)
+}
+
+#[tokio::test]
+async fn sigterm_ends_a_sync_waiting_out_a_pause() {
+    let (status, _app) = terminated_during_a_pause(&["sync"]).await;
+    assert!(!status.success(), "rows are pending: {status:?}");
+}
+
+#[tokio::test]
+async fn sigterm_ends_the_daemon_waiting_out_a_pause() {
+    let (status, _app) = terminated_during_a_pause(&["run"]).await;
+    assert!(status.success(), "{status:?}");
+}
