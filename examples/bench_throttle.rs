@@ -75,13 +75,7 @@ fn main() {
 }
 
 fn options() -> Options {
-    let mut o = Options {
-        mode: Mode::Random,
-        members: 0,
-        concurrency: 16,
-        latency: Duration::from_millis(1),
-        runs: 1,
-    };
+    let mut o = Options { mode: Mode::Random, members: 0, concurrency: 16, latency: Duration::from_millis(1), runs: 1 };
     let (mut mode, mut limit) = ("random".to_string(), 200.0);
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
@@ -163,13 +157,19 @@ fn run(o: &Options) -> Vec<f64> {
     match o.mode {
         Mode::Random => {
             let cost = pause_cost(&seen.throttles).as_secs_f64();
-            println!("  pause cost (time covered by the 429s' Retry-After): {cost:.2} s; pass minus it: {:.2} s", pass - cost);
+            println!(
+                "  pause cost (time covered by the 429s' Retry-After): {cost:.2} s; pass minus it: {:.2} s",
+                pass - cost
+            );
             vec![pass, cost, pass - cost]
         }
         Mode::Bucket { limit } => {
             let goodput = o.members as f64 / busy;
             let share = 100.0 * seen.throttled as f64 / seen.requests as f64;
-            println!("  goodput {goodput:.0}/s = {:.1} % of the limit {limit}/s; 429s {share:.1} % of the requests", 100.0 * goodput / limit);
+            println!(
+                "  goodput {goodput:.0}/s = {:.1} % of the limit {limit}/s; 429s {share:.1} % of the requests",
+                100.0 * goodput / limit
+            );
             vec![100.0 * goodput / limit, share]
         }
     }

@@ -47,6 +47,7 @@ async fn leased_pass(
             resync: resync.is_some(),
             stop,
             allow_mass_exit,
+            beside_other_passes: false,
             progress: Progress::for_command(),
         };
         pass::run(config, &store, &destination, &selected, &options).await

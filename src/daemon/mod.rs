@@ -146,8 +146,14 @@ async fn leased_pass(shared: &Shared, keys: &[String], stop: CancellationToken) 
     let selected: Vec<Computation> =
         shared.config.computations.iter().filter(|c| leases.keys().contains(&c.key)).cloned().collect();
     let started = std::time::Instant::now();
-    let options =
-        PassOptions { trigger: "schedule", resync: false, stop, progress: Progress::off(), allow_mass_exit: false };
+    let options = PassOptions {
+        trigger: "schedule",
+        resync: false,
+        stop,
+        progress: Progress::off(),
+        allow_mass_exit: false,
+        beside_other_passes: true,
+    };
     let result = pass::run(&shared.config, &store, &shared.destination, &selected, &options).await;
     leases.release().await?;
     shared.metrics.record(&result?, started.elapsed());

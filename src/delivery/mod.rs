@@ -102,6 +102,10 @@ pub struct Work {
     pub keys: Vec<String>,
     pub first: Vec<FirstSync>,
     pub runs: BTreeMap<String, i64>,
+    /// Other passes run in this process (the daemon): answers are never recorded on the
+    /// runtime's thread, where a wait for the write lock held by another pass's transaction
+    /// would stop that pass from ever finishing it.
+    pub beside_other_passes: bool,
 }
 
 /// Delivers every pending, unquarantined row of `work`, and every entry of its first syncs,
@@ -121,7 +125,7 @@ pub async fn deliver(
     progress: &Stage,
 ) -> anyhow::Result<DeliveryReport> {
     let mut report = DeliveryReport::default();
-    let Work { keys, first, runs } = work;
+    let Work { keys, first, runs, beside_other_passes } = work;
     if keys.is_empty() && first.is_empty() {
         return Ok(report);
     }
@@ -132,7 +136,8 @@ pub async fn deliver(
     let per_call = destination.updates_per_call();
     let halt = retry::Halt::new(stop);
     let halt = &halt;
-    let committer = commit::commit_loop(store.clone(), all_keys.clone(), first_keys.clone(), write_rx, policy.quarantine_after);
+    let committer =
+        commit::commit_loop(store.clone(), all_keys.clone(), first_keys.clone(), write_rx, policy.quarantine_after);
     // With one user per call (Contentstack), a slot's time is the latency plus the wait for its
     // answer to be recorded, and a record is a small transaction: done on this thread, between
     // polls, it saves two thread wake-ups a call (5 ms, concurrency 64: 86-88 % -> 88-90 % of
@@ -141,7 +146,7 @@ pub async fn deliver(
     // Segment's batches 35 %). Inline, a record waiting for another process's write lock holds
     // up this thread too; the calls it would free wait for that lock either way.
     let committed = async move {
-        if per_call == 1 {
+        if per_call == 1 && !beside_other_passes {
             committer.await
         } else {
             tokio::task::spawn_blocking(move || futures::executor::block_on(committer)).await?

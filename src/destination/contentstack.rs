@@ -4,7 +4,7 @@
 use reqwest::header::{CONTENT_TYPE, HeaderMap, HeaderValue};
 
 use super::h1::H1Pool;
-use super::{AttributeManager, Patience, DeliveryError, HttpSender, RowResults, UserUpdate, for_every_row};
+use super::{AttributeManager, DeliveryError, HttpSender, Patience, RowResults, UserUpdate, for_every_row};
 use crate::config::ContentstackConfig;
 
 /// The header Personalize reads the user from, and the legacy one Segment's destination sends.

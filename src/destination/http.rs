@@ -2,8 +2,8 @@
 
 use std::time::SystemTime;
 
-use super::retry::{self, Failure};
 use super::pacer::{Patience, Ticket};
+use super::retry::{self, Failure};
 use super::{DeliveryError, Pacer};
 use crate::config::HttpConfig;
 
@@ -36,7 +36,11 @@ impl HttpSender {
 
     /// Sends `request` when the pacer allows (waiting no longer than `patience`); the body on
     /// 2xx. A 429 slows the whole destination.
-    pub async fn send(&self, request: reqwest::RequestBuilder, patience: &Patience<'_>) -> Result<Vec<u8>, DeliveryError> {
+    pub async fn send(
+        &self,
+        request: reqwest::RequestBuilder,
+        patience: &Patience<'_>,
+    ) -> Result<Vec<u8>, DeliveryError> {
         let _slot = self.in_flight.acquire().await.expect("never closed");
         let ticket = self.pacer.acquire(patience).await?;
         let response = request.send().await.map_err(retry::from_transport)?;

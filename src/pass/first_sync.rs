@@ -22,11 +22,7 @@ pub struct Spooled {
 }
 
 /// Loads and sorts the snapshot of `c` (which has no state) and spools its entries.
-pub async fn diff(
-    config: &Config,
-    c: &Computation,
-    options: &PassOptions,
-) -> anyhow::Result<(DiffCounts, Spooled)> {
+pub async fn diff(config: &Config, c: &Computation, options: &PassOptions) -> anyhow::Result<(DiffCounts, Spooled)> {
     let progress = &options.progress;
     let loading = progress.stage(format!("{}: loading", c.key), "rows read", None);
     let diffing = progress.stage(format!("{}: diff", c.key), "rows compared", None);

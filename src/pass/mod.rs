@@ -82,6 +82,8 @@ pub struct PassOptions {
     pub progress: Progress,
     /// Let snapshots through that the mass-exit guard would hold back (this pass only).
     pub allow_mass_exit: bool,
+    /// Other passes may run in this process at the same time (the daemon).
+    pub beside_other_passes: bool,
 }
 
 /// Runs one pass over `selected` (whose leases the caller holds).
@@ -139,7 +141,8 @@ pub async fn run(
         let blocked = delivery::ensure_attributes(store, destination, &loaded, &patience).await?;
         // Small before large. A first sync that is not delivered (its attribute is blocked)
         // keeps its entries: `finish` writes them as pending rows.
-        let (mut small, mut large, mut total) = (delivery::Work::default(), delivery::Work::default(), 0);
+        let work = || delivery::Work { beside_other_passes: options.beside_other_passes, ..Default::default() };
+        let (mut small, mut large, mut total) = (work(), work(), 0);
         for (c, _, run_id, d) in started.iter_mut().filter(|s| !blocked.contains_key(&s.0.key)) {
             let Ok((_, spooled)) = d else { continue };
             let first = spooled.as_mut().and_then(|s| s.entries.take());

@@ -67,7 +67,10 @@ impl Store {
     /// Withdraws the recorded snapshot hash of `key` (its time stays, for the staleness check):
     /// no unchanged file may skip the diff until a diff records a hash again.
     pub async fn forget_snapshot_content(&self, key: &str) -> anyhow::Result<()> {
-        sqlx::query("UPDATE computations SET snapshot_sha256 = NULL WHERE key = ?1").bind(key).execute(&self.pool).await?;
+        sqlx::query("UPDATE computations SET snapshot_sha256 = NULL WHERE key = ?1")
+            .bind(key)
+            .execute(&self.pool)
+            .await?;
         Ok(())
     }
 

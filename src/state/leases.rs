@@ -38,7 +38,12 @@ impl Store {
 
 /// Inside a write transaction on `db`: fails with `LeaseLost` unless the leases of `keys` are
 /// still `claim`'s, and (with `renew`) extends them, as a heartbeat would. No claim, no check.
-pub(super) fn hold(db: &rusqlite::Connection, claim: Option<&Claim>, keys: &[String], renew: bool) -> anyhow::Result<()> {
+pub(super) fn hold(
+    db: &rusqlite::Connection,
+    claim: Option<&Claim>,
+    keys: &[String],
+    renew: bool,
+) -> anyhow::Result<()> {
     let Some(claim) = claim else { return Ok(()) };
     let keys_json = serde_json::to_string(keys)?;
     let held: usize = if renew {
@@ -207,7 +212,13 @@ impl Store {
     /// Extends the leases of `keys` that `owner` holds, on a connection of its own whose lock
     /// wait is bounded by `wait` (a renewal stuck behind a long write would outlive the lease).
     /// Fails with `LeaseLost` when one of them is no longer ours. Blocking.
-    pub fn renew_leases(&self, owner: &LeaseOwner, keys: &[String], ttl: Duration, wait: Duration) -> anyhow::Result<()> {
+    pub fn renew_leases(
+        &self,
+        owner: &LeaseOwner,
+        keys: &[String],
+        ttl: Duration,
+        wait: Duration,
+    ) -> anyhow::Result<()> {
         let db = rusqlite::Connection::open_with_flags(&self.path, rusqlite::OpenFlags::SQLITE_OPEN_READ_WRITE)?;
         db.busy_timeout(wait)?;
         let claim = Claim { owner: owner.id.as_str().into(), ttl };

@@ -397,10 +397,8 @@ async fn a_long_first_sync_in_the_daemon_holds_back_no_other_computation() {
     app.write("big.csv", &many(2000)); // 2000 x 50 ms / 2 in flight: about 50 s
     app.write("small.csv", &csv_users(&["s1"]));
     let mut daemon = app.command(&["run"]).spawn().unwrap();
-    wait_until(30, "the daemon to deliver the small audience", || async {
-        counts(&server).await.contains_key("s1")
-    })
-    .await;
+    wait_until(30, "the daemon to deliver the small audience", || async { counts(&server).await.contains_key("s1") })
+        .await;
 
     // The small audience's pass ends on its own: a manual sync of it gets its lease at once.
     let out = app.sync(&["--audience", "small", "--wait", "20"]).await;

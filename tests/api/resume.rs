@@ -177,20 +177,16 @@ async fn a_pass_whose_lease_was_taken_over_stops_before_its_next_write() {
         .execute(&rw)
         .await
         .unwrap();
-    let synced_at_theft: i64 = sqlx::query_scalar("SELECT count(*) FROM memberships WHERE synced IS NOT NULL")
-        .fetch_one(&rw)
-        .await
-        .unwrap();
+    let synced_at_theft: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM memberships WHERE synced IS NOT NULL").fetch_one(&rw).await.unwrap();
     let sent_at_theft = server.received_requests().await.unwrap().len();
 
     let status = wait_exit(&mut child, 30).await;
     let out = child.wait_with_output().unwrap();
     assert!(!status.success(), "the pass ran on without its lease");
     assert!(stderr(&out).contains("lease"), "{}", stderr(&out));
-    let synced_after: i64 = sqlx::query_scalar("SELECT count(*) FROM memberships WHERE synced IS NOT NULL")
-        .fetch_one(&rw)
-        .await
-        .unwrap();
+    let synced_after: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM memberships WHERE synced IS NOT NULL").fetch_one(&rw).await.unwrap();
     assert_eq!(synced_after, synced_at_theft, "nothing written after the lease was lost");
     let sent_after = server.received_requests().await.unwrap().len() - sent_at_theft;
     assert!(sent_after <= 2 * CONCURRENCY, "{sent_after} requests sent after the lease was lost");

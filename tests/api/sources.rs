@@ -425,7 +425,10 @@ async fn a_paged_source_longer_than_max_pages_fails_the_load() {
     for i in 1..=3 {
         Mock::given(path("/m"))
             .and(query_param("page", i.to_string()))
-            .respond_with(ResponseTemplate::new(200).set_body_json(page(&[&format!("u{i}")], Some(&format!("/m?page={}", i + 1)))))
+            .respond_with(
+                ResponseTemplate::new(200)
+                    .set_body_json(page(&[&format!("u{i}")], Some(&format!("/m?page={}", i + 1)))),
+            )
             .mount(&source)
             .await;
     }
