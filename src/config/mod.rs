@@ -72,6 +72,8 @@ pub struct Computation {
     pub guard: Guard,
     /// Arrays and objects are acceptable computed-trait values.
     pub allow_structured: bool,
+    /// The longest user_id accepted, in bytes.
+    pub max_user_id_bytes: usize,
 }
 
 #[derive(Debug, Clone)]
@@ -242,8 +244,9 @@ impl Config {
                 }
                 None => cron.clone(),
             };
-            let allow_structured = c.allow_structured;
-            computations.push((Computation { name, key, kind, cron, source, guard, allow_structured }, name_span));
+            let (allow_structured, max_user_id_bytes) = (c.allow_structured, c.max_user_id_bytes);
+            let computation = Computation { name, key, kind, cron, source, guard, allow_structured, max_user_id_bytes };
+            computations.push((computation, name_span));
         }
 
         Ok(Config {

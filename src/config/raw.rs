@@ -174,7 +174,14 @@ pub(super) struct RawComputation {
     /// Accept arrays and objects as computed-trait values.
     #[serde(default)]
     pub allow_structured: bool,
+    /// The longest user_id accepted, in bytes: a longer one fails the load.
+    #[serde(default = "default_max_user_id_bytes")]
+    pub max_user_id_bytes: usize,
     pub source: RawSource,
+}
+
+fn default_max_user_id_bytes() -> usize {
+    1024
 }
 
 #[derive(Debug, Deserialize)]

@@ -5,7 +5,7 @@ use std::io::{BufReader, Read};
 use std::path::Path;
 
 use super::fingerprint::{Fingerprint, Hashing};
-use super::member::{Push, Rules, check_user_id, read_ndjson};
+use super::member::{LineLimit, Push, Rules, check_user_id, read_ndjson};
 use super::value::csv_value;
 use super::{SnapshotError, SnapshotRecord, member_value};
 use crate::config::{Kind, SnapshotFormat};
@@ -28,9 +28,9 @@ pub fn read(
         } else {
             Box::new(&mut file)
         };
-        let reader = BufReader::with_capacity(1 << 16, raw);
+        let reader = BufReader::with_capacity(1 << 16, LineLimit::new(raw));
         match format {
-            SnapshotFormat::Csv => read_csv(&name, reader, rules.kind, push)?,
+            SnapshotFormat::Csv => read_csv(&name, reader, rules, push)?,
             SnapshotFormat::Ndjson => read_ndjson(&name, reader, rules, push)?,
         }
     }
@@ -40,7 +40,8 @@ pub fn read(
     Ok(file.fingerprint())
 }
 
-fn read_csv(name: &str, reader: impl Read, kind: Kind, push: &mut Push) -> Result<(), SnapshotError> {
+fn read_csv(name: &str, reader: impl Read, rules: Rules, push: &mut Push) -> Result<(), SnapshotError> {
+    let kind = rules.kind;
     let mut csv = csv::ReaderBuilder::new().has_headers(true).flexible(false).from_reader(reader);
     let csv_err = |e: csv::Error| {
         let line = e.position().map(|p| p.line());
@@ -78,7 +79,7 @@ fn read_csv(name: &str, reader: impl Read, kind: Kind, push: &mut Push) -> Resul
     while csv.read_record(&mut record).map_err(csv_err)? {
         let line = record.position().map(|p| p.line()).unwrap_or(0);
         let user_id = &record[user_col];
-        check_user_id(name, line, user_id)?;
+        check_user_id(name, line, user_id, rules)?;
         let value = match (member_value(kind), value_col) {
             (Some(v), _) => v.into(),
             (None, Some(col)) => {

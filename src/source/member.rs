@@ -18,6 +18,43 @@ pub type Push<'a> = dyn FnMut(SnapshotRecord) -> Result<(), SnapshotError> + 'a;
 pub struct Rules {
     pub kind: Kind,
     pub allow_structured: bool,
+    pub max_user_id_bytes: usize,
+}
+
+/// The longest line a snapshot may hold: far above a user id and a value at their limits,
+/// far below what would take the memory (a corrupt export without newlines, say).
+pub const MAX_LINE_BYTES: u64 = 1 << 20;
+
+/// A reader that fails once a line runs past `MAX_LINE_BYTES`, before any parser buffers it.
+pub struct LineLimit<R> {
+    inner: R,
+    /// Bytes since the last newline, and the line they are on.
+    run: u64,
+    line: u64,
+}
+
+impl<R> LineLimit<R> {
+    pub fn new(inner: R) -> Self {
+        LineLimit { inner, run: 0, line: 1 }
+    }
+}
+
+impl<R: std::io::Read> std::io::Read for LineLimit<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        for chunk in buf[..n].split_inclusive(|b| *b == b'\n') {
+            self.run += chunk.len() as u64;
+            if self.run > MAX_LINE_BYTES + 1 {
+                let message = format!("line {} is longer than {MAX_LINE_BYTES} bytes: not a snapshot line", self.line);
+                return Err(std::io::Error::new(std::io::ErrorKind::InvalidData, message));
+            }
+            if chunk.last() == Some(&b'\n') {
+                self.run = 0;
+                self.line += 1;
+            }
+        }
+        Ok(n)
+    }
 }
 
 /// A member as JSON: `{"user_id": "...", "value": ...}`; other fields are ignored.
@@ -27,9 +64,14 @@ pub struct JsonMember {
     value: Option<Value>,
 }
 
-pub fn check_user_id(name: &str, line: u64, user_id: &str) -> Result<(), SnapshotError> {
+pub fn check_user_id(name: &str, line: u64, user_id: &str, rules: Rules) -> Result<(), SnapshotError> {
     if user_id.trim().is_empty() {
         return Err(SnapshotError::new(name, Some(line), Some("user_id"), "user_id is empty"));
+    }
+    if user_id.len() > rules.max_user_id_bytes {
+        let message =
+            format!("user_id is {} bytes, more than max_user_id_bytes = {}", user_id.len(), rules.max_user_id_bytes);
+        return Err(SnapshotError::new(name, Some(line), Some("user_id"), message));
     }
     Ok(())
 }
@@ -48,7 +90,7 @@ pub fn from_json(name: &str, line: u64, member: JsonMember, rules: Rules) -> Res
         }
         None => return Err(SnapshotError::new(name, Some(line), Some("user_id"), "user_id is missing")),
     };
-    check_user_id(name, line, &user_id)?;
+    check_user_id(name, line, &user_id, rules)?;
     let value = match member_value(rules.kind) {
         Some(v) => v.into(),
         None => {

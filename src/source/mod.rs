@@ -74,7 +74,11 @@ pub fn load_sorted(
     loading: &Stage,
 ) -> Result<Deduplicated, SnapshotError> {
     let name = source_name(&computation.source);
-    let rules = Rules { kind: computation.kind, allow_structured: computation.allow_structured };
+    let rules = Rules {
+        kind: computation.kind,
+        allow_structured: computation.allow_structured,
+        max_user_id_bytes: computation.max_user_id_bytes,
+    };
     let mut sorter = Sorter::new(sort_buffer_bytes);
     let mut read = 0u64;
     let mut fingerprint = None;

@@ -82,7 +82,7 @@ where
     let user_id: String = row
         .try_get(user_col)
         .map_err(|e| SnapshotError::new(name, Some(n), Some("user_id"), format!("user_id must be text: {e}")))?;
-    check_user_id(name, n, &user_id)?;
+    check_user_id(name, n, &user_id, rules)?;
     let value: super::JsonText = match super::member_value(rules.kind) {
         Some(v) => v.into(),
         None => {

@@ -131,3 +131,22 @@ async fn duplicate_found_after_spilling_to_temp_files_still_changes_nothing() {
     assert!(app.memberships().await.is_empty());
     assert!(received(&server).await.is_empty());
 }
+
+/// Issue 13.14: a corrupt export whose one line holds hundreds of megabytes used to be read
+/// whole into memory and its "user id" sent. It fails the load, naming the file and the line.
+#[tokio::test]
+async fn a_line_longer_than_the_limit_fails_the_load_before_it_is_buffered() {
+    let giant = format!("user_id\nb1\n{}\n", "x".repeat(8 << 20));
+    let err = assert_bad_snapshot_changes_nothing("bad.csv", Some(&giant), "bad.csv").await;
+    assert!(err.contains("line 3 is longer than 1048576 bytes"), "{err}");
+    let giant = format!("{{\"user_id\":\"b1\"}}\n{{\"user_id\":\"{}\"}}\n", "x".repeat(8 << 20));
+    let err = assert_bad_snapshot_changes_nothing("bad.ndjson", Some(&giant), "bad.ndjson").await;
+    assert!(err.contains("line 2 is longer than 1048576 bytes"), "{err}");
+}
+
+#[tokio::test]
+async fn a_user_id_longer_than_max_user_id_bytes_names_the_line() {
+    let long = format!("user_id\nb1\n{}\n", "u".repeat(1025));
+    let err = assert_bad_snapshot_changes_nothing("bad.csv", Some(&long), "bad.csv:3: user_id").await;
+    assert!(err.contains("1025 bytes, more than max_user_id_bytes = 1024"), "{err}");
+}

@@ -2,7 +2,7 @@ use std::io::Write;
 
 use super::*;
 
-const AUDIENCE: Rules = Rules { kind: Kind::Audience, allow_structured: false };
+const AUDIENCE: Rules = Rules { kind: Kind::Audience, allow_structured: false, max_user_id_bytes: 1024 };
 
 fn load(name: &str, content: &[u8], kind: Kind) -> Result<Vec<(String, String, u64)>, SnapshotError> {
     let dir = tempfile::tempdir().unwrap();
@@ -17,7 +17,7 @@ fn load(name: &str, content: &[u8], kind: Kind) -> Result<Vec<(String, String, u
     }
     let format = if name.contains(".csv") { SnapshotFormat::Csv } else { SnapshotFormat::Ndjson };
     let mut out = Vec::new();
-    read(&path, format, gzip, Rules { kind, allow_structured: false }, &mut |r| {
+    read(&path, format, gzip, Rules { kind, allow_structured: false, max_user_id_bytes: 1024 }, &mut |r| {
         out.push((r.user_id, r.value.into_owned(), r.line));
         Ok(())
     })?;
