@@ -47,7 +47,12 @@ pub fn read(handle: &Handle, source: &HttpSource, rules: Rules, push: &mut Push)
             let name = redact_url(source.url.as_str());
             let response = get(handle, &client, source, source.url)?;
             let body = BodyReader { handle, response, chunk: Vec::new(), at: 0, timeout: source.timeout };
-            read_ndjson(&name, std::io::BufReader::with_capacity(1 << 16, super::member::LineLimit::new(body)), rules, push)
+            read_ndjson(
+                &name,
+                std::io::BufReader::with_capacity(1 << 16, super::member::LineLimit::new(body)),
+                rules,
+                push,
+            )
         }
         HttpFormat::Json => {
             let mut next = Some(source.url.clone());

@@ -1,7 +1,7 @@
 //! Killed at any instant, the next pass delivers every change still pending and re-sends only
 //! what was in flight (DESIGN §9.5).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant};
 
 use wiremock::matchers::{method, path};
@@ -25,6 +25,32 @@ async fn big_audience_on_a_slow_destination() -> (MockServer, TestApp) {
     let users: Vec<String> = (0..MEMBERS).map(|i| format!("user-{i:04}")).collect();
     app.write("big.csv", &csv_users(&users.iter().map(String::as_str).collect::<Vec<_>>()));
     (server, app)
+}
+
+/// Starts a `sync`, kills it (SIGKILL, requests in flight) once a quarter of the members were
+/// sent, and returns who was sent something; the server then acknowledges afresh.
+async fn sync_killed_mid_delivery(server: &MockServer, app: &TestApp) -> HashSet<String> {
+    let mut child = app.command(&["sync"]).spawn().unwrap();
+    wait_until(60, "a quarter of the members to be sent", || async {
+        server.received_requests().await.unwrap().len() >= MEMBERS / 4
+    })
+    .await;
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let sent = received(server).await.into_iter().map(|(u, _)| u).collect();
+    server.reset().await;
+    acknowledge_all(server).await;
+    sent
+}
+
+/// The users the server was told `{"big": false}`.
+async fn told_false(server: &MockServer) -> HashSet<String> {
+    received(server)
+        .await
+        .into_iter()
+        .filter(|(_, body)| body == &serde_json::json!({"big": false}))
+        .map(|(u, _)| u)
+        .collect()
 }
 
 #[tokio::test]
@@ -87,27 +113,13 @@ async fn sigkill_during_initial_delivery_resumes_without_starting_over() {
 async fn users_leaving_after_a_kill_mid_delivery_are_told_false_if_they_may_have_been_sent() {
     let (server, app) = big_audience_on_a_slow_destination().await;
 
-    let mut child = app.command(&["sync"]).spawn().unwrap();
-    wait_until(60, "a quarter of the members to be sent", || async {
-        server.received_requests().await.unwrap().len() >= MEMBERS / 4
-    })
-    .await;
-    child.kill().unwrap(); // SIGKILL, with requests in flight
-    child.wait().unwrap();
-    let sent_before: std::collections::HashSet<String> = received(&server).await.into_iter().map(|(u, _)| u).collect();
-    server.reset().await;
-    acknowledge_all(&server).await;
+    let sent_before = sync_killed_mid_delivery(&server, &app).await;
 
     // Everybody leaves. Whoever may hold `true` (acknowledged or in flight at the kill) is told
     // `false`; whoever was never sent anything gets nothing.
     app.write("big.csv", &csv_users(&[]));
     assert_success(&app.sync(&["--allow-mass-exit"]).await);
-    let told_false: std::collections::HashSet<String> = received(&server)
-        .await
-        .into_iter()
-        .filter(|(_, body)| body == &serde_json::json!({"big": false}))
-        .map(|(u, _)| u)
-        .collect();
+    let told_false = told_false(&server).await;
     assert!(
         sent_before.is_subset(&told_false),
         "{} sent users were not told false",
@@ -131,25 +143,11 @@ async fn a_killed_first_sync_invalidates_the_fingerprint_of_an_earlier_empty_sna
     assert!(received(&server).await.is_empty());
 
     app.write("big.csv", &full);
-    let mut child = app.command(&["sync"]).spawn().unwrap();
-    wait_until(60, "a quarter of the members to be sent", || async {
-        server.received_requests().await.unwrap().len() >= MEMBERS / 4
-    })
-    .await;
-    child.kill().unwrap(); // SIGKILL, mid first sync
-    child.wait().unwrap();
-    let sent_before: std::collections::HashSet<String> = received(&server).await.into_iter().map(|(u, _)| u).collect();
-    server.reset().await;
-    acknowledge_all(&server).await;
+    let sent_before = sync_killed_mid_delivery(&server, &app).await;
 
     app.write("big.csv", &empty); // the same bytes as the first, recorded snapshot
     assert_success(&app.sync(&["--allow-mass-exit"]).await);
-    let told_false: std::collections::HashSet<String> = received(&server)
-        .await
-        .into_iter()
-        .filter(|(_, body)| body == &serde_json::json!({"big": false}))
-        .map(|(u, _)| u)
-        .collect();
+    let told_false = told_false(&server).await;
     assert!(
         sent_before.is_subset(&told_false),
         "{} users sent `true` were never told false",
