@@ -44,11 +44,15 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(audience_sync::cli::run(cli)) {
+    let code = match runtime.block_on(audience_sync::cli::run(cli)) {
         Ok(code) => code,
         Err(e) => {
             eprintln!("audience-sync: {e:#}");
             ExitCode::FAILURE
         }
-    }
+    };
+    // A load abandoned on SIGTERM may still hold a blocking thread (a source that does not
+    // answer): the process does not wait for it.
+    runtime.shutdown_timeout(std::time::Duration::from_secs(1));
+    code
 }

@@ -30,6 +30,8 @@ const MIN_RATE: f64 = 1.0;
 const DEFAULT_PAUSE: Duration = Duration::from_secs(1);
 /// Rate growth per acknowledged request while below the ceiling: about seven to double.
 const CATCH_UP: f64 = 1.1;
+/// The share of the ceiling a slow-down keeps when it comes before the rate got back to it.
+const CEILING_KEPT: f64 = 0.9;
 /// Growth above the ceiling, as a share of the ceiling per second.
 const PROBE_PER_SECOND: f64 = 0.1;
 /// An unlimited destination is unpaced again once its rate reaches this multiple of what it
@@ -258,7 +260,9 @@ impl State {
         if self.rate.is_none() && max_rate.is_none() {
             self.unpaced_at = Some(current * UNPACED_AFTER);
         }
-        self.ceiling = current;
+        // Throttles that come before the rate got back let the ceiling sink slowly, not halve it
+        // each time: 429s at random would otherwise grind the rate down to nothing.
+        self.ceiling = current.max(self.ceiling * CEILING_KEPT);
         self.rate = Some((current / 2.0).max(MIN_RATE));
         self.probing_since = None;
         self.slowdowns += 1;
@@ -285,6 +289,22 @@ mod tests {
         }
         // 11 requests at 10/s: the 11th goes one second after the first.
         assert_eq!(Instant::now() - start, Duration::from_secs(1));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_throttle_before_the_rate_got_back_keeps_most_of_the_ceiling() {
+        let (pacer, stop) = (Pacer::new(Some(100)), CancellationToken::new());
+        let first = pacer.acquire(&forever(&stop)).await.unwrap();
+        pacer.throttled(first, None); // ceiling 100, rate 50
+        let second = pacer.acquire(&forever(&stop)).await.unwrap();
+        pacer.throttled(second, None); // at 50: ceiling 90, not 50
+        assert_eq!(pacer.rate(), Some(25.0));
+        for _ in 0..20 {
+            let t = pacer.acquire(&forever(&stop)).await.unwrap();
+            pacer.succeeded(t);
+        }
+        let rate = pacer.rate().unwrap();
+        assert!(rate >= 90.0 - 1e-9, "recovered only to {rate}");
     }
 
     #[tokio::test(start_paused = true)]

@@ -2,6 +2,8 @@
 //! over plain iterators, and every op goes straight to a sink on that thread (the state's
 //! writer, or a dry run's plan): no per-row hand-offs.
 
+use tokio_util::sync::CancellationToken;
+
 use crate::config::Computation;
 use crate::diff::{self, DiffCounts, OpSink};
 use crate::progress::Stage;
@@ -22,16 +24,18 @@ pub async fn run<S: OpSink + Send + 'static>(
     store: Option<Store>,
     c: &Computation,
     sort_buffer_bytes: usize,
-    loading: Stage,
-    diffing: Stage,
+    (loading, diffing): (Stage, Stage),
     mut sink: S,
+    stop: &CancellationToken,
 ) -> anyhow::Result<Diffed<S>> {
     let c = c.clone();
-    tokio::task::spawn_blocking(move || {
+    let stopped = stop.clone();
+    let diff = tokio::task::spawn_blocking(move || {
         let mut snapshot = source::load_sorted(&c, sort_buffer_bytes, &loading)?;
         let fingerprint = snapshot.fingerprint.take();
         let snapshot = snapshot.map(|r| {
             diffing.inc(1);
+            anyhow::ensure!(!stopped.is_cancelled(), "shutting down: diff abandoned");
             r.map_err(anyhow::Error::from)
         });
         let counts = match &store {
@@ -40,6 +44,11 @@ pub async fn run<S: OpSink + Send + 'static>(
         };
         diffing.finish();
         Ok(Diffed { counts, sink, fingerprint })
-    })
-    .await?
+    });
+    // A load may wait on a source that does not answer: on shutdown the pass does not wait for
+    // it (nothing of it is written; its thread is left to the process's exit).
+    tokio::select! {
+        diffed = diff => diffed?,
+        _ = stop.cancelled() => anyhow::bail!("shutting down: snapshot load abandoned, nothing written"),
+    }
 }

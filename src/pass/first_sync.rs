@@ -28,7 +28,7 @@ pub async fn diff(config: &Config, c: &Computation, options: &PassOptions) -> an
     let diffing = progress.stage(format!("{}: diff", c.key), "rows compared", None);
     let spool = tokio::task::spawn_blocking(Spool::new).await??;
     let differ::Diffed { counts, sink: spool, fingerprint } =
-        differ::run(None, c, config.sort_buffer_bytes, loading, diffing, spool).await?;
+        differ::run(None, c, config.sort_buffer_bytes, (loading, diffing), spool, &options.stop).await?;
     let entries = FirstSync { key: c.key.clone(), kind: c.kind, changed_at: now(), entries: spool.into_reader()? };
     Ok((counts, Spooled { entries: Some(entries), fingerprint }))
 }

@@ -95,7 +95,6 @@ pub async fn run(
     selected: &[Computation],
     options: &PassOptions,
 ) -> anyhow::Result<Vec<ComputationReport>> {
-    let deadline = Instant::now() + config.retry.budget;
     let trigger = options.trigger;
     let mut started = Vec::new();
     for c in selected {
@@ -137,6 +136,9 @@ pub async fn run(
 
     let loaded: Vec<&Computation> = started.iter().filter(|s| s.3.is_ok()).map(|s| s.0).collect();
     let outcome = async {
+        // The retry budget counts from delivery, not from the loads before it: a slow source
+        // must not leave the other computations no retries.
+        let deadline = Instant::now() + config.retry.budget;
         let patience = Patience { deadline, stop: &options.stop };
         let blocked = delivery::ensure_attributes(store, destination, &loaded, &patience).await?;
         // Small before large. A first sync that is not delivered (its attribute is blocked)
@@ -308,7 +310,8 @@ async fn load_and_diff(
         tokio::task::spawn_blocking(move || store.diff_writer(&key)).await??
     };
     let differ::Diffed { counts, sink: writer, fingerprint } =
-        differ::run(Some(store.clone()), c, config.sort_buffer_bytes, loading, diffing, writer).await?;
+        differ::run(Some(store.clone()), c, config.sort_buffer_bytes, (loading, diffing), writer, &options.stop)
+            .await?;
     if !options.allow_mass_exit {
         guard(c, &counts)?;
     }

@@ -4,7 +4,6 @@
 use super::differ;
 use crate::config::{Computation, Config};
 use crate::diff::{Change, DiffCounts, Op, OpSink};
-use crate::progress::Stage;
 use crate::state::Store;
 
 /// Sample users shown per kind of change.
@@ -65,6 +64,7 @@ pub async fn plan(config: &Config, store: Option<&Store>, c: &Computation) -> an
         None => 0,
     };
     let diffed =
-        differ::run(store, c, config.sort_buffer_bytes, Stage::default(), Stage::default(), Plan::default()).await?;
+        differ::run(store, c, config.sort_buffer_bytes, Default::default(), Plan::default(), &Default::default())
+            .await?;
     Ok(Plan { counts: diffed.counts, already_pending, ..diffed.sink })
 }

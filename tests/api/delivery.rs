@@ -225,3 +225,30 @@ async fn passes_side_by_side_in_the_daemon_share_the_destinations_concurrency() 
     let max = server.max_in_flight.load(Ordering::SeqCst);
     assert!((2..=3).contains(&max), "{max} requests were in flight at once");
 }
+
+/// The retry budget counts from delivery: a slow load of one computation used to spend it, and
+/// the others' transient failures then got no retry at all.
+#[tokio::test]
+async fn a_slow_load_does_not_spend_the_retry_budget_of_the_others() {
+    let edge = MockServer::start().await;
+    Mock::given(method("PATCH")).respond_with(ResponseTemplate::new(500)).up_to_n_times(2).mount(&edge).await;
+    acknowledge_all(&edge).await;
+    let source = MockServer::start().await;
+    Mock::given(method("GET"))
+        .respond_with(
+            ResponseTemplate::new(200).set_body_string("{\"user_id\":\"s1\"}\n").set_delay(Duration::from_secs(3)),
+        )
+        .mount(&source)
+        .await;
+    let slow =
+        format!("[[audience]]\nname = \"Slow\"\nsource = {{ type = \"http\", url = \"{}/s.ndjson\" }}\n", source.uri());
+    let app = TestApp::contentstack_at(
+        &edge.uri(),
+        1,
+        "retry_budget_secs = 2\n",
+        &format!("{slow}{}", audience("Good", "g.csv")),
+    );
+    app.write("g.csv", &csv_users(&["g1"]));
+    assert_success(&app.sync(&[]).await);
+    assert_eq!(app.pending_count().await, 0);
+}

@@ -89,3 +89,35 @@ async fn sigterm_ends_the_daemon_waiting_out_a_pause() {
     let (status, _app) = terminated_during_a_pause(&["run"]).await;
     assert!(status.success(), "{status:?}");
 }
+
+/// Issue 13.6: a load waiting on a source that does not answer used to hold `sync` until the
+/// source gave up, and `run` for its whole grace period.
+async fn sigterm_during_a_load_that_never_ends(args: &[&str]) {
+    let edge = contentstack_server().await;
+    let source = MockServer::start().await;
+    Mock::given(method("GET"))
+        .respond_with(ResponseTemplate::new(200).set_delay(std::time::Duration::from_secs(120)))
+        .mount(&source)
+        .await;
+    let computations = format!(
+        "[[audience]]\nname = \"A\"\nsource = {{ type = \"http\", url = \"{}/a.ndjson\", timeout_secs = 300 }}\n",
+        source.uri()
+    );
+    let app = TestApp::contentstack(&edge, 2, &computations);
+    let mut child = spawn(&app, args);
+    wait_until(30, "the load to begin", || async { !source.received_requests().await.unwrap().is_empty() }).await;
+    terminate(&child);
+    wait_exit(&mut child, 5).await;
+    assert!(received(&edge).await.is_empty());
+    assert!(app.memberships().await.is_empty(), "nothing written from an abandoned load");
+}
+
+#[tokio::test]
+async fn sigterm_ends_a_syncs_load_at_once() {
+    sigterm_during_a_load_that_never_ends(&["sync"]).await;
+}
+
+#[tokio::test]
+async fn sigterm_ends_the_daemons_load_at_once() {
+    sigterm_during_a_load_that_never_ends(&["run"]).await;
+}
