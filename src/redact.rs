@@ -104,3 +104,21 @@ mod tests {
         assert_eq!(redact_url(""), "");
     }
 }
+
+/// `text` with every one of `secrets` replaced by `***`: for what a server sends back, which
+/// may echo the credentials it was sent (a write key, its Basic form, a token).
+pub fn scrub(text: &str, secrets: &[String]) -> String {
+    secrets.iter().filter(|s| s.len() >= 4).fold(text.to_string(), |t, s| t.replace(s.as_str(), "***"))
+}
+
+#[cfg(test)]
+mod scrub_tests {
+    use super::scrub;
+
+    #[test]
+    fn every_secret_is_replaced_and_short_ones_are_left() {
+        let secrets = vec!["wk_123".to_string(), "d2tfMTIzOg==".to_string(), "ab".to_string()];
+        let echoed = "you sent wk_123 as Basic d2tfMTIzOg== (ab)";
+        assert_eq!(scrub(echoed, &secrets), "you sent *** as Basic *** (ab)");
+    }
+}

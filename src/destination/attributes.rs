@@ -45,7 +45,7 @@ impl AttributeManager {
             ..http.clone()
         };
         Ok(AttributeManager {
-            http: HttpSender::new(&http)?,
+            http: HttpSender::new(&http)?.scrubbing(&[config.token.expose()]),
             url: reqwest::Url::parse(&format!("{base}/attributes"))?,
             authorization,
             project_uid: project_uid.to_string(),

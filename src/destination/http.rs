@@ -14,6 +14,8 @@ pub struct HttpSender {
     /// `concurrency` bounds the requests in flight to the destination, whichever passes (the
     /// daemon runs one per computation) send them.
     in_flight: tokio::sync::Semaphore,
+    /// Credentials this destination sends, scrubbed from any answer that echoes them.
+    secrets: Vec<String>,
 }
 
 impl HttpSender {
@@ -27,7 +29,15 @@ impl HttpSender {
             .redirect(reqwest::redirect::Policy::none())
             .build()?;
         let in_flight = tokio::sync::Semaphore::new(config.concurrency);
-        Ok(HttpSender { client, pacer: Pacer::new(config.max_requests_per_second), in_flight })
+        Ok(HttpSender { client, pacer: Pacer::new(config.max_requests_per_second), in_flight, secrets: Vec::new() })
+    }
+
+    /// The same sender, scrubbing `secrets` (and their trailing-padding-free forms) from the
+    /// error bodies it keeps.
+    pub fn scrubbing(mut self, secrets: &[&str]) -> HttpSender {
+        let forms = secrets.iter().flat_map(|s| [s.to_string(), s.trim_end_matches('=').to_string()]);
+        self.secrets.extend(forms);
+        self
     }
 
     pub fn client(&self) -> &reqwest::Client {
@@ -82,7 +92,7 @@ impl HttpSender {
         body: &str,
         failure: Failure,
     ) -> DeliveryError {
-        let error = retry::from_response(status, headers, body, failure);
+        let error = retry::from_response(status, headers, &crate::redact::scrub(body, &self.secrets), failure);
         if failure == Failure::Throttled {
             self.pacer.throttled(ticket, retry::retry_after(headers, SystemTime::now()));
         }

@@ -66,15 +66,28 @@ struct Personas<'a> {
     computation_key: &'a str,
 }
 
+/// `{endpoint}/v1/batch`, a query the endpoint holds kept after the path. The write key is the
+/// credential: userinfo in the endpoint is dropped, never sent (reqwest would send it as Basic
+/// auth in place of the key).
+fn batch_url(endpoint: &str) -> anyhow::Result<reqwest::Url> {
+    let mut url = reqwest::Url::parse(endpoint)?;
+    let _ = url.set_username("");
+    let _ = url.set_password(None);
+    url.path_segments_mut()
+        .map_err(|_| anyhow::anyhow!("the Segment endpoint cannot take a path"))?
+        .pop_if_empty()
+        .extend(["v1", "batch"]);
+    Ok(url)
+}
+
 impl Segment {
     pub fn new(config: &SegmentConfig) -> anyhow::Result<Segment> {
-        let base = config.endpoint.as_str().trim_end_matches('/');
-        let url = reqwest::Url::parse(&format!("{base}/v1/batch"))?;
+        let url = batch_url(config.endpoint.as_str())?;
         let token = base64::engine::general_purpose::STANDARD.encode(format!("{}:", config.write_key.expose()));
         let mut authorization = HeaderValue::from_str(&format!("Basic {token}"))?;
         authorization.set_sensitive(true);
         Ok(Segment {
-            http: HttpSender::new(&config.http)?,
+            http: HttpSender::new(&config.http)?.scrubbing(&[config.write_key.expose(), &token]),
             url,
             authorization,
             events: config.events,
@@ -250,5 +263,17 @@ mod tests {
         assert_ne!(id, message_id("identify", "u2", &v));
         let later = PendingValue { changed_at: "2026-01-02T00:00:00.000Z".into(), ..v.clone() };
         assert_ne!(id, message_id("identify", "u1", &later));
+    }
+}
+
+#[cfg(test)]
+mod url_tests {
+    use super::batch_url;
+
+    #[test]
+    fn the_batch_path_goes_before_the_query_and_userinfo_is_never_sent() {
+        let url = batch_url("http://user:pw@127.0.0.1:9/seg/?region=eu").unwrap();
+        assert_eq!(url.as_str(), "http://127.0.0.1:9/seg/v1/batch?region=eu");
+        assert_eq!(batch_url("https://api.segment.io").unwrap().as_str(), "https://api.segment.io/v1/batch");
     }
 }

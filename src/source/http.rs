@@ -138,7 +138,9 @@ fn get(
                 let Some(failure) = retry::classify(status) else { return Ok(response) };
                 let headers = response.headers().clone();
                 let body = handle.block_on(response.text()).unwrap_or_default();
-                retry::from_response(status, &headers, &body, failure)
+                // A server may echo the Authorization it was sent.
+                let secrets: Vec<String> = source.authorization.map(|a| a.expose().to_string()).into_iter().collect();
+                retry::from_response(status, &headers, &crate::redact::scrub(&body, &secrets), failure)
             }
             Err(e) => retry::from_transport(e),
         };

@@ -146,7 +146,15 @@ async fn no_secret_reaches_a_log_the_output_or_the_state() {
         outputs.push((format!("{args:?}"), out));
     }
     let segment = MockServer::start().await;
-    Mock::given(method("POST")).respond_with(ResponseTemplate::new(500)).mount(&segment).await;
+    // It echoes the credentials it was sent, as a careless server's error page does.
+    let echo = |r: &wiremock::Request| {
+        let auth = r.headers.get("authorization").map(|v| v.to_str().unwrap().to_string()).unwrap_or_default();
+        let token = auth.trim_start_matches("Basic ");
+        let decoded = base64::Engine::decode(&base64::engine::general_purpose::STANDARD, token).unwrap_or_default();
+        let body = format!("bad request: you sent {auth} ({})", String::from_utf8_lossy(&decoded));
+        ResponseTemplate::new(400).set_body_string(body)
+    };
+    Mock::given(method("POST")).respond_with(echo).mount(&segment).await;
     let with_key = TestApp::segment(&segment, "", &audience("Good", "g.csv"));
     let with_key = with_key.replace_in_config("http://", &format!("http://w:{}@", canary(16)));
     with_key.write("g.csv", &csv_users(&["u1"]));
@@ -165,6 +173,13 @@ async fn no_secret_reaches_a_log_the_output_or_the_state() {
     }
     assert_no_canary("the state", &state_text(&app).join("\n"));
     assert_no_canary("the state of the Segment app", &state_text(&with_key).join("\n"));
+    // The Basic form of the write key, echoed by the server, is scrubbed too.
+    let basic = base64::Engine::encode(&base64::engine::general_purpose::STANDARD, format!("{}:", canary(12)));
+    let basic = basic.trim_end_matches('=');
+    assert!(state_text(&with_key).iter().all(|t| !t.contains(basic)), "the Basic credentials reached the state");
+    for (args, out) in &outputs {
+        assert!(!stdout(out).contains(basic) && !stderr(out).contains(basic), "Basic credentials in {args}");
+    }
 }
 
 /// Issue 13.12: logs written to a file or a pipe carry no colour codes.
