@@ -11,7 +11,8 @@ if ! ls -d /usr/lib/postgresql/*/bin >/dev/null 2>&1; then
 fi
 PGBIN=$(ls -d /usr/lib/postgresql/*/bin | sort -V | tail -1)
 PGDATA=$(mktemp -d /tmp/audience-sync-pg.XXXXXX)
-PGPORT=${PGPORT:-55432}
+# A port nothing listens on now (a fixed one can be taken by whatever else runs on the machine).
+PGPORT=${PGPORT:-$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')}
 chown postgres "$PGDATA"
 su postgres -c "$PGBIN/initdb -D $PGDATA -A trust -U postgres" >/dev/null
 su postgres -c "$PGBIN/pg_ctl -D $PGDATA -l $PGDATA/server.log -o '-p $PGPORT -k $PGDATA -c listen_addresses=127.0.0.1' -w start" >/dev/null
