@@ -17,9 +17,8 @@ use crate::state::Outcome;
 pub struct AnswerWriter {
     db: Connection,
     quarantine_after: u32,
-    claim: Option<super::leases::Claim>,
-    /// The computations written for, whose leases every transaction checks.
-    keys: Vec<String>,
+    /// The leases of the computations written for, checked in every transaction.
+    lease: Option<super::leases::LeaseCheck>,
     /// Computations on their first sync: their rows are written with their first answer.
     first_sync: HashSet<String>,
     /// Shared: the computation and the time; per row: user, value sent, when it was decided.
@@ -41,8 +40,7 @@ impl Store {
         let first_sync = first_sync.iter().cloned().collect();
         Ok(AnswerWriter {
             db,
-            claim: self.claim(),
-            keys: keys.to_vec(),
+            lease: self.lease_check(keys)?,
             quarantine_after,
             first_sync,
             insert_synced: Batched::new(INSERT_SYNCED_COLUMNS, insert_synced_sql),
@@ -79,7 +77,7 @@ impl AnswerWriter {
                 ids.push(tx.last_insert_rowid());
             }
         }
-        super::leases::hold(&tx, self.claim.as_ref(), &self.keys, false)?;
+        super::leases::hold(&tx, self.lease.as_ref(), false)?;
         tx.commit()?;
         Ok(ids)
     }
@@ -114,7 +112,7 @@ impl AnswerWriter {
                 drop_window.execute([id])?;
             }
         }
-        super::leases::hold(&tx, self.claim.as_ref(), &self.keys, false)?;
+        super::leases::hold(&tx, self.lease.as_ref(), false)?;
         tx.commit()?;
         Ok(quarantined)
     }

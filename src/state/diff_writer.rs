@@ -16,7 +16,7 @@ use crate::source::fingerprint::Fingerprint;
 /// the writer (on any error, or when a guard holds the snapshot back) rolls them all back.
 pub struct DiffWriter {
     db: Connection,
-    claim: Option<super::leases::Claim>,
+    lease: Option<super::leases::LeaseCheck>,
     key: String,
     now: String,
     begun: bool,
@@ -32,7 +32,7 @@ impl Store {
         let db = self.bulk_writer()?;
         Ok(DiffWriter {
             db,
-            claim: self.claim(),
+            lease: self.lease_check(&[key.to_string()])?,
             key: key.to_string(),
             now: now(),
             begun: false,
@@ -67,7 +67,7 @@ impl DiffWriter {
         };
         // A diff may hold the write lock longer than a lease lasts: the lease is checked, and
         // renewed, in the transaction that commits it.
-        super::leases::hold(&self.db, self.claim.as_ref(), std::slice::from_ref(&self.key), true)?;
+        super::leases::hold(&self.db, self.lease.as_ref(), true)?;
         self.db.execute_batch("COMMIT")?;
         Ok(())
     }

@@ -30,38 +30,53 @@ impl Store {
         Store { claim: Some(Claim { owner: owner.id.as_str().into(), ttl }), ..self.clone() }
     }
 
-    /// The claim of this store's pass, for a writer of its own to check.
-    pub(super) fn claim(&self) -> Option<Claim> {
-        self.claim.clone()
+    /// What a writer of `keys` checks in each of its transactions: nothing without a claim.
+    pub(super) fn lease_check(&self, keys: &[String]) -> anyhow::Result<Option<LeaseCheck>> {
+        self.claim.as_ref().map(|claim| LeaseCheck::new(claim.clone(), keys)).transpose()
     }
 }
 
-/// Inside a write transaction on `db`: fails with `LeaseLost` unless the leases of `keys` are
-/// still `claim`'s, and (with `renew`) extends them, as a heartbeat would. No claim, no check.
-pub(super) fn hold(
-    db: &rusqlite::Connection,
-    claim: Option<&Claim>,
-    keys: &[String],
-    renew: bool,
-) -> anyhow::Result<()> {
-    let Some(claim) = claim else { return Ok(()) };
-    let keys_json = serde_json::to_string(keys)?;
-    let held: usize = if renew {
-        db.prepare_cached(
-            "UPDATE leases SET heartbeat_at = ?3, expires_at = ?4 \
-             WHERE owner = ?1 AND computation_key IN (SELECT value FROM json_each(?2))",
-        )?
-        .execute(params![&*claim.owner, keys_json, now(), expiry(claim.ttl)])?
-    } else {
-        db.prepare_cached(
-            "SELECT count(*) FROM leases WHERE owner = ?1 AND computation_key IN (SELECT value FROM json_each(?2))",
-        )?
-        .query_row(params![&*claim.owner, keys_json], |r| r.get::<_, i64>(0))? as usize
-    };
-    if held < keys.len() {
-        return Err(LeaseLost { keys: keys.join(", ") }.into());
+/// The leases of some computations, as one writer's transactions check them (the keys are
+/// serialized once: an answer writer checks in every one of its transactions).
+pub(super) struct LeaseCheck {
+    claim: Claim,
+    keys: usize,
+    keys_json: String,
+    /// The keys as an operator reads them, for `LeaseLost`.
+    names: String,
+}
+
+impl LeaseCheck {
+    fn new(claim: Claim, keys: &[String]) -> anyhow::Result<LeaseCheck> {
+        Ok(LeaseCheck { claim, keys: keys.len(), keys_json: serde_json::to_string(keys)?, names: keys.join(", ") })
     }
-    Ok(())
+
+    /// Inside a write transaction on `db`: fails with `LeaseLost` unless the leases are still
+    /// the claim's, and (with `renew`) extends them, as a heartbeat would.
+    pub(super) fn hold(&self, db: &rusqlite::Connection, renew: bool) -> anyhow::Result<()> {
+        let (owner, keys) = (&*self.claim.owner, &self.keys_json);
+        let held: usize = if renew {
+            db.prepare_cached(
+                "UPDATE leases SET heartbeat_at = ?3, expires_at = ?4 \
+                 WHERE owner = ?1 AND computation_key IN (SELECT value FROM json_each(?2))",
+            )?
+            .execute(params![owner, keys, now(), expiry(self.claim.ttl)])?
+        } else {
+            db.prepare_cached(
+                "SELECT count(*) FROM leases WHERE owner = ?1 AND computation_key IN (SELECT value FROM json_each(?2))",
+            )?
+            .query_row(params![owner, keys], |r| r.get::<_, i64>(0))? as usize
+        };
+        if held < self.keys {
+            return Err(LeaseLost { keys: self.names.clone() }.into());
+        }
+        Ok(())
+    }
+}
+
+/// Inside a write transaction of `check`'s writer: `LeaseCheck::hold`, when there is a check.
+pub(super) fn hold(db: &rusqlite::Connection, check: Option<&LeaseCheck>, renew: bool) -> anyhow::Result<()> {
+    check.map_or(Ok(()), |c| c.hold(db, renew))
 }
 
 /// Who holds a lease: this process, described for operators.
@@ -221,9 +236,9 @@ impl Store {
     ) -> anyhow::Result<()> {
         let db = rusqlite::Connection::open_with_flags(&self.path, rusqlite::OpenFlags::SQLITE_OPEN_READ_WRITE)?;
         db.busy_timeout(wait)?;
-        let claim = Claim { owner: owner.id.as_str().into(), ttl };
+        let check = LeaseCheck::new(Claim { owner: owner.id.as_str().into(), ttl }, keys)?;
         db.execute_batch("BEGIN IMMEDIATE")?;
-        hold(&db, Some(&claim), keys, true)?;
+        check.hold(&db, true)?;
         db.execute_batch("COMMIT")?;
         Ok(())
     }
