@@ -111,14 +111,15 @@ pub async fn run(
         }
         // A computation the state holds no row of goes through a first sync, whatever an
         // earlier (empty) first snapshot left in `initial_sync_done_at`.
-        let mode = match (options.resync, initial_done && store.has_rows(&c.key).await?) {
+        let has_rows = store.has_rows(&c.key).await?;
+        let mode = match (options.resync, initial_done && has_rows) {
             (true, _) => "resync",
             (false, true) => "delta",
             (false, false) => "initial",
         };
         let run_id = store.start_run(&c.key, trigger, mode).await?;
         tracing::debug!(key = %c.key, mode, "pass started");
-        let diff = load_and_diff(config, store, c, options).await;
+        let diff = load_and_diff(config, store, c, options, has_rows).await;
         match &diff {
             Ok((d, _)) => {
                 tracing::info!(
@@ -264,12 +265,13 @@ fn pending_error(pending: u64, delivery: &KeyReport) -> String {
 
 /// Loads the snapshot of `c` and merges it into the state in one transaction, which commits
 /// only if the whole snapshot loaded, passed the guards and every write succeeded; or, when the
-/// state holds nothing of `c`, spools it for a first sync.
+/// state holds nothing of `c` (`has_rows` false), spools it for a first sync.
 async fn load_and_diff(
     config: &Config,
     store: &Store,
     c: &Computation,
     options: &PassOptions,
+    has_rows: bool,
 ) -> anyhow::Result<(DiffCounts, Option<Spooled>)> {
     // The file as it is now: the same size and hash as the last recorded diff's mean provably
     // unchanged. What a diff records is the fingerprint taken in its own load.
@@ -295,7 +297,7 @@ async fn load_and_diff(
             return Ok((DiffCounts { snapshot_rows: rows, ..DiffCounts::default() }, None));
         }
     }
-    if !store.has_rows(&c.key).await? {
+    if !has_rows {
         // From the first row a first sync writes, the state is no longer what any recorded
         // fingerprint produced.
         store.forget_snapshot_content(&c.key).await?;
