@@ -1,4 +1,5 @@
-//! URLs as they may be shown: in errors, logs, summaries, `check` and the state (DESIGN §9.8).
+//! URLs and answers as they may be shown: in errors, logs, summaries, `check` and the state
+//! (DESIGN §9.8).
 //!
 //! A URL from the configuration or from a server (a `Location`, a `next` page) may carry
 //! credentials: `user:password@`, or a query parameter such as `?token=` or `?password=`
@@ -66,9 +67,15 @@ fn percent_decode(s: &str) -> String {
     url::form_urlencoded::parse(format!("{s}=").as_bytes()).next().map(|(k, _)| k.into_owned()).unwrap_or_default()
 }
 
+/// `text` with every one of `secrets` replaced by `***`: for what a server sends back, which
+/// may echo the credentials it was sent (a write key, its Basic form, a token).
+pub fn scrub(text: &str, secrets: &[String]) -> String {
+    secrets.iter().filter(|s| s.len() >= 4).fold(text.to_string(), |t, s| t.replace(s.as_str(), HIDDEN))
+}
+
 #[cfg(test)]
 mod tests {
-    use super::redact_url;
+    use super::{redact_url, scrub};
 
     #[test]
     fn userinfo_is_hidden() {
@@ -103,17 +110,6 @@ mod tests {
         assert_eq!(redact_url("snapshots/a.csv"), "snapshots/a.csv");
         assert_eq!(redact_url(""), "");
     }
-}
-
-/// `text` with every one of `secrets` replaced by `***`: for what a server sends back, which
-/// may echo the credentials it was sent (a write key, its Basic form, a token).
-pub fn scrub(text: &str, secrets: &[String]) -> String {
-    secrets.iter().filter(|s| s.len() >= 4).fold(text.to_string(), |t, s| t.replace(s.as_str(), "***"))
-}
-
-#[cfg(test)]
-mod scrub_tests {
-    use super::scrub;
 
     #[test]
     fn every_secret_is_replaced_and_short_ones_are_left() {

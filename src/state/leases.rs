@@ -85,8 +85,8 @@ pub struct LeaseOwner {
     pub id: String,
     pub pid: u32,
     pub host: String,
-    /// `ProcessIdentity` of this process, as stored.
-    pub process: Option<String>,
+    /// This very process, where `/proc` tells (stored as text in `leases.process`).
+    process: Option<ProcessIdentity>,
 }
 
 impl LeaseOwner {
@@ -96,7 +96,7 @@ impl LeaseOwner {
             .map(|h| h.trim().to_string())
             .unwrap_or_else(|_| "unknown".into());
         let pid = std::process::id();
-        let process = ProcessIdentity::of(pid).map(|p| p.to_string());
+        let process = ProcessIdentity::of(pid);
         LeaseOwner { id: format!("{host}:{pid}:{:016x}", fastrand::u64(..)), pid, host, process }
     }
 }
@@ -166,7 +166,7 @@ impl std::fmt::Display for HeldLease {
 /// In any doubt (another namespace, a lease written without an identity) it is not.
 fn holder_gone(holder: &HeldLease, owner: &LeaseOwner) -> bool {
     let Some(theirs) = holder.process.as_deref().and_then(ProcessIdentity::parse) else { return false };
-    let Some(ours) = owner.process.as_deref().and_then(ProcessIdentity::parse) else { return false };
+    let Some(ours) = &owner.process else { return false };
     if holder.host != owner.host || theirs.boot_id != ours.boot_id || theirs.pid_namespace != ours.pid_namespace {
         return false;
     }
@@ -217,7 +217,7 @@ impl Store {
         .bind(&owner.host)
         .bind(&at)
         .bind(expiry(ttl))
-        .bind(&owner.process)
+        .bind(owner.process.as_ref().map(ToString::to_string))
         .execute(&mut *tx)
         .await?;
         tx.commit().await?;
