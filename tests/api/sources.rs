@@ -466,4 +466,5 @@ async fn a_source_follows_redirects_but_not_to_another_scheme() {
     let out = app.sync(&[]).await;
     assert_failure(&out);
     assert!(stderr(&out).contains("redirected from http to https"), "{}", stderr(&out));
+    assert!(!stderr(&out).contains("retries"), "a refused redirect is final: {}", stderr(&out));
 }
