@@ -13,18 +13,20 @@ use crate::pass::ComputationReport;
 use crate::state::RunStatus;
 
 /// Prints the summaries; exit 0 only when everything selected was delivered.
-fn conclude(reports: &[ComputationReport]) -> ExitCode {
+fn conclude(selected: &[String], reports: &[ComputationReport]) -> ExitCode {
     for r in reports {
         println!("{}", r.summary());
     }
-    let unfinished: Vec<String> = reports
+    let unfinished = reports.iter().filter(|r| r.status != RunStatus::Ok).map(|r| match r.status {
+        RunStatus::Failed => format!("{} (snapshot failed)", r.key),
+        _ => format!("{} ({} pending)", r.key, r.pending),
+    });
+    // A shutdown before a computation's turn leaves it without a report: not delivered either.
+    let not_started = selected
         .iter()
-        .filter(|r| r.status != RunStatus::Ok)
-        .map(|r| match r.status {
-            RunStatus::Failed => format!("{} (snapshot failed)", r.key),
-            _ => format!("{} ({} pending)", r.key, r.pending),
-        })
-        .collect();
+        .filter(|k| !reports.iter().any(|r| &r.key == *k))
+        .map(|k| format!("{k} (not started: shutting down)"));
+    let unfinished: Vec<String> = unfinished.chain(not_started).collect();
     if unfinished.is_empty() {
         return ExitCode::SUCCESS;
     }

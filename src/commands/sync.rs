@@ -55,7 +55,7 @@ async fn leased_pass(
     .await;
     leases.release().await?;
     store.close().await;
-    Ok(conclude(&result?))
+    Ok(conclude(&selected_keys, &result?))
 }
 
 /// Prints what a pass would do; touches neither the state nor the destination.

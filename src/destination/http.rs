@@ -92,7 +92,10 @@ impl HttpSender {
         body: &str,
         failure: Failure,
     ) -> DeliveryError {
-        let error = retry::from_response(status, headers, &crate::redact::scrub(body, &self.secrets), failure);
+        // The body and a redirect's `Location` may both echo what was sent: the whole message
+        // is scrubbed.
+        let mut error = retry::from_response(status, headers, body, failure);
+        error.message = crate::redact::scrub(&error.message, &self.secrets);
         if failure == Failure::Throttled {
             self.pacer.throttled(ticket, retry::retry_after(headers, SystemTime::now()));
         }

@@ -74,7 +74,8 @@ async fn heartbeat(store: Store, owner: LeaseOwner, keys: Vec<String>, ttl: Dura
 }
 
 /// Takes the leases of all `keys`, waiting up to `wait` for other processes to finish.
-/// Fails, naming who holds what, if they are still held after that.
+/// Fails, naming who holds what, if they are still held after that or `lost` (the shutdown
+/// token) is cancelled meanwhile.
 pub async fn acquire_all(
     store: &Store,
     owner: &LeaseOwner,
@@ -92,6 +93,9 @@ pub async fn acquire_all(
         }
         leases.release().await?;
         let busy: Vec<String> = held.iter().map(ToString::to_string).collect();
+        if lost.is_cancelled() {
+            anyhow::bail!("shutting down while waiting for a lease: {}", busy.join("; "));
+        }
         if Instant::now() >= until {
             let hint = if wait.is_zero() { "; pass --wait SECS to wait for it" } else { "; gave up waiting" };
             anyhow::bail!("{}{hint}", busy.join("; "));
@@ -100,6 +104,10 @@ pub async fn acquire_all(
             eprintln!("audience-sync: waiting up to {}s: {}", wait.as_secs(), busy.join("; "));
             told = true;
         }
-        tokio::time::sleep(Duration::from_millis(500).min(until - Instant::now())).await;
+        let pause = Duration::from_millis(500).min(until - Instant::now());
+        tokio::select! {
+            _ = tokio::time::sleep(pause) => {}
+            _ = lost.cancelled() => {}
+        }
     }
 }

@@ -140,7 +140,9 @@ fn get(
                 let body = handle.block_on(response.text()).unwrap_or_default();
                 // A server may echo the Authorization it was sent.
                 let secrets: Vec<String> = source.authorization.map(|a| a.expose().to_string()).into_iter().collect();
-                retry::from_response(status, &headers, &crate::redact::scrub(&body, &secrets), failure)
+                let mut error = retry::from_response(status, &headers, &body, failure);
+                error.message = crate::redact::scrub(&error.message, &secrets);
+                error
             }
             Err(e) => retry::from_transport(e),
         };

@@ -121,3 +121,55 @@ async fn sigterm_ends_a_syncs_load_at_once() {
 async fn sigterm_ends_the_daemons_load_at_once() {
     sigterm_during_a_load_that_never_ends(&["run"]).await;
 }
+
+/// A computation whose turn never came because of a shutdown was not delivered: `sync` says so
+/// and fails (it used to leave it out of the summary, and exit 0 when it was the only one).
+#[tokio::test]
+async fn a_computation_a_shutdown_kept_from_its_turn_is_reported_undelivered() {
+    let edge = contentstack_server().await;
+    let source = MockServer::start().await;
+    Mock::given(method("GET"))
+        .respond_with(ResponseTemplate::new(200).set_delay(std::time::Duration::from_secs(120)))
+        .mount(&source)
+        .await;
+    let hanging = format!(
+        "[[audience]]\nname = \"A\"\nsource = {{ type = \"http\", url = \"{}/a.ndjson\", timeout_secs = 300 }}\n",
+        source.uri()
+    );
+    let app = TestApp::contentstack(&edge, 2, &format!("{hanging}{}", audience("B", "b.csv")));
+    app.write("b.csv", &csv_users(&["u1"]));
+    let mut child = app.command(&["sync"]).stdout(Stdio::null()).stderr(Stdio::piped()).spawn().unwrap();
+    wait_until(30, "the load to begin", || async { !source.received_requests().await.unwrap().is_empty() }).await;
+    terminate(&child);
+    assert!(!wait_exit(&mut child, 5).await.success());
+    let out = child.wait_with_output().unwrap();
+    assert!(stderr(&out).contains("b (not started: shutting down)"), "{}", stderr(&out));
+}
+
+/// Waiting for another process's lease listens to SIGTERM too.
+#[tokio::test]
+async fn sigterm_ends_a_wait_for_a_lease() {
+    let edge = contentstack_server().await;
+    let app = TestApp::contentstack(&edge, 2, &audience("A", "a.csv"));
+    app.write("a.csv", &csv_users(&["u1"]));
+    assert_success(&app.sync(&[]).await); // creates the state
+    let rw = sqlx::SqlitePool::connect(&format!("sqlite://{}", app.path("state.db").display())).await.unwrap();
+    sqlx::query(
+        "INSERT INTO leases (computation_key, owner, pid, host, acquired_at, heartbeat_at, expires_at) \
+         VALUES ('a', 'other', 42, 'elsewhere', 't', 't', '2999-01-01T00:00:00.000Z')",
+    )
+    .execute(&rw)
+    .await
+    .unwrap();
+    let mut child =
+        app.command(&["sync", "--wait", "120"]).stdout(Stdio::null()).stderr(Stdio::piped()).spawn().unwrap();
+    let mut err = std::io::BufReader::new(child.stderr.take().unwrap());
+    let mut line = String::new();
+    std::io::BufRead::read_line(&mut err, &mut line).unwrap(); // "waiting up to 120s: ..."
+    assert!(line.contains("waiting up to 120s"), "{line}");
+    terminate(&child);
+    assert!(!wait_exit(&mut child, 5).await.success());
+    let mut rest = String::new();
+    std::io::Read::read_to_string(&mut err, &mut rest).unwrap();
+    assert!(rest.contains("shutting down while waiting for a lease"), "{rest}");
+}

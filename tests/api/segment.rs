@@ -245,3 +245,23 @@ async fn a_redirect_is_never_an_acknowledgement() {
         assert!(e.contains("302") && e.contains("/landing"), "{e}");
     }
 }
+
+/// A redirect's `Location` may echo the write key (in its path or any parameter): the error
+/// recorded is scrubbed of it like a body is.
+#[tokio::test]
+async fn a_redirect_echoing_the_write_key_is_recorded_without_it() {
+    let server = MockServer::start().await;
+    let location = format!("http://127.0.0.1:1/p/{WRITE_KEY}?q={WRITE_KEY}");
+    Mock::given(method("POST"))
+        .respond_with(ResponseTemplate::new(302).insert_header("location", location.as_str()))
+        .mount(&server)
+        .await;
+    let app = TestApp::segment(&server, "", &audience("A", "a.csv"));
+    app.write("a.csv", &csv_users(&["u1"]));
+    let out = app.sync(&[]).await;
+    assert_failure(&out);
+    let db = app.db().await;
+    let error: String = sqlx::query_scalar("SELECT last_error FROM memberships").fetch_one(&db).await.unwrap();
+    assert!(error.contains("302") && error.contains("/p/***?q=***"), "{error}");
+    assert!(!stdout(&out).contains(WRITE_KEY) && !stderr(&out).contains(WRITE_KEY), "{}", stdout(&out));
+}
