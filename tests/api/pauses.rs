@@ -90,19 +90,25 @@ async fn sigterm_ends_the_daemon_waiting_out_a_pause() {
     assert!(status.success(), "{status:?}");
 }
 
-/// Issue 13.6: a load waiting on a source that does not answer used to hold `sync` until the
-/// source gave up, and `run` for its whole grace period.
-async fn sigterm_during_a_load_that_never_ends(args: &[&str]) {
-    let edge = contentstack_server().await;
+/// A source that takes every request and answers none for two minutes, and an audience "A"
+/// reading it.
+async fn hanging_source() -> (MockServer, String) {
     let source = MockServer::start().await;
     Mock::given(method("GET"))
         .respond_with(ResponseTemplate::new(200).set_delay(std::time::Duration::from_secs(120)))
         .mount(&source)
         .await;
-    let computations = format!(
-        "[[audience]]\nname = \"A\"\nsource = {{ type = \"http\", url = \"{}/a.ndjson\", timeout_secs = 300 }}\n",
-        source.uri()
-    );
+    let url = format!("{}/a.ndjson", source.uri());
+    let audience =
+        format!("[[audience]]\nname = \"A\"\nsource = {{ type = \"http\", url = \"{url}\", timeout_secs = 300 }}\n");
+    (source, audience)
+}
+
+/// Issue 13.6: a load waiting on a source that does not answer used to hold `sync` until the
+/// source gave up, and `run` for its whole grace period.
+async fn sigterm_during_a_load_that_never_ends(args: &[&str]) {
+    let edge = contentstack_server().await;
+    let (source, computations) = hanging_source().await;
     let app = TestApp::contentstack(&edge, 2, &computations);
     let mut child = spawn(&app, args);
     wait_until(30, "the load to begin", || async { !source.received_requests().await.unwrap().is_empty() }).await;
@@ -127,15 +133,7 @@ async fn sigterm_ends_the_daemons_load_at_once() {
 #[tokio::test]
 async fn a_computation_a_shutdown_kept_from_its_turn_is_reported_undelivered() {
     let edge = contentstack_server().await;
-    let source = MockServer::start().await;
-    Mock::given(method("GET"))
-        .respond_with(ResponseTemplate::new(200).set_delay(std::time::Duration::from_secs(120)))
-        .mount(&source)
-        .await;
-    let hanging = format!(
-        "[[audience]]\nname = \"A\"\nsource = {{ type = \"http\", url = \"{}/a.ndjson\", timeout_secs = 300 }}\n",
-        source.uri()
-    );
+    let (source, hanging) = hanging_source().await;
     let app = TestApp::contentstack(&edge, 2, &format!("{hanging}{}", audience("B", "b.csv")));
     app.write("b.csv", &csv_users(&["u1"]));
     let mut child = app.command(&["sync"]).stdout(Stdio::null()).stderr(Stdio::piped()).spawn().unwrap();
