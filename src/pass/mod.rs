@@ -103,6 +103,7 @@ pub async fn run(
         }
         let initial_done = store.register(c).await?;
         let marked = store.settle_sending_windows(&c.key).await?;
+        store.drop_first_sync_queue(&c.key).await?;
         if marked > 0 {
             tracing::warn!(
                 key = %c.key, rows = marked,
@@ -301,7 +302,7 @@ async fn load_and_diff(
         // From the first row a first sync writes, the state is no longer what any recorded
         // fingerprint produced.
         store.forget_snapshot_content(&c.key).await?;
-        let (counts, spooled) = first_sync::diff(config, c, options).await?;
+        let (counts, spooled) = first_sync::diff(config, store, c, options).await?;
         return Ok((counts, Some(spooled)));
     }
     let progress = &options.progress;

@@ -9,6 +9,7 @@ mod attributes;
 mod checkpoint;
 mod computations;
 mod diff_writer;
+mod first_sync_queue;
 mod leases;
 mod memberships;
 mod pending;
@@ -28,6 +29,7 @@ use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePo
 pub use answers::AnswerWriter;
 pub use checkpoint::Checkpointer;
 pub use diff_writer::DiffWriter;
+pub use first_sync_queue::QueueWriter;
 pub use leases::{HeldLease, LeaseLost, LeaseOwner};
 pub use memberships::Outcome;
 pub use pending::{PendingReader, PendingRow};

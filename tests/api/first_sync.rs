@@ -1,0 +1,111 @@
+//! A first sync is visible while it runs: its members not yet answered count as pending
+//! everywhere an operator looks (issue 13, point 10).
+
+use std::time::Duration;
+
+use wiremock::matchers::{method, path};
+use wiremock::{Mock, MockServer, ResponseTemplate};
+
+use crate::helpers::*;
+
+const MEMBERS: usize = 400;
+const ANSWERED: u64 = 100;
+
+/// A destination that answers the first `ANSWERED` requests at once and holds every later one.
+async fn destination_that_stalls_after_some_answers() -> MockServer {
+    let server = MockServer::start().await;
+    Mock::given(method("PATCH"))
+        .and(path("/user-attributes"))
+        .respond_with(ResponseTemplate::new(200))
+        .up_to_n_times(ANSWERED)
+        .with_priority(1)
+        .mount(&server)
+        .await;
+    Mock::given(method("PATCH"))
+        .and(path("/user-attributes"))
+        .respond_with(ResponseTemplate::new(200).set_delay(Duration::from_secs(600)))
+        .with_priority(2)
+        .mount(&server)
+        .await;
+    server
+}
+
+/// The documented question "is user X still to be sent?", as the README asks it.
+const STILL_TO_SEND: &str = "SELECT computation_key, desired FROM pending WHERE user_id = ?1";
+
+#[tokio::test]
+async fn a_running_first_sync_counts_its_unanswered_members_as_pending() {
+    let server = destination_that_stalls_after_some_answers().await;
+    let app = TestApp::contentstack(&server, 4, &audience("Big", "big.csv"));
+    let users: Vec<String> = (0..MEMBERS).map(|i| format!("user-{i:04}")).collect();
+    app.write("big.csv", &csv_users(&users.iter().map(String::as_str).collect::<Vec<_>>()));
+
+    let mut child = app.command(&["sync"]).spawn().unwrap();
+    wait_until(60, "the first answers to be recorded", || async {
+        if !app.path("state.db").exists() {
+            return false;
+        }
+        let recorded: Result<i64, _> =
+            sqlx::query_scalar("SELECT count(*) FROM memberships WHERE computation_key = 'big'")
+                .fetch_one(&app.db().await)
+                .await;
+        recorded.is_ok_and(|n| n as u64 == ANSWERED)
+    })
+    .await;
+
+    let db = app.db().await;
+    let answered: Vec<String> =
+        sqlx::query_scalar("SELECT user_id FROM memberships WHERE computation_key = 'big' AND synced = 'true'")
+            .fetch_all(&db)
+            .await
+            .unwrap();
+    assert_eq!(answered.len() as u64, ANSWERED, "every answer so far acknowledged the user");
+    let left = MEMBERS as i64 - ANSWERED as i64;
+
+    let listed: i64 = sqlx::query_scalar("SELECT count(*) FROM pending WHERE computation_key = 'big'")
+        .fetch_one(&db)
+        .await
+        .unwrap();
+    assert_eq!(listed, left, "the pending view lists the members not answered yet");
+    let counted: i64 = sqlx::query_scalar("SELECT pending FROM computation_status WHERE key = 'big'")
+        .fetch_one(&db)
+        .await
+        .unwrap();
+    assert_eq!(counted, left, "computation_status counts them");
+
+    let status = app.run(&["status", "--json"]).await;
+    assert_success(&status);
+    let rows: serde_json::Value = serde_json::from_str(&stdout(&status)).unwrap();
+    assert_eq!(rows[0]["pending"], serde_json::json!(left), "status shows them: {rows}");
+
+    for user in &users {
+        let row: Option<(String, String)> =
+            sqlx::query_as(STILL_TO_SEND).bind(user).fetch_optional(&db).await.unwrap();
+        let expected = (!answered.contains(user)).then(|| ("big".to_string(), "true".to_string()));
+        assert_eq!(row, expected, "is {user} still to be sent?");
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+}
+
+/// The first sync's members stop counting once it is over, delivered or not.
+#[tokio::test]
+async fn a_first_sync_stopped_by_a_kill_leaves_nothing_pending_twice() {
+    let server = destination_that_stalls_after_some_answers().await;
+    let app = TestApp::contentstack(&server, 4, &audience("Big", "big.csv"));
+    let users: Vec<String> = (0..MEMBERS).map(|i| format!("user-{i:04}")).collect();
+    app.write("big.csv", &csv_users(&users.iter().map(String::as_str).collect::<Vec<_>>()));
+    let mut child = app.command(&["sync"]).spawn().unwrap();
+    wait_until(60, "requests to stall", || async { server.received_requests().await.unwrap().len() as u64 > ANSWERED })
+        .await;
+    child.kill().unwrap();
+    child.wait().unwrap();
+    server.reset().await;
+    acknowledge_all(&server).await;
+
+    let output = app.sync(&[]).await;
+    assert_success(&output);
+    assert_eq!(app.pending_count().await, 0, "{}", stdout(&output));
+    let members = app.memberships().await;
+    assert_eq!(members.len(), MEMBERS, "each member is in the state once");
+}
