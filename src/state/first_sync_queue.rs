@@ -5,6 +5,9 @@
 //! queue is written once, a run of members per row, and only read by operators. A row per
 //! member would cost a first sync a B-tree write per member and another to delete it.
 
+use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
+use std::thread::JoinHandle;
+
 use rusqlite::{Connection, params};
 
 use super::Store;
@@ -12,37 +15,42 @@ use super::leases::{LeaseCheck, hold};
 
 /// Members per queue row: small enough that finding one user reads one short JSON text.
 const RUN_ENTRIES: u64 = 1000;
+/// Runs handed to the writing thread and not written yet, at most.
+const RUNS_AHEAD: usize = 8;
 
-/// The writer of one first sync's queue. It counts only once `commit` is called; dropping it
-/// rolls everything back.
-pub struct QueueWriter {
-    db: Connection,
-    lease: Option<LeaseCheck>,
-    key: String,
-    changed_at: String,
-    begun: bool,
-    /// The run being built: users after `after`, as JSON pairs in `users`, `entries` of them.
+/// A run of queued members: users after `after` up to `last`, as a JSON array of pairs.
+#[derive(Default)]
+struct Run {
     after: String,
     last: String,
     users: Vec<u8>,
     entries: u64,
 }
 
+/// The writer of one first sync's queue: the diff's thread builds the runs, a thread of the
+/// writer's own inserts them (beside the diff, which is single-threaded, rather than in its
+/// time). It counts only once `commit` is called; dropping it rolls everything back.
+pub struct QueueWriter {
+    run: Run,
+    runs: Option<SyncSender<Run>>,
+    inserting: Option<JoinHandle<anyhow::Result<()>>>,
+}
+
 impl Store {
     /// Opens the queue of `key`'s first sync, whose values were decided at `changed_at`.
     /// Blocking: call it from a blocking thread.
     pub fn first_sync_queue(&self, key: &str, changed_at: &str) -> anyhow::Result<QueueWriter> {
-        Ok(QueueWriter {
+        let inserter = Inserter {
             db: self.bulk_writer()?,
             lease: self.lease_check(&[key.to_string()])?,
             key: key.to_string(),
             changed_at: changed_at.to_string(),
             begun: false,
-            after: String::new(),
-            last: String::new(),
-            users: Vec::new(),
-            entries: 0,
-        })
+        };
+        let (runs, received) = sync_channel(RUNS_AHEAD);
+        let inserting =
+            std::thread::Builder::new().name("first-sync-queue".into()).spawn(move || inserter.insert_all(received))?;
+        Ok(QueueWriter { run: Run::default(), runs: Some(runs), inserting: Some(inserting) })
     }
 
     /// Drops what a first sync of `key` left in its queue: it ended, or its process died (the
@@ -55,7 +63,10 @@ impl Store {
                 .fetch_one(&self.pool)
                 .await?;
         if left {
-            sqlx::query("DELETE FROM first_sync_queue WHERE computation_key = ?1").bind(key).execute(&self.pool).await?;
+            sqlx::query("DELETE FROM first_sync_queue WHERE computation_key = ?1")
+                .bind(key)
+                .execute(&self.pool)
+                .await?;
         }
         Ok(())
     }
@@ -64,30 +75,89 @@ impl Store {
 impl QueueWriter {
     /// Queues `user_id` (after every user queued before) with its value's JSON text.
     pub fn push(&mut self, user_id: &str, desired: &str) -> anyhow::Result<()> {
-        self.users.push(if self.entries == 0 { b'[' } else { b',' });
-        self.users.push(b'[');
-        serde_json::to_writer(&mut self.users, user_id)?;
-        self.users.push(b',');
-        serde_json::to_writer(&mut self.users, desired)?;
-        self.users.push(b']');
-        self.entries += 1;
-        user_id.clone_into(&mut self.last);
-        if self.entries == RUN_ENTRIES {
-            self.flush()?;
+        let run = &mut self.run;
+        run.users.push(if run.entries == 0 { b'[' } else { b',' });
+        run.users.push(b'[');
+        serde_json::to_writer(&mut run.users, user_id)?;
+        run.users.push(b',');
+        serde_json::to_writer(&mut run.users, desired)?;
+        run.users.push(b']');
+        run.entries += 1;
+        user_id.clone_into(&mut run.last);
+        if run.entries == RUN_ENTRIES {
+            self.hand_over()?;
         }
         Ok(())
     }
 
     /// Commits the queue, checking (and renewing) the lease in its transaction. Blocking.
     pub fn commit(mut self) -> anyhow::Result<()> {
-        self.flush()?;
-        self.begin()?;
-        hold(&self.db, self.lease.as_ref(), true)?;
-        self.db.execute_batch("COMMIT")?;
+        self.hand_over()?;
+        // The last run is an empty one: it says "commit".
+        self.send(Run::default())?;
+        self.runs = None;
+        self.finish()
+    }
+
+    fn hand_over(&mut self) -> anyhow::Result<()> {
+        if self.run.entries == 0 {
+            return Ok(());
+        }
+        self.run.users.push(b']');
+        let next = Run { after: self.run.last.clone(), ..Run::default() };
+        let run = std::mem::replace(&mut self.run, next);
+        self.send(run)
+    }
+
+    fn send(&mut self, run: Run) -> anyhow::Result<()> {
+        match self.runs.as_ref().map(|runs| runs.send(run)) {
+            Some(Ok(())) => Ok(()),
+            // The inserting thread stopped: its error says why.
+            _ => {
+                self.runs = None;
+                self.finish().and_then(|()| Err(anyhow::anyhow!("the first sync's queue stopped")))
+            }
+        }
+    }
+
+    fn finish(&mut self) -> anyhow::Result<()> {
+        let inserting = self.inserting.take().ok_or_else(|| anyhow::anyhow!("the first sync's queue stopped"))?;
+        inserting.join().map_err(|_| anyhow::anyhow!("the first sync's queue panicked"))?
+    }
+}
+
+/// The inserting thread's side: one transaction over every run, committed on the empty run.
+struct Inserter {
+    db: Connection,
+    lease: Option<LeaseCheck>,
+    key: String,
+    changed_at: String,
+    begun: bool,
+}
+
+impl Inserter {
+    /// Inserts runs until the empty one (then commits) or until the writer is dropped (then the
+    /// transaction rolls back with the connection).
+    fn insert_all(mut self, runs: Receiver<Run>) -> anyhow::Result<()> {
+        while let Ok(run) = runs.recv() {
+            self.begin()?;
+            if run.entries == 0 {
+                hold(&self.db, self.lease.as_ref(), true)?;
+                self.db.execute_batch("COMMIT")?;
+                return Ok(());
+            }
+            let users = std::str::from_utf8(&run.users)?;
+            self.db
+                .prepare_cached(
+                    "INSERT INTO first_sync_queue (computation_key, after_user, last_user, entries, users, changed_at) \
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                )?
+                .execute(params![self.key, run.after, run.last, run.entries as i64, users, self.changed_at])?;
+        }
         Ok(())
     }
 
-    /// Begins the transaction at the first write (after the snapshot loaded and sorted), and
+    /// Begins the transaction at the first run (after the snapshot loaded and sorted), and
     /// replaces whatever an earlier first sync left.
     fn begin(&mut self) -> rusqlite::Result<()> {
         if !self.begun {
@@ -95,25 +165,6 @@ impl QueueWriter {
             self.db.execute("DELETE FROM first_sync_queue WHERE computation_key = ?1", [&self.key])?;
             self.begun = true;
         }
-        Ok(())
-    }
-
-    fn flush(&mut self) -> anyhow::Result<()> {
-        if self.entries == 0 {
-            return Ok(());
-        }
-        self.begin()?;
-        self.users.push(b']');
-        let users = std::str::from_utf8(&self.users)?;
-        self.db
-            .prepare_cached(
-                "INSERT INTO first_sync_queue (computation_key, after_user, last_user, entries, users, changed_at) \
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-            )?
-            .execute(params![self.key, self.after, self.last, self.entries as i64, users, self.changed_at])?;
-        std::mem::swap(&mut self.after, &mut self.last);
-        self.users.clear();
-        self.entries = 0;
         Ok(())
     }
 }
