@@ -7,6 +7,7 @@ mod counting_server;
 mod delivery;
 mod helpers;
 mod logs;
+mod memory;
 mod operate;
 mod pauses;
 mod resume;
