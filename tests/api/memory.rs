@@ -5,7 +5,8 @@
 //! The peak is the kernel's own account of the reaped child (`wait4`'s `ru_maxrss`): nothing is
 //! sampled, so no peak is missed and nothing depends on timing.
 
-use std::io::Write;
+use std::io::{BufRead, BufReader, BufWriter, Write};
+use std::net::TcpListener;
 use std::os::unix::process::ExitStatusExt;
 use std::process::{Output, Stdio};
 
@@ -84,6 +85,58 @@ fn app_with_file_destination(computations: &str) -> TestApp {
     let head =
         format!("[sync]\nsort_buffer_mb = {SORT_BUFFER_MB}\n\n[destination]\ntype = \"file\"\npath = \"out.ndjson\"\n");
     TestApp::new(&head, computations)
+}
+
+/// Serves, on loopback, one JSON page of `members` audience members (`next` after them), each
+/// written as it is sent: the test never holds the page.
+fn serve_one_page(members: u64) -> String {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}/members", listener.local_addr().unwrap());
+    std::thread::spawn(move || {
+        for socket in listener.incoming() {
+            let Ok(socket) = socket else { return };
+            // A client that gave up is the test's failure to report, not the server's.
+            let _ = answer_with_page(socket, members);
+        }
+    });
+    url
+}
+
+/// Reads one request's head and answers with the page, the body ended by closing the connection.
+fn answer_with_page(socket: std::net::TcpStream, members: u64) -> std::io::Result<()> {
+    let mut request = BufReader::new(socket.try_clone()?);
+    let mut line = String::new();
+    while request.read_line(&mut line)? > 0 && line != "\r\n" {
+        line.clear();
+    }
+    let mut out = BufWriter::with_capacity(1 << 16, socket);
+    out.write_all(b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\nconnection: close\r\n\r\n")?;
+    out.write_all(b"{\"members\": [")?;
+    for i in 0..members {
+        let comma = if i == 0 { "" } else { "," };
+        write!(out, "{comma}{{\"user_id\":\"user-{i:07}\"}}")?;
+    }
+    out.write_all(b"], \"next\": null}")?;
+    out.flush()
+}
+
+/// The number of lines in the file at `path`, read without holding it.
+fn count_lines(path: &std::path::Path) -> usize {
+    BufReader::new(std::fs::File::open(path).unwrap()).split(b'\n').count()
+}
+
+#[tokio::test]
+async fn a_json_page_of_a_million_members_is_delivered_within_the_sort_budget() {
+    const MEMBERS: u64 = 1_000_000;
+    let url = serve_one_page(MEMBERS);
+    let app = app_with_file_destination(&format!(
+        "[[audience]]\nname = \"Big\"\nsource = {{ type = \"http\", url = \"{url}\", format = \"json\" }}\n"
+    ));
+
+    let run = run_measured(&app, &["sync"]).await;
+    assert_success(&run.output);
+    assert_eq!(count_lines(&app.path("out.ndjson")), MEMBERS as usize);
+    run.assert_bounded();
 }
 
 /// An app whose audience "Bad" reads `file`, after a first sync of it holding b1 and b2.
