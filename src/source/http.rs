@@ -1,6 +1,7 @@
 //! HTTP snapshots: NDJSON streamed line by line, or JSON pages
 //! `{"members": [{"user_id": ..., "value": ...}], "next": URL or null}` (a `Link: <...>;
-//! rel="next"` header is followed too). The snapshot counts only once its last page arrived.
+//! rel="next"` header is followed too), each streamed member by member (see `page`). The
+//! snapshot counts only once its last page arrived.
 //!
 //! This runs on the snapshot's blocking thread and drives the async client through the
 //! runtime's handle, so that the NDJSON body can be read like any other file.
@@ -9,11 +10,11 @@ use std::io::Read;
 use std::time::Duration;
 
 use reqwest::header::{AUTHORIZATION, LINK};
-use serde::Deserialize;
 use tokio::runtime::Handle;
 
 use super::SnapshotError;
-use super::member::{JsonMember, Push, Rules, from_json, read_ndjson};
+use super::member::{Push, Rules, read_ndjson};
+use super::page::read_page;
 use crate::config::{HttpFormat, Secret};
 use crate::destination::retry::{self, Failure};
 use crate::redact::redact_url;
@@ -28,12 +29,6 @@ pub struct HttpSource<'a> {
     pub max_pages: u64,
 }
 
-#[derive(Deserialize)]
-struct Page {
-    members: Vec<JsonMember>,
-    next: Option<String>,
-}
-
 pub fn read(handle: &Handle, source: &HttpSource, rules: Rules, push: &mut Push) -> Result<(), SnapshotError> {
     let client = reqwest::Client::builder()
         .connect_timeout(source.timeout)
@@ -46,7 +41,7 @@ pub fn read(handle: &Handle, source: &HttpSource, rules: Rules, push: &mut Push)
         HttpFormat::Ndjson => {
             let name = redact_url(source.url.as_str());
             let response = get(handle, &client, source, source.url)?;
-            let body = BodyReader { handle, response, chunk: Vec::new(), at: 0, timeout: source.timeout };
+            let body = BodyReader::new(handle, response, source.timeout);
             read_ndjson(
                 &name,
                 std::io::BufReader::with_capacity(1 << 16, super::member::LineLimit::new(body)),
@@ -54,53 +49,50 @@ pub fn read(handle: &Handle, source: &HttpSource, rules: Rules, push: &mut Push)
                 push,
             )
         }
-        HttpFormat::Json => {
-            let mut next = Some(source.url.clone());
-            let mut seen: std::collections::HashMap<url::Url, u64> = std::collections::HashMap::new();
-            let mut page_number = 0;
-            while let Some(url) = next.take() {
-                page_number += 1;
-                let name = format!("{} (page {page_number})", redact_url(url.as_str()));
-                if let Some(first) = seen.insert(url.clone(), page_number) {
-                    let message = format!("pages {first} and {page_number} are the same URL: the pages loop");
-                    return Err(SnapshotError::new(&name, None, Some("next"), message));
-                }
-                if page_number > source.max_pages {
-                    let message =
-                        format!("more than max_pages = {} pages; raise it if the source is that big", source.max_pages);
-                    return Err(SnapshotError::new(&name, None, Some("next"), message));
-                }
-                let response = get(handle, &client, source, &url)?;
-                let link = next_link(&response, &url);
-                let body = handle
-                    .block_on(async { tokio::time::timeout(source.timeout, response.bytes()).await })
-                    .map_err(|_| {
-                        SnapshotError::new(&name, None, None, format!("no answer within {:?}", source.timeout))
-                    })?
-                    .map_err(|e| {
-                        SnapshotError::new(&name, None, None, format!("cannot read the page: {}", e.without_url()))
-                    })?;
-                let page: Page = serde_json::from_slice(&body)
-                    .map_err(|e| SnapshotError::new(&name, None, None, format!("not a page of members: {e}")))?;
-                for (i, member) in page.members.into_iter().enumerate() {
-                    push(from_json(&name, i as u64 + 1, member, rules)?)?;
-                }
-                next = match page.next.or(link) {
-                    Some(n) => {
-                        let n = url.join(&n).map_err(|e| {
-                            SnapshotError::new(&name, None, Some("next"), format!("{:?}: {e}", redact_url(&n)))
-                        })?;
-                        if n == url {
-                            return Err(SnapshotError::new(&name, None, Some("next"), "the next page is this page"));
-                        }
-                        Some(n)
-                    }
-                    None => None,
-                };
-            }
-            Ok(())
-        }
+        HttpFormat::Json => read_pages(handle, &client, source, rules, push),
     }
+}
+
+/// Reads JSON pages from the first, following `next` (or a `Link` header) to the last.
+fn read_pages(
+    handle: &Handle,
+    client: &reqwest::Client,
+    source: &HttpSource,
+    rules: Rules,
+    push: &mut Push,
+) -> Result<(), SnapshotError> {
+    let mut next = Some(source.url.clone());
+    let mut seen: std::collections::HashMap<url::Url, u64> = std::collections::HashMap::new();
+    let mut page_number = 0;
+    while let Some(url) = next.take() {
+        page_number += 1;
+        let name = format!("{} (page {page_number})", redact_url(url.as_str()));
+        if let Some(first) = seen.insert(url.clone(), page_number) {
+            let message = format!("pages {first} and {page_number} are the same URL: the pages loop");
+            return Err(SnapshotError::new(&name, None, Some("next"), message));
+        }
+        if page_number > source.max_pages {
+            let message =
+                format!("more than max_pages = {} pages; raise it if the source is that big", source.max_pages);
+            return Err(SnapshotError::new(&name, None, Some("next"), message));
+        }
+        let response = get(handle, client, source, &url)?;
+        let link = next_link(&response, &url);
+        let in_body = read_page(&name, BodyReader::new(handle, response, source.timeout), rules, push)?;
+        next = match in_body.or(link) {
+            Some(n) => {
+                let n = url
+                    .join(&n)
+                    .map_err(|e| SnapshotError::new(&name, None, Some("next"), format!("{:?}: {e}", redact_url(&n))))?;
+                if n == url {
+                    return Err(SnapshotError::new(&name, None, Some("next"), "the next page is this page"));
+                }
+                Some(n)
+            }
+            None => None,
+        };
+    }
+    Ok(())
 }
 
 /// A source only reads, so it may follow redirects, but never to another scheme (an `https`
@@ -174,6 +166,12 @@ struct BodyReader<'a> {
     chunk: Vec<u8>,
     at: usize,
     timeout: Duration,
+}
+
+impl<'a> BodyReader<'a> {
+    fn new(handle: &'a Handle, response: reqwest::Response, timeout: Duration) -> Self {
+        BodyReader { handle, response, chunk: Vec::new(), at: 0, timeout }
+    }
 }
 
 impl Read for BodyReader<'_> {

@@ -5,6 +5,7 @@ mod file;
 pub mod fingerprint;
 mod http;
 mod member;
+mod page;
 mod sort;
 mod sql;
 mod value;

@@ -8,6 +8,7 @@ mod delivery;
 mod first_sync;
 mod helpers;
 mod logs;
+mod memory;
 mod operate;
 mod pauses;
 mod resume;

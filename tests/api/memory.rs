@@ -1,0 +1,193 @@
+//! No input can take the memory (issue 13.14): whatever a snapshot holds, the binary's peak
+//! resident memory stays within the sort budget plus a constant, and a hostile snapshot fails
+//! the load naming where it broke, changing nothing.
+//!
+//! The peak is the kernel's own account of the reaped child (`wait4`'s `ru_maxrss`): nothing is
+//! sampled, so no peak is missed and nothing depends on timing.
+
+use std::io::{BufRead, BufReader, BufWriter, Write};
+use std::net::TcpListener;
+use std::os::unix::process::ExitStatusExt;
+use std::process::{Output, Stdio};
+
+use flate2::Compression;
+use flate2::write::GzEncoder;
+
+use crate::helpers::*;
+
+/// The sort budget the tests configure: small, so that a read that buffers its input stands out
+/// against the bound below.
+const SORT_BUFFER_MB: u64 = 16;
+
+/// What the binary may hold beyond the sort budget. At rest it holds its runtime, SQLite's
+/// cache, the file destination's write buffer and a debug build's code: a few tens of MB, as a
+/// sync of a tiny snapshot shows. A snapshot adds one line (or one JSON member) at most, capped at
+/// 1 MiB, and the parsers' fixed buffers. This leaves room for that and for the allocator's
+/// slack, and stays well under what holding a large input whole takes (a million members as a
+/// `Vec` next to the body they came from, or any part of a gzip bomb).
+const BEYOND_THE_BUDGET_MB: u64 = 100;
+
+/// The most resident memory a run may reach, in KiB (the unit of `ru_maxrss` on Linux).
+const BOUND_KIB: u64 = (SORT_BUFFER_MB + BEYOND_THE_BUDGET_MB) * 1024;
+
+/// A finished run of the binary and the most memory it was ever resident in.
+struct Measured {
+    output: Output,
+    max_rss_kib: u64,
+}
+
+impl Measured {
+    /// Fails the test, with the program's output, if the run went past the bound.
+    fn assert_bounded(&self) {
+        assert!(
+            self.max_rss_kib < BOUND_KIB,
+            "peak RSS {} KiB, over the bound of {BOUND_KIB} KiB\nstdout:\n{}\nstderr:\n{}",
+            self.max_rss_kib,
+            stdout(&self.output),
+            stderr(&self.output)
+        );
+    }
+}
+
+/// Runs the binary with `args` to completion off the async runtime and reads its peak RSS.
+/// Its output goes to files rather than pipes: nobody reads a pipe while `wait4` blocks.
+async fn run_measured(app: &TestApp, args: &[&str]) -> Measured {
+    let mut cmd = app.command(args);
+    let (out_path, err_path) = (app.path("run.stdout"), app.path("run.stderr"));
+    cmd.stdout(Stdio::from(std::fs::File::create(&out_path).unwrap()))
+        .stderr(Stdio::from(std::fs::File::create(&err_path).unwrap()));
+    let (status, max_rss_kib) =
+        tokio::task::spawn_blocking(move || wait_with_rusage(cmd.spawn().unwrap())).await.unwrap();
+    let output = Output { status, stdout: std::fs::read(out_path).unwrap(), stderr: std::fs::read(err_path).unwrap() };
+    Measured { output, max_rss_kib }
+}
+
+/// Reaps `child` with `wait4`, which hands back its resource usage with its exit status.
+fn wait_with_rusage(child: std::process::Child) -> (std::process::ExitStatus, u64) {
+    let pid = child.id() as libc::pid_t;
+    let mut status = 0;
+    // SAFETY: rusage is plain data the kernel fills in; zeroed is a valid value of it.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    loop {
+        // SAFETY: pid is our own unreaped child; status and usage point to live locals.
+        let reaped = unsafe { libc::wait4(pid, &mut status, 0, &mut usage) };
+        if reaped == pid {
+            break;
+        }
+        let error = std::io::Error::last_os_error();
+        assert_eq!(error.kind(), std::io::ErrorKind::Interrupted, "wait4 failed: {error}");
+    }
+    (std::process::ExitStatus::from_raw(status), usage.ru_maxrss as u64)
+}
+
+/// An app with the small sort budget, writing identifies to `out.ndjson`.
+fn app_with_file_destination(computations: &str) -> TestApp {
+    let head =
+        format!("[sync]\nsort_buffer_mb = {SORT_BUFFER_MB}\n\n[destination]\ntype = \"file\"\npath = \"out.ndjson\"\n");
+    TestApp::new(&head, computations)
+}
+
+/// Serves, on loopback, one JSON page of `members` audience members (`next` after them), each
+/// written as it is sent: the test never holds the page.
+fn serve_one_page(members: u64) -> String {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}/members", listener.local_addr().unwrap());
+    std::thread::spawn(move || {
+        for socket in listener.incoming() {
+            let Ok(socket) = socket else { return };
+            // A client that gave up is the test's failure to report, not the server's.
+            let _ = answer_with_page(socket, members);
+        }
+    });
+    url
+}
+
+/// Reads one request's head and answers with the page, the body ended by closing the connection.
+fn answer_with_page(socket: std::net::TcpStream, members: u64) -> std::io::Result<()> {
+    let mut request = BufReader::new(socket.try_clone()?);
+    let mut line = String::new();
+    while request.read_line(&mut line)? > 0 && line != "\r\n" {
+        line.clear();
+    }
+    let mut out = BufWriter::with_capacity(1 << 16, socket);
+    out.write_all(b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\nconnection: close\r\n\r\n")?;
+    out.write_all(b"{\"members\": [")?;
+    for i in 0..members {
+        let comma = if i == 0 { "" } else { "," };
+        write!(out, "{comma}{{\"user_id\":\"user-{i:07}\"}}")?;
+    }
+    out.write_all(b"], \"next\": null}")?;
+    out.flush()
+}
+
+/// The number of lines in the file at `path`, read without holding it.
+fn count_lines(path: &std::path::Path) -> usize {
+    BufReader::new(std::fs::File::open(path).unwrap()).split(b'\n').count()
+}
+
+#[tokio::test]
+async fn a_json_page_of_a_million_members_is_delivered_within_the_sort_budget() {
+    const MEMBERS: u64 = 1_000_000;
+    let url = serve_one_page(MEMBERS);
+    let app = app_with_file_destination(&format!(
+        "[[audience]]\nname = \"Big\"\nsource = {{ type = \"http\", url = \"{url}\", format = \"json\" }}\n"
+    ));
+
+    let run = run_measured(&app, &["sync"]).await;
+    assert_success(&run.output);
+    assert_eq!(count_lines(&app.path("out.ndjson")), MEMBERS as usize);
+    run.assert_bounded();
+}
+
+/// An app whose audience "Bad" reads `file`, after a first sync of it holding b1 and b2.
+async fn app_after_a_first_sync(file: &str, first: &[u8]) -> TestApp {
+    let app = app_with_file_destination(&audience("Bad", file));
+    std::fs::write(app.path(file), first).unwrap();
+    assert_success(&app.sync(&[]).await);
+    app
+}
+
+/// Syncs the broken snapshot, and checks that the load failed with `expected` in its error
+/// within the bound, changing neither the state nor the destination.
+async fn assert_fails_within_the_bound(app: &TestApp, expected: &str) {
+    let (rows, delivered) = (app.memberships().await, std::fs::read(app.path("out.ndjson")).unwrap());
+    let run = run_measured(app, &["sync"]).await;
+    assert_failure(&run.output);
+    let text = format!("{}{}", stdout(&run.output), stderr(&run.output));
+    assert!(text.contains(expected), "expected {expected:?} in:\n{text}");
+    assert_eq!(app.memberships().await, rows);
+    assert_eq!(std::fs::read(app.path("out.ndjson")).unwrap(), delivered);
+    run.assert_bounded();
+}
+
+/// `text` gzipped as one gzip member.
+fn gzip(text: &[u8]) -> Vec<u8> {
+    let mut encoder = GzEncoder::new(Vec::new(), Compression::default());
+    encoder.write_all(text).unwrap();
+    encoder.finish().unwrap()
+}
+
+#[tokio::test]
+async fn a_gzip_bomb_fails_the_load_naming_the_file_and_line_within_the_sort_budget() {
+    let app = app_after_a_first_sync("bad.csv.gz", &gzip(b"user_id\nb1\nb2\n")).await;
+    // Gzip members may be concatenated, so one 16 MiB member without a newline, compressed once
+    // and repeated, makes a file of a few MB that inflates to 2 GiB as a single third line.
+    let mut bomb = gzip(b"user_id\nb1\n");
+    let chunk = gzip(&vec![b'x'; 16 << 20]);
+    for _ in 0..128 {
+        bomb.extend_from_slice(&chunk);
+    }
+    std::fs::write(app.path("bad.csv.gz"), bomb).unwrap();
+    assert_fails_within_the_bound(&app, "bad.csv.gz: line 3 is longer than 1048576 bytes").await;
+}
+
+#[tokio::test]
+async fn a_giant_line_fails_the_load_naming_the_file_and_line_within_the_sort_budget() {
+    let app = app_after_a_first_sync("bad.ndjson", b"{\"user_id\":\"b1\"}\n{\"user_id\":\"b2\"}\n").await;
+    // An export preallocated and never written reads as zeros: 300 MB of them after the first
+    // line, sparse so that the test costs no disk.
+    let file = std::fs::File::create(app.path("bad.ndjson")).unwrap();
+    (&file).write_all(b"{\"user_id\":\"b1\"}\n").unwrap();
+    file.set_len(300 << 20).unwrap();
+    assert_fails_within_the_bound(&app, "bad.ndjson:2: cannot read: line 2 is longer than 1048576 bytes").await;
+}
