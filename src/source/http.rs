@@ -120,7 +120,9 @@ fn get(
 ) -> Result<reqwest::Response, SnapshotError> {
     let mut attempt = 0;
     loop {
-        let mut request = client.get(url.clone()).timeout(source.timeout);
+        // No timeout over the whole request: a big snapshot streams for longer than any; the
+        // client's read timeout bounds each silence instead.
+        let mut request = client.get(url.clone());
         if let Some(auth) = source.authorization {
             request = request.header(AUTHORIZATION, auth.expose());
         }

@@ -468,3 +468,40 @@ async fn a_source_follows_redirects_but_not_to_another_scheme() {
     assert!(stderr(&out).contains("redirected from http to https"), "{}", stderr(&out));
     assert!(!stderr(&out).contains("retries"), "a refused redirect is final: {}", stderr(&out));
 }
+
+/// Serves, once, an NDJSON body of `lines` members trickled a line every `gap`: a body that takes
+/// longer than the source's timeout while data keeps coming.
+fn trickling_source(lines: usize, gap: Duration) -> String {
+    use std::io::{BufRead, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}/slow.ndjson", listener.local_addr().unwrap());
+    std::thread::spawn(move || {
+        let Ok((socket, _)) = listener.accept() else { return };
+        let mut request = std::io::BufReader::new(socket.try_clone().unwrap());
+        let mut line = String::new();
+        while request.read_line(&mut line).unwrap_or(0) > 0 && line != "\r\n" {
+            line.clear();
+        }
+        let mut out = socket;
+        let _ = out.write_all(b"HTTP/1.1 200 OK\r\ncontent-type: application/x-ndjson\r\nconnection: close\r\n\r\n");
+        for i in 0..lines {
+            std::thread::sleep(gap); // the stand-in's pace, not a synchronisation
+            if out.write_all(format!("{{\"user_id\":\"user-{i}\"}}\n").as_bytes()).is_err() {
+                return;
+            }
+        }
+    });
+    url
+}
+
+/// `timeout_secs` bounds a silence, not a whole body: a big snapshot streamed for longer than
+/// the timeout must load (it used to fail, the request's own timeout covering the body).
+#[tokio::test]
+async fn a_body_streaming_longer_than_the_timeout_loads_while_data_keeps_coming() {
+    let edge = contentstack_server().await;
+    let url = trickling_source(6, Duration::from_millis(400));
+    let app = app_with(&edge, &http_audience("Slow", &url, ", format = \"ndjson\", timeout_secs = 1")).await;
+    let output = app.sync(&[]).await;
+    assert_success(&output);
+    assert_eq!(app.memberships().await.len(), 6, "{}", stderr(&output));
+}
