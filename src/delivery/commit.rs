@@ -27,8 +27,6 @@ const ANSWERS_PER_CHECKPOINT: usize = 65_536;
 pub enum Write {
     /// The answers of one call of window `window`, and where to hand them back once recorded.
     Answers { window: u64, outcomes: Vec<Outcome>, committed: oneshot::Sender<Vec<Outcome>> },
-    /// How far delivery is, for the running `sync_runs` rows: (id, delivered, failed).
-    Progress(Vec<(i64, u64, u64)>),
     /// Window `window`, users in (`after`, `last`] sent in `calls` calls, is about to be sent;
     /// say when that is noted. `first_users`: per first sync, its users in the window with
     /// their values (JSON) and when those were decided.
@@ -42,19 +40,20 @@ pub enum Write {
     },
 }
 
-/// Serves writes for the computations `keys` (of which `first_sync` are on their first sync)
-/// until the channel closes; returns how many rows each computation had quarantined.
+/// Serves writes for the computations `keys` (of which `first_sync` are on their first sync,
+/// and `runs` gives each one's running `sync_runs` row) until the channel closes; returns how many rows each computation had quarantined.
 /// Between writes it waits without blocking; each write blocks the thread for its transaction
 /// (tens of microseconds for a few answers).
 pub async fn commit_loop(
     store: Store,
     keys: Vec<String>,
     first_sync: Vec<String>,
+    runs: BTreeMap<String, i64>,
     mut writes: mpsc::Receiver<Write>,
     quarantine_after: u32,
 ) -> anyhow::Result<BTreeMap<String, u64>> {
     let mut committer = Committer {
-        writer: store.answer_writer(&keys, quarantine_after, &first_sync)?,
+        writer: store.answer_writer(&keys, quarantine_after, &first_sync)?.counting_on(runs),
         checkpointer: store.checkpointer(),
         keys,
         windows: HashMap::new(),
@@ -67,10 +66,6 @@ pub async fn commit_loop(
         next = match write {
             Write::Sending { window, calls, after, last, first_users, noted } => {
                 let _ = noted.send(committer.note(window, calls, &after, &last, &first_users));
-                None
-            }
-            Write::Progress(runs) => {
-                committer.writer.note_progress(&runs)?;
                 None
             }
             Write::Answers { window, outcomes, committed } => {

@@ -23,6 +23,8 @@ pub struct AnswerWriter {
     first_sync: HashSet<String>,
     /// Shared: the computation and the time; per row: user, value sent, when it was decided.
     insert_synced: Batched<2, 3>,
+    /// The running `sync_runs` row of each computation, whose counts each record adds to.
+    runs: BTreeMap<String, i64>,
 }
 
 impl Store {
@@ -44,11 +46,20 @@ impl Store {
             quarantine_after,
             first_sync,
             insert_synced: Batched::new(INSERT_SYNCED_COLUMNS, insert_synced_sql),
+            runs: BTreeMap::new(),
         })
     }
 }
 
 impl AnswerWriter {
+    /// Counts the answers recorded for each computation on its running `sync_runs` row, in the
+    /// transaction that records them: however the pass ends (a failure, a kill), its row says
+    /// what it delivered.
+    pub fn counting_on(mut self, runs: BTreeMap<String, i64>) -> AnswerWriter {
+        self.runs = runs;
+        self
+    }
+
     /// Notes, before they are sent, that users in (`after`, `last`] of the computations `keys`
     /// may reach the destination: one row per computation in `sending_windows`, committed
     /// before the requests go, so that a kill during them cannot make the diff forget a user
@@ -106,6 +117,7 @@ impl AnswerWriter {
                 }
             }
         }
+        count_answers(&tx, &self.runs, calls)?;
         {
             let mut drop_window = tx.prepare_cached("DELETE FROM sending_windows WHERE id = ?1")?;
             for id in answered {
@@ -124,21 +136,25 @@ impl AnswerWriter {
     pub fn catch_up(&self, checkpointer: &super::Checkpointer) -> rusqlite::Result<bool> {
         checkpointer.catch_up(&self.db)
     }
+}
 
-    /// Records how far delivery is on running `sync_runs` rows: (id, delivered, failed).
-    pub fn note_progress(&mut self, runs: &[(i64, u64, u64)]) -> anyhow::Result<()> {
-        let tx = rusqlite::Transaction::new(&mut self.db, rusqlite::TransactionBehavior::Immediate)?;
-        {
-            let mut note = tx.prepare_cached(
-                "UPDATE sync_runs SET delivered = ?2, failed = ?3 WHERE id = ?1 AND status = 'running'",
-            )?;
-            for (id, delivered, failed) in runs {
-                note.execute(params![id, *delivered as i64, *failed as i64])?;
-            }
-        }
-        tx.commit()?;
-        Ok(())
+/// Adds the answers of `calls` to the delivered and failed counts of their computations' running
+/// `sync_runs` rows.
+fn count_answers(tx: &Connection, runs: &BTreeMap<String, i64>, calls: &[Vec<Outcome>]) -> rusqlite::Result<()> {
+    let mut counts: BTreeMap<&str, (i64, i64)> = BTreeMap::new();
+    for o in calls.iter().flatten() {
+        let (delivered, failed) = counts.entry(&o.computation_key).or_default();
+        *(if o.error.is_none() { delivered } else { failed }) += 1;
     }
+    let mut add = tx.prepare_cached(
+        "UPDATE sync_runs SET delivered = delivered + ?2, failed = failed + ?3 WHERE id = ?1 AND status = 'running'",
+    )?;
+    for (key, (delivered, failed)) in counts {
+        if let Some(id) = runs.get(key) {
+            add.execute(params![id, delivered, failed])?;
+        }
+    }
+    Ok(())
 }
 
 /// Acknowledged rows of a first sync, `values`: `synced` is the value sent, as is `desired`.
@@ -384,18 +400,29 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn progress_is_noted_on_running_runs_only() {
+    async fn answers_are_counted_on_running_runs_only() {
         let dir = tempfile::tempdir().unwrap();
         let (store, db) = store_with_audience(dir.path()).await;
         let interrupted = store.start_run("a", "manual", "initial").await.unwrap();
         let running = store.start_run("a", "manual", "initial").await.unwrap(); // closes the first as interrupted
-        let mut writer = store.answer_writer(&[], 3, &[]).unwrap();
-        writer.note_progress(&[(interrupted, 5, 1), (running, 7, 2)]).unwrap();
+        let outcome = |user: &str, error: Option<&str>| Outcome {
+            computation_key: "a".into(),
+            user_id: user.into(),
+            sent: "true".into(),
+            changed_at: "t".into(),
+            error: error.map(str::to_string),
+        };
+        for (runs, user) in [(interrupted, "x"), (running, "y")] {
+            let (u1, u2, u3) = (format!("{user}1"), format!("{user}2"), format!("{user}3"));
+            let calls = [vec![outcome(&u1, None), outcome(&u2, Some("500"))], vec![outcome(&u3, None)]];
+            let writer = store.answer_writer(&[], 3, &["a".into()]).unwrap();
+            writer.counting_on(BTreeMap::from([("a".to_string(), runs)])).record(&calls, &[]).unwrap();
+        }
         let counts = |id: i64| -> (i64, i64) {
             db.query_row("SELECT delivered, failed FROM sync_runs WHERE id = ?1", [id], |r| Ok((r.get(0)?, r.get(1)?)))
                 .unwrap()
         };
         assert_eq!(counts(interrupted), (0, 0), "an interrupted run keeps its counts");
-        assert_eq!(counts(running), (7, 2));
+        assert_eq!(counts(running), (2, 1));
     }
 }
