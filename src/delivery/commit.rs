@@ -11,6 +11,7 @@ use std::collections::{BTreeMap, HashMap};
 
 use tokio::sync::{mpsc, oneshot};
 
+use super::WindowNote;
 use crate::state::{AnswerWriter, Checkpointer, Outcome, Store};
 
 /// Most answers recorded in one transaction.
@@ -27,17 +28,8 @@ const ANSWERS_PER_CHECKPOINT: usize = 65_536;
 pub enum Write {
     /// The answers of one call of window `window`, and where to hand them back once recorded.
     Answers { window: u64, outcomes: Vec<Outcome>, committed: oneshot::Sender<Vec<Outcome>> },
-    /// Window `window`, users in (`after`, `last`] sent in `calls` calls, is about to be sent;
-    /// say when that is noted. `first_users`: per first sync, its users in the window with
-    /// their values (JSON) and when those were decided.
-    Sending {
-        window: u64,
-        calls: usize,
-        after: String,
-        last: String,
-        first_users: BTreeMap<String, (String, String)>,
-        noted: oneshot::Sender<anyhow::Result<()>>,
-    },
+    /// A window is about to be sent; say when that is noted.
+    Sending { note: WindowNote, noted: oneshot::Sender<anyhow::Result<()>> },
 }
 
 /// Serves writes for the computations `keys` (of which `first_sync` are on their first sync,
@@ -64,8 +56,8 @@ pub async fn commit_loop(
     let mut next = writes.recv().await;
     while let Some(write) = next.take() {
         next = match write {
-            Write::Sending { window, calls, after, last, first_users, noted } => {
-                let _ = noted.send(committer.note(window, calls, &after, &last, &first_users));
+            Write::Sending { note, noted } => {
+                let _ = noted.send(committer.note(note));
                 None
             }
             Write::Answers { window, outcomes, committed } => {
@@ -95,16 +87,9 @@ struct Committer {
 }
 
 impl Committer {
-    fn note(
-        &mut self,
-        window: u64,
-        calls: usize,
-        after: &str,
-        last: &str,
-        first_users: &BTreeMap<String, (String, String)>,
-    ) -> anyhow::Result<()> {
-        let ids = self.writer.note_window(&self.keys, after, last, first_users)?;
-        self.windows.insert(window, (calls, ids));
+    fn note(&mut self, note: WindowNote) -> anyhow::Result<()> {
+        let ids = self.writer.note_window(&self.keys, &note.after, &note.last, &note.first_users)?;
+        self.windows.insert(note.window, (note.calls, ids));
         Ok(())
     }
 

@@ -159,8 +159,8 @@ pub async fn deliver(
         }
     };
 
-    // Windows of users are read and noted one ahead of the calls that send them, so that
-    // requests never wait for the state between windows.
+    // A window is read and noted while the one before it goes out, so that requests never
+    // wait for the state between windows, and no sooner (see `produce`).
     let (window_tx, window_rx) = mpsc::channel::<Window>(1);
     // Owns the sender of writes, so that the committer ends once sending has.
     let sending = async {
@@ -174,12 +174,16 @@ pub async fn deliver(
                 })
                 .await??
             };
-            let windows = windows_of_updates(rows, &first_keys, &write_tx, concurrency, per_call);
+            let windows = windows_of_updates(rows, &first_keys, concurrency, per_call);
             futures::pin_mut!(windows);
-            while let Some(window) = windows.try_next().await? {
-                if window_tx.send(window).await.is_err() {
+            while let Some((window, note)) = windows.try_next().await? {
+                // Noted only once the sending side took the window before it: a kill leaves at
+                // most one window noted that has not begun to go out.
+                let Ok(handing_over) = window_tx.reserve().await else {
                     break; // the sending side stopped (shutdown, or an error it reports)
-                }
+                };
+                note_window(&write_tx, note).await?;
+                handing_over.send(window);
             }
             drop(window_tx);
             anyhow::Ok(())
@@ -249,18 +253,25 @@ struct Window {
     calls: Vec<Vec<UserUpdate>>,
 }
 
+/// What noting a window writes: users in (`after`, `last`], in `calls` calls, and per first
+/// sync its users with their values (JSON) and when those were decided.
+struct WindowNote {
+    window: u64,
+    calls: usize,
+    after: String,
+    last: String,
+    first_users: BTreeMap<String, (String, String)>,
+}
+
 /// Rows as one update per user, in user order, a window of `window` calls of `per_call` users
-/// at a time. Each window is noted as being sent before it is handed out
-/// (`AnswerWriter::note_window`), with its users of each first sync `first` (their rows are not
-/// in the state yet); with one window in flight, one handed over and one being noted, a kill
-/// leaves at most three windows noted without having been sent.
-fn windows_of_updates<'a>(
+/// at a time, each with what noting it writes (its users of each first sync `first` too: their
+/// rows are not in the state yet).
+fn windows_of_updates(
     rows: Rows,
-    first: &'a [String],
-    writes: &'a mpsc::Sender<commit::Write>,
+    first: &[String],
     window: usize,
     per_call: usize,
-) -> impl futures::Stream<Item = anyhow::Result<Window>> + 'a {
+) -> impl futures::Stream<Item = anyhow::Result<(Window, WindowNote)>> + '_ {
     let state = (String::new(), VecDeque::new(), rows, 0u64);
     stream::try_unfold(state, move |(after, mut queued, mut rows, id)| async move {
         if queued.is_empty() {
@@ -285,19 +296,16 @@ fn windows_of_updates<'a>(
                 _ => calls.push(vec![user]),
             }
         }
-        let (noted, done) = oneshot::channel();
-        let sending = commit::Write::Sending {
-            window: id,
-            calls: calls.len(),
-            after: after.clone(),
-            last: last.clone(),
-            first_users,
-            noted,
-        };
-        writes.send(sending).await.map_err(|_| stopped_recording())?;
-        done.await.map_err(|_| stopped_recording())??;
-        Ok(Some((Window { id, calls }, (last, queued, rows, id + 1))))
+        let note = WindowNote { window: id, calls: calls.len(), after, last: last.clone(), first_users };
+        Ok(Some(((Window { id, calls }, note), (last, queued, rows, id + 1))))
     })
+}
+
+/// Notes a window as being sent (`AnswerWriter::note_window`), durably, and waits for it.
+async fn note_window(writes: &mpsc::Sender<commit::Write>, note: WindowNote) -> anyhow::Result<()> {
+    let (noted, done) = oneshot::channel();
+    writes.send(commit::Write::Sending { note, noted }).await.map_err(|_| stopped_recording())?;
+    done.await.map_err(|_| stopped_recording())?
 }
 
 /// For each computation of `keys` that some of `updates` hold a value of: those users with the

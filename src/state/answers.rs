@@ -75,6 +75,23 @@ impl AnswerWriter {
         users: &BTreeMap<String, (String, String)>,
     ) -> anyhow::Result<Vec<i64>> {
         let at = now();
+        // The note must survive a power loss (without it, a user the destination holds could
+        // be forgotten): this transaction alone is synced to disk; answers may stay NORMAL, as
+        // losing one means only a re-send.
+        self.db.pragma_update(None, "synchronous", "FULL")?;
+        let ids = self.insert_window(keys, after, last, users, &at);
+        self.db.pragma_update(None, "synchronous", "NORMAL")?;
+        ids
+    }
+
+    fn insert_window(
+        &mut self,
+        keys: &[String],
+        after: &str,
+        last: &str,
+        users: &BTreeMap<String, (String, String)>,
+        at: &str,
+    ) -> anyhow::Result<Vec<i64>> {
         let tx = rusqlite::Transaction::new(&mut self.db, rusqlite::TransactionBehavior::Immediate)?;
         let mut ids = Vec::with_capacity(keys.len());
         {

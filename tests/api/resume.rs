@@ -199,3 +199,47 @@ async fn a_pass_whose_lease_was_taken_over_stops_before_its_next_write() {
     assert_eq!((run_status.as_str(), entered), ("failed", MEMBERS as i64));
     assert_eq!(delivered, synced_after, "the failed pass's sync_runs row counts every answer it recorded");
 }
+
+/// Issue 13.13: after a kill, only users whose requests may have gone out are treated as told.
+/// The destination answers `ANSWERED` requests and then holds every one, so at the kill the
+/// requests in flight are exactly those it received; the windows noted beyond them may hold at
+/// most one window (`CONCURRENCY` users) that never went out (there used to be two).
+#[tokio::test]
+async fn after_a_kill_at_most_one_window_never_sent_is_treated_as_told() {
+    const ANSWERED: usize = 100;
+    let server = MockServer::start().await;
+    Mock::given(method("PATCH"))
+        .and(path("/user-attributes"))
+        .respond_with(ResponseTemplate::new(200))
+        .up_to_n_times(ANSWERED as u64)
+        .with_priority(1)
+        .mount(&server)
+        .await;
+    Mock::given(method("PATCH"))
+        .and(path("/user-attributes"))
+        .respond_with(ResponseTemplate::new(200).set_delay(Duration::from_secs(600)))
+        .with_priority(2)
+        .mount(&server)
+        .await;
+    let app = TestApp::contentstack(&server, CONCURRENCY, &audience("Big", "big.csv"));
+    let users: Vec<String> = (0..MEMBERS).map(|i| format!("user-{i:04}")).collect();
+    app.write("big.csv", &csv_users(&users.iter().map(String::as_str).collect::<Vec<_>>()));
+
+    let mut child = app.command(&["sync"]).spawn().unwrap();
+    wait_until(60, "every slot to hold a request the destination keeps", || async {
+        server.received_requests().await.unwrap().len() == ANSWERED + CONCURRENCY
+    })
+    .await;
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let sent: HashSet<String> = received(&server).await.into_iter().map(|(u, _)| u).collect();
+    server.reset().await;
+    acknowledge_all(&server).await;
+
+    app.write("big.csv", &csv_users(&[]));
+    assert_success(&app.sync(&["--allow-mass-exit"]).await);
+    let told_false = told_false(&server).await;
+    assert!(sent.is_subset(&told_false), "every user sent is told false");
+    let never_sent = told_false.difference(&sent).count();
+    assert!(never_sent <= CONCURRENCY, "{never_sent} users never sent were treated as told");
+}
