@@ -58,3 +58,5 @@ SELECT
     (SELECT count(*) FROM quarantined q WHERE q.computation_key = c.key) AS quarantined
 FROM computations c
 LEFT JOIN sync_runs r ON r.id = (SELECT max(id) FROM sync_runs WHERE computation_key = c.key);
+-- A first sync's window in `sending_windows` no longer carries its users (`users`, `changed_at`
+-- stay NULL): they are in this queue, which outlives a kill until the next pass settles it.

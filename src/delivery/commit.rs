@@ -88,7 +88,7 @@ struct Committer {
 
 impl Committer {
     fn note(&mut self, note: WindowNote) -> anyhow::Result<()> {
-        let ids = self.writer.note_window(&self.keys, &note.after, &note.last, &note.first_users)?;
+        let ids = self.writer.note_window(&self.keys, &note.after, &note.last)?;
         self.windows.insert(note.window, (note.calls, ids));
         Ok(())
     }

@@ -174,7 +174,7 @@ pub async fn deliver(
                 })
                 .await??
             };
-            let windows = windows_of_updates(rows, &first_keys, concurrency, per_call);
+            let windows = windows_of_updates(rows, concurrency, per_call);
             futures::pin_mut!(windows);
             while let Some((window, note)) = windows.try_next().await? {
                 // Noted only once the sending side took the window before it: a kill leaves at
@@ -253,25 +253,22 @@ struct Window {
     calls: Vec<Vec<UserUpdate>>,
 }
 
-/// What noting a window writes: users in (`after`, `last`], in `calls` calls, and per first
-/// sync its users with their values (JSON) and when those were decided.
+/// What noting a window writes: users in (`after`, `last`], in `calls` calls. (A first sync's
+/// users in it are found in its queue, `state::QueueWriter`.)
 struct WindowNote {
     window: u64,
     calls: usize,
     after: String,
     last: String,
-    first_users: BTreeMap<String, (String, String)>,
 }
 
 /// Rows as one update per user, in user order, a window of `window` calls of `per_call` users
-/// at a time, each with what noting it writes (its users of each first sync `first` too: their
-/// rows are not in the state yet).
+/// at a time, each with what noting it writes.
 fn windows_of_updates(
     rows: Rows,
-    first: &[String],
     window: usize,
     per_call: usize,
-) -> impl futures::Stream<Item = anyhow::Result<(Window, WindowNote)>> + '_ {
+) -> impl futures::Stream<Item = anyhow::Result<(Window, WindowNote)>> {
     let state = (String::new(), VecDeque::new(), rows, 0u64);
     stream::try_unfold(state, move |(after, mut queued, mut rows, id)| async move {
         if queued.is_empty() {
@@ -288,7 +285,6 @@ fn windows_of_updates(
         }
         let Some(users) = queued.pop_front() else { return anyhow::Ok(None) };
         let last = users.last().map(|u| u.user_id.clone()).unwrap_or_default();
-        let first_users = users_of(&users, first)?;
         let mut calls: Vec<Vec<UserUpdate>> = Vec::with_capacity(users.len().div_ceil(per_call));
         for user in users {
             match calls.last_mut() {
@@ -296,7 +292,7 @@ fn windows_of_updates(
                 _ => calls.push(vec![user]),
             }
         }
-        let note = WindowNote { window: id, calls: calls.len(), after, last: last.clone(), first_users };
+        let note = WindowNote { window: id, calls: calls.len(), after, last: last.clone() };
         Ok(Some(((Window { id, calls }, note), (last, queued, rows, id + 1))))
     })
 }
@@ -306,27 +302,6 @@ async fn note_window(writes: &mpsc::Sender<commit::Write>, note: WindowNote) -> 
     let (noted, done) = oneshot::channel();
     writes.send(commit::Write::Sending { note, noted }).await.map_err(|_| stopped_recording())?;
     done.await.map_err(|_| stopped_recording())?
-}
-
-/// For each computation of `keys` that some of `updates` hold a value of: those users with the
-/// values, as a JSON array of [user, value JSON text] pairs, and when the values were decided.
-fn users_of(updates: &[UserUpdate], keys: &[String]) -> anyhow::Result<BTreeMap<String, (String, String)>> {
-    let mut users: BTreeMap<&str, (Vec<[&str; 2]>, &str)> = BTreeMap::new();
-    if keys.is_empty() {
-        return Ok(BTreeMap::new());
-    }
-    for u in updates {
-        for v in u.values.iter().filter(|v| keys.contains(&v.key)) {
-            let (pairs, _) = users.entry(&v.key).or_insert_with(|| (Vec::new(), &v.changed_at));
-            pairs.push([&u.user_id, &v.value]);
-        }
-    }
-    users
-        .into_iter()
-        .map(|(key, (pairs, changed_at))| {
-            Ok((key.to_string(), (serde_json::to_string(&pairs)?, changed_at.to_string())))
-        })
-        .collect()
 }
 
 /// Consecutive rows of one user become one update.

@@ -63,45 +63,29 @@ impl AnswerWriter {
     /// Notes, before they are sent, that users in (`after`, `last`] of the computations `keys`
     /// may reach the destination: one row per computation in `sending_windows`, committed
     /// before the requests go, so that a kill during them cannot make the diff forget a user
-    /// the destination may hold. A computation on its first sync has no rows to find there:
-    /// `users` gives, for each such key, the window's users with the values sent (a JSON array
-    /// of pairs) and when those were decided.
-    /// Returns the rows, for `record` to drop once answered.
-    pub fn note_window(
-        &mut self,
-        keys: &[String],
-        after: &str,
-        last: &str,
-        users: &BTreeMap<String, (String, String)>,
-    ) -> anyhow::Result<Vec<i64>> {
-        let at = now();
+    /// the destination may hold. (A computation on its first sync has no rows to find there:
+    /// its users are in its `first_sync_queue`.) Returns the rows, for `record` to drop once
+    /// answered.
+    pub fn note_window(&mut self, keys: &[String], after: &str, last: &str) -> anyhow::Result<Vec<i64>> {
         // The note must survive a power loss (without it, a user the destination holds could
         // be forgotten): this transaction alone is synced to disk; answers may stay NORMAL, as
         // losing one means only a re-send.
         self.db.pragma_update(None, "synchronous", "FULL")?;
-        let ids = self.insert_window(keys, after, last, users, &at);
+        let ids = self.insert_window(keys, after, last);
         self.db.pragma_update(None, "synchronous", "NORMAL")?;
         ids
     }
 
-    fn insert_window(
-        &mut self,
-        keys: &[String],
-        after: &str,
-        last: &str,
-        users: &BTreeMap<String, (String, String)>,
-        at: &str,
-    ) -> anyhow::Result<Vec<i64>> {
+    fn insert_window(&mut self, keys: &[String], after: &str, last: &str) -> anyhow::Result<Vec<i64>> {
+        let at = now();
         let tx = rusqlite::Transaction::new(&mut self.db, rusqlite::TransactionBehavior::Immediate)?;
         let mut ids = Vec::with_capacity(keys.len());
         {
             let mut note = tx.prepare_cached(
-                "INSERT INTO sending_windows (computation_key, after_user, last_user, noted_at, users, changed_at) \
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                "INSERT INTO sending_windows (computation_key, after_user, last_user, noted_at) VALUES (?1, ?2, ?3, ?4)",
             )?;
             for key in keys {
-                let (users, changed_at) = users.get(key).map(|(u, c)| (u, c)).unzip();
-                note.execute(params![key, after, last, at, users, changed_at])?;
+                note.execute(params![key, after, last, at])?;
                 ids.push(tx.last_insert_rowid());
             }
         }

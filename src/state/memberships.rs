@@ -24,8 +24,8 @@ impl Store {
     /// (`sending_windows`), the never-acknowledged pending rows may have reached the
     /// destination, so they are marked `first_sent_at` (the diff then tells a leaving user
     /// `false` instead of forgetting them), a first sync's users not in the state get such a
-    /// row, and the windows are dropped. Call it holding the
-    /// computation's lease, before its diff. Returns how many rows were marked.
+    /// row (from its queue, so call it before dropping that), and the windows are dropped.
+    /// Call it holding the computation's lease, before its diff. Returns how many rows were marked.
     pub async fn settle_sending_windows(&self, key: &str) -> anyhow::Result<u64> {
         // Almost always there is nothing to settle: find that out without waiting for the write
         // lock, which another pass's long diff may hold.
@@ -47,7 +47,23 @@ impl Store {
         let mut marked = 0;
         for (after, last, noted_at, users, changed_at) in &windows {
             // A first sync's window: its users have no rows until acknowledged. Those still
-            // without one get a pending row with the value sent, told (see migration 0008).
+            // without one get a pending row with the value sent, told; they are in the first
+            // sync's queue (or, for a window noted by an older version, in the window).
+            marked += sqlx::query(
+                "INSERT INTO memberships (computation_key, user_id, desired, updated_at, first_sent_at) \
+                 SELECT ?1, u.value ->> 0, u.value ->> 1, q.changed_at, ?4 \
+                 FROM first_sync_queue q, json_each(q.users) u \
+                 WHERE q.computation_key = ?1 AND q.last_user > ?2 AND q.after_user < ?3 \
+                   AND u.value ->> 0 > ?2 AND u.value ->> 0 <= ?3 \
+                 ON CONFLICT (computation_key, user_id) DO NOTHING",
+            )
+            .bind(key)
+            .bind(after)
+            .bind(last)
+            .bind(noted_at)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
             if let Some(users) = users {
                 marked += sqlx::query(
                     "INSERT INTO memberships (computation_key, user_id, desired, updated_at, first_sent_at) \
