@@ -2,7 +2,8 @@
 //! instead of writing them as pending rows; delivery writes each row with its first answer.
 //!
 //! While delivery runs, the entries are also in the state's `first_sync_queue`, for operators
-//! to see what is still to be sent; the pass drops it when it ends.
+//! to see what is still to be sent. It goes once every entry is answered or pending in the
+//! state: at the end of a delivered first sync, or with the next diff that commits.
 //!
 //! The snapshot's fingerprint is recorded only once every entry has an answer recorded: until
 //! then the state does not hold the whole snapshot, and an unchanged file must not skip the
@@ -70,7 +71,7 @@ impl OpSink for Spooling {
 /// After delivery: records the snapshot's fingerprint once the state holds it whole, and
 /// returns how many entries are neither in the state nor delivered (a shutdown or a failing
 /// state stopped delivery; the next diff finds them again). Entries delivery never took (their
-/// attribute is blocked) are written as pending rows, for the operator to see. The queue goes.
+/// attribute is blocked) are written as pending rows, for the operator to see.
 pub async fn close(
     store: &Store,
     key: &str,
@@ -97,7 +98,10 @@ pub async fn close(
         })
         .await??;
     }
-    // Every entry is now answered, pending in the state, or to be found by the next diff.
-    store.drop_first_sync_queue(key).await?;
+    // Every entry is now answered or pending in the state. Entries still owed stay queued,
+    // and so pending to the operator, until the next diff that commits finds them again.
+    if unsent == 0 {
+        store.drop_first_sync_queue(key).await?;
+    }
     Ok(unsent)
 }

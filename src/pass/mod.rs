@@ -103,7 +103,6 @@ pub async fn run(
         }
         let initial_done = store.register(c).await?;
         let marked = store.settle_sending_windows(&c.key).await?;
-        store.drop_first_sync_queue(&c.key).await?;
         if marked > 0 {
             tracing::warn!(
                 key = %c.key, rows = marked,

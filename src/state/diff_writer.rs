@@ -65,6 +65,9 @@ impl DiffWriter {
             )?,
             None => self.db.execute("UPDATE computations SET snapshot_sha256 = NULL WHERE key = ?1", params![self.key])?,
         };
+        // The state now holds the snapshot: what an earlier first sync still owed is pending
+        // rows, or no longer owed.
+        self.db.execute("DELETE FROM first_sync_queue WHERE computation_key = ?1", params![self.key])?;
         // A diff may hold the write lock longer than a lease lasts: the lease is checked, and
         // renewed, in the transaction that commits it.
         super::leases::hold(&self.db, self.lease.as_ref(), true)?;

@@ -53,8 +53,8 @@ impl Store {
         Ok(QueueWriter { run: Run::default(), runs: Some(runs), inserting: Some(inserting) })
     }
 
-    /// Drops what a first sync of `key` left in its queue: it ended, or its process died (the
-    /// next diff finds its unanswered members again). Call it holding the computation's lease.
+    /// Drops the queue of `key`'s first sync once every entry has an answer recorded. (A diff
+    /// that commits drops it too: see `DiffWriter::commit`.) Call it holding the lease.
     pub async fn drop_first_sync_queue(&self, key: &str) -> anyhow::Result<()> {
         // Almost always there is none: find that out without waiting for the write lock.
         let left: bool =

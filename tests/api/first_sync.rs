@@ -113,3 +113,53 @@ async fn a_first_sync_stopped_by_a_kill_leaves_nothing_pending_twice() {
     let members = app.memberships().await;
     assert_eq!(members.len(), MEMBERS, "each member is in the state once");
 }
+
+/// How many of `key`'s members the `pending` view lists.
+async fn listed_pending(app: &TestApp, key: &str) -> i64 {
+    sqlx::query_scalar("SELECT count(*) FROM pending WHERE computation_key = ?1")
+        .bind(key)
+        .fetch_one(&app.db().await)
+        .await
+        .unwrap()
+}
+
+/// Review finding: a first sync stopped by SIGTERM dropped its queue while its summary still
+/// said members were owed, and a next pass whose load failed dropped it too; `pending` and
+/// `status` said 0 until a later diff found them again.
+#[tokio::test]
+async fn members_a_stopped_first_sync_still_owes_stay_pending_until_a_diff_commits() {
+    let server = destination_that_stalls_after_some_answers().await;
+    let app = TestApp::contentstack(&server, 4, &audience("Big", "big.csv"));
+    let users: Vec<String> = (0..MEMBERS).map(|i| format!("user-{i:04}")).collect();
+    let snapshot = csv_users(&users.iter().map(String::as_str).collect::<Vec<_>>());
+    app.write("big.csv", &snapshot);
+    let mut child = app.command(&["sync"]).spawn().unwrap();
+    wait_until(60, "requests to stall", || async { server.received_requests().await.unwrap().len() as u64 > ANSWERED })
+        .await;
+    terminate(&child);
+    wait_exit(&mut child, 60).await;
+
+    let answered: i64 = sqlx::query_scalar("SELECT count(*) FROM memberships WHERE synced = 'true'")
+        .fetch_one(&app.db().await)
+        .await
+        .unwrap();
+    let owed = MEMBERS as i64 - answered;
+    assert!(owed > 0, "the stalled requests were not answered");
+    assert_eq!(listed_pending(&app, "big").await, owed, "after SIGTERM, the members not answered are pending");
+
+    std::fs::remove_file(app.path("big.csv")).unwrap();
+    let failed = app.sync(&[]).await;
+    assert_failure(&failed);
+    assert_eq!(listed_pending(&app, "big").await, owed, "a failed load leaves them pending: {}", stdout(&failed));
+    let status = app.run(&["status", "--json"]).await;
+    let rows: serde_json::Value = serde_json::from_str(&stdout(&status)).unwrap();
+    assert_eq!(rows[0]["pending"], serde_json::json!(owed), "status counts them: {rows}");
+
+    server.reset().await;
+    acknowledge_all(&server).await;
+    app.write("big.csv", &snapshot);
+    let output = app.sync(&[]).await;
+    assert_success(&output);
+    assert_eq!(listed_pending(&app, "big").await, 0, "{}", stdout(&output));
+    assert_eq!(app.memberships().await.len(), MEMBERS, "each member is in the state once");
+}
