@@ -73,9 +73,50 @@ pub fn scrub(text: &str, secrets: &[String]) -> String {
     secrets.iter().filter(|s| s.len() >= 4).fold(text.to_string(), |t, s| t.replace(s.as_str(), HIDDEN))
 }
 
+/// The secrets a request to `url` carries, as a server might echo them: the userinfo's
+/// password (as written and decoded, and the `user:password` Basic credentials reqwest makes of
+/// it) and the value of every parameter named like a secret. For `scrub`.
+pub fn url_secrets(url: &url::Url) -> Vec<String> {
+    let mut secrets = Vec::new();
+    if let Some(password) = url.password() {
+        let decoded = percent_decode_value(password);
+        let user = percent_decode_value(url.username());
+        secrets.push(base64::Engine::encode(&base64::engine::general_purpose::STANDARD, format!("{user}:{decoded}")));
+        secrets.extend([password.to_string(), decoded]);
+    }
+    for (name, value) in url.query_pairs() {
+        if is_secret_name(&name) {
+            secrets.push(value.into_owned());
+        }
+    }
+    secrets
+}
+
+/// The secrets of an `Authorization` value: the whole value, its credentials without the
+/// scheme, and what Basic credentials decode to.
+pub fn header_secrets(value: &str) -> Vec<String> {
+    let mut secrets = vec![value.to_string()];
+    if let Some((scheme, credentials)) = value.trim().split_once(' ') {
+        secrets.push(credentials.trim().to_string());
+        if scheme.eq_ignore_ascii_case("basic") {
+            let decoded = base64::Engine::decode(&base64::engine::general_purpose::STANDARD, credentials.trim());
+            if let Some(text) = decoded.ok().and_then(|d| String::from_utf8(d).ok()) {
+                secrets.extend(text.split_once(':').map(|(_, password)| password.to_string()));
+                secrets.push(text);
+            }
+        }
+    }
+    secrets
+}
+
+/// A percent-encoded value decoded (invalid UTF-8 replaced).
+fn percent_decode_value(s: &str) -> String {
+    url::form_urlencoded::parse(format!("x={s}").as_bytes()).next().map(|(_, v)| v.into_owned()).unwrap_or_default()
+}
+
 #[cfg(test)]
 mod tests {
-    use super::{redact_url, scrub};
+    use super::{header_secrets, redact_url, scrub, url_secrets};
 
     #[test]
     fn userinfo_is_hidden() {
@@ -109,6 +150,23 @@ mod tests {
         assert_eq!(redact_url("host=db user=me password=pw dbname=x"), "host=db user=me password=*** dbname=x");
         assert_eq!(redact_url("snapshots/a.csv"), "snapshots/a.csv");
         assert_eq!(redact_url(""), "");
+    }
+
+    #[test]
+    fn a_urls_secrets_are_its_password_its_basic_form_and_its_secret_parameters() {
+        let url = url::Url::parse("https://me:p%40ss@h/x?token=t0k3n&page=2").unwrap();
+        let secrets = url_secrets(&url);
+        for want in ["p%40ss", "p@ss", "bWU6cEBzcw==", "t0k3n"] {
+            assert!(secrets.contains(&want.to_string()), "{want} in {secrets:?}");
+        }
+        assert!(!secrets.contains(&"2".to_string()) && !secrets.contains(&"me".to_string()), "{secrets:?}");
+    }
+
+    #[test]
+    fn an_authorization_values_secrets_include_its_credentials_and_their_decoded_form() {
+        assert_eq!(header_secrets("Bearer abc123"), ["Bearer abc123", "abc123"]);
+        let secrets = header_secrets("Basic bWU6cEBzcw==");
+        assert!(secrets.contains(&"p@ss".to_string()) && secrets.contains(&"me:p@ss".to_string()), "{secrets:?}");
     }
 
     #[test]

@@ -1,7 +1,8 @@
 //! HTTP snapshots: NDJSON streamed line by line, or JSON pages
 //! `{"members": [{"user_id": ..., "value": ...}], "next": URL or null}` (a `Link: <...>;
 //! rel="next"` header is followed too), each streamed member by member (see `page`). The
-//! snapshot counts only once its last page arrived.
+//! snapshot counts only once its last page arrived. A next page on another scheme is refused;
+//! one of another origin is read without the source's `Authorization`.
 //!
 //! This runs on the snapshot's blocking thread and drives the async client through the
 //! runtime's handle, so that the NDJSON body can be read like any other file.
@@ -27,6 +28,16 @@ pub struct HttpSource<'a> {
     pub timeout: Duration,
     pub max_retries: u32,
     pub max_pages: u64,
+}
+
+impl HttpSource<'_> {
+    /// What a server may echo back of what it was sent to `url`, to scrub from its answers.
+    fn secrets(&self, url: &url::Url) -> Vec<String> {
+        let mut secrets = crate::redact::url_secrets(self.url);
+        secrets.extend(crate::redact::url_secrets(url));
+        secrets.extend(self.authorization.map(|a| crate::redact::header_secrets(a.expose())).unwrap_or_default());
+        secrets
+    }
 }
 
 pub fn read(handle: &Handle, source: &HttpSource, rules: Rules, push: &mut Push) -> Result<(), SnapshotError> {
@@ -87,6 +98,11 @@ fn read_pages(
                 if n == url {
                     return Err(SnapshotError::new(&name, None, Some("next"), "the next page is this page"));
                 }
+                if n.scheme() != source.url.scheme() {
+                    let message =
+                        format!("the next page is on {}, the source on {}: refused", n.scheme(), source.url.scheme());
+                    return Err(SnapshotError::new(&name, None, Some("next"), message));
+                }
                 Some(n)
             }
             None => None,
@@ -123,7 +139,8 @@ fn get(
         // No timeout over the whole request: a big snapshot streams for longer than any; the
         // client's read timeout bounds each silence instead.
         let mut request = client.get(url.clone());
-        if let Some(auth) = source.authorization {
+        // Credentials go to the configured origin only: a page may point anywhere.
+        if let Some(auth) = source.authorization.filter(|_| url.origin() == source.url.origin()) {
             request = request.header(AUTHORIZATION, auth.expose());
         }
         let error = match handle.block_on(request.send()) {
@@ -132,10 +149,8 @@ fn get(
                 let Some(failure) = retry::classify(status) else { return Ok(response) };
                 let headers = response.headers().clone();
                 let body = handle.block_on(response.text()).unwrap_or_default();
-                // A server may echo the Authorization it was sent.
-                let secrets: Vec<String> = source.authorization.map(|a| a.expose().to_string()).into_iter().collect();
                 let mut error = retry::from_response(status, &headers, &body, failure);
-                error.message = crate::redact::scrub(&error.message, &secrets);
+                error.message = crate::redact::scrub(&error.message, &source.secrets(url));
                 error
             }
             Err(e) => retry::from_transport(e),

@@ -28,7 +28,18 @@ async fn source_server() -> MockServer {
         .mount(&server)
         .await;
     Mock::given(path("/gone.ndjson")).respond_with(ResponseTemplate::new(404)).mount(&server).await;
+    Mock::given(path("/echo")).respond_with(echo_credentials).mount(&server).await;
     server
+}
+
+/// A careless server's error page: it echoes the URL it was asked for and the credentials it
+/// was sent, decoded too.
+fn echo_credentials(r: &wiremock::Request) -> ResponseTemplate {
+    let auth = r.headers.get("authorization").map(|v| v.to_str().unwrap().to_string()).unwrap_or_default();
+    let token = auth.split_once(' ').map(|(_, t)| t).unwrap_or_default();
+    let decoded = base64::Engine::decode(&base64::engine::general_purpose::STANDARD, token).unwrap_or_default();
+    let body = format!("bad request: you asked {} as {auth} ({})", r.url, String::from_utf8_lossy(&decoded));
+    ResponseTemplate::new(400).set_body_string(body)
 }
 
 /// A Contentstack stand-in that answers every update with a redirect whose `Location`
@@ -51,7 +62,8 @@ async fn destination_servers() -> (MockServer, MockServer) {
 }
 
 /// Every kind of source, each URL with secrets in it: one that loads, one answering 404, one
-/// whose server is down, one redirected to another scheme, and two databases that fail.
+/// whose server is down, one redirected to another scheme, one whose server echoes them, and
+/// two databases that fail.
 fn computations(app: &TestApp, source: &MockServer) -> String {
     let host = source.uri().replace("http://", "");
     let down = free_port();
@@ -71,6 +83,8 @@ fn computations(app: &TestApp, source: &MockServer) -> String {
         http("Gone", format!("http://{host}/gone.ndjson?access_token={}", canary(3)), ""),
         http("Down", format!("http://user:{}@127.0.0.1:{down}/x?api_key={}", canary(4), canary(5)), ""),
         http("Moved", format!("http://{host}/moved?sig={}", canary(6)), ""),
+        http("Echo", format!("http://user:{}@{host}/echo?token={}&x=1", canary(17), canary(18)), ""),
+        http("Echo auth", format!("http://{host}/echo"), &auth),
         sql("Lite", format!("sqlite://{}?password={}", app.path("w.db").display(), canary(7))),
         // The HTTP server answers a Postgres handshake with garbage: an error without the wait
         // for a server that refuses connections.
@@ -116,7 +130,7 @@ fn state_text(app: &TestApp) -> Vec<String> {
 
 /// Fails naming each canary found in `text`, and where.
 fn assert_no_canary(what: &str, text: &str) {
-    let leaked: Vec<String> = (1..=16).map(canary).filter(|c| text.contains(c.as_str())).collect();
+    let leaked: Vec<String> = (1..=18).map(canary).filter(|c| text.contains(c.as_str())).collect();
     assert!(leaked.is_empty(), "{what} holds the secrets {leaked:?}:\n{text}");
 }
 
@@ -146,15 +160,7 @@ async fn no_secret_reaches_a_log_the_output_or_the_state() {
         outputs.push((format!("{args:?}"), out));
     }
     let segment = MockServer::start().await;
-    // It echoes the credentials it was sent, as a careless server's error page does.
-    let echo = |r: &wiremock::Request| {
-        let auth = r.headers.get("authorization").map(|v| v.to_str().unwrap().to_string()).unwrap_or_default();
-        let token = auth.trim_start_matches("Basic ");
-        let decoded = base64::Engine::decode(&base64::engine::general_purpose::STANDARD, token).unwrap_or_default();
-        let body = format!("bad request: you sent {auth} ({})", String::from_utf8_lossy(&decoded));
-        ResponseTemplate::new(400).set_body_string(body)
-    };
-    Mock::given(method("POST")).respond_with(echo).mount(&segment).await;
+    Mock::given(method("POST")).respond_with(echo_credentials).mount(&segment).await;
     let with_key = TestApp::segment(&segment, "", &audience("Good", "g.csv"));
     let with_key = with_key.replace_in_config("http://", &format!("http://w:{}@", canary(16)));
     with_key.write("g.csv", &csv_users(&["u1"]));

@@ -469,6 +469,43 @@ async fn a_source_follows_redirects_but_not_to_another_scheme() {
     assert!(!stderr(&out).contains("retries"), "a refused redirect is final: {}", stderr(&out));
 }
 
+/// Review finding: the source's `Authorization` went with every page, to whatever host a page
+/// named as the next. A next page of another origin is read without it; of another scheme, not
+/// at all.
+#[tokio::test]
+async fn a_next_page_elsewhere_gets_no_credentials_and_another_scheme_is_refused() {
+    let edge = contentstack_server().await;
+    let (source, elsewhere) = (MockServer::start().await, MockServer::start().await);
+    let next = format!("{}/p2", elsewhere.uri());
+    Mock::given(path("/p1"))
+        .and(header("authorization", SOURCE_AUTH))
+        .respond_with(ResponseTemplate::new(200).set_body_json(page(&["u1"], Some(next.as_str()))))
+        .mount(&source)
+        .await;
+    Mock::given(path("/p2"))
+        .respond_with(ResponseTemplate::new(200).set_body_json(page(&["u2"], None)))
+        .mount(&elsewhere)
+        .await;
+    let https = format!("{}/p2", source.uri().replace("http://", "https://"));
+    Mock::given(path("/tls"))
+        .respond_with(ResponseTemplate::new(200).set_body_json(page(&["u1"], Some(https.as_str()))))
+        .mount(&source)
+        .await;
+    let auth = format!(", format = \"json\", auth_header_env = \"{SOURCE_AUTH_ENV}\"");
+    let app = app_with(&edge, &http_audience("A", &format!("{}/p1", source.uri()), &auth)).await;
+    assert_success(&app.sync(&[]).await);
+    let users: Vec<String> = sorted(received(&edge).await).into_iter().map(|(u, _)| u).collect();
+    assert_eq!(users, ["u1", "u2"]);
+    let asked = elsewhere.received_requests().await.unwrap();
+    assert_eq!(asked.len(), 1);
+    assert!(asked[0].headers.get("authorization").is_none(), "the credentials went to another host");
+
+    let app = app_with(&edge, &http_audience("B", &format!("{}/tls", source.uri()), &auth)).await;
+    let out = app.sync(&[]).await;
+    assert_failure(&out);
+    assert!(stderr(&out).contains("next: the next page is on https, the source on http: refused"), "{}", stderr(&out));
+}
+
 /// Serves, once, an NDJSON body of `lines` members trickled a line every `gap`: a body that takes
 /// longer than the source's timeout while data keeps coming.
 fn trickling_source(lines: usize, gap: Duration) -> String {
