@@ -1,11 +1,13 @@
 //! Snapshot files: CSV with a header row, or NDJSON; gzip-compressed when the name ends `.gz`.
 
+use std::cell::Cell;
 use std::fs::File;
 use std::io::{BufReader, Read};
 use std::path::Path;
+use std::rc::Rc;
 
 use super::fingerprint::{Fingerprint, Hashing};
-use super::member::{LineLimit, Push, Rules, check_user_id, read_ndjson};
+use super::member::{LineLimit, MAX_LINE_BYTES, Push, Rules, check_user_id, read_ndjson};
 use super::value::csv_value;
 use super::{SnapshotError, SnapshotRecord, member_value};
 use crate::config::{Kind, SnapshotFormat};
@@ -42,6 +44,8 @@ pub fn read(
 
 fn read_csv(name: &str, reader: impl Read, rules: Rules, push: &mut Push) -> Result<(), SnapshotError> {
     let kind = rules.kind;
+    let record_start = Rc::new(Cell::new(RecordStart { byte: 0, line: 1 }));
+    let reader = RecordLimit { inner: reader, read: 0, record_start: record_start.clone() };
     let mut csv = csv::ReaderBuilder::new().has_headers(true).flexible(false).from_reader(reader);
     let csv_err = |e: csv::Error| {
         let line = e.position().map(|p| p.line());
@@ -77,6 +81,7 @@ fn read_csv(name: &str, reader: impl Read, rules: Rules, push: &mut Push) -> Res
     };
     let mut record = csv::StringRecord::new();
     while csv.read_record(&mut record).map_err(csv_err)? {
+        record_start.set(RecordStart { byte: csv.position().byte(), line: csv.position().line() });
         let line = record.position().map(|p| p.line()).unwrap_or(0);
         let user_id = &record[user_col];
         check_user_id(name, line, user_id, rules)?;
@@ -91,6 +96,43 @@ fn read_csv(name: &str, reader: impl Read, rules: Rules, push: &mut Push) -> Res
     }
     Ok(())
 }
+
+/// Where the record being read began: the byte after the last one read whole, and its line.
+#[derive(Clone, Copy)]
+struct RecordStart {
+    byte: u64,
+    line: u64,
+}
+
+/// A reader that fails once the CSV record being read runs past `MAX_LINE_BYTES`: a quoted
+/// field may span lines (an unterminated quote swallows the rest of the file), which the line
+/// limit alone lets through into the parser's record buffer.
+struct RecordLimit<R> {
+    inner: R,
+    read: u64,
+    record_start: Rc<Cell<RecordStart>>,
+}
+
+impl<R: Read> Read for RecordLimit<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let start = self.record_start.get();
+        // The parser reads ahead by its buffer at most: what was read before the record began
+        // does not count.
+        if self.read.saturating_sub(start.byte) > MAX_LINE_BYTES + CSV_BUFFER {
+            let message = format!(
+                "the record from line {} is longer than {MAX_LINE_BYTES} bytes: an unterminated quote?",
+                start.line
+            );
+            return Err(std::io::Error::new(std::io::ErrorKind::InvalidData, message));
+        }
+        let n = self.inner.read(buf)?;
+        self.read += n as u64;
+        Ok(n)
+    }
+}
+
+/// What the CSV parser buffers ahead of the record it is on.
+const CSV_BUFFER: u64 = 1 << 16;
 
 #[cfg(test)]
 mod tests;

@@ -72,6 +72,8 @@ pub struct JsonMember {
     value: Option<Value>,
 }
 
+/// A `user_id` must be one a destination and an operator can use: not empty, within the
+/// limit, without control characters.
 pub fn check_user_id(name: &str, line: u64, user_id: &str, rules: Rules) -> Result<(), SnapshotError> {
     if user_id.trim().is_empty() {
         return Err(SnapshotError::new(name, Some(line), Some("user_id"), "user_id is empty"));
@@ -79,6 +81,12 @@ pub fn check_user_id(name: &str, line: u64, user_id: &str, rules: Rules) -> Resu
     if user_id.len() > rules.max_user_id_bytes {
         let message =
             format!("user_id is {} bytes, more than max_user_id_bytes = {}", user_id.len(), rules.max_user_id_bytes);
+        return Err(SnapshotError::new(name, Some(line), Some("user_id"), message));
+    }
+    // A NUL ends the id for SQLite's JSON functions, and no control character belongs in an
+    // id an operator reads, pastes and queries: a corrupt export, not a user.
+    if let Some(c) = user_id.chars().find(|c| c.is_control()) {
+        let message = format!("user_id holds the control character U+{:04X}", c as u32);
         return Err(SnapshotError::new(name, Some(line), Some("user_id"), message));
     }
     Ok(())

@@ -191,3 +191,22 @@ async fn a_giant_line_fails_the_load_naming_the_file_and_line_within_the_sort_bu
     file.set_len(300 << 20).unwrap();
     assert_fails_within_the_bound(&app, "bad.ndjson:2: cannot read: line 2 is longer than 1048576 bytes").await;
 }
+
+/// Review finding: a quoted CSV field may span lines, so an unterminated quote swallowed the
+/// rest of a file line by line past the line limit (959 MB for a 1 GB file); in a column the
+/// audience ignores, the load even succeeded.
+#[tokio::test]
+async fn an_unterminated_csv_quote_fails_the_load_naming_where_it_began_within_the_sort_budget() {
+    let app = app_after_a_first_sync("bad.csv", b"user_id,note\nb1,x\nb2,y\n").await;
+    let file = std::fs::File::create(app.path("bad.csv")).unwrap();
+    let mut writer = std::io::BufWriter::new(&file);
+    writer.write_all(b"user_id,note\nb1,x\nb2,\"").unwrap();
+    // 300 MB of short lines inside the quote: every line is within the line limit.
+    let line = [b"b3,z".repeat(20).as_slice(), b"\n"].concat();
+    for _ in 0..(300 << 20) / line.len() {
+        writer.write_all(&line).unwrap();
+    }
+    writer.flush().unwrap();
+    drop(writer);
+    assert_fails_within_the_bound(&app, "bad.csv: the record from line 3 is longer than 1048576 bytes").await;
+}

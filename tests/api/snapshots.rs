@@ -92,6 +92,18 @@ async fn half_written_ndjson_line() {
     .await;
 }
 
+/// Review finding: a NUL in a user id cut it short in the `pending` view's JSON, showing a
+/// user who does not exist.
+#[tokio::test]
+async fn a_user_id_with_a_control_character_names_the_line() {
+    assert_bad_snapshot_changes_nothing(
+        "bad.ndjson",
+        Some("{\"user_id\":\"b1\"}\n{\"user_id\":\"b\\u00002\"}\n"),
+        "bad.ndjson:2: user_id: user_id holds the control character U+0000",
+    )
+    .await;
+}
+
 #[tokio::test]
 async fn empty_user_id() {
     assert_bad_snapshot_changes_nothing(

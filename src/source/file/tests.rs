@@ -121,3 +121,28 @@ fn truncated_gzip_is_an_error() {
     let e = read(&path, SnapshotFormat::Csv, true, AUDIENCE, &mut |_| Ok(())).unwrap_err();
     assert!(e.source_name.ends_with("a.csv.gz"), "{e}");
 }
+
+#[test]
+fn an_unterminated_quote_fails_at_the_record_limit_naming_its_line() {
+    let mut content = b"user_id,note\nu1,x\nu2,\"".to_vec();
+    for _ in 0..(2 << 20) / 10 {
+        content.extend_from_slice(b"u3,words\n");
+    }
+    let e = err("q.csv", &content, Kind::Audience);
+    assert!(e.contains("the record from line 3 is longer than 1048576 bytes"), "{e}");
+}
+
+#[test]
+fn a_quoted_field_spanning_lines_within_the_limit_loads() {
+    let got = load("q.csv", b"user_id,note\nu1,\"two\nlines\"\nu2,x\n", Kind::Audience).unwrap();
+    let users: Vec<&str> = got.iter().map(|(u, _, _)| u.as_str()).collect();
+    assert_eq!(users, ["u1", "u2"]);
+}
+
+#[test]
+fn a_user_id_with_a_control_character_fails_naming_the_line() {
+    let e = err("a.csv", b"user_id\nu1\nu\x002\n", Kind::Audience);
+    assert!(e.ends_with("a.csv:3: user_id: user_id holds the control character U+0000"), "{e}");
+    let e = err("a.ndjson", b"{\"user_id\":\"u1\"}\n{\"user_id\":\"u\\u001b[31m\"}\n", Kind::Audience);
+    assert!(e.ends_with("a.ndjson:2: user_id: user_id holds the control character U+001B"), "{e}");
+}
