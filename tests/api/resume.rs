@@ -202,11 +202,13 @@ async fn a_pass_whose_lease_was_taken_over_stops_before_its_next_write() {
 
 /// Issue 13.13: after a kill, only users whose requests may have gone out are treated as told.
 /// The destination answers `ANSWERED` requests and then holds every one, so at the kill the
-/// requests in flight are exactly those it received; the windows noted beyond them may hold at
-/// most one window (`CONCURRENCY` users) that never went out (there used to be two).
+/// requests in flight are exactly those it received. The next window is noted once the one
+/// going out has begun to: noted but never sent are at most the rest of the window going out
+/// and the next, `2 x CONCURRENCY - 1` users (a window ahead was noted too, before). `ANSWERED`
+/// is one past a whole number of windows, so that the window going out has begun and no more.
 #[tokio::test]
 async fn after_a_kill_at_most_one_window_never_sent_is_treated_as_told() {
-    const ANSWERED: usize = 100;
+    const ANSWERED: usize = 101;
     let server = MockServer::start().await;
     Mock::given(method("PATCH"))
         .and(path("/user-attributes"))
@@ -241,5 +243,5 @@ async fn after_a_kill_at_most_one_window_never_sent_is_treated_as_told() {
     let told_false = told_false(&server).await;
     assert!(sent.is_subset(&told_false), "every user sent is told false");
     let never_sent = told_false.difference(&sent).count();
-    assert!(never_sent <= CONCURRENCY, "{never_sent} users never sent were treated as told");
+    assert!(never_sent < 2 * CONCURRENCY, "{never_sent} users never sent were treated as told");
 }
