@@ -5,6 +5,7 @@
 //! `state`, `delivery` sends what is pending to a `destination` and records what was
 //! acknowledged; `pass` runs that for the selected computations and `cli` is the command line.
 
+pub mod change;
 pub mod cli;
 pub mod commands;
 pub mod config;

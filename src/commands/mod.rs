@@ -10,17 +10,13 @@ use std::process::ExitCode;
 use tokio_util::sync::CancellationToken;
 
 use crate::pass::ComputationReport;
-use crate::state::RunStatus;
 
 /// Prints the summaries; exit 0 only when everything selected was delivered.
 fn conclude(selected: &[String], reports: &[ComputationReport]) -> ExitCode {
     for r in reports {
         println!("{}", r.summary());
     }
-    let unfinished = reports.iter().filter(|r| r.status != RunStatus::Ok).map(|r| match r.status {
-        RunStatus::Failed => format!("{} (snapshot failed)", r.key),
-        _ => format!("{} ({} pending)", r.key, r.pending),
-    });
+    let unfinished = reports.iter().filter_map(ComputationReport::unfinished);
     // A shutdown before a computation's turn leaves it without a report: not delivered either.
     let not_started = selected
         .iter()

@@ -8,7 +8,7 @@ use crate::config::Config;
 use crate::destination::Destination;
 use crate::pass::{self, PassOptions, lease, plan};
 use crate::progress::Progress;
-use crate::state::{LeaseOwner, Store};
+use crate::state::{LeaseOwner, Store, Trigger};
 
 /// One pass now over the computations named by `keys` (all when empty).
 pub async fn sync(config: &Config, keys: &[String], wait: Duration, allow_mass_exit: bool) -> anyhow::Result<ExitCode> {
@@ -43,7 +43,7 @@ async fn leased_pass(
             println!("resync: {marked} rows{whose} marked to be sent again");
         }
         let options = PassOptions {
-            trigger: "manual",
+            trigger: Trigger::Manual,
             resync: resync.is_some(),
             stop,
             allow_mass_exit,
@@ -68,7 +68,7 @@ pub async fn dry_run(config: &Config, keys: &[String]) -> anyhow::Result<ExitCod
             Ok(p) => {
                 println!("{}", p.summary(&c.key));
                 if let Err(held) = pass::guard(c, &p.counts) {
-                    println!("{}: {held:#}", c.key);
+                    println!("{}: {held}", c.key);
                 }
             }
             Err(e) => {

@@ -35,8 +35,9 @@ impl Metrics {
         for r in reports {
             let m = all.entry(r.key.clone()).or_default();
             m.passes += 1;
-            m.delivered += r.delivery.delivered;
-            m.failed += r.delivery.failed;
+            let delivery = r.delivery();
+            m.delivered += delivery.delivered;
+            m.failed += delivery.failed;
             m.last_pass_seconds = took.as_secs_f64();
             if r.status == RunStatus::Ok {
                 m.last_success_unix = Some(chrono::Utc::now().timestamp());

@@ -23,7 +23,7 @@ use crate::config::{Computation, Config, schedule};
 use crate::destination::Destination;
 use crate::pass::{self, PassOptions, lease};
 use crate::progress::Progress;
-use crate::state::{LeaseOwner, Store};
+use crate::state::{LeaseOwner, RunStatus, Store, Trigger};
 
 pub use metrics::Metrics;
 
@@ -147,7 +147,7 @@ async fn leased_pass(shared: &Shared, keys: &[String], stop: CancellationToken) 
         shared.config.computations.iter().filter(|c| leases.keys().contains(&c.key)).cloned().collect();
     let started = std::time::Instant::now();
     let options = PassOptions {
-        trigger: "schedule",
+        trigger: Trigger::Schedule,
         resync: false,
         stop,
         progress: Progress::off(),
@@ -168,7 +168,7 @@ pub async fn catch_up(store: &Store, computations: &[Computation]) -> anyhow::Re
     for c in computations {
         let overdue = match store.last_run(&c.key).await? {
             None => true,
-            Some(run) if run.status != "ok" => true,
+            Some(run) if run.status != RunStatus::Ok => true,
             Some(run) => {
                 let finished = run.finished_at.as_deref().and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok());
                 match (finished, schedule::interval_at(&c.cron, now)) {

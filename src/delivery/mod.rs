@@ -21,10 +21,11 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::{Kind, RetryConfig};
-use crate::destination::{Destination, PendingValue, UserUpdate};
+use crate::change::{Outcome, PendingRow};
+use crate::config::RetryConfig;
+use crate::destination::{Destination, UserUpdate};
 use crate::progress::Stage;
-use crate::state::{Outcome, PendingRow, Store};
+use crate::state::Store;
 
 pub use attributes::ensure_attributes;
 pub use rows::FirstSync;
@@ -61,7 +62,7 @@ pub struct DeliveryReport {
 impl DeliveryReport {
     fn add(&mut self, call: &CallResult) {
         for o in &call.outcomes {
-            let r = self.key(&o.computation_key);
+            let r = self.key(o.key());
             match &o.error {
                 None => r.delivered += 1,
                 Some(e) => {
@@ -108,6 +109,14 @@ pub struct Work {
     pub beside_other_passes: bool,
 }
 
+/// How calls are sent: where, with which retries, until when.
+struct Sending<'a> {
+    destination: &'a Destination,
+    policy: &'a RetryConfig,
+    deadline: Instant,
+    halt: &'a retry::Halt,
+}
+
 /// Delivers every pending, unquarantined row of `work`, and every entry of its first syncs,
 /// once, retrying within the pass until `deadline`; rows still failing stay pending for the
 /// next pass. Errors only when the state cannot be read or written.
@@ -124,33 +133,23 @@ pub async fn deliver(
     stop: &CancellationToken,
     progress: &Stage,
 ) -> anyhow::Result<DeliveryReport> {
-    let mut report = DeliveryReport::default();
     let Work { keys, first, runs, beside_other_passes } = work;
     if keys.is_empty() && first.is_empty() {
-        return Ok(report);
+        return Ok(DeliveryReport::default());
     }
     let concurrency = destination.concurrency();
+    let per_call = destination.updates_per_call();
     let (write_tx, write_rx) = mpsc::channel::<commit::Write>(concurrency + 1);
     let first_keys: Vec<String> = first.iter().map(|f| f.key.clone()).collect();
     let all_keys: Vec<String> = keys.iter().chain(&first_keys).cloned().collect();
-    let per_call = destination.updates_per_call();
-    let halt = retry::Halt::new(stop);
-    let halt = &halt;
-    let committer = commit::commit_loop(
-        store.clone(),
-        all_keys.clone(),
-        first_keys.clone(),
-        runs,
-        write_rx,
-        policy.quarantine_after,
-    );
+    let committer =
+        commit::commit_loop(store.clone(), all_keys.clone(), first_keys, runs, write_rx, policy.quarantine_after);
     // With one user per call (Contentstack), a slot's time is the latency plus the wait for its
     // answer to be recorded, and a record is a small transaction: done on this thread, between
-    // polls, it saves two thread wake-ups a call (5 ms, concurrency 64: 86-88 % -> 88-90 % of
-    // the bound). Calls of many users make transactions that are better run beside the sending,
-    // on a thread of their own (inline, a file destination's first sync takes 40 % longer and
-    // Segment's batches 35 %). Inline, a record waiting for another process's write lock holds
-    // up this thread too; the calls it would free wait for that lock either way.
+    // polls, it saves two thread wake-ups a call. Calls of many users make transactions that are
+    // better run beside the sending, on a thread of their own (docs/performance.md). Inline, a
+    // record waiting for another process's write lock holds up this thread too; the calls it
+    // would free wait for that lock either way.
     let committed = async move {
         if per_call == 1 && !beside_other_passes {
             committer.await
@@ -158,79 +157,27 @@ pub async fn deliver(
             tokio::task::spawn_blocking(move || futures::executor::block_on(committer)).await?
         }
     };
-
+    let halt = retry::Halt::new(stop);
+    let sending = Sending { destination, policy, deadline, halt: &halt };
     // A window is read and noted while the one before it goes out, so that requests never
     // wait for the state between windows, and no sooner (see `produce`).
     let (window_tx, window_rx) = mpsc::channel::<Window>(1);
-    // Owns the sender of writes, so that the committer ends once sending has.
-    let sending = async {
-        let write_tx = write_tx;
-        let produce = async {
-            let rows = {
-                let store = store.clone();
-                tokio::task::spawn_blocking(move || {
-                    let pending = if keys.is_empty() { None } else { Some(store.pending_reader(&keys)?) };
-                    Rows::new(pending, first)
-                })
-                .await??
-            };
-            let windows = windows_of_updates(rows, concurrency, per_call);
-            futures::pin_mut!(windows);
-            while let Some((window, note)) = windows.try_next().await? {
-                // Noted only once the sending side took the window before it: a kill leaves at
-                // most one window noted that has not begun to go out.
-                let Ok(handing_over) = window_tx.reserve().await else {
-                    break; // the sending side stopped (shutdown, or an error it reports)
-                };
-                note_window(&write_tx, note).await?;
-                handing_over.send(window);
-            }
-            drop(window_tx);
-            anyhow::Ok(())
-        };
-
-        let started = Instant::now();
-        let mut last_progress = Instant::now();
-        let mut window_rx = window_rx;
-        // An owning block: the receiver is dropped as soon as sending ends, which frees the
-        // producer if it is waiting to hand over a window.
-        let send = async {
-            stream::poll_fn(move |cx| window_rx.poll_recv(cx))
-                .flat_map(|window| stream::iter(window.calls.into_iter().map(move |call| (window.id, call))))
-                .take_until(halt.token().cancelled())
-                .map(|(window, call)| {
-                    let writes = write_tx.clone();
-                    async move {
-                        let (outcomes, retried) =
-                            retry::send_with_retries(destination, policy, deadline, halt, call).await;
-                        let (committed, done) = oneshot::channel();
-                        let answers = commit::Write::Answers { window, outcomes, committed };
-                        writes.send(answers).await.map_err(|_| stopped_recording())?;
-                        let outcomes = done.await.map_err(|_| stopped_recording())?;
-                        anyhow::Ok(CallResult { outcomes, retried })
-                    }
-                })
-                .buffer_unordered(concurrency)
-                .try_for_each(|call| {
-                    report.add(&call);
-                    progress.inc(call.outcomes.len() as u64);
-                    if last_progress.elapsed() >= PROGRESS_EVERY {
-                        let (delivered, failed) = report.totals();
-                        let elapsed_s = started.elapsed().as_secs();
-                        tracing::info!(delivered, failed, elapsed_s, "delivery in progress");
-                        last_progress = Instant::now();
-                    }
-                    futures::future::ready(Ok(()))
-                })
-                .await
-        };
-        tokio::join!(produce, send)
+    let rows = async {
+        let store = store.clone();
+        tokio::task::spawn_blocking(move || {
+            let pending = if keys.is_empty() { None } else { Some(store.pending_reader(&keys)?) };
+            Rows::new(pending, first)
+        })
+        .await?
     };
-    let (committed, (produced, sent)) = tokio::join!(committed, sending);
+    let notes = write_tx.clone();
+    let windows = async move { produce(rows.await?, (concurrency, per_call), window_tx, notes).await };
+    let sent = send(&sending, window_rx, write_tx, concurrency, progress);
+    let (committed, produced, sent) = tokio::join!(committed, windows, sent);
     // The committer's own error explains a failed send better than the closed channel it causes.
     let quarantined = committed?;
     produced?;
-    sent?;
+    let mut report = sent?;
     for (key, n) in quarantined {
         report.per_key.entry(key).or_default().quarantined += n;
     }
@@ -241,6 +188,76 @@ pub async fn deliver(
         }
     }
     Ok(report)
+}
+
+/// Reads `rows` as windows of `concurrency` calls of `per_call` users, notes each window and
+/// hands it to the sending side. A window is noted only once the sending side took the one
+/// before it: a kill leaves at most one window noted that has not begun to go out.
+async fn produce(
+    rows: Rows,
+    (concurrency, per_call): (usize, usize),
+    windows: mpsc::Sender<Window>,
+    writes: mpsc::Sender<commit::Write>,
+) -> anyhow::Result<()> {
+    let produced = windows_of_updates(rows, concurrency, per_call);
+    futures::pin_mut!(produced);
+    while let Some((window, note)) = produced.try_next().await? {
+        let Ok(handing_over) = windows.reserve().await else {
+            break; // the sending side stopped (shutdown, or an error it reports)
+        };
+        note_window(&writes, note).await?;
+        handing_over.send(window);
+    }
+    Ok(())
+}
+
+/// Sends the calls of each window as it comes, `concurrency` at a time, and has each call's
+/// answers recorded before its slot is free again. Ends when the windows do, or on `halt`.
+async fn send(
+    sending: &Sending<'_>,
+    mut windows: mpsc::Receiver<Window>,
+    writes: mpsc::Sender<commit::Write>,
+    concurrency: usize,
+    progress: &Stage,
+) -> anyhow::Result<DeliveryReport> {
+    let mut report = DeliveryReport::default();
+    let started = Instant::now();
+    let mut last_progress = Instant::now();
+    stream::poll_fn(move |cx| windows.poll_recv(cx))
+        .flat_map(|window| stream::iter(window.calls.into_iter().map(move |call| (window.id, call))))
+        .take_until(sending.halt.token().cancelled())
+        .map(|(window, call)| send_and_record(sending, &writes, window, call))
+        .buffer_unordered(concurrency)
+        .try_for_each(|call| {
+            report.add(&call);
+            progress.inc(call.outcomes.len() as u64);
+            if last_progress.elapsed() >= PROGRESS_EVERY {
+                let (delivered, failed) = report.totals();
+                let elapsed_s = started.elapsed().as_secs();
+                tracing::info!(delivered, failed, elapsed_s, "delivery in progress");
+                last_progress = Instant::now();
+            }
+            futures::future::ready(Ok(()))
+        })
+        .await?;
+    Ok(report)
+}
+
+/// Sends one call of window `window` (retrying what is worth it) and waits for its answers to
+/// be recorded.
+async fn send_and_record(
+    sending: &Sending<'_>,
+    writes: &mpsc::Sender<commit::Write>,
+    window: u64,
+    call: Vec<UserUpdate>,
+) -> anyhow::Result<CallResult> {
+    let Sending { destination, policy, deadline, halt } = *sending;
+    let (outcomes, retried) = retry::send_with_retries(destination, policy, deadline, halt, call).await;
+    let (committed, done) = oneshot::channel();
+    let answers = commit::Write::Answers(commit::CallAnswers { window, outcomes, committed });
+    writes.send(answers).await.map_err(|_| stopped_recording())?;
+    let outcomes = done.await.map_err(|_| stopped_recording())?;
+    Ok(CallResult { outcomes, retried })
 }
 
 fn stopped_recording() -> anyhow::Error {
@@ -304,15 +321,14 @@ async fn note_window(writes: &mpsc::Sender<commit::Write>, note: WindowNote) -> 
     done.await.map_err(|_| stopped_recording())?
 }
 
-/// Consecutive rows of one user become one update.
-fn group_by_user(rows: Vec<PendingRow>) -> Vec<UserUpdate> {
+/// Consecutive rows of one user become one update: pages of pending rows, and the rows of a
+/// call that are sent again.
+fn group_by_user(rows: impl IntoIterator<Item = PendingRow>) -> Vec<UserUpdate> {
     let mut updates: Vec<UserUpdate> = Vec::new();
-    for row in rows {
-        let kind = if row.kind == Kind::Audience.as_str() { Kind::Audience } else { Kind::ComputedTrait };
-        let value = PendingValue { key: row.computation_key, value: row.desired, kind, changed_at: row.updated_at };
+    for PendingRow { user_id, value } in rows {
         match updates.last_mut() {
-            Some(u) if u.user_id == row.user_id => u.values.push(value),
-            _ => updates.push(UserUpdate { user_id: row.user_id, values: vec![value] }),
+            Some(u) if u.user_id == user_id => u.values.push(value),
+            _ => updates.push(UserUpdate { user_id, values: vec![value] }),
         }
     }
     updates
@@ -321,15 +337,13 @@ fn group_by_user(rows: Vec<PendingRow>) -> Vec<UserUpdate> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::change::PendingValue;
+    use crate::config::Kind;
 
     fn row(user: &str, key: &str) -> PendingRow {
-        PendingRow {
-            user_id: user.into(),
-            computation_key: key.into(),
-            desired: "true".into(),
-            updated_at: "t".into(),
-            kind: "audience".into(),
-        }
+        let value =
+            PendingValue { key: key.into(), value: "true".into(), kind: Kind::Audience, changed_at: "t".into() };
+        PendingRow { user_id: user.into(), value }
     }
 
     #[test]

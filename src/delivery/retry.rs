@@ -7,11 +7,9 @@ use std::time::Duration;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+use crate::change::{Outcome, PendingRow};
 use crate::config::RetryConfig;
-use crate::destination::{
-    DeliveryError, Destination, Failure, Patience, PendingValue, RowResults, UserUpdate, beyond_budget,
-};
-use crate::state::Outcome;
+use crate::destination::{DeliveryError, Destination, Failure, Patience, RowResults, UserUpdate, beyond_budget};
 
 /// The wait before retry number `attempt` (0-based): a random share of
 /// `min(max_delay, base_delay * 2^attempt)`, but never less than `retry_after`.
@@ -61,8 +59,8 @@ impl Halt {
     }
 }
 
-/// A row to retry: its user, value, and the error it got.
-type Again = (String, PendingValue, DeliveryError);
+/// A row to retry, and the error it got.
+type Again = (PendingRow, DeliveryError);
 
 /// Sends one call, re-sending the rows whose failure is transient. Returns an outcome per row
 /// sent and the computation key of each row re-sent (once per retry); a row never sent (delivery
@@ -86,7 +84,7 @@ pub async fn send_with_retries(
         if again.is_empty() {
             break;
         }
-        let retry_after = again.iter().filter_map(|(_, _, e)| e.retry_after).max();
+        let retry_after = again.iter().filter_map(|(_, e)| e.retry_after).max();
         let delay = backoff(policy, attempt, retry_after);
         let why_not = why_not_retry(policy, attempt, delay, &again, deadline, halt);
         let why_not = match why_not {
@@ -95,15 +93,15 @@ pub async fn send_with_retries(
             why => why,
         };
         if let Some(why) = why_not {
-            for (user, value, e) in again {
-                outcomes.push(outcome(&user, value, Some(format!("{} ({why} after {attempt} retries)", e.message))));
+            for (row, e) in again {
+                outcomes.push(row.answered(Some(format!("{} ({why} after {attempt} retries)", e.message))));
             }
             break;
         }
         tracing::debug!(rows = again.len(), delay_ms = delay.as_millis() as u64, attempt, "retrying");
         attempt += 1;
-        retried.extend(again.iter().map(|(_, v, _)| v.key.clone()));
-        todo = regroup(again);
+        retried.extend(again.iter().map(|(row, _)| row.value.key.clone()));
+        todo = super::group_by_user(again.into_iter().map(|(row, _)| row));
     }
     (outcomes, retried)
 }
@@ -118,13 +116,12 @@ fn sort_answers(todo: Vec<UserUpdate>, results: RowResults, halt: &Halt, outcome
             let result = results
                 .next()
                 .unwrap_or_else(|| Err(DeliveryError::permanent("the destination gave no answer for this row")));
+            let row = PendingRow { user_id: update.user_id.clone(), value };
             match result {
-                Ok(()) => outcomes.push(outcome(&update.user_id, value, None)),
-                Err(e) if e.failure == Failure::Permanent => {
-                    outcomes.push(outcome(&update.user_id, value, Some(e.message)))
-                }
+                Ok(()) => outcomes.push(row.answered(None)),
+                Err(e) if e.failure == Failure::Permanent => outcomes.push(row.answered(Some(e.message))),
                 Err(e) if e.failure == Failure::Unsent => halt.halt(&e.message),
-                Err(e) => again.push((update.user_id.clone(), value, e)),
+                Err(e) => again.push((row, e)),
             }
         }
     }
@@ -143,7 +140,7 @@ fn why_not_retry(
 ) -> Option<String> {
     let left = deadline.saturating_duration_since(Instant::now());
     let throttled_for =
-        again.iter().filter(|(_, _, e)| e.failure == Failure::Throttled).filter_map(|(_, _, e)| e.retry_after).max();
+        again.iter().filter(|(_, e)| e.failure == Failure::Throttled).filter_map(|(_, e)| e.retry_after).max();
     if halt.token().is_cancelled() {
         return Some(halt.why_stopped());
     }
@@ -164,28 +161,6 @@ async fn waited(delay: Duration, halt: &Halt) -> bool {
         _ = tokio::time::sleep(delay) => true,
         _ = halt.token().cancelled() => false,
     }
-}
-
-fn outcome(user_id: &str, value: PendingValue, error: Option<String>) -> Outcome {
-    Outcome {
-        computation_key: value.key,
-        user_id: user_id.to_string(),
-        sent: value.value,
-        changed_at: value.changed_at,
-        error,
-    }
-}
-
-/// Rows to retry, back into one update per user (they arrive grouped by user).
-fn regroup(rows: Vec<(String, PendingValue, DeliveryError)>) -> Vec<UserUpdate> {
-    let mut updates: Vec<UserUpdate> = Vec::new();
-    for (user_id, value, _) in rows {
-        match updates.last_mut() {
-            Some(u) if u.user_id == user_id => u.values.push(value),
-            _ => updates.push(UserUpdate { user_id, values: vec![value] }),
-        }
-    }
-    updates
 }
 
 #[cfg(test)]

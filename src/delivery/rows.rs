@@ -4,9 +4,10 @@
 
 use std::collections::VecDeque;
 
+use crate::change::{PendingRow, PendingValue};
 use crate::config::Kind;
 use crate::diff::spool::SpoolReader;
-use crate::state::{PendingReader, PendingRow};
+use crate::state::PendingReader;
 
 /// A computation on its first sync: the entries its diff spooled, each to be sent as changed at
 /// `changed_at` (the diff's time).
@@ -81,7 +82,7 @@ impl Rows {
         let mut best: Option<(Option<usize>, &PendingRow)> = self.buffered.front().map(|r| (None, r));
         for (i, (_, head)) in self.spools.iter().enumerate() {
             if let Some(row) = head
-                && best.is_none_or(|(_, b)| (&row.user_id, &row.computation_key) < (&b.user_id, &b.computation_key))
+                && best.is_none_or(|(_, b)| (&row.user_id, &row.value.key) < (&b.user_id, &b.value.key))
             {
                 best = Some((Some(i), row));
             }
@@ -94,13 +95,9 @@ fn next_entry(first: &mut FirstSync) -> anyhow::Result<Option<PendingRow>> {
     let Some(entry) = first.entries.next() else { return Ok(None) };
     let (user_id, desired) =
         entry.map_err(|e| anyhow::anyhow!("cannot read back the spooled entries of {}: {e}", first.key))?;
-    Ok(Some(PendingRow {
-        user_id,
-        computation_key: first.key.clone(),
-        desired,
-        updated_at: first.changed_at.clone(),
-        kind: first.kind.as_str().to_string(),
-    }))
+    let value =
+        PendingValue { key: first.key.clone(), value: desired, kind: first.kind, changed_at: first.changed_at.clone() };
+    Ok(Some(PendingRow { user_id, value }))
 }
 
 #[cfg(test)]
@@ -119,7 +116,7 @@ mod tests {
     }
 
     fn pairs(rows: &[PendingRow]) -> Vec<(String, String)> {
-        rows.iter().map(|r| (r.user_id.clone(), r.computation_key.clone())).collect()
+        rows.iter().map(|r| (r.user_id.clone(), r.value.key.clone())).collect()
     }
 
     #[test]

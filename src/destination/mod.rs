@@ -15,7 +15,8 @@ use std::collections::BTreeMap;
 
 use serde_json::value::RawValue;
 
-use crate::config::{self, Kind};
+pub use crate::change::PendingValue;
+use crate::config;
 
 pub use attributes::AttributeManager;
 pub use contentstack::Contentstack;
@@ -24,17 +25,6 @@ pub use http::HttpSender;
 pub use pacer::{Pacer, Patience, beyond_budget};
 pub use retry::Failure;
 pub use segment::Segment;
-
-/// One pending value of one user: the row (computation key, JSON text) and what the
-/// destinations need to describe it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct PendingValue {
-    pub key: String,
-    pub value: String,
-    pub kind: Kind,
-    /// When `desired` took this value: identifies the change (Segment's messageId, timestamp).
-    pub changed_at: String,
-}
 
 /// All pending values of one user in one delivery round, sorted by key.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -11,6 +11,8 @@ use crate::source;
 use crate::source::fingerprint::Fingerprint;
 use crate::state::Store;
 
+use super::error::Stopped;
+
 /// What a diff found, the sink it wrote to, and the fingerprint of the file it read (if any).
 pub struct Diffed<S> {
     pub counts: DiffCounts,
@@ -35,7 +37,9 @@ pub async fn run<S: OpSink + Send + 'static>(
         let fingerprint = snapshot.fingerprint.take();
         let snapshot = snapshot.map(|r| {
             diffing.inc(1);
-            anyhow::ensure!(!stopped.is_cancelled(), "shutting down: diff abandoned");
+            if stopped.is_cancelled() {
+                return Err(Stopped("diff abandoned, nothing written").into());
+            }
             r.map_err(anyhow::Error::from)
         });
         let counts = match &store {
@@ -49,6 +53,6 @@ pub async fn run<S: OpSink + Send + 'static>(
     // it (nothing of it is written; its thread is left to the process's exit).
     tokio::select! {
         diffed = diff => diffed?,
-        _ = stop.cancelled() => anyhow::bail!("shutting down: snapshot load abandoned, nothing written"),
+        _ = stop.cancelled() => Err(Stopped("snapshot load abandoned, nothing written").into()),
     }
 }

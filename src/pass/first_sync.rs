@@ -18,11 +18,10 @@ use crate::state::{QueueWriter, Store, now};
 
 use super::{PassOptions, differ};
 
-/// A first sync's diff: its counts, its spooled entries (until delivery takes them), and the
-/// fingerprint to record once they all have answers.
+/// A first sync's spooled entries, and the fingerprint to record once they all have answers.
 pub struct Spooled {
-    pub entries: Option<FirstSync>,
-    fingerprint: Option<Fingerprint>,
+    pub entries: FirstSync,
+    pub fingerprint: Option<Fingerprint>,
 }
 
 /// Loads and sorts the snapshot of `c` (which has no state) and spools its entries, queueing
@@ -49,7 +48,7 @@ pub async fn diff(
     let Spooling { spool, queue } = sink;
     tokio::task::spawn_blocking(move || queue.commit()).await??;
     let entries = FirstSync { key: c.key.clone(), kind: c.kind, changed_at, entries: spool.into_reader()? };
-    Ok((counts, Spooled { entries: Some(entries), fingerprint }))
+    Ok((counts, Spooled { entries, fingerprint }))
 }
 
 /// The first sync's sink: every entry goes to the spool, for delivery, and to the state's
@@ -68,40 +67,51 @@ impl OpSink for Spooling {
     }
 }
 
-/// After delivery: records the snapshot's fingerprint once the state holds it whole, and
-/// returns how many entries are neither in the state nor delivered (a shutdown or a failing
-/// state stopped delivery; the next diff finds them again). Entries delivery never took (their
-/// attribute is blocked) are written as pending rows, for the operator to see.
+/// After delivery took the entries: records the snapshot's fingerprint once the state holds it
+/// whole, and returns how many entries are neither in the state nor answered (a shutdown or a
+/// failing state stopped delivery; they stay queued until the next diff finds them again).
 pub async fn close(
     store: &Store,
     key: &str,
     counts: &DiffCounts,
-    spooled: Spooled,
+    fingerprint: Option<Fingerprint>,
     delivery: &KeyReport,
 ) -> anyhow::Result<u64> {
-    let rows = counts.snapshot_rows;
-    let fingerprint = spooled.fingerprint;
-    let unsent = match spooled.entries {
-        Some(_) => 0,
-        None => counts.entered.saturating_sub(delivery.delivered + delivery.failed),
-    };
-    // Nothing to write for a delivered first sync of a source without a fingerprint (HTTP, SQL).
-    if unsent == 0 && (spooled.entries.is_some() || fingerprint.is_some()) {
-        let (store, key) = (store.clone(), key.to_string());
-        tokio::task::spawn_blocking(move || {
-            let mut writer = store.diff_writer(&key)?;
-            for entry in spooled.entries.into_iter().flat_map(|f| f.entries) {
-                let (user_id, desired) = entry?;
-                writer.apply(Op::Set { user_id, desired, change: Change::Entered })?;
-            }
-            writer.commit(fingerprint.as_ref().map(|f| (f, rows)))
-        })
-        .await??;
+    let unsent = counts.entered.saturating_sub(delivery.delivered + delivery.failed);
+    if unsent > 0 {
+        return Ok(unsent);
     }
-    // Every entry is now answered or pending in the state. Entries still owed stay queued,
-    // and so pending to the operator, until the next diff that commits finds them again.
-    if unsent == 0 {
-        store.drop_first_sync_queue(key).await?;
+    // Nothing to write for a source without a fingerprint (HTTP, SQL).
+    if fingerprint.is_some() {
+        write(store, key, None, fingerprint, counts.snapshot_rows).await?;
     }
-    Ok(unsent)
+    store.drop_first_sync_queue(key).await?;
+    Ok(0)
+}
+
+/// A first sync delivery never took (its attribute is blocked): its entries are written as
+/// pending rows, for the operator to see and the next pass to send.
+pub async fn keep(store: &Store, key: &str, counts: &DiffCounts, spooled: Spooled) -> anyhow::Result<()> {
+    write(store, key, Some(spooled.entries), spooled.fingerprint, counts.snapshot_rows).await
+}
+
+/// Writes `entries` as pending rows and records `fingerprint`, in one transaction, which drops
+/// the queue too (`DiffWriter::commit`).
+async fn write(
+    store: &Store,
+    key: &str,
+    entries: Option<FirstSync>,
+    fingerprint: Option<Fingerprint>,
+    rows: u64,
+) -> anyhow::Result<()> {
+    let (store, key) = (store.clone(), key.to_string());
+    tokio::task::spawn_blocking(move || {
+        let mut writer = store.diff_writer(&key)?;
+        for entry in entries.into_iter().flat_map(|f| f.entries) {
+            let (user_id, desired) = entry?;
+            writer.apply(Op::Set { user_id, desired, change: Change::Entered })?;
+        }
+        writer.commit(fingerprint.as_ref().map(|f| (f, rows)))
+    })
+    .await?
 }

@@ -2,13 +2,18 @@
 //! computation with no state yet, into a spool: see `first_sync`), then deliver everything
 //! pending, and record one `sync_runs` row per computation.
 //!
-//! A computation whose snapshot fails to load whole changes nothing and sends nothing
+//! Each computation's pass moves through `begin` (its run opened, its snapshot loaded: a
+//! `Stage`), `plan` (what delivery takes of it), delivery, and `finish` (its run closed, its
+//! report). A computation whose snapshot fails to load whole changes nothing and sends nothing
 //! (DESIGN §9.2); the others still sync.
 
 mod differ;
+mod error;
 mod first_sync;
 pub mod lease;
+mod load;
 pub mod plan;
+mod report;
 
 use std::collections::BTreeMap;
 
@@ -16,56 +21,18 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{Computation, Config};
-use crate::delivery::{self, KeyReport};
+use crate::delivery::{self, DeliveryReport, KeyReport};
 use crate::destination::{Destination, Patience};
 use crate::diff::DiffCounts;
 use crate::progress::Progress;
-use crate::source::{self, fingerprint};
-use crate::state::{RunCounts, RunStatus, Store};
+use crate::source::fingerprint::Fingerprint;
+use crate::state::{Mode, RunCounts, RunStatus, Store, Trigger};
 
+pub use error::PassError;
 use first_sync::Spooled;
-
-/// What a pass did for one computation.
-#[derive(Debug, Clone)]
-pub struct ComputationReport {
-    pub key: String,
-    pub mode: &'static str,
-    pub status: RunStatus,
-    pub diff: Option<DiffCounts>,
-    pub delivery: KeyReport,
-    pub pending: u64,
-    pub error: Option<String>,
-}
-
-impl ComputationReport {
-    /// The one-line summary printed after a pass.
-    pub fn summary(&self) -> String {
-        let Some(d) = &self.diff else {
-            let error = self.error.as_deref().unwrap_or("unknown error");
-            return format!("{}: {} pass failed, nothing written or sent: {error}", self.key, self.mode);
-        };
-        let r = &self.delivery;
-        let mut line = format!(
-            "{}: {} pass {}: {} in snapshot, {} entered, {} exited, {} changed; {} delivered, {} retried, {} failed, {} quarantined, {} pending",
-            self.key,
-            self.mode,
-            self.status.as_str(),
-            d.snapshot_rows,
-            d.entered,
-            d.exited,
-            d.changed,
-            r.delivered,
-            r.retried,
-            r.failed,
-            r.quarantined,
-            self.pending
-        );
-        if let Some(e) = &self.error {
-            line.push_str(&format!(" ({e})"));
-        }
-        line
-    }
-}
+use load::Loaded;
+pub use load::guard;
+pub use report::{ComputationReport, Outcome};
 
 /// Computations with at most this many rows pending are delivered before bigger ones, so that
 /// a multi-hour initial sync does not hold back the deltas of the others.
@@ -73,8 +40,7 @@ const SMALL_FIRST_ROWS: u64 = 100_000;
 
 /// How a pass was asked for.
 pub struct PassOptions {
-    /// Recorded in `sync_runs.trigger`: manual or schedule.
-    pub trigger: &'static str,
+    pub trigger: Trigger,
     /// Record the pass as a `resync` (rows were marked pending again before it).
     pub resync: bool,
     /// Cancelled on shutdown: nothing new starts, what is in flight finishes and is recorded.
@@ -86,6 +52,33 @@ pub struct PassOptions {
     pub beside_other_passes: bool,
 }
 
+/// One computation's pass: its run, and where it stands.
+struct Pass<'a> {
+    c: &'a Computation,
+    mode: Mode,
+    run_id: i64,
+    stage: Stage,
+}
+
+/// Where a computation's pass stands between its load and its finish.
+enum Stage {
+    /// Its changes are pending rows in the state.
+    Diffed(DiffCounts),
+    /// A first sync whose entries wait in their spool (delivery did not take them).
+    FirstSync(DiffCounts, Spooled),
+    /// A first sync whose entries delivery took: the fingerprint to record once all answered.
+    FirstSyncSent(DiffCounts, Option<Fingerprint>),
+    /// Nothing written or sent.
+    Failed(PassError),
+}
+
+/// What delivery did, and the computations it could not send anything of (and why).
+#[derive(Default)]
+struct Delivered {
+    per_key: BTreeMap<String, KeyReport>,
+    blocked: BTreeMap<String, String>,
+}
+
 /// Runs one pass over `selected` (whose leases the caller holds).
 /// Errors only when the state itself fails; a computation's own failure is in its report.
 pub async fn run(
@@ -95,145 +88,203 @@ pub async fn run(
     selected: &[Computation],
     options: &PassOptions,
 ) -> anyhow::Result<Vec<ComputationReport>> {
-    let trigger = options.trigger;
-    let mut started = Vec::new();
+    let mut passes = Vec::new();
     for c in selected {
         if options.stop.is_cancelled() {
             break;
         }
-        let initial_done = store.register(c).await?;
-        let marked = store.settle_sending_windows(&c.key).await?;
-        if marked > 0 {
-            tracing::warn!(
-                key = %c.key, rows = marked,
-                "the last delivery was interrupted: rows it may have sent are treated as told"
-            );
-        }
-        // A computation the state holds no row of goes through a first sync, whatever an
-        // earlier (empty) first snapshot left in `initial_sync_done_at`.
-        let has_rows = store.has_rows(&c.key).await?;
-        let mode = match (options.resync, initial_done && has_rows) {
-            (true, _) => "resync",
-            (false, true) => "delta",
-            (false, false) => "initial",
-        };
-        let run_id = store.start_run(&c.key, trigger, mode).await?;
-        tracing::debug!(key = %c.key, mode, "pass started");
-        let diff = load_and_diff(config, store, c, options, has_rows).await;
-        match &diff {
-            Ok((d, _)) => {
-                tracing::info!(
-                    key = %c.key, snapshot_rows = d.snapshot_rows, entered = d.entered, exited = d.exited, changed = d.changed,
-                    "snapshot diffed"
-                );
-                store.note_diff(run_id, &RunCounts::of_diff(d)).await?;
-            }
-            Err(e) => {
-                tracing::error!(key = %c.key, error = %format!("{e:#}"), "snapshot failed; nothing written or sent")
-            }
-        }
-        started.push((c, mode, run_id, diff));
+        passes.push(begin(config, store, c, options).await?);
     }
-
-    let loaded: Vec<&Computation> = started.iter().filter(|s| s.3.is_ok()).map(|s| s.0).collect();
-    let outcome = async {
-        // The retry budget counts from delivery, not from the loads before it: a slow source
-        // must not leave the other computations no retries.
-        let deadline = Instant::now() + config.retry.budget;
-        let patience = Patience { deadline, stop: &options.stop };
-        let blocked = delivery::ensure_attributes(store, destination, &loaded, &patience).await?;
-        // Small before large. A first sync that is not delivered (its attribute is blocked)
-        // keeps its entries: `finish` writes them as pending rows.
-        let work = || delivery::Work { beside_other_passes: options.beside_other_passes, ..Default::default() };
-        let (mut small, mut large, mut total) = (work(), work(), 0);
-        for (c, _, run_id, d) in started.iter_mut().filter(|s| !blocked.contains_key(&s.0.key)) {
-            let Ok((_, spooled)) = d else { continue };
-            let first = spooled.as_mut().and_then(|s| s.entries.take());
-            let pending = match &first {
-                Some(f) => f.entries.len(),
-                None => store.pending_count(&c.key).await?,
-            };
-            total += pending;
-            let group = if pending <= SMALL_FIRST_ROWS { &mut small } else { &mut large };
-            match first {
-                Some(f) => group.first.push(f),
-                None => group.keys.push(c.key.clone()),
-            }
-            group.runs.insert(c.key.clone(), *run_id);
-        }
-        let delivering = options.progress.stage("delivering".into(), "rows answered", Some(total));
-        let delivering = &delivering;
-        let run = |work| async move {
-            delivery::deliver(store, destination, work, &config.retry, deadline, &options.stop, delivering).await
-        };
-        let mut report = run(small).await?;
-        // A destination paused past the budget takes nothing more in this pass.
-        match report.per_key.values().find_map(|r| r.stopped.clone()) {
-            None => report.per_key.extend(run(large).await?.per_key),
-            Some(why) => {
-                for key in large.runs.into_keys() {
-                    report.per_key.entry(key).or_default().stopped = Some(why.clone());
-                }
-            }
-        }
-        delivering.finish();
-        anyhow::Ok((blocked, report))
-    };
-    let (blocked, delivered) = match outcome.await {
-        Ok(r) => r,
-        Err(e) => {
+    let (passes, delivered) = match deliver(config, store, destination, passes, options).await {
+        Ok(done) => done,
+        Err((runs, e)) => {
             let message = format!("delivery stopped: {e:#}");
-            for (_, _, run_id, _) in &started {
-                store.fail_run(*run_id, &message).await?;
+            for run_id in runs {
+                store.fail_run(run_id, &message).await?;
             }
             return Err(e.context("delivery stopped"));
         }
     };
-
     let mut reports = Vec::new();
-    for (c, mode, run_id, diff) in started {
-        let report = match diff {
-            Err(e) => {
-                let error = format!("{e:#}");
-                store.finish_run(run_id, RunStatus::Failed, &RunCounts::default(), Some(&error)).await?;
-                let delivery = KeyReport::default();
-                ComputationReport {
-                    key: c.key.clone(),
-                    mode,
-                    status: RunStatus::Failed,
-                    diff: None,
-                    delivery,
-                    pending: 0,
-                    error: Some(error),
-                }
-            }
-            Ok(diffed) => finish(store, c, mode, run_id, diffed, &delivered.per_key, &blocked).await?,
-        };
-        tracing::info!(key = %report.key, status = report.status.as_str(), "{}", report.summary());
+    for pass in passes {
+        let report = finish(store, pass, &delivered).await?;
+        tracing::info!(key = %report.key, status = %report.status, "{}", report.summary());
         reports.push(report);
     }
     Ok(reports)
 }
 
-/// Closes the run of a computation whose diff was recorded.
-async fn finish(
+/// Opens the run of `c` and loads its snapshot.
+async fn begin<'a>(
+    config: &Config,
     store: &Store,
-    c: &Computation,
-    mode: &'static str,
-    run_id: i64,
-    (d, spooled): (DiffCounts, Option<Spooled>),
-    delivered: &BTreeMap<String, KeyReport>,
-    blocked: &BTreeMap<String, String>,
-) -> anyhow::Result<ComputationReport> {
-    let delivery = delivered.get(&c.key).cloned().unwrap_or_default();
-    let unsent = match spooled {
-        Some(spooled) => first_sync::close(store, &c.key, &d, spooled, &delivery).await?,
-        None => 0,
+    c: &'a Computation,
+    options: &PassOptions,
+) -> anyhow::Result<Pass<'a>> {
+    let initial_done = store.register(c).await?;
+    let marked = store.settle_sending_windows(&c.key).await?;
+    if marked > 0 {
+        tracing::warn!(
+            key = %c.key, rows = marked,
+            "the last delivery was interrupted: rows it may have sent are treated as told"
+        );
+    }
+    // A computation the state holds no row of goes through a first sync, whatever an earlier
+    // (empty) first snapshot left in `initial_sync_done_at`.
+    let has_rows = store.has_rows(&c.key).await?;
+    let mode = match (options.resync, initial_done && has_rows) {
+        (true, _) => Mode::Resync,
+        (false, true) => Mode::Delta,
+        (false, false) => Mode::Initial,
     };
-    let pending = store.pending_count(&c.key).await? + unsent;
+    let run_id = store.start_run(&c.key, options.trigger, mode).await?;
+    tracing::debug!(key = %c.key, %mode, "pass started");
+    let stage = match load::load(config, store, c, options, has_rows).await {
+        Ok(Loaded::Diffed(d)) => Stage::Diffed(d),
+        Ok(Loaded::FirstSync(d, spooled)) => Stage::FirstSync(d, spooled),
+        Err(e) => {
+            tracing::error!(key = %c.key, class = e.class(), error = %e, "pass failed; nothing written or sent");
+            return Ok(Pass { c, mode, run_id, stage: Stage::Failed(e) });
+        }
+    };
+    let d = stage.counts().expect("a loaded stage has counts");
+    tracing::info!(
+        key = %c.key, snapshot_rows = d.snapshot_rows, entered = d.entered, exited = d.exited, changed = d.changed,
+        "snapshot diffed"
+    );
+    store.note_diff(run_id, &RunCounts::of_diff(d)).await?;
+    Ok(Pass { c, mode, run_id, stage })
+}
+
+impl Stage {
+    fn counts(&self) -> Option<&DiffCounts> {
+        match self {
+            Stage::Diffed(d) | Stage::FirstSync(d, _) | Stage::FirstSyncSent(d, _) => Some(d),
+            Stage::Failed(_) => None,
+        }
+    }
+}
+
+/// Delivers what the loaded passes left pending; on a failure of the state, gives back the runs
+/// to close as failed.
+async fn deliver<'a>(
+    config: &Config,
+    store: &Store,
+    destination: &Destination,
+    passes: Vec<Pass<'a>>,
+    options: &PassOptions,
+) -> Result<(Vec<Pass<'a>>, Delivered), (Vec<i64>, anyhow::Error)> {
+    let runs: Vec<i64> = passes.iter().map(|p| p.run_id).collect();
+    let delivered = async {
+        // The retry budget counts from delivery, not from the loads before it: a slow source
+        // must not leave the other computations no retries.
+        let deadline = Instant::now() + config.retry.budget;
+        let patience = Patience { deadline, stop: &options.stop };
+        let loaded: Vec<&Computation> =
+            passes.iter().filter(|p| !matches!(p.stage, Stage::Failed(_))).map(|p| p.c).collect();
+        let blocked = delivery::ensure_attributes(store, destination, &loaded, &patience).await?;
+        let (passes, work) = plan(store, passes, &blocked, options).await?;
+        let report = send(config, store, destination, work, deadline, options).await?;
+        anyhow::Ok((passes, Delivered { per_key: report.per_key, blocked }))
+    };
+    delivered.await.map_err(|e| (runs, e))
+}
+
+/// What one pass delivers: small computations first, then large ones, and how many rows in all.
+struct Planned {
+    small: delivery::Work,
+    large: delivery::Work,
+    total: u64,
+}
+
+/// Hands delivery the pending rows of each loaded pass and the entries of each first sync, but
+/// those of a computation whose attribute is `blocked` (a first sync's stay in its spool).
+async fn plan<'a>(
+    store: &Store,
+    passes: Vec<Pass<'a>>,
+    blocked: &BTreeMap<String, String>,
+    options: &PassOptions,
+) -> anyhow::Result<(Vec<Pass<'a>>, Planned)> {
+    let work = || delivery::Work { beside_other_passes: options.beside_other_passes, ..Default::default() };
+    let mut planned = Planned { small: work(), large: work(), total: 0 };
+    let mut kept = Vec::with_capacity(passes.len());
+    for mut pass in passes {
+        let key = pass.c.key.clone();
+        if blocked.contains_key(&key) {
+            kept.push(pass);
+            continue;
+        }
+        let (stage, pending, first) = match pass.stage {
+            Stage::Diffed(d) => (Stage::Diffed(d), store.pending_count(&key).await?, None),
+            Stage::FirstSync(d, Spooled { entries, fingerprint }) => {
+                (Stage::FirstSyncSent(d, fingerprint), entries.entries.len(), Some(entries))
+            }
+            other => (other, 0, None),
+        };
+        pass.stage = stage;
+        if !matches!(pass.stage, Stage::Failed(_)) {
+            planned.total += pending;
+            let group = if pending <= SMALL_FIRST_ROWS { &mut planned.small } else { &mut planned.large };
+            match first {
+                Some(f) => group.first.push(f),
+                None => group.keys.push(key.clone()),
+            }
+            group.runs.insert(key, pass.run_id);
+        }
+        kept.push(pass);
+    }
+    Ok((kept, planned))
+}
+
+/// Sends the small computations' rows, then the large ones' unless the destination paused past
+/// the budget (then they are reported stopped, for that reason).
+async fn send(
+    config: &Config,
+    store: &Store,
+    destination: &Destination,
+    work: Planned,
+    deadline: Instant,
+    options: &PassOptions,
+) -> anyhow::Result<DeliveryReport> {
+    let delivering = options.progress.stage("delivering".into(), "rows answered", Some(work.total));
+    let run = |work| delivery::deliver(store, destination, work, &config.retry, deadline, &options.stop, &delivering);
+    let mut report = run(work.small).await?;
+    match report.per_key.values().find_map(|r| r.stopped.clone()) {
+        None => report.per_key.extend(run(work.large).await?.per_key),
+        Some(why) => {
+            for key in work.large.runs.into_keys() {
+                report.per_key.entry(key).or_default().stopped = Some(why.clone());
+            }
+        }
+    }
+    delivering.finish();
+    Ok(report)
+}
+
+/// Closes the run of a computation and says what its pass did.
+async fn finish(store: &Store, pass: Pass<'_>, delivered: &Delivered) -> anyhow::Result<ComputationReport> {
+    let Pass { c, mode, run_id, stage } = pass;
+    let key = c.key.clone();
+    let delivery = delivered.per_key.get(&key).cloned().unwrap_or_default();
+    let (d, unsent) = match stage {
+        Stage::Failed(e) => {
+            store.finish_run(run_id, RunStatus::Failed, &RunCounts::default(), Some(&e.to_string())).await?;
+            return Ok(ComputationReport { key, mode, status: RunStatus::Failed, outcome: Outcome::Failed(e) });
+        }
+        Stage::Diffed(d) => (d, 0),
+        Stage::FirstSync(d, spooled) => {
+            first_sync::keep(store, &key, &d, spooled).await?;
+            (d, 0)
+        }
+        Stage::FirstSyncSent(d, fingerprint) => {
+            let unsent = first_sync::close(store, &key, &d, fingerprint, &delivery).await?;
+            (d, unsent)
+        }
+    };
+    let pending = store.pending_count(&key).await? + unsent;
     let status = if pending == 0 { RunStatus::Ok } else { RunStatus::Incomplete };
-    if status == RunStatus::Ok && mode == "initial" {
-        store.mark_initial_sync_done(&c.key).await?;
+    if status == RunStatus::Ok && mode == Mode::Initial {
+        store.mark_initial_sync_done(&key).await?;
     }
     let counts = RunCounts {
         delivered: delivery.delivered,
@@ -242,115 +293,11 @@ async fn finish(
         quarantined: delivery.quarantined,
         ..RunCounts::of_diff(&d)
     };
-    let error = match blocked.get(&c.key) {
+    let error = match delivered.blocked.get(&key) {
         Some(why) => Some(format!("nothing sent: {why}")),
         None if pending == 0 => None,
-        None => Some(pending_error(pending, &delivery)),
+        None => Some(report::pending_error(pending, &delivery)),
     };
     store.finish_run(run_id, status, &counts, error.as_deref()).await?;
-    Ok(ComputationReport { key: c.key.clone(), mode, status, diff: Some(d), delivery, pending, error })
-}
-
-/// Why rows are still pending: why delivery stopped, if it did, and the last error.
-fn pending_error(pending: u64, delivery: &KeyReport) -> String {
-    let mut error = format!("{pending} rows still pending");
-    if let Some(why) = &delivery.stopped {
-        error.push_str(&format!("; delivery stopped: {why}"));
-    }
-    if let Some(e) = &delivery.last_error {
-        error.push_str(&format!("; last error: {e}"));
-    }
-    error
-}
-
-/// Loads the snapshot of `c` and merges it into the state in one transaction, which commits
-/// only if the whole snapshot loaded, passed the guards and every write succeeded; or, when the
-/// state holds nothing of `c` (`has_rows` false), spools it for a first sync.
-async fn load_and_diff(
-    config: &Config,
-    store: &Store,
-    c: &Computation,
-    options: &PassOptions,
-    has_rows: bool,
-) -> anyhow::Result<(DiffCounts, Option<Spooled>)> {
-    // The file as it is now: the same size and hash as the last recorded diff's mean provably
-    // unchanged. What a diff records is the fingerprint taken in its own load.
-    let source = c.source.clone();
-    let now = tokio::task::spawn_blocking(move || fingerprint::fingerprint(&source)).await?;
-    if let (Some(now), Some((last, rows))) = (&now, store.snapshot_fingerprint(&c.key).await?) {
-        if is_older(&now.modified_at, &last.modified_at) {
-            anyhow::bail!(
-                "{}: stale snapshot: modified {}, older than the one the last pass used ({}); refusing to go back",
-                source::source_name(&c.source),
-                now.modified_at,
-                last.modified_at
-            );
-        }
-        if now.same_content(&last) {
-            // Rewritten with the same bytes: the diff would find nothing, but the newer
-            // modification time is what the next pass's staleness check compares with.
-            if now.modified_at != last.modified_at {
-                let (store, key, now) = (store.clone(), c.key.clone(), now.clone());
-                tokio::task::spawn_blocking(move || store.diff_writer(&key)?.commit(Some((&now, rows)))).await??;
-            }
-            tracing::info!(key = %c.key, "snapshot unchanged (same size and SHA-256): diff skipped");
-            return Ok((DiffCounts { snapshot_rows: rows, ..DiffCounts::default() }, None));
-        }
-    }
-    if !has_rows {
-        // From the first row a first sync writes, the state is no longer what any recorded
-        // fingerprint produced.
-        store.forget_snapshot_content(&c.key).await?;
-        let (counts, spooled) = first_sync::diff(config, store, c, options).await?;
-        return Ok((counts, Some(spooled)));
-    }
-    let progress = &options.progress;
-    let loading = progress.stage(format!("{}: loading", c.key), "rows read", None);
-    let diffing = progress.stage(format!("{}: diff", c.key), "rows compared", None);
-    let writer = {
-        let (store, key) = (store.clone(), c.key.clone());
-        tokio::task::spawn_blocking(move || store.diff_writer(&key)).await??
-    };
-    let differ::Diffed { counts, sink: writer, fingerprint } =
-        differ::run(Some(store.clone()), c, config.sort_buffer_bytes, (loading, diffing), writer, &options.stop)
-            .await?;
-    if !options.allow_mass_exit {
-        guard(c, &counts)?;
-    }
-    let rows = counts.snapshot_rows;
-    tokio::task::spawn_blocking(move || writer.commit(fingerprint.as_ref().map(|f| (f, rows)))).await??;
-    Ok((counts, None))
-}
-
-fn is_older(a: &str, b: &str) -> bool {
-    match (chrono::DateTime::parse_from_rfc3339(a), chrono::DateTime::parse_from_rfc3339(b)) {
-        (Ok(a), Ok(b)) => a < b,
-        _ => false,
-    }
-}
-
-/// The mass-exit guard (DESIGN §9.3): a snapshot that would remove more than `max_exit_ratio`
-/// of at least `min_members` members is held back; the caller drops the diff unrecorded.
-pub fn guard(c: &Computation, counts: &DiffCounts) -> anyhow::Result<()> {
-    let before = counts.members_before;
-    if before < c.guard.min_members || before == 0 {
-        return Ok(());
-    }
-    let ratio = counts.exited as f64 / before as f64;
-    if ratio <= c.guard.max_exit_ratio {
-        return Ok(());
-    }
-    let what = match c.kind {
-        crate::config::Kind::Audience => "members",
-        crate::config::Kind::ComputedTrait => "users with a value",
-    };
-    anyhow::bail!(
-        "held back: this snapshot would remove {} of {before} {what} ({:.0} %), more than max_exit_ratio = {} allows; \
-         nothing written or sent. If the snapshot is right, run `audience-sync sync --allow-mass-exit --audience {}` once, \
-         or raise max_exit_ratio in config.toml",
-        counts.exited,
-        ratio * 100.0,
-        c.guard.max_exit_ratio,
-        c.key
-    )
+    Ok(ComputationReport { key, mode, status, outcome: Outcome::Diffed { diff: d, delivery, pending, error } })
 }

@@ -10,8 +10,8 @@ use std::collections::{BTreeMap, HashSet};
 
 use rusqlite::{Connection, params};
 
-use super::{Batched, Param, Store, now};
-use crate::state::Outcome;
+use super::{Batched, Checkpointer, Param, Store, now};
+use crate::change::Outcome;
 
 /// A connection that records answers; used from one thread at a time.
 pub struct AnswerWriter {
@@ -25,7 +25,18 @@ pub struct AnswerWriter {
     insert_synced: Batched<2, 3>,
     /// The running `sync_runs` row of each computation, whose counts each record adds to.
     runs: BTreeMap<String, i64>,
+    checkpointer: Checkpointer,
+    /// Transactions and answers recorded since the last checkpoint asked for.
+    commits: u32,
+    answers: usize,
 }
+
+/// Transactions, or answers, between two checkpoints asked of the checkpointer, whichever
+/// comes first. Each ends with the writer catching up (two fsyncs and the frames written
+/// meanwhile, see `Checkpointer`): often enough to keep the log to a few MB, seldom enough that
+/// catching up stays a small share of the writer's time (docs/performance.md).
+const COMMITS_PER_CHECKPOINT: u32 = 1000;
+const ANSWERS_PER_CHECKPOINT: usize = 65_536;
 
 impl Store {
     /// Opens a writer of answers; a row failing on its `quarantine_after`-th pass is quarantined.
@@ -47,6 +58,9 @@ impl Store {
             first_sync,
             insert_synced: Batched::new(INSERT_SYNCED_COLUMNS, insert_synced_sql),
             runs: BTreeMap::new(),
+            checkpointer: self.checkpointer(),
+            commits: 0,
+            answers: 0,
         })
     }
 }
@@ -106,7 +120,7 @@ impl AnswerWriter {
         let mut quarantined = Vec::new();
         for call in calls {
             let (new, known): (Vec<&Outcome>, Vec<&Outcome>) =
-                call.iter().partition(|o| self.first_sync.contains(&o.computation_key));
+                call.iter().partition(|o| self.first_sync.contains(o.key()));
             quarantined.extend(insert_answered(&tx, &self.insert_synced, &new, &at, self.quarantine_after)?);
             let all_acked = known.iter().all(|o| o.error.is_none());
             if all_acked && known.len() >= RANGE_ACK_MIN_ROWS && ack_range(&tx, &known, &at)? {
@@ -114,7 +128,7 @@ impl AnswerWriter {
             }
             for o in known {
                 if record_one(&tx, o, &at, self.quarantine_after)? {
-                    quarantined.push(o.computation_key.clone());
+                    quarantined.push(o.key().to_string());
                 }
             }
         }
@@ -127,15 +141,22 @@ impl AnswerWriter {
         }
         super::leases::hold(&tx, self.lease.as_ref(), false)?;
         tx.commit()?;
+        self.commits += 1;
+        self.answers += calls.iter().map(Vec::len).sum::<usize>();
+        if self.commits >= COMMITS_PER_CHECKPOINT || self.answers >= ANSWERS_PER_CHECKPOINT {
+            self.checkpointer.nudge();
+            (self.commits, self.answers) = (0, 0);
+        }
         Ok(quarantined)
     }
-}
 
-impl AnswerWriter {
-    /// Lets `checkpointer` keep the log short (see `Checkpointer::catch_up`); call it between
-    /// transactions.
-    pub fn catch_up(&self, checkpointer: &super::Checkpointer) -> rusqlite::Result<bool> {
-        checkpointer.catch_up(&self.db)
+    /// Keeps the log short once a checkpoint is done (see `Checkpointer::catch_up`). Call it
+    /// between transactions, once the callers waiting for the last one were answered: the
+    /// answers are recorded, and a log that stays long is no reason to stop delivering.
+    pub fn catch_up(&self) {
+        if let Err(e) = self.checkpointer.catch_up(&self.db) {
+            tracing::warn!(error = %e, "checkpoint failed; the next one will retry");
+        }
     }
 }
 
@@ -144,7 +165,7 @@ impl AnswerWriter {
 fn count_answers(tx: &Connection, runs: &BTreeMap<String, i64>, calls: &[Vec<Outcome>]) -> rusqlite::Result<()> {
     let mut counts: BTreeMap<&str, (i64, i64)> = BTreeMap::new();
     for o in calls.iter().flatten() {
-        let (delivered, failed) = counts.entry(&o.computation_key).or_default();
+        let (delivered, failed) = counts.entry(o.key()).or_default();
         *(if o.error.is_none() { delivered } else { failed }) += 1;
     }
     let mut add = tx.prepare_cached(
@@ -181,7 +202,7 @@ fn record_one(tx: &Connection, o: &Outcome, at: &str, quarantine_after: u32) -> 
              first_sent_at = NULL \
              WHERE computation_key = ?1 AND user_id = ?2",
         )?;
-        acked.execute(params![o.computation_key, o.user_id, o.sent, at])?;
+        acked.execute(params![o.key(), o.user_id(), o.sent(), at])?;
         return Ok(false);
     };
     let mut failed = tx.prepare_cached(
@@ -189,7 +210,7 @@ fn record_one(tx: &Connection, o: &Outcome, at: &str, quarantine_after: u32) -> 
          quarantined_at = CASE WHEN attempts + 1 >= ?5 THEN ?6 END \
          WHERE computation_key = ?1 AND user_id = ?2 AND desired = ?3 RETURNING quarantined_at IS NOT NULL",
     )?;
-    let mut rows = failed.query(params![o.computation_key, o.user_id, o.sent, error, quarantine_after, at])?;
+    let mut rows = failed.query(params![o.key(), o.user_id(), o.sent(), error, quarantine_after, at])?;
     match rows.next()? {
         Some(row) => row.get(0),
         None => Ok(false),
@@ -209,7 +230,7 @@ fn insert_answered(
     // Per computation, in the order they came (user order within a call).
     let mut acked: BTreeMap<&str, Vec<[&str; 3]>> = BTreeMap::new();
     for o in answers.iter().filter(|o| o.error.is_none()) {
-        acked.entry(&o.computation_key).or_default().push([&o.user_id, &o.sent, &o.changed_at]);
+        acked.entry(o.key()).or_default().push([o.user_id(), o.sent(), o.changed_at()]);
     }
     for (key, rows) in &acked {
         insert_synced.execute(tx, [key, at], rows)?;
@@ -221,9 +242,9 @@ fn insert_answered(
             "INSERT INTO memberships (computation_key, user_id, desired, updated_at, attempts, last_error, first_sent_at, quarantined_at) \
              VALUES (?1, ?2, ?3, ?4, 1, ?5, ?6, CASE WHEN ?7 <= 1 THEN ?6 END)",
         )?;
-        failed.execute(params![o.computation_key, o.user_id, o.sent, o.changed_at, error, at, quarantine_after])?;
+        failed.execute(params![o.key(), o.user_id(), o.sent(), o.changed_at(), error, at, quarantine_after])?;
         if quarantine_after <= 1 {
-            quarantined.push(o.computation_key.clone());
+            quarantined.push(o.key().to_string());
         }
     }
     Ok(quarantined)
@@ -240,10 +261,10 @@ fn ack_range(tx: &Connection, call: &[&Outcome], at: &str) -> rusqlite::Result<b
     // acknowledges 0.4 s sooner but an initial pass of 1M takes 1 s longer (measured).
     let mut ranges: BTreeMap<&str, (&str, &str, &str, usize)> = BTreeMap::new();
     for o in call {
-        let r = ranges.entry(&o.computation_key).or_insert((&o.user_id, &o.user_id, &o.changed_at, 0));
-        r.0 = r.0.min(&o.user_id);
-        r.1 = r.1.max(&o.user_id);
-        r.2 = r.2.max(&o.changed_at);
+        let r = ranges.entry(o.key()).or_insert((o.user_id(), o.user_id(), o.changed_at(), 0));
+        r.0 = r.0.min(o.user_id());
+        r.1 = r.1.max(o.user_id());
+        r.2 = r.2.max(o.changed_at());
         r.3 += 1;
     }
     tx.execute_batch("SAVEPOINT range_ack")?;
@@ -266,7 +287,10 @@ fn ack_range(tx: &Connection, call: &[&Outcome], at: &str) -> rusqlite::Result<b
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::change::{PendingRow, PendingValue};
+    use crate::config::Kind;
     use crate::state::testing::store_with_audience;
+    use crate::state::{Mode, Trigger};
 
     /// A state file with `users` pending `true` in computation `a`, read for sending at `t1`.
     async fn state_with_pending(dir: &std::path::Path, users: &[String]) -> Store {
@@ -281,14 +305,14 @@ mod tests {
         store
     }
 
+    fn answer(key: &str, user: &str, sent: &str, changed_at: &str, error: Option<&str>) -> Outcome {
+        let value =
+            PendingValue { key: key.into(), value: sent.into(), kind: Kind::Audience, changed_at: changed_at.into() };
+        PendingRow { user_id: user.into(), value }.answered(error.map(str::to_string))
+    }
+
     fn acked(user: &str) -> Outcome {
-        Outcome {
-            computation_key: "a".into(),
-            user_id: user.into(),
-            sent: "true".into(),
-            changed_at: "t1".into(),
-            error: None,
-        }
+        answer("a", user, "true", "t1", None)
     }
 
     fn rows(store: &Store) -> Vec<(String, String, Option<String>)> {
@@ -373,14 +397,7 @@ mod tests {
         let all = users(crate::state::ROWS_PER_STATEMENT + 5);
         let call: Vec<Outcome> = all
             .iter()
-            .flat_map(|u| {
-                ["a", "b"].map(|key| Outcome {
-                    computation_key: key.into(),
-                    sent: format!("\"{key}-{u}\""),
-                    changed_at: format!("t-{key}"),
-                    ..acked(u)
-                })
-            })
+            .flat_map(|u| ["a", "b"].map(|key| answer(key, u, &format!("\"{key}-{u}\""), &format!("t-{key}"), None)))
             .collect();
         store.answer_writer(&[], 3, &["a".into(), "b".into()]).unwrap().record(&[call], &[]).unwrap();
 
@@ -404,15 +421,9 @@ mod tests {
     async fn answers_are_counted_on_running_runs_only() {
         let dir = tempfile::tempdir().unwrap();
         let (store, db) = store_with_audience(dir.path()).await;
-        let interrupted = store.start_run("a", "manual", "initial").await.unwrap();
-        let running = store.start_run("a", "manual", "initial").await.unwrap(); // closes the first as interrupted
-        let outcome = |user: &str, error: Option<&str>| Outcome {
-            computation_key: "a".into(),
-            user_id: user.into(),
-            sent: "true".into(),
-            changed_at: "t".into(),
-            error: error.map(str::to_string),
-        };
+        let interrupted = store.start_run("a", Trigger::Manual, Mode::Initial).await.unwrap();
+        let running = store.start_run("a", Trigger::Manual, Mode::Initial).await.unwrap(); // closes the first as interrupted
+        let outcome = |user: &str, error: Option<&str>| answer("a", user, "true", "t", error);
         for (runs, user) in [(interrupted, "x"), (running, "y")] {
             let (u1, u2, u3) = (format!("{user}1"), format!("{user}2"), format!("{user}3"));
             let calls = [vec![outcome(&u1, None), outcome(&u2, Some("500"))], vec![outcome(&u3, None)]];

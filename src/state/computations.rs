@@ -49,16 +49,21 @@ impl Store {
     /// The fingerprint of the file snapshot of the last recorded diff of `key`, and how many
     /// rows it had.
     pub async fn snapshot_fingerprint(&self, key: &str) -> anyhow::Result<Option<(Fingerprint, u64)>> {
-        let row: Option<(Option<i64>, Option<String>, Option<String>, Option<i64>)> = sqlx::query_as(
+        let row: Option<RecordedSnapshot> = sqlx::query_as(
             "SELECT snapshot_size, snapshot_modified_at, snapshot_sha256, snapshot_rows FROM computations WHERE key = ?1",
         )
         .bind(key)
         .fetch_optional(&self.pool)
         .await?;
         Ok(match row {
-            Some((Some(size), Some(modified_at), sha256, rows)) => Some((
-                Fingerprint { size: size as u64, modified_at, sha256: sha256.unwrap_or_default() },
-                rows.unwrap_or(0) as u64,
+            Some(RecordedSnapshot {
+                snapshot_size: Some(size),
+                snapshot_modified_at: Some(modified_at),
+                snapshot_sha256,
+                snapshot_rows,
+            }) => Some((
+                Fingerprint { size: size as u64, modified_at, sha256: snapshot_sha256.unwrap_or_default() },
+                snapshot_rows.unwrap_or(0) as u64,
             )),
             _ => None,
         })
@@ -94,4 +99,13 @@ impl Store {
         .await?;
         Ok(())
     }
+}
+
+/// What `computations` records of the last diff's file snapshot.
+#[derive(sqlx::FromRow)]
+struct RecordedSnapshot {
+    snapshot_size: Option<i64>,
+    snapshot_modified_at: Option<String>,
+    snapshot_sha256: Option<String>,
+    snapshot_rows: Option<i64>,
 }

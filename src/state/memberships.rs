@@ -2,19 +2,6 @@
 
 use super::Store;
 
-/// What the destination said about one value sent for one row.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Outcome {
-    pub computation_key: String,
-    pub user_id: String,
-    /// The JSON text that was sent.
-    pub sent: String,
-    /// The row's `updated_at` when it was read for sending.
-    pub changed_at: String,
-    /// `None` when acknowledged (2xx), else why not.
-    pub error: Option<String>,
-}
-
 /// A `sending_windows` row left by a process that died: after_user, last_user, noted_at, and a
 /// first sync's users and changed_at.
 type LeftWindow = (String, String, String, Option<String>, Option<String>);

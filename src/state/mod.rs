@@ -27,13 +27,12 @@ pub(crate) use sqlite_config::configure_sqlite;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous};
 
 pub use answers::AnswerWriter;
-pub use checkpoint::Checkpointer;
+use checkpoint::Checkpointer;
 pub use diff_writer::DiffWriter;
 pub use first_sync_queue::QueueWriter;
 pub use leases::{HeldLease, LeaseLost, LeaseOwner};
-pub use memberships::Outcome;
-pub use pending::{PendingReader, PendingRow};
-pub use runs::{RunCounts, RunStatus};
+pub use pending::PendingReader;
+pub use runs::{Mode, RunCounts, RunStatus, Trigger};
 pub use status::{ComputationStatus, LastRun};
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!();

@@ -7,17 +7,8 @@
 use rusqlite::{Connection, OpenFlags, params};
 
 use super::{BUSY_TIMEOUT, Store};
-
-/// A pending row handed to delivery.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct PendingRow {
-    pub user_id: String,
-    pub computation_key: String,
-    pub desired: String,
-    pub updated_at: String,
-    /// The computation's kind: `audience` or `computed_trait`.
-    pub kind: String,
-}
+use crate::change::{PendingRow, PendingValue};
+use crate::config::Kind;
 
 /// Reads pending pages of a fixed set of computations. Blocking.
 pub struct PendingReader {
@@ -72,14 +63,22 @@ impl PendingReader {
     fn query(&self, sql: &str, params: impl rusqlite::Params) -> anyhow::Result<Vec<PendingRow>> {
         let mut statement = self.db.prepare_cached(sql)?;
         let rows = statement.query_map(params, |r| {
-            Ok(PendingRow {
-                user_id: r.get(0)?,
-                computation_key: r.get(1)?,
-                desired: r.get(2)?,
-                updated_at: r.get(3)?,
-                kind: r.get(4)?,
-            })
+            let value = PendingValue { key: r.get(1)?, value: r.get(2)?, kind: kind(r, 4)?, changed_at: r.get(3)? };
+            Ok(PendingRow { user_id: r.get(0)?, value })
         })?;
         Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
+    }
+}
+
+/// `computations.kind` of column `i`, decoded.
+fn kind(row: &rusqlite::Row, i: usize) -> rusqlite::Result<Kind> {
+    match row.get_ref(i)?.as_str()? {
+        "audience" => Ok(Kind::Audience),
+        "computed_trait" => Ok(Kind::ComputedTrait),
+        other => Err(rusqlite::Error::FromSqlConversionFailure(
+            i,
+            rusqlite::types::Type::Text,
+            format!("unknown computation kind {other:?}").into(),
+        )),
     }
 }

@@ -2,26 +2,72 @@
 
 use super::{Store, now};
 
-/// How a pass ended.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// Where a pass stands, as `sync_runs.status` says.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
 pub enum RunStatus {
+    /// Still running (or its process died and no pass of the computation started since).
+    Running,
     /// Everything selected was delivered.
     Ok,
     /// The snapshot loaded and the diff was recorded, but rows are still pending.
     Incomplete,
-    /// Nothing was recorded or sent: the snapshot or the diff failed.
+    /// Nothing was recorded or sent, or delivery stopped on the state's failure.
     Failed,
+    /// Its process died; the next pass of the computation closed it.
+    Interrupted,
 }
 
-impl RunStatus {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            RunStatus::Ok => "ok",
-            RunStatus::Incomplete => "incomplete",
-            RunStatus::Failed => "failed",
-        }
-    }
+/// What a pass does: a computation's first sync, a delta, or a resync asked for by command.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Mode {
+    Initial,
+    Delta,
+    Resync,
 }
+
+/// Who asked for a pass.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Trigger {
+    Manual,
+    Schedule,
+}
+
+/// The words stored in `sync_runs`, both ways: what the state holds is decoded here, at its
+/// edge, and nowhere else.
+macro_rules! stored_words {
+    ($type:ty { $($variant:ident => $word:literal),+ $(,)? }) => {
+        impl $type {
+            pub fn as_str(self) -> &'static str {
+                match self {
+                    $(Self::$variant => $word),+
+                }
+            }
+        }
+
+        impl TryFrom<String> for $type {
+            type Error = String;
+            fn try_from(word: String) -> Result<Self, String> {
+                match word.as_str() {
+                    $($word => Ok(Self::$variant),)+
+                    other => Err(format!("unknown {} {other:?} in sync_runs", stringify!($type))),
+                }
+            }
+        }
+
+        impl std::fmt::Display for $type {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str(self.as_str())
+            }
+        }
+    };
+}
+
+stored_words!(RunStatus { Running => "running", Ok => "ok", Incomplete => "incomplete", Failed => "failed", Interrupted => "interrupted" });
+stored_words!(Mode { Initial => "initial", Delta => "delta", Resync => "resync" });
+stored_words!(Trigger { Manual => "manual", Schedule => "schedule" });
 
 /// The counts a pass records.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -52,7 +98,7 @@ impl RunCounts {
 impl Store {
     /// Opens a `sync_runs` row with status `running`. Rows that an earlier, killed process left
     /// `running` for this computation are closed as `interrupted` first.
-    pub async fn start_run(&self, key: &str, trigger: &str, mode: &str) -> anyhow::Result<i64> {
+    pub async fn start_run(&self, key: &str, trigger: Trigger, mode: Mode) -> anyhow::Result<i64> {
         let mut tx = self.begin_immediate().await?;
         let started = now();
         sqlx::query(
@@ -66,8 +112,8 @@ impl Store {
             "INSERT INTO sync_runs (computation_key, trigger, mode, status, started_at) VALUES (?1, ?2, ?3, 'running', ?4) RETURNING id",
         )
         .bind(key)
-        .bind(trigger)
-        .bind(mode)
+        .bind(trigger.as_str())
+        .bind(mode.as_str())
         .bind(&started)
         .fetch_one(&mut *tx)
         .await?;

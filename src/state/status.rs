@@ -2,13 +2,15 @@
 
 use serde::Serialize;
 
-use super::Store;
+use super::{Mode, RunStatus, Store};
 
 /// The last pass of a computation.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, sqlx::FromRow)]
 pub struct LastRun {
-    pub mode: String,
-    pub status: String,
+    #[sqlx(try_from = "String")]
+    pub mode: Mode,
+    #[sqlx(try_from = "String")]
+    pub status: RunStatus,
     pub started_at: String,
     pub finished_at: Option<String>,
     pub snapshot_rows: Option<i64>,

@@ -293,6 +293,8 @@ async fn a_snapshot_removing_most_members_is_held_back_until_allowed() {
         stdout(&out)
     );
     assert!(stdout(&out).contains("sync --allow-mass-exit --audience a"), "{}", stdout(&out));
+    // Issue 15.4: the exit reason says what happened (it said "snapshot failed").
+    assert!(stderr(&out).contains("not everything was delivered: a (held back)"), "{}", stderr(&out));
     assert_eq!(app.memberships().await, before);
     assert!(received(&edge).await.is_empty());
     // The dry run says so too.

@@ -94,7 +94,8 @@ async fn entries_exits_changes_and_removals_send_exactly_the_changes() {
     assert_eq!(app.pending_count().await, 0);
 
     let db = app.db().await;
-    let runs: Vec<(String, String, String, i64, i64, i64, i64, i64)> = sqlx::query_as(
+    type Run = (String, String, String, i64, i64, i64, i64, i64);
+    let runs: Vec<Run> = sqlx::query_as(
         "SELECT computation_key, mode, status, snapshot_rows, entered, exited, changed, delivered FROM sync_runs WHERE id > 2 ORDER BY id",
     )
     .fetch_all(&db)
