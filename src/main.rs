@@ -6,8 +6,7 @@ use clap::Parser;
 use tracing_subscriber::EnvFilter;
 
 /// Snapshots of ten million members are ten million small strings to sort and merge; mimalloc
-/// frees and reuses them at about half the cost of the system allocator (see the README's
-/// Performance section).
+/// frees and reuses them at about half the cost of the system allocator (see docs/performance.md).
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
