@@ -36,7 +36,7 @@ async fn leased_pass(
     let stop = stop_on_signal();
     let leases = lease::acquire_all(&store, &owner, config.lease_ttl, &selected_keys, wait, &stop).await?;
     let store = store.claimed_by(&owner, config.lease_ttl);
-    let result = async {
+    let pass = async {
         if let Some(user) = resync {
             let marked = store.mark_for_resync(&selected_keys, user).await?;
             let whose = user.map(|u| format!(" of user {u:?}")).unwrap_or_default();
@@ -45,17 +45,22 @@ async fn leased_pass(
         let options = PassOptions {
             trigger: Trigger::Manual,
             resync: resync.is_some(),
-            stop,
+            stop: stop.clone(),
             allow_mass_exit,
             beside_other_passes: false,
             progress: Progress::for_command(),
         };
         pass::run(config, &store, &destination, &selected, &options).await
+    };
+    let result = pass::within_grace(pass, &stop, config.shutdown_grace).await;
+    if result.is_none() {
+        tracing::warn!("requests still in flight after shutdown_grace_secs: abandoned; the next pass settles them");
+        store.interrupt_runs(&selected_keys, pass::ABANDONED).await?;
     }
-    .await;
     leases.release().await?;
     store.close().await;
-    Ok(conclude(&selected_keys, &result?))
+    let reports = result.transpose()?.unwrap_or_default();
+    Ok(conclude(&selected_keys, &reports))
 }
 
 /// Prints what a pass would do; touches neither the state nor the destination.

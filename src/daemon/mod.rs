@@ -110,10 +110,12 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     tracing::info!(grace_s = shared.config.shutdown_grace.as_secs(), "shutting down: starting nothing new");
     scheduler.shutdown().await?;
     stop.cancel();
-    let finished =
-        tokio::time::timeout(shared.config.shutdown_grace, async { while passes.join_next().await.is_some() {} }).await;
+    // Each pass abandons what is still in flight after the grace period, and says so in its
+    // run; this bounds the wait for one stuck on the state itself.
+    let backstop = shared.config.shutdown_grace + std::time::Duration::from_secs(10);
+    let finished = tokio::time::timeout(backstop, async { while passes.join_next().await.is_some() {} }).await;
     if finished.is_err() {
-        tracing::warn!("requests still in flight after the grace period; they will be re-sent by the next pass");
+        tracing::warn!("passes still running after the grace period: abandoned as a kill would leave them");
         passes.abort_all();
     }
     shared.store.close().await;
@@ -149,14 +151,21 @@ async fn leased_pass(shared: &Shared, keys: &[String], stop: CancellationToken) 
     let options = PassOptions {
         trigger: Trigger::Schedule,
         resync: false,
-        stop,
+        stop: stop.clone(),
         progress: Progress::off(),
         allow_mass_exit: false,
         beside_other_passes: true,
     };
-    let result = pass::run(&shared.config, &store, &shared.destination, &selected, &options).await;
+    let pass = pass::run(&shared.config, &store, &shared.destination, &selected, &options);
+    let result = pass::within_grace(pass, &stop, shared.config.shutdown_grace).await;
+    if result.is_none() {
+        tracing::warn!(computations = %leases.keys().join(","), "requests still in flight after shutdown_grace_secs: abandoned");
+        store.interrupt_runs(leases.keys(), pass::ABANDONED).await?;
+    }
     leases.release().await?;
-    shared.metrics.record(&result?, started.elapsed());
+    if let Some(reports) = result {
+        shared.metrics.record(&reports?, started.elapsed());
+    }
     Ok(())
 }
 

@@ -114,6 +114,26 @@ pub async fn run(
     Ok(reports)
 }
 
+/// Why a pass is abandoned, in its `sync_runs` row.
+pub const ABANDONED: &str = "shutting down: requests still in flight after shutdown_grace_secs were abandoned; \
+     the next pass treats them as possibly sent";
+
+/// Runs `pass` to its end, or, once `stop` is cancelled, for at most `grace` more: `None` when
+/// it was still going then (its caller abandons it: `Store::interrupt_runs` with `ABANDONED`,
+/// and its leases released). A request that never answers holds a shutdown no longer.
+pub async fn within_grace<T>(
+    pass: impl std::future::Future<Output = T>,
+    stop: &CancellationToken,
+    grace: std::time::Duration,
+) -> Option<T> {
+    tokio::pin!(pass);
+    tokio::select! {
+        done = &mut pass => return Some(done),
+        _ = stop.cancelled() => {}
+    }
+    tokio::time::timeout(grace, pass).await.ok()
+}
+
 /// Opens the run of `c` and loads its snapshot.
 async fn begin<'a>(
     config: &Config,

@@ -145,6 +145,21 @@ impl Store {
         Ok(())
     }
 
+    /// Closes the running `sync_runs` rows of `keys` as interrupted, saying why: a pass this
+    /// process abandons (its leases are still its own).
+    pub async fn interrupt_runs(&self, keys: &[String], why: &str) -> anyhow::Result<()> {
+        sqlx::query(
+            "UPDATE sync_runs SET status = 'interrupted', finished_at = ?2, error = ?3 \
+             WHERE status = 'running' AND computation_key IN (SELECT value FROM json_each(?1))",
+        )
+        .bind(serde_json::to_string(keys)?)
+        .bind(now())
+        .bind(why)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
     /// Closes a `sync_runs` row with its outcome.
     pub async fn finish_run(
         &self,

@@ -171,3 +171,48 @@ async fn sigterm_ends_a_wait_for_a_lease() {
     std::io::Read::read_to_string(&mut err, &mut rest).unwrap();
     assert!(rest.contains("shutting down while waiting for a lease"), "{rest}");
 }
+
+/// Review finding: on SIGTERM `sync` waited for requests that never answer until their timeout
+/// (20 s here), and `run`, after its grace period, left the pass's run `running`. Both give
+/// requests in flight `shutdown_grace_secs`, then close the run as interrupted and free the
+/// lease; the next pass delivers everything.
+async fn sigterm_with_requests_that_never_answer(args: &[&str]) -> ExitStatus {
+    let server = MockServer::start().await;
+    Mock::given(method("PATCH"))
+        .respond_with(ResponseTemplate::new(200).set_delay(std::time::Duration::from_secs(600)))
+        .mount(&server)
+        .await;
+    let app = app(&server, 60);
+    let config = std::fs::read_to_string(app.config_path()).unwrap();
+    app.write("config.toml", &format!("{config}\n[sync]\nshutdown_grace_secs = 1\n"));
+    let mut child = spawn(&app, args);
+    wait_until(30, "every slot to hold a request", || async { server.received_requests().await.unwrap().len() == 4 })
+        .await;
+    terminate(&child);
+    let status = wait_exit(&mut child, 10).await;
+    let (run, error) = last_run(&app).await;
+    assert_eq!(run, "interrupted", "{error}");
+    assert!(error.contains("after shutdown_grace_secs were abandoned"), "{error}");
+    let db = app.db().await;
+    let leases: i64 = sqlx::query_scalar("SELECT count(*) FROM leases").fetch_one(&db).await.unwrap();
+    assert_eq!(leases, 0, "the lease is given back");
+
+    server.reset().await;
+    acknowledge_all(&server).await;
+    assert_success(&app.sync(&[]).await);
+    assert_eq!(app.pending_count().await, 0);
+    assert_eq!(app.memberships().await.len(), USERS);
+    status
+}
+
+#[tokio::test]
+async fn sigterm_gives_a_syncs_requests_in_flight_the_grace_period_only() {
+    let status = sigterm_with_requests_that_never_answer(&["sync"]).await;
+    assert!(!status.success(), "not everything was delivered: {status:?}");
+}
+
+#[tokio::test]
+async fn sigterm_gives_the_daemons_requests_in_flight_the_grace_period_and_closes_its_run() {
+    let status = sigterm_with_requests_that_never_answer(&["run"]).await;
+    assert!(status.success(), "{status:?}");
+}
