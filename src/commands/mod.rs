@@ -52,4 +52,5 @@ pub async fn shutdown_signal() {
         _ = term.recv() => {}
         _ = tokio::signal::ctrl_c() => {}
     }
+    crate::state::stop_waiting_for_locks();
 }

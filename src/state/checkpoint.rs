@@ -21,7 +21,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{SyncSender, sync_channel};
 use std::thread::JoinHandle;
 
-use super::{BUSY_TIMEOUT, Store};
+use super::Store;
 
 /// A thread that checkpoints the state's WAL when nudged; dropping it waits for the one in progress.
 pub struct Checkpointer {
@@ -43,7 +43,7 @@ impl Store {
                 Ok(db) => db,
                 Err(e) => return tracing::warn!(error = %e, "cannot open the state to checkpoint it"),
             };
-            let _ = db.busy_timeout(BUSY_TIMEOUT);
+            let _ = super::wait_for_locks(&db);
             for () in rx {
                 // Until the writer has caught up, another checkpoint would only stand in its way.
                 if checkpointed.load(Ordering::Acquire) {

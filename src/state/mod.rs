@@ -6,6 +6,7 @@
 
 mod answers;
 mod attributes;
+mod busy;
 mod checkpoint;
 mod computations;
 mod diff_writer;
@@ -27,6 +28,7 @@ pub(crate) use sqlite_config::configure_sqlite;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous};
 
 pub use answers::AnswerWriter;
+pub use busy::stop_waiting_for_locks;
 use checkpoint::Checkpointer;
 pub use diff_writer::DiffWriter;
 pub use first_sync_queue::QueueWriter;
@@ -72,6 +74,7 @@ impl Store {
         let pool = SqlitePoolOptions::new()
             .max_connections(8)
             .acquire_timeout(BUSY_TIMEOUT)
+            .after_connect(|conn, _| Box::pin(wait_for_locks_async(conn)))
             .connect_with(options)
             .await
             .with_context(|| format!("cannot open the state file {}", path.display()))?;
@@ -90,6 +93,7 @@ impl Store {
             SqliteConnectOptions::from_str("sqlite://")?.filename(path).read_only(true).busy_timeout(BUSY_TIMEOUT);
         let pool = SqlitePoolOptions::new()
             .max_connections(2)
+            .after_connect(|conn, _| Box::pin(wait_for_locks_async(conn)))
             .connect_with(options)
             .await
             .with_context(|| format!("cannot open the state file {}", path.display()))?;
@@ -110,7 +114,7 @@ impl Store {
             &self.path,
             rusqlite::OpenFlags::SQLITE_OPEN_READ_WRITE | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX,
         )?;
-        db.busy_timeout(BUSY_TIMEOUT)?;
+        wait_for_locks(&db)?;
         db.pragma_update(None, "synchronous", "NORMAL")?;
         db.pragma_update(None, "wal_autocheckpoint", 0)?;
         Ok(db)
@@ -119,6 +123,27 @@ impl Store {
     async fn begin_immediate(&self) -> sqlx::Result<sqlx::Transaction<'static, sqlx::Sqlite>> {
         self.pool.begin_with("BEGIN IMMEDIATE").await
     }
+}
+
+/// Has a rusqlite connection wait for locks through `busy::try_again`.
+fn wait_for_locks(db: &rusqlite::Connection) -> rusqlite::Result<()> {
+    db.busy_handler(Some(busy::try_again))
+}
+
+/// Has a connection of sqlx's pool wait for locks through `busy::try_again` (in place of the
+/// busy timeout it was opened with).
+async fn wait_for_locks_async(conn: &mut sqlx::SqliteConnection) -> sqlx::Result<()> {
+    let mut handle = conn.lock_handle().await?;
+    // SAFETY: the handle is locked (sqlx's worker makes no call on it meanwhile); sqlx and
+    // rusqlite link the same libsqlite3-sys; the callback is a plain function using no data.
+    unsafe {
+        rusqlite::ffi::sqlite3_busy_handler(
+            handle.as_raw_handle().as_ptr(),
+            Some(busy::busy_callback),
+            std::ptr::null_mut(),
+        );
+    }
+    Ok(())
 }
 
 /// Rows written by one statement of the bulk writers.

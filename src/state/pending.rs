@@ -6,7 +6,7 @@
 
 use rusqlite::{Connection, OpenFlags, params};
 
-use super::{BUSY_TIMEOUT, Store};
+use super::Store;
 use crate::change::{PendingRow, PendingValue};
 use crate::config::Kind;
 
@@ -35,7 +35,7 @@ impl Store {
             &self.path,
             OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
         )?;
-        db.busy_timeout(BUSY_TIMEOUT)?;
+        super::wait_for_locks(&db)?;
         Ok(PendingReader { db, keys_json: serde_json::to_string(keys)? })
     }
 }

@@ -9,7 +9,7 @@
 
 use rusqlite::{Connection, OpenFlags};
 
-use super::{BUSY_TIMEOUT, Store};
+use super::Store;
 use crate::diff::StateRow;
 use crate::source::json_text;
 
@@ -25,7 +25,7 @@ impl Store {
             &self.path,
             OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
         )?;
-        db.busy_timeout(BUSY_TIMEOUT)?;
+        super::wait_for_locks(&db)?;
         let mut statement = db.prepare(
             "SELECT user_id, desired, synced IS NOT NULL OR synced_at IS NOT NULL OR first_sent_at IS NOT NULL FROM memberships \
              WHERE computation_key = ?1 ORDER BY user_id",

@@ -216,3 +216,31 @@ async fn sigterm_gives_the_daemons_requests_in_flight_the_grace_period_and_close
     let status = sigterm_with_requests_that_never_answer(&["run"]).await;
     assert!(status.success(), "{status:?}");
 }
+
+/// DESIGN §9.9: a wait for the state's lock ends about a second after SIGTERM. An operator
+/// holds a write transaction open while a pass's load hangs; on SIGTERM the pass must record
+/// its run, which waits for the lock (for up to 300 s, before).
+async fn sigterm_while_an_operator_holds_the_write_lock(args: &[&str]) -> ExitStatus {
+    let edge = contentstack_server().await;
+    let (source, computations) = hanging_source().await;
+    let app = TestApp::contentstack(&edge, 2, &computations);
+    let mut child = spawn(&app, args);
+    wait_until(30, "the load to begin", || async { !source.received_requests().await.unwrap().is_empty() }).await;
+    let operator = rusqlite::Connection::open(app.path("state.db")).unwrap();
+    operator.execute_batch("BEGIN IMMEDIATE").unwrap();
+    terminate(&child);
+    let status = wait_exit(&mut child, 10).await;
+    operator.execute_batch("ROLLBACK").unwrap();
+    status
+}
+
+#[tokio::test]
+async fn sigterm_ends_a_syncs_wait_for_the_states_lock() {
+    let status = sigterm_while_an_operator_holds_the_write_lock(&["sync"]).await;
+    assert!(!status.success(), "{status:?}");
+}
+
+#[tokio::test]
+async fn sigterm_ends_the_daemons_wait_for_the_states_lock() {
+    sigterm_while_an_operator_holds_the_write_lock(&["run"]).await;
+}

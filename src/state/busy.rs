@@ -1,0 +1,72 @@
+//! Waiting for another writer's lock as SQLite's busy timeout does, but ended by a shutdown
+//! (DESIGN §9.9): an operator's open transaction or another process's long diff holds a pass
+//! for up to `BUSY_TIMEOUT`, a stopping process for about a second more at most, time for the
+//! answers in flight to be recorded.
+//!
+//! Every connection to the state, sqlx's and the bulk writers' alike, waits through
+//! `try_again`.
+
+use std::ffi::{c_int, c_void};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use super::BUSY_TIMEOUT;
+
+/// When the process began to stop (milliseconds since the epoch); 0 while it runs.
+static STOPPING_SINCE: AtomicU64 = AtomicU64::new(0);
+
+/// How long lock waits go on once the process is stopping.
+const AFTER_STOP: Duration = Duration::from_secs(1);
+
+/// Ends every lock wait of this process about a second from now, and refuses new ones then.
+pub fn stop_waiting_for_locks() {
+    let _ = STOPPING_SINCE.compare_exchange(0, epoch_ms(), Ordering::AcqRel, Ordering::Acquire);
+}
+
+fn epoch_ms() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(1).max(1)
+}
+
+/// SQLite's busy handler: whether to try for the lock again after `count` tries, having slept
+/// before the next as SQLite's own busy timeout would.
+pub fn try_again(count: i32) -> bool {
+    let since = STOPPING_SINCE.load(Ordering::Acquire);
+    if since != 0 && epoch_ms().saturating_sub(since) >= AFTER_STOP.as_millis() as u64 {
+        return false;
+    }
+    let (delay, waited) = schedule(count.max(0) as u32);
+    if waited + delay > BUSY_TIMEOUT {
+        return false;
+    }
+    std::thread::sleep(delay);
+    true
+}
+
+/// The sleep before try `count + 1`, and the time slept before it: SQLite's own schedule.
+fn schedule(count: u32) -> (Duration, Duration) {
+    const DELAYS: [u64; 12] = [1, 2, 5, 10, 15, 20, 25, 25, 25, 50, 50, 100];
+    let i = count as usize;
+    let waited: u64 = DELAYS.iter().take(i).sum::<u64>() + i.saturating_sub(DELAYS.len()) as u64 * 100;
+    let delay = DELAYS.get(i).copied().unwrap_or(100);
+    (Duration::from_millis(delay), Duration::from_millis(waited))
+}
+
+/// `try_again` as SQLite calls it, for a connection opened by sqlx.
+pub extern "C" fn busy_callback(_: *mut c_void, count: c_int) -> c_int {
+    try_again(count) as c_int
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_schedule_is_sqlites_and_reaches_the_timeout() {
+        assert_eq!(schedule(0), (Duration::from_millis(1), Duration::ZERO));
+        assert_eq!(schedule(3), (Duration::from_millis(10), Duration::from_millis(8)));
+        assert_eq!(schedule(12), (Duration::from_millis(100), Duration::from_millis(328)));
+        assert_eq!(schedule(14), (Duration::from_millis(100), Duration::from_millis(528)));
+        let last = (0..).find(|&c| schedule(c).1 + schedule(c).0 > BUSY_TIMEOUT).unwrap();
+        assert!(schedule(last).1 >= BUSY_TIMEOUT - Duration::from_millis(100));
+    }
+}
