@@ -3,7 +3,7 @@
 
 use audience_sync::config::Kind;
 use audience_sync::diff::{self, Op, OpSink, StateRow};
-use audience_sync::source::SnapshotRecord;
+use audience_sync::record::SnapshotRecord;
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 
 struct Count(u64);

@@ -16,6 +16,7 @@ pub mod diff;
 pub mod key;
 pub mod pass;
 pub mod progress;
+pub mod record;
 pub mod redact;
 pub mod source;
 pub mod state;

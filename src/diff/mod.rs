@@ -9,12 +9,7 @@ pub mod spool;
 use std::cmp::Ordering;
 
 use crate::config::Kind;
-use crate::source::{JsonText, SnapshotRecord};
-
-/// JSON text of the values the diff writes.
-pub const TRUE: &str = "true";
-pub const FALSE: &str = "false";
-pub const NULL: &str = "null";
+use crate::record::{FALSE, JsonText, NULL, SnapshotRecord};
 
 /// One row of state as the diff needs it.
 #[derive(Debug, Clone, PartialEq, Eq)]

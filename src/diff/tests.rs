@@ -1,4 +1,5 @@
 use super::*;
+use crate::record::TRUE;
 
 struct Collect(Vec<Op>);
 

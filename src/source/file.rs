@@ -9,8 +9,9 @@ use std::rc::Rc;
 use super::fingerprint::{Fingerprint, Hashing};
 use super::member::{LineLimit, MAX_LINE_BYTES, Push, Rules, check_user_id, read_ndjson};
 use super::value::csv_value;
-use super::{SnapshotError, SnapshotRecord, member_value};
+use super::{SnapshotError, member_value};
 use crate::config::{Kind, SnapshotFormat};
+use crate::record::SnapshotRecord;
 
 /// Reads every record of the file at `path`, handing each to `push`; stops at the first error.
 /// Returns the fingerprint of the bytes it read, hashed in that same read.

@@ -7,8 +7,9 @@ use serde::Deserialize;
 use serde_json::Value;
 
 use super::value::canonical_value;
-use super::{SnapshotError, SnapshotRecord, member_value};
+use super::{SnapshotError, member_value};
 use crate::config::Kind;
+use crate::record::SnapshotRecord;
 
 /// Where records go as they are read.
 pub type Push<'a> = dyn FnMut(SnapshotRecord) -> Result<(), SnapshotError> + 'a;

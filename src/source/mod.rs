@@ -16,35 +16,12 @@ use tokio::runtime::Handle;
 
 use crate::config::{Computation, Kind, Source};
 use crate::progress::Stage;
+use crate::record::{SnapshotRecord, TRUE};
 use crate::redact::redact_url;
 use member::Rules;
 
 pub use sort::{SortedRecords, Sorter};
 pub use value::canonical_value;
-
-/// One user of a snapshot: their id, the JSON text of their value (`true` for an audience
-/// member), and the line it came from (for error messages).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct SnapshotRecord {
-    pub user_id: String,
-    pub value: JsonText,
-    pub line: u64,
-}
-
-/// A value as JSON text. The values most rows hold (`true`, `false`, `null`) borrow a static
-/// string instead of allocating one per row: at ten million rows that is most of the sort's
-/// allocations.
-pub type JsonText = std::borrow::Cow<'static, str>;
-
-/// `text` as `JsonText`, borrowing the common values.
-pub fn json_text(text: &str) -> JsonText {
-    match text {
-        "true" => JsonText::Borrowed("true"),
-        "false" => JsonText::Borrowed("false"),
-        "null" => JsonText::Borrowed("null"),
-        other => JsonText::Owned(other.to_string()),
-    }
-}
 
 /// A snapshot that did not load: where, and what is wrong.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -204,5 +181,5 @@ pub fn count_users(computation: &Computation, sort_buffer_bytes: usize) -> Resul
 
 /// The `value` of an audience member.
 pub(crate) fn member_value(kind: Kind) -> Option<&'static str> {
-    (kind == Kind::Audience).then_some(crate::diff::TRUE)
+    (kind == Kind::Audience).then_some(TRUE)
 }

@@ -14,7 +14,7 @@ use std::io::{self, BufReader, BufWriter, Read, Seek, Write};
 use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
 use std::thread::JoinHandle;
 
-use super::SnapshotRecord;
+use crate::record::{SnapshotRecord, json_text};
 
 /// Bookkeeping per record beyond its strings' bytes (the struct and allocator overhead).
 const RECORD_OVERHEAD: usize = std::mem::size_of::<SnapshotRecord>() + 32;
@@ -223,7 +223,7 @@ impl RunReader {
         }
         let user_id = self.string(u32::from_le_bytes(len) as usize)?;
         self.0.read_exact(&mut len)?;
-        let value = super::json_text(&self.string(u32::from_le_bytes(len) as usize)?);
+        let value = json_text(&self.string(u32::from_le_bytes(len) as usize)?);
         let mut line = [0u8; 8];
         self.0.read_exact(&mut line)?;
         Ok(Some(SnapshotRecord { user_id, value, line: u64::from_le_bytes(line) }))

@@ -11,6 +11,7 @@ use super::SnapshotError;
 use super::member::{Push, Rules, check_user_id};
 use super::value::canonical_value;
 use crate::config::Secret;
+use crate::record::{JsonText, SnapshotRecord};
 
 pub fn read(handle: &Handle, url: &Secret, query: &str, rules: Rules, push: &mut Push) -> Result<(), SnapshotError> {
     let name = crate::redact::redact_url(url.expose());
@@ -64,7 +65,7 @@ fn record<R: Row>(
     row: &R,
     rules: Rules,
     value_of: fn(&R, usize) -> Result<Value, String>,
-) -> Result<super::SnapshotRecord, SnapshotError>
+) -> Result<SnapshotRecord, SnapshotError>
 where
     usize: sqlx::ColumnIndex<R>,
     for<'r> String: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
@@ -83,7 +84,7 @@ where
         .try_get(user_col)
         .map_err(|e| SnapshotError::new(name, Some(n), Some("user_id"), format!("user_id must be text: {e}")))?;
     check_user_id(name, n, &user_id, rules)?;
-    let value: super::JsonText = match super::member_value(rules.kind) {
+    let value: JsonText = match super::member_value(rules.kind) {
         Some(v) => v.into(),
         None => {
             let col = column("value").ok_or_else(|| {
@@ -100,7 +101,7 @@ where
                 .into()
         }
     };
-    Ok(super::SnapshotRecord { user_id, value, line: n })
+    Ok(SnapshotRecord { user_id, value, line: n })
 }
 
 /// A SQLite value by its storage class.

@@ -11,7 +11,7 @@ use rusqlite::{Connection, OpenFlags};
 
 use super::Store;
 use crate::diff::StateRow;
-use crate::source::json_text;
+use crate::record::json_text;
 
 impl Store {
     /// Hands `read` the state rows of computation `key` in user order. Blocking: call it from a
