@@ -18,6 +18,7 @@ pub mod pass;
 pub mod progress;
 pub mod record;
 pub mod redact;
+pub mod shutdown;
 pub mod source;
 pub mod state;
 

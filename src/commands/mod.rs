@@ -10,6 +10,7 @@ use std::process::ExitCode;
 use tokio_util::sync::CancellationToken;
 
 use crate::pass::ComputationReport;
+use crate::shutdown::shutdown_signal;
 
 /// Prints the summaries; exit 0 only when everything selected was delivered.
 fn conclude(selected: &[String], reports: &[ComputationReport]) -> ExitCode {
@@ -40,17 +41,4 @@ pub fn stop_on_signal() -> CancellationToken {
         token.cancel();
     });
     stop
-}
-
-/// Resolves on SIGTERM or SIGINT.
-pub async fn shutdown_signal() {
-    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-        Ok(s) => s,
-        Err(_) => return std::future::pending().await,
-    };
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = tokio::signal::ctrl_c() => {}
-    }
-    crate::state::stop_waiting_for_locks();
 }

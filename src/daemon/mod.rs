@@ -18,11 +18,11 @@ use tokio::task::JoinSet;
 use tokio_cron_scheduler::{Job, JobScheduler};
 use tokio_util::sync::CancellationToken;
 
-use crate::commands::shutdown_signal;
 use crate::config::{Computation, Config, schedule};
 use crate::destination::Destination;
 use crate::pass::{self, PassOptions, lease};
 use crate::progress::Progress;
+use crate::shutdown::shutdown_signal;
 use crate::state::{LeaseOwner, RunStatus, Store, Trigger};
 
 pub use metrics::Metrics;
