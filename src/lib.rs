@@ -20,6 +20,7 @@ pub mod record;
 pub mod redact;
 pub mod shutdown;
 pub mod source;
+mod sqlite_memory;
 pub mod state;
 
 /// What every HTTP request of ours says it comes from.

@@ -18,7 +18,7 @@ pub fn read(handle: &Handle, url: &Secret, query: &str, rules: Rules, push: &mut
     let err = |line: Option<u64>, field: Option<&'static str>, m: String| SnapshotError::new(&name, line, field, m);
     handle.block_on(async {
         if url.expose().starts_with("sqlite:") {
-            crate::state::configure_sqlite();
+            crate::sqlite_memory::configure_sqlite();
             let options: sqlx::sqlite::SqliteConnectOptions = url
                 .expose()
                 .parse::<sqlx::sqlite::SqliteConnectOptions>()

@@ -16,7 +16,6 @@ mod memberships;
 mod pending;
 mod runs;
 mod scan;
-mod sqlite_config;
 mod status;
 
 use std::path::Path;
@@ -24,8 +23,9 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use anyhow::Context;
-pub(crate) use sqlite_config::configure_sqlite;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous};
+
+use crate::sqlite_memory::configure_sqlite;
 
 pub use answers::AnswerWriter;
 pub use busy::stop_waiting_for_locks;

@@ -1,4 +1,5 @@
-//! How SQLite itself is set up, once per process, before its first connection: its memory.
+//! How SQLite itself is set up, once per process, before its first connection (the state's or a
+//! SQL source's): its memory.
 //!
 //! A first sync writes tens of millions of rows through SQLite, and each statement allocates
 //! (cells, pages, cursors): with memory statistics on, every allocation takes a global mutex,
