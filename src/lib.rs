@@ -13,6 +13,7 @@ pub mod daemon;
 pub mod delivery;
 pub mod destination;
 pub mod diff;
+pub mod http;
 pub mod key;
 pub mod pass;
 pub mod progress;
@@ -22,6 +23,3 @@ pub mod shutdown;
 pub mod source;
 mod sqlite_memory;
 pub mod state;
-
-/// What every HTTP request of ours says it comes from.
-pub const USER_AGENT: &str = concat!("audience-sync/", env!("CARGO_PKG_VERSION"));

@@ -9,7 +9,8 @@ use tokio_util::sync::CancellationToken;
 
 use crate::change::{Outcome, PendingRow};
 use crate::config::RetryConfig;
-use crate::destination::{DeliveryError, Destination, Failure, Patience, RowResults, UserUpdate, beyond_budget};
+use crate::destination::{DeliveryError, Destination, Failure, Patience, RowResults, UserUpdate};
+use crate::http::beyond_budget;
 
 /// The wait before retry number `attempt` (0-based): a random share of
 /// `min(max_delay, base_delay * 2^attempt)`, but never less than `retry_after`.

@@ -106,7 +106,7 @@ impl H1Pool {
     pub async fn send(&self, mut request: hyper::Request<Full<Bytes>>) -> Result<Answer, TransportError> {
         let headers = request.headers_mut();
         headers.insert(HOST, self.host.clone());
-        headers.insert(USER_AGENT, HeaderValue::from_static(crate::USER_AGENT));
+        headers.insert(USER_AGENT, HeaderValue::from_static(crate::http::USER_AGENT));
         let exchange = async {
             let response = match self.checkout() {
                 Some(mut sender) => match sender.try_send_request(request).await {

@@ -1,15 +1,13 @@
 //! Destinations: where pending changes go. Each builds its own requests from users' updates and
 //! answers, per row, "acknowledged" or "not, because ..."; retrying and recording the answers
-//! is delivery's job, classifying them is `retry`'s.
+//! is delivery's job, classifying them the HTTP layer's (`crate::http`).
 
 mod attributes;
 mod contentstack;
 mod file;
 mod h1;
-mod http;
-mod pacer;
-pub mod retry;
 mod segment;
+mod sender;
 
 use std::collections::BTreeMap;
 
@@ -17,14 +15,15 @@ use serde_json::value::RawValue;
 
 pub use crate::change::PendingValue;
 use crate::config;
+use crate::http::HttpError;
 
+/// What the destinations' signatures carry: how long a request may wait, what kind of failure.
+pub use crate::http::{Failure, Patience};
 pub use attributes::AttributeManager;
 pub use contentstack::Contentstack;
 pub use file::FileDestination;
-pub use http::HttpSender;
-pub use pacer::{Pacer, Patience, beyond_budget};
-pub use retry::Failure;
 pub use segment::Segment;
+pub use sender::HttpSender;
 
 /// All pending values of one user in one delivery round, sorted by key.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -63,6 +62,12 @@ impl DeliveryError {
 
     pub fn transient(message: impl Into<String>) -> Self {
         DeliveryError { message: message.into(), failure: Failure::Transient, retry_after: None }
+    }
+}
+
+impl From<HttpError> for DeliveryError {
+    fn from(HttpError { message, failure, retry_after }: HttpError) -> Self {
+        DeliveryError { message, failure, retry_after }
     }
 }
 
@@ -124,7 +129,7 @@ impl Destination {
     pub fn attributes(&self) -> Option<&AttributeManager> {
         match self {
             Destination::Contentstack(c) => c.attributes(),
-            _ => None,
+            Destination::Segment(_) | Destination::File(_) => None,
         }
     }
 }

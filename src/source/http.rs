@@ -17,7 +17,7 @@ use super::SnapshotError;
 use super::member::{Push, Rules, read_ndjson};
 use super::page::read_page;
 use crate::config::{HttpFormat, Secret};
-use crate::destination::retry::{self, Failure};
+use crate::http::{self, Failure};
 use crate::redact::redact_url;
 
 /// What an HTTP source needs to be read.
@@ -41,12 +41,7 @@ impl HttpSource<'_> {
 }
 
 pub fn read(handle: &Handle, source: &HttpSource, rules: Rules, push: &mut Push) -> Result<(), SnapshotError> {
-    let client = reqwest::Client::builder()
-        .connect_timeout(source.timeout)
-        .read_timeout(source.timeout)
-        .user_agent(crate::USER_AGENT)
-        .redirect(same_scheme_redirects())
-        .build()
+    let client = http::reading_client(source.timeout)
         .map_err(|e| SnapshotError::new(&redact_url(source.url.as_str()), None, None, e.without_url().to_string()))?;
     match source.format {
         HttpFormat::Ndjson => {
@@ -111,22 +106,6 @@ fn read_pages(
     Ok(())
 }
 
-/// A source only reads, so it may follow redirects, but never to another scheme (an `https`
-/// source sent to `http` would give its `Authorization` away in clear).
-fn same_scheme_redirects() -> reqwest::redirect::Policy {
-    reqwest::redirect::Policy::custom(|attempt| {
-        let from = attempt.previous().first().map(|u| u.scheme().to_string()).unwrap_or_default();
-        if attempt.url().scheme() != from {
-            let message = format!("redirected from {from} to {}: refused", attempt.url().scheme());
-            attempt.error(message)
-        } else if attempt.previous().len() > 10 {
-            attempt.error("more than 10 redirects")
-        } else {
-            attempt.follow()
-        }
-    })
-}
-
 /// GET with retries on transient failures (408, 429, 5xx but 501, no answer).
 fn get(
     handle: &Handle,
@@ -136,24 +115,15 @@ fn get(
 ) -> Result<reqwest::Response, SnapshotError> {
     let mut attempt = 0;
     loop {
-        // No timeout over the whole request: a big snapshot streams for longer than any; the
-        // client's read timeout bounds each silence instead.
+        // `client` bounds each silence, not the whole request (see `http::reading_client`).
         let mut request = client.get(url.clone());
         // Credentials go to the configured origin only: a page may point anywhere.
         if let Some(auth) = source.authorization.filter(|_| url.origin() == source.url.origin()) {
             request = request.header(AUTHORIZATION, auth.expose());
         }
-        let error = match handle.block_on(request.send()) {
-            Ok(response) => {
-                let status = response.status();
-                let Some(failure) = retry::classify(status) else { return Ok(response) };
-                let headers = response.headers().clone();
-                let body = handle.block_on(response.text()).unwrap_or_default();
-                let mut error = retry::from_response(status, &headers, &body, failure);
-                error.message = crate::redact::scrub(&error.message, &source.secrets(url));
-                error
-            }
-            Err(e) => retry::from_transport(e),
+        let error = match handle.block_on(http::send(request, &source.secrets(url))) {
+            Ok(response) => return Ok(response),
+            Err(e) => e,
         };
         if error.failure == Failure::Permanent || attempt >= source.max_retries {
             let tries = if attempt > 0 { format!(" (after {attempt} retries)") } else { String::new() };

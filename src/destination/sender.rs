@@ -1,11 +1,9 @@
 //! Sending one HTTP request for a destination: pacing, sending, classifying the answer.
 
-use std::time::SystemTime;
-
-use super::pacer::{Patience, Ticket};
-use super::retry::{self, Failure};
-use super::{DeliveryError, Pacer};
+use super::DeliveryError;
+use super::h1::{H1Pool, TransportError};
 use crate::config::HttpConfig;
+use crate::http::{self, Failure, HttpError, Pacer, Patience, Ticket, answer};
 
 /// A destination's HTTP client (keep-alive connections, timeouts) and its shared pacer.
 pub struct HttpSender {
@@ -20,14 +18,7 @@ pub struct HttpSender {
 
 impl HttpSender {
     pub fn new(config: &HttpConfig) -> anyhow::Result<HttpSender> {
-        let client = reqwest::Client::builder()
-            .connect_timeout(config.connect_timeout)
-            .timeout(config.request_timeout)
-            .pool_max_idle_per_host(config.concurrency)
-            .user_agent(crate::USER_AGENT)
-            // A redirect is never an acknowledgement: a 3xx is that request's answer.
-            .redirect(reqwest::redirect::Policy::none())
-            .build()?;
+        let client = http::delivering_client(config)?;
         let in_flight = tokio::sync::Semaphore::new(config.concurrency);
         Ok(HttpSender { client, pacer: Pacer::new(config.max_requests_per_second), in_flight, secrets: Vec::new() })
     }
@@ -53,52 +44,42 @@ impl HttpSender {
     ) -> Result<Vec<u8>, DeliveryError> {
         let _slot = self.in_flight.acquire().await.expect("never closed");
         let ticket = self.pacer.acquire(patience).await?;
-        let response = request.send().await.map_err(retry::from_transport)?;
-        let status = response.status();
-        let Some(failure) = retry::classify(status) else {
-            self.pacer.succeeded(ticket);
-            let body = response.bytes().await.map_err(retry::from_transport)?;
-            return Ok(body.to_vec());
-        };
-        let headers = response.headers().clone();
-        let body = response.text().await.unwrap_or_default();
-        Err(self.refused(ticket, status, &headers, &body, failure))
+        let response = http::send(request, &self.secrets).await.map_err(|e| self.failed(ticket, e))?;
+        self.pacer.succeeded(ticket);
+        let body = response.bytes().await.map_err(answer::from_transport)?;
+        Ok(body.to_vec())
     }
 
     /// As `send`, through `pool`.
     pub async fn send_h1(
         &self,
-        pool: &super::h1::H1Pool,
+        pool: &H1Pool,
         request: hyper::Request<http_body_util::Full<bytes::Bytes>>,
         patience: &Patience<'_>,
     ) -> Result<(), DeliveryError> {
         let _slot = self.in_flight.acquire().await.expect("never closed");
         let ticket = self.pacer.acquire(patience).await?;
-        let answer = pool.send(request).await.map_err(|e| retry::from_h1(&e))?;
-        let Some(failure) = retry::classify(answer.status) else {
+        let answer = pool.send(request).await.map_err(from_h1)?;
+        let Some(failure) = answer::classify(answer.status) else {
             self.pacer.succeeded(ticket);
             return Ok(());
         };
-        Err(self.refused(ticket, answer.status, &answer.headers, &String::from_utf8_lossy(&answer.body), failure))
+        let body = String::from_utf8_lossy(&answer.body);
+        Err(self.failed(ticket, answer::refused(answer.status, &answer.headers, &body, failure, &self.secrets)))
     }
 
-    /// The error for a refused request; a 429 slows the whole destination (once per congestion
+    /// A refused request's error; a 429 slows the whole destination (once per congestion
     /// event: the pacer tells from `ticket` whether it was sent before the last slow-down).
-    fn refused(
-        &self,
-        ticket: Ticket,
-        status: reqwest::StatusCode,
-        headers: &reqwest::header::HeaderMap,
-        body: &str,
-        failure: Failure,
-    ) -> DeliveryError {
-        // The body and a redirect's `Location` may both echo what was sent: the whole message
-        // is scrubbed.
-        let mut error = retry::from_response(status, headers, body, failure);
-        error.message = crate::redact::scrub(&error.message, &self.secrets);
-        if failure == Failure::Throttled {
-            self.pacer.throttled(ticket, retry::retry_after(headers, SystemTime::now()));
+    fn failed(&self, ticket: Ticket, error: HttpError) -> DeliveryError {
+        if error.failure == Failure::Throttled {
+            self.pacer.throttled(ticket, error.retry_after);
         }
-        error
+        error.into()
     }
+}
+
+/// The error for a request of Contentstack's own HTTP/1.1 client that got no answer.
+fn from_h1(e: TransportError) -> HttpError {
+    let what = if e.timed_out { "timed out" } else { "failed" };
+    HttpError { message: format!("request {what}: {}", e.message), failure: Failure::Transient, retry_after: None }
 }

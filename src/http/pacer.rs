@@ -22,7 +22,7 @@ use tokio::sync::Notify;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use super::{DeliveryError, Failure};
+use super::answer::{Failure, HttpError};
 
 /// Never slow below this many requests a second.
 const MIN_RATE: f64 = 1.0;
@@ -60,8 +60,8 @@ pub fn beyond_budget(asked: Duration, left: Duration) -> String {
 }
 
 /// A request refused its turn, and why.
-fn unsent(why: String) -> DeliveryError {
-    DeliveryError { message: why, failure: Failure::Unsent, retry_after: None }
+fn unsent(why: String) -> HttpError {
+    HttpError { message: why, failure: Failure::Unsent, retry_after: None }
 }
 
 pub struct Pacer {
@@ -129,7 +129,7 @@ impl Pacer {
 
     /// Waits until this request may go; the ticket goes back with its answer. Refused (an
     /// `Unsent` error) on `patience.stop`, or when the destination is paused past the deadline.
-    pub async fn acquire(&self, patience: &Patience<'_>) -> Result<Ticket, DeliveryError> {
+    pub async fn acquire(&self, patience: &Patience<'_>) -> Result<Ticket, HttpError> {
         loop {
             // Listening before taking a turn: a throttle between the two still wakes us.
             let changed = self.changed.notified();
@@ -156,7 +156,7 @@ impl Pacer {
     /// The next turn: now (the request goes), or a slot to wait for. Only a real wait goes
     /// through the timer: a sleep already due still waits for the timer's next millisecond
     /// tick, which at a few milliseconds a request is a lot.
-    fn turn(&self, deadline: Instant) -> Result<Turn, DeliveryError> {
+    fn turn(&self, deadline: Instant) -> Result<Turn, HttpError> {
         let mut s = self.lock();
         let now = Instant::now();
         if s.paused_until > now && s.paused_until > deadline {

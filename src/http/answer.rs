@@ -1,19 +1,18 @@
-//! Which answers are worth retrying: the one place that classifies HTTP outcomes for every
-//! HTTP destination (DESIGN §5).
+//! Which answers are worth retrying: the one place that classifies HTTP outcomes, for sources
+//! and destinations alike (DESIGN §5).
 //!
 //! 408, 429 and 5xx other than 501 are transient, as are connection errors and timeouts;
-//! every other non-2xx is permanent for the rows it carried (retried on the next pass, never
-//! within this one). 429 is singled out as throttling: it slows the whole destination down.
+//! every other non-2xx is permanent: a source's load fails, a destination's rows wait for the
+//! next pass. 429 is singled out as throttling: it slows the whole destination down.
 
 use std::time::{Duration, SystemTime};
 
 use reqwest::StatusCode;
 use reqwest::header::{HeaderMap, RETRY_AFTER};
 
-use super::DeliveryError;
-use crate::redact::redact_url;
+use crate::redact::{redact_url, scrub};
 
-/// What kind of failure a delivery error is.
+/// What kind of failure a request's (or a delivery's) error is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Failure {
     /// Retrying will not help within this pass (4xx other than 408 and 429, 501, bad data).
@@ -25,6 +24,14 @@ pub enum Failure {
     /// Never sent: delivery stopped, or the destination is paused past the pass's retry budget.
     /// The row stays pending without an attempt counted.
     Unsent,
+}
+
+/// A request that failed: what to say, its kind, and how long the server asked us to wait.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HttpError {
+    pub message: String,
+    pub failure: Failure,
+    pub retry_after: Option<Duration>,
 }
 
 /// Longest `Retry-After` honoured; a longer one is treated as this (the pass budget still rules).
@@ -46,7 +53,7 @@ pub fn classify(status: StatusCode) -> Option<Failure> {
 }
 
 /// `Retry-After` as a delay: delta-seconds or an HTTP date (RFC 9110 §10.2.3).
-pub fn retry_after(headers: &HeaderMap, now: SystemTime) -> Option<Duration> {
+fn retry_after(headers: &HeaderMap, now: SystemTime) -> Option<Duration> {
     let value = headers.get(RETRY_AFTER)?.to_str().ok()?.trim();
     let delay = match value.parse::<u64>() {
         Ok(secs) => Duration::from_secs(secs),
@@ -59,15 +66,17 @@ pub fn retry_after(headers: &HeaderMap, now: SystemTime) -> Option<Duration> {
     Some(delay.min(MAX_RETRY_AFTER))
 }
 
-/// The error for a non-2xx answer: status, the first bytes of the body, and its kind.
-pub fn from_response(status: StatusCode, headers: &HeaderMap, body: &str, failure: Failure) -> DeliveryError {
+/// The error for a non-2xx answer: status, the first bytes of the body, and its kind. The body
+/// and a redirect's `Location` may both echo what was sent: the whole message is scrubbed of
+/// `secrets`.
+pub fn refused(status: StatusCode, headers: &HeaderMap, body: &str, failure: Failure, secrets: &[String]) -> HttpError {
     let snippet: String = body.chars().take(ERROR_SNIPPET_CHARS).collect();
     let location = match headers.get(reqwest::header::LOCATION).filter(|_| status.is_redirection()) {
         Some(to) => format!(" (redirect to {}, not followed)", redact_url(&String::from_utf8_lossy(to.as_bytes()))),
         None => String::new(),
     };
-    DeliveryError {
-        message: format!("HTTP {}{location}: {}", status.as_u16(), snippet.trim()),
+    HttpError {
+        message: scrub(&format!("HTTP {}{location}: {}", status.as_u16(), snippet.trim()), secrets),
         failure,
         retry_after: retry_after(headers, SystemTime::now()),
     }
@@ -75,18 +84,12 @@ pub fn from_response(status: StatusCode, headers: &HeaderMap, body: &str, failur
 
 /// The error for a request that got no answer: connection refused, reset, timeout. reqwest
 /// prints the URL whole, credentials and all: it is shown redacted instead.
-pub fn from_transport(e: reqwest::Error) -> DeliveryError {
+pub fn from_transport(e: reqwest::Error) -> HttpError {
     let what = if e.is_timeout() { "timed out" } else { "failed" };
     let failure = if e.is_builder() || e.is_redirect() { Failure::Permanent } else { Failure::Transient };
     let url = e.url().map(|u| format!(" ({})", redact_url(u.as_str()))).unwrap_or_default();
     let message = format!("request {what}{url}: {}", error_chain(&e.without_url()));
-    DeliveryError { message, failure, retry_after: None }
-}
-
-/// The same, for a request of Contentstack's own HTTP/1.1 client (`h1`).
-pub fn from_h1(e: &super::h1::TransportError) -> DeliveryError {
-    let what = if e.timed_out { "timed out" } else { "failed" };
-    DeliveryError { message: format!("request {what}: {}", e.message), failure: Failure::Transient, retry_after: None }
+    HttpError { message, failure, retry_after: None }
 }
 
 /// An error with its causes, on one line.
@@ -125,7 +128,7 @@ mod tests {
     fn a_redirect_is_named_without_its_secrets() {
         let mut h = HeaderMap::new();
         h.insert(reqwest::header::LOCATION, HeaderValue::from_static("https://u:pw@h/x?sig=s1&n=1"));
-        let e = from_response(StatusCode::TEMPORARY_REDIRECT, &h, "", Failure::Permanent);
+        let e = refused(StatusCode::TEMPORARY_REDIRECT, &h, "", Failure::Permanent, &[]);
         assert_eq!(e.message.trim_end(), "HTTP 307 (redirect to https://***@h/x?sig=***&n=1, not followed):");
     }
 
