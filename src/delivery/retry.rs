@@ -10,14 +10,7 @@ use tokio_util::sync::CancellationToken;
 use crate::change::{Outcome, PendingRow};
 use crate::config::RetryConfig;
 use crate::destination::{DeliveryError, Destination, Failure, Patience, RowResults, UserUpdate};
-use crate::http::beyond_budget;
-
-/// The wait before retry number `attempt` (0-based): a random share of
-/// `min(max_delay, base_delay * 2^attempt)`, but never less than `retry_after`.
-pub fn backoff(policy: &RetryConfig, attempt: u32, retry_after: Option<Duration>) -> Duration {
-    let ceiling = policy.base_delay.saturating_mul(1u32 << attempt.min(20)).min(policy.max_delay);
-    ceiling.mul_f64(fastrand::f64()).max(retry_after.unwrap_or_default())
-}
+use crate::http::{Backoff, beyond_budget};
 
 /// Ends a delivery early, saying why: once the destination is paused past the pass's retry
 /// budget, nothing more can be sent in this pass. A child of the shutdown token, so that
@@ -86,7 +79,7 @@ pub async fn send_with_retries(
             break;
         }
         let retry_after = again.iter().filter_map(|(_, e)| e.retry_after).max();
-        let delay = backoff(policy, attempt, retry_after);
+        let delay = Backoff::full_jitter(policy.base_delay, policy.max_delay).delay(attempt, retry_after);
         let why_not = why_not_retry(policy, attempt, delay, &again, deadline, halt);
         let why_not = match why_not {
             None if waited(delay, halt).await => None,
@@ -161,41 +154,5 @@ async fn waited(delay: Duration, halt: &Halt) -> bool {
     tokio::select! {
         _ = tokio::time::sleep(delay) => true,
         _ = halt.token().cancelled() => false,
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn policy() -> RetryConfig {
-        RetryConfig {
-            max_retries: 5,
-            base_delay: Duration::from_millis(100),
-            max_delay: Duration::from_secs(2),
-            budget: Duration::from_secs(60),
-            quarantine_after: 10,
-        }
-    }
-
-    #[test]
-    fn backoff_grows_exponentially_with_full_jitter_and_a_ceiling() {
-        let p = policy();
-        for attempt in 0..10 {
-            let ceiling = (Duration::from_millis(100) * 2u32.pow(attempt)).min(Duration::from_secs(2));
-            for _ in 0..100 {
-                assert!(backoff(&p, attempt, None) <= ceiling);
-            }
-        }
-        // Full jitter spreads retries: some land early in the window.
-        assert!((0..100).any(|_| backoff(&p, 4, None) < Duration::from_millis(800)));
-    }
-
-    #[test]
-    fn backoff_honours_retry_after() {
-        let p = policy();
-        for _ in 0..100 {
-            assert!(backoff(&p, 0, Some(Duration::from_secs(5))) >= Duration::from_secs(5));
-        }
     }
 }

@@ -1,13 +1,15 @@
 //! The one HTTP layer of sources and destinations: the clients and their redirect policies,
-//! what an answer means (`answer`) and a destination's pace (`pacer`). URLs and secrets stay out
-//! of messages through `crate::redact`.
+//! what an answer means (`answer`), how long to wait before trying again (`backoff`), and a
+//! destination's pace (`pacer`). URLs and secrets stay out of messages through `crate::redact`.
 
 pub mod answer;
+mod backoff;
 mod pacer;
 
 use std::time::Duration;
 
 pub use answer::{Failure, HttpError};
+pub use backoff::Backoff;
 pub use pacer::{Pacer, Patience, Ticket, beyond_budget};
 
 use crate::config::HttpConfig;

@@ -17,8 +17,12 @@ use super::SnapshotError;
 use super::member::{Push, Rules, read_ndjson};
 use super::page::read_page;
 use crate::config::{HttpFormat, Secret};
-use crate::http::{self, Failure};
+use crate::http::{self, Backoff, Failure};
 use crate::redact::redact_url;
+
+/// A source's retries: 100 ms doubling to 6.4 s, at least half of each window (one reader has
+/// no crowd of retries to spread).
+const RETRY: Backoff = Backoff { base: Duration::from_millis(100), max: Duration::from_millis(6400), least_share: 0.5 };
 
 /// What an HTTP source needs to be read.
 pub struct HttpSource<'a> {
@@ -129,8 +133,7 @@ fn get(
             let tries = if attempt > 0 { format!(" (after {attempt} retries)") } else { String::new() };
             return Err(SnapshotError::new(&redact_url(url.as_str()), None, None, format!("{}{tries}", error.message)));
         }
-        let wait = Duration::from_millis(100u64 << attempt.min(6)).mul_f64(0.5 + fastrand::f64() / 2.0);
-        std::thread::sleep(wait.max(error.retry_after.unwrap_or_default()));
+        std::thread::sleep(RETRY.delay(attempt, error.retry_after));
         attempt += 1;
     }
 }
