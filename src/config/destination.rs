@@ -112,32 +112,62 @@ const FILE_FIELDS: &[&str] = &["path"];
 /// A field error: its span (for the line) and "field: what is wrong".
 pub(super) type FieldError = (Option<std::ops::Range<usize>>, String);
 
+/// `[destination] type`, decided once: every match on it names each kind.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum DestinationKind {
+    Contentstack,
+    Segment,
+    File,
+}
+
+impl DestinationKind {
+    fn parse(d: &RawDestination) -> Result<DestinationKind, FieldError> {
+        match d.kind.get_ref().as_str() {
+            "contentstack" => Ok(DestinationKind::Contentstack),
+            "segment" => Ok(DestinationKind::Segment),
+            "file" => Ok(DestinationKind::File),
+            other => {
+                let msg =
+                    format!("type: unknown destination {other:?}, expected \"contentstack\", \"segment\" or \"file\"");
+                Err((Some(d.kind.span()), msg))
+            }
+        }
+    }
+
+    /// The fields of this kind alone.
+    fn own_fields(self) -> &'static [&'static str] {
+        match self {
+            DestinationKind::Contentstack => CONTENTSTACK_FIELDS,
+            DestinationKind::Segment => SEGMENT_FIELDS,
+            DestinationKind::File => FILE_FIELDS,
+        }
+    }
+
+    fn is_http(self) -> bool {
+        match self {
+            DestinationKind::Contentstack | DestinationKind::Segment => true,
+            DestinationKind::File => false,
+        }
+    }
+}
+
 /// Validates `[destination]`; `env` looks up the variables that hold secrets.
 pub(super) fn parse(
     d: &RawDestination,
     base: &Path,
     env: &dyn Fn(&str) -> Option<String>,
 ) -> Result<(Destination, RetryConfig), FieldError> {
-    let kind = d.kind.get_ref().as_str();
-    let own: &[&str] = match kind {
-        "contentstack" => CONTENTSTACK_FIELDS,
-        "segment" => SEGMENT_FIELDS,
-        "file" => FILE_FIELDS,
-        other => {
-            let msg =
-                format!("type: unknown destination {other:?}, expected \"contentstack\", \"segment\" or \"file\"");
-            return Err((Some(d.kind.span()), msg));
-        }
+    let kind = DestinationKind::parse(d)?;
+    let allowed = |f: &str| {
+        kind.own_fields().contains(&f) || RETRY_FIELDS.contains(&f) || (kind.is_http() && HTTP_FIELDS.contains(&f))
     };
-    let is_http = kind != "file";
-    let allowed = |f: &str| own.contains(&f) || RETRY_FIELDS.contains(&f) || (is_http && HTTP_FIELDS.contains(&f));
     if let Some((field, span)) = d.set_fields().into_iter().find(|(f, _)| !allowed(f)) {
-        return Err((Some(span), format!("{field}: not a field of a {kind} destination")));
+        return Err((Some(span), format!("{field}: not a field of a {} destination", d.kind.get_ref())));
     }
     let retry = retry(d)?;
     let destination = match kind {
-        "file" => Destination::File { path: base.join(required(d, d.path.as_ref(), "path")?) },
-        "segment" => Destination::Segment(SegmentConfig {
+        DestinationKind::File => Destination::File { path: base.join(required(d, d.path.as_ref(), "path")?) },
+        DestinationKind::Segment => Destination::Segment(SegmentConfig {
             endpoint: url_or(d.endpoint.as_ref(), "endpoint", DEFAULT_SEGMENT_ENDPOINT)?,
             write_key: secret(d, d.write_key_env.as_ref(), "write_key_env", env)?,
             events: match d.events.as_ref().map(|e| (e.get_ref().as_str(), e.span())) {
@@ -150,7 +180,7 @@ pub(super) fn parse(
             },
             http: http(d)?,
         }),
-        _ => {
+        DestinationKind::Contentstack => {
             let attributes = match &d.create_attributes {
                 Some(c) if *c.get_ref() => Some(AttributeCreation {
                     management_api_base_url: url_or(

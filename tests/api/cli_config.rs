@@ -17,6 +17,24 @@ async fn unknown_field_names_file_line_and_field() {
 }
 
 #[tokio::test]
+async fn an_unknown_destination_type_names_file_line_and_field() {
+    let app = TestApp::new("[destination]\ntype = \"webhook\"\npath = \"out.ndjson\"\n", &audience("A", "a.csv"));
+    let out = app.sync(&[]).await;
+    assert_failure(&out);
+    let err = stderr(&out);
+    assert!(
+        err.contains(
+            "config.toml:5: destination.type: unknown destination \"webhook\", \
+             expected \"contentstack\", \"segment\" or \"file\""
+        ),
+        "{err}"
+    );
+    assert_eq!(err.trim().lines().count(), 1, "one line: {err}");
+    assert!(!app.path("state.db").exists(), "a config error must not create the state");
+    assert!(!app.path("out.ndjson").exists(), "no destination is built from an unknown type");
+}
+
+#[tokio::test]
 async fn bad_url_and_duplicate_keys_are_config_errors() {
     let app = TestApp::new(
         "[destination]\ntype = \"contentstack\"\nedge_api_base_url = \"not a url\"\nproject_uid = \"p\"\n",
