@@ -5,8 +5,8 @@ use audience_sync::cli::LogFormat;
 use clap::Parser;
 use tracing_subscriber::EnvFilter;
 
-/// Snapshots of ten million members are ten million small strings to sort and merge; mimalloc
-/// frees and reuses them at about half the cost of the system allocator (see docs/performance.md).
+/// A snapshot is millions of small strings to sort and merge: mimalloc frees and reuses them
+/// more cheaply than the system allocator (figures in docs/performance.md).
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
@@ -31,11 +31,8 @@ fn main() -> ExitCode {
         LogFormat::Json => logs.json().init(),
     }
     // One thread for all async work (requests, their connections, timers): the heavy work runs
-    // on blocking threads of its own (sort, diff, checkpoints, the committer of batch
-    // destinations), and with the HTTP
-    // connections on the thread that sends and answers, a request costs no hand-offs between
-    // threads (Contentstack at concurrency 64: 85-87 % -> 87-88 % of the bound; 10M first sync
-    // 15.6-17.2 s -> 13.7-14.5 s).
+    // on blocking threads of its own, so a request costs no hand-offs between threads (figures
+    // in docs/performance.md).
     let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
