@@ -3,8 +3,8 @@
 //!
 //! A first sync writes tens of millions of rows through SQLite, and each statement allocates
 //! (cells, pages, cursors): with memory statistics on, every allocation takes a global mutex,
-//! and through the system allocator it costs about twice what mimalloc (our Rust allocator)
-//! does. Later calls (SQLite already running, say in a test that opened a connection first)
+//! and the system allocator costs more than mimalloc, our Rust allocator (figures in
+//! docs/performance.md). Later calls (SQLite already running, say in a test that opened a connection first)
 //! are refused by SQLite and change nothing; so every path into SQLite calls it first.
 
 use std::ffi::{c_int, c_void};
