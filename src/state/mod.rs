@@ -1,234 +1,26 @@
-//! The SQLite state: what each destination was told and what it acknowledged (DESIGN §8).
+//! The state: what each destination was told and what it acknowledged (DESIGN §8).
 //!
-//! All SQL lives in this module, so that another backend can be added behind the same
-//! methods. Write transactions begin IMMEDIATE: a deferred transaction that reads and then
-//! writes can fail with SQLITE_BUSY that no busy timeout can wait out.
+//! What a pass needs of it is named here, in no driver's types: a `Store` that registers
+//! computations, opens and closes runs, holds leases and answers `status`; a `DiffWriter` (the
+//! diff's sink), a `QueueWriter` (a first sync's queue), a `PendingReader` (delivery's pages) and
+//! an `AnswerWriter` (delivery's acknowledgements). The rows and words they carry (`runs`,
+//! `status`, `leases`, `crate::change`) are the same for every backend. SQLite is the one
+//! backend (`sqlite/`), and owns all of its SQL and every SQLite concern.
 
-mod answers;
-mod attributes;
-mod busy;
-mod checkpoint;
-mod computations;
-mod diff_writer;
-mod first_sync_queue;
 mod leases;
-mod memberships;
-mod pending;
 mod runs;
-mod scan;
+mod sqlite;
 mod status;
 
-use std::path::Path;
-use std::str::FromStr;
-use std::time::Duration;
-
-use anyhow::Context;
-use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous};
-
-use crate::sqlite_memory::configure_sqlite;
-
-pub use answers::AnswerWriter;
-pub use busy::stop_waiting_for_locks;
-use checkpoint::Checkpointer;
-pub use diff_writer::DiffWriter;
-pub use first_sync_queue::QueueWriter;
 pub use leases::{HeldLease, LeaseLost, LeaseOwner};
-pub use pending::PendingReader;
 pub use runs::{Mode, RunCounts, RunStatus, Trigger};
+pub use sqlite::{AnswerWriter, DiffWriter, PendingReader, QueueWriter, Store, stop_waiting_for_locks};
 pub use status::{ComputationStatus, LastRun};
 
-static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!();
-
-/// How long a statement waits for another writer's lock before failing. The diff of a big
-/// snapshot holds the write lock for its whole length (it must commit whole), and the daemon
-/// runs passes side by side: another pass's acknowledgements wait for it rather than fail.
-const BUSY_TIMEOUT: Duration = Duration::from_secs(300);
-
-/// The state file, opened with its migrations applied.
-#[derive(Clone)]
-pub struct Store {
-    pool: SqlitePool,
-    /// The state file, for the bulk scan that reads it without sqlx (see `scan`).
-    path: std::path::PathBuf,
-    /// The leases a pass through this handle must still hold when it writes (see `leases`).
-    claim: Option<leases::Claim>,
-}
-
-impl Store {
-    /// Opens (creating it and its directory on first use) the state file and migrates it.
-    pub async fn open(path: &Path) -> anyhow::Result<Store> {
-        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            std::fs::create_dir_all(dir)
-                .with_context(|| format!("cannot create the state directory {}", dir.display()))?;
-        }
-        configure_sqlite();
-        let options = SqliteConnectOptions::from_str("sqlite://")?
-            .filename(path)
-            .create_if_missing(true)
-            .journal_mode(SqliteJournalMode::Wal)
-            .synchronous(SqliteSynchronous::Normal)
-            .busy_timeout(BUSY_TIMEOUT)
-            .foreign_keys(true);
-        // A diff writes while delivery reads pages and the committer writes answers, and the
-        // daemon may run a few passes side by side.
-        let pool = SqlitePoolOptions::new()
-            .max_connections(8)
-            .acquire_timeout(BUSY_TIMEOUT)
-            .after_connect(|conn, _| Box::pin(wait_for_locks_async(conn)))
-            .connect_with(options)
-            .await
-            .with_context(|| format!("cannot open the state file {}", path.display()))?;
-        MIGRATOR.run(&pool).await.with_context(|| format!("cannot migrate the state file {}", path.display()))?;
-        Ok(Store { pool, path: path.to_path_buf(), claim: None })
-    }
-
-    /// Opens an existing state file read-only, without migrating it (dry runs and status must
-    /// not change anything); `None` when there is no state file yet.
-    pub async fn open_read_only(path: &Path) -> anyhow::Result<Option<Store>> {
-        if !path.exists() {
-            return Ok(None);
-        }
-        configure_sqlite();
-        let options =
-            SqliteConnectOptions::from_str("sqlite://")?.filename(path).read_only(true).busy_timeout(BUSY_TIMEOUT);
-        let pool = SqlitePoolOptions::new()
-            .max_connections(2)
-            .after_connect(|conn, _| Box::pin(wait_for_locks_async(conn)))
-            .connect_with(options)
-            .await
-            .with_context(|| format!("cannot open the state file {}", path.display()))?;
-        Ok(Some(Store { pool, path: path.to_path_buf(), claim: None }))
-    }
-
-    /// Closes every connection; the last one to close checkpoints the WAL into the database
-    /// file, so that a state file left by a finished command is whole on its own.
-    pub async fn close(&self) {
-        self.pool.close().await;
-    }
-
-    /// A connection of its own for a blocking thread that writes many rows (a diff, or
-    /// delivery's answers), through rusqlite on the same bundled SQLite as sqlx. It never
-    /// checkpoints: a `Checkpointer` does, beside it.
-    fn bulk_writer(&self) -> rusqlite::Result<rusqlite::Connection> {
-        let db = rusqlite::Connection::open_with_flags(
-            &self.path,
-            rusqlite::OpenFlags::SQLITE_OPEN_READ_WRITE | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX,
-        )?;
-        wait_for_locks(&db)?;
-        db.pragma_update(None, "synchronous", "NORMAL")?;
-        db.pragma_update(None, "wal_autocheckpoint", 0)?;
-        Ok(db)
-    }
-
-    async fn begin_immediate(&self) -> sqlx::Result<sqlx::Transaction<'static, sqlx::Sqlite>> {
-        self.pool.begin_with("BEGIN IMMEDIATE").await
-    }
-}
-
-/// Has a rusqlite connection wait for locks through `busy::try_again`.
-fn wait_for_locks(db: &rusqlite::Connection) -> rusqlite::Result<()> {
-    db.busy_handler(Some(busy::try_again))
-}
-
-/// Has a connection of sqlx's pool wait for locks through `busy::try_again` (in place of the
-/// busy timeout it was opened with).
-async fn wait_for_locks_async(conn: &mut sqlx::SqliteConnection) -> sqlx::Result<()> {
-    let mut handle = conn.lock_handle().await?;
-    // SAFETY: the handle is locked (sqlx's worker makes no call on it meanwhile); sqlx and
-    // rusqlite link the same libsqlite3-sys; the callback is a plain function using no data.
-    unsafe {
-        rusqlite::ffi::sqlite3_busy_handler(
-            handle.as_raw_handle().as_ptr(),
-            Some(busy::busy_callback),
-            std::ptr::null_mut(),
-        );
-    }
-    Ok(())
-}
-
-/// Rows written by one statement of the bulk writers.
-const ROWS_PER_STATEMENT: usize = 64;
-
-/// A statement over many rows: `S` parameters shared by every row (`?1`..`?S`, bound once per
-/// statement), then `N` of each row's own (its SQL for a whole batch of `ROWS_PER_STATEMENT`
-/// rows, and for one row), built once per writer. Binding was about a quarter of a row's insert
-/// (SQLite copies each text bound; callgrind), so what rows share is bound once.
-struct Batched<const S: usize, const N: usize> {
-    whole: String,
-    single: String,
-}
-
-impl<const S: usize, const N: usize> Batched<S, N> {
-    /// The statement `sql(values)`, where `values` is a `VALUES` list of rows of `columns`.
-    fn new(columns: &[Param], sql: impl Fn(&str) -> String) -> Self {
-        debug_assert!(
-            columns.iter().all(|c| matches!(*c, Param::Shared(i) if i <= S) || matches!(*c, Param::Own(i) if i <= N))
-        );
-        Batched {
-            whole: sql(&values_list(ROWS_PER_STATEMENT, S, N, columns)),
-            single: sql(&values_list(1, S, N, columns)),
-        }
-    }
-
-    /// Runs the statement over all of `rows`: whole batches through one cached statement (a
-    /// statement's set-up costs about as much as a row's insert), the rest one row a statement.
-    fn execute(&self, db: &rusqlite::Connection, shared: [&str; S], rows: &[[&str; N]]) -> rusqlite::Result<()> {
-        let mut batches = rows.chunks_exact(ROWS_PER_STATEMENT);
-        let run = |sql: &str, batch: &[[&str; N]]| -> rusqlite::Result<()> {
-            let mut statement = db.prepare_cached(sql)?;
-            for (i, value) in shared.iter().chain(batch.iter().flatten()).enumerate() {
-                statement.raw_bind_parameter(i + 1, *value)?;
-            }
-            statement.raw_execute().map(drop)
-        };
-        for batch in batches.by_ref() {
-            run(&self.whole, batch)?;
-        }
-        batches.remainder().chunks(1).try_for_each(|row| run(&self.single, row))
-    }
-}
-
-/// Where a column of a `VALUES` row takes its value from, for `values_list`: the `i`-th
-/// (from 1) parameter shared by all rows, or the `i`-th of the row's own.
-#[derive(Clone, Copy)]
-enum Param {
-    Shared(usize),
-    Own(usize),
-}
-
-/// The placeholders of a multi-row `VALUES` list of `rows` rows, each with the columns
-/// `columns`, after `shared` parameters common to all rows, each row with `own` of its own.
-fn values_list(rows: usize, shared: usize, own: usize, columns: &[Param]) -> String {
-    let row = |r: usize| {
-        let params: Vec<String> = columns
-            .iter()
-            .map(|c| match c {
-                Param::Shared(i) => format!("?{i}"),
-                Param::Own(i) => format!("?{}", shared + r * own + i),
-            })
-            .collect();
-        format!("({})", params.join(", "))
-    };
-    (0..rows).map(row).collect::<Vec<_>>().join(", ")
-}
+#[cfg(test)]
+pub(crate) use sqlite::testing;
 
 /// Timestamps in the state: RFC 3339 in UTC with milliseconds, which sort as text.
 pub fn now() -> String {
     chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
-}
-
-/// For the state's own tests: a real state file with one audience.
-#[cfg(test)]
-pub(crate) mod testing {
-    use super::Store;
-
-    /// A state file in `dir` with the audience `a`, and a plain connection to it.
-    pub async fn store_with_audience(dir: &std::path::Path) -> (Store, rusqlite::Connection) {
-        let path = dir.join("state.db");
-        let store = Store::open(&path).await.unwrap();
-        let db = rusqlite::Connection::open(&path).unwrap();
-        db.execute("INSERT INTO computations (key, name, kind, created_at) VALUES ('a', 'A', 'audience', 't0')", [])
-            .unwrap();
-        (store, db)
-    }
 }

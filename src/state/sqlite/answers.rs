@@ -363,7 +363,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let (store, db) = store_with_audience(dir.path()).await;
         // Two whole statements of rows and a remainder, acknowledged; one row refused.
-        let all = users(2 * crate::state::ROWS_PER_STATEMENT + 3);
+        let all = users(2 * super::super::ROWS_PER_STATEMENT + 3);
         let mut call: Vec<Outcome> = all.iter().map(|u| acked(u)).collect();
         call[5].error = Some("HTTP 400".into());
         let quarantined = store.answer_writer(&[], 1, &["a".into()]).unwrap().record(&[call], &[]).unwrap();
@@ -394,7 +394,7 @@ mod tests {
             .unwrap();
         // Each user in both computations, with a value of its own: more than a whole statement
         // of rows per computation, interleaved as a call holds them (user by user).
-        let all = users(crate::state::ROWS_PER_STATEMENT + 5);
+        let all = users(super::super::ROWS_PER_STATEMENT + 5);
         let call: Vec<Outcome> = all
             .iter()
             .flat_map(|u| ["a", "b"].map(|key| answer(key, u, &format!("\"{key}-{u}\""), &format!("t-{key}"), None)))

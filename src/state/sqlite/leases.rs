@@ -1,0 +1,154 @@
+//! The `leases` table: which process is running a pass of which computation.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use rusqlite::params;
+
+use super::Store;
+use crate::state::leases::holder_gone;
+use crate::state::{HeldLease, LeaseLost, LeaseOwner, now};
+
+/// What a store's writes check: the leases of this owner. Every write transaction of a pass
+/// verifies, inside itself, that its computations' leases are still this owner's: a takeover
+/// needs the write lock too, so a check inside the transaction cannot be overtaken by one.
+#[derive(Debug, Clone)]
+pub(super) struct Claim {
+    owner: Arc<str>,
+    ttl: Duration,
+}
+
+impl Store {
+    /// This store, its pass's writes checked against the leases `owner` holds.
+    pub fn claimed_by(&self, owner: &LeaseOwner, ttl: Duration) -> Store {
+        Store { claim: Some(Claim { owner: owner.id.as_str().into(), ttl }), ..self.clone() }
+    }
+
+    /// What a writer of `keys` checks in each of its transactions: nothing without a claim.
+    pub(super) fn lease_check(&self, keys: &[String]) -> anyhow::Result<Option<LeaseCheck>> {
+        self.claim.as_ref().map(|claim| LeaseCheck::new(claim.clone(), keys)).transpose()
+    }
+}
+
+/// The leases of some computations, as one writer's transactions check them (the keys are
+/// serialized once: an answer writer checks in every one of its transactions).
+pub(super) struct LeaseCheck {
+    claim: Claim,
+    keys: usize,
+    keys_json: String,
+    /// The keys as an operator reads them, for `LeaseLost`.
+    names: String,
+}
+
+impl LeaseCheck {
+    fn new(claim: Claim, keys: &[String]) -> anyhow::Result<LeaseCheck> {
+        Ok(LeaseCheck { claim, keys: keys.len(), keys_json: serde_json::to_string(keys)?, names: keys.join(", ") })
+    }
+
+    /// Inside a write transaction on `db`: fails with `LeaseLost` unless the leases are still
+    /// the claim's, and (with `renew`) extends them, as a heartbeat would.
+    pub(super) fn hold(&self, db: &rusqlite::Connection, renew: bool) -> anyhow::Result<()> {
+        let (owner, keys) = (&*self.claim.owner, &self.keys_json);
+        let held: usize = if renew {
+            db.prepare_cached(
+                "UPDATE leases SET heartbeat_at = ?3, expires_at = ?4 \
+                 WHERE owner = ?1 AND computation_key IN (SELECT value FROM json_each(?2))",
+            )?
+            .execute(params![owner, keys, now(), expiry(self.claim.ttl)])?
+        } else {
+            db.prepare_cached(
+                "SELECT count(*) FROM leases WHERE owner = ?1 AND computation_key IN (SELECT value FROM json_each(?2))",
+            )?
+            .query_row(params![owner, keys], |r| r.get::<_, i64>(0))? as usize
+        };
+        if held < self.keys {
+            return Err(LeaseLost { keys: self.names.clone() }.into());
+        }
+        Ok(())
+    }
+}
+
+/// Inside a write transaction of `check`'s writer: `LeaseCheck::hold`, when there is a check.
+pub(super) fn hold(db: &rusqlite::Connection, check: Option<&LeaseCheck>, renew: bool) -> anyhow::Result<()> {
+    check.map_or(Ok(()), |c| c.hold(db, renew))
+}
+
+fn expiry(ttl: Duration) -> String {
+    let at = chrono::Utc::now() + chrono::Duration::from_std(ttl).unwrap_or(chrono::Duration::seconds(60));
+    at.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+}
+
+impl Store {
+    /// Takes the lease of `key` if it is free, expired, or already ours; else says who holds it.
+    pub async fn acquire_lease(
+        &self,
+        key: &str,
+        owner: &LeaseOwner,
+        ttl: Duration,
+    ) -> anyhow::Result<Result<(), HeldLease>> {
+        let mut tx = self.begin_immediate().await?;
+        let at = now();
+        let held: Option<HeldLease> = sqlx::query_as(
+            "SELECT computation_key, pid, host, expires_at, process FROM leases WHERE computation_key = ?1 AND owner <> ?2 AND expires_at > ?3",
+        )
+        .bind(key)
+        .bind(&owner.id)
+        .bind(&at)
+        .fetch_optional(&mut *tx)
+        .await?;
+        if let Some(h) = held {
+            // A holder whose process is gone (killed, crashed) cannot renew its lease: take it
+            // over now rather than when it expires.
+            if !holder_gone(&h, owner) {
+                return Ok(Err(h));
+            }
+            tracing::info!(key, pid = h.pid, "taking over the lease of a process that is gone");
+        }
+        sqlx::query(
+            "INSERT INTO leases (computation_key, owner, pid, host, acquired_at, heartbeat_at, expires_at, process) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?5, ?6, ?7) ON CONFLICT (computation_key) DO UPDATE SET owner = excluded.owner, \
+             pid = excluded.pid, host = excluded.host, acquired_at = excluded.acquired_at, \
+             heartbeat_at = excluded.heartbeat_at, expires_at = excluded.expires_at, process = excluded.process",
+        )
+        .bind(key)
+        .bind(&owner.id)
+        .bind(i64::from(owner.pid))
+        .bind(&owner.host)
+        .bind(&at)
+        .bind(expiry(ttl))
+        .bind(owner.process.as_ref().map(ToString::to_string))
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(Ok(()))
+    }
+
+    /// Extends the leases of `keys` that `owner` holds, on a connection of its own whose lock
+    /// wait is bounded by `wait` (a renewal stuck behind a long write would outlive the lease).
+    /// Fails with `LeaseLost` when one of them is no longer ours. Blocking.
+    pub fn renew_leases(
+        &self,
+        owner: &LeaseOwner,
+        keys: &[String],
+        ttl: Duration,
+        wait: Duration,
+    ) -> anyhow::Result<()> {
+        let db = rusqlite::Connection::open_with_flags(&self.path, rusqlite::OpenFlags::SQLITE_OPEN_READ_WRITE)?;
+        db.busy_timeout(wait)?;
+        let check = LeaseCheck::new(Claim { owner: owner.id.as_str().into(), ttl }, keys)?;
+        db.execute_batch("BEGIN IMMEDIATE")?;
+        check.hold(&db, true)?;
+        db.execute_batch("COMMIT")?;
+        Ok(())
+    }
+
+    /// Gives up the leases of `keys` that `owner` holds.
+    pub async fn release_leases(&self, owner: &LeaseOwner, keys: &[String]) -> anyhow::Result<()> {
+        sqlx::query("DELETE FROM leases WHERE owner = ?1 AND computation_key IN (SELECT value FROM json_each(?2))")
+            .bind(&owner.id)
+            .bind(serde_json::to_string(keys)?)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+}
