@@ -7,6 +7,7 @@ use std::time::Duration;
 use clap::{Parser, Subcommand, ValueEnum};
 
 use crate::commands;
+use crate::commands::sync::{PassKind, PassRequest};
 use crate::config::Config;
 
 #[derive(Debug, Parser)]
@@ -81,12 +82,15 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Run => commands::run::run(config).await,
         Command::Sync { audiences, dry_run: true, .. } => commands::sync::dry_run(&config, &audiences).await,
         Command::Sync { audiences, wait, allow_mass_exit, .. } => {
-            commands::sync::sync(&config, &audiences, Duration::from_secs(wait), allow_mass_exit).await
+            pass(&config, &audiences, wait, PassKind::Sync { allow_mass_exit }).await
         }
-        Command::Resync { audiences, user, wait } => {
-            commands::sync::resync(&config, &audiences, user.as_deref(), Duration::from_secs(wait)).await
-        }
+        Command::Resync { audiences, user, wait } => pass(&config, &audiences, wait, PassKind::Resync { user }).await,
         Command::Status { json } => commands::status::status(&config, json).await,
         Command::Check => commands::check::check(&config).await,
     }
+}
+
+/// `sync` or `resync` of the computations `audiences`, waiting up to `wait` seconds for leases.
+async fn pass(config: &Config, audiences: &[String], wait: u64, kind: PassKind) -> anyhow::Result<ExitCode> {
+    commands::sync::sync(config, PassRequest::new(config, audiences, Duration::from_secs(wait), kind)?).await
 }

@@ -4,63 +4,78 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use super::{conclude, stop_on_signal};
-use crate::config::Config;
+use crate::config::{Computation, Config};
 use crate::destination::Destination;
 use crate::pass::{self, PassOptions, lease, plan};
 use crate::progress::Progress;
 use crate::state::{LeaseOwner, Store, Trigger};
 
-/// One pass now over the computations named by `keys` (all when empty).
-pub async fn sync(config: &Config, keys: &[String], wait: Duration, allow_mass_exit: bool) -> anyhow::Result<ExitCode> {
-    leased_pass(config, keys, wait, None, allow_mass_exit).await
+/// A pass asked for on the command line, validated: the computations it selects (known keys
+/// only), how long to wait for other processes' leases, and what kind of pass.
+pub struct PassRequest {
+    pub selected: Vec<Computation>,
+    pub wait: Duration,
+    pub kind: PassKind,
 }
 
-/// Marks the selected rows (or `user`'s) pending again, then runs a pass recorded as `resync`.
-pub async fn resync(config: &Config, keys: &[String], user: Option<&str>, wait: Duration) -> anyhow::Result<ExitCode> {
-    leased_pass(config, keys, wait, Some(user), false).await
+/// `sync` or `resync`, with what each takes.
+pub enum PassKind {
+    /// A pass now; `allow_mass_exit` lets held-back snapshots through this once.
+    Sync { allow_mass_exit: bool },
+    /// Rows marked pending again first (only `user`'s when given), then a pass recorded as `resync`.
+    Resync { user: Option<String> },
 }
 
-/// A pass under leases; `resync` is `Some(user filter)` for a resync.
-async fn leased_pass(
-    config: &Config,
-    keys: &[String],
-    wait: Duration,
-    resync: Option<Option<&str>>,
-    allow_mass_exit: bool,
-) -> anyhow::Result<ExitCode> {
-    let selected = config.select(keys)?;
+impl PassRequest {
+    /// The request for the computations named by `keys` (all when empty); an unknown key is
+    /// an error naming the known ones.
+    pub fn new(config: &Config, keys: &[String], wait: Duration, kind: PassKind) -> anyhow::Result<PassRequest> {
+        Ok(PassRequest { selected: config.select(keys)?, wait, kind })
+    }
+
+    fn keys(&self) -> Vec<String> {
+        self.selected.iter().map(|c| c.key.clone()).collect()
+    }
+}
+
+/// Runs the pass `request` asks for, under the leases of its computations.
+pub async fn sync(config: &Config, request: PassRequest) -> anyhow::Result<ExitCode> {
     let store = Store::open(&config.state_path).await?;
     let destination = Destination::from_config(&config.destination)?;
-    let selected_keys: Vec<String> = selected.iter().map(|c| c.key.clone()).collect();
+    let keys = request.keys();
     let owner = LeaseOwner::this_process();
     let stop = stop_on_signal();
-    let leases = lease::acquire_all(&store, &owner, config.lease_ttl, &selected_keys, wait, &stop).await?;
+    let leases = lease::acquire_all(&store, &owner, config.lease_ttl, &keys, request.wait, &stop).await?;
     let store = store.claimed_by(&owner, config.lease_ttl);
     let pass = async {
-        if let Some(user) = resync {
-            let marked = store.mark_for_resync(&selected_keys, user).await?;
-            let whose = user.map(|u| format!(" of user {u:?}")).unwrap_or_default();
-            println!("resync: {marked} rows{whose} marked to be sent again");
-        }
+        let allow_mass_exit = match &request.kind {
+            PassKind::Sync { allow_mass_exit } => *allow_mass_exit,
+            PassKind::Resync { user } => {
+                let marked = store.mark_for_resync(&keys, user.as_deref()).await?;
+                let whose = user.as_ref().map(|u| format!(" of user {u:?}")).unwrap_or_default();
+                println!("resync: {marked} rows{whose} marked to be sent again");
+                false
+            }
+        };
         let options = PassOptions {
             trigger: Trigger::Manual,
-            resync: resync.is_some(),
+            resync: matches!(request.kind, PassKind::Resync { .. }),
             stop: stop.clone(),
             allow_mass_exit,
             beside_other_passes: false,
             progress: Progress::for_command(),
         };
-        pass::run(config, &store, &destination, &selected, &options).await
+        pass::run(config, &store, &destination, &request.selected, &options).await
     };
     let result = pass::within_grace(pass, &stop, config.shutdown_grace).await;
     if result.is_none() {
         tracing::warn!("requests still in flight after shutdown_grace_secs: abandoned; the next pass settles them");
-        store.interrupt_runs(&selected_keys, pass::ABANDONED).await?;
+        store.interrupt_runs(&keys, pass::ABANDONED).await?;
     }
     leases.release().await?;
     store.close().await;
     let reports = result.transpose()?.unwrap_or_default();
-    Ok(conclude(&selected_keys, &reports))
+    Ok(conclude(&keys, &reports))
 }
 
 /// Prints what a pass would do; touches neither the state nor the destination.

@@ -49,23 +49,45 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         running: Mutex::new(HashSet::new()),
         config,
     });
-    if let Some(addr) = shared.config.metrics_listen {
-        let listener = tokio::net::TcpListener::bind(addr)
-            .await
-            .with_context(|| format!("cannot listen on {addr} for metrics"))?;
-        tracing::info!(%addr, "serving /metrics and /healthz");
-        let shared = shared.clone();
-        tokio::spawn(async move { metrics::serve(listener, &shared.metrics, &shared.store).await });
+    serve_metrics(&shared).await?;
+    let (due_tx, due_rx) = mpsc::channel::<Vec<String>>(64);
+    let mut scheduler = schedule(&shared.config.computations, &due_tx).await?;
+    let overdue = catch_up(&shared.store, &shared.config.computations).await?;
+    if !overdue.is_empty() {
+        tracing::info!(computations = %overdue.join(","), "catching up: last pass unfinished or older than its interval");
+        due_tx.send(overdue).await?;
     }
+    let stop = CancellationToken::new();
+    let passes = run_passes_until_signal(&shared, due_rx, &stop).await;
+    tracing::info!(grace_s = shared.config.shutdown_grace.as_secs(), "shutting down: starting nothing new");
+    scheduler.shutdown().await?;
+    stop.cancel();
+    wind_down(passes, shared.config.shutdown_grace).await;
+    shared.store.close().await;
+    tracing::info!("stopped");
+    Ok(())
+}
 
-    let (due_tx, mut due_rx) = mpsc::channel::<Vec<String>>(64);
-    let mut scheduler = JobScheduler::new().await?;
+/// Serves `/metrics` and `/healthz` on `[metrics] listen`, if set.
+async fn serve_metrics(shared: &Arc<Shared>) -> anyhow::Result<()> {
+    let Some(addr) = shared.config.metrics_listen else { return Ok(()) };
+    let listener =
+        tokio::net::TcpListener::bind(addr).await.with_context(|| format!("cannot listen on {addr} for metrics"))?;
+    tracing::info!(%addr, "serving /metrics and /healthz");
+    let shared = shared.clone();
+    tokio::spawn(async move { metrics::serve(listener, &shared.metrics, &shared.store).await });
+    Ok(())
+}
+
+/// A started scheduler that sends, at each firing, the keys of the computations due to `due`.
+async fn schedule(computations: &[Computation], due: &mpsc::Sender<Vec<String>>) -> anyhow::Result<JobScheduler> {
+    let scheduler = JobScheduler::new().await?;
     let mut by_cron: BTreeMap<String, Vec<String>> = BTreeMap::new();
-    for c in &shared.config.computations {
+    for c in computations {
         by_cron.entry(c.cron.clone()).or_default().push(c.key.clone());
     }
     for (cron, keys) in by_cron {
-        let tx = due_tx.clone();
+        let tx = due.clone();
         tracing::info!(cron = %cron, computations = %keys.join(","), "scheduled");
         let job = Job::new_async(cron.as_str(), move |_, _| {
             let (tx, keys) = (tx.clone(), keys.clone());
@@ -77,20 +99,22 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         scheduler.add(job).await?;
     }
     scheduler.start().await?;
+    Ok(scheduler)
+}
 
-    let overdue = catch_up(&shared.store, &shared.config.computations).await?;
-    if !overdue.is_empty() {
-        tracing::info!(computations = %overdue.join(","), "catching up: last pass unfinished or older than its interval");
-        due_tx.send(overdue).await?;
-    }
-
-    let stop = CancellationToken::new();
+/// Starts a pass task for each computation due, until SIGTERM or SIGINT; returns the tasks
+/// still running.
+async fn run_passes_until_signal(
+    shared: &Arc<Shared>,
+    mut due: mpsc::Receiver<Vec<String>>,
+    stop: &CancellationToken,
+) -> JoinSet<()> {
     let mut passes = JoinSet::new();
     let signal = shutdown_signal();
     tokio::pin!(signal);
     loop {
         tokio::select! {
-            Some(keys) = due_rx.recv() => {
+            Some(keys) = due.recv() => {
                 // Each computation's pass holds only its own lease and ends on its own: a
                 // multi-hour first sync holds back nothing else.
                 for key in keys {
@@ -103,24 +127,20 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
                     tracing::error!(error = %e, "a pass task panicked");
                 }
             }
-            _ = &mut signal => break,
+            _ = &mut signal => return passes,
         }
     }
+}
 
-    tracing::info!(grace_s = shared.config.shutdown_grace.as_secs(), "shutting down: starting nothing new");
-    scheduler.shutdown().await?;
-    stop.cancel();
-    // Each pass abandons what is still in flight after the grace period, and says so in its
-    // run; this bounds the wait for one stuck on the state itself.
-    let backstop = shared.config.shutdown_grace + std::time::Duration::from_secs(10);
+/// Waits for the passes to end: each abandons what is still in flight after the grace period,
+/// and says so in its run; the backstop bounds the wait for one stuck on the state itself.
+async fn wind_down(mut passes: JoinSet<()>, grace: std::time::Duration) {
+    let backstop = grace + std::time::Duration::from_secs(10);
     let finished = tokio::time::timeout(backstop, async { while passes.join_next().await.is_some() {} }).await;
     if finished.is_err() {
         tracing::warn!("passes still running after the grace period: abandoned as a kill would leave them");
         passes.abort_all();
     }
-    shared.store.close().await;
-    tracing::info!("stopped");
-    Ok(())
 }
 
 /// One computation's pass, unless one is already running here or it is leased elsewhere.

@@ -79,17 +79,19 @@ pub fn for_every_row(updates: &[UserUpdate], result: &Result<(), DeliveryError>)
     updates.iter().flat_map(|u| u.values.iter().map(|_| result.clone())).collect()
 }
 
+/// Where changes go. The HTTP destinations' clients are boxed: they are many times the size of
+/// the file's.
 pub enum Destination {
-    Contentstack(Contentstack),
-    Segment(Segment),
+    Contentstack(Box<Contentstack>),
+    Segment(Box<Segment>),
     File(FileDestination),
 }
 
 impl Destination {
     pub fn from_config(config: &config::Destination) -> anyhow::Result<Destination> {
         Ok(match config {
-            config::Destination::Contentstack(c) => Destination::Contentstack(Contentstack::new(c)?),
-            config::Destination::Segment(c) => Destination::Segment(Segment::new(c)?),
+            config::Destination::Contentstack(c) => Destination::Contentstack(Box::new(Contentstack::new(c)?)),
+            config::Destination::Segment(c) => Destination::Segment(Box::new(Segment::new(c)?)),
             config::Destination::File { path } => Destination::File(FileDestination::open(path)?),
         })
     }
