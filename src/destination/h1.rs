@@ -3,11 +3,9 @@
 //! its own, and nothing else.
 //!
 //! Why not reqwest, as everywhere else: on the one thread that sends and records, a request
-//! through reqwest cost 26-28 us of CPU (its pool, redirect and URL layers), straight through
-//! hyper 16-17 us (`getrusage` around a bare client of each). At eleven thousand requests a
-//! second, that decides how long an answer waits for the thread once the machine is busy
-//! (Contentstack at 5 ms, concurrency 64, beside two busy loops: 75-78 % -> 82-84 % of the
-//! bound; on an idle machine 90-93 % either way).
+//! through reqwest costs markedly more CPU (its pool, redirect and URL layers) than straight
+//! through hyper, and at thousands of requests a second that decides how long an answer waits
+//! for the thread once the machine is busy (figures in docs/performance.md).
 //!
 //! Through a proxy (`HTTPS_PROXY` and the like), Contentstack keeps to reqwest, which speaks
 //! to proxies.

@@ -257,8 +257,8 @@ fn insert_answered(
 /// it returns false, for the caller to record row by row.
 fn ack_range(tx: &Connection, call: &[&Outcome], at: &str) -> rusqlite::Result<bool> {
     // Per computation: first and last user, latest change sent, rows. The update walks the
-    // primary key over the range; through the pending index instead, a 1 % delta of 10M rows
-    // acknowledges 0.4 s sooner but an initial pass of 1M takes 1 s longer (measured).
+    // primary key over the range: through the pending index instead, a delta acknowledges a
+    // little sooner but an initial pass takes longer (docs/performance.md).
     let mut ranges: BTreeMap<&str, (&str, &str, &str, usize)> = BTreeMap::new();
     for o in call {
         let r = ranges.entry(o.key()).or_insert((o.user_id(), o.user_id(), o.changed_at(), 0));

@@ -2,18 +2,16 @@
 //!
 //! In WAL mode a committing connection checkpoints by itself once the log passes 1,000 pages:
 //! it copies them back into the database and syncs it, which takes milliseconds. On the
-//! committer that is time every request in flight waits before its slot is freed (about 7 % of
-//! Contentstack throughput at 5 ms and concurrency 64, measured), and after a big diff it is
-//! most of the commit. So the bulk writers do not checkpoint (`wal_autocheckpoint = 0`, see
+//! committer that is time every request in flight waits before its slot is freed, and after a
+//! big diff it is most of the commit (docs/performance.md). So the bulk writers do not checkpoint (`wal_autocheckpoint = 0`, see
 //! `Store::bulk_writer`); they nudge this thread, which runs a PASSIVE checkpoint on its own
 //! connection while writing goes on.
 //!
 //! A checkpoint alone does not keep the WAL small under a writer that never pauses: SQLite
 //! starts the log over only when a write transaction begins with every frame copied back, and
 //! by the time the checkpointer is done the writer has appended more. The log then grows for
-//! the whole pass (75 MB for 30,000 Contentstack answers, measured), and each frame written to
-//! new space in the file costs the kernel a page to zero (40 % of the committer's time in the
-//! profile). So once a checkpoint is done, the writer copies the few frames written meanwhile
+//! the whole pass, and each frame written to new space in the file costs the kernel a page to
+//! zero (a large share of the committer's time in the profile). So once a checkpoint is done, the writer copies the few frames written meanwhile
 //! itself (`Checkpointer::catch_up`): cheap, and its next transaction starts the log over.
 
 use std::sync::Arc;
