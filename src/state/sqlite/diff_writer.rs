@@ -72,6 +72,12 @@ impl DiffWriter {
         // renewed, in the transaction that commits it.
         super::leases::hold(&self.db, self.lease.as_ref(), true)?;
         self.db.execute_batch("COMMIT")?;
+        // The bulk writers never checkpoint by themselves: without this, the diffs of a pass
+        // over many computations pile up in the log, and every page read after them searches
+        // it (a pass's diffs slowed down one after another, docs/performance.md).
+        if let Err(e) = super::checkpoint::checkpoint(&self.db) {
+            tracing::warn!(error = %e, "checkpoint after the diff failed; the next one will retry");
+        }
         Ok(())
     }
 }
