@@ -14,7 +14,9 @@ mod status;
 
 pub use leases::{HeldLease, LeaseLost, LeaseOwner};
 pub use runs::{Mode, RunCounts, RunStatus, Trigger};
-pub use sqlite::{AnswerWriter, DiffWriter, PendingReader, QueueWriter, Store, stop_waiting_for_locks};
+pub use sqlite::{
+    AnswerWriter, DiffWriter, PendingReader, QueueWriter, Store, listen_for_signals, stop_waiting_for_locks,
+};
 pub use status::{ComputationStatus, LastRun};
 
 #[cfg(test)]
