@@ -275,3 +275,20 @@ async fn sigterm_ends_a_lock_wait_on_the_thread_that_sends() {
     assert!(!status.success(), "{status:?}");
     assert!(log.contains("database is locked"), "the pass met the operator's lock: {log}");
 }
+
+/// Review finding: the unchanged check hashed the whole file before every load, even with no
+/// fingerprint to compare with, in a read nothing could stop: a file without end (here
+/// /dev/zero) held the pass forever. Now it is hashed only when its size is the recorded one,
+/// and the load itself fails at the line limit.
+#[tokio::test]
+async fn a_file_without_end_fails_its_load_instead_of_hanging_the_unchanged_check() {
+    let edge = contentstack_server().await;
+    let computations =
+        "[[audience]]\nname = \"Zero\"\nsource = { type = \"file\", path = \"/dev/zero\", format = \"csv\" }\n";
+    let app = TestApp::contentstack(&edge, 2, computations);
+    let mut child = app.command(&["sync"]).stdout(Stdio::piped()).stderr(Stdio::null()).spawn().unwrap();
+    let status = wait_exit(&mut child, 10).await;
+    assert!(!status.success());
+    let out = child.wait_with_output().unwrap();
+    assert!(stdout(&out).contains("longer than 1048576 bytes"), "{}", stdout(&out));
+}
