@@ -74,8 +74,15 @@ pub async fn sync(config: &Config, request: PassRequest) -> anyhow::Result<ExitC
     }
     leases.release().await?;
     store.close().await;
-    let reports = result.transpose()?.unwrap_or_default();
-    Ok(conclude(&keys, &reports))
+    match result {
+        Some(reports) => Ok(conclude(&keys, &reports?)),
+        None => {
+            let interrupted: Vec<String> =
+                keys.iter().map(|k| format!("{k} (interrupted: {})", pass::ABANDONED)).collect();
+            eprintln!("audience-sync: not everything was delivered: {}", interrupted.join(", "));
+            Ok(ExitCode::FAILURE)
+        }
+    }
 }
 
 /// Prints what a pass would do; touches neither the state nor the destination.
