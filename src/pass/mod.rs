@@ -88,6 +88,7 @@ pub async fn run(
     selected: &[Computation],
     options: &PassOptions,
 ) -> anyhow::Result<Vec<ComputationReport>> {
+    store.prune_history().await?;
     let mut passes = Vec::new();
     for c in selected {
         if options.stop.is_cancelled() {
