@@ -10,6 +10,7 @@ mod busy;
 mod checkpoint;
 mod computations;
 mod diff_writer;
+mod explain;
 mod first_sync_queue;
 mod history;
 mod leases;
