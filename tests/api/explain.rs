@@ -1,10 +1,8 @@
 //! `explain --user`: one user in each state the state can hold, in text and JSON, and the
 //! delivery history behind it (issue 16, points 3 and 4).
 
-use std::time::Duration;
-
 use serde_json::{Value, json};
-use wiremock::matchers::{header, method, path};
+use wiremock::matchers::{header, method};
 use wiremock::{Mock, MockServer, ResponseTemplate};
 
 use crate::helpers::*;
@@ -187,28 +185,9 @@ async fn explain_without_a_state_file_says_so_and_creates_none() {
 const MEMBERS: usize = 400;
 const ANSWERED: u64 = 100;
 
-/// A destination that answers the first `ANSWERED` requests at once and holds every later one.
-async fn destination_that_stalls_after_some_answers() -> MockServer {
-    let server = MockServer::start().await;
-    Mock::given(method("PATCH"))
-        .and(path("/user-attributes"))
-        .respond_with(ResponseTemplate::new(200))
-        .up_to_n_times(ANSWERED)
-        .with_priority(1)
-        .mount(&server)
-        .await;
-    Mock::given(method("PATCH"))
-        .and(path("/user-attributes"))
-        .respond_with(ResponseTemplate::new(200).set_delay(Duration::from_secs(600)))
-        .with_priority(2)
-        .mount(&server)
-        .await;
-    server
-}
-
 #[tokio::test]
 async fn explain_finds_a_user_a_running_or_stopped_first_sync_still_has_to_send() {
-    let server = destination_that_stalls_after_some_answers().await;
+    let server = destination_that_stalls_after(ANSWERED).await;
     let app = keeping_history(TestApp::contentstack(&server, 4, &audience("Big", "big.csv")), 7)
         .replace_in_config("request_timeout_secs = 20", "request_timeout_secs = 2");
     let users: Vec<String> = (0..MEMBERS).map(|i| format!("user-{i:04}")).collect();
@@ -243,8 +222,11 @@ async fn explain_finds_a_user_a_running_or_stopped_first_sync_still_has_to_send(
 }
 
 /// What one pass sent, as the README asks it.
-const SENT_BY_PASS: &str = "SELECT user_id, value, answered_at, http_status, error FROM delivery_history \
-     WHERE run_id = ?1 ORDER BY id";
+const SENT_BY_PASS: &str = "SELECT user_id, computation_key, value, answered_at, acknowledged, http_status, error \
+     FROM delivery_history WHERE run_id = ?1 ORDER BY id";
+
+/// A row of `SENT_BY_PASS`.
+type Sent = (String, String, String, String, bool, Option<i64>, Option<String>);
 
 #[tokio::test]
 async fn history_is_kept_only_when_asked_and_lists_what_a_pass_sent() {
@@ -260,10 +242,12 @@ async fn history_is_kept_only_when_asked_and_lists_what_a_pass_sent() {
     let sent = |run: i64| {
         let db = db.clone();
         async move {
-            let rows: Vec<(String, String, String, Option<i64>, Option<String>)> =
-                sqlx::query_as(SENT_BY_PASS).bind(run).fetch_all(&db).await.unwrap();
+            let rows: Vec<Sent> = sqlx::query_as(SENT_BY_PASS).bind(run).fetch_all(&db).await.unwrap();
+            for (_, key, _, _, acknowledged, _, error) in &rows {
+                assert_eq!((key.as_str(), *acknowledged), ("a", error.is_none()));
+            }
             let mut rows: Vec<(String, String, Option<i64>)> =
-                rows.into_iter().map(|(user, value, _, status, _)| (user, value, status)).collect();
+                rows.into_iter().map(|(user, _, value, _, _, status, _)| (user, value, status)).collect();
             rows.sort();
             rows
         }
