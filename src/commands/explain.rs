@@ -128,13 +128,12 @@ fn text(e: &Explanation) -> String {
         out += &line(
             "last diff",
             match &c.last_diff {
-                Some(d) => format!(
-                    "pass {} ({}, {}), started {}{}",
-                    d.run_id,
-                    d.mode,
-                    d.status,
-                    d.started_at,
-                    d.finished_at.as_ref().map(|f| format!(", finished {f}")).unwrap_or_default()
+                Some(DiffPass { run_id, run }) => format!(
+                    "pass {run_id} ({}, {}), started {}{}",
+                    run.mode,
+                    run.status,
+                    run.started_at,
+                    run.finished_at.as_ref().map(|f| format!(", finished {f}")).unwrap_or_default()
                 ),
                 None => "none recorded yet".into(),
             },

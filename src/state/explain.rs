@@ -2,7 +2,7 @@
 
 use serde::Serialize;
 
-use super::{Mode, RunStatus};
+use super::LastRun;
 
 /// One user in one computation, as the state holds it.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -17,16 +17,13 @@ pub struct UserState {
     pub history: Vec<Delivery>,
 }
 
-/// A pass that recorded a diff.
+/// A pass that recorded a diff: its `sync_runs` id and row.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, sqlx::FromRow)]
 pub struct DiffPass {
     pub run_id: i64,
-    #[sqlx(try_from = "String")]
-    pub mode: Mode,
-    #[sqlx(try_from = "String")]
-    pub status: RunStatus,
-    pub started_at: String,
-    pub finished_at: Option<String>,
+    #[sqlx(flatten)]
+    #[serde(flatten)]
+    pub run: LastRun,
 }
 
 /// A `memberships` row (values are JSON text).

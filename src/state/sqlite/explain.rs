@@ -4,6 +4,7 @@
 use sqlx::SqliteConnection;
 
 use super::Store;
+use super::status::last_run_columns;
 use crate::state::{DiffPass, MembershipRow, Queued, UserState};
 
 impl Store {
@@ -15,10 +16,11 @@ impl Store {
         let has_history = has_table(&mut tx, "delivery_history").await?;
         let mut states = Vec::with_capacity(keys.len());
         for key in keys {
-            let last_diff: Option<DiffPass> = sqlx::query_as(
-                "SELECT id AS run_id, mode, status, started_at, finished_at FROM sync_runs \
-                 WHERE computation_key = ?1 AND snapshot_rows IS NOT NULL ORDER BY id DESC LIMIT 1",
-            )
+            let last_diff: Option<DiffPass> = sqlx::query_as(concat!(
+                "SELECT id AS run_id, ",
+                last_run_columns!(),
+                " FROM sync_runs WHERE computation_key = ?1 AND snapshot_rows IS NOT NULL ORDER BY id DESC LIMIT 1"
+            ))
             .bind(key)
             .fetch_optional(&mut *tx)
             .await?;
