@@ -2,7 +2,7 @@
 # The performance benchmark (issue: 10-million-member audiences). Prints each figure beside its
 # reference, measured side by side in one run on this machine.
 #
-#   bench/run.sh [MEMBERS...]        # default: 1000000 10000000
+#   bench/run.sh [MEMBERS...]        # default: 1000000 10000000; MANY=0 skips the 100-audience shape
 #
 # Needs GNU time (/usr/bin/time) and coreutils. Work files go to $BENCH_DIR (default
 # /tmp/audience-sync-bench); nothing leaves loopback.
@@ -74,6 +74,38 @@ TOML
 
   rm -f "$work"/*.csv "$work/base.sorted" "$work/out.ndjson"
 done
+
+# Many audiences (issue 14): 100 audiences of 100,000 members each (users of their own), against
+# one audience of 10,000,000 with the same churn, side by side: initial pass and 1 % + 1 % delta.
+if [ "${MANY:-1}" = 1 ]; then
+  many="$dir/many" one="$dir/one"
+  rm -rf "$many" "$one" && mkdir -p "$many" "$one"
+  header() { printf '[state]\npath = "state.db"\n[destination]\ntype = "file"\npath = "out.ndjson"\n'; }
+  { header; for i in $(seq 0 99); do printf '[[audience]]\nname = "A%d"\nsource = { type = "file", path = "s%d.csv" }\n' "$i" "$i"; done; } > "$many/config.toml"
+  { header; printf '[[audience]]\nname = "One"\nsource = { type = "file", path = "s.csv" }\n'; } > "$one/config.toml"
+  for i in $(seq 0 99); do
+    "$gen" --members 100000 --seed "$i" --offset $((i * 100000)) > "$many/a$i.csv"
+    "$gen" --members 100000 --seed "$i" --offset $((i * 100000)) --churn 0.01 > "$many/c$i.csv"
+  done
+  "$gen" --members 10000000 > "$one/a.csv"
+  "$gen" --members 10000000 --churn 0.01 > "$one/c.csv"
+  for run in 1 2 3; do
+    rm -f "$many"/state.db* "$one"/state.db*
+    for i in $(seq 0 99); do cp "$many/a$i.csv" "$many/s$i.csv"; done
+    cp "$one/a.csv" "$one/s.csv"
+    read -r m_init m_mb < <(measure "$bin" --config "$many/config.toml" sync)
+    read -r o_init o_mb < <(measure "$bin" --config "$one/config.toml" sync)
+    for i in $(seq 0 99); do cp "$many/c$i.csv" "$many/s$i.csv"; done
+    cp "$one/c.csv" "$one/s.csv"
+    read -r m_delta m_mb2 < <(measure "$bin" --config "$many/config.toml" sync)
+    read -r o_delta o_mb2 < <(measure "$bin" --config "$one/config.toml" sync)
+    printf '%-44s %10s %9s %12s %s\n' "100 x 100k initial pass (run $run)" "$m_init" "$m_mb" "$(awk "BEGIN{printf \"%.2fx\", $m_init/$o_init}")" "one 10M audience ${o_init}s; target <= 1.2x"
+    printf '%-44s %10s %9s %12s %s\n' "100 x 100k delta, 1% + 1% each (run $run)" "$m_delta" "$m_mb2" "$(awk "BEGIN{printf \"%.2fx\", $m_delta/$o_delta}")" "one 10M audience ${o_delta}s; target <= 1.3x"
+  done
+  bytes=$(stat -c %s "$many/state.db")
+  printf '%-44s %10s %9s %12s %s\n' "100 x 100k state file" "" "" "$((bytes / 10000000))  B/row" "target <= 50 B/row"
+  rm -f "$many"/*.csv "$one"/*.csv
+fi
 
 target/release/examples/bench_delivery --destination contentstack --members 30000 --latency-ms 5 --concurrency 64 --runs 5 | sed 's/^/contentstack 5 ms c=64: /'
 target/release/examples/bench_delivery --destination segment --members 300000 --latency-ms 5 --concurrency 16 | sed 's/^/segment 5 ms c=16: /'

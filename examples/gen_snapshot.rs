@@ -1,8 +1,9 @@
 //! Generates a large audience snapshot (CSV, shuffled) for benchmarks.
 //!
-//! `cargo run --release --example gen_snapshot -- --members 1000000 [--churn 0.01] [--seed 7] > FILE`
+//! `cargo run --release --example gen_snapshot -- --members 1000000 [--churn 0.01] [--seed 7] [--offset 0] > FILE`
 //!
-//! Members are `user-0000000000` .. for `--members`; with `--churn C` a share C of them is left
+//! Members are `user-0000000000` .. for `--members` (numbered from `--offset`, so that several
+//! audiences can hold users of their own); with `--churn C` a share C of them is left
 //! out (exits) and as many new users are added (entries), so a churned file diffed against the
 //! plain one has C exits and C entries. The same arguments always give the same file.
 
@@ -12,6 +13,7 @@ fn main() {
     let mut members: u64 = 1_000_000;
     let mut churn: f64 = 0.0;
     let mut seed: u64 = 7;
+    let mut offset: u64 = 0;
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
         let mut value = || args.next().unwrap_or_else(|| panic!("{a} needs a value"));
@@ -19,7 +21,8 @@ fn main() {
             "--members" => members = value().parse().expect("--members N"),
             "--churn" => churn = value().parse().expect("--churn FRACTION"),
             "--seed" => seed = value().parse().expect("--seed N"),
-            other => panic!("unknown argument {other}; use --members N --churn C --seed S"),
+            "--offset" => offset = value().parse().expect("--offset N"),
+            other => panic!("unknown argument {other}; use --members N --churn C --seed S --offset N"),
         }
     }
     let mut rng = SplitMix64(seed);
@@ -46,7 +49,7 @@ fn main() {
     let mut out = BufWriter::with_capacity(1 << 20, stdout.lock());
     writeln!(out, "user_id").unwrap();
     for id in ids {
-        writeln!(out, "user-{id:010}").unwrap();
+        writeln!(out, "user-{:010}", offset + id).unwrap();
     }
     out.flush().unwrap();
 }

@@ -70,7 +70,8 @@ fn retry_after(headers: &HeaderMap, now: SystemTime) -> Option<Duration> {
 /// and a redirect's `Location` may both echo what was sent: the whole message is scrubbed of
 /// `secrets`.
 pub fn refused(status: StatusCode, headers: &HeaderMap, body: &str, failure: Failure, secrets: &[String]) -> HttpError {
-    let snippet: String = body.chars().take(ERROR_SNIPPET_CHARS).collect();
+    // Scrubbed whole, then cut: a secret cut in half would no longer be recognised.
+    let snippet: String = scrub(body, secrets).chars().take(ERROR_SNIPPET_CHARS).collect();
     let location = match headers.get(reqwest::header::LOCATION).filter(|_| status.is_redirection()) {
         Some(to) => format!(" (redirect to {}, not followed)", redact_url(&String::from_utf8_lossy(to.as_bytes()))),
         None => String::new(),

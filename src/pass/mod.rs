@@ -81,6 +81,8 @@ struct Delivered {
 
 /// Runs one pass over `selected` (whose leases the caller holds).
 /// Errors only when the state itself fails; a computation's own failure is in its report.
+/// Computations whose snapshots look large go in a second round, loaded only once the others
+/// are delivered: a ten-million-member load must not hold back the deltas of small ones.
 pub async fn run(
     config: &Config,
     store: &Store,
@@ -89,6 +91,41 @@ pub async fn run(
     options: &PassOptions,
 ) -> anyhow::Result<Vec<ComputationReport>> {
     store.prune_history().await?;
+    let (large, small): (Vec<&Computation>, Vec<&Computation>) =
+        selected.iter().partition(|c| expected_rows(c) > LARGE_LOAD_ROWS);
+    let mut reports = Vec::new();
+    for round in [small, large] {
+        if !round.is_empty() && !options.stop.is_cancelled() {
+            reports.extend(run_round(config, store, destination, &round, options).await?);
+        }
+    }
+    Ok(reports)
+}
+
+/// Snapshots expected to hold more rows than this are loaded in a pass's second round.
+const LARGE_LOAD_ROWS: u64 = 1_000_000;
+
+/// How many rows `c`'s snapshot is likely to hold, from its file's size; 0 when unknown (HTTP
+/// and SQL sources, a missing file), which puts it in the first round.
+fn expected_rows(c: &Computation) -> u64 {
+    match &c.source {
+        crate::config::Source::File { path, gzip, .. } => {
+            let bytes = std::fs::metadata(path).map(|m| m.len()).unwrap_or(0);
+            // A CSV row of a short id is about 16 bytes; gzip shrinks it about four times.
+            if *gzip { bytes / 4 } else { bytes / 16 }
+        }
+        crate::config::Source::Http { .. } | crate::config::Source::Sql { .. } => 0,
+    }
+}
+
+/// Loads, delivers and records the computations of one round.
+async fn run_round(
+    config: &Config,
+    store: &Store,
+    destination: &Destination,
+    selected: &[&Computation],
+    options: &PassOptions,
+) -> anyhow::Result<Vec<ComputationReport>> {
     let mut passes = Vec::new();
     for c in selected {
         if options.stop.is_cancelled() {
@@ -106,9 +143,15 @@ pub async fn run(
             return Err(e.context("delivery stopped"));
         }
     };
-    let mut reports = Vec::new();
+    let mut closed = Vec::with_capacity(passes.len());
     for pass in passes {
-        let report = finish(store, pass, &delivered).await?;
+        closed.push(close_first_sync(store, pass, &delivered).await?);
+    }
+    let keys: Vec<String> = closed.iter().map(|p| p.c.key.clone()).collect();
+    let pending = store.pending_counts(&keys).await?;
+    let mut reports = Vec::new();
+    for pass in closed {
+        let report = finish(store, pass, &delivered, &pending).await?;
         tracing::info!(key = %report.key, status = %report.status, "{}", report.summary());
         reports.push(report);
     }
@@ -228,6 +271,8 @@ async fn plan<'a>(
 ) -> anyhow::Result<(Vec<Pass<'a>>, Planned)> {
     let work = || delivery::Work { beside_other_passes: options.beside_other_passes, ..Default::default() };
     let mut planned = Planned { small: work(), large: work(), total: 0 };
+    let keys: Vec<String> = passes.iter().map(|p| p.c.key.clone()).collect();
+    let counts = store.pending_counts(&keys).await?;
     let mut kept = Vec::with_capacity(passes.len());
     for mut pass in passes {
         let key = pass.c.key.clone();
@@ -236,7 +281,7 @@ async fn plan<'a>(
             continue;
         }
         let (stage, pending, first) = match pass.stage {
-            Stage::Diffed(d) => (Stage::Diffed(d), store.pending_count(&key).await?, None),
+            Stage::Diffed(d) => (Stage::Diffed(d), counts.get(&key).copied().unwrap_or(0), None),
             Stage::FirstSync(d, Spooled { entries, fingerprint }) => {
                 (Stage::FirstSyncSent(d, fingerprint), entries.entries.len(), Some(entries))
             }
@@ -282,27 +327,55 @@ async fn send(
     Ok(report)
 }
 
-/// Closes the run of a computation and says what its pass did.
-async fn finish(store: &Store, pass: Pass<'_>, delivered: &Delivered) -> anyhow::Result<ComputationReport> {
+/// A computation's pass once delivery is over and its first sync (if any) closed: what is
+/// left of it to record.
+struct Closed<'a> {
+    c: &'a Computation,
+    mode: Mode,
+    run_id: i64,
+    /// The diff's counts and the entries neither in the state nor answered; or why it failed.
+    outcome: Result<(DiffCounts, u64), PassError>,
+}
+
+/// Closes a first sync: its entries written as pending rows if delivery never took them, its
+/// fingerprint recorded once all are answered.
+async fn close_first_sync<'a>(store: &Store, pass: Pass<'a>, delivered: &Delivered) -> anyhow::Result<Closed<'a>> {
     let Pass { c, mode, run_id, stage } = pass;
+    let outcome = match stage {
+        Stage::Failed(e) => Err(e),
+        Stage::Diffed(d) => Ok((d, 0)),
+        Stage::FirstSync(d, spooled) => {
+            first_sync::keep(store, &c.key, &d, spooled).await?;
+            Ok((d, 0))
+        }
+        Stage::FirstSyncSent(d, fingerprint) => {
+            let delivery = delivered.per_key.get(&c.key).cloned().unwrap_or_default();
+            let unsent = first_sync::close(store, &c.key, &d, fingerprint, &delivery).await?;
+            Ok((d, unsent))
+        }
+    };
+    Ok(Closed { c, mode, run_id, outcome })
+}
+
+/// Closes the run of a computation and says what its pass did; `pending` counts the state's
+/// pending rows of each computation.
+async fn finish(
+    store: &Store,
+    pass: Closed<'_>,
+    delivered: &Delivered,
+    pending: &BTreeMap<String, u64>,
+) -> anyhow::Result<ComputationReport> {
+    let Closed { c, mode, run_id, outcome } = pass;
     let key = c.key.clone();
-    let delivery = delivered.per_key.get(&key).cloned().unwrap_or_default();
-    let (d, unsent) = match stage {
-        Stage::Failed(e) => {
+    let (d, unsent) = match outcome {
+        Err(e) => {
             store.finish_run(run_id, RunStatus::Failed, &RunCounts::default(), Some(&e.to_string())).await?;
             return Ok(ComputationReport { key, mode, status: RunStatus::Failed, outcome: Outcome::Failed(e) });
         }
-        Stage::Diffed(d) => (d, 0),
-        Stage::FirstSync(d, spooled) => {
-            first_sync::keep(store, &key, &d, spooled).await?;
-            (d, 0)
-        }
-        Stage::FirstSyncSent(d, fingerprint) => {
-            let unsent = first_sync::close(store, &key, &d, fingerprint, &delivery).await?;
-            (d, unsent)
-        }
+        Ok(closed) => closed,
     };
-    let pending = store.pending_count(&key).await? + unsent;
+    let delivery = delivered.per_key.get(&key).cloned().unwrap_or_default();
+    let pending = pending.get(&key).copied().unwrap_or(0) + unsent;
     let status = if pending == 0 { RunStatus::Ok } else { RunStatus::Incomplete };
     if status == RunStatus::Ok && mode == Mode::Initial {
         store.mark_initial_sync_done(&key).await?;

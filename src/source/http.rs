@@ -87,13 +87,17 @@ fn read_pages(
             return Err(SnapshotError::new(&name, None, Some("next"), message));
         }
         let response = get(handle, client, source, &url)?;
-        let link = next_link(&response, &url);
+        // A relative `next` is relative to the page as it was served, after any redirect.
+        let base = response.url().clone();
+        let link = next_link(&response, &base);
         let in_body = read_page(&name, BodyReader::new(handle, response, source.timeout), rules, push)?;
         next = match in_body.or(link) {
             Some(n) => {
-                let n = url
+                let mut n = base
                     .join(&n)
                     .map_err(|e| SnapshotError::new(&name, None, Some("next"), format!("{:?}: {e}", redact_url(&n))))?;
+                // A fragment is never sent: pages told apart by one alone are the same page.
+                n.set_fragment(None);
                 if n == url {
                     return Err(SnapshotError::new(&name, None, Some("next"), "the next page is this page"));
                 }

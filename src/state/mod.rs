@@ -16,7 +16,9 @@ mod status;
 pub use explain::{Delivery, DiffPass, MembershipRow, Queued, UserState};
 pub use leases::{HeldLease, LeaseLost, LeaseOwner};
 pub use runs::{Mode, RunCounts, RunStatus, Trigger};
-pub use sqlite::{AnswerWriter, DiffWriter, PendingReader, QueueWriter, Store, stop_waiting_for_locks};
+pub use sqlite::{
+    AnswerWriter, DiffWriter, PendingReader, QueueWriter, Store, listen_for_signals, stop_waiting_for_locks,
+};
 pub use status::{ComputationStatus, LastRun};
 
 #[cfg(test)]

@@ -244,3 +244,34 @@ async fn sigterm_ends_a_syncs_wait_for_the_states_lock() {
 async fn sigterm_ends_the_daemons_wait_for_the_states_lock() {
     sigterm_while_an_operator_holds_the_write_lock(&["run"]).await;
 }
+
+/// Review finding: with Contentstack, `sync` records answers on the runtime's one thread, so a
+/// lock wait there kept the signal's task from running: SIGTERM waited out the 300 s.
+#[tokio::test]
+async fn sigterm_ends_a_lock_wait_on_the_thread_that_sends() {
+    let server = MockServer::start().await;
+    Mock::given(method("PATCH"))
+        .respond_with(ResponseTemplate::new(200).set_delay(std::time::Duration::from_millis(20)))
+        .mount(&server)
+        .await;
+    let app = TestApp::contentstack_at(&server.uri(), 4, "", &audience("A", "a.csv"));
+    let users: Vec<String> = (0..5000).map(|i| format!("user-{i:05}")).collect();
+    app.write("a.csv", &csv_users(&users.iter().map(String::as_str).collect::<Vec<_>>()));
+    let log = std::fs::File::create(app.path("stderr.log")).unwrap();
+    let mut child = app.command(&["sync"]).stdout(Stdio::null()).stderr(log).spawn().unwrap();
+    wait_until(30, "delivery to begin", || async { server.received_requests().await.unwrap().len() > 20 }).await;
+    let operator = rusqlite::Connection::open(app.path("state.db")).unwrap();
+    operator.execute_batch("BEGIN IMMEDIATE").unwrap();
+    // The process's main thread, its runtime's, sleeps between tries for the lock.
+    let wchan = format!("/proc/{}/wchan", child.id());
+    wait_until(30, "the sending thread to wait for the lock", || async {
+        std::fs::read_to_string(&wchan).is_ok_and(|w| w.contains("nanosleep"))
+    })
+    .await;
+    terminate(&child);
+    let status = wait_exit(&mut child, 10).await;
+    operator.execute_batch("ROLLBACK").unwrap();
+    let log = std::fs::read_to_string(app.path("stderr.log")).unwrap();
+    assert!(!status.success(), "{status:?}");
+    assert!(log.contains("database is locked"), "the pass met the operator's lock: {log}");
+}

@@ -154,17 +154,35 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("state.db");
         let (store, _) = store_with_audience(dir.path()).await;
+        let db = store.bulk_writer().unwrap();
+        db.execute_batch("CREATE TABLE scratch (n INTEGER PRIMARY KEY, b BLOB)").unwrap();
+        let size = || std::fs::metadata(&path).unwrap().len();
+        let before = size();
+        db.execute_batch("BEGIN").unwrap();
+        for n in 0..1000 {
+            db.execute("INSERT INTO scratch VALUES (?1, ?2)", rusqlite::params![n, vec![7u8; 4000]]).unwrap();
+        }
+        db.execute_batch("COMMIT").unwrap();
+        assert!(size() < before + 1000 * 4000, "the bulk writer checkpointed by itself ({} bytes)", size());
+
+        drop(store.checkpointer()); // asks for a checkpoint, and waits for it
+        assert!(size() > before + 1000 * 4000, "the rows are in the database file ({} bytes, was {before})", size());
+    }
+
+    /// A pass's diffs one after another must not pile up in the log: a diff's commit copies a
+    /// long log back into the database file.
+    #[tokio::test]
+    async fn a_diffs_commit_copies_its_writes_back_into_the_database_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state.db");
+        let (store, _) = store_with_audience(dir.path()).await;
         let mut writer = store.diff_writer("a").unwrap();
-        for i in 0..20_000 {
+        for i in 0..100_000 {
             let op = Op::Set { user_id: format!("user-{i:08}"), desired: "true".into(), change: Change::Entered };
             writer.apply(op).unwrap();
         }
         writer.commit(None).unwrap();
-        let size = || std::fs::metadata(&path).unwrap().len();
-        let before = size();
-        assert!(before < 20_000 * 20, "the bulk writer checkpointed by itself ({before} bytes)");
-
-        drop(store.checkpointer()); // asks for a checkpoint, and waits for it
-        assert!(size() > 20_000 * 40, "the rows are in the database file ({} bytes, was {before})", size());
+        let size = std::fs::metadata(&path).unwrap().len();
+        assert!(size > 100_000 * 40, "the rows are in the database file ({size} bytes)");
     }
 }

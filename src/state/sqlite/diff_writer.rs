@@ -30,6 +30,10 @@ impl Store {
     /// Opens the writer of `key`'s diff. Blocking: call it from a blocking thread.
     pub fn diff_writer(&self, key: &str) -> anyhow::Result<DiffWriter> {
         let db = self.bulk_writer()?;
+        // Unlike delivery's writer, a diff checkpoints at its commit once the log is long
+        // (SQLite's default): otherwise the diffs of a pass over many computations pile up in
+        // the log, and every page read after them searches it (docs/performance.md).
+        db.pragma_update(None, "wal_autocheckpoint", 1000)?;
         Ok(DiffWriter {
             db,
             lease: self.lease_check(&[key.to_string()])?,
