@@ -40,7 +40,7 @@ impl PassRequest {
 
 /// Runs the pass `request` asks for, under the leases of its computations.
 pub async fn sync(config: &Config, request: PassRequest) -> anyhow::Result<ExitCode> {
-    let store = Store::open(&config.state_path).await?;
+    let store = Store::open(&config.state_path).await?.keeping_history(config.keep_history_days);
     let destination = Destination::from_config(&config.destination)?;
     let keys = request.keys();
     let owner = LeaseOwner::this_process();

@@ -39,7 +39,7 @@ struct Shared {
 }
 
 pub async fn run(config: Config) -> anyhow::Result<()> {
-    let store = Store::open(&config.state_path).await?;
+    let store = Store::open(&config.state_path).await?.keeping_history(config.keep_history_days);
     let destination = Destination::from_config(&config.destination)?;
     let shared = Arc::new(Shared {
         store,

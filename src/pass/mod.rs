@@ -90,6 +90,7 @@ pub async fn run(
     selected: &[Computation],
     options: &PassOptions,
 ) -> anyhow::Result<Vec<ComputationReport>> {
+    store.prune_history().await?;
     let (large, small): (Vec<&Computation>, Vec<&Computation>) =
         selected.iter().partition(|c| expected_rows(c) > LARGE_LOAD_ROWS);
     let mut reports = Vec::new();

@@ -10,7 +10,9 @@ mod busy;
 mod checkpoint;
 mod computations;
 mod diff_writer;
+mod explain;
 mod first_sync_queue;
+mod history;
 mod leases;
 mod memberships;
 mod pending;
@@ -50,6 +52,8 @@ pub struct Store {
     path: std::path::PathBuf,
     /// The leases a pass through this handle must still hold when it writes (see `leases`).
     claim: Option<leases::Claim>,
+    /// Days `delivery_history` keeps every delivery answered; none: not kept (see `history`).
+    keep_history_days: Option<u32>,
 }
 
 impl Store {
@@ -77,7 +81,7 @@ impl Store {
             .await
             .with_context(|| format!("cannot open the state file {}", path.display()))?;
         MIGRATOR.run(&pool).await.with_context(|| format!("cannot migrate the state file {}", path.display()))?;
-        Ok(Store { pool, path: path.to_path_buf(), claim: None })
+        Ok(Store { pool, path: path.to_path_buf(), claim: None, keep_history_days: None })
     }
 
     /// Opens an existing state file read-only, without migrating it (dry runs and status must
@@ -95,7 +99,7 @@ impl Store {
             .connect_with(options)
             .await
             .with_context(|| format!("cannot open the state file {}", path.display()))?;
-        Ok(Some(Store { pool, path: path.to_path_buf(), claim: None }))
+        Ok(Some(Store { pool, path: path.to_path_buf(), claim: None, keep_history_days: None }))
     }
 
     /// Closes every connection; the last one to close checkpoints the WAL into the database
