@@ -125,9 +125,12 @@ fn get(
     loop {
         // `client` bounds each silence, not the whole request (see `http::reading_client`).
         let mut request = client.get(url.clone());
-        // Credentials go to the configured origin only: a page may point anywhere.
+        // Credentials go to the configured origin only: a page may point anywhere. The
+        // configured header is the whole `Authorization`: a URL's userinfo does not add another.
         if let Some(auth) = source.authorization.filter(|_| url.origin() == source.url.origin()) {
-            request = request.header(AUTHORIZATION, auth.expose());
+            let mut bare = url.clone();
+            let _ = (bare.set_username(""), bare.set_password(None));
+            request = client.get(bare).header(AUTHORIZATION, auth.expose());
         }
         let error = match handle.block_on(http::send(request, &source.secrets(url))) {
             Ok(response) => return Ok(response),

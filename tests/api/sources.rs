@@ -570,3 +570,23 @@ async fn a_fragment_does_not_hide_a_page_loop_and_next_is_relative_to_the_page_s
     let users: Vec<String> = sorted(received(&edge).await).into_iter().map(|(u, _)| u).collect();
     assert_eq!(users, ["u1", "u2"]);
 }
+
+/// Review finding: a URL's userinfo made reqwest add a Basic `Authorization` beside the one from
+/// `auth_header_env`, which is documented as the whole header.
+#[tokio::test]
+async fn the_configured_authorization_is_the_only_one_sent() {
+    let edge = contentstack_server().await;
+    let source = MockServer::start().await;
+    Mock::given(path("/a.ndjson"))
+        .respond_with(ResponseTemplate::new(200).set_body_string("{\"user_id\":\"u1\"}\n"))
+        .mount(&source)
+        .await;
+    let url = source.uri().replace("http://", "http://user:pw@");
+    let auth = format!(", auth_header_env = \"{SOURCE_AUTH_ENV}\"");
+    let app = app_with(&edge, &http_audience("A", &format!("{url}/a.ndjson"), &auth)).await;
+    assert_success(&app.sync(&[]).await);
+    let asked = source.received_requests().await.unwrap();
+    let sent: Vec<_> =
+        asked[0].headers.get_all("authorization").iter().map(|v| v.to_str().unwrap().to_string()).collect();
+    assert_eq!(sent, [SOURCE_AUTH], "one Authorization, the configured one");
+}
