@@ -28,7 +28,9 @@ fn main() -> ExitCode {
     let logs = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_ansi(colour());
     match cli.log_format {
         LogFormat::Text => logs.init(),
-        LogFormat::Json => logs.json().init(),
+        // Each event's fields at the top level of its object, beside `timestamp`, `level` and
+        // `target`: the names README's "Logs" promises.
+        LogFormat::Json => logs.json().flatten_event(true).init(),
     }
     // One thread for all async work (requests, their connections, timers): the heavy work runs
     // on blocking threads of its own, so a request costs no hand-offs between threads (figures

@@ -15,7 +15,7 @@ mod status;
 pub use leases::{HeldLease, LeaseLost, LeaseOwner};
 pub use runs::{Mode, RunCounts, RunStatus, Trigger};
 pub use sqlite::{AnswerWriter, DiffWriter, PendingReader, QueueWriter, Store, stop_waiting_for_locks};
-pub use status::{ComputationStatus, LastRun};
+pub use status::{ComputationStatus, LastRun, ObservedComputation};
 
 #[cfg(test)]
 pub(crate) use sqlite::testing;

@@ -13,6 +13,7 @@ mod diff_writer;
 mod first_sync_queue;
 mod leases;
 mod memberships;
+mod observed;
 mod pending;
 mod runs;
 mod scan;
