@@ -151,7 +151,7 @@ impl ComputationReport {
 /// `state failed` for a state failure outside a load).
 /// A shutdown is no error: it is said as a warning.
 pub fn log_failure(key: &str, run_id: Option<i64>, mode: Option<Mode>, class: &str, error: &str) {
-    let mode = mode.map(Mode::as_str);
+    let mode = mode.map(tracing::field::display);
     macro_rules! failed {
         ($level:expr) => {
             tracing::event!($level, computation = %key, pass_id = run_id, mode, error_class = class, error, "pass failed")

@@ -9,6 +9,7 @@ mod first_sync;
 mod helpers;
 mod logs;
 mod memory;
+mod metrics;
 mod operate;
 mod pauses;
 mod resume;
