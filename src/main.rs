@@ -1,8 +1,9 @@
 use std::io::IsTerminal;
 use std::process::ExitCode;
 
-use audience_sync::cli::LogFormat;
+use audience_sync::cli::{LogFormat, say};
 use clap::Parser;
+use tracing::Level;
 use tracing_subscriber::EnvFilter;
 
 /// A snapshot is millions of small strings to sort and merge: mimalloc frees and reuses them
@@ -23,6 +24,7 @@ fn colour() -> bool {
 
 fn main() -> ExitCode {
     let cli = audience_sync::cli::Cli::parse();
+    audience_sync::cli::say_as(cli.log_format);
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info,sqlx::query=error"));
     let filter = filter.add_directive(QUIET_SECRETS.parse().expect("a valid directive"));
     let logs = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_ansi(colour());
@@ -38,14 +40,14 @@ fn main() -> ExitCode {
     let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
-            eprintln!("audience-sync: cannot start the runtime: {e}");
+            say(Level::ERROR, &format!("audience-sync: cannot start the runtime: {e}"));
             return ExitCode::FAILURE;
         }
     };
     let code = match runtime.block_on(audience_sync::cli::run(cli)) {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("audience-sync: {e:#}");
+            say(Level::ERROR, &format!("audience-sync: {e:#}"));
             ExitCode::FAILURE
         }
     };

@@ -4,7 +4,10 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
 
+use tracing::Level;
+
 use super::{conclude, stop_on_signal};
+use crate::cli::say;
 use crate::config::{Computation, Config};
 use crate::destination::Destination;
 use crate::metrics::Metrics;
@@ -105,6 +108,6 @@ pub async fn dry_run(config: &Config, keys: &[String]) -> anyhow::Result<ExitCod
     if failed.is_empty() {
         return Ok(ExitCode::SUCCESS);
     }
-    eprintln!("audience-sync: snapshots failed to load: {}", failed.join(", "));
+    say(Level::ERROR, &format!("audience-sync: snapshots failed to load: {}", failed.join(", ")));
     Ok(ExitCode::FAILURE)
 }
