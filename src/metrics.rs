@@ -5,7 +5,7 @@
 //! not a lookup by label. What the state knows (pending and quarantined rows, the last success,
 //! leases, a first sync's progress) is read from it at each scrape (`observe_state`), so that it
 //! is right after a restart and when another process did the work. The daemon serves them
-//! (`crate::daemon`); the series are listed in docs/reference.md#metrics.
+//! (`crate::daemon`); the series are listed in README.md ("Monitoring").
 
 use std::sync::atomic::AtomicU64;
 use std::time::{Duration, Instant};
@@ -379,6 +379,66 @@ impl DeliveryCounters {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The series' names as served (a histogram's and a counter's as written in queries), every
+    /// one given a value.
+    fn served() -> Vec<String> {
+        let metrics = Metrics::new();
+        metrics.computation("a", Some(Duration::from_secs(60)));
+        metrics.destination("segment");
+        metrics.snapshot_loaded("a", Duration::from_secs(1), 3);
+        let outcome = crate::pass::Outcome::Diffed {
+            diff: Default::default(),
+            delivery: Default::default(),
+            pending: 0,
+            error: None,
+        };
+        let mode = crate::state::Mode::Delta;
+        let report = ComputationReport { key: "a".into(), run_id: 1, mode, status: RunStatus::Ok, outcome };
+        metrics.pass_finished(&report, Duration::from_secs(2));
+        let observed = ObservedComputation {
+            key: "a".into(),
+            pending: 1,
+            quarantined: 0,
+            leased_here: true,
+            last_success_unix: Some(1),
+            last_pass_failed: false,
+            first_sync_progress: Some(0.5),
+        };
+        metrics.observe_state(Some(&[observed]));
+        let text = metrics.encode();
+        text.lines().filter_map(|l| Some(l.strip_prefix("# TYPE ")?.split(' ').next()?.to_string())).collect()
+    }
+
+    /// The `audience_sync_*` names `text` mentions, a histogram's suffixes taken off.
+    fn mentioned(text: &str) -> std::collections::BTreeSet<String> {
+        let names = text.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'));
+        let names = names.filter(|w| w.starts_with("audience_sync_") && w.len() > "audience_sync_".len());
+        names
+            .map(|n| ["_bucket", "_count", "_sum"].iter().fold(n, |n, s| n.strip_suffix(s).unwrap_or(n)).to_string())
+            .collect()
+    }
+
+    #[test]
+    fn every_series_is_in_the_readme_and_the_rules_and_dashboard_use_only_served_ones() {
+        let served = served();
+        assert!(served.len() >= 22, "{served:?}");
+        let readme = mentioned(include_str!("../README.md"));
+        for name in &served {
+            assert!(readme.contains(name), "{name} is not documented in README.md");
+        }
+        let deployed = [
+            ("rules", include_str!("../deploy/prometheus/audience-sync.rules.yml")),
+            ("dashboard", include_str!("../deploy/grafana/audience-sync.json")),
+        ];
+        for (what, text) in deployed {
+            let used = mentioned(text);
+            assert!(!used.is_empty(), "{what} uses no series");
+            for name in used {
+                assert!(served.contains(&name), "the {what} use {name}, which is not served");
+            }
+        }
+    }
 
     #[test]
     fn a_request_counts_by_class_and_in_flight_until_answered() {
