@@ -15,7 +15,7 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::{Atomic, Gauge};
 use prometheus_client::metrics::histogram::Histogram;
-use prometheus_client::registry::{Metric, Registry};
+use prometheus_client::registry::Registry;
 
 use crate::pass::ComputationReport;
 use crate::state::{ObservedComputation, RunStatus};
@@ -60,6 +60,20 @@ fn of(key: &str) -> Of {
     Of { computation: key.to_string() }
 }
 
+/// `metric`, registered in `registry` as `name` with `help` (as a clone: its handles share one
+/// value).
+/// A family of the default kind when `metric` is left out.
+macro_rules! series {
+    ($registry:ident, $name:literal, $help:literal) => {
+        series!($registry, $name, $help, Family::default())
+    };
+    ($registry:ident, $name:literal, $help:literal, $metric:expr) => {{
+        let metric = $metric;
+        $registry.register($name, $help, metric.clone());
+        metric
+    }};
+}
+
 /// Every series of the process, and the registry that encodes them.
 pub struct Metrics {
     registry: Registry,
@@ -99,103 +113,81 @@ impl Default for Metrics {
 
 impl Metrics {
     pub fn new() -> Metrics {
-        let mut m = Metrics {
-            registry: Registry::default(),
-            passes: Family::default(),
-            pass_seconds: Family::default(),
-            pass_pending: Family::default(),
-            delivered: Family::default(),
-            failed: Family::default(),
-            retries: Family::default(),
-            snapshot_seconds: Family::default(),
-            snapshot_rows: Family::default(),
-            held_back: Family::default(),
-            schedule_seconds: Family::default(),
-            requests: Family::default(),
-            latency: Family::new_with_constructor(latency_histogram),
-            throttled: Family::default(),
-            in_flight: Family::default(),
-            rate: Family::default(),
-            pending: Family::default(),
-            quarantined: Family::default(),
-            last_success: Family::default(),
-            last_failed: Family::default(),
-            leases: Family::default(),
-            first_sync: Family::default(),
-            state_readable: Gauge::default(),
-        };
-        let r = &mut m.registry;
-        // Passes (counted by this process).
-        add(r, "audience_sync_passes", "Passes run by this process, by result", &m.passes);
-        add(r, "audience_sync_pass_duration_seconds", "Duration of the last pass", &m.pass_seconds);
-        add(r, "audience_sync_pass_pending_rows", "Rows the last pass left pending", &m.pass_pending);
-        add(r, "audience_sync_delivered", "Rows acknowledged by the destination", &m.delivered);
-        add(r, "audience_sync_failed", "Rows the destination did not acknowledge in a pass", &m.failed);
-        add(r, "audience_sync_retries", "Rows re-sent within a pass (once per retry)", &m.retries);
-        add(
-            r,
-            "audience_sync_snapshot_load_seconds",
-            "Duration of the last snapshot's load and diff",
-            &m.snapshot_seconds,
-        );
-        add(r, "audience_sync_snapshot_rows", "Rows of the last snapshot loaded", &m.snapshot_rows);
-        add(
-            r,
-            "audience_sync_mass_exit_guard_holding",
-            "1 while the mass-exit guard holds back the last snapshot",
-            &m.held_back,
-        );
-        add(
-            r,
-            "audience_sync_schedule_interval_seconds",
-            "Interval of the computation's schedule",
-            &m.schedule_seconds,
-        );
-        // The destination's HTTP requests.
-        add(r, "audience_sync_destination_requests", "Requests answered, by status class", &m.requests);
-        add(r, "audience_sync_destination_request_duration_seconds", "Time to a request's answer", &m.latency);
-        add(r, "audience_sync_destination_throttled", "Requests answered 429", &m.throttled);
-        add(r, "audience_sync_destination_requests_in_flight", "Requests sent and not answered yet", &m.in_flight);
-        add(
-            r,
-            "audience_sync_destination_rate_limit",
-            "Requests a second the pacer allows now (0: not paced)",
-            &m.rate,
-        );
-        // Read from the state at each scrape.
-        add(
-            r,
-            "audience_sync_pending_rows",
-            "Rows whose current value the destination has not acknowledged",
-            &m.pending,
-        );
-        add(
-            r,
-            "audience_sync_quarantined_rows",
-            "Pending rows set aside after quarantine_after failed passes",
-            &m.quarantined,
-        );
-        add(
-            r,
-            "audience_sync_last_success_timestamp_seconds",
-            "When a pass last left nothing pending (Unix time)",
-            &m.last_success,
-        );
-        add(
-            r,
-            "audience_sync_last_pass_failed",
-            "1 when the last pass failed: nothing written or sent",
-            &m.last_failed,
-        );
-        add(r, "audience_sync_leases_held", "1 while this process holds the computation's lease", &m.leases);
-        add(
-            r,
-            "audience_sync_first_sync_progress_ratio",
-            "Share of a running first sync's members answered",
-            &m.first_sync,
-        );
-        add(r, "audience_sync_state_readable", "1 when the state file can be opened and read", &m.state_readable);
-        m
+        let mut r = Registry::default();
+        Metrics {
+            // Passes (counted by this process).
+            passes: series!(r, "audience_sync_passes", "Passes run by this process, by result"),
+            pass_seconds: series!(r, "audience_sync_pass_duration_seconds", "Duration of the last pass"),
+            pass_pending: series!(r, "audience_sync_pass_pending_rows", "Rows the last pass left pending"),
+            delivered: series!(r, "audience_sync_delivered", "Rows acknowledged by the destination"),
+            failed: series!(r, "audience_sync_failed", "Rows the destination did not acknowledge in a pass"),
+            retries: series!(r, "audience_sync_retries", "Rows re-sent within a pass (once per retry)"),
+            snapshot_seconds: series!(
+                r,
+                "audience_sync_snapshot_load_seconds",
+                "Duration of the last snapshot's load and diff"
+            ),
+            snapshot_rows: series!(r, "audience_sync_snapshot_rows", "Rows of the last snapshot loaded"),
+            held_back: series!(
+                r,
+                "audience_sync_mass_exit_guard_holding",
+                "1 while the mass-exit guard holds back the last snapshot"
+            ),
+            schedule_seconds: series!(
+                r,
+                "audience_sync_schedule_interval_seconds",
+                "Interval of the computation's schedule"
+            ),
+            // The destination's HTTP requests.
+            requests: series!(r, "audience_sync_destination_requests", "Requests answered, by status class"),
+            latency: series!(
+                r,
+                "audience_sync_destination_request_duration_seconds",
+                "Time to a request's answer",
+                Family::new_with_constructor(latency_histogram as fn() -> Histogram)
+            ),
+            throttled: series!(r, "audience_sync_destination_throttled", "Requests answered 429"),
+            in_flight: series!(r, "audience_sync_destination_requests_in_flight", "Requests sent and not answered yet"),
+            rate: series!(
+                r,
+                "audience_sync_destination_rate_limit",
+                "Requests a second the pacer allows now (0: not paced)"
+            ),
+            // Read from the state at each scrape.
+            pending: series!(
+                r,
+                "audience_sync_pending_rows",
+                "Rows whose current value the destination has not acknowledged"
+            ),
+            quarantined: series!(
+                r,
+                "audience_sync_quarantined_rows",
+                "Pending rows set aside after quarantine_after failed passes"
+            ),
+            last_success: series!(
+                r,
+                "audience_sync_last_success_timestamp_seconds",
+                "When a pass last left nothing pending (Unix time)"
+            ),
+            last_failed: series!(
+                r,
+                "audience_sync_last_pass_failed",
+                "1 when the last pass failed: nothing written or sent"
+            ),
+            leases: series!(r, "audience_sync_leases_held", "1 while this process holds the computation's lease"),
+            first_sync: series!(
+                r,
+                "audience_sync_first_sync_progress_ratio",
+                "Share of a running first sync's members answered"
+            ),
+            state_readable: series!(
+                r,
+                "audience_sync_state_readable",
+                "1 when the state file can be opened and read",
+                Gauge::default()
+            ),
+            registry: r,
+        }
     }
 
     /// Creates the series of computation `key` with zeros, so that they exist before its
@@ -299,11 +291,6 @@ fn set_or_remove<N, A: Atomic<N> + Default>(family: &Family<Of, Gauge<N, A>>, of
             family.remove(of);
         }
     }
-}
-
-/// Registers `metric` in `registry` as a clone: its handles share one value.
-fn add<M: Metric + Clone>(registry: &mut Registry, name: &str, help: &str, metric: &M) {
-    registry.register(name, help, metric.clone());
 }
 
 /// How one destination's requests went: answers by status class, latency, 429s, requests in

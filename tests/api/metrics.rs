@@ -174,11 +174,7 @@ async fn healthz_fails_once_the_state_file_is_gone() {
 
 #[tokio::test]
 async fn healthz_fails_once_the_scheduler_stops() {
-    let server = MockServer::start().await;
-    Mock::given(method("PATCH"))
-        .respond_with(ResponseTemplate::new(200).set_delay(Duration::from_secs(5)))
-        .mount(&server)
-        .await;
+    let server = slow_server(5000).await;
     let app = TestApp::contentstack(&server, 1, &audience("A", "a.csv"));
     app.write("a.csv", &csv_users(&["u1", "u2"]));
     let (mut daemon, port) = daemon_with_metrics(&app);

@@ -1,7 +1,6 @@
 //! What the operator lives with: the daemon, leases, resync, status, check, dry runs, metrics.
 
 use std::collections::HashMap;
-use std::time::Duration;
 
 use serde_json::{Value, json};
 use wiremock::matchers::method;
@@ -16,15 +15,6 @@ async fn counts(server: &MockServer) -> HashMap<String, usize> {
         *sent.entry(user).or_default() += 1;
     }
     sent
-}
-
-async fn slow_server(delay_ms: u64) -> MockServer {
-    let server = MockServer::start().await;
-    Mock::given(method("PATCH"))
-        .respond_with(ResponseTemplate::new(200).set_delay(Duration::from_millis(delay_ms)))
-        .mount(&server)
-        .await;
-    server
 }
 
 fn many(n: usize) -> String {
