@@ -335,12 +335,12 @@ async fn metrics_answer_with_the_counters_after_a_pass() {
     let client = reqwest::Client::new();
     let url = format!("http://127.0.0.1:{port}/metrics");
     let scrape = || async { client.get(&url).send().await.ok()?.text().await.ok() };
-    let delivered = "audience_sync_delivered_total{computation=\"a\"} 3";
-    wait_until(30, "the pass to show in the metrics", || async {
-        scrape().await.is_some_and(|b| b.contains(delivered))
-    })
-    .await;
+    // Rows are counted as they are answered; the pass, once it has ended.
+    let passed = "audience_sync_passes_total{computation=\"a\",result=\"ok\"} 1";
+    wait_until(30, "the pass to show in the metrics", || async { scrape().await.is_some_and(|b| b.contains(passed)) })
+        .await;
     let body = scrape().await.unwrap();
+    assert!(body.contains("audience_sync_delivered_total{computation=\"a\"} 3"), "{body}");
     assert!(body.contains("# TYPE audience_sync_pending_rows gauge"), "{body}");
     assert!(body.contains("audience_sync_pending_rows{computation=\"a\"} 0"), "{body}");
     assert!(body.contains("audience_sync_failed_total{computation=\"a\"} 0"), "{body}");
