@@ -98,6 +98,19 @@ pub enum Command {
     },
     /// Validate config.toml and the sources it can reach; sends nothing, changes nothing.
     Check,
+    /// Where one user stands in each computation: member or not, values desired and
+    /// acknowledged, failures, quarantine, a first sync's queue, recent deliveries.
+    Explain {
+        /// The user to explain.
+        #[arg(long = "user", value_name = "ID")]
+        user: String,
+        /// The key of a computation to explain (repeatable); all when absent.
+        #[arg(long = "audience", value_name = "KEY")]
+        audiences: Vec<String>,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 /// Runs the command; the exit code is 0 when everything selected was delivered.
@@ -112,6 +125,9 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Resync { audiences, user, wait } => pass(&config, &audiences, wait, PassKind::Resync { user }).await,
         Command::Status { json } => commands::status::status(&config, json).await,
         Command::Check => commands::check::check(&config).await,
+        Command::Explain { user, audiences, json } => {
+            commands::explain::explain(&config, &user, &audiences, json).await
+        }
     }
 }
 

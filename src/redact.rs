@@ -21,14 +21,16 @@ const SECRET_NAME_PARTS: &[&str] =
 /// replaced by `***`. Works on the text, not a parsed URL, so that what cannot be parsed
 /// (a malformed URL in a config error, a libpq connection string) is hidden too.
 pub fn redact_url(url: &str) -> String {
+    // Userinfo first, on the whole text: a password may hold `#`, `?` or `/` unencoded.
+    let url = hide_userinfo(url);
     let (rest, fragment) = match url.split_once('#') {
         Some((r, f)) => (r, Some(f)),
-        None => (url, None),
+        None => (url.as_str(), None),
     };
     let mut out = match rest.split_once('?') {
-        Some((base, query)) => format!("{}?{}", hide_userinfo(base), hide_params(query, '&')),
+        Some((base, query)) => format!("{base}?{}", hide_params(query, '&')),
         None if !rest.contains("://") && rest.contains('=') => hide_params(rest, ' '),
-        None => hide_userinfo(rest),
+        None => rest.to_string(),
     };
     if let Some(f) = fragment {
         out.push('#');
@@ -37,14 +39,18 @@ pub fn redact_url(url: &str) -> String {
     out
 }
 
-/// `scheme://user:password@host/path` as `scheme://***@host/path`.
-fn hide_userinfo(base: &str) -> String {
-    let Some((scheme, after)) = base.split_once("://") else { return base.to_string() };
-    let authority_end = after.find('/').unwrap_or(after.len());
-    match after[..authority_end].rfind('@') {
-        Some(at) => format!("{scheme}://{HIDDEN}{}", &after[at..]),
-        None => base.to_string(),
-    }
+/// `scheme://user:password@host/path` as `scheme://***@host/path`. The userinfo ends at the
+/// last `@`; text before it is userinfo unless a path, query or fragment begins before any `:`
+/// in it (`https://h/p?mail=a@b` keeps its host).
+fn hide_userinfo(url: &str) -> String {
+    let Some((scheme, after)) = url.split_once("://") else { return url.to_string() };
+    let Some(at) = after.rfind('@') else { return url.to_string() };
+    let before = &after[..at];
+    let userinfo = match before.find(['/', '?', '#']) {
+        None => true,
+        Some(delimiter) => before[..delimiter].contains(':'),
+    };
+    if userinfo { format!("{scheme}://{HIDDEN}{}", &after[at..]) } else { url.to_string() }
 }
 
 /// `name=value` pairs separated by `separator`, with secret values hidden.
@@ -78,15 +84,21 @@ pub fn scrub(text: &str, secrets: &[String]) -> String {
 /// it) and the value of every parameter named like a secret. For `scrub`.
 pub fn url_secrets(url: &url::Url) -> Vec<String> {
     let mut secrets = Vec::new();
-    if let Some(password) = url.password() {
-        let decoded = percent_decode_value(password);
-        let user = percent_decode_value(url.username());
+    let user = percent_decode_value(url.username());
+    let password = url.password().map(|p| (p.to_string(), percent_decode_value(p)));
+    // A token may be the whole userinfo, as the user name: that is a secret too.
+    if !user.is_empty() || password.is_some() {
+        let decoded = password.as_ref().map(|(_, d)| d.as_str()).unwrap_or("");
         secrets.push(base64::Engine::encode(&base64::engine::general_purpose::STANDARD, format!("{user}:{decoded}")));
-        secrets.extend([password.to_string(), decoded]);
+        secrets.extend([url.username().to_string(), user]);
     }
-    for (name, value) in url.query_pairs() {
-        if is_secret_name(&name) {
-            secrets.push(value.into_owned());
+    if let Some((written, decoded)) = password {
+        secrets.extend([written, decoded]);
+    }
+    // As written and decoded: a server may echo either.
+    for pair in url.query().unwrap_or("").split('&') {
+        if let Some((_, value)) = pair.split_once('=').filter(|(name, _)| is_secret_name(name)) {
+            secrets.extend([value.to_string(), percent_decode_value(value)]);
         }
     }
     secrets
@@ -123,6 +135,11 @@ mod tests {
         assert_eq!(redact_url("https://user:s3cret@example.com/a"), "https://***@example.com/a");
         assert_eq!(redact_url("https://TOKEN@example.com"), "https://***@example.com");
         assert_eq!(redact_url("postgres://u@h:p@db:5432/x"), "postgres://***@db:5432/x");
+        // Unencoded `#`, `/` or `?` in a password.
+        assert_eq!(redact_url("postgres://u:pw#9@127.0.0.1:1/db"), "postgres://***@127.0.0.1:1/db");
+        assert_eq!(redact_url("postgres://u:pw/10@h/db?x=1"), "postgres://***@h/db?x=1");
+        assert_eq!(redact_url("postgres://u:pw?11@h/db"), "postgres://***@h/db");
+        assert_eq!(redact_url("https://h/p?mail=a@b&token=t"), "https://h/p?mail=a@b&token=***");
         assert_eq!(redact_url("https://example.com/a@b"), "https://example.com/a@b");
     }
 
@@ -154,12 +171,17 @@ mod tests {
 
     #[test]
     fn a_urls_secrets_are_its_password_its_basic_form_and_its_secret_parameters() {
-        let url = url::Url::parse("https://me:p%40ss@h/x?token=t0k3n&page=2").unwrap();
+        let url = url::Url::parse("https://me:p%40ss@h/x?token=t0k%2Fn&page=2").unwrap();
         let secrets = url_secrets(&url);
-        for want in ["p%40ss", "p@ss", "bWU6cEBzcw==", "t0k3n"] {
+        for want in ["p%40ss", "p@ss", "bWU6cEBzcw==", "t0k%2Fn", "t0k/n"] {
             assert!(secrets.contains(&want.to_string()), "{want} in {secrets:?}");
         }
-        assert!(!secrets.contains(&"2".to_string()) && !secrets.contains(&"me".to_string()), "{secrets:?}");
+        assert!(!secrets.contains(&"2".to_string()), "{secrets:?}");
+        // A token given as the user name, alone.
+        let secrets = url_secrets(&url::Url::parse("http://TOKEN123@h/p").unwrap());
+        for want in ["TOKEN123", "VE9LRU4xMjM6"] {
+            assert!(secrets.contains(&want.to_string()), "{want} in {secrets:?}");
+        }
     }
 
     #[test]

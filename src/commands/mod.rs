@@ -1,6 +1,7 @@
 //! What each command does, on top of the pass and the state.
 
 pub mod check;
+pub mod explain;
 pub mod run;
 pub mod status;
 pub mod sync;

@@ -45,7 +45,7 @@ impl PassRequest {
 
 /// Runs the pass `request` asks for, under the leases of its computations.
 pub async fn sync(config: &Config, request: PassRequest) -> anyhow::Result<ExitCode> {
-    let store = Store::open(&config.state_path).await?;
+    let store = Store::open(&config.state_path).await?.keeping_history(config.keep_history_days);
     // Nobody scrapes a command's series: they are counted and dropped.
     let metrics = Arc::new(Metrics::new());
     let destination = Destination::from_config(&config.destination, &metrics)?;
@@ -82,8 +82,15 @@ pub async fn sync(config: &Config, request: PassRequest) -> anyhow::Result<ExitC
     }
     leases.release().await?;
     store.close().await;
-    let reports = result.transpose()?.unwrap_or_default();
-    Ok(conclude(&keys, &reports))
+    match result {
+        Some(reports) => Ok(conclude(&keys, &reports?)),
+        None => {
+            let interrupted: Vec<String> =
+                keys.iter().map(|k| format!("{k} (interrupted: {})", pass::ABANDONED)).collect();
+            eprintln!("audience-sync: not everything was delivered: {}", interrupted.join(", "));
+            Ok(ExitCode::FAILURE)
+        }
+    }
 }
 
 /// Prints what a pass would do; touches neither the state nor the destination.

@@ -52,6 +52,8 @@ impl ConfigFile<'_> {
 pub struct Config {
     pub path: PathBuf,
     pub state_path: PathBuf,
+    /// Record every delivery answered in `delivery_history`, and keep it this many days.
+    pub keep_history_days: Option<u32>,
     /// The default schedule (six fields, seconds first, UTC).
     pub cron: String,
     pub sort_buffer_bytes: usize,
@@ -161,12 +163,21 @@ impl Config {
             })?),
             None => None,
         };
+        let keep_history_days = match &raw.state.keep_history_days {
+            Some(days) => Some(u32::try_from(*days.get_ref()).ok().filter(|d| *d > 0).ok_or_else(|| {
+                let message =
+                    format!("state.keep_history_days: {} is not a number of days (1 or more)", days.get_ref());
+                file.err(Some(days.span()), message)
+            })?),
+            None => None,
+        };
         let declared = raw.audience.into_iter().map(|c| (Kind::Audience, c));
         let declared = declared.chain(raw.computed_trait.into_iter().map(|c| (Kind::ComputedTrait, c)));
         let computations = computation::parse_all(&file, declared, &raw.sync, &cron)?;
         Ok(Config {
             path: path.to_path_buf(),
             state_path: file.resolve(&raw.state.path),
+            keep_history_days,
             cron,
             sort_buffer_bytes: raw.sync.sort_buffer_mb.saturating_mul(1 << 20).max(1 << 20),
             lease_ttl: std::time::Duration::from_secs(raw.sync.lease_ttl_secs.max(1)),

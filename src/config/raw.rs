@@ -26,11 +26,13 @@ pub(super) struct RawConfig {
 pub(super) struct RawState {
     #[serde(default = "default_state_path")]
     pub path: String,
+    /// Record every delivery answered, and keep it this many days.
+    pub keep_history_days: Option<Spanned<i64>>,
 }
 
 impl Default for RawState {
     fn default() -> Self {
-        RawState { path: default_state_path() }
+        RawState { path: default_state_path(), keep_history_days: None }
     }
 }
 

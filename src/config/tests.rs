@@ -159,3 +159,16 @@ fn metrics_listen_must_be_an_address() {
     let e = error(&format!("{GOOD}\n[metrics]\nlisten = \"localhost\"\n"));
     assert!(e.contains("metrics.listen:"), "{e}");
 }
+
+#[test]
+fn keep_history_days_is_off_by_default_and_a_positive_number_of_days() {
+    assert_eq!(parse(GOOD).unwrap().keep_history_days, None);
+    let with =
+        |days: &str| GOOD.replace("path = \"state/sync.db\"", &format!("path = \"x.db\"\nkeep_history_days = {days}"));
+    assert_eq!(parse(&with("7")).unwrap().keep_history_days, Some(7));
+    for bad in ["0", "-1", "4294967296", "1.5", "\"7\""] {
+        let e = error(&with(bad));
+        assert!(e.starts_with("/etc/audience-sync/config.toml:4:"), "{bad}: {e}");
+    }
+    assert!(error(&with("0")).contains("state.keep_history_days: 0 is not a number of days"));
+}

@@ -37,7 +37,8 @@ impl FileDestination {
         Ok(FileDestination { out: Mutex::new(BufWriter::with_capacity(1 << 20, file)) })
     }
 
-    /// Appends one line per update and flushes them; the lines are acknowledged once written.
+    /// Appends one line per update and syncs them to disk; the lines are acknowledged once
+    /// synced.
     pub fn send(&self, updates: &[UserUpdate]) -> RowResults {
         let encoded: Vec<Result<Vec<u8>, DeliveryError>> = updates
             .iter()
@@ -53,8 +54,11 @@ impl FileDestination {
         }
         let written = {
             let mut out = self.out.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+            // Synced before the lines count as delivered: a power loss must not keep them
+            // acknowledged in the state and lost from the file.
             out.write_all(&lines)
                 .and_then(|()| out.flush())
+                .and_then(|()| out.get_ref().sync_data())
                 .map_err(|e| DeliveryError::transient(format!("cannot append to the destination file: {e}")))
         };
         updates

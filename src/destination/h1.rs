@@ -118,8 +118,11 @@ impl H1Pool {
             };
             let (response, sender) = response;
             let (parts, body) = response.into_parts();
-            let body = body.collect().await.map_err(|e| e.to_string())?.to_bytes();
-            self.idle.lock().expect("idle connections").push((sender, Instant::now()));
+            let (body, whole) = read_at_most(body, crate::http::MAX_ANSWER_BODY).await?;
+            // A connection whose answer was not read to its end cannot carry another request.
+            if whole {
+                self.idle.lock().expect("idle connections").push((sender, Instant::now()));
+            }
             Ok(Answer { status: parts.status, headers: parts.headers, body })
         };
         let timed_out = || TransportError {
@@ -199,3 +202,18 @@ fn platform_tls() -> anyhow::Result<Arc<rustls::ClientConfig>> {
 
 #[cfg(test)]
 mod tests;
+
+/// The first `limit` bytes of `body`, and whether that was all of it: an answer's body is read
+/// only to be shown in an error, and a hostile one must not take the memory.
+async fn read_at_most(mut body: hyper::body::Incoming, limit: usize) -> Result<(Bytes, bool), String> {
+    let mut read = Vec::new();
+    while let Some(frame) = body.frame().await {
+        let Ok(data) = frame.map_err(|e| e.to_string())?.into_data() else { continue };
+        if read.len() + data.len() > limit {
+            read.extend_from_slice(&data[..limit - read.len()]);
+            return Ok((Bytes::from(read), false));
+        }
+        read.extend_from_slice(&data);
+    }
+    Ok((Bytes::from(read), true))
+}

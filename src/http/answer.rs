@@ -72,7 +72,8 @@ fn retry_after(headers: &HeaderMap, now: SystemTime) -> Option<Duration> {
 /// and a redirect's `Location` may both echo what was sent: the whole message is scrubbed of
 /// `secrets`.
 pub fn refused(status: StatusCode, headers: &HeaderMap, body: &str, failure: Failure, secrets: &[String]) -> HttpError {
-    let snippet: String = body.chars().take(ERROR_SNIPPET_CHARS).collect();
+    // Scrubbed whole, then cut: a secret cut in half would no longer be recognised.
+    let snippet: String = scrub(body, secrets).chars().take(ERROR_SNIPPET_CHARS).collect();
     let location = match headers.get(reqwest::header::LOCATION).filter(|_| status.is_redirection()) {
         Some(to) => format!(" (redirect to {}, not followed)", redact_url(&String::from_utf8_lossy(to.as_bytes()))),
         None => String::new(),
@@ -83,6 +84,13 @@ pub fn refused(status: StatusCode, headers: &HeaderMap, body: &str, failure: Fai
         retry_after: retry_after(headers, SystemTime::now()),
         status: Some(status.as_u16()),
     }
+}
+
+/// The HTTP status of a refusal, read back from its message (which `refused` begins with
+/// `HTTP NNN`); `None` for any other failure (no answer came, or the row could not be sent).
+pub fn refusal_status(message: &str) -> Option<u16> {
+    let digits = message.strip_prefix("HTTP ")?.get(..3)?;
+    digits.bytes().all(|b| b.is_ascii_digit()).then(|| digits.parse().ok()).flatten()
 }
 
 /// The error for a request that got no answer: connection refused, reset, timeout. reqwest
@@ -133,6 +141,16 @@ mod tests {
         h.insert(reqwest::header::LOCATION, HeaderValue::from_static("https://u:pw@h/x?sig=s1&n=1"));
         let e = refused(StatusCode::TEMPORARY_REDIRECT, &h, "", Failure::Permanent, &[]);
         assert_eq!(e.message.trim_end(), "HTTP 307 (redirect to https://***@h/x?sig=***&n=1, not followed):");
+    }
+
+    #[test]
+    fn a_refusals_status_is_read_back_from_its_message() {
+        let e = refused(StatusCode::UNPROCESSABLE_ENTITY, &HeaderMap::new(), "bad", Failure::Permanent, &[]);
+        assert_eq!(refusal_status(&e.message), Some(422));
+        assert_eq!(refusal_status(&format!("{} (retries exhausted after 5 retries)", e.message)), Some(422));
+        for other in ["request timed out (http://h/): operation timed out", "HTTP", "HTTP 4x0", ""] {
+            assert_eq!(refusal_status(other), None, "{other}");
+        }
     }
 
     #[test]

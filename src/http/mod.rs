@@ -64,6 +64,22 @@ pub async fn send(request: reqwest::RequestBuilder, secrets: &[String]) -> Resul
     let status = response.status();
     let Some(failure) = answer::classify(status) else { return Ok(response) };
     let headers = response.headers().clone();
-    let body = response.text().await.unwrap_or_default();
+    let body = read_at_most(response, MAX_ANSWER_BODY).await;
     Err(answer::refused(status, &headers, &body, failure, secrets))
+}
+
+/// The most of an answer's body read to describe it: it is only shown (cut shorter) in an
+/// error, and a hostile one must not take the memory.
+pub const MAX_ANSWER_BODY: usize = 64 * 1024;
+
+/// The first `limit` bytes of `response`'s body, as text; what could not be read is left out.
+async fn read_at_most(mut response: reqwest::Response, limit: usize) -> String {
+    let mut read = Vec::new();
+    while read.len() < limit {
+        match response.chunk().await {
+            Ok(Some(chunk)) => read.extend_from_slice(&chunk[..chunk.len().min(limit - read.len())]),
+            Ok(None) | Err(_) => break,
+        }
+    }
+    String::from_utf8_lossy(&read).into_owned()
 }

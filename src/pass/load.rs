@@ -1,6 +1,8 @@
 //! A computation's load: its snapshot loaded and merged into the state in one transaction,
 //! skipped when the file is provably unchanged, or spooled for a first sync.
 
+use tokio_util::sync::CancellationToken;
+
 use crate::config::{Computation, Config};
 use crate::source::{self, fingerprint};
 use crate::state::Store;
@@ -27,7 +29,7 @@ pub async fn load(
     options: &PassOptions,
     has_rows: bool,
 ) -> Result<Loaded, PassError> {
-    if let Some(rows) = unchanged(store, c).await? {
+    if let Some(rows) = unchanged(store, c, &options.stop).await? {
         tracing::info!(key = %c.key, "snapshot unchanged (same size and SHA-256): diff skipped");
         return Ok(Loaded::Diffed(DiffCounts { snapshot_rows: rows, ..DiffCounts::default() }));
     }
@@ -64,24 +66,31 @@ fn state(e: tokio::task::JoinError) -> PassError {
 }
 
 /// The row count of the last recorded diff, if the file is provably the one it read: the same
-/// size and hash. A file older than that one is refused.
-async fn unchanged(store: &Store, c: &Computation) -> Result<Option<u64>, PassError> {
-    // What a diff records is the fingerprint taken in its own load.
-    let source = c.source.clone();
-    let now = tokio::task::spawn_blocking(move || fingerprint::fingerprint(&source)).await.map_err(state)?;
-    let last = store.snapshot_fingerprint(&c.key).await.map_err(PassError::State)?;
-    let (Some(now), Some((last, rows))) = (now, last) else { return Ok(None) };
-    if is_older(&now.modified_at, &last.modified_at) {
+/// size and hash. A file older than that one is refused. The file is hashed only when its size
+/// is the recorded one, and the read ends on shutdown.
+async fn unchanged(store: &Store, c: &Computation, stop: &CancellationToken) -> Result<Option<u64>, PassError> {
+    let Some((last, rows)) = store.snapshot_fingerprint(&c.key).await.map_err(PassError::State)? else {
+        return Ok(None);
+    };
+    let Some((size, modified_at)) = fingerprint::size_and_time(&c.source) else { return Ok(None) };
+    if is_older(&modified_at, &last.modified_at) {
         return Err(PassError::Snapshot(anyhow::anyhow!(
-            "{}: stale snapshot: modified {}, older than the one the last pass used ({}); refusing to go back",
+            "{}: stale snapshot: modified {modified_at}, older than the one the last pass used ({}); refusing to go back",
             source::source_name(&c.source),
-            now.modified_at,
             last.modified_at
         )));
     }
-    if !now.same_content(&last) {
+    if size != last.size || last.sha256.is_empty() {
         return Ok(None);
     }
+    // What a diff records is the fingerprint taken in its own load.
+    let source = c.source.clone();
+    let hashing = tokio::task::spawn_blocking(move || fingerprint::fingerprint(&source));
+    let now = tokio::select! {
+        now = hashing => now.map_err(state)?,
+        _ = stop.cancelled() => return Err(PassError::Stopped("snapshot check abandoned, nothing written")),
+    };
+    let Some(now) = now.filter(|now| now.same_content(&last)) else { return Ok(None) };
     // Rewritten with the same bytes: the diff would find nothing, but the newer modification
     // time is what the next pass's staleness check compares with.
     if now.modified_at != last.modified_at {

@@ -70,6 +70,14 @@ impl<R: Read> Read for Hashing<R> {
     }
 }
 
+/// The size and modification time of a file snapshot as it is now (cheap: no read); `None`
+/// for other sources or a missing file.
+pub fn size_and_time(source: &Source) -> Option<(u64, String)> {
+    let Source::File { path, .. } = source else { return None };
+    let file = File::open(path).ok()?;
+    Some((file.metadata().ok()?.len(), modified_at(&file).ok()?))
+}
+
 /// The fingerprint of a file snapshot as it is now, for the unchanged check before a load;
 /// `None` for other sources or an unreadable file (the load then reports the error).
 pub fn fingerprint(source: &Source) -> Option<Fingerprint> {

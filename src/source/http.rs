@@ -87,13 +87,17 @@ fn read_pages(
             return Err(SnapshotError::new(&name, None, Some("next"), message));
         }
         let response = get(handle, client, source, &url)?;
-        let link = next_link(&response, &url);
+        // A relative `next` is relative to the page as it was served, after any redirect.
+        let base = response.url().clone();
+        let link = next_link(&response, &base);
         let in_body = read_page(&name, BodyReader::new(handle, response, source.timeout), rules, push)?;
         next = match in_body.or(link) {
             Some(n) => {
-                let n = url
+                let mut n = base
                     .join(&n)
                     .map_err(|e| SnapshotError::new(&name, None, Some("next"), format!("{:?}: {e}", redact_url(&n))))?;
+                // A fragment is never sent: pages told apart by one alone are the same page.
+                n.set_fragment(None);
                 if n == url {
                     return Err(SnapshotError::new(&name, None, Some("next"), "the next page is this page"));
                 }
@@ -121,9 +125,12 @@ fn get(
     loop {
         // `client` bounds each silence, not the whole request (see `http::reading_client`).
         let mut request = client.get(url.clone());
-        // Credentials go to the configured origin only: a page may point anywhere.
+        // Credentials go to the configured origin only: a page may point anywhere. The
+        // configured header is the whole `Authorization`: a URL's userinfo does not add another.
         if let Some(auth) = source.authorization.filter(|_| url.origin() == source.url.origin()) {
-            request = request.header(AUTHORIZATION, auth.expose());
+            let mut bare = url.clone();
+            let _ = (bare.set_username(""), bare.set_password(None));
+            request = client.get(bare).header(AUTHORIZATION, auth.expose());
         }
         let error = match handle.block_on(http::send(request, &source.secrets(url))) {
             Ok(response) => return Ok(response),

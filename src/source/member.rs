@@ -74,7 +74,7 @@ pub struct JsonMember {
 }
 
 /// A `user_id` must be one a destination and an operator can use: not empty, within the
-/// limit, without control characters.
+/// limit, without control characters (nor the invisible ones that reorder or split a line).
 pub fn check_user_id(name: &str, line: u64, user_id: &str, rules: Rules) -> Result<(), SnapshotError> {
     if user_id.trim().is_empty() {
         return Err(SnapshotError::new(name, Some(line), Some("user_id"), "user_id is empty"));
@@ -86,7 +86,7 @@ pub fn check_user_id(name: &str, line: u64, user_id: &str, rules: Rules) -> Resu
     }
     // A NUL ends the id for SQLite's JSON functions, and no control character belongs in an
     // id an operator reads, pastes and queries: a corrupt export, not a user.
-    if let Some(c) = user_id.chars().find(|c| c.is_control()) {
+    if let Some(c) = user_id.chars().find(|&c| c.is_control() || is_invisible_or_reordering(c)) {
         let message = format!("user_id holds the control character U+{:04X}", c as u32);
         return Err(SnapshotError::new(name, Some(line), Some("user_id"), message));
     }
@@ -145,4 +145,10 @@ pub fn read_ndjson(name: &str, mut reader: impl BufRead, rules: Rules, push: &mu
             .map_err(|e| SnapshotError::new(name, Some(line), None, format!("not a JSON object: {e}")))?;
         push(from_json(name, line, member, rules)?)?;
     }
+}
+
+/// Characters that are invisible yet change how a line reads: line and paragraph separators,
+/// zero-width characters, and bidirectional overrides and isolates.
+fn is_invisible_or_reordering(c: char) -> bool {
+    matches!(c, '\u{200B}'..='\u{200F}' | '\u{2028}'..='\u{202E}' | '\u{2066}'..='\u{2069}' | '\u{FEFF}')
 }

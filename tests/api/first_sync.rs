@@ -1,34 +1,10 @@
 //! A first sync is visible while it runs: its members not yet answered count as pending
 //! everywhere an operator looks (issue 13, point 10).
 
-use std::time::Duration;
-
-use wiremock::matchers::{method, path};
-use wiremock::{Mock, MockServer, ResponseTemplate};
-
 use crate::helpers::*;
 
 const MEMBERS: usize = 400;
 const ANSWERED: u64 = 100;
-
-/// A destination that answers the first `ANSWERED` requests at once and holds every later one.
-async fn destination_that_stalls_after_some_answers() -> MockServer {
-    let server = MockServer::start().await;
-    Mock::given(method("PATCH"))
-        .and(path("/user-attributes"))
-        .respond_with(ResponseTemplate::new(200))
-        .up_to_n_times(ANSWERED)
-        .with_priority(1)
-        .mount(&server)
-        .await;
-    Mock::given(method("PATCH"))
-        .and(path("/user-attributes"))
-        .respond_with(ResponseTemplate::new(200).set_delay(Duration::from_secs(600)))
-        .with_priority(2)
-        .mount(&server)
-        .await;
-    server
-}
 
 /// The documented question "is user X still to be sent?", as the README asks it: through the
 /// `pending` view, and looking only at the queued run that can hold the user.
@@ -42,7 +18,7 @@ const STILL_TO_SEND_QUICKLY: &str = "SELECT computation_key, desired FROM member
 
 #[tokio::test]
 async fn a_running_first_sync_counts_its_unanswered_members_as_pending() {
-    let server = destination_that_stalls_after_some_answers().await;
+    let server = destination_that_stalls_after(ANSWERED).await;
     let app = TestApp::contentstack(&server, 4, &audience("Big", "big.csv"));
     let users: Vec<String> = (0..MEMBERS).map(|i| format!("user-{i:04}")).collect();
     app.write("big.csv", &csv_users(&users.iter().map(String::as_str).collect::<Vec<_>>()));
@@ -95,7 +71,7 @@ async fn a_running_first_sync_counts_its_unanswered_members_as_pending() {
 /// The first sync's members stop counting once it is over, delivered or not.
 #[tokio::test]
 async fn a_first_sync_stopped_by_a_kill_leaves_nothing_pending_twice() {
-    let server = destination_that_stalls_after_some_answers().await;
+    let server = destination_that_stalls_after(ANSWERED).await;
     let app = TestApp::contentstack(&server, 4, &audience("Big", "big.csv"));
     let users: Vec<String> = (0..MEMBERS).map(|i| format!("user-{i:04}")).collect();
     app.write("big.csv", &csv_users(&users.iter().map(String::as_str).collect::<Vec<_>>()));
@@ -128,7 +104,7 @@ async fn listed_pending(app: &TestApp, key: &str) -> i64 {
 /// `status` said 0 until a later diff found them again.
 #[tokio::test]
 async fn members_a_stopped_first_sync_still_owes_stay_pending_until_a_diff_commits() {
-    let server = destination_that_stalls_after_some_answers().await;
+    let server = destination_that_stalls_after(ANSWERED).await;
     let app = TestApp::contentstack(&server, 4, &audience("Big", "big.csv"));
     let users: Vec<String> = (0..MEMBERS).map(|i| format!("user-{i:04}")).collect();
     let snapshot = csv_users(&users.iter().map(String::as_str).collect::<Vec<_>>());

@@ -175,6 +175,26 @@ pub async fn acknowledge_all(server: &MockServer) {
         .await;
 }
 
+/// A Contentstack stand-in that acknowledges the first `answered` requests at once and holds
+/// every later one (for ten minutes): a first sync stalls with some of its members answered.
+pub async fn destination_that_stalls_after(answered: u64) -> MockServer {
+    let server = MockServer::start().await;
+    Mock::given(method("PATCH"))
+        .and(path("/user-attributes"))
+        .respond_with(ResponseTemplate::new(200))
+        .up_to_n_times(answered)
+        .with_priority(1)
+        .mount(&server)
+        .await;
+    Mock::given(method("PATCH"))
+        .and(path("/user-attributes"))
+        .respond_with(ResponseTemplate::new(200).set_delay(std::time::Duration::from_secs(600)))
+        .with_priority(2)
+        .mount(&server)
+        .await;
+    server
+}
+
 /// What Contentstack received: (user, body) per request, in arrival order.
 pub async fn received(server: &MockServer) -> Vec<(String, Value)> {
     server.received_requests().await.unwrap_or_default().iter().map(user_and_body).collect()

@@ -5,6 +5,7 @@ mod attributes;
 mod cli_config;
 mod counting_server;
 mod delivery;
+mod explain;
 mod first_sync;
 mod helpers;
 mod logs;

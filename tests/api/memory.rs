@@ -210,3 +210,45 @@ async fn an_unterminated_csv_quote_fails_the_load_naming_where_it_began_within_t
     drop(writer);
     assert_fails_within_the_bound(&app, "bad.csv: the record from line 3 is longer than 1048576 bytes").await;
 }
+
+/// Serves, on loopback, a 404 whose body is `megabytes` MB of text, written as it is sent.
+fn serve_a_huge_error_page(megabytes: usize) -> String {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}/members", listener.local_addr().unwrap());
+    std::thread::spawn(move || {
+        for socket in listener.incoming() {
+            let Ok(socket) = socket else { return };
+            let answer = || -> std::io::Result<()> {
+                let mut request = BufReader::new(socket.try_clone()?);
+                let mut line = String::new();
+                while request.read_line(&mut line)? > 0 && line != "\r\n" {
+                    line.clear();
+                }
+                let mut out = BufWriter::with_capacity(1 << 16, &socket);
+                out.write_all(b"HTTP/1.1 404 Not Found\r\nconnection: close\r\n\r\n")?;
+                let megabyte = vec![b'e'; 1 << 20];
+                for _ in 0..megabytes {
+                    out.write_all(&megabyte)?;
+                }
+                out.flush()
+            };
+            // The client stops reading early: that is what is tested.
+            let _ = answer();
+        }
+    });
+    url
+}
+
+/// Review finding: an error page was read whole to be shown (4.5 GB for a 2 GB body): only
+/// its start is read now.
+#[tokio::test]
+async fn a_huge_error_page_fails_the_load_within_the_sort_budget() {
+    let url = serve_a_huge_error_page(1024);
+    let app = app_with_file_destination(&format!(
+        "[[audience]]\nname = \"Big\"\nsource = {{ type = \"http\", url = \"{url}\", max_retries = 0 }}\n"
+    ));
+    let run = run_measured(&app, &["sync"]).await;
+    assert_failure(&run.output);
+    assert!(stdout(&run.output).contains("HTTP 404"), "{}", stdout(&run.output));
+    run.assert_bounded();
+}

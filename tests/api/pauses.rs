@@ -244,3 +244,51 @@ async fn sigterm_ends_a_syncs_wait_for_the_states_lock() {
 async fn sigterm_ends_the_daemons_wait_for_the_states_lock() {
     sigterm_while_an_operator_holds_the_write_lock(&["run"]).await;
 }
+
+/// Review finding: with Contentstack, `sync` records answers on the runtime's one thread, so a
+/// lock wait there kept the signal's task from running: SIGTERM waited out the 300 s.
+#[tokio::test]
+async fn sigterm_ends_a_lock_wait_on_the_thread_that_sends() {
+    let server = MockServer::start().await;
+    Mock::given(method("PATCH"))
+        .respond_with(ResponseTemplate::new(200).set_delay(std::time::Duration::from_millis(20)))
+        .mount(&server)
+        .await;
+    let app = TestApp::contentstack_at(&server.uri(), 4, "", &audience("A", "a.csv"));
+    let users: Vec<String> = (0..5000).map(|i| format!("user-{i:05}")).collect();
+    app.write("a.csv", &csv_users(&users.iter().map(String::as_str).collect::<Vec<_>>()));
+    let log = std::fs::File::create(app.path("stderr.log")).unwrap();
+    let mut child = app.command(&["sync"]).stdout(Stdio::null()).stderr(log).spawn().unwrap();
+    wait_until(30, "delivery to begin", || async { server.received_requests().await.unwrap().len() > 20 }).await;
+    let operator = rusqlite::Connection::open(app.path("state.db")).unwrap();
+    operator.execute_batch("BEGIN IMMEDIATE").unwrap();
+    // The process's main thread, its runtime's, sleeps between tries for the lock.
+    let wchan = format!("/proc/{}/wchan", child.id());
+    wait_until(30, "the sending thread to wait for the lock", || async {
+        std::fs::read_to_string(&wchan).is_ok_and(|w| w.contains("nanosleep"))
+    })
+    .await;
+    terminate(&child);
+    let status = wait_exit(&mut child, 10).await;
+    operator.execute_batch("ROLLBACK").unwrap();
+    let log = std::fs::read_to_string(app.path("stderr.log")).unwrap();
+    assert!(!status.success(), "{status:?}");
+    assert!(log.contains("database is locked"), "the pass met the operator's lock: {log}");
+}
+
+/// Review finding: the unchanged check hashed the whole file before every load, even with no
+/// fingerprint to compare with, in a read nothing could stop: a file without end (here
+/// /dev/zero) held the pass forever. Now it is hashed only when its size is the recorded one,
+/// and the load itself fails at the line limit.
+#[tokio::test]
+async fn a_file_without_end_fails_its_load_instead_of_hanging_the_unchanged_check() {
+    let edge = contentstack_server().await;
+    let computations =
+        "[[audience]]\nname = \"Zero\"\nsource = { type = \"file\", path = \"/dev/zero\", format = \"csv\" }\n";
+    let app = TestApp::contentstack(&edge, 2, computations);
+    let mut child = app.command(&["sync"]).stdout(Stdio::piped()).stderr(Stdio::null()).spawn().unwrap();
+    let status = wait_exit(&mut child, 10).await;
+    assert!(!status.success());
+    let out = child.wait_with_output().unwrap();
+    assert!(stdout(&out).contains("longer than 1048576 bytes"), "{}", stdout(&out));
+}

@@ -209,20 +209,7 @@ async fn a_pass_whose_lease_was_taken_over_stops_before_its_next_write() {
 #[tokio::test]
 async fn after_a_kill_at_most_one_window_never_sent_is_treated_as_told() {
     const ANSWERED: usize = 101;
-    let server = MockServer::start().await;
-    Mock::given(method("PATCH"))
-        .and(path("/user-attributes"))
-        .respond_with(ResponseTemplate::new(200))
-        .up_to_n_times(ANSWERED as u64)
-        .with_priority(1)
-        .mount(&server)
-        .await;
-    Mock::given(method("PATCH"))
-        .and(path("/user-attributes"))
-        .respond_with(ResponseTemplate::new(200).set_delay(Duration::from_secs(600)))
-        .with_priority(2)
-        .mount(&server)
-        .await;
+    let server = destination_that_stalls_after(ANSWERED as u64).await;
     let app = TestApp::contentstack(&server, CONCURRENCY, &audience("Big", "big.csv"));
     let users: Vec<String> = (0..MEMBERS).map(|i| format!("user-{i:04}")).collect();
     app.write("big.csv", &csv_users(&users.iter().map(String::as_str).collect::<Vec<_>>()));

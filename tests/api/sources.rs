@@ -544,3 +544,49 @@ async fn a_body_streaming_longer_than_the_timeout_loads_while_data_keeps_coming(
     assert_success(&output);
     assert_eq!(app.memberships().await.len(), 6, "{}", stderr(&output));
 }
+
+/// Review findings: pages told apart by a fragment alone looped until max_pages; a relative
+/// `next` was resolved against the URL asked for, not the one a redirect served.
+#[tokio::test]
+async fn a_fragment_does_not_hide_a_page_loop_and_next_is_relative_to_the_page_served() {
+    let edge = contentstack_server().await;
+    let source = MockServer::start().await;
+    let json = |members: &[&str], next: Option<&str>| ResponseTemplate::new(200).set_body_json(page(members, next));
+    Mock::given(path("/f1")).respond_with(json(&["u1"], Some("/f2#a"))).mount(&source).await;
+    Mock::given(path("/f2")).respond_with(json(&["u2"], Some("/f1#b"))).mount(&source).await;
+    let app = app_with(&edge, &http_audience("A", &format!("{}/f1", source.uri()), ", format = \"json\"")).await;
+    let out = app.sync(&[]).await;
+    assert_failure(&out);
+    assert!(stderr(&out).contains("the pages loop"), "{}", stderr(&out));
+
+    Mock::given(path("/r1"))
+        .respond_with(ResponseTemplate::new(302).insert_header("location", "/sub/r1"))
+        .mount(&source)
+        .await;
+    Mock::given(path("/sub/r1")).respond_with(json(&["u1"], Some("r2"))).mount(&source).await;
+    Mock::given(path("/sub/r2")).respond_with(json(&["u2"], None)).mount(&source).await;
+    let app = app_with(&edge, &http_audience("B", &format!("{}/r1", source.uri()), ", format = \"json\"")).await;
+    assert_success(&app.sync(&[]).await);
+    let users: Vec<String> = sorted(received(&edge).await).into_iter().map(|(u, _)| u).collect();
+    assert_eq!(users, ["u1", "u2"]);
+}
+
+/// Review finding: a URL's userinfo made reqwest add a Basic `Authorization` beside the one from
+/// `auth_header_env`, which is documented as the whole header.
+#[tokio::test]
+async fn the_configured_authorization_is_the_only_one_sent() {
+    let edge = contentstack_server().await;
+    let source = MockServer::start().await;
+    Mock::given(path("/a.ndjson"))
+        .respond_with(ResponseTemplate::new(200).set_body_string("{\"user_id\":\"u1\"}\n"))
+        .mount(&source)
+        .await;
+    let url = source.uri().replace("http://", "http://user:pw@");
+    let auth = format!(", auth_header_env = \"{SOURCE_AUTH_ENV}\"");
+    let app = app_with(&edge, &http_audience("A", &format!("{url}/a.ndjson"), &auth)).await;
+    assert_success(&app.sync(&[]).await);
+    let asked = source.received_requests().await.unwrap();
+    let sent: Vec<_> =
+        asked[0].headers.get_all("authorization").iter().map(|v| v.to_str().unwrap().to_string()).collect();
+    assert_eq!(sent, [SOURCE_AUTH], "one Authorization, the configured one");
+}

@@ -310,3 +310,28 @@ async fn a_computation_added_later_is_sent_with_the_others_changes_in_one_update
         .collect();
     assert_eq!(ltv, expected, "the first sync's rows are written synced as they are acknowledged");
 }
+
+/// Issue 14: a computation whose snapshot looks large (here by its file's size: wide rows) is
+/// loaded only once the small ones are delivered and recorded, wherever it is in config.toml.
+#[tokio::test]
+async fn a_large_snapshot_is_loaded_after_the_small_ones_are_delivered() {
+    let computations = format!("{}{}", audience("Big", "big.csv"), audience("Small", "small.csv"));
+    let app = TestApp::new("[destination]\ntype = \"file\"\npath = \"out.ndjson\"\n", &computations);
+    let padding = "x".repeat(1000);
+    let big: String = std::iter::once("user_id,padding\n".to_string())
+        .chain((0..17_000).map(|i| format!("big-{i:06},{padding}\n")))
+        .collect();
+    app.write("big.csv", &big);
+    app.write("small.csv", &csv_users(&["s1", "s2"]));
+    assert_success(&app.sync(&[]).await);
+
+    type Run = (String, i64, String, String);
+    let runs: Vec<Run> =
+        sqlx::query_as("SELECT computation_key, id, started_at, finished_at FROM sync_runs ORDER BY id")
+            .fetch_all(&app.db().await)
+            .await
+            .unwrap();
+    let keys: Vec<&str> = runs.iter().map(|r| r.0.as_str()).collect();
+    assert_eq!(keys, ["small", "big"], "the small computation's run comes first");
+    assert!(runs[0].3 <= runs[1].2, "small finished at {} before big started at {}", runs[0].3, runs[1].2);
+}

@@ -146,3 +146,11 @@ fn a_user_id_with_a_control_character_fails_naming_the_line() {
     let e = err("a.ndjson", b"{\"user_id\":\"u1\"}\n{\"user_id\":\"u\\u001b[31m\"}\n", Kind::Audience);
     assert!(e.ends_with("a.ndjson:2: user_id: user_id holds the control character U+001B"), "{e}");
 }
+
+#[test]
+fn a_user_id_with_a_bidi_override_or_line_separator_fails() {
+    let e = err("a.csv", "user_id\nu\u{202E}1\n".as_bytes(), Kind::Audience);
+    assert!(e.ends_with("a.csv:2: user_id: user_id holds the control character U+202E"), "{e}");
+    let e = err("a.ndjson", "{\"user_id\":\"u\u{2028}1\"}\n".as_bytes(), Kind::Audience);
+    assert!(e.ends_with("a.ndjson:1: user_id: user_id holds the control character U+2028"), "{e}");
+}

@@ -10,6 +10,7 @@ use std::collections::{BTreeMap, HashSet};
 
 use rusqlite::{Connection, params};
 
+use super::history::HistoryRecorder;
 use super::{Batched, Checkpointer, Param, Store, now};
 use crate::change::Outcome;
 
@@ -25,6 +26,8 @@ pub struct AnswerWriter {
     insert_synced: Batched<2, 3>,
     /// The running `sync_runs` row of each computation, whose counts each record adds to.
     runs: BTreeMap<String, i64>,
+    /// Writes `delivery_history`, when it is kept.
+    history: Option<HistoryRecorder>,
     checkpointer: Checkpointer,
     /// Transactions and answers recorded since the last checkpoint asked for.
     commits: u32,
@@ -58,6 +61,7 @@ impl Store {
             first_sync,
             insert_synced: Batched::new(INSERT_SYNCED_COLUMNS, insert_synced_sql),
             runs: BTreeMap::new(),
+            history: self.history_recorder(),
             checkpointer: self.checkpointer(),
             commits: 0,
             answers: 0,
@@ -133,6 +137,9 @@ impl AnswerWriter {
             }
         }
         count_answers(&tx, &self.runs, calls)?;
+        if let Some(history) = &self.history {
+            history.record(&tx, &self.runs, calls, &at)?;
+        }
         {
             let mut drop_window = tx.prepare_cached("DELETE FROM sending_windows WHERE id = ?1")?;
             for id in answered {
@@ -285,7 +292,7 @@ fn ack_range(tx: &Connection, call: &[&Outcome], at: &str) -> rusqlite::Result<b
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
     use crate::change::{PendingRow, PendingValue};
     use crate::config::Kind;
@@ -305,7 +312,13 @@ mod tests {
         store
     }
 
-    fn answer(key: &str, user: &str, sent: &str, changed_at: &str, error: Option<&str>) -> Outcome {
+    pub(in crate::state::sqlite) fn answer(
+        key: &str,
+        user: &str,
+        sent: &str,
+        changed_at: &str,
+        error: Option<&str>,
+    ) -> Outcome {
         let value =
             PendingValue { key: key.into(), value: sent.into(), kind: Kind::Audience, changed_at: changed_at.into() };
         PendingRow { user_id: user.into(), value }.answered(error.map(str::to_string))

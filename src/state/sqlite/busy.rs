@@ -7,7 +7,7 @@
 //! `try_again`.
 
 use std::ffi::{c_int, c_void};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use super::BUSY_TIMEOUT;
@@ -18,9 +18,29 @@ static STOPPING_SINCE: AtomicU64 = AtomicU64::new(0);
 /// How long lock waits go on once the process is stopping.
 const AFTER_STOP: Duration = Duration::from_secs(1);
 
+/// Set by SIGTERM or SIGINT themselves (a signal handler, not a task): a lock wait on the
+/// runtime's one thread keeps the signal's task from ever running.
+static SIGNALLED: AtomicBool = AtomicBool::new(false);
+
 /// Ends every lock wait of this process about a second from now, and refuses new ones then.
 pub fn stop_waiting_for_locks() {
     let _ = STOPPING_SINCE.compare_exchange(0, epoch_ms(), Ordering::AcqRel, Ordering::Acquire);
+}
+
+/// Has SIGTERM and SIGINT end lock waits (`stop_waiting_for_locks`) even while the runtime's
+/// thread is the one waiting. Beside tokio's own handlers, which still run.
+pub fn listen_for_signals() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        for signal in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
+            // SAFETY: the action only stores to an atomic, which is async-signal-safe.
+            let registered =
+                unsafe { signal_hook::low_level::register(signal, || SIGNALLED.store(true, Ordering::Release)) };
+            if let Err(e) = registered {
+                tracing::warn!(error = %e, "cannot listen for signals during lock waits");
+            }
+        }
+    });
 }
 
 fn epoch_ms() -> u64 {
@@ -30,6 +50,9 @@ fn epoch_ms() -> u64 {
 /// SQLite's busy handler: whether to try for the lock again after `count` tries, having slept
 /// before the next as SQLite's own busy timeout would.
 pub fn try_again(count: i32) -> bool {
+    if SIGNALLED.load(Ordering::Acquire) {
+        stop_waiting_for_locks();
+    }
     let since = STOPPING_SINCE.load(Ordering::Acquire);
     if since != 0 && epoch_ms().saturating_sub(since) >= AFTER_STOP.as_millis() as u64 {
         return false;

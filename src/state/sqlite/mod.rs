@@ -10,7 +10,9 @@ mod busy;
 mod checkpoint;
 mod computations;
 mod diff_writer;
+mod explain;
 mod first_sync_queue;
+mod history;
 mod leases;
 mod memberships;
 mod observed;
@@ -30,7 +32,7 @@ use crate::sqlite_memory::configure_sqlite;
 use crate::state::now;
 
 pub use answers::AnswerWriter;
-pub use busy::stop_waiting_for_locks;
+pub use busy::{listen_for_signals, stop_waiting_for_locks};
 use checkpoint::Checkpointer;
 pub use diff_writer::DiffWriter;
 pub use first_sync_queue::QueueWriter;
@@ -51,6 +53,8 @@ pub struct Store {
     path: std::path::PathBuf,
     /// The leases a pass through this handle must still hold when it writes (see `leases`).
     claim: Option<leases::Claim>,
+    /// Days `delivery_history` keeps every delivery answered; none: not kept (see `history`).
+    keep_history_days: Option<u32>,
 }
 
 impl Store {
@@ -78,7 +82,7 @@ impl Store {
             .await
             .with_context(|| format!("cannot open the state file {}", path.display()))?;
         MIGRATOR.run(&pool).await.with_context(|| format!("cannot migrate the state file {}", path.display()))?;
-        Ok(Store { pool, path: path.to_path_buf(), claim: None })
+        Ok(Store { pool, path: path.to_path_buf(), claim: None, keep_history_days: None })
     }
 
     /// Opens an existing state file read-only, without migrating it (dry runs and status must
@@ -96,7 +100,7 @@ impl Store {
             .connect_with(options)
             .await
             .with_context(|| format!("cannot open the state file {}", path.display()))?;
-        Ok(Some(Store { pool, path: path.to_path_buf(), claim: None }))
+        Ok(Some(Store { pool, path: path.to_path_buf(), claim: None, keep_history_days: None }))
     }
 
     /// Closes every connection; the last one to close checkpoints the WAL into the database
