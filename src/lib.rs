@@ -15,6 +15,7 @@ pub mod destination;
 pub mod diff;
 pub mod http;
 pub mod key;
+pub mod metrics;
 pub mod pass;
 pub mod progress;
 pub mod record;

@@ -1,8 +1,9 @@
 use std::io::IsTerminal;
 use std::process::ExitCode;
 
-use audience_sync::cli::LogFormat;
+use audience_sync::cli::{LogFormat, say};
 use clap::Parser;
+use tracing::Level;
 use tracing_subscriber::EnvFilter;
 
 /// A snapshot is millions of small strings to sort and merge: mimalloc frees and reuses them
@@ -23,12 +24,15 @@ fn colour() -> bool {
 
 fn main() -> ExitCode {
     let cli = audience_sync::cli::Cli::parse();
+    audience_sync::cli::say_as(cli.log_format);
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info,sqlx::query=error"));
     let filter = filter.add_directive(QUIET_SECRETS.parse().expect("a valid directive"));
     let logs = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_ansi(colour());
     match cli.log_format {
         LogFormat::Text => logs.init(),
-        LogFormat::Json => logs.json().init(),
+        // Each event's fields at the top level of its object, beside `timestamp`, `level` and
+        // `target`: the names README's "Logs" promises.
+        LogFormat::Json => logs.json().flatten_event(true).init(),
     }
     // One thread for all async work (requests, their connections, timers): the heavy work runs
     // on blocking threads of its own, so a request costs no hand-offs between threads (figures
@@ -36,14 +40,14 @@ fn main() -> ExitCode {
     let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
-            eprintln!("audience-sync: cannot start the runtime: {e}");
+            say(Level::ERROR, &format!("audience-sync: cannot start the runtime: {e}"));
             return ExitCode::FAILURE;
         }
     };
     let code = match runtime.block_on(audience_sync::cli::run(cli)) {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("audience-sync: {e:#}");
+            say(Level::ERROR, &format!("audience-sync: {e:#}"));
             ExitCode::FAILURE
         }
     };

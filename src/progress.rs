@@ -7,6 +7,9 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
+use tracing::Level;
+
+use crate::cli::say;
 
 /// How often a plain progress line is written when standard error is not a terminal.
 const LINE_EVERY: Duration = Duration::from_secs(10);
@@ -95,7 +98,7 @@ impl Stage {
                 let mut last = inner.last_line.lock().unwrap_or_else(|p| p.into_inner());
                 if last.elapsed() >= LINE_EVERY {
                     *last = Instant::now();
-                    eprintln!("{}: {done} {}", inner.label, inner.unit);
+                    say(Level::INFO, &format!("{}: {done} {}", inner.label, inner.unit));
                 }
             }
         }

@@ -3,6 +3,9 @@
 
 use std::process::ExitCode;
 
+use tracing::Level;
+
+use crate::cli::say;
 use crate::config::{Config, Destination};
 use crate::redact::redact_url;
 use crate::source;
@@ -41,6 +44,6 @@ pub async fn check(config: &Config) -> anyhow::Result<ExitCode> {
     if broken.is_empty() {
         return Ok(ExitCode::SUCCESS);
     }
-    eprintln!("audience-sync: sources that do not load: {}", broken.join(", "));
+    say(Level::ERROR, &format!("audience-sync: sources that do not load: {}", broken.join(", ")));
     Ok(ExitCode::FAILURE)
 }

@@ -9,7 +9,9 @@ pub mod sync;
 use std::process::ExitCode;
 
 use tokio_util::sync::CancellationToken;
+use tracing::Level;
 
+use crate::cli::say;
 use crate::pass::ComputationReport;
 use crate::shutdown::shutdown_signal;
 
@@ -28,7 +30,7 @@ fn conclude(selected: &[String], reports: &[ComputationReport]) -> ExitCode {
     if unfinished.is_empty() {
         return ExitCode::SUCCESS;
     }
-    eprintln!("audience-sync: not everything was delivered: {}", unfinished.join(", "));
+    say(Level::ERROR, &format!("audience-sync: not everything was delivered: {}", unfinished.join(", ")));
     ExitCode::FAILURE
 }
 

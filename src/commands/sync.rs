@@ -1,11 +1,16 @@
 //! `sync`, `sync --dry-run` and `resync`.
 
 use std::process::ExitCode;
+use std::sync::Arc;
 use std::time::Duration;
 
+use tracing::Level;
+
 use super::{conclude, stop_on_signal};
+use crate::cli::say;
 use crate::config::{Computation, Config};
 use crate::destination::Destination;
+use crate::metrics::Metrics;
 use crate::pass::{self, PassOptions, lease, plan};
 use crate::progress::Progress;
 use crate::state::{LeaseOwner, Store, Trigger};
@@ -41,7 +46,9 @@ impl PassRequest {
 /// Runs the pass `request` asks for, under the leases of its computations.
 pub async fn sync(config: &Config, request: PassRequest) -> anyhow::Result<ExitCode> {
     let store = Store::open(&config.state_path).await?.keeping_history(config.keep_history_days);
-    let destination = Destination::from_config(&config.destination)?;
+    // Nobody scrapes a command's series: they are counted and dropped.
+    let metrics = Arc::new(Metrics::new());
+    let destination = Destination::from_config(&config.destination, &metrics)?;
     let keys = request.keys();
     let owner = LeaseOwner::this_process();
     let stop = stop_on_signal();
@@ -64,6 +71,7 @@ pub async fn sync(config: &Config, request: PassRequest) -> anyhow::Result<ExitC
             allow_mass_exit,
             beside_other_passes: false,
             progress: Progress::for_command(),
+            metrics: metrics.clone(),
         };
         pass::run(config, &store, &destination, &request.selected, &options).await
     };
@@ -107,6 +115,6 @@ pub async fn dry_run(config: &Config, keys: &[String]) -> anyhow::Result<ExitCod
     if failed.is_empty() {
         return Ok(ExitCode::SUCCESS);
     }
-    eprintln!("audience-sync: snapshots failed to load: {}", failed.join(", "));
+    say(Level::ERROR, &format!("audience-sync: snapshots failed to load: {}", failed.join(", ")));
     Ok(ExitCode::FAILURE)
 }

@@ -1,126 +1,129 @@
-//! Prometheus metrics and a health check, served by the daemon on `[metrics] listen`.
+//! `/metrics` (Prometheus) and `/healthz`, served by the daemon on `[metrics] listen`.
 //!
-//! Counters live in this process; pending rows are read from the state at each scrape, so they
-//! are right even when another process delivered them.
+//! Each connection is served by its own task (hyper's HTTP/1.1 server), so a client that
+//! connects and says nothing holds up no other; it is dropped once it has sent no whole request
+//! head for `HEAD_TIMEOUT`. What the state knows is read from it at each scrape.
 
-use std::collections::BTreeMap;
-use std::fmt::Write as _;
-use std::sync::Mutex;
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::time::Duration;
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::{Method, Request, Response, StatusCode};
+use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpListener;
 
-use crate::pass::ComputationReport;
-use crate::state::{RunStatus, Store};
+use super::Shared;
 
-#[derive(Default)]
-pub struct Metrics {
-    per_key: Mutex<BTreeMap<String, KeyMetrics>>,
+/// How long a connection may take to send a request head.
+const HEAD_TIMEOUT: Duration = Duration::from_secs(10);
+/// How often the scheduler beats, and how old its last beat may be before `/healthz` says the
+/// scheduler stopped.
+pub const HEARTBEAT_EVERY: Duration = Duration::from_secs(5);
+const HEARTBEAT_STALE: Duration = Duration::from_secs(30);
+
+/// Whether the daemon still schedules passes: a job of the scheduler beats every
+/// `HEARTBEAT_EVERY`, and the daemon says when it stops scheduling (shutdown).
+pub struct Health {
+    /// Unix time (ms) of the scheduler's last beat, or of its start.
+    last_beat_ms: AtomicI64,
+    stopped: AtomicBool,
 }
 
-#[derive(Default, Clone)]
-struct KeyMetrics {
-    passes: u64,
-    delivered: u64,
-    failed: u64,
-    last_pass_seconds: f64,
-    last_success_unix: Option<i64>,
-}
+impl Health {
+    pub fn new() -> Health {
+        Health { last_beat_ms: AtomicI64::new(now_ms()), stopped: AtomicBool::new(false) }
+    }
 
-impl Metrics {
-    /// Adds a finished pass.
-    pub fn record(&self, reports: &[ComputationReport], took: Duration) {
-        let mut all = self.per_key.lock().unwrap_or_else(|p| p.into_inner());
-        for r in reports {
-            let m = all.entry(r.key.clone()).or_default();
-            m.passes += 1;
-            let delivery = r.delivery();
-            m.delivered += delivery.delivered;
-            m.failed += delivery.failed;
-            m.last_pass_seconds = took.as_secs_f64();
-            if r.status == RunStatus::Ok {
-                m.last_success_unix = Some(chrono::Utc::now().timestamp());
-            }
+    pub fn beat(&self) {
+        self.last_beat_ms.store(now_ms(), Ordering::Relaxed);
+    }
+
+    /// Nothing is scheduled any more (shutting down).
+    pub fn stop(&self) {
+        self.stopped.store(true, Ordering::Relaxed);
+    }
+
+    /// Why the scheduler is not running, if it is not.
+    fn scheduler_problem(&self) -> Option<String> {
+        if self.stopped.load(Ordering::Relaxed) {
+            return Some("the scheduler stopped: shutting down".into());
         }
-    }
-
-    /// The Prometheus text exposition, with `pending` rows per computation from the state.
-    pub fn render(&self, pending: &[(String, i64)]) -> String {
-        let all = self.per_key.lock().unwrap_or_else(|p| p.into_inner()).clone();
-        let mut out = String::new();
-        let mut family = |name: &str, kind: &str, help: &str, values: Vec<(String, String)>| {
-            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
-            for (key, v) in values {
-                let _ = writeln!(out, "{name}{{computation=\"{key}\"}} {v}");
-            }
-        };
-        family(
-            "audience_sync_pending_rows",
-            "gauge",
-            "Rows whose current value the destination has not acknowledged.",
-            pending.iter().map(|(k, n)| (k.clone(), n.to_string())).collect(),
-        );
-        let each = |f: &dyn Fn(&KeyMetrics) -> Option<String>| -> Vec<(String, String)> {
-            all.iter().filter_map(|(k, m)| f(m).map(|v| (k.clone(), v))).collect()
-        };
-        family(
-            "audience_sync_passes_total",
-            "counter",
-            "Passes run by this process.",
-            each(&|m| Some(m.passes.to_string())),
-        );
-        family(
-            "audience_sync_delivered_total",
-            "counter",
-            "Rows acknowledged by the destination.",
-            each(&|m| Some(m.delivered.to_string())),
-        );
-        family(
-            "audience_sync_failed_total",
-            "counter",
-            "Rows the destination did not acknowledge in a pass.",
-            each(&|m| Some(m.failed.to_string())),
-        );
-        family(
-            "audience_sync_pass_duration_seconds",
-            "gauge",
-            "Duration of the last pass.",
-            each(&|m| Some(format!("{:.3}", m.last_pass_seconds))),
-        );
-        family(
-            "audience_sync_last_success_timestamp_seconds",
-            "gauge",
-            "When a pass last left nothing pending (Unix time).",
-            each(&|m| m.last_success_unix.map(|t| t.to_string())),
-        );
-        out
+        let silent_ms = now_ms() - self.last_beat_ms.load(Ordering::Relaxed);
+        (silent_ms > HEARTBEAT_STALE.as_millis() as i64)
+            .then(|| format!("the scheduler stopped: no heartbeat for {} s", silent_ms / 1000))
     }
 }
 
-/// Serves `GET /metrics` and `GET /healthz` until the process ends.
-pub async fn serve(listener: TcpListener, metrics: &Metrics, store: &Store) {
+fn now_ms() -> i64 {
+    chrono::Utc::now().timestamp_millis()
+}
+
+/// Accepts connections until the process ends, each served on a task of its own.
+pub async fn serve(listener: TcpListener, shared: Arc<Shared>) {
     loop {
-        let Ok((mut socket, _)) = listener.accept().await else { continue };
-        let mut request = vec![0u8; 4096];
-        let n = match tokio::time::timeout(Duration::from_secs(5), socket.read(&mut request)).await {
-            Ok(Ok(n)) => n,
-            _ => continue,
+        let socket = match listener.accept().await {
+            Ok((socket, _)) => socket,
+            Err(e) => {
+                // Out of file descriptors, say: the next accept may succeed.
+                tracing::warn!(error = %e, "metrics: cannot accept a connection");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
         };
-        let head = String::from_utf8_lossy(&request[..n]);
-        let path = head.split_whitespace().nth(1).unwrap_or("");
-        let (status, body) = match path {
-            "/metrics" => match store.statuses().await {
-                Ok(s) => ("200 OK", metrics.render(&s.iter().map(|s| (s.key.clone(), s.pending)).collect::<Vec<_>>())),
-                Err(e) => ("500 Internal Server Error", format!("cannot read the state: {e:#}\n")),
-            },
-            "/healthz" => ("200 OK", "ok\n".to_string()),
-            _ => ("404 Not Found", "not found\n".to_string()),
-        };
-        let response = format!(
-            "HTTP/1.1 {status}\r\ncontent-type: text/plain; version=0.0.4\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
-            body.len()
-        );
-        let _ = socket.write_all(response.as_bytes()).await;
+        let shared = shared.clone();
+        tokio::spawn(async move {
+            let service = hyper::service::service_fn(move |request| {
+                let shared = shared.clone();
+                async move { Ok::<_, Infallible>(answer(&shared, &request).await) }
+            });
+            let connection = hyper::server::conn::http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(HEAD_TIMEOUT)
+                .serve_connection(TokioIo::new(socket), service);
+            if let Err(e) = connection.await {
+                tracing::debug!(error = %e, "metrics: connection ended");
+            }
+        });
     }
+}
+
+async fn answer(shared: &Shared, request: &Request<hyper::body::Incoming>) -> Response<Full<Bytes>> {
+    if request.method() != Method::GET && request.method() != Method::HEAD {
+        return text(StatusCode::METHOD_NOT_ALLOWED, "only GET\n".into());
+    }
+    match request.uri().path() {
+        "/metrics" => {
+            let observed = match shared.store.check_readable().await {
+                Ok(()) => shared.store.observe(&shared.owner.id).await.ok(),
+                Err(_) => None,
+            };
+            shared.metrics.observe_state(observed.as_deref());
+            let mut response = text(StatusCode::OK, shared.metrics.encode());
+            response.headers_mut().insert(hyper::header::CONTENT_TYPE, crate::metrics::CONTENT_TYPE.parse().unwrap());
+            response
+        }
+        "/healthz" => match health(shared).await {
+            None => text(StatusCode::OK, "ok\n".into()),
+            Some(problem) => text(StatusCode::SERVICE_UNAVAILABLE, format!("{problem}\n")),
+        },
+        _ => text(StatusCode::NOT_FOUND, "not found\n".into()),
+    }
+}
+
+/// What is wrong, if anything: the state cannot be read, or the scheduler stopped.
+async fn health(shared: &Shared) -> Option<String> {
+    if let Err(e) = shared.store.check_readable().await {
+        return Some(format!("cannot read the state: {e:#}"));
+    }
+    shared.health.scheduler_problem()
+}
+
+fn text(status: StatusCode, body: String) -> Response<Full<Bytes>> {
+    let mut response = Response::new(Full::new(Bytes::from(body)));
+    *response.status_mut() = status;
+    response.headers_mut().insert(hyper::header::CONTENT_TYPE, "text/plain; charset=utf-8".parse().unwrap());
+    response
 }

@@ -20,12 +20,13 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::{Computation, Config, schedule};
 use crate::destination::Destination;
+use crate::metrics::Metrics;
 use crate::pass::{self, PassOptions, lease};
 use crate::progress::Progress;
 use crate::shutdown::shutdown_signal;
 use crate::state::{LeaseOwner, RunStatus, Store, Trigger};
 
-pub use metrics::Metrics;
+use metrics::Health;
 
 /// What a pass task needs, shared by all of them.
 struct Shared {
@@ -33,25 +34,33 @@ struct Shared {
     store: Store,
     destination: Destination,
     owner: LeaseOwner,
-    metrics: Metrics,
+    metrics: Arc<Metrics>,
+    health: Health,
     /// Computations with a pass running in this process.
     running: Mutex<HashSet<String>>,
 }
 
 pub async fn run(config: Config) -> anyhow::Result<()> {
     let store = Store::open(&config.state_path).await?.keeping_history(config.keep_history_days);
-    let destination = Destination::from_config(&config.destination)?;
+    let metrics = Arc::new(Metrics::new());
+    let now = chrono::Utc::now();
+    for c in &config.computations {
+        let interval = schedule::interval_at(&c.cron, now).and_then(|i| i.to_std().ok());
+        metrics.computation(&c.key, interval);
+    }
+    let destination = Destination::from_config(&config.destination, &metrics)?;
     let shared = Arc::new(Shared {
         store,
         destination,
         owner: LeaseOwner::this_process(),
-        metrics: Metrics::default(),
+        metrics,
+        health: Health::new(),
         running: Mutex::new(HashSet::new()),
         config,
     });
     serve_metrics(&shared).await?;
     let (due_tx, due_rx) = mpsc::channel::<Vec<String>>(64);
-    let mut scheduler = schedule(&shared.config.computations, &due_tx).await?;
+    let mut scheduler = schedule(&shared, &due_tx).await?;
     let overdue = catch_up(&shared.store, &shared.config.computations).await?;
     if !overdue.is_empty() {
         tracing::info!(computations = %overdue.join(","), "catching up: last pass unfinished or older than its interval");
@@ -59,6 +68,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     }
     let stop = CancellationToken::new();
     let passes = run_passes_until_signal(&shared, due_rx, &stop).await;
+    shared.health.stop();
     tracing::info!(grace_s = shared.config.shutdown_grace.as_secs(), "shutting down: starting nothing new");
     scheduler.shutdown().await?;
     stop.cancel();
@@ -75,15 +85,23 @@ async fn serve_metrics(shared: &Arc<Shared>) -> anyhow::Result<()> {
         tokio::net::TcpListener::bind(addr).await.with_context(|| format!("cannot listen on {addr} for metrics"))?;
     tracing::info!(%addr, "serving /metrics and /healthz");
     let shared = shared.clone();
-    tokio::spawn(async move { metrics::serve(listener, &shared.metrics, &shared.store).await });
+    tokio::spawn(metrics::serve(listener, shared));
     Ok(())
 }
 
-/// A started scheduler that sends, at each firing, the keys of the computations due to `due`.
-async fn schedule(computations: &[Computation], due: &mpsc::Sender<Vec<String>>) -> anyhow::Result<JobScheduler> {
+/// A started scheduler that sends, at each firing, the keys of the computations due to `due`,
+/// and beats for `/healthz`.
+async fn schedule(shared: &Arc<Shared>, due: &mpsc::Sender<Vec<String>>) -> anyhow::Result<JobScheduler> {
     let scheduler = JobScheduler::new().await?;
+    let beating = shared.clone();
+    scheduler
+        .add(
+            Job::new_repeated(metrics::HEARTBEAT_EVERY, move |_, _| beating.health.beat())
+                .context("cannot schedule the heartbeat")?,
+        )
+        .await?;
     let mut by_cron: BTreeMap<String, Vec<String>> = BTreeMap::new();
-    for c in computations {
+    for c in &shared.config.computations {
         by_cron.entry(c.cron.clone()).or_default().push(c.key.clone());
     }
     for (cron, keys) in by_cron {
@@ -152,7 +170,7 @@ async fn pass_task(shared: &Shared, key: String, stop: CancellationToken) {
     }
     let keys = std::slice::from_ref(&key);
     if let Err(e) = leased_pass(shared, keys, stop).await {
-        tracing::error!(computation = %key, error = %format!("{e:#}"), "pass failed");
+        pass::log_failure(&key, None, None, "state failed", &format!("{e:#}"));
     }
     shared.running.lock().unwrap_or_else(|p| p.into_inner()).remove(&key);
 }
@@ -175,17 +193,19 @@ async fn leased_pass(shared: &Shared, keys: &[String], stop: CancellationToken) 
         progress: Progress::off(),
         allow_mass_exit: false,
         beside_other_passes: true,
+        metrics: shared.metrics.clone(),
     };
     let pass = pass::run(&shared.config, &store, &shared.destination, &selected, &options);
     let result = pass::within_grace(pass, &stop, shared.config.shutdown_grace).await;
     if result.is_none() {
         tracing::warn!(computations = %leases.keys().join(","), "requests still in flight after shutdown_grace_secs: abandoned");
+        for key in leases.keys() {
+            shared.metrics.pass_ended(key, RunStatus::Interrupted, started.elapsed());
+        }
         store.interrupt_runs(leases.keys(), pass::ABANDONED).await?;
     }
     leases.release().await?;
-    if let Some(reports) = result {
-        shared.metrics.record(&reports?, started.elapsed());
-    }
+    result.transpose()?;
     Ok(())
 }
 

@@ -24,6 +24,7 @@ use tokio_util::sync::CancellationToken;
 use crate::change::{Outcome, PendingRow};
 use crate::config::RetryConfig;
 use crate::destination::{Destination, UserUpdate};
+use crate::metrics::DeliveryCounters;
 use crate::progress::Stage;
 use crate::state::Store;
 
@@ -107,6 +108,8 @@ pub struct Work {
     /// runtime's thread, where a wait for the write lock held by another pass's transaction
     /// would stop that pass from ever finishing it.
     pub beside_other_passes: bool,
+    /// Where each computation's answers and retries are counted (`crate::metrics`).
+    pub counters: BTreeMap<String, DeliveryCounters>,
 }
 
 /// How calls are sent: where, with which retries, until when.
@@ -115,6 +118,7 @@ struct Sending<'a> {
     policy: &'a RetryConfig,
     deadline: Instant,
     halt: &'a retry::Halt,
+    counters: &'a BTreeMap<String, DeliveryCounters>,
 }
 
 /// Delivers every pending, unquarantined row of `work`, and every entry of its first syncs,
@@ -133,7 +137,7 @@ pub async fn deliver(
     stop: &CancellationToken,
     progress: &Stage,
 ) -> anyhow::Result<DeliveryReport> {
-    let Work { keys, first, runs, beside_other_passes } = work;
+    let Work { keys, first, runs, beside_other_passes, counters } = work;
     if keys.is_empty() && first.is_empty() {
         return Ok(DeliveryReport::default());
     }
@@ -158,7 +162,7 @@ pub async fn deliver(
         }
     };
     let halt = retry::Halt::new(stop);
-    let sending = Sending { destination, policy, deadline, halt: &halt };
+    let sending = Sending { destination, policy, deadline, halt: &halt, counters: &counters };
     // A window is read and noted while the one before it goes out, so that requests never
     // wait for the state between windows, and no sooner (see `produce`).
     let (window_tx, window_rx) = mpsc::channel::<Window>(1);
@@ -230,6 +234,7 @@ async fn send(
         .buffer_unordered(concurrency)
         .try_for_each(|call| {
             report.add(&call);
+            count(&call, sending.counters);
             progress.inc(call.outcomes.len() as u64);
             if last_progress.elapsed() >= PROGRESS_EVERY {
                 let (delivered, failed) = report.totals();
@@ -251,13 +256,27 @@ async fn send_and_record(
     window: u64,
     call: Vec<UserUpdate>,
 ) -> anyhow::Result<CallResult> {
-    let Sending { destination, policy, deadline, halt } = *sending;
+    let Sending { destination, policy, deadline, halt, .. } = *sending;
     let (outcomes, retried) = retry::send_with_retries(destination, policy, deadline, halt, call).await;
     let (committed, done) = oneshot::channel();
     let answers = commit::Write::Answers(commit::CallAnswers { window, outcomes, committed });
     writes.send(answers).await.map_err(|_| stopped_recording())?;
     let outcomes = done.await.map_err(|_| stopped_recording())?;
     Ok(CallResult { outcomes, retried })
+}
+
+/// Counts a call's answers and retries in their computations' series.
+fn count(call: &CallResult, counters: &BTreeMap<String, DeliveryCounters>) {
+    for o in &call.outcomes {
+        if let Some(c) = counters.get(o.key()) {
+            c.answered(o.error.is_none());
+        }
+    }
+    for key in &call.retried {
+        if let Some(c) = counters.get(key.as_str()) {
+            c.retried();
+        }
+    }
 }
 
 fn stopped_recording() -> anyhow::Error {

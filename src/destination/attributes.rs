@@ -9,6 +9,7 @@ use serde::{Deserialize, Serialize};
 
 use super::{DeliveryError, HttpSender, Patience};
 use crate::config::{AttributeCreation, HttpConfig};
+use crate::metrics::DestinationMetrics;
 
 /// The management API's limit, per organization.
 const MANAGEMENT_REQUESTS_PER_SECOND: u32 = 10;
@@ -34,7 +35,12 @@ struct NewAttribute<'a> {
 }
 
 impl AttributeManager {
-    pub fn new(config: &AttributeCreation, project_uid: &str, http: &HttpConfig) -> anyhow::Result<AttributeManager> {
+    pub fn new(
+        config: &AttributeCreation,
+        project_uid: &str,
+        http: &HttpConfig,
+        metrics: DestinationMetrics,
+    ) -> anyhow::Result<AttributeManager> {
         let base = config.management_api_base_url.as_str().trim_end_matches('/');
         let mut authorization = HeaderValue::from_str(&format!("Bearer {}", config.token.expose()))
             .map_err(|_| anyhow::anyhow!("the management token cannot be sent as a header"))?;
@@ -45,7 +51,7 @@ impl AttributeManager {
             ..http.clone()
         };
         Ok(AttributeManager {
-            http: HttpSender::new(&http)?.scrubbing(&[config.token.expose()]),
+            http: HttpSender::new(&http, metrics)?.scrubbing(&[config.token.expose()]),
             url: reqwest::Url::parse(&format!("{base}/attributes"))?,
             authorization,
             project_uid: project_uid.to_string(),

@@ -6,6 +6,7 @@ use reqwest::header::{CONTENT_TYPE, HeaderMap, HeaderValue};
 use super::h1::H1Pool;
 use super::{AttributeManager, DeliveryError, HttpSender, Patience, RowResults, UserUpdate, for_every_row};
 use crate::config::ContentstackConfig;
+use crate::metrics::Metrics;
 
 /// The header Personalize reads the user from, and the legacy one Segment's destination sends.
 pub const USER_UID_HEADER: &str = "x-cs-personalize-user-uid";
@@ -29,13 +30,16 @@ struct Direct {
 }
 
 impl Contentstack {
-    pub fn new(config: &ContentstackConfig) -> anyhow::Result<Contentstack> {
+    pub fn new(config: &ContentstackConfig, metrics: &Metrics) -> anyhow::Result<Contentstack> {
         let base = config.edge_api_base_url.as_str().trim_end_matches('/');
         let url = reqwest::Url::parse(&format!("{base}/user-attributes"))?;
         let project_uid = HeaderValue::from_str(&config.project_uid)
             .map_err(|_| anyhow::anyhow!("destination.project_uid cannot be sent as a header"))?;
         let attributes = match &config.attributes {
-            Some(a) => Some(AttributeManager::new(a, &config.project_uid, &config.http)?),
+            Some(a) => {
+                let metrics = metrics.destination("contentstack_management");
+                Some(AttributeManager::new(a, &config.project_uid, &config.http, metrics)?)
+            }
             None => None,
         };
         let direct = if proxy_set(&url) {
@@ -48,7 +52,7 @@ impl Contentstack {
             })
         };
         Ok(Contentstack {
-            http: HttpSender::new(&config.http)?,
+            http: HttpSender::new(&config.http, metrics.destination("contentstack"))?,
             url,
             direct,
             project_uid,

@@ -16,6 +16,7 @@ use serde_json::value::RawValue;
 pub use crate::change::PendingValue;
 use crate::config;
 use crate::http::HttpError;
+use crate::metrics::Metrics;
 
 /// What the destinations' signatures carry: how long a request may wait, what kind of failure.
 pub use crate::http::{Failure, Patience};
@@ -66,7 +67,7 @@ impl DeliveryError {
 }
 
 impl From<HttpError> for DeliveryError {
-    fn from(HttpError { message, failure, retry_after }: HttpError) -> Self {
+    fn from(HttpError { message, failure, retry_after, .. }: HttpError) -> Self {
         DeliveryError { message, failure, retry_after }
     }
 }
@@ -88,10 +89,11 @@ pub enum Destination {
 }
 
 impl Destination {
-    pub fn from_config(config: &config::Destination) -> anyhow::Result<Destination> {
+    /// The destination `config` describes, its requests counted in `metrics`.
+    pub fn from_config(config: &config::Destination, metrics: &Metrics) -> anyhow::Result<Destination> {
         Ok(match config {
-            config::Destination::Contentstack(c) => Destination::Contentstack(Box::new(Contentstack::new(c)?)),
-            config::Destination::Segment(c) => Destination::Segment(Box::new(Segment::new(c)?)),
+            config::Destination::Contentstack(c) => Destination::Contentstack(Box::new(Contentstack::new(c, metrics)?)),
+            config::Destination::Segment(c) => Destination::Segment(Box::new(Segment::new(c, metrics)?)),
             config::Destination::File { path } => Destination::File(FileDestination::open(path)?),
         })
     }

@@ -17,6 +17,7 @@ use sha2::{Digest, Sha256};
 
 use super::{DeliveryError, HttpSender, Patience, PendingValue, RowResults, UserUpdate, raw_json};
 use crate::config::{Kind, SegmentConfig, SegmentEvents};
+use crate::metrics::Metrics;
 
 /// Users per delivery call; their events are packed into as few batches as the limits allow.
 /// An identify is about 220 bytes, so a call of one computation fits one batch of 475 KB and
@@ -81,13 +82,14 @@ fn batch_url(endpoint: &str) -> anyhow::Result<reqwest::Url> {
 }
 
 impl Segment {
-    pub fn new(config: &SegmentConfig) -> anyhow::Result<Segment> {
+    pub fn new(config: &SegmentConfig, metrics: &Metrics) -> anyhow::Result<Segment> {
         let url = batch_url(config.endpoint.as_str())?;
         let token = base64::engine::general_purpose::STANDARD.encode(format!("{}:", config.write_key.expose()));
         let mut authorization = HeaderValue::from_str(&format!("Basic {token}"))?;
         authorization.set_sensitive(true);
         Ok(Segment {
-            http: HttpSender::new(&config.http)?.scrubbing(&[config.write_key.expose(), &token]),
+            http: HttpSender::new(&config.http, metrics.destination("segment"))?
+                .scrubbing(&[config.write_key.expose(), &token]),
             url,
             authorization,
             events: config.events,

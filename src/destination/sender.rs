@@ -4,6 +4,7 @@ use super::DeliveryError;
 use super::h1::{H1Pool, TransportError};
 use crate::config::HttpConfig;
 use crate::http::{self, Failure, HttpError, Pacer, Patience, Ticket, answer};
+use crate::metrics::DestinationMetrics;
 
 /// A destination's HTTP client (keep-alive connections, timeouts) and its shared pacer.
 pub struct HttpSender {
@@ -14,13 +15,16 @@ pub struct HttpSender {
     in_flight: tokio::sync::Semaphore,
     /// Credentials this destination sends, scrubbed from any answer that echoes them.
     secrets: Vec<String>,
+    metrics: DestinationMetrics,
 }
 
 impl HttpSender {
-    pub fn new(config: &HttpConfig) -> anyhow::Result<HttpSender> {
+    /// A sender whose requests are counted in `metrics`.
+    pub fn new(config: &HttpConfig, metrics: DestinationMetrics) -> anyhow::Result<HttpSender> {
         let client = http::delivering_client(config)?;
         let in_flight = tokio::sync::Semaphore::new(config.concurrency);
-        Ok(HttpSender { client, pacer: Pacer::new(config.max_requests_per_second), in_flight, secrets: Vec::new() })
+        let pacer = Pacer::new(config.max_requests_per_second).reporting_to(metrics.rate());
+        Ok(HttpSender { client, pacer, in_flight, secrets: Vec::new(), metrics })
     }
 
     /// The same sender, scrubbing `secrets` (and their trailing-padding-free forms) from the
@@ -44,7 +48,13 @@ impl HttpSender {
     ) -> Result<Vec<u8>, DeliveryError> {
         let _slot = self.in_flight.acquire().await.expect("never closed");
         let ticket = self.pacer.acquire(patience).await?;
-        let response = http::send(request, &self.secrets).await.map_err(|e| self.failed(ticket, e))?;
+        let sent = self.metrics.sending();
+        let answer = http::send(request, &self.secrets).await;
+        sent.answered(match &answer {
+            Ok(response) => Some(response.status().as_u16()),
+            Err(e) => e.status,
+        });
+        let response = answer.map_err(|e| self.failed(ticket, e))?;
         self.pacer.succeeded(ticket);
         let body = response.bytes().await.map_err(answer::from_transport)?;
         Ok(body.to_vec())
@@ -59,7 +69,10 @@ impl HttpSender {
     ) -> Result<(), DeliveryError> {
         let _slot = self.in_flight.acquire().await.expect("never closed");
         let ticket = self.pacer.acquire(patience).await?;
-        let answer = pool.send(request).await.map_err(from_h1)?;
+        let sent = self.metrics.sending();
+        let answer = pool.send(request).await;
+        sent.answered(answer.as_ref().ok().map(|a| a.status.as_u16()));
+        let answer = answer.map_err(from_h1)?;
         let Some(failure) = answer::classify(answer.status) else {
             self.pacer.succeeded(ticket);
             return Ok(());
@@ -81,5 +94,6 @@ impl HttpSender {
 /// The error for a request of Contentstack's own HTTP/1.1 client that got no answer.
 fn from_h1(e: TransportError) -> HttpError {
     let what = if e.timed_out { "timed out" } else { "failed" };
-    HttpError { message: format!("request {what}: {}", e.message), failure: Failure::Transient, retry_after: None }
+    let message = format!("request {what}: {}", e.message);
+    HttpError { message, failure: Failure::Transient, retry_after: None, status: None }
 }

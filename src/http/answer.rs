@@ -32,6 +32,8 @@ pub struct HttpError {
     pub message: String,
     pub failure: Failure,
     pub retry_after: Option<Duration>,
+    /// The answer's status; `None` when there was no answer.
+    pub status: Option<u16>,
 }
 
 /// Longest `Retry-After` honoured; a longer one is treated as this (the pass budget still rules).
@@ -80,6 +82,7 @@ pub fn refused(status: StatusCode, headers: &HeaderMap, body: &str, failure: Fai
         message: scrub(&format!("HTTP {}{location}: {}", status.as_u16(), snippet.trim()), secrets),
         failure,
         retry_after: retry_after(headers, SystemTime::now()),
+        status: Some(status.as_u16()),
     }
 }
 
@@ -97,7 +100,7 @@ pub fn from_transport(e: reqwest::Error) -> HttpError {
     let failure = if e.is_builder() || e.is_redirect() { Failure::Permanent } else { Failure::Transient };
     let url = e.url().map(|u| format!(" ({})", redact_url(u.as_str()))).unwrap_or_default();
     let message = format!("request {what}{url}: {}", error_chain(&e.without_url()));
-    HttpError { message, failure, retry_after: None }
+    HttpError { message, failure, retry_after: None, status: None }
 }
 
 /// An error with its causes, on one line.

@@ -16,7 +16,10 @@
 //! retry budget is refused rather than waited out (DESIGN §9.9).
 
 use std::sync::Mutex;
+use std::sync::atomic::AtomicU64;
 use std::time::Duration;
+
+use prometheus_client::metrics::gauge::Gauge;
 
 use tokio::sync::Notify;
 use tokio::time::Instant;
@@ -61,11 +64,13 @@ pub fn beyond_budget(asked: Duration, left: Duration) -> String {
 
 /// A request refused its turn, and why.
 fn unsent(why: String) -> HttpError {
-    HttpError { message: why, failure: Failure::Unsent, retry_after: None }
+    HttpError { message: why, failure: Failure::Unsent, retry_after: None, status: None }
 }
 
 pub struct Pacer {
     max_rate: Option<f64>,
+    /// Where the current rate is shown (`audience_sync_destination_rate_limit`; 0: unpaced).
+    shown: Gauge<f64, AtomicU64>,
     state: Mutex<State>,
     /// Wakes the requests waiting for their turn when a slow-down moved it.
     changed: Notify,
@@ -106,6 +111,7 @@ impl Pacer {
         let max_rate = max_requests_per_second.map(f64::from);
         Pacer {
             max_rate,
+            shown: Gauge::default(),
             state: Mutex::new(State {
                 rate: max_rate,
                 ceiling: 0.0,
@@ -121,6 +127,12 @@ impl Pacer {
             }),
             changed: Notify::new(),
         }
+    }
+
+    /// The same pacer, showing its current rate in `gauge`.
+    pub fn reporting_to(self, gauge: Gauge<f64, AtomicU64>) -> Pacer {
+        gauge.set(self.max_rate.unwrap_or(0.0));
+        Pacer { shown: gauge, ..self }
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
@@ -187,6 +199,7 @@ impl Pacer {
         let now = Instant::now();
         let pause = retry_after.unwrap_or(DEFAULT_PAUSE);
         s.slow_down(now, self.max_rate);
+        self.shown.set(s.rate.unwrap_or(0.0));
         (s.paused_until, s.pause) = (now + pause, pause);
         s.next_slot = s.paused_until;
         (s.window_start, s.window_sent) = (s.paused_until, 0);
@@ -221,6 +234,7 @@ impl Pacer {
             }
             (None, _) => Some(grown),
         };
+        self.shown.set(s.rate.unwrap_or(0.0));
     }
 
     /// The current rate limit (for tests and logs); `None` is unlimited.

@@ -8,6 +8,9 @@ use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+use tracing::Level;
+
+use crate::cli::say;
 use crate::state::{HeldLease, LeaseLost, LeaseOwner, Store};
 
 /// Leases held by this process on some computations.
@@ -101,7 +104,7 @@ pub async fn acquire_all(
             anyhow::bail!("{}{hint}", busy.join("; "));
         }
         if !told {
-            eprintln!("audience-sync: waiting up to {}s: {}", wait.as_secs(), busy.join("; "));
+            say(Level::INFO, &format!("audience-sync: waiting up to {}s: {}", wait.as_secs(), busy.join("; ")));
             told = true;
         }
         let pause = Duration::from_millis(500).min(until - Instant::now());

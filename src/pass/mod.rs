@@ -16,6 +16,7 @@ pub mod plan;
 mod report;
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -24,6 +25,7 @@ use crate::config::{Computation, Config};
 use crate::delivery::{self, DeliveryReport, KeyReport};
 use crate::destination::{Destination, Patience};
 use crate::diff::DiffCounts;
+use crate::metrics::Metrics;
 use crate::progress::Progress;
 use crate::source::fingerprint::Fingerprint;
 use crate::state::{Mode, RunCounts, RunStatus, Store, Trigger};
@@ -32,7 +34,7 @@ pub use error::PassError;
 use first_sync::Spooled;
 use load::Loaded;
 pub use load::guard;
-pub use report::{ComputationReport, Outcome};
+pub use report::{ComputationReport, Outcome, Unfinished, log_failure};
 
 /// Computations with at most this many rows pending are delivered before bigger ones, so that
 /// a multi-hour initial sync does not hold back the deltas of the others.
@@ -50,6 +52,8 @@ pub struct PassOptions {
     pub allow_mass_exit: bool,
     /// Other passes may run in this process at the same time (the daemon).
     pub beside_other_passes: bool,
+    /// Where the pass counts what it does (`crate::metrics`).
+    pub metrics: Arc<Metrics>,
 }
 
 /// One computation's pass: its run, and where it stands.
@@ -126,6 +130,7 @@ async fn run_round(
     selected: &[&Computation],
     options: &PassOptions,
 ) -> anyhow::Result<Vec<ComputationReport>> {
+    let started = Instant::now();
     let mut passes = Vec::new();
     for c in selected {
         if options.stop.is_cancelled() {
@@ -137,7 +142,9 @@ async fn run_round(
         Ok(done) => done,
         Err((runs, e)) => {
             let message = format!("delivery stopped: {e:#}");
-            for run_id in runs {
+            for (key, mode, run_id) in runs {
+                log_failure(&key, Some(run_id), Some(mode), "state failed", &message);
+                options.metrics.pass_ended(&key, RunStatus::Failed, started.elapsed());
                 store.fail_run(run_id, &message).await?;
             }
             return Err(e.context("delivery stopped"));
@@ -152,7 +159,8 @@ async fn run_round(
     let mut reports = Vec::new();
     for pass in closed {
         let report = finish(store, pass, &delivered, &pending).await?;
-        tracing::info!(key = %report.key, status = %report.status, "{}", report.summary());
+        report.log();
+        options.metrics.pass_finished(&report, started.elapsed());
         reports.push(report);
     }
     Ok(reports)
@@ -202,19 +210,21 @@ async fn begin<'a>(
         (false, false) => Mode::Initial,
     };
     let run_id = store.start_run(&c.key, options.trigger, mode).await?;
-    tracing::debug!(key = %c.key, %mode, "pass started");
+    tracing::debug!(computation = %c.key, pass_id = run_id, %mode, "pass started");
+    let loading = Instant::now();
     let stage = match load::load(config, store, c, options, has_rows).await {
         Ok(Loaded::Diffed(d)) => Stage::Diffed(d),
         Ok(Loaded::FirstSync(d, spooled)) => Stage::FirstSync(d, spooled),
         Err(e) => {
-            tracing::error!(key = %c.key, class = e.class(), error = %e, "pass failed; nothing written or sent");
+            log_failure(&c.key, Some(run_id), Some(mode), e.class(), &e.to_string());
             return Ok(Pass { c, mode, run_id, stage: Stage::Failed(e) });
         }
     };
     let d = stage.counts().expect("a loaded stage has counts");
+    options.metrics.snapshot_loaded(&c.key, loading.elapsed(), d.snapshot_rows);
     tracing::info!(
-        key = %c.key, snapshot_rows = d.snapshot_rows, entered = d.entered, exited = d.exited, changed = d.changed,
-        "snapshot diffed"
+        computation = %c.key, pass_id = run_id, snapshot_rows = d.snapshot_rows, entered = d.entered,
+        exited = d.exited, changed = d.changed, "snapshot diffed"
     );
     store.note_diff(run_id, &RunCounts::of_diff(d)).await?;
     Ok(Pass { c, mode, run_id, stage })
@@ -230,15 +240,15 @@ impl Stage {
 }
 
 /// Delivers what the loaded passes left pending; on a failure of the state, gives back the runs
-/// to close as failed.
+/// to close as failed (with their computation and mode).
 async fn deliver<'a>(
     config: &Config,
     store: &Store,
     destination: &Destination,
     passes: Vec<Pass<'a>>,
     options: &PassOptions,
-) -> Result<(Vec<Pass<'a>>, Delivered), (Vec<i64>, anyhow::Error)> {
-    let runs: Vec<i64> = passes.iter().map(|p| p.run_id).collect();
+) -> Result<(Vec<Pass<'a>>, Delivered), (Vec<(String, Mode, i64)>, anyhow::Error)> {
+    let runs = passes.iter().map(|p| (p.c.key.clone(), p.mode, p.run_id)).collect();
     let delivered = async {
         // The retry budget counts from delivery, not from the loads before it: a slow source
         // must not leave the other computations no retries.
@@ -295,6 +305,7 @@ async fn plan<'a>(
                 Some(f) => group.first.push(f),
                 None => group.keys.push(key.clone()),
             }
+            group.counters.insert(key.clone(), options.metrics.delivery(&key));
             group.runs.insert(key, pass.run_id);
         }
         kept.push(pass);
@@ -370,7 +381,7 @@ async fn finish(
     let (d, unsent) = match outcome {
         Err(e) => {
             store.finish_run(run_id, RunStatus::Failed, &RunCounts::default(), Some(&e.to_string())).await?;
-            return Ok(ComputationReport { key, mode, status: RunStatus::Failed, outcome: Outcome::Failed(e) });
+            return Ok(ComputationReport { key, run_id, mode, status: RunStatus::Failed, outcome: Outcome::Failed(e) });
         }
         Ok(closed) => closed,
     };
@@ -388,10 +399,11 @@ async fn finish(
         ..RunCounts::of_diff(&d)
     };
     let error = match delivered.blocked.get(&key) {
-        Some(why) => Some(format!("nothing sent: {why}")),
+        Some(why) => Some(Unfinished { class: "destination", error: format!("nothing sent: {why}") }),
         None if pending == 0 => None,
-        None => Some(report::pending_error(pending, &delivery)),
+        None => Some(Unfinished::of(pending, &delivery)),
     };
-    store.finish_run(run_id, status, &counts, error.as_deref()).await?;
-    Ok(ComputationReport { key, mode, status, outcome: Outcome::Diffed { diff: d, delivery, pending, error } })
+    store.finish_run(run_id, status, &counts, error.as_ref().map(|e| e.error.as_str())).await?;
+    let outcome = Outcome::Diffed { diff: d, delivery, pending, error };
+    Ok(ComputationReport { key, run_id, mode, status, outcome })
 }

@@ -1,4 +1,7 @@
 //! What a pass did for one computation, as its summary line, log and exit reason say it.
+//!
+//! Its log is one event, `pass finished`, and a failure as it happens is one `pass failed`
+//! event, with the same field names in both (README, "Logs"): aggregators key on them.
 
 use crate::delivery::KeyReport;
 use crate::diff::DiffCounts;
@@ -10,6 +13,8 @@ use super::PassError;
 #[derive(Debug)]
 pub struct ComputationReport {
     pub key: String,
+    /// Its `sync_runs` row: the pass id of its log events.
+    pub run_id: i64,
     pub mode: Mode,
     pub status: RunStatus,
     pub outcome: Outcome,
@@ -21,7 +26,31 @@ pub enum Outcome {
     /// Nothing written or sent.
     Failed(PassError),
     /// The diff was recorded; `pending` rows are left, and why, if any are.
-    Diffed { diff: DiffCounts, delivery: KeyReport, pending: u64, error: Option<String> },
+    Diffed { diff: DiffCounts, delivery: KeyReport, pending: u64, error: Option<Unfinished> },
+}
+
+/// Why rows are still pending after a pass: `class` is `destination` when the destination
+/// refused rows, paused past the budget or lacks an attribute, else `incomplete`.
+#[derive(Debug)]
+pub struct Unfinished {
+    pub class: &'static str,
+    pub error: String,
+}
+
+impl Unfinished {
+    /// Why `pending` rows are left after `delivery`: why delivery stopped, if it did, and the
+    /// last error.
+    pub fn of(pending: u64, delivery: &KeyReport) -> Unfinished {
+        let mut error = format!("{pending} rows still pending");
+        if let Some(why) = &delivery.stopped {
+            error.push_str(&format!("; delivery stopped: {why}"));
+        }
+        if let Some(e) = &delivery.last_error {
+            error.push_str(&format!("; last error: {e}"));
+        }
+        let refused = delivery.failed > 0 || delivery.stopped.is_some() || delivery.last_error.is_some();
+        Unfinished { class: if refused { "destination" } else { "incomplete" }, error }
+    }
 }
 
 impl ComputationReport {
@@ -49,9 +78,54 @@ impl ComputationReport {
             pending
         );
         if let Some(e) = error {
-            line.push_str(&format!(" ({e})"));
+            line.push_str(&format!(" ({})", e.error));
         }
         line
+    }
+
+    /// Logs the pass as one `pass finished` event: info when it delivered everything, warn
+    /// when rows are left, error when it failed.
+    pub fn log(&self) {
+        let (d, r, pending, class, error) = match &self.outcome {
+            Outcome::Failed(e) => {
+                (&DiffCounts::default(), &KeyReport::default(), None, Some(e.class()), Some(e.to_string()))
+            }
+            Outcome::Diffed { diff, delivery, pending, error } => (
+                diff,
+                delivery,
+                Some(*pending),
+                error.as_ref().map(|e| e.class),
+                error.as_ref().map(|e| e.error.clone()),
+            ),
+        };
+        macro_rules! finished {
+            ($level:expr) => {
+                tracing::event!(
+                    $level,
+                    computation = %self.key,
+                    pass_id = self.run_id,
+                    mode = %self.mode,
+                    status = %self.status,
+                    snapshot_rows = d.snapshot_rows,
+                    entered = d.entered,
+                    exited = d.exited,
+                    changed = d.changed,
+                    delivered = r.delivered,
+                    retried = r.retried,
+                    failed = r.failed,
+                    quarantined = r.quarantined,
+                    pending,
+                    error_class = class,
+                    error,
+                    "pass finished"
+                )
+            };
+        }
+        match self.status {
+            RunStatus::Ok => finished!(tracing::Level::INFO),
+            RunStatus::Failed => finished!(tracing::Level::ERROR),
+            RunStatus::Incomplete | RunStatus::Interrupted | RunStatus::Running => finished!(tracing::Level::WARN),
+        }
     }
 
     /// Why the computation is not delivered, for the exit message; `None` when it is.
@@ -72,14 +146,16 @@ impl ComputationReport {
     }
 }
 
-/// Why rows are still pending: why delivery stopped, if it did, and the last error.
-pub fn pending_error(pending: u64, delivery: &KeyReport) -> String {
-    let mut error = format!("{pending} rows still pending");
-    if let Some(why) = &delivery.stopped {
-        error.push_str(&format!("; delivery stopped: {why}"));
+/// A failure as it happens, as one `pass failed` event: of computation `key`, in the pass
+/// `run_id` of `mode` when its run was opened, of class `class` (`PassError::class`, or
+/// `state failed` for a state failure outside a load).
+/// A shutdown is no error: it is said as a warning.
+pub fn log_failure(key: &str, run_id: Option<i64>, mode: Option<Mode>, class: &str, error: &str) {
+    let mode = mode.map(tracing::field::display);
+    macro_rules! failed {
+        ($level:expr) => {
+            tracing::event!($level, computation = %key, pass_id = run_id, mode, error_class = class, error, "pass failed")
+        };
     }
-    if let Some(e) = &delivery.last_error {
-        error.push_str(&format!("; last error: {e}"));
-    }
-    error
+    if class == PassError::Stopped("").class() { failed!(tracing::Level::WARN) } else { failed!(tracing::Level::ERROR) }
 }

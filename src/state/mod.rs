@@ -19,7 +19,7 @@ pub use runs::{Mode, RunCounts, RunStatus, Trigger};
 pub use sqlite::{
     AnswerWriter, DiffWriter, PendingReader, QueueWriter, Store, listen_for_signals, stop_waiting_for_locks,
 };
-pub use status::{ComputationStatus, LastRun};
+pub use status::{ComputationStatus, LastRun, ObservedComputation};
 
 #[cfg(test)]
 pub(crate) use sqlite::testing;

@@ -36,3 +36,20 @@ pub struct ComputationStatus {
     pub quarantined: i64,
     pub initial_sync_done_at: Option<String>,
 }
+
+/// What the daemon's `/metrics` reads of one computation at each scrape.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ObservedComputation {
+    pub key: String,
+    /// As `computation_status.pending`: a running first sync's unanswered members included.
+    pub pending: i64,
+    pub quarantined: i64,
+    /// The lease is held, unexpired, by the owner asked about.
+    pub leased_here: bool,
+    /// When a pass of it last ended `ok` (Unix time).
+    pub last_success_unix: Option<i64>,
+    /// Its last pass ended `failed` (nothing written or sent).
+    pub last_pass_failed: bool,
+    /// A first sync under a live lease: the share of its members answered.
+    pub first_sync_progress: Option<f64>,
+}

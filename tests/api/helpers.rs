@@ -156,6 +156,16 @@ pub async fn contentstack_server() -> MockServer {
     server
 }
 
+/// A loopback Contentstack stand-in that acknowledges every PATCH after `delay_ms`.
+pub async fn slow_server(delay_ms: u64) -> MockServer {
+    let server = MockServer::start().await;
+    Mock::given(method("PATCH"))
+        .respond_with(ResponseTemplate::new(200).set_delay(std::time::Duration::from_millis(delay_ms)))
+        .mount(&server)
+        .await;
+    server
+}
+
 /// Mounts a mock that acknowledges every PATCH /user-attributes (after a `reset`, say).
 pub async fn acknowledge_all(server: &MockServer) {
     Mock::given(method("PATCH"))

@@ -212,3 +212,70 @@ async fn logs_to_a_pipe_have_no_escape_codes() {
     assert!(!stderr(&out).is_empty(), "the failing pass logs");
     assert!(!stderr(&out).contains('\x1b'), "escape codes in a pipe: {:?}", stderr(&out));
 }
+
+/// Issue 16.5: with `--log-format json`, every pass's summary and every failure is one JSON
+/// object a line, with the field names README's "Logs" documents.
+#[tokio::test]
+async fn json_logs_carry_each_pass_and_failure_as_one_event_with_stable_fields() {
+    let server = MockServer::start().await;
+    Mock::given(method("PATCH"))
+        .and(wiremock::matchers::header("x-cs-personalize-user-uid", "c1"))
+        .respond_with(ResponseTemplate::new(400).set_body_string("no such attribute"))
+        .with_priority(1)
+        .mount(&server)
+        .await;
+    acknowledge_all(&server).await;
+    let computations = [audience("A", "a.csv"), audience("B", "missing.csv"), audience("C", "c.csv")].concat();
+    let app = TestApp::contentstack(&server, 2, &computations);
+    app.write("a.csv", &csv_users(&["a1", "a2"]));
+    app.write("c.csv", &csv_users(&["c1"]));
+    let mut cmd = app.command(&["--log-format", "json", "sync"]);
+    cmd.env("RUST_LOG", "info");
+    let out = tokio::task::spawn_blocking(move || cmd.output().unwrap()).await.unwrap();
+    assert_failure(&out);
+
+    let events: Vec<serde_json::Value> = stderr(&out)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not a JSON line ({e}): {l}")))
+        .collect();
+    let db = app.db().await;
+    let runs: Vec<(String, i64)> =
+        sqlx::query_as("SELECT computation_key, id FROM sync_runs").fetch_all(&db).await.unwrap();
+    let pass_id = |key: &str| runs.iter().find(|(k, _)| k == key).unwrap().1;
+    let one = |message: &str, key: &str| {
+        let found: Vec<&serde_json::Value> =
+            events.iter().filter(|e| e["message"] == message && e["computation"] == key).collect();
+        assert_eq!(found.len(), 1, "one {message:?} event of {key}: {events:#?}");
+        found[0].clone()
+    };
+    let counts = |e: &serde_json::Value| {
+        ["snapshot_rows", "entered", "exited", "changed", "delivered", "retried", "failed", "quarantined", "pending"]
+            .map(|field| e[field].as_u64())
+    };
+
+    let a = one("pass finished", "a");
+    assert_eq!(
+        (&a["level"], &a["pass_id"], &a["mode"], &a["status"]),
+        (&"INFO".into(), &pass_id("a").into(), &"initial".into(), &"ok".into())
+    );
+    assert_eq!(counts(&a), [2, 2, 0, 0, 2, 0, 0, 0, 0].map(Some), "{a}");
+    assert!(a.get("error_class").is_none() && a.get("error").is_none(), "{a}");
+
+    let b = one("pass finished", "b");
+    assert_eq!((&b["level"], &b["pass_id"], &b["status"]), (&"ERROR".into(), &pass_id("b").into(), &"failed".into()));
+    assert_eq!(b["error_class"], "snapshot failed");
+    assert!(b["error"].as_str().unwrap().contains("missing.csv"), "{b}");
+    assert!(b.get("pending").is_none(), "nothing counted of a pass that wrote nothing: {b}");
+    let failure = one("pass failed", "b");
+    assert_eq!((&failure["pass_id"], &failure["mode"]), (&pass_id("b").into(), &"initial".into()));
+    assert_eq!((&failure["error_class"], &failure["error"]), (&b["error_class"], &b["error"]));
+
+    let c = one("pass finished", "c");
+    assert_eq!(
+        (&c["level"], &c["status"], &c["error_class"]),
+        (&"WARN".into(), &"incomplete".into(), &"destination".into())
+    );
+    assert_eq!(counts(&c), [1, 1, 0, 0, 0, 0, 1, 0, 1].map(Some), "{c}");
+    assert!(c["error"].as_str().unwrap().contains("HTTP 400: no such attribute"), "{c}");
+    assert!(events.iter().all(|e| e["message"] != "pass failed" || e["computation"] == "b"), "{events:#?}");
+}

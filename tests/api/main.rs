@@ -10,6 +10,7 @@ mod first_sync;
 mod helpers;
 mod logs;
 mod memory;
+mod metrics;
 mod operate;
 mod pauses;
 mod resume;

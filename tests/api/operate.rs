@@ -1,7 +1,6 @@
 //! What the operator lives with: the daemon, leases, resync, status, check, dry runs, metrics.
 
 use std::collections::HashMap;
-use std::time::Duration;
 
 use serde_json::{Value, json};
 use wiremock::matchers::method;
@@ -16,15 +15,6 @@ async fn counts(server: &MockServer) -> HashMap<String, usize> {
         *sent.entry(user).or_default() += 1;
     }
     sent
-}
-
-async fn slow_server(delay_ms: u64) -> MockServer {
-    let server = MockServer::start().await;
-    Mock::given(method("PATCH"))
-        .respond_with(ResponseTemplate::new(200).set_delay(Duration::from_millis(delay_ms)))
-        .mount(&server)
-        .await;
-    server
 }
 
 fn many(n: usize) -> String {
@@ -345,12 +335,12 @@ async fn metrics_answer_with_the_counters_after_a_pass() {
     let client = reqwest::Client::new();
     let url = format!("http://127.0.0.1:{port}/metrics");
     let scrape = || async { client.get(&url).send().await.ok()?.text().await.ok() };
-    let delivered = "audience_sync_delivered_total{computation=\"a\"} 3";
-    wait_until(30, "the pass to show in the metrics", || async {
-        scrape().await.is_some_and(|b| b.contains(delivered))
-    })
-    .await;
+    // Rows are counted as they are answered; the pass, once it has ended.
+    let passed = "audience_sync_passes_total{computation=\"a\",result=\"ok\"} 1";
+    wait_until(30, "the pass to show in the metrics", || async { scrape().await.is_some_and(|b| b.contains(passed)) })
+        .await;
     let body = scrape().await.unwrap();
+    assert!(body.contains("audience_sync_delivered_total{computation=\"a\"} 3"), "{body}");
     assert!(body.contains("# TYPE audience_sync_pending_rows gauge"), "{body}");
     assert!(body.contains("audience_sync_pending_rows{computation=\"a\"} 0"), "{body}");
     assert!(body.contains("audience_sync_failed_total{computation=\"a\"} 0"), "{body}");

@@ -15,6 +15,7 @@ mod first_sync_queue;
 mod history;
 mod leases;
 mod memberships;
+mod observed;
 mod pending;
 mod runs;
 mod scan;
