@@ -2,14 +2,14 @@
 
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::sync::OnceLock;
 use std::time::Duration;
 
-use clap::{Parser, Subcommand, ValueEnum};
+use clap::{Parser, Subcommand};
 
 use crate::commands;
 use crate::commands::sync::{PassKind, PassRequest};
 use crate::config::Config;
+pub use crate::say::{LogFormat, say, say_as};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -26,36 +26,6 @@ pub struct Cli {
     pub log_format: LogFormat,
     #[command(subcommand)]
     pub command: Command,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum LogFormat {
-    Text,
-    Json,
-}
-
-/// How `say` writes: set once by `main`, from `--log-format`.
-static SAYING: OnceLock<LogFormat> = OnceLock::new();
-
-/// Writes standard error as `format`, from now on.
-pub fn say_as(format: LogFormat) {
-    let _ = SAYING.set(format);
-}
-
-/// Says `line` on standard error outside the logs (an exit reason, a progress line): as it is
-/// for a person, or with `--log-format json` as one JSON object shaped like a log event of
-/// `level`, so that what reads standard error reads JSON only.
-pub fn say(level: tracing::Level, line: &str) {
-    match SAYING.get() {
-        Some(LogFormat::Json) => {
-            let timestamp = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Micros, true);
-            let event = serde_json::json!({
-                "timestamp": timestamp, "level": level.as_str(), "message": line, "target": "audience_sync",
-            });
-            eprintln!("{event}");
-        }
-        _ => eprintln!("{line}"),
-    }
 }
 
 #[derive(Debug, Subcommand)]

@@ -20,6 +20,7 @@ pub mod pass;
 pub mod progress;
 pub mod record;
 pub mod redact;
+pub mod say;
 pub mod shutdown;
 pub mod source;
 mod sqlite_memory;

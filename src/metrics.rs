@@ -4,8 +4,8 @@
 //! computation's `DeliveryCounters`), so that a request or an answer costs an atomic increment,
 //! not a lookup by label. What the state knows (pending and quarantined rows, the last success,
 //! leases, a first sync's progress) is read from it at each scrape (`observe_state`), so that it
-//! is right after a restart and when another process did the work. The daemon serves them
-//! (`crate::daemon`); the series are listed in README.md ("Monitoring").
+//! is right after a restart and when another process did the work. The daemon's server serves
+//! them; the series are listed in README.md ("Monitoring").
 
 use std::sync::atomic::AtomicU64;
 use std::time::{Duration, Instant};
@@ -17,7 +17,6 @@ use prometheus_client::metrics::gauge::{Atomic, Gauge};
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 
-use crate::pass::ComputationReport;
 use crate::state::{ObservedComputation, RunStatus};
 
 /// The content type of `encode`'s text.
@@ -235,14 +234,14 @@ impl Metrics {
         self.snapshot_rows.get_or_create(&of).set(i64::try_from(rows).unwrap_or(i64::MAX));
     }
 
-    /// A finished pass of one computation, which took `took`.
-    pub fn pass_finished(&self, report: &ComputationReport, took: Duration) {
-        self.pass_ended(&report.key, report.status, took);
-        let of = of(&report.key);
-        let held = matches!(&report.outcome, crate::pass::Outcome::Failed(crate::pass::PassError::HeldBack(_)));
-        self.held_back.get_or_create(&of).set(i64::from(held));
-        if let crate::pass::Outcome::Diffed { pending, .. } = &report.outcome {
-            self.pass_pending.get_or_create(&of).set(i64::try_from(*pending).unwrap_or(i64::MAX));
+    /// A finished pass of one computation, which took `took`: whether the mass-exit guard held
+    /// its snapshot back, and the rows it left pending (`None` when its diff failed).
+    pub fn pass_finished(&self, key: &str, status: RunStatus, took: Duration, held_back: bool, pending: Option<u64>) {
+        self.pass_ended(key, status, took);
+        let of = of(key);
+        self.held_back.get_or_create(&of).set(i64::from(held_back));
+        if let Some(pending) = pending {
+            self.pass_pending.get_or_create(&of).set(i64::try_from(pending).unwrap_or(i64::MAX));
         }
     }
 
@@ -374,15 +373,7 @@ mod tests {
         metrics.computation("a", Some(Duration::from_secs(60)));
         metrics.destination("segment");
         metrics.snapshot_loaded("a", Duration::from_secs(1), 3);
-        let outcome = crate::pass::Outcome::Diffed {
-            diff: Default::default(),
-            delivery: Default::default(),
-            pending: 0,
-            error: None,
-        };
-        let mode = crate::state::Mode::Delta;
-        let report = ComputationReport { key: "a".into(), run_id: 1, mode, status: RunStatus::Ok, outcome };
-        metrics.pass_finished(&report, Duration::from_secs(2));
+        metrics.pass_finished("a", RunStatus::Ok, Duration::from_secs(2), false, Some(0));
         let observed = ObservedComputation {
             key: "a".into(),
             pending: 1,

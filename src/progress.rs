@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 use tracing::Level;
 
-use crate::cli::say;
+use crate::say::say;
 
 /// How often a plain progress line is written when standard error is not a terminal.
 const LINE_EVERY: Duration = Duration::from_secs(10);

@@ -5,9 +5,9 @@ use std::process::ExitCode;
 
 use tracing::Level;
 
-use crate::cli::say;
 use crate::config::{Config, Destination};
 use crate::redact::redact_url;
+use crate::say::say;
 use crate::source;
 
 pub async fn check(config: &Config) -> anyhow::Result<ExitCode> {

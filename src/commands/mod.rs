@@ -11,8 +11,8 @@ use std::process::ExitCode;
 use tokio_util::sync::CancellationToken;
 use tracing::Level;
 
-use crate::cli::say;
 use crate::pass::ComputationReport;
+use crate::say::say;
 use crate::shutdown::shutdown_signal;
 
 /// Prints the summaries; exit 0 only when everything selected was delivered.

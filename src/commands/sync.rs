@@ -7,12 +7,12 @@ use std::time::Duration;
 use tracing::Level;
 
 use super::{conclude, stop_on_signal};
-use crate::cli::say;
 use crate::config::{Computation, Config};
 use crate::destination::Destination;
 use crate::metrics::Metrics;
 use crate::pass::{self, PassOptions, lease, plan};
 use crate::progress::Progress;
+use crate::say::say;
 use crate::state::{LeaseOwner, Store, Trigger};
 
 /// A pass asked for on the command line, validated: the computations it selects (known keys

@@ -7,7 +7,7 @@
 //! own lease, so a multi-hour initial sync of one never holds back the others; the
 //! destination's own limit bounds their requests in flight together.
 
-mod metrics;
+mod server;
 
 use std::collections::{BTreeMap, HashSet};
 use std::sync::{Arc, Mutex};
@@ -26,7 +26,7 @@ use crate::progress::Progress;
 use crate::shutdown::shutdown_signal;
 use crate::state::{LeaseOwner, RunStatus, Store, Trigger};
 
-use metrics::Health;
+use server::Health;
 
 /// What a pass task needs, shared by all of them.
 struct Shared {
@@ -85,7 +85,7 @@ async fn serve_metrics(shared: &Arc<Shared>) -> anyhow::Result<()> {
         tokio::net::TcpListener::bind(addr).await.with_context(|| format!("cannot listen on {addr} for metrics"))?;
     tracing::info!(%addr, "serving /metrics and /healthz");
     let shared = shared.clone();
-    tokio::spawn(metrics::serve(listener, shared));
+    tokio::spawn(server::serve(listener, shared));
     Ok(())
 }
 
@@ -96,7 +96,7 @@ async fn schedule(shared: &Arc<Shared>, due: &mpsc::Sender<Vec<String>>) -> anyh
     let beating = shared.clone();
     scheduler
         .add(
-            Job::new_repeated(metrics::HEARTBEAT_EVERY, move |_, _| beating.health.beat())
+            Job::new_repeated(server::HEARTBEAT_EVERY, move |_, _| beating.health.beat())
                 .context("cannot schedule the heartbeat")?,
         )
         .await?;

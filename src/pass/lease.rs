@@ -10,7 +10,7 @@ use tokio_util::sync::CancellationToken;
 
 use tracing::Level;
 
-use crate::cli::say;
+use crate::say::say;
 use crate::state::{HeldLease, LeaseLost, LeaseOwner, Store};
 
 /// Leases held by this process on some computations.

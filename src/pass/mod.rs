@@ -160,7 +160,12 @@ async fn run_round(
     for pass in closed {
         let report = finish(store, pass, &delivered, &pending).await?;
         report.log();
-        options.metrics.pass_finished(&report, started.elapsed());
+        let held_back = matches!(&report.outcome, Outcome::Failed(PassError::HeldBack(_)));
+        let pending = match &report.outcome {
+            Outcome::Diffed { pending, .. } => Some(*pending),
+            Outcome::Failed(_) => None,
+        };
+        options.metrics.pass_finished(&report.key, report.status, started.elapsed(), held_back, pending);
         reports.push(report);
     }
     Ok(reports)
