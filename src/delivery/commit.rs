@@ -24,6 +24,9 @@ pub enum Write {
     Answers(CallAnswers),
     /// A window is about to be sent; say when that is noted.
     Sending { note: WindowNote, noted: oneshot::Sender<anyhow::Result<()>> },
+    /// Sending ended of itself (not abandoned): every call that went out has its answers
+    /// recorded, so the windows still noted hold only users never sent, whose notes go.
+    Done,
 }
 
 /// Serves writes for the computations `keys` (of which `first_sync` are on their first sync,
@@ -52,6 +55,10 @@ pub async fn commit_loop(
                 None
             }
             Write::Answers(answers) => committer.record_arrived(answers, &mut writes)?,
+            Write::Done => {
+                committer.forget_unsent()?;
+                None
+            }
         };
         if next.is_none() {
             next = writes.recv().await;
@@ -81,6 +88,16 @@ struct Committer {
 }
 
 impl Committer {
+    /// Drops the notes of the windows not wholly answered: after a clean end of sending, the
+    /// rest of their users never went out, and the next pass must not treat them as told.
+    fn forget_unsent(&mut self) -> anyhow::Result<()> {
+        let ids: Vec<i64> = self.windows.drain().flat_map(|(_, noted)| noted.ids).collect();
+        if !ids.is_empty() {
+            self.writer.record(&[], &ids)?;
+        }
+        Ok(())
+    }
+
     fn note(&mut self, note: WindowNote) -> anyhow::Result<()> {
         let ids = self.writer.note_window(&self.keys, &note.after, &note.last)?;
         self.windows.insert(note.window, NotedWindow { calls_left: note.calls, ids });

@@ -176,8 +176,16 @@ pub async fn deliver(
     };
     let notes = write_tx.clone();
     let windows = async move { produce(rows.await?, (concurrency, per_call), window_tx, notes).await };
+    let done = write_tx.clone();
     let sent = send(&sending, window_rx, write_tx, concurrency, progress);
-    let (committed, produced, sent) = tokio::join!(committed, windows, sent);
+    let sent_whole = async move {
+        let (produced, sent) = tokio::join!(windows, sent);
+        if produced.is_ok() && sent.is_ok() {
+            let _ = done.send(commit::Write::Done).await;
+        }
+        (produced, sent)
+    };
+    let (committed, (produced, sent)) = tokio::join!(committed, sent_whole);
     // The committer's own error explains a failed send better than the closed channel it causes.
     let quarantined = committed?;
     produced?;

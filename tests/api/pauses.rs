@@ -292,3 +292,26 @@ async fn a_file_without_end_fails_its_load_instead_of_hanging_the_unchanged_chec
     let out = child.wait_with_output().unwrap();
     assert!(stdout(&out).contains("longer than 1048576 bytes"), "{}", stdout(&out));
 }
+
+/// Review finding: after a clean SIGTERM, with every request in flight answered, the window
+/// noted next was left behind, and the next pass treated its users, never sent, as told.
+#[tokio::test]
+async fn a_clean_stop_leaves_no_window_noted_for_users_never_sent() {
+    let server = MockServer::start().await;
+    Mock::given(method("PATCH"))
+        .respond_with(ResponseTemplate::new(200).set_delay(std::time::Duration::from_millis(5)))
+        .mount(&server)
+        .await;
+    let app = TestApp::contentstack_at(&server.uri(), 4, "", &audience("A", "a.csv"));
+    let users: Vec<String> = (0..5000).map(|i| format!("user-{i:05}")).collect();
+    app.write("a.csv", &csv_users(&users.iter().map(String::as_str).collect::<Vec<_>>()));
+    let mut child = spawn(&app, &["sync"]);
+    wait_until(30, "delivery to be under way", || async { server.received_requests().await.unwrap().len() > 40 }).await;
+    terminate(&child);
+    wait_exit(&mut child, 10).await;
+    let sent = server.received_requests().await.unwrap().len();
+    assert!(sent < users.len(), "the stop came before the end ({sent} sent)");
+    let left: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM sending_windows").fetch_one(&app.db().await).await.unwrap();
+    assert_eq!(left, 0, "every request in flight was answered: no window may hold users never sent");
+}
