@@ -81,11 +81,12 @@ pub async fn close(
     if unsent > 0 {
         return Ok(unsent);
     }
-    // Nothing to write for a source without a fingerprint (HTTP, SQL).
-    if fingerprint.is_some() {
-        write(store, key, None, fingerprint, counts.snapshot_rows).await?;
+    // Recording the fingerprint drops the queue in its transaction (`DiffWriter::commit`); a
+    // source without one (HTTP, SQL) has only the queue to drop.
+    match fingerprint {
+        Some(_) => write(store, key, None, fingerprint, counts.snapshot_rows).await?,
+        None => store.drop_first_sync_queue(key).await?,
     }
-    store.drop_first_sync_queue(key).await?;
     Ok(0)
 }
 

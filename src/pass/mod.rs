@@ -160,11 +160,7 @@ async fn run_round(
     for pass in closed {
         let report = finish(store, pass, &delivered, &pending).await?;
         report.log();
-        let held_back = matches!(&report.outcome, Outcome::Failed(PassError::HeldBack(_)));
-        let pending = match &report.outcome {
-            Outcome::Diffed { pending, .. } => Some(*pending),
-            Outcome::Failed(_) => None,
-        };
+        let (held_back, pending) = (report.held_back(), report.pending());
         options.metrics.pass_finished(&report.key, report.status, started.elapsed(), held_back, pending);
         reports.push(report);
     }

@@ -137,6 +137,19 @@ impl ComputationReport {
         }
     }
 
+    /// Whether the mass-exit guard held its snapshot back.
+    pub fn held_back(&self) -> bool {
+        matches!(&self.outcome, Outcome::Failed(PassError::HeldBack(_)))
+    }
+
+    /// The rows it left pending; `None` when its diff failed.
+    pub fn pending(&self) -> Option<u64> {
+        match &self.outcome {
+            Outcome::Diffed { pending, .. } => Some(*pending),
+            Outcome::Failed(_) => None,
+        }
+    }
+
     /// What delivery did for it (nothing, for a failed pass).
     pub fn delivery(&self) -> KeyReport {
         match &self.outcome {

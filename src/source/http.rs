@@ -124,14 +124,16 @@ fn get(
     let mut attempt = 0;
     loop {
         // `client` bounds each silence, not the whole request (see `http::reading_client`).
-        let mut request = client.get(url.clone());
         // Credentials go to the configured origin only: a page may point anywhere. The
         // configured header is the whole `Authorization`: a URL's userinfo does not add another.
-        if let Some(auth) = source.authorization.filter(|_| url.origin() == source.url.origin()) {
-            let mut bare = url.clone();
-            let _ = (bare.set_username(""), bare.set_password(None));
-            request = client.get(bare).header(AUTHORIZATION, auth.expose());
-        }
+        let request = match source.authorization.filter(|_| url.origin() == source.url.origin()) {
+            Some(auth) => {
+                let mut bare = url.clone();
+                let _ = (bare.set_username(""), bare.set_password(None));
+                client.get(bare).header(AUTHORIZATION, auth.expose())
+            }
+            None => client.get(url.clone()),
+        };
         let error = match handle.block_on(http::send(request, &source.secrets(url))) {
             Ok(response) => return Ok(response),
             Err(e) => e,
