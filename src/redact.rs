@@ -39,18 +39,26 @@ pub fn redact_url(url: &str) -> String {
     out
 }
 
-/// `scheme://user:password@host/path` as `scheme://***@host/path`. The userinfo ends at the
-/// last `@`; text before it is userinfo unless a path, query or fragment begins before any `:`
-/// in it (`https://h/p?mail=a@b` keeps its host).
+/// `scheme://user:password@host/path` as `scheme://***@host/path`. The userinfo is what comes
+/// before the last `@` of the authority (up to the first `/`, `?` or `#`); with no `@` there, a
+/// `user:` whose text is not a port means a password holding one of those unencoded, which
+/// runs to the next `@`.
 fn hide_userinfo(url: &str) -> String {
     let Some((scheme, after)) = url.split_once("://") else { return url.to_string() };
-    let Some(at) = after.rfind('@') else { return url.to_string() };
-    let before = &after[..at];
-    let userinfo = match before.find(['/', '?', '#']) {
-        None => true,
-        Some(delimiter) => before[..delimiter].contains(':'),
+    let authority_end = after.find(['/', '?', '#']).unwrap_or(after.len());
+    let at = match after[..authority_end].rfind('@') {
+        Some(at) => Some(at),
+        None => {
+            let broken_password = after[..authority_end]
+                .split_once(':')
+                .is_some_and(|(_, rest)| !rest.is_empty() && !rest.bytes().all(|b| b.is_ascii_digit()));
+            broken_password.then(|| after[authority_end..].find('@').map(|i| authority_end + i)).flatten()
+        }
     };
-    if userinfo { format!("{scheme}://{HIDDEN}{}", &after[at..]) } else { url.to_string() }
+    match at {
+        Some(at) => format!("{scheme}://{HIDDEN}{}", &after[at..]),
+        None => url.to_string(),
+    }
 }
 
 /// `name=value` pairs separated by `separator`, with secret values hidden.
@@ -140,6 +148,13 @@ mod tests {
         assert_eq!(redact_url("postgres://u:pw/10@h/db?x=1"), "postgres://***@h/db?x=1");
         assert_eq!(redact_url("postgres://u:pw?11@h/db"), "postgres://***@h/db");
         assert_eq!(redact_url("https://h/p?mail=a@b&token=t"), "https://h/p?mail=a@b&token=***");
+        // An `@` after the authority neither hides the host nor saves a user-name token.
+        assert_eq!(redact_url("http://TOKEN123@h/a?email=ops@x.com"), "http://***@h/a?email=ops@x.com");
+        assert_eq!(redact_url("http://TOKEN123@h/a@b"), "http://***@h/a@b");
+        assert_eq!(
+            redact_url("http://w.internal:8080/b.csv?owner=ops@x.com"),
+            "http://w.internal:8080/b.csv?owner=ops@x.com"
+        );
         assert_eq!(redact_url("https://example.com/a@b"), "https://example.com/a@b");
     }
 
