@@ -85,8 +85,9 @@ struct Delivered {
 
 /// Runs one pass over `selected` (whose leases the caller holds).
 /// Errors only when the state itself fails; a computation's own failure is in its report.
-/// Computations whose snapshots look large go in a second round, loaded only once the others
-/// are delivered: a ten-million-member load must not hold back the deltas of small ones.
+/// The first syncs of computations whose snapshots look large go in a second round, loaded only
+/// once the others are delivered: a ten-million-member first sync must not hold back the deltas
+/// of small ones.
 pub async fn run(
     config: &Config,
     store: &Store,
@@ -95,8 +96,13 @@ pub async fn run(
     options: &PassOptions,
 ) -> anyhow::Result<Vec<ComputationReport>> {
     store.prune_history().await?;
-    let (large, small): (Vec<&Computation>, Vec<&Computation>) =
-        selected.iter().partition(|c| expected_rows(c) > LARGE_LOAD_ROWS);
+    let (mut small, mut large) = (Vec::new(), Vec::new());
+    for c in selected {
+        // Only a first sync goes second: a delta of a large file stays in the first round, where
+        // a user in it and in another computation gets one request (Contentstack).
+        let later = expected_rows(c) > LARGE_LOAD_ROWS && !store.has_rows(&c.key).await?;
+        if later { large.push(c) } else { small.push(c) }
+    }
     let mut reports = Vec::new();
     for round in [small, large] {
         if !round.is_empty() && !options.stop.is_cancelled() {
@@ -106,7 +112,7 @@ pub async fn run(
     Ok(reports)
 }
 
-/// Snapshots expected to hold more rows than this are loaded in a pass's second round.
+/// First syncs of snapshots expected to hold more rows than this go in a pass's second round.
 const LARGE_LOAD_ROWS: u64 = 1_000_000;
 
 /// How many rows `c`'s snapshot is likely to hold, from its file's size; 0 when unknown (HTTP

@@ -334,4 +334,15 @@ async fn a_large_snapshot_is_loaded_after_the_small_ones_are_delivered() {
     let keys: Vec<&str> = runs.iter().map(|r| r.0.as_str()).collect();
     assert_eq!(keys, ["small", "big"], "the small computation's run comes first");
     assert!(runs[0].3 <= runs[1].2, "small finished at {} before big started at {}", runs[0].3, runs[1].2);
+
+    // Review finding: a delta of the large file went second too, so a user in both got two
+    // requests every pass. Only a first sync waits: deltas share the first round.
+    app.write("big.csv", &format!("{big}both,{padding}\n"));
+    app.write("small.csv", &csv_users(&["s1", "s2", "both"]));
+    assert_success(&app.sync(&[]).await);
+    let text = std::fs::read_to_string(app.path("out.ndjson")).unwrap();
+    let lines: Vec<serde_json::Value> = text.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let both: Vec<&serde_json::Value> = lines.iter().filter(|l| l["userId"] == "both").collect();
+    assert_eq!(both.len(), 1, "one update for a user entering both: {both:?}");
+    assert_eq!(both[0]["traits"], json!({"big": true, "small": true}));
 }
