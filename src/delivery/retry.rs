@@ -74,7 +74,7 @@ pub async fn send_with_retries(
     let mut attempt = 0;
     loop {
         let results = destination.send(&todo, &patience).await;
-        let again = sort_answers(todo, results, halt, &mut outcomes);
+        let again = sort_answers(todo, results, attempt, halt, &mut outcomes);
         if again.is_empty() {
             break;
         }
@@ -100,9 +100,18 @@ pub async fn send_with_retries(
     (outcomes, retried)
 }
 
-/// Answers of `todo` into `outcomes` (acknowledged or permanent), the rows to retry (returned),
-/// and the rows never sent, dropped after halting delivery with the pacer's reason.
-fn sort_answers(todo: Vec<UserUpdate>, results: RowResults, halt: &Halt, outcomes: &mut Vec<Outcome>) -> Vec<Again> {
+/// Answers of `todo`, sent for the `attempt`th time (from 0), into `outcomes` (acknowledged or
+/// permanent), the rows to retry (returned), and the rows the pacer refused, after halting
+/// delivery with its reason. A refused retry is a failed outcome: an earlier attempt may have
+/// landed, and the state must know the row was sent. A row refused on its first attempt was
+/// never sent and gets none: it stays pending as it was.
+fn sort_answers(
+    todo: Vec<UserUpdate>,
+    results: RowResults,
+    attempt: u32,
+    halt: &Halt,
+    outcomes: &mut Vec<Outcome>,
+) -> Vec<Again> {
     let mut results = results.into_iter();
     let mut again = Vec::new();
     for update in todo {
@@ -114,7 +123,13 @@ fn sort_answers(todo: Vec<UserUpdate>, results: RowResults, halt: &Halt, outcome
             match result {
                 Ok(()) => outcomes.push(row.answered(None)),
                 Err(e) if e.failure == Failure::Permanent => outcomes.push(row.answered(Some(e.message))),
-                Err(e) if e.failure == Failure::Unsent => halt.halt(&e.message),
+                Err(e) if e.failure == Failure::Unsent => {
+                    halt.halt(&e.message);
+                    if attempt > 0 {
+                        outcomes
+                            .push(row.answered(Some(format!("retry not sent: {} (after {attempt} tries)", e.message))));
+                    }
+                }
                 Err(e) => again.push((row, e)),
             }
         }

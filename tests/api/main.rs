@@ -14,6 +14,7 @@ mod metrics;
 mod operate;
 mod pauses;
 mod resume;
+mod scripted_edge;
 mod segment;
 mod snapshots;
 mod sources;

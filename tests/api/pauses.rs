@@ -7,6 +7,8 @@ use wiremock::matchers::method;
 use wiremock::{Mock, MockServer, ResponseTemplate};
 
 use crate::helpers::*;
+use crate::scripted_edge::{Answer, ScriptedEdge};
+use serde_json::Value;
 
 const USERS: usize = 20;
 
@@ -314,4 +316,65 @@ async fn a_clean_stop_leaves_no_window_noted_for_users_never_sent() {
     let left: i64 =
         sqlx::query_scalar("SELECT count(*) FROM sending_windows").fetch_one(&app.db().await).await.unwrap();
     assert_eq!(left, 0, "every request in flight was answered: no window may hold users never sent");
+}
+
+/// user-00's first request is answered 500 once user-01's 429 (`Retry-After: 30`, within the
+/// budget) has paused the destination; every other request is acknowledged.
+fn a_500_behind_a_pause(user: &str, n: usize) -> Answer {
+    match (user, n) {
+        ("user-00", 0) => Answer::Held(500),
+        ("user-01", 0) => Answer::Now(429, Some(30)),
+        _ => Answer::Now(200, None),
+    }
+}
+
+/// Reads `child`'s stderr on a thread, line by line.
+fn stderr_lines(child: &mut std::process::Child) -> std::sync::mpsc::Receiver<String> {
+    let err = std::io::BufReader::new(child.stderr.take().unwrap());
+    let (lines, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufRead::lines(err).map_while(Result::ok) {
+            if lines.send(line).is_err() {
+                return;
+            }
+        }
+    });
+    rx
+}
+
+/// Waits (30 s at most) for a line of `lines` holding `needle`.
+fn wait_for_line(lines: &std::sync::mpsc::Receiver<String>, needle: &str) {
+    loop {
+        let line = lines.recv_timeout(std::time::Duration::from_secs(30)).expect(needle);
+        if line.contains(needle) {
+            return;
+        }
+    }
+}
+
+/// Review finding: a retry that never went out (the destination paused, then SIGTERM) left its
+/// row without an outcome, though the first attempt, answered 500, may have landed: the row was
+/// not marked sent, and when the user left before the next pass, no exit was sent.
+#[tokio::test]
+async fn a_retry_stopped_before_it_went_out_still_counts_the_attempt_that_did() {
+    let edge = ScriptedEdge::start(a_500_behind_a_pause);
+    let app = TestApp::contentstack_at(&edge.uri, 2, "", &audience("A", "a.csv"));
+    let users: Vec<String> = (0..20).map(|i| format!("user-{i:02}")).collect();
+    app.write("a.csv", &csv_users(&users.iter().map(String::as_str).collect::<Vec<_>>()));
+    let mut sync = app.command(&["sync"]);
+    sync.env("RUST_LOG", "audience_sync=debug").stdout(Stdio::null()).stderr(Stdio::piped());
+    let mut child = sync.spawn().unwrap();
+    let lines = stderr_lines(&mut child);
+    wait_for_line(&lines, "destination throttled");
+    edge.release();
+    // Logged just before the retry asks the paused pacer for its turn.
+    wait_for_line(&lines, "retrying");
+    terminate(&child);
+    wait_exit(&mut child, 10).await;
+    assert_eq!(edge.received().iter().filter(|(u, _)| u == "user-00").count(), 1, "the retry never went out");
+
+    app.write("a.csv", &csv_users(&users[1..].iter().map(String::as_str).collect::<Vec<_>>()));
+    assert_success(&app.sync(&[]).await);
+    let to_user_00: Vec<Value> = edge.received().into_iter().filter(|(u, _)| u == "user-00").map(|(_, b)| b).collect();
+    assert_eq!(to_user_00.last(), Some(&serde_json::json!({"a": false})), "{to_user_00:?}");
 }
