@@ -10,7 +10,7 @@
 //!   than the time those pauses cover (the union of [answer, answer + 1 s] over every 429,
 //!   printed as the pause cost); it should not take much more.
 //! - `--mode bucket`: the stand-in lets `--limit` requests a second through a token bucket
-//!   (holding a second's tokens) and answers 429 (`Retry-After: 1`) when it is empty. The
+//!   (holding a second's tokens, or `--burst N`) and answers 429 (`Retry-After: 1`) when it is empty. The
 //!   goodput (acknowledgements a second over the delivery) should be at least 90 % of the limit
 //!   with at most 5 % of the requests answered 429. The syncer is not told the limit.
 //!
@@ -27,7 +27,11 @@ use std::time::{Duration, Instant};
 #[derive(Clone, Copy, PartialEq)]
 enum Mode {
     Random,
-    Bucket { limit: f64 },
+    /// `limit` tokens a second, at most `burst` held.
+    Bucket {
+        limit: f64,
+        burst: f64,
+    },
 }
 
 struct Options {
@@ -76,13 +80,14 @@ fn main() {
 
 fn options() -> Options {
     let mut o = Options { mode: Mode::Random, members: 0, concurrency: 16, latency: Duration::from_millis(1), runs: 1 };
-    let (mut mode, mut limit) = ("random".to_string(), 200.0);
+    let (mut mode, mut limit, mut burst) = ("random".to_string(), 200.0, None);
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
         let mut value = || args.next().unwrap_or_else(|| panic!("{a} needs a value"));
         match a.as_str() {
             "--mode" => mode = value(),
             "--limit" => limit = value().parse().expect("--limit N"),
+            "--burst" => burst = Some(value().parse().expect("--burst N")),
             "--members" => o.members = value().parse().expect("--members N"),
             "--concurrency" => o.concurrency = value().parse().expect("--concurrency N"),
             "--latency-ms" => o.latency = Duration::from_millis(value().parse().expect("--latency-ms MS")),
@@ -92,14 +97,14 @@ fn options() -> Options {
     }
     o.mode = match mode.as_str() {
         "random" => Mode::Random,
-        "bucket" => Mode::Bucket { limit },
+        "bucket" => Mode::Bucket { limit, burst: burst.unwrap_or(limit) },
         other => panic!("unknown mode {other}"),
     };
     if o.members == 0 {
         // Random: the 500 users. Bucket: half a minute's worth at the limit.
         o.members = match o.mode {
             Mode::Random => 500,
-            Mode::Bucket { limit } => (limit * 30.0) as usize,
+            Mode::Bucket { limit, .. } => (limit * 30.0) as usize,
         };
     }
     o
@@ -135,10 +140,13 @@ fn run(o: &Options) -> Vec<f64> {
         .arg("--config")
         .arg(dir.path().join("config.toml"))
         .arg("sync")
-        .env("RUST_LOG", "error")
+        .env("RUST_LOG", std::env::var("BENCH_RUST_LOG").unwrap_or_else(|_| "error".into()))
         .output()
         .unwrap_or_else(|e| panic!("cannot run {}: {e} (build it with cargo build --release)", binary.display()));
     let pass = started.elapsed().as_secs_f64();
+    if std::env::var_os("BENCH_RUST_LOG").is_some() {
+        eprint!("{}", String::from_utf8_lossy(&out.stderr));
+    }
     if !out.status.success() {
         // At random, a row may fail all its retries (0.2^6 a row): the figures still stand.
         println!("  sync left rows pending: {}", String::from_utf8_lossy(&out.stdout).trim());
@@ -163,7 +171,7 @@ fn run(o: &Options) -> Vec<f64> {
             );
             vec![pass, cost, pass - cost]
         }
-        Mode::Bucket { limit } => {
+        Mode::Bucket { limit, .. } => {
             let goodput = o.members as f64 / busy;
             let share = 100.0 * seen.throttled as f64 / seen.requests as f64;
             println!(
@@ -266,9 +274,9 @@ fn answer(mode: Mode, now: Instant, s: &mut Seen) -> u16 {
             x if x < 0.20 => 500,
             _ => 200,
         },
-        Mode::Bucket { limit } => {
-            let since = s.filled.map_or(1.0, |f| (now - f).as_secs_f64());
-            s.tokens = (s.tokens + since * limit).min(limit);
+        Mode::Bucket { limit, burst } => {
+            let since = s.filled.map_or(burst / limit, |f| (now - f).as_secs_f64());
+            s.tokens = (s.tokens + since * limit).min(burst);
             s.filled = Some(now);
             if s.tokens >= 1.0 {
                 s.tokens -= 1.0;
