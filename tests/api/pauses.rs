@@ -378,3 +378,43 @@ async fn a_retry_stopped_before_it_went_out_still_counts_the_attempt_that_did() 
     let to_user_00: Vec<Value> = edge.received().into_iter().filter(|(u, _)| u == "user-00").map(|(_, b)| b).collect();
     assert_eq!(to_user_00.last(), Some(&serde_json::json!({"a": false})), "{to_user_00:?}");
 }
+
+/// Pass B's exit of user-00 is answered 500 once user-01's exit got a 429 (`Retry-After: 30`);
+/// every other request is acknowledged.
+fn an_exit_500_behind_a_pause(user: &str, n: usize) -> Answer {
+    match (user, n) {
+        ("user-00", 1) => Answer::Held(500),
+        ("user-01", 1) => Answer::Now(429, Some(30)),
+        _ => Answer::Now(200, None),
+    }
+}
+
+/// Review finding: an exit that may have landed (500, its retry stopped) left the row
+/// `desired = false, synced = true`; the user came back, `desired = synced` again, and nothing
+/// was sent, while the destination may hold `false`.
+#[tokio::test]
+async fn a_user_back_after_an_exit_that_may_have_landed_is_sent_again() {
+    let edge = ScriptedEdge::start(an_exit_500_behind_a_pause);
+    let app = TestApp::contentstack_at(&edge.uri, 2, "", &audience("A", "a.csv"));
+    let users: Vec<String> = (0..20).map(|i| format!("user-{i:02}")).collect();
+    let all: Vec<&str> = users.iter().map(String::as_str).collect();
+    app.write("a.csv", &csv_users(&all));
+    assert_success(&app.sync(&[]).await);
+    app.write("a.csv", &csv_users(&all[2..]));
+    let mut sync = app.command(&["sync"]);
+    sync.env("RUST_LOG", "audience_sync=debug").stdout(Stdio::null()).stderr(Stdio::piped());
+    let mut child = sync.spawn().unwrap();
+    let lines = stderr_lines(&mut child);
+    wait_for_line(&lines, "destination throttled");
+    edge.release();
+    wait_for_line(&lines, "retrying");
+    terminate(&child);
+    wait_exit(&mut child, 10).await;
+
+    let back: Vec<&str> = all.iter().copied().filter(|u| *u != "user-01").collect();
+    app.write("a.csv", &csv_users(&back));
+    assert_success(&app.sync(&[]).await);
+    let to_user_00: Vec<Value> = edge.received().into_iter().filter(|(u, _)| u == "user-00").map(|(_, b)| b).collect();
+    assert_eq!(to_user_00.len(), 3, "entry, exit (500), entry again: {to_user_00:?}");
+    assert_eq!(to_user_00.last(), Some(&serde_json::json!({"a": true})), "{to_user_00:?}");
+}

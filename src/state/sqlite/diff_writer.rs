@@ -91,12 +91,15 @@ impl DiffWriter {
 }
 
 /// An upsert of the rows `values`. A new desired value is a new delivery: its attempts and error
-/// start afresh.
+/// start afresh. A row whose last value may have landed unacknowledged (`first_sent_at`) no
+/// longer knows what the destination holds: `synced` goes, so the row is pending even when the
+/// new value is the one last acknowledged (a user back after an exit that may have landed).
 fn upsert_sql(values: &str) -> String {
     format!(
         "INSERT INTO memberships (computation_key, user_id, desired, updated_at) VALUES {values} \
          ON CONFLICT (computation_key, user_id) DO UPDATE SET desired = excluded.desired, \
-         updated_at = excluded.updated_at, attempts = 0, last_error = NULL, quarantined_at = NULL"
+         updated_at = excluded.updated_at, attempts = 0, last_error = NULL, quarantined_at = NULL, \
+         synced = CASE WHEN memberships.first_sent_at IS NULL THEN memberships.synced END"
     )
 }
 
