@@ -352,15 +352,9 @@ fn wait_for_line(lines: &std::sync::mpsc::Receiver<String>, needle: &str) {
     }
 }
 
-/// Review finding: a retry that never went out (the destination paused, then SIGTERM) left its
-/// row without an outcome, though the first attempt, answered 500, may have landed: the row was
-/// not marked sent, and when the user left before the next pass, no exit was sent.
-#[tokio::test]
-async fn a_retry_stopped_before_it_went_out_still_counts_the_attempt_that_did() {
-    let edge = ScriptedEdge::start(a_500_behind_a_pause);
-    let app = TestApp::contentstack_at(&edge.uri, 2, "", &audience("A", "a.csv"));
-    let users: Vec<String> = (0..20).map(|i| format!("user-{i:02}")).collect();
-    app.write("a.csv", &csv_users(&users.iter().map(String::as_str).collect::<Vec<_>>()));
+/// Runs `sync` on `edge` (scripted with a held 500 behind a 429 pause), releases the 500 once the
+/// pause began, and sends SIGTERM once the retry of the row answered 500 asks for its turn.
+async fn sync_stopped_while_a_retry_waits_out_a_pause(app: &TestApp, edge: &ScriptedEdge) {
     let mut sync = app.command(&["sync"]);
     sync.env("RUST_LOG", "audience_sync=debug").stdout(Stdio::null()).stderr(Stdio::piped());
     let mut child = sync.spawn().unwrap();
@@ -371,6 +365,18 @@ async fn a_retry_stopped_before_it_went_out_still_counts_the_attempt_that_did() 
     wait_for_line(&lines, "retrying");
     terminate(&child);
     wait_exit(&mut child, 10).await;
+}
+
+/// Review finding: a retry that never went out (the destination paused, then SIGTERM) left its
+/// row without an outcome, though the first attempt, answered 500, may have landed: the row was
+/// not marked sent, and when the user left before the next pass, no exit was sent.
+#[tokio::test]
+async fn a_retry_stopped_before_it_went_out_still_counts_the_attempt_that_did() {
+    let edge = ScriptedEdge::start(a_500_behind_a_pause);
+    let app = TestApp::contentstack_at(&edge.uri, 2, "", &audience("A", "a.csv"));
+    let users: Vec<String> = (0..20).map(|i| format!("user-{i:02}")).collect();
+    app.write("a.csv", &csv_users(&users.iter().map(String::as_str).collect::<Vec<_>>()));
+    sync_stopped_while_a_retry_waits_out_a_pause(&app, &edge).await;
     assert_eq!(edge.received().iter().filter(|(u, _)| u == "user-00").count(), 1, "the retry never went out");
 
     app.write("a.csv", &csv_users(&users[1..].iter().map(String::as_str).collect::<Vec<_>>()));
@@ -401,15 +407,7 @@ async fn a_user_back_after_an_exit_that_may_have_landed_is_sent_again() {
     app.write("a.csv", &csv_users(&all));
     assert_success(&app.sync(&[]).await);
     app.write("a.csv", &csv_users(&all[2..]));
-    let mut sync = app.command(&["sync"]);
-    sync.env("RUST_LOG", "audience_sync=debug").stdout(Stdio::null()).stderr(Stdio::piped());
-    let mut child = sync.spawn().unwrap();
-    let lines = stderr_lines(&mut child);
-    wait_for_line(&lines, "destination throttled");
-    edge.release();
-    wait_for_line(&lines, "retrying");
-    terminate(&child);
-    wait_exit(&mut child, 10).await;
+    sync_stopped_while_a_retry_waits_out_a_pause(&app, &edge).await;
 
     let back: Vec<&str> = all.iter().copied().filter(|u| *u != "user-01").collect();
     app.write("a.csv", &csv_users(&back));
