@@ -10,9 +10,9 @@ type LeftWindow = (String, String, String, Option<String>, Option<String>);
 
 impl Store {
     /// Settles what a process that died mid-delivery left of `key`: in each of its windows
-    /// (`sending_windows`), the never-acknowledged pending rows may have reached the
-    /// destination, so they are marked `first_sent_at` (the diff then tells a leaving user
-    /// `false` instead of forgetting them), a first sync's users not in the state get such a
+    /// (`sending_windows`), the unacknowledged pending rows may have reached the destination,
+    /// so they are marked `first_sent_at` (the diff then tells a leaving user `false` instead of
+    /// forgetting them, and re-sends a value that came back to the one last acknowledged), a first sync's users not in the state get such a
     /// row (from its queue, so call it before dropping that), and the windows are dropped.
     /// Call it holding the computation's lease, before its diff. Returns how many rows were marked.
     pub async fn settle_sending_windows(&self, key: &str) -> anyhow::Result<u64> {
@@ -70,7 +70,7 @@ impl Store {
             marked += sqlx::query(
                 "UPDATE memberships SET first_sent_at = ?4 \
                  WHERE computation_key = ?1 AND user_id > ?2 AND user_id <= ?3 \
-                 AND desired IS NOT synced AND synced_at IS NULL AND first_sent_at IS NULL",
+                 AND desired IS NOT synced AND first_sent_at IS NULL",
             )
             .bind(key)
             .bind(after)
