@@ -156,8 +156,8 @@ impl Segment {
             .collect()
     }
 
-    /// Encodes every row, packs the events into batches within Segment's limits, and sends the
-    /// batches in turn. A row is acknowledged when every batch holding one of its events was.
+    /// Encodes every row, packs the events into batches within Segment's limits (a row's events
+    /// in one), and sends the batches in turn.
     pub async fn send(&self, updates: &[UserUpdate], patience: &Patience<'_>) -> RowResults {
         let rows: Vec<(&str, &PendingValue)> =
             updates.iter().flat_map(|u| u.values.iter().map(move |v| (u.user_id.as_str(), v))).collect();
@@ -198,19 +198,22 @@ impl Segment {
     }
 }
 
-/// Splits events into batches of at most `MAX_BATCH_EVENTS` events and `MAX_BATCH_BYTES` bytes.
+/// Splits events into batches of at most `MAX_BATCH_EVENTS` events and `MAX_BATCH_BYTES` bytes,
+/// never between two events of one row (they come together): a row goes out whole or not at
+/// all, so one batch acknowledged and the next never sent cannot leave it half told and taken
+/// for never sent.
 pub fn pack(events: &[(usize, Vec<u8>)]) -> Vec<&[(usize, Vec<u8>)]> {
     let mut batches = Vec::new();
-    let mut start = 0;
-    let mut bytes = BATCH_OVERHEAD;
-    for (i, (_, e)) in events.iter().enumerate() {
-        let count = i - start;
-        if count > 0 && (count + 1 > MAX_BATCH_EVENTS || bytes + 1 + e.len() > MAX_BATCH_BYTES) {
-            batches.push(&events[start..i]);
-            start = i;
-            bytes = BATCH_OVERHEAD;
+    let (mut start, mut at, mut bytes) = (0, 0, BATCH_OVERHEAD);
+    for row in events.chunk_by(|a, b| a.0 == b.0) {
+        let row_bytes: usize = row.iter().map(|(_, e)| e.len() + 1).sum();
+        let count = at - start;
+        if count > 0 && (count + row.len() > MAX_BATCH_EVENTS || bytes + row_bytes > MAX_BATCH_BYTES) {
+            batches.push(&events[start..at]);
+            (start, bytes) = (at, BATCH_OVERHEAD);
         }
-        bytes += e.len() + 1;
+        bytes += row_bytes;
+        at += row.len();
     }
     if start < events.len() {
         batches.push(&events[start..]);
@@ -248,6 +251,18 @@ mod tests {
         }
         assert_eq!(batches.iter().map(|b| b.len()).sum::<usize>(), 40);
         assert_eq!(batches[0].len(), 15);
+    }
+
+    #[test]
+    fn packing_keeps_a_rows_events_in_one_batch() {
+        // Row 0 has one event, every other row two: a cut at 2,500 events would split row 1250.
+        let events: Vec<(usize, Vec<u8>)> = (0..3000usize).map(|i| (i.div_ceil(2), vec![b'x'; 10])).collect();
+        let batches = pack(&events);
+        assert_eq!(batches[0].len(), 2499);
+        for pair in batches.windows(2) {
+            assert_ne!(pair[0].last().unwrap().0, pair[1][0].0, "a row split between two batches");
+        }
+        assert_eq!(batches.iter().map(|b| b.len()).sum::<usize>(), 3000);
     }
 
     #[test]

@@ -130,6 +130,29 @@ async fn many_users_are_packed_into_full_batches_within_both_limits() {
     assert_eq!(events(&server).await.len(), 3000);
 }
 
+/// Review finding: with `events = "both"` a batch could end between a row's identify and its
+/// track; the first acknowledged and the next never sent (shutdown, a pause past the budget),
+/// the row came back "never sent" though its identify had landed, and was forgotten.
+#[tokio::test]
+async fn a_rows_events_travel_in_one_batch() {
+    let server = segment_server(Duration::ZERO).await;
+    let app = TestApp::segment(&server, "events = \"both\"\n", &audience("A", "a.csv"));
+    let ids: Vec<String> = (0..3000).map(|i| format!("u{i}")).collect();
+    app.write("a.csv", &csv_users(&ids.iter().map(String::as_str).collect::<Vec<_>>()));
+    assert_success(&app.sync(&[]).await);
+    let batches = batches(&server).await;
+    assert!(batches.len() > 1, "the events fill more than one batch");
+    let mut batch_of: HashMap<String, usize> = HashMap::new();
+    for (n, batch) in batches.iter().enumerate() {
+        for event in batch {
+            let user = event["userId"].as_str().unwrap().to_string();
+            let first = *batch_of.entry(user.clone()).or_insert(n);
+            assert_eq!(first, n, "{user}'s identify and track are in batches {first} and {n}");
+        }
+    }
+    assert_eq!(batch_of.len(), 3000);
+}
+
 #[tokio::test]
 async fn batches_split_by_bytes() {
     let server = segment_server(Duration::ZERO).await;
