@@ -58,7 +58,7 @@ type Again = (PendingRow, DeliveryError);
 
 /// Sends one call, re-sending the rows whose failure is transient. Returns an outcome per row
 /// sent and the computation key of each row re-sent (once per retry); a row never sent (delivery
-/// halted before its turn) has no outcome and stays pending as it was.
+/// halted before its first turn) has no outcome and stays pending as it was.
 /// Every wait, the pacer's and the retries', ends at once when `halt` is cancelled.
 pub async fn send_with_retries(
     destination: &Destination,
@@ -72,9 +72,10 @@ pub async fn send_with_retries(
     let mut retried = Vec::new();
     let mut todo = call;
     let mut attempt = 0;
+    let mut last_errors = LastErrors::new();
     loop {
         let results = destination.send(&todo, &patience).await;
-        let again = sort_answers(todo, results, attempt, halt, &mut outcomes);
+        let again = sort_answers(todo, results, &last_errors, halt, &mut outcomes);
         if again.is_empty() {
             break;
         }
@@ -95,20 +96,30 @@ pub async fn send_with_retries(
         tracing::debug!(rows = again.len(), delay_ms = delay.as_millis() as u64, attempt, "retrying");
         attempt += 1;
         retried.extend(again.iter().map(|(row, _)| row.value.key.clone()));
+        last_errors =
+            again.iter().map(|(row, e)| (row_id(row), format!("{} (retry {attempt} not sent", e.message))).collect();
         todo = super::group_by_user(again.into_iter().map(|(row, _)| row));
     }
     (outcomes, retried)
 }
 
-/// Answers of `todo`, sent for the `attempt`th time (from 0), into `outcomes` (acknowledged or
-/// permanent), the rows to retry (returned), and the rows the pacer refused, after halting
-/// delivery with its reason. A refused retry is a failed outcome: an earlier attempt may have
-/// landed, and the state must know the row was sent. A row refused on its first attempt was
-/// never sent and gets none: it stays pending as it was.
+/// The rows of a retry, by (user, computation), and the error their last attempt got, worded
+/// for a retry that never went out.
+type LastErrors = std::collections::HashMap<(String, String), String>;
+
+fn row_id(row: &PendingRow) -> (String, String) {
+    (row.user_id.clone(), row.value.key.clone())
+}
+
+/// Answers of `todo` into `outcomes` (acknowledged or permanent), the rows to retry (returned),
+/// and the rows the pacer refused, after halting delivery with its reason. A refused retry (a
+/// row of `last_errors`) is a failed outcome with its last error: that attempt may have landed,
+/// and the state must know the row was sent. A row refused on its first attempt was never sent
+/// and gets none: it stays pending as it was.
 fn sort_answers(
     todo: Vec<UserUpdate>,
     results: RowResults,
-    attempt: u32,
+    last_errors: &LastErrors,
     halt: &Halt,
     outcomes: &mut Vec<Outcome>,
 ) -> Vec<Again> {
@@ -125,9 +136,8 @@ fn sort_answers(
                 Err(e) if e.failure == Failure::Permanent => outcomes.push(row.answered(Some(e.message))),
                 Err(e) if e.failure == Failure::Unsent => {
                     halt.halt(&e.message);
-                    if attempt > 0 {
-                        outcomes
-                            .push(row.answered(Some(format!("retry not sent: {} (after {attempt} tries)", e.message))));
+                    if let Some(last) = last_errors.get(&row_id(&row)) {
+                        outcomes.push(row.answered(Some(format!("{last}: {})", e.message))));
                     }
                 }
                 Err(e) => again.push((row, e)),

@@ -378,6 +378,11 @@ async fn a_retry_stopped_before_it_went_out_still_counts_the_attempt_that_did() 
     app.write("a.csv", &csv_users(&users.iter().map(String::as_str).collect::<Vec<_>>()));
     sync_stopped_while_a_retry_waits_out_a_pause(&app, &edge).await;
     assert_eq!(edge.received().iter().filter(|(u, _)| u == "user-00").count(), 1, "the retry never went out");
+    let error: String = sqlx::query_scalar("SELECT last_error FROM memberships WHERE user_id = 'user-00'")
+        .fetch_one(&app.db().await)
+        .await
+        .unwrap();
+    assert!(error.contains("500") && error.contains("(retry 1 not sent: delivery stopped)"), "{error}");
 
     app.write("a.csv", &csv_users(&users[1..].iter().map(String::as_str).collect::<Vec<_>>()));
     assert_success(&app.sync(&[]).await);
