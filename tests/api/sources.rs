@@ -188,6 +188,29 @@ async fn sqlite_queries_with_and_without_value() {
     );
 }
 
+/// The query is read through one that bounds its fields; a column SQLite declares BOOLEAN
+/// (stored as an integer) still gives booleans, and a trailing `;` or comment is fine.
+#[tokio::test]
+async fn a_sqlite_boolean_column_gives_booleans_through_the_bounded_query() {
+    let edge = contentstack_server().await;
+    let app = app_with(&edge, "").await;
+    let url = format!("sqlite://{}", app.path("flags.db").display());
+    let db = rusqlite::Connection::open(app.path("flags.db")).unwrap();
+    db.execute_batch("CREATE TABLE flags (id TEXT, vip BOOLEAN); INSERT INTO flags VALUES ('u1', 1), ('u2', 0);")
+        .unwrap();
+    let config = std::fs::read_to_string(app.config_path()).unwrap();
+    let query = "SELECT id AS user_id, vip AS value FROM flags; -- the VIPs";
+    let trait_ = format!(
+        "[[computed_trait]]\nname = \"Vip\"\nsource = {{ type = \"sql\", url = \"{url}\", query = \"{query}\" }}\n"
+    );
+    app.write("config.toml", &format!("{config}{trait_}"));
+    assert_success(&app.sync(&[]).await);
+    assert_eq!(
+        sorted(received(&edge).await),
+        vec![("u1".into(), json!({"vip": true})), ("u2".into(), json!({"vip": false}))]
+    );
+}
+
 #[tokio::test]
 async fn a_broken_query_fails_with_the_database_message() {
     let edge = contentstack_server().await;
