@@ -41,7 +41,6 @@ impl AttributeManager {
         http: &HttpConfig,
         metrics: DestinationMetrics,
     ) -> anyhow::Result<AttributeManager> {
-        let base = config.management_api_base_url.as_str().trim_end_matches('/');
         let mut authorization = HeaderValue::from_str(&format!("Bearer {}", config.token.expose()))
             .map_err(|_| anyhow::anyhow!("the management token cannot be sent as a header"))?;
         authorization.set_sensitive(true);
@@ -51,8 +50,8 @@ impl AttributeManager {
             ..http.clone()
         };
         Ok(AttributeManager {
-            http: HttpSender::new(&http, metrics)?.scrubbing(&[config.token.expose()]),
-            url: reqwest::Url::parse(&format!("{base}/attributes"))?,
+            http: HttpSender::new(&http, &config.management_api_base_url, metrics)?.scrubbing(&[config.token.expose()]),
+            url: super::endpoint(&config.management_api_base_url, &["attributes"])?,
             authorization,
             project_uid: project_uid.to_string(),
             organization_uid: config.organization_uid.clone(),

@@ -31,8 +31,7 @@ struct Direct {
 
 impl Contentstack {
     pub fn new(config: &ContentstackConfig, metrics: &Metrics) -> anyhow::Result<Contentstack> {
-        let base = config.edge_api_base_url.as_str().trim_end_matches('/');
-        let url = reqwest::Url::parse(&format!("{base}/user-attributes"))?;
+        let url = super::endpoint(&config.edge_api_base_url, &["user-attributes"])?;
         let project_uid = HeaderValue::from_str(&config.project_uid)
             .map_err(|_| anyhow::anyhow!("destination.project_uid cannot be sent as a header"))?;
         let attributes = match &config.attributes {
@@ -52,7 +51,7 @@ impl Contentstack {
             })
         };
         Ok(Contentstack {
-            http: HttpSender::new(&config.http, metrics.destination("contentstack"))?,
+            http: HttpSender::new(&config.http, &config.edge_api_base_url, metrics.destination("contentstack"))?,
             url,
             direct,
             project_uid,

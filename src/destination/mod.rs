@@ -17,6 +17,7 @@ pub use crate::change::PendingValue;
 use crate::config;
 use crate::http::HttpError;
 use crate::metrics::Metrics;
+use crate::redact::redact_url;
 
 /// What the destinations' signatures carry: how long a request may wait, what kind of failure.
 pub use crate::http::{Failure, Patience};
@@ -38,6 +39,19 @@ impl UserUpdate {
     pub fn traits(&self) -> Result<BTreeMap<&str, &RawValue>, DeliveryError> {
         self.values.iter().map(|v| Ok((v.key.as_str(), raw_json(v)?))).collect()
     }
+}
+
+/// The URL of `path` under a destination's configured `base`: appended to its path, keeping its
+/// query; without userinfo, which the destinations never send (credentials go in headers).
+pub fn endpoint(base: &url::Url, path: &[&str]) -> anyhow::Result<url::Url> {
+    let mut url = base.clone();
+    let _ = url.set_username("");
+    let _ = url.set_password(None);
+    url.path_segments_mut()
+        .map_err(|_| anyhow::anyhow!("{} cannot take a path", redact_url(base.as_str())))?
+        .pop_if_empty()
+        .extend(path);
+    Ok(url)
 }
 
 /// A stored value as raw JSON, for serializing without re-encoding.
@@ -135,5 +149,24 @@ impl Destination {
             Destination::Contentstack(c) => c.attributes(),
             Destination::Segment(_) | Destination::File(_) => None,
         }
+    }
+}
+
+#[cfg(test)]
+mod endpoint_tests {
+    use super::endpoint;
+
+    fn at(base: &str, path: &[&str]) -> String {
+        endpoint(&url::Url::parse(base).unwrap(), path).unwrap().to_string()
+    }
+
+    #[test]
+    fn the_path_goes_before_the_query_and_userinfo_is_never_sent() {
+        assert_eq!(
+            at("http://user:pw@127.0.0.1:9/seg/?region=eu", &["v1", "batch"]),
+            "http://127.0.0.1:9/seg/v1/batch?region=eu"
+        );
+        assert_eq!(at("https://api.segment.io", &["v1", "batch"]), "https://api.segment.io/v1/batch");
+        assert_eq!(at("http://h/base?token=t", &["user-attributes"]), "http://h/base/user-attributes?token=t");
     }
 }

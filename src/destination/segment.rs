@@ -70,25 +70,14 @@ struct Personas<'a> {
 /// `{endpoint}/v1/batch`, a query the endpoint holds kept after the path. The write key is the
 /// credential: userinfo in the endpoint is dropped, never sent (reqwest would send it as Basic
 /// auth in place of the key).
-fn batch_url(endpoint: &str) -> anyhow::Result<reqwest::Url> {
-    let mut url = reqwest::Url::parse(endpoint)?;
-    let _ = url.set_username("");
-    let _ = url.set_password(None);
-    url.path_segments_mut()
-        .map_err(|_| anyhow::anyhow!("the Segment endpoint cannot take a path"))?
-        .pop_if_empty()
-        .extend(["v1", "batch"]);
-    Ok(url)
-}
-
 impl Segment {
     pub fn new(config: &SegmentConfig, metrics: &Metrics) -> anyhow::Result<Segment> {
-        let url = batch_url(config.endpoint.as_str())?;
+        let url = super::endpoint(&config.endpoint, &["v1", "batch"])?;
         let token = base64::engine::general_purpose::STANDARD.encode(format!("{}:", config.write_key.expose()));
         let mut authorization = HeaderValue::from_str(&format!("Basic {token}"))?;
         authorization.set_sensitive(true);
         Ok(Segment {
-            http: HttpSender::new(&config.http, metrics.destination("segment"))?
+            http: HttpSender::new(&config.http, &config.endpoint, metrics.destination("segment"))?
                 .scrubbing(&[config.write_key.expose(), &token]),
             url,
             authorization,
@@ -280,17 +269,5 @@ mod tests {
         assert_ne!(id, message_id("identify", "u2", &v));
         let later = PendingValue { changed_at: "2026-01-02T00:00:00.000Z".into(), ..v.clone() };
         assert_ne!(id, message_id("identify", "u1", &later));
-    }
-}
-
-#[cfg(test)]
-mod url_tests {
-    use super::batch_url;
-
-    #[test]
-    fn the_batch_path_goes_before_the_query_and_userinfo_is_never_sent() {
-        let url = batch_url("http://user:pw@127.0.0.1:9/seg/?region=eu").unwrap();
-        assert_eq!(url.as_str(), "http://127.0.0.1:9/seg/v1/batch?region=eu");
-        assert_eq!(batch_url("https://api.segment.io").unwrap().as_str(), "https://api.segment.io/v1/batch");
     }
 }

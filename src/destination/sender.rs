@@ -19,12 +19,14 @@ pub struct HttpSender {
 }
 
 impl HttpSender {
-    /// A sender whose requests are counted in `metrics`.
-    pub fn new(config: &HttpConfig, metrics: DestinationMetrics) -> anyhow::Result<HttpSender> {
+    /// A sender to the destination configured as `base`, whose requests are counted in
+    /// `metrics`; the secrets of `base` (userinfo, secret parameters) are scrubbed from answers.
+    pub fn new(config: &HttpConfig, base: &url::Url, metrics: DestinationMetrics) -> anyhow::Result<HttpSender> {
         let client = http::delivering_client(config)?;
         let in_flight = tokio::sync::Semaphore::new(config.concurrency);
         let pacer = Pacer::new(config.max_requests_per_second).reporting_to(metrics.rate());
-        Ok(HttpSender { client, pacer, in_flight, secrets: Vec::new(), metrics })
+        let secrets = crate::redact::url_secrets(base);
+        Ok(HttpSender { client, pacer, in_flight, secrets, metrics })
     }
 
     /// The same sender, scrubbing `secrets` (and their trailing-padding-free forms) from the

@@ -147,7 +147,7 @@ fn state_text(app: &TestApp) -> Vec<String> {
 
 /// Fails naming each canary found in `text`, and where.
 fn assert_no_canary(what: &str, text: &str) {
-    let leaked: Vec<String> = (1..=22).map(canary).filter(|c| text.contains(c.as_str())).collect();
+    let leaked: Vec<String> = (1..=24).map(canary).filter(|c| text.contains(c.as_str())).collect();
     assert!(leaked.is_empty(), "{what} holds the secrets {leaked:?}:\n{text}");
 }
 
@@ -205,6 +205,38 @@ async fn no_secret_reaches_a_log_the_output_or_the_state() {
     for (args, out) in &outputs {
         assert!(!stdout(out).contains(basic) && !stderr(out).contains(basic), "Basic credentials in {args}");
     }
+}
+
+/// Review finding: a destination URL's secret parameter, echoed by its server's error page,
+/// reached the state, the summaries and the logs (only the write key and the management token
+/// were scrubbed from answers); and Contentstack appended its path after the base URL's query.
+#[tokio::test]
+async fn a_destination_urls_secrets_echoed_back_are_scrubbed() {
+    let edge = MockServer::start().await;
+    Mock::given(method("PATCH")).respond_with(echo_credentials).mount(&edge).await;
+    let base = format!("{}/base?token={}", edge.uri(), canary(23));
+    let cs = TestApp::contentstack_at(&base, 2, "", &audience("Good", "g.csv"));
+    let segment = MockServer::start().await;
+    Mock::given(method("POST")).respond_with(echo_credentials).mount(&segment).await;
+    let seg = TestApp::segment(&segment, "", &audience("Good", "g.csv"));
+    let seg = seg.replace_in_config(&segment.uri(), &format!("{}/?api_key={}", segment.uri(), canary(24)));
+    let mut outputs = Vec::new();
+    for app in [&cs, &seg] {
+        app.write("g.csv", &csv_users(&["u1"]));
+        outputs.push(run(app, &["sync"]).await);
+        outputs.push(run(app, &["--log-format", "json", "sync"]).await);
+        outputs.push(run(app, &["explain", "--user", "u1"]).await);
+    }
+    let paths: Vec<String> = edge.received_requests().await.unwrap().iter().map(|r| r.url.path().to_string()).collect();
+    assert!(!paths.is_empty() && paths.iter().all(|p| p == "/base/user-attributes"), "{paths:?}");
+    assert!(!segment.received_requests().await.unwrap().is_empty());
+    for out in &outputs {
+        assert!(stdout(out).contains("HTTP 400"), "the error is still shown:\n{}", stdout(out));
+        assert_no_canary("stdout", &stdout(out));
+        assert_no_canary("stderr", &stderr(out));
+    }
+    assert_no_canary("the Contentstack app's state", &state_text(&cs).join("\n"));
+    assert_no_canary("the Segment app's state", &state_text(&seg).join("\n"));
 }
 
 /// Issue 13.12: logs written to a file or a pipe carry no colour codes.
