@@ -258,3 +258,38 @@ async fn a_user_back_after_a_kill_during_their_exit_is_sent_again() {
     assert_success(&app.sync(&[]).await);
     assert_eq!(received(&server).await, vec![("user-00".to_string(), serde_json::json!({"a": true}))]);
 }
+
+/// Review finding: a first sync whose lease was taken over by a process that went on to write
+/// the same users' rows failed on "UNIQUE constraint failed" (the lease was checked only after
+/// the transaction's writes), reported as a state failure instead of the lost lease.
+#[tokio::test]
+async fn a_first_sync_overtaken_by_the_new_holders_rows_reports_its_lost_lease() {
+    let (server, app) = big_audience_on_a_slow_destination().await;
+    let mut child = app.command(&["sync"]).stderr(std::process::Stdio::piped()).spawn().unwrap();
+    wait_until(60, "a quarter of the members to be sent", || async {
+        server.received_requests().await.unwrap().len() >= MEMBERS / 4
+    })
+    .await;
+    let rw = sqlx::SqlitePool::connect(&format!("sqlite://{}", app.path("state.db").display())).await.unwrap();
+    let mut tx = rw.begin().await.unwrap();
+    sqlx::query("UPDATE leases SET owner = 'thief', process = NULL, expires_at = '2999-01-01T00:00:00.000Z'")
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+    // What the new holder's own first sync writes: every member's row.
+    for i in 0..MEMBERS {
+        sqlx::query(
+            "INSERT OR IGNORE INTO memberships (computation_key, user_id, desired, updated_at) \
+             VALUES ('big', ?1, 'true', '2026-01-01T00:00:00.000Z')",
+        )
+        .bind(format!("user-{i:04}"))
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+    }
+    tx.commit().await.unwrap();
+
+    assert!(!wait_exit(&mut child, 30).await.success(), "the pass ran on without its lease");
+    let err = stderr(&child.wait_with_output().unwrap());
+    assert!(err.contains("lost the lease of big") && !err.contains("UNIQUE"), "{err}");
+}

@@ -97,6 +97,7 @@ impl AnswerWriter {
     fn insert_window(&mut self, keys: &[String], after: &str, last: &str) -> anyhow::Result<Vec<i64>> {
         let at = now();
         let tx = rusqlite::Transaction::new(&mut self.db, rusqlite::TransactionBehavior::Immediate)?;
+        super::leases::hold(&tx, self.lease.as_ref(), false)?;
         let mut ids = Vec::with_capacity(keys.len());
         {
             let mut note = tx.prepare_cached(
@@ -107,7 +108,6 @@ impl AnswerWriter {
                 ids.push(tx.last_insert_rowid());
             }
         }
-        super::leases::hold(&tx, self.lease.as_ref(), false)?;
         tx.commit()?;
         Ok(ids)
     }
@@ -121,6 +121,9 @@ impl AnswerWriter {
     pub fn record(&mut self, calls: &[Vec<Outcome>], answered: &[i64]) -> anyhow::Result<Vec<String>> {
         let at = now();
         let tx = rusqlite::Transaction::new(&mut self.db, rusqlite::TransactionBehavior::Immediate)?;
+        // First: once another process holds the lease, its rows may clash with these writes,
+        // and the error must be the lost lease.
+        super::leases::hold(&tx, self.lease.as_ref(), false)?;
         let mut quarantined = Vec::new();
         for call in calls {
             let (new, known): (Vec<&Outcome>, Vec<&Outcome>) =
@@ -146,7 +149,6 @@ impl AnswerWriter {
                 drop_window.execute([id])?;
             }
         }
-        super::leases::hold(&tx, self.lease.as_ref(), false)?;
         tx.commit()?;
         self.commits += 1;
         self.answers += calls.iter().map(Vec::len).sum::<usize>();
