@@ -395,7 +395,8 @@ async fn finish(
     let delivery = delivered.per_key.get(&key).cloned().unwrap_or_default();
     let pending = pending.get(&key).copied().unwrap_or(0) + unsent;
     let status = if pending == 0 { RunStatus::Ok } else { RunStatus::Incomplete };
-    if status == RunStatus::Ok && mode == Mode::Initial {
+    // A resync completes a first sync it finished as well as one that ran before.
+    if status == RunStatus::Ok && mode != Mode::Delta {
         store.mark_initial_sync_done(&key).await?;
     }
     let counts = RunCounts {

@@ -293,3 +293,16 @@ async fn a_first_sync_overtaken_by_the_new_holders_rows_reports_its_lost_lease()
     let err = stderr(&child.wait_with_output().unwrap());
     assert!(err.contains("lost the lease of big") && !err.contains("UNIQUE"), "{err}");
 }
+
+/// Review finding: a `resync` that finished a killed first sync left the computation marked as
+/// never having completed one, so the next pass was recorded (and shown) as an initial sync.
+#[tokio::test]
+async fn a_resync_that_finishes_a_killed_first_sync_completes_it() {
+    let (server, app) = big_audience_on_a_slow_destination().await;
+    sync_killed_mid_delivery(&server, &app).await;
+    assert_success(&app.run(&["resync", "--audience", "big"]).await);
+    assert_success(&app.sync(&[]).await);
+    let db = app.db().await;
+    let modes: Vec<String> = sqlx::query_scalar("SELECT mode FROM sync_runs ORDER BY id").fetch_all(&db).await.unwrap();
+    assert_eq!(modes, ["initial", "resync", "delta"]);
+}
