@@ -161,17 +161,24 @@ async fn a_killed_first_sync_invalidates_the_fingerprint_of_an_earlier_empty_sna
     assert_eq!(modes, ["initial", "initial", "delta"]);
 }
 
-/// Issue 13.3: a holder whose lease another process took (its renewal stalled behind a lock,
-/// say) stops before its next write instead of running on beside the new holder.
-#[tokio::test]
-async fn a_pass_whose_lease_was_taken_over_stops_before_its_next_write() {
+/// A `sync` of the big audience, its stderr piped, once a quarter of the members were sent; and
+/// a connection to its state, for the test to play another process.
+async fn a_sync_a_quarter_through() -> (MockServer, TestApp, std::process::Child, sqlx::SqlitePool) {
     let (server, app) = big_audience_on_a_slow_destination().await;
-    let mut child = app.command(&["sync"]).stderr(std::process::Stdio::piped()).spawn().unwrap();
+    let child = app.command(&["sync"]).stderr(std::process::Stdio::piped()).spawn().unwrap();
     wait_until(60, "a quarter of the members to be sent", || async {
         server.received_requests().await.unwrap().len() >= MEMBERS / 4
     })
     .await;
     let rw = sqlx::SqlitePool::connect(&format!("sqlite://{}", app.path("state.db").display())).await.unwrap();
+    (server, app, child, rw)
+}
+
+/// Issue 13.3: a holder whose lease another process took (its renewal stalled behind a lock,
+/// say) stops before its next write instead of running on beside the new holder.
+#[tokio::test]
+async fn a_pass_whose_lease_was_taken_over_stops_before_its_next_write() {
+    let (server, _app, mut child, rw) = a_sync_a_quarter_through().await;
     sqlx::query("UPDATE leases SET owner = 'thief', process = NULL, expires_at = '2999-01-01T00:00:00.000Z'")
         .execute(&rw)
         .await
@@ -264,13 +271,7 @@ async fn a_user_back_after_a_kill_during_their_exit_is_sent_again() {
 /// the transaction's writes), reported as a state failure instead of the lost lease.
 #[tokio::test]
 async fn a_first_sync_overtaken_by_the_new_holders_rows_reports_its_lost_lease() {
-    let (server, app) = big_audience_on_a_slow_destination().await;
-    let mut child = app.command(&["sync"]).stderr(std::process::Stdio::piped()).spawn().unwrap();
-    wait_until(60, "a quarter of the members to be sent", || async {
-        server.received_requests().await.unwrap().len() >= MEMBERS / 4
-    })
-    .await;
-    let rw = sqlx::SqlitePool::connect(&format!("sqlite://{}", app.path("state.db").display())).await.unwrap();
+    let (_server, _app, mut child, rw) = a_sync_a_quarter_through().await;
     let mut tx = rw.begin().await.unwrap();
     sqlx::query("UPDATE leases SET owner = 'thief', process = NULL, expires_at = '2999-01-01T00:00:00.000Z'")
         .execute(&mut *tx)
