@@ -47,6 +47,7 @@ fn main() -> ExitCode {
     let code = match runtime.block_on(audience_sync::cli::run(cli)) {
         Ok(code) => code,
         Err(e) => {
+            let e = audience_sync::state::explain_lock_wait(e);
             say(Level::ERROR, &format!("audience-sync: {e:#}"));
             ExitCode::FAILURE
         }

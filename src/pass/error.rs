@@ -38,7 +38,12 @@ impl PassError {
         if e.chain().any(|cause| cause.is::<crate::source::SnapshotError>()) {
             return PassError::Snapshot(e);
         }
-        PassError::State(e)
+        PassError::state(e)
+    }
+
+    /// The state's error `e`, said with why its lock wait ended if a shutdown ended it.
+    pub fn state(e: anyhow::Error) -> PassError {
+        PassError::State(crate::state::explain_lock_wait(e))
     }
 }
 

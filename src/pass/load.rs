@@ -36,7 +36,7 @@ pub async fn load(
     if !has_rows {
         // From the first row a first sync writes, the state is no longer what any recorded
         // fingerprint produced.
-        store.forget_snapshot_content(&c.key).await.map_err(PassError::State)?;
+        store.forget_snapshot_content(&c.key).await.map_err(PassError::state)?;
         let (counts, spooled) = first_sync::diff(config, store, c, options).await.map_err(PassError::of_load)?;
         return Ok(Loaded::FirstSync(counts, spooled));
     }
@@ -45,7 +45,7 @@ pub async fn load(
     let diffing = progress.stage(format!("{}: diff", c.key), "rows compared", None);
     let writer = {
         let (store, key) = (store.clone(), c.key.clone());
-        tokio::task::spawn_blocking(move || store.diff_writer(&key)).await.map_err(state)?.map_err(PassError::State)?
+        tokio::task::spawn_blocking(move || store.diff_writer(&key)).await.map_err(state)?.map_err(PassError::state)?
     };
     let stages = (loading, diffing);
     let differ::Diffed { counts, sink: writer, fingerprint } =
@@ -57,19 +57,19 @@ pub async fn load(
     }
     let rows = counts.snapshot_rows;
     let commit = tokio::task::spawn_blocking(move || writer.commit(fingerprint.as_ref().map(|f| (f, rows))));
-    commit.await.map_err(state)?.map_err(PassError::State)?;
+    commit.await.map_err(state)?.map_err(PassError::state)?;
     Ok(Loaded::Diffed(counts))
 }
 
 fn state(e: tokio::task::JoinError) -> PassError {
-    PassError::State(e.into())
+    PassError::state(e.into())
 }
 
 /// The row count of the last recorded diff, if the file is provably the one it read: the same
 /// size and hash. A file older than that one is refused. The file is hashed only when its size
 /// is the recorded one, and the read ends on shutdown.
 async fn unchanged(store: &Store, c: &Computation, stop: &CancellationToken) -> Result<Option<u64>, PassError> {
-    let Some((last, rows)) = store.snapshot_fingerprint(&c.key).await.map_err(PassError::State)? else {
+    let Some((last, rows)) = store.snapshot_fingerprint(&c.key).await.map_err(PassError::state)? else {
         return Ok(None);
     };
     let Some((size, modified_at)) = fingerprint::size_and_time(&c.source) else { return Ok(None) };
@@ -96,7 +96,7 @@ async fn unchanged(store: &Store, c: &Computation, stop: &CancellationToken) -> 
     if now.modified_at != last.modified_at {
         let (store, key) = (store.clone(), c.key.clone());
         let commit = tokio::task::spawn_blocking(move || store.diff_writer(&key)?.commit(Some((&now, rows))));
-        commit.await.map_err(state)?.map_err(PassError::State)?;
+        commit.await.map_err(state)?.map_err(PassError::state)?;
     }
     Ok(Some(rows))
 }

@@ -147,6 +147,7 @@ async fn run_round(
     let (passes, delivered) = match deliver(config, store, destination, passes, options).await {
         Ok(done) => done,
         Err((runs, e)) => {
+            let e = crate::state::explain_lock_wait(e);
             let message = format!("delivery stopped: {e:#}");
             for (key, mode, run_id) in runs {
                 log_failure(&key, Some(run_id), Some(mode), "state failed", &message);

@@ -17,7 +17,8 @@ pub use explain::{Delivery, DiffPass, MembershipRow, Queued, UserState};
 pub use leases::{HeldLease, LeaseLost, LeaseOwner};
 pub use runs::{Mode, RunCounts, RunStatus, Trigger};
 pub use sqlite::{
-    AnswerWriter, DiffWriter, PendingReader, QueueWriter, Store, listen_for_signals, stop_waiting_for_locks,
+    AnswerWriter, DiffWriter, PendingReader, QueueWriter, Store, explain_lock_wait, listen_for_signals,
+    stop_waiting_for_locks,
 };
 pub use status::{ComputationStatus, LastRun, ObservedComputation};
 

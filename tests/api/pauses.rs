@@ -248,7 +248,8 @@ async fn sigterm_ends_the_daemons_wait_for_the_states_lock() {
 }
 
 /// Review finding: with Contentstack, `sync` records answers on the runtime's one thread, so a
-/// lock wait there kept the signal's task from running: SIGTERM waited out the 300 s.
+/// lock wait there kept the signal's task from running: SIGTERM waited out the 300 s. Its
+/// failure then said only "database is locked".
 #[tokio::test]
 async fn sigterm_ends_a_lock_wait_on_the_thread_that_sends() {
     let server = MockServer::start().await;
@@ -276,6 +277,10 @@ async fn sigterm_ends_a_lock_wait_on_the_thread_that_sends() {
     let log = std::fs::read_to_string(app.path("stderr.log")).unwrap();
     assert!(!status.success(), "{status:?}");
     assert!(log.contains("database is locked"), "the pass met the operator's lock: {log}");
+    // Not SQLite's bare words: why the wait ended and what held the lock (issue 13).
+    let explained = "shutting down: stopped waiting for the state's write lock, held by another connection";
+    let failures: Vec<&str> = log.lines().filter(|l| l.contains("database is locked")).collect();
+    assert!(failures.iter().all(|l| l.contains(explained)), "{log}");
 }
 
 /// Review finding: the unchanged check hashed the whole file before every load, even with no

@@ -18,6 +18,10 @@ static STOPPING_SINCE: AtomicU64 = AtomicU64::new(0);
 /// How long lock waits go on once the process is stopping.
 const AFTER_STOP: Duration = Duration::from_secs(1);
 
+/// Set once a lock wait ended because the process was stopping: SQLite then says only
+/// "database is locked", which `explain_lock_wait` completes.
+static GAVE_UP_ON_STOP: AtomicBool = AtomicBool::new(false);
+
 /// Set by SIGTERM or SIGINT themselves (a signal handler, not a task): a lock wait on the
 /// runtime's one thread keeps the signal's task from ever running.
 static SIGNALLED: AtomicBool = AtomicBool::new(false);
@@ -43,6 +47,18 @@ pub fn listen_for_signals() {
     });
 }
 
+/// `e`, said with why its lock wait ended when a shutdown ended it: "database is locked" alone
+/// reads as a broken state, not as a stop while another connection (an operator's open
+/// transaction, another process's diff) held the write lock.
+pub fn explain_lock_wait(e: anyhow::Error) -> anyhow::Error {
+    let locked = e.chain().any(|cause| cause.to_string().contains("database is locked"));
+    if locked && GAVE_UP_ON_STOP.load(Ordering::Acquire) {
+        e.context("shutting down: stopped waiting for the state's write lock, held by another connection")
+    } else {
+        e
+    }
+}
+
 fn epoch_ms() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(1).max(1)
 }
@@ -55,6 +71,7 @@ pub fn try_again(count: i32) -> bool {
     }
     let since = STOPPING_SINCE.load(Ordering::Acquire);
     if since != 0 && epoch_ms().saturating_sub(since) >= AFTER_STOP.as_millis() as u64 {
+        GAVE_UP_ON_STOP.store(true, Ordering::Release);
         return false;
     }
     let (delay, waited) = schedule(count.max(0) as u32);

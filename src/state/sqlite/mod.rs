@@ -32,7 +32,7 @@ use crate::sqlite_memory::configure_sqlite;
 use crate::state::now;
 
 pub use answers::AnswerWriter;
-pub use busy::{listen_for_signals, stop_waiting_for_locks};
+pub use busy::{explain_lock_wait, listen_for_signals, stop_waiting_for_locks};
 use checkpoint::Checkpointer;
 pub use diff_writer::DiffWriter;
 pub use first_sync_queue::QueueWriter;
