@@ -12,6 +12,11 @@
 //! destination enforcing a rate limit throttles rarely. Halving once per answer, with 5 % of
 //! answers 429 at random, sank the rate to one request a second.
 //!
+//! That recovery is wrong against a limit that throttles every few requests above it (a token
+//! bucket holding a few tokens): the destination then spends most of its time paused. When
+//! throttles keep coming before the pauses between them are over, a `LimitSearch` takes over
+//! the rate: it looks for a rate below the limit and holds it (see `search`).
+//!
 //! Every wait here ends at once on `Patience::stop`, and a pause that would outlast the pass's
 //! retry budget is refused rather than waited out (DESIGN §9.9).
 
@@ -26,6 +31,12 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::answer::{Failure, HttpError};
+
+#[cfg(test)]
+mod against_stand_ins;
+mod search;
+
+use search::{LimitSearch, Step};
 
 /// Never slow below this many requests a second.
 const MIN_RATE: f64 = 1.0;
@@ -97,6 +108,8 @@ struct State {
     window_sent: u32,
     /// The rate measured over the last full second.
     last_measure: Option<f64>,
+    /// Sets the rate instead while it looks for a limit that throttles every few requests.
+    search: LimitSearch,
 }
 
 /// A request's turn: now, or at an instant given after `slowdowns` slow-downs.
@@ -124,6 +137,7 @@ impl Pacer {
                 window_start: now,
                 window_sent: 0,
                 last_measure: None,
+                search: LimitSearch::new(now),
             }),
             changed: Notify::new(),
         }
@@ -198,7 +212,11 @@ impl Pacer {
         }
         let now = Instant::now();
         let pause = retry_after.unwrap_or(DEFAULT_PAUSE);
-        s.slow_down(now, self.max_rate);
+        let current = s.current_rate(now);
+        match s.search.throttled(now, current, pause) {
+            None => s.slow_down(current, self.max_rate),
+            Some(step) => s.take(step, self.max_rate),
+        }
         self.shown.set(s.rate.unwrap_or(0.0));
         (s.paused_until, s.pause) = (now + pause, pause);
         s.next_slot = s.paused_until;
@@ -216,7 +234,18 @@ impl Pacer {
     pub fn succeeded(&self, ticket: Ticket) {
         let mut s = self.lock();
         // Never slowed down, the rate is the limit; an old answer says nothing of the new rate.
-        if s.slowdowns == 0 || ticket.slowdowns != s.slowdowns {
+        if s.slowdowns == 0 {
+            return;
+        }
+        let current = ticket.slowdowns == s.slowdowns;
+        if let Some(step) = s.search.acked(Instant::now(), current) {
+            s.take(step, self.max_rate);
+            self.shown.set(s.rate.unwrap_or(0.0));
+            drop(s);
+            self.changed.notify_waiters();
+            return;
+        }
+        if !current || s.search.holds() {
             return;
         }
         let Some(rate) = s.rate else { return };
@@ -255,22 +284,26 @@ impl State {
         Ticket { slowdowns: self.slowdowns }
     }
 
-    /// Halves the rate the destination was paced at, starting an epoch. An unpaced one is
-    /// halved from what it was measured sending. A paced one is not measured: requests waiting
-    /// out retry backoffs send below the pace, and halving that would grind the pace down.
-    fn slow_down(&mut self, now: Instant, max_rate: Option<f64>) {
+    /// The rate requests go at: a paced destination's pace, an unpaced one's measured rate. A
+    /// paced one is not measured: requests waiting out retry backoffs send below the pace, and
+    /// halving that would grind the pace down.
+    fn current_rate(&self, now: Instant) -> f64 {
         let window = now.saturating_duration_since(self.window_start);
         let measured = if window >= MEASURE_MIN {
             Some(f64::from(self.window_sent) / window.as_secs_f64())
         } else {
             self.last_measure
         };
-        let current = match (self.rate, measured) {
+        match (self.rate, measured) {
             (Some(rate), _) => rate,
             (None, Some(m)) => m,
             (None, None) => f64::from(self.window_sent) / MEASURE_MIN.as_secs_f64(),
         }
-        .max(MIN_RATE);
+        .max(MIN_RATE)
+    }
+
+    /// Halves the rate the destination went at (`current`), starting an epoch.
+    fn slow_down(&mut self, current: f64, max_rate: Option<f64>) {
         if self.rate.is_none() && max_rate.is_none() {
             self.unpaced_at = Some(current * UNPACED_AFTER);
         }
@@ -278,6 +311,20 @@ impl State {
         // each time: 429s at random would otherwise grind the rate down to nothing.
         self.ceiling = current.max(self.ceiling * CEILING_KEPT);
         self.rate = Some((current / 2.0).max(MIN_RATE));
+        self.probing_since = None;
+        self.slowdowns += 1;
+    }
+
+    /// What the limit search says, starting an epoch: a rate to hold, or back to recovering
+    /// (from half the ceiling, as after a slow-down).
+    fn take(&mut self, step: Step, max_rate: Option<f64>) {
+        let rate = match step {
+            Step::Hold(rate) => rate,
+            Step::Free => self.ceiling / 2.0,
+        };
+        let rate = max_rate.map_or(rate, |max| rate.min(max)).max(MIN_RATE);
+        tracing::debug!(requests_per_second = rate, ?step, "destination rate limit search");
+        self.rate = Some(rate);
         self.probing_since = None;
         self.slowdowns += 1;
     }
