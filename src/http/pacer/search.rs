@@ -28,8 +28,8 @@ const TRIAL_UP: Duration = Duration::from_secs(1);
 const BETTER: f64 = 1.25;
 /// What the rate served before is measured over.
 const WINDOW: Duration = Duration::from_secs(3);
-/// How long a rate is held before trying a little higher, and how long it must hold to be
-/// proven (a trial may pass on a bucket's burst and throttle later).
+/// How long a rate is held before trying a little higher; a held rate throttled after holding
+/// this long means the limit moved (sooner, that its trial passed on a burst).
 const HOLD: Duration = Duration::from_secs(30);
 /// The longest wait between tries a little higher: doubled from `HOLD` by each that failed.
 const MAX_REPROBE: Duration = Duration::from_secs(300);
@@ -142,9 +142,10 @@ pub struct LimitSearch {
     short_stretches: u32,
     next_search: Instant,
     backoff: Duration,
-    /// Where a held rate that proves too high soon goes back to: the rate held before the trial
-    /// that set it, or one held through a whole `HOLD`.
-    proven: Option<f64>,
+    /// Rates that went a whole trial without a throttle, all below the lowest refused: where a
+    /// held rate that throttles soon goes back to (its own trial passed on a bucket's burst).
+    passed: Vec<f64>,
+    /// Throttles of held rates with no rate passed below them to go back to.
     strikes: Vec<Instant>,
     /// How long a rate close to the one refused is held before trying a little higher.
     reprobe_after: Duration,
@@ -160,7 +161,7 @@ impl LimitSearch {
             short_stretches: 0,
             next_search: now,
             backoff: BACKOFF,
-            proven: None,
+            passed: Vec::new(),
             strikes: Vec::new(),
             reprobe_after: HOLD,
         }
@@ -227,7 +228,8 @@ impl LimitSearch {
     }
 
     fn give_up(&mut self, now: Instant) -> Step {
-        (self.phase, self.short_stretches, self.proven, self.reprobe_after) = (Phase::Free, 0, None, HOLD);
+        (self.phase, self.short_stretches, self.reprobe_after) = (Phase::Free, 0, HOLD);
+        self.passed.clear();
         self.strikes.clear();
         self.next_search = now + self.backoff;
         self.backoff *= 2;
@@ -242,11 +244,9 @@ impl LimitSearch {
             if served <= BETTER * served_before {
                 return self.give_up(now);
             }
-            (self.backoff, self.proven) = (BACKOFF, Some(rate));
-        } else {
-            // The rate held before: this one may have passed on a bucket's burst.
-            self.proven = Some(served_before);
+            (self.backoff, self.passed) = (BACKOFF, Vec::new());
         }
+        self.passed.push(rate);
         self.hold(now, rate, refused)
     }
 
@@ -260,7 +260,9 @@ impl LimitSearch {
             Direction::Down => self.give_up(now),
             Direction::Up => {
                 self.reprobe_failed(served_before, rate);
-                self.hold(now, served_before, rate)
+                self.passed.retain(|&p| p < rate);
+                let back = self.highest_passed().unwrap_or(served_before);
+                self.hold(now, back, rate)
             }
         }
     }
@@ -275,9 +277,6 @@ impl LimitSearch {
 
     fn held_ack(&mut self, now: Instant, rate: f64, refused: f64, since: Instant) -> Option<Step> {
         let held = now.saturating_duration_since(since);
-        if held >= HOLD {
-            self.proven = Some(rate);
-        }
         if held < self.reprobe_after && refused / rate <= NARROW {
             return None;
         }
@@ -285,19 +284,27 @@ impl LimitSearch {
         Some(self.trial(now, higher, Direction::Up, rate, refused))
     }
 
-    /// A held rate was throttled: a trial passed on a burst (back to the rate proven), or the
-    /// limit moved (a little lower), or this is no limit at all (give up).
+    fn highest_passed(&self) -> Option<f64> {
+        self.passed.iter().copied().reduce(f64::max)
+    }
+
+    /// A held rate was throttled. Soon after it was set: its trial passed on a bucket's burst,
+    /// back to the highest rate passed below it. After holding long: the limit moved, a little
+    /// lower. With nothing passed below it, again and again: no limit at all (give up).
     fn held_throttled(&mut self, now: Instant, rate: f64, since: Instant) -> Step {
-        if let Some(proven) = self.proven.filter(|&p| p < rate && now.saturating_duration_since(since) < HOLD) {
-            self.reprobe_failed(proven, rate);
-            return self.hold(now, proven, rate);
+        self.passed.retain(|&p| p < rate);
+        if now.saturating_duration_since(since) >= HOLD {
+            return self.hold(now, rate * LOWERED, rate);
+        }
+        if let Some(back) = self.highest_passed() {
+            self.reprobe_failed(back, rate);
+            return self.hold(now, back, rate);
         }
         self.strikes.retain(|&t| now.saturating_duration_since(t) < HOLD);
         self.strikes.push(now);
         if self.strikes.len() >= STRIKES {
             return self.give_up(now);
         }
-        self.proven = None;
         self.hold(now, rate * LOWERED, rate)
     }
 }
