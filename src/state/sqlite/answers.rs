@@ -6,11 +6,13 @@
 //! worker thread; here one writer holds its own SQLite connection and runs cached statements
 //! directly, on the thread that calls it.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::LazyLock;
 
 use rusqlite::{Connection, params};
 
 use super::history::HistoryRecorder;
+use super::stored::{computation_id, millis, stored_value};
 use super::{Batched, Checkpointer, Param, Store, now};
 use crate::change::Outcome;
 
@@ -22,8 +24,11 @@ pub struct AnswerWriter {
     lease: Option<super::leases::LeaseCheck>,
     /// Computations on their first sync: their rows are written with their first answer.
     first_sync: HashSet<String>,
-    /// Shared: the computation and the time; per row: user, value sent, when it was decided.
+    /// Shared: the computation's number and the time; per row: user, value sent, when it was
+    /// decided (as stored).
     insert_synced: Batched<2, 3>,
+    /// The number of each computation written for, as text to bind.
+    ids: HashMap<String, String>,
     /// The running `sync_runs` row of each computation, whose counts each record adds to.
     runs: BTreeMap<String, i64>,
     /// Writes `delivery_history`, when it is kept.
@@ -54,7 +59,9 @@ impl Store {
     ) -> anyhow::Result<AnswerWriter> {
         let db = self.bulk_writer()?;
         let first_sync = first_sync.iter().cloned().collect();
+        let ids = computation_ids(&db)?;
         Ok(AnswerWriter {
+            ids,
             db,
             lease: self.lease_check(keys)?,
             quarantine_after,
@@ -120,6 +127,7 @@ impl AnswerWriter {
     /// computation key of each row quarantined now.
     pub fn record(&mut self, calls: &[Vec<Outcome>], answered: &[i64]) -> anyhow::Result<Vec<String>> {
         let at = now();
+        let at_ms = millis(&at)?;
         let tx = rusqlite::Transaction::new(&mut self.db, rusqlite::TransactionBehavior::Immediate)?;
         // First: once another process holds the lease, its rows may clash with these writes,
         // and the error must be the lost lease.
@@ -128,13 +136,14 @@ impl AnswerWriter {
         for call in calls {
             let (new, known): (Vec<&Outcome>, Vec<&Outcome>) =
                 call.iter().partition(|o| self.first_sync.contains(o.key()));
-            quarantined.extend(insert_answered(&tx, &self.insert_synced, &new, &at, self.quarantine_after)?);
+            let first = FirstAnswers { insert_synced: &self.insert_synced, ids: &self.ids, at_ms };
+            quarantined.extend(first.insert(&tx, &new, self.quarantine_after)?);
             let all_acked = known.iter().all(|o| o.error.is_none());
-            if all_acked && known.len() >= RANGE_ACK_MIN_ROWS && ack_range(&tx, &known, &at)? {
+            if all_acked && known.len() >= RANGE_ACK_MIN_ROWS && ack_range(&tx, &known, at_ms)? {
                 continue;
             }
             for o in known {
-                if record_one(&tx, o, &at, self.quarantine_after)? {
+                if record_one(&tx, o, at_ms, self.quarantine_after)? {
                     quarantined.push(o.key().to_string());
                 }
             }
@@ -188,75 +197,120 @@ fn count_answers(tx: &Connection, runs: &BTreeMap<String, i64>, calls: &[Vec<Out
     Ok(())
 }
 
+/// The number of each computation, as text to bind.
+fn computation_ids(db: &Connection) -> anyhow::Result<HashMap<String, String>> {
+    let mut ids = db.prepare("SELECT key, id FROM computations")?;
+    let rows = ids.query_map([], |r| Ok((r.get(0)?, r.get::<_, i64>(1)?.to_string())))?;
+    Ok(rows.collect::<rusqlite::Result<_>>()?)
+}
+
 /// Acknowledged rows of a first sync, `values`: `synced` is the value sent, as is `desired`.
 fn insert_synced_sql(values: &str) -> String {
-    format!(
-        "INSERT INTO memberships (computation_key, user_id, desired, synced, updated_at, synced_at) VALUES {values}"
-    )
+    format!("INSERT INTO member_rows (computation_id, user_id, desired, synced, updated_at, synced_at) VALUES {values}")
 }
 
 /// Its values: the computation and the time shared; the user, the value sent (twice), and when
 /// it was decided.
 const INSERT_SYNCED_COLUMNS: &[Param] =
-    &[Param::Shared(1), Param::Own(1), Param::Own(2), Param::Own(2), Param::Own(3), Param::Shared(2)];
+    &[Param::Shared(1), Param::Own(1), Param::OwnValue(2), Param::OwnValue(2), Param::Own(3), Param::Shared(2)];
+
+static ACKED: LazyLock<String> = LazyLock::new(|| {
+    format!(
+        "UPDATE member_rows SET synced = {}, synced_at = ?4, attempts = 0, last_error = NULL, quarantined_at = NULL, \
+         first_sent_at = NULL WHERE computation_id = {} AND user_id = ?2",
+        stored_value("?3"),
+        computation_id("?1")
+    )
+});
+
+static FAILED: LazyLock<String> = LazyLock::new(|| {
+    format!(
+        "UPDATE member_rows SET attempts = attempts + 1, last_error = ?4, first_sent_at = coalesce(first_sent_at, ?6), \
+         quarantined_at = CASE WHEN attempts + 1 >= ?5 THEN ?6 END \
+         WHERE computation_id = {} AND user_id = ?2 AND desired = {} RETURNING quarantined_at IS NOT NULL",
+        computation_id("?1"),
+        stored_value("?3")
+    )
+});
+
+static FIRST_FAILED: LazyLock<String> = LazyLock::new(|| {
+    format!(
+        "INSERT INTO member_rows (computation_id, user_id, desired, updated_at, attempts, last_error, first_sent_at, quarantined_at) \
+         VALUES ({}, ?2, {}, ?4, 1, ?5, ?6, CASE WHEN ?7 <= 1 THEN ?6 END)",
+        computation_id("?1"),
+        stored_value("?3")
+    )
+});
+
+static ACK_RANGE: LazyLock<String> = LazyLock::new(|| {
+    format!(
+        "UPDATE member_rows \
+         SET synced = desired, synced_at = ?4, attempts = 0, last_error = NULL, first_sent_at = NULL \
+         WHERE computation_id = {} AND user_id >= ?2 AND user_id <= ?3 \
+         AND desired IS NOT synced AND quarantined_at IS NULL AND updated_at <= ?5",
+        computation_id("?1")
+    )
+});
 
 /// Calls with fewer rows are recorded row by row.
 const RANGE_ACK_MIN_ROWS: usize = 8;
 
 /// Records one answer; true when it quarantined the row.
-fn record_one(tx: &Connection, o: &Outcome, at: &str, quarantine_after: u32) -> rusqlite::Result<bool> {
+fn record_one(tx: &Connection, o: &Outcome, at_ms: i64, quarantine_after: u32) -> rusqlite::Result<bool> {
     let Some(error) = &o.error else {
-        let mut acked = tx.prepare_cached(
-            "UPDATE memberships SET synced = ?3, synced_at = ?4, attempts = 0, last_error = NULL, quarantined_at = NULL, \
-             first_sent_at = NULL \
-             WHERE computation_key = ?1 AND user_id = ?2",
-        )?;
-        acked.execute(params![o.key(), o.user_id(), o.sent(), at])?;
+        let mut acked = tx.prepare_cached(&ACKED)?;
+        acked.execute(params![o.key(), o.user_id(), o.sent(), at_ms])?;
         return Ok(false);
     };
-    let mut failed = tx.prepare_cached(
-        "UPDATE memberships SET attempts = attempts + 1, last_error = ?4, first_sent_at = coalesce(first_sent_at, ?6), \
-         quarantined_at = CASE WHEN attempts + 1 >= ?5 THEN ?6 END \
-         WHERE computation_key = ?1 AND user_id = ?2 AND desired = ?3 RETURNING quarantined_at IS NOT NULL",
-    )?;
-    let mut rows = failed.query(params![o.key(), o.user_id(), o.sent(), error, quarantine_after, at])?;
+    let mut failed = tx.prepare_cached(&FAILED)?;
+    let mut rows = failed.query(params![o.key(), o.user_id(), o.sent(), error, quarantine_after, at_ms])?;
     match rows.next()? {
         Some(row) => row.get(0),
         None => Ok(false),
     }
 }
 
-/// Writes the rows of a first sync's answers (they are not in the state yet): acknowledged, a
-/// row is synced with the value sent; failed, it is pending with its first attempt counted and
-/// `first_sent_at` (the request may have landed). Returns the key of each row quarantined.
-fn insert_answered(
-    tx: &Connection,
-    insert_synced: &Batched<2, 3>,
-    answers: &[&Outcome],
-    at: &str,
-    quarantine_after: u32,
-) -> rusqlite::Result<Vec<String>> {
-    // Per computation, in the order they came (user order within a call).
-    let mut acked: BTreeMap<&str, Vec<[&str; 3]>> = BTreeMap::new();
-    for o in answers.iter().filter(|o| o.error.is_none()) {
-        acked.entry(o.key()).or_default().push([o.user_id(), o.sent(), o.changed_at()]);
-    }
-    for (key, rows) in &acked {
-        insert_synced.execute(tx, [key, at], rows)?;
-    }
-    let mut quarantined = Vec::new();
-    for o in answers {
-        let Some(error) = &o.error else { continue };
-        let mut failed = tx.prepare_cached(
-            "INSERT INTO memberships (computation_key, user_id, desired, updated_at, attempts, last_error, first_sent_at, quarantined_at) \
-             VALUES (?1, ?2, ?3, ?4, 1, ?5, ?6, CASE WHEN ?7 <= 1 THEN ?6 END)",
-        )?;
-        failed.execute(params![o.key(), o.user_id(), o.sent(), o.changed_at(), error, at, quarantine_after])?;
-        if quarantine_after <= 1 {
-            quarantined.push(o.key().to_string());
+/// What writing a first sync's answers needs: they are not in the state yet.
+struct FirstAnswers<'a> {
+    insert_synced: &'a Batched<2, 3>,
+    ids: &'a HashMap<String, String>,
+    at_ms: i64,
+}
+
+impl FirstAnswers<'_> {
+    /// Writes the rows of `answers`: acknowledged, a row is synced with the value sent; failed,
+    /// it is pending with its first attempt counted and `first_sent_at` (the request may have
+    /// landed). Returns the key of each row quarantined.
+    fn insert(&self, tx: &Connection, answers: &[&Outcome], quarantine_after: u32) -> anyhow::Result<Vec<String>> {
+        // When each was decided, as stored: a call's rows nearly all share one time.
+        let mut times: HashMap<&str, String> = HashMap::new();
+        for o in answers {
+            if !times.contains_key(o.changed_at()) {
+                times.insert(o.changed_at(), millis(o.changed_at())?.to_string());
+            }
         }
+        // Per computation, in the order they came (user order within a call).
+        let mut acked: BTreeMap<&str, Vec<[&str; 3]>> = BTreeMap::new();
+        for o in answers.iter().filter(|o| o.error.is_none()) {
+            acked.entry(o.key()).or_default().push([o.user_id(), o.sent(), &times[o.changed_at()]]);
+        }
+        let at = self.at_ms.to_string();
+        for (key, rows) in &acked {
+            let id = self.ids.get(*key).ok_or_else(|| anyhow::anyhow!("computation {key} is not in the state"))?;
+            self.insert_synced.execute(tx, [id, &at], rows)?;
+        }
+        let mut quarantined = Vec::new();
+        for o in answers {
+            let Some(error) = &o.error else { continue };
+            let mut failed = tx.prepare_cached(&FIRST_FAILED)?;
+            let changed_at: i64 = times[o.changed_at()].parse()?;
+            failed.execute(params![o.key(), o.user_id(), o.sent(), changed_at, error, self.at_ms, quarantine_after])?;
+            if quarantine_after <= 1 {
+                quarantined.push(o.key().to_string());
+            }
+        }
+        Ok(quarantined)
     }
-    Ok(quarantined)
 }
 
 /// Acknowledges a call whose rows all succeeded with one UPDATE per computation over the
@@ -264,7 +318,7 @@ fn insert_answered(
 /// consecutive users, so those are exactly the pending rows in that range not changed since
 /// they were read. If the count says otherwise (a row changed meanwhile), nothing is kept and
 /// it returns false, for the caller to record row by row.
-fn ack_range(tx: &Connection, call: &[&Outcome], at: &str) -> rusqlite::Result<bool> {
+fn ack_range(tx: &Connection, call: &[&Outcome], at_ms: i64) -> anyhow::Result<bool> {
     // Per computation: first and last user, latest change sent, rows. The update walks the
     // primary key over the range: through the pending index instead, a delta acknowledges a
     // little sooner but an initial pass takes longer (docs/performance.md).
@@ -277,14 +331,9 @@ fn ack_range(tx: &Connection, call: &[&Outcome], at: &str) -> rusqlite::Result<b
         r.3 += 1;
     }
     tx.execute_batch("SAVEPOINT range_ack")?;
-    let mut ack = tx.prepare_cached(
-        "UPDATE memberships \
-         SET synced = desired, synced_at = ?4, attempts = 0, last_error = NULL, first_sent_at = NULL \
-         WHERE computation_key = ?1 AND user_id >= ?2 AND user_id <= ?3 \
-         AND desired IS NOT synced AND quarantined_at IS NULL AND updated_at <= ?5",
-    )?;
+    let mut ack = tx.prepare_cached(&ACK_RANGE)?;
     for (key, (first, last, changed_at, rows)) in &ranges {
-        if ack.execute(params![key, first, last, at, changed_at])? != *rows {
+        if ack.execute(params![key, first, last, at_ms, millis(changed_at)?])? != *rows {
             tx.execute_batch("ROLLBACK TO range_ack; RELEASE range_ack")?;
             return Ok(false);
         }
@@ -298,16 +347,17 @@ pub(super) mod tests {
     use super::*;
     use crate::change::{PendingRow, PendingValue};
     use crate::config::Kind;
-    use crate::state::testing::store_with_audience;
+    use crate::state::testing::{second, store_with_audience};
     use crate::state::{Mode, Trigger};
 
-    /// A state file with `users` pending `true` in computation `a`, read for sending at `t1`.
+    /// A state file with `users` pending `true` in computation `a`, read for sending at second 1.
     async fn state_with_pending(dir: &std::path::Path, users: &[String]) -> Store {
         let (store, db) = store_with_audience(dir).await;
         for u in users {
             db.execute(
-                "INSERT INTO memberships (computation_key, user_id, desired, updated_at) VALUES ('a', ?1, 'true', 't1')",
-                [u],
+                "INSERT INTO member_rows (computation_id, user_id, desired, updated_at) \
+                 VALUES ((SELECT id FROM computations WHERE key = 'a'), ?1, 1, ?2)",
+                params![u, millis(&second(1)).unwrap()],
             )
             .unwrap();
         }
@@ -327,7 +377,7 @@ pub(super) mod tests {
     }
 
     fn acked(user: &str) -> Outcome {
-        answer("a", user, "true", "t1", None)
+        answer("a", user, "true", &second(1), None)
     }
 
     fn rows(store: &Store) -> Vec<(String, String, Option<String>)> {
@@ -360,7 +410,10 @@ pub(super) mod tests {
         // u04 left while its `true` was on the way: the range must not mark `false` as synced.
         Connection::open(&store.path)
             .unwrap()
-            .execute("UPDATE memberships SET desired = 'false', updated_at = 't2' WHERE user_id = 'u04'", [])
+            .execute(
+                "UPDATE member_rows SET desired = 0, updated_at = ?1 WHERE user_id = 'u04'",
+                [millis(&second(2)).unwrap()],
+            )
             .unwrap();
         let call: Vec<Outcome> = all.iter().map(|u| acked(u)).collect();
         store.answer_writer(&[], 3, &[]).unwrap().record(&[call], &[]).unwrap();
@@ -398,7 +451,7 @@ pub(super) mod tests {
                 |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?)),
             )
             .unwrap();
-        assert_eq!(failed, (1, "HTTP 400".to_string(), true, true, "t1".to_string()));
+        assert_eq!(failed, (1, "HTTP 400".to_string(), true, true, second(1)));
     }
 
     #[tokio::test]
@@ -412,7 +465,9 @@ pub(super) mod tests {
         let all = users(super::super::ROWS_PER_STATEMENT + 5);
         let call: Vec<Outcome> = all
             .iter()
-            .flat_map(|u| ["a", "b"].map(|key| answer(key, u, &format!("\"{key}-{u}\""), &format!("t-{key}"), None)))
+            .flat_map(|u| {
+                [("a", 1), ("b", 2)].map(|(key, s)| answer(key, u, &format!("\"{key}-{u}\""), &second(s), None))
+            })
             .collect();
         store.answer_writer(&[], 3, &["a".into(), "b".into()]).unwrap().record(&[call], &[]).unwrap();
 
@@ -428,7 +483,7 @@ pub(super) mod tests {
         for (key, user, desired, synced, updated_at) in written {
             assert_eq!(desired, format!("\"{key}-{user}\""));
             assert_eq!(synced, desired, "{key} {user}");
-            assert_eq!(updated_at, format!("t-{key}"));
+            assert_eq!(updated_at, second(if key == "a" { 1 } else { 2 }));
         }
     }
 
@@ -438,7 +493,7 @@ pub(super) mod tests {
         let (store, db) = store_with_audience(dir.path()).await;
         let interrupted = store.start_run("a", Trigger::Manual, Mode::Initial).await.unwrap();
         let running = store.start_run("a", Trigger::Manual, Mode::Initial).await.unwrap(); // closes the first as interrupted
-        let outcome = |user: &str, error: Option<&str>| answer("a", user, "true", "t", error);
+        let outcome = |user: &str, error: Option<&str>| answer("a", user, "true", &second(1), error);
         for (runs, user) in [(interrupted, "x"), (running, "y")] {
             let (u1, u2, u3) = (format!("{user}1"), format!("{user}2"), format!("{user}3"));
             let calls = [vec![outcome(&u1, None), outcome(&u2, Some("500"))], vec![outcome(&u3, None)]];

@@ -8,7 +8,7 @@
 
 use rusqlite::{Connection, params};
 
-use super::{Batched, Param, ROWS_PER_STATEMENT, Store, now};
+use super::{Batched, Param, ROWS_PER_STATEMENT, Store, now, stored};
 use crate::diff::{Op, OpSink};
 use crate::source::fingerprint::Fingerprint;
 
@@ -18,6 +18,8 @@ pub struct DiffWriter {
     db: Connection,
     lease: Option<super::leases::LeaseCheck>,
     key: String,
+    /// The computation's number, and the time of the diff, as stored (text to bind).
+    id: String,
     now: String,
     begun: bool,
     /// Sets not yet written: (user, desired).
@@ -34,14 +36,16 @@ impl Store {
         // (SQLite's default): otherwise the diffs of a pass over many computations pile up in
         // the log, and every page read after them searches it (docs/performance.md).
         db.pragma_update(None, "wal_autocheckpoint", 1000)?;
+        let id: i64 = db.query_row("SELECT id FROM computations WHERE key = ?1", [key], |r| r.get(0))?;
         Ok(DiffWriter {
             db,
             lease: self.lease_check(&[key.to_string()])?,
             key: key.to_string(),
-            now: now(),
+            id: id.to_string(),
+            now: stored::millis(&now())?.to_string(),
             begun: false,
             sets: Vec::with_capacity(ROWS_PER_STATEMENT),
-            upsert: Batched::new(&[Param::Shared(1), Param::Own(1), Param::Own(2), Param::Shared(2)], upsert_sql),
+            upsert: Batched::new(&[Param::Shared(1), Param::Own(1), Param::OwnValue(2), Param::Shared(2)], upsert_sql),
         })
     }
 }
@@ -84,7 +88,7 @@ impl DiffWriter {
     /// Writes the buffered sets.
     fn flush(&mut self) -> rusqlite::Result<()> {
         let rows: Vec<[&str; 2]> = self.sets.iter().map(|(user, desired)| [user.as_str(), desired]).collect();
-        self.upsert.execute(&self.db, [&self.key, &self.now], &rows)?;
+        self.upsert.execute(&self.db, [&self.id, &self.now], &rows)?;
         self.sets.clear();
         Ok(())
     }
@@ -96,10 +100,10 @@ impl DiffWriter {
 /// new value is the one last acknowledged (a user back after an exit that may have landed).
 fn upsert_sql(values: &str) -> String {
     format!(
-        "INSERT INTO memberships (computation_key, user_id, desired, updated_at) VALUES {values} \
-         ON CONFLICT (computation_key, user_id) DO UPDATE SET desired = excluded.desired, \
+        "INSERT INTO member_rows (computation_id, user_id, desired, updated_at) VALUES {values} \
+         ON CONFLICT (computation_id, user_id) DO UPDATE SET desired = excluded.desired, \
          updated_at = excluded.updated_at, attempts = 0, last_error = NULL, quarantined_at = NULL, \
-         synced = CASE WHEN memberships.first_sent_at IS NULL THEN memberships.synced END"
+         synced = CASE WHEN member_rows.first_sent_at IS NULL THEN member_rows.synced END"
     )
 }
 
@@ -115,8 +119,8 @@ impl OpSink for DiffWriter {
             }
             Op::Forget { user_id } => {
                 let mut forget =
-                    self.db.prepare_cached("DELETE FROM memberships WHERE computation_key = ?1 AND user_id = ?2")?;
-                forget.execute(params![self.key, user_id])?;
+                    self.db.prepare_cached("DELETE FROM member_rows WHERE computation_id = ?1 AND user_id = ?2")?;
+                forget.execute(params![self.id, user_id])?;
             }
         }
         Ok(())

@@ -67,6 +67,9 @@ impl Store {
                 .bind(key)
                 .execute(&self.pool)
                 .await?;
+            // The queue held every member once more: its pages go back to the file system
+            // (in a state file created with incremental auto-vacuum, see `Store::open`).
+            sqlx::query("PRAGMA incremental_vacuum").execute(&self.pool).await?;
         }
         Ok(())
     }

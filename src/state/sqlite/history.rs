@@ -119,8 +119,9 @@ mod tests {
     /// A first sync's call: two whole statements of acknowledgements and one more, a refusal and a
     /// failure without an answer.
     fn call() -> Vec<Outcome> {
-        let mut call: Vec<Outcome> =
-            (0..2 * ROWS + 3).map(|i| answer("a", &format!("u{i:03}"), "true", "t1", None)).collect();
+        let mut call: Vec<Outcome> = (0..2 * ROWS + 3)
+            .map(|i| answer("a", &format!("u{i:03}"), "true", &crate::state::testing::second(1), None))
+            .collect();
         call[1].error = Some("HTTP 400: no such user (retries exhausted after 0 retries)".into());
         call[2].error = Some("request timed out (http://127.0.0.1/): operation timed out".into());
         call

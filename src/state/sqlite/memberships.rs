@@ -2,7 +2,37 @@
 
 use std::collections::BTreeMap;
 
+use std::sync::LazyLock;
+
+use sqlx::AssertSqlSafe;
+
 use super::Store;
+use super::stored::{millis, stored_time, stored_value};
+
+/// A first sync's window: its users still without a row get one, pending, with the value sent.
+/// Its users are in the first sync's queue ...
+static SETTLE_QUEUED: LazyLock<String> = LazyLock::new(|| {
+    format!(
+        "INSERT INTO member_rows (computation_id, user_id, desired, updated_at, first_sent_at) \
+         SELECT c.id, u.value ->> 0, {}, {}, ?4 \
+         FROM first_sync_queue q JOIN computations c ON c.key = q.computation_key, json_each(q.users) u \
+         WHERE q.computation_key = ?1 AND q.last_user > ?2 AND q.after_user < ?3 \
+           AND u.value ->> 0 > ?2 AND u.value ->> 0 <= ?3 \
+         ON CONFLICT (computation_id, user_id) DO NOTHING",
+        stored_value("(u.value ->> 1)"),
+        stored_time("q.changed_at")
+    )
+});
+
+/// ... or, for a window noted by an older version, in the window.
+static SETTLE_NOTED: LazyLock<String> = LazyLock::new(|| {
+    format!(
+        "INSERT INTO member_rows (computation_id, user_id, desired, updated_at, first_sent_at) \
+         SELECT c.id, u.value ->> 0, {}, ?3, ?4 FROM computations c, json_each(?2) u WHERE c.key = ?1 \
+         ON CONFLICT (computation_id, user_id) DO NOTHING",
+        stored_value("(u.value ->> 1)")
+    )
+});
 
 /// A `sending_windows` row left by a process that died: after_user, last_user, noted_at, and a
 /// first sync's users and changed_at.
@@ -35,47 +65,37 @@ impl Store {
         .await?;
         let mut marked = 0;
         for (after, last, noted_at, users, changed_at) in &windows {
+            let noted_ms = millis(noted_at)?;
             // A first sync's window: its users have no rows until acknowledged. Those still
             // without one get a pending row with the value sent, told; they are in the first
             // sync's queue (or, for a window noted by an older version, in the window).
-            marked += sqlx::query(
-                "INSERT INTO memberships (computation_key, user_id, desired, updated_at, first_sent_at) \
-                 SELECT ?1, u.value ->> 0, u.value ->> 1, q.changed_at, ?4 \
-                 FROM first_sync_queue q, json_each(q.users) u \
-                 WHERE q.computation_key = ?1 AND q.last_user > ?2 AND q.after_user < ?3 \
-                   AND u.value ->> 0 > ?2 AND u.value ->> 0 <= ?3 \
-                 ON CONFLICT (computation_key, user_id) DO NOTHING",
-            )
-            .bind(key)
-            .bind(after)
-            .bind(last)
-            .bind(noted_at)
-            .execute(&mut *tx)
-            .await?
-            .rows_affected();
-            if let Some(users) = users {
-                marked += sqlx::query(
-                    "INSERT INTO memberships (computation_key, user_id, desired, updated_at, first_sent_at) \
-                     SELECT ?1, u.value ->> 0, u.value ->> 1, ?3, ?4 FROM json_each(?2) u WHERE true \
-                     ON CONFLICT (computation_key, user_id) DO NOTHING",
-                )
+            marked += sqlx::query(AssertSqlSafe(SETTLE_QUEUED.as_str()))
                 .bind(key)
-                .bind(users)
-                .bind(changed_at.as_deref().unwrap_or(noted_at))
-                .bind(noted_at)
+                .bind(after)
+                .bind(last)
+                .bind(noted_ms)
                 .execute(&mut *tx)
                 .await?
                 .rows_affected();
+            if let Some(users) = users {
+                marked += sqlx::query(AssertSqlSafe(SETTLE_NOTED.as_str()))
+                    .bind(key)
+                    .bind(users)
+                    .bind(millis(changed_at.as_deref().unwrap_or(noted_at))?)
+                    .bind(noted_ms)
+                    .execute(&mut *tx)
+                    .await?
+                    .rows_affected();
             }
             marked += sqlx::query(
-                "UPDATE memberships SET first_sent_at = ?4 \
-                 WHERE computation_key = ?1 AND user_id > ?2 AND user_id <= ?3 \
+                "UPDATE member_rows SET first_sent_at = ?4 \
+                 WHERE computation_id = (SELECT id FROM computations WHERE key = ?1) AND user_id > ?2 AND user_id <= ?3 \
                  AND desired IS NOT synced AND first_sent_at IS NULL",
             )
             .bind(key)
             .bind(after)
             .bind(last)
-            .bind(noted_at)
+            .bind(noted_ms)
             .execute(&mut *tx)
             .await?
             .rows_affected();
@@ -89,7 +109,9 @@ impl Store {
 
     /// Whether the state holds any row of `key`; without one its diff is a first sync.
     pub async fn has_rows(&self, key: &str) -> anyhow::Result<bool> {
-        let any = sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM memberships WHERE computation_key = ?1)")
+        let any = sqlx::query_scalar(
+            "SELECT EXISTS (SELECT 1 FROM member_rows WHERE computation_id = (SELECT id FROM computations WHERE key = ?1))",
+        )
             .bind(key)
             .fetch_one(&self.pool)
             .await?;
@@ -102,8 +124,9 @@ impl Store {
     pub async fn mark_for_resync(&self, keys: &[String], user: Option<&str>) -> anyhow::Result<u64> {
         let mut tx = self.begin_immediate().await?;
         let done = sqlx::query(
-            "UPDATE memberships SET synced = NULL, attempts = 0, last_error = NULL, quarantined_at = NULL \
-             WHERE computation_key IN (SELECT value FROM json_each(?1)) AND (?2 IS NULL OR user_id = ?2)",
+            "UPDATE member_rows SET synced = NULL, attempts = 0, last_error = NULL, quarantined_at = NULL \
+             WHERE computation_id IN (SELECT id FROM computations WHERE key IN (SELECT value FROM json_each(?1))) \
+             AND (?2 IS NULL OR user_id = ?2)",
         )
         .bind(serde_json::to_string(keys)?)
         .bind(user)
@@ -117,9 +140,10 @@ impl Store {
     /// pending index: a count per computation would read it whole once per computation.
     pub async fn pending_counts(&self, keys: &[String]) -> anyhow::Result<BTreeMap<String, u64>> {
         let counts: Vec<(String, i64)> = sqlx::query_as(
-            "SELECT computation_key, count(*) FROM memberships INDEXED BY memberships_pending \
-             WHERE desired IS NOT synced AND computation_key IN (SELECT value FROM json_each(?1)) \
-             GROUP BY computation_key",
+            "SELECT c.key, count(*) FROM member_rows m INDEXED BY member_rows_pending \
+             JOIN computations c ON c.id = m.computation_id \
+             WHERE m.desired IS NOT m.synced AND c.key IN (SELECT value FROM json_each(?1)) \
+             GROUP BY c.key",
         )
         .bind(serde_json::to_string(keys)?)
         .fetch_all(&self.pool)
@@ -140,7 +164,7 @@ impl Store {
 
 #[cfg(test)]
 mod tests {
-    use crate::state::testing::store_with_audience;
+    use crate::state::testing::{second, store_with_audience};
 
     /// user_id, desired, synced, updated_at, first_sent_at
     type Row = (String, String, Option<String>, String, Option<String>);
@@ -150,16 +174,18 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let (store, db) = store_with_audience(dir.path()).await;
         // u2's answer was recorded before the kill; u1 and u3 were in flight.
+        let (t1, t2) = (second(1), second(2));
+        let ms = |t: &str| super::millis(t).unwrap();
         db.execute(
-            "INSERT INTO memberships (computation_key, user_id, desired, synced, updated_at, synced_at) \
-             VALUES ('a', 'u2', '5', '5', 't1', 't2')",
-            [],
+            "INSERT INTO member_rows (computation_id, user_id, desired, synced, updated_at, synced_at) \
+             VALUES (1, 'u2', '5', '5', ?1, ?2)",
+            [ms(&t1), ms(&t2)],
         )
         .unwrap();
         db.execute(
             "INSERT INTO sending_windows (computation_key, after_user, last_user, noted_at, users, changed_at) \
-             VALUES ('a', '', 'u3', 't2', ?1, 't1')",
-            [r#"[["u1","\"gold\""],["u2","5"],["u3","true"]]"#],
+             VALUES ('a', '', 'u3', ?2, ?1, ?3)",
+            [r#"[["u1","\"gold\""],["u2","5"],["u3","true"]]"#, &t2, &t1],
         )
         .unwrap();
 
@@ -178,9 +204,9 @@ mod tests {
         assert_eq!(
             rows,
             vec![
-                row("u1", "\"gold\"", None, "t1", Some("t2")),
-                row("u2", "5", Some("5"), "t1", None),
-                row("u3", "true", None, "t1", Some("t2")),
+                row("u1", "\"gold\"", None, &t1, Some(&t2)),
+                row("u2", "5", Some("5"), &t1, None),
+                row("u3", "true", None, &t1, Some(&t2)),
             ]
         );
         let left: i64 = db.query_row("SELECT count(*) FROM sending_windows", [], |r| r.get(0)).unwrap();

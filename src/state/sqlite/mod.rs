@@ -20,13 +20,18 @@ mod pending;
 mod runs;
 mod scan;
 mod status;
+mod stored;
+#[cfg(test)]
+mod upgrade_tests;
 
 use std::path::Path;
 use std::str::FromStr;
 use std::time::Duration;
 
 use anyhow::Context;
-use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous};
+use sqlx::sqlite::{
+    SqliteAutoVacuum, SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
+};
 
 use crate::sqlite_memory::configure_sqlite;
 use crate::state::now;
@@ -71,7 +76,11 @@ impl Store {
             .journal_mode(SqliteJournalMode::Wal)
             .synchronous(SqliteSynchronous::Normal)
             .busy_timeout(BUSY_TIMEOUT)
-            .foreign_keys(true);
+            .foreign_keys(true)
+            // Takes effect only in a new file (an older one would need a VACUUM): a first
+            // sync's queue holds every member once more until the sync ends, and the file
+            // gives those pages back then instead of keeping them free forever.
+            .auto_vacuum(SqliteAutoVacuum::Incremental);
         // A diff writes while delivery reads pages and the committer writes answers, and the
         // daemon may run a few passes side by side.
         let pool = SqlitePoolOptions::new()
@@ -165,7 +174,8 @@ impl<const S: usize, const N: usize> Batched<S, N> {
     /// The statement `sql(values)`, where `values` is a `VALUES` list of rows of `columns`.
     fn new(columns: &[Param], sql: impl Fn(&str) -> String) -> Self {
         debug_assert!(
-            columns.iter().all(|c| matches!(*c, Param::Shared(i) if i <= S) || matches!(*c, Param::Own(i) if i <= N))
+            columns.iter().all(|c| matches!(*c, Param::Shared(i) if i <= S)
+                || matches!(*c, Param::Own(i) | Param::OwnValue(i) if i <= N))
         );
         Batched {
             whole: sql(&values_list(ROWS_PER_STATEMENT, S, N, columns)),
@@ -197,6 +207,8 @@ impl<const S: usize, const N: usize> Batched<S, N> {
 enum Param {
     Shared(usize),
     Own(usize),
+    /// A row's own parameter holding a JSON value, stored as `stored::stored_value` says.
+    OwnValue(usize),
 }
 
 /// The placeholders of a multi-row `VALUES` list of `rows` rows, each with the columns
@@ -208,6 +220,7 @@ fn values_list(rows: usize, shared: usize, own: usize, columns: &[Param]) -> Str
             .map(|c| match c {
                 Param::Shared(i) => format!("?{i}"),
                 Param::Own(i) => format!("?{}", shared + r * own + i),
+                Param::OwnValue(i) => stored::stored_value(&format!("?{}", shared + r * own + i)),
             })
             .collect();
         format!("({})", params.join(", "))
@@ -219,6 +232,11 @@ fn values_list(rows: usize, shared: usize, own: usize, columns: &[Param]) -> Str
 #[cfg(test)]
 pub(crate) mod testing {
     use super::Store;
+
+    /// A time in the state's format: `s` seconds into 2026.
+    pub fn second(s: u32) -> String {
+        format!("2026-01-01T00:00:{s:02}.000Z")
+    }
 
     /// A state file in `dir` with the audience `a`, and a plain connection to it.
     pub async fn store_with_audience(dir: &std::path::Path) -> (Store, rusqlite::Connection) {

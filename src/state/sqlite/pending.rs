@@ -6,27 +6,29 @@
 
 use rusqlite::{Connection, OpenFlags, params};
 
-use super::Store;
+use super::{Store, stored};
 use crate::change::{PendingRow, PendingValue};
 use crate::config::Kind;
 
 /// Reads pending pages of a fixed set of computations. Blocking.
 pub struct PendingReader {
     db: Connection,
-    keys_json: String,
+    /// The computations' numbers, as a JSON array.
+    ids_json: String,
+    times: stored::Times,
 }
 
 // INDEXED BY: left to itself the planner searches the primary key by computation and sorts,
 // re-reading every remaining row of the computation for each page (quadratic).
-const PAGE: &str = "SELECT m.user_id, m.computation_key, m.desired, m.updated_at, c.kind \
-     FROM memberships m INDEXED BY memberships_pending JOIN computations c ON c.key = m.computation_key \
+const PAGE: &str = "SELECT m.user_id, c.key, m.desired, m.updated_at, c.kind \
+     FROM member_rows m INDEXED BY member_rows_pending JOIN computations c ON c.id = m.computation_id \
      WHERE m.desired IS NOT m.synced AND m.quarantined_at IS NULL AND m.user_id > ?1 \
-     AND m.computation_key IN (SELECT value FROM json_each(?2)) \
-     ORDER BY m.user_id, m.computation_key LIMIT ?3";
-const ONE_USER: &str = "SELECT m.user_id, m.computation_key, m.desired, m.updated_at, c.kind \
-     FROM memberships m INDEXED BY memberships_pending JOIN computations c ON c.key = m.computation_key \
+     AND m.computation_id IN (SELECT value FROM json_each(?2)) \
+     ORDER BY m.user_id, m.computation_id LIMIT ?3";
+const ONE_USER: &str = "SELECT m.user_id, c.key, m.desired, m.updated_at, c.kind \
+     FROM member_rows m INDEXED BY member_rows_pending JOIN computations c ON c.id = m.computation_id \
      WHERE m.desired IS NOT m.synced AND m.quarantined_at IS NULL AND m.user_id = ?1 \
-     AND m.computation_key IN (SELECT value FROM json_each(?2)) ORDER BY m.computation_key";
+     AND m.computation_id IN (SELECT value FROM json_each(?2)) ORDER BY c.key";
 
 impl Store {
     /// A reader of the pending rows of the computations `keys`. Blocking.
@@ -36,7 +38,12 @@ impl Store {
             OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
         )?;
         super::wait_for_locks(&db)?;
-        Ok(PendingReader { db, keys_json: serde_json::to_string(keys)? })
+        let ids_json = db.query_row(
+            "SELECT json_group_array(id) FROM computations WHERE key IN (SELECT value FROM json_each(?1))",
+            [serde_json::to_string(keys)?],
+            |r| r.get(0),
+        )?;
+        Ok(PendingReader { db, ids_json, times: stored::Times::default() })
     }
 }
 
@@ -44,7 +51,7 @@ impl PendingReader {
     /// Up to about `limit` pending rows for users after `after`, in user order. A page never
     /// splits a user: the rows of its last user are all there.
     pub fn page(&mut self, after: &str, limit: usize) -> anyhow::Result<Vec<PendingRow>> {
-        let mut rows = self.query(PAGE, params![after, self.keys_json, limit as i64])?;
+        let mut rows = query(&self.db, &mut self.times, PAGE, params![after, self.ids_json, limit as i64])?;
         if rows.len() == limit
             && let Some(last) = rows.last().map(|r| r.user_id.clone())
         {
@@ -54,20 +61,33 @@ impl PendingReader {
                 rows.truncate(first_of_last);
             } else {
                 // One user fills the whole page (more computations than the limit): take all of theirs.
-                rows = self.query(ONE_USER, params![last, self.keys_json])?;
+                rows = query(&self.db, &mut self.times, ONE_USER, params![last, self.ids_json])?;
             }
         }
         Ok(rows)
     }
+}
 
-    fn query(&self, sql: &str, params: impl rusqlite::Params) -> anyhow::Result<Vec<PendingRow>> {
-        let mut statement = self.db.prepare_cached(sql)?;
-        let rows = statement.query_map(params, |r| {
-            let value = PendingValue { key: r.get(1)?, value: r.get(2)?, kind: kind(r, 4)?, changed_at: r.get(3)? };
-            Ok(PendingRow { user_id: r.get(0)?, value })
-        })?;
-        Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
+/// The rows `sql` selects, a user's in computation key order (the index gives them in
+/// computation number order).
+fn query(
+    db: &Connection,
+    times: &mut stored::Times,
+    sql: &str,
+    params: impl rusqlite::Params,
+) -> anyhow::Result<Vec<PendingRow>> {
+    let mut statement = db.prepare_cached(sql)?;
+    let rows = statement.query_map(params, |r| {
+        let value = stored::value_text(r.get_ref(2)?)?.to_string();
+        let changed_at = times.text(r.get(3)?);
+        let value = PendingValue { key: r.get(1)?, value, kind: kind(r, 4)?, changed_at };
+        Ok(PendingRow { user_id: r.get(0)?, value })
+    })?;
+    let mut rows = rows.collect::<rusqlite::Result<Vec<_>>>()?;
+    for user in rows.chunk_by_mut(|a, b| a.user_id == b.user_id) {
+        user.sort_by(|a, b| a.value.key.cmp(&b.value.key));
     }
+    Ok(rows)
 }
 
 /// `computations.kind` of column `i`, decoded.

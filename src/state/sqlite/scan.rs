@@ -27,8 +27,8 @@ impl Store {
         )?;
         super::wait_for_locks(&db)?;
         let mut statement = db.prepare(
-            "SELECT user_id, desired, synced IS NOT NULL OR synced_at IS NOT NULL OR first_sent_at IS NOT NULL FROM memberships \
-             WHERE computation_key = ?1 ORDER BY user_id",
+            "SELECT user_id, desired, synced IS NOT NULL OR synced_at IS NOT NULL OR first_sent_at IS NOT NULL FROM member_rows \
+             WHERE computation_id = (SELECT id FROM computations WHERE key = ?1) ORDER BY user_id",
         )?;
         let mut rows = statement.query([key])?;
         let mut iter = std::iter::from_fn(|| {
@@ -38,7 +38,8 @@ impl Store {
                 Err(e) => return Some(Err(e.into())),
             };
             let read = || -> anyhow::Result<StateRow> {
-                Ok(StateRow { user_id: row.get(0)?, desired: json_text(row.get_ref(1)?.as_str()?), told: row.get(2)? })
+                let desired = json_text(super::stored::value_text(row.get_ref(1)?)?);
+                Ok(StateRow { user_id: row.get(0)?, desired, told: row.get(2)? })
             };
             Some(read())
         });

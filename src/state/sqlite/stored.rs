@@ -1,0 +1,94 @@
+//! How `member_rows` stores what the state's interface says in text (migration 0013): a
+//! computation as its number, true and false as 1 and 0, a time as milliseconds since 1970.
+//! The views `memberships`, `pending` and `quarantined` turn them back into text for operators;
+//! this module does it for the code, at the edge of the SQLite backend, so that the rest of the
+//! program keeps JSON text values and RFC 3339 times.
+
+use chrono::{DateTime, SecondsFormat, Utc};
+use rusqlite::types::ValueRef;
+
+/// SQL: the computation number of the key bound to `param` (computed once per statement).
+pub fn computation_id(param: &str) -> String {
+    format!("(SELECT id FROM computations WHERE key = {param})")
+}
+
+/// SQL: the JSON text bound to `param` as stored: 1 and 0 for true and false.
+pub fn stored_value(param: &str) -> String {
+    format!("CASE {param} WHEN 'true' THEN 1 WHEN 'false' THEN 0 ELSE {param} END")
+}
+
+/// SQL, for the few statements that take a time from a text column rather than from the
+/// code: the RFC 3339 time `expr` as stored.
+pub fn stored_time(expr: &str) -> String {
+    format!("CAST(round((julianday({expr}) - 2440587.5) * 86400000) AS INTEGER)")
+}
+
+/// A stored value as its JSON text.
+pub fn value_text(value: ValueRef<'_>) -> rusqlite::types::FromSqlResult<&str> {
+    match value {
+        ValueRef::Integer(1) => Ok("true"),
+        ValueRef::Integer(0) => Ok("false"),
+        other => other.as_str(),
+    }
+}
+
+/// The milliseconds of an RFC 3339 time.
+pub fn millis(time: &str) -> anyhow::Result<i64> {
+    let parsed =
+        DateTime::parse_from_rfc3339(time).map_err(|e| anyhow::anyhow!("bad time {time:?} in the state: {e}"))?;
+    Ok(parsed.timestamp_millis())
+}
+
+/// A stored time as RFC 3339 text, as `crate::state::now` writes it.
+pub fn time_text(millis: i64) -> String {
+    DateTime::<Utc>::from_timestamp_millis(millis)
+        .map_or_else(|| millis.to_string(), |t| t.to_rfc3339_opts(SecondsFormat::Millis, true))
+}
+
+/// Converts stored times for the bulk reads, where consecutive rows nearly always share one:
+/// the last conversion is kept.
+#[derive(Default)]
+pub struct Times {
+    /// The last time read: its milliseconds, and its text.
+    to_text: Option<(i64, String)>,
+}
+
+impl Times {
+    /// `millis` as RFC 3339 text.
+    pub fn text(&mut self, millis: i64) -> String {
+        match &self.to_text {
+            Some((m, text)) if *m == millis => text.clone(),
+            _ => {
+                let text = time_text(millis);
+                self.to_text = Some((millis, text.clone()));
+                text
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn times_round_trip_to_the_millisecond() {
+        let now = crate::state::now();
+        assert_eq!(time_text(millis(&now).unwrap()), now);
+        let mut times = Times::default();
+        let stored = millis("2026-12-05T23:20:29.123Z").unwrap();
+        assert_eq!(stored, 1_796_512_829_123);
+        assert_eq!(times.text(stored), "2026-12-05T23:20:29.123Z");
+        assert_eq!(times.text(stored + 1), "2026-12-05T23:20:29.124Z");
+    }
+
+    #[test]
+    fn stored_values_read_back_as_their_json_text() {
+        let db = rusqlite::Connection::open_in_memory().unwrap();
+        for text in ["true", "false", "1", "0", "\"gold\"", "null", "420.5"] {
+            let sql = format!("SELECT {}", stored_value("?1"));
+            let back: String = db.query_row(&sql, [text], |r| Ok(value_text(r.get_ref(0)?)?.to_string())).unwrap();
+            assert_eq!(back, text);
+        }
+    }
+}
