@@ -280,8 +280,8 @@ async fn a_first_sync_overtaken_by_the_new_holders_rows_reports_its_lost_lease()
     // What the new holder's own first sync writes: every member's row.
     for i in 0..MEMBERS {
         sqlx::query(
-            "INSERT OR IGNORE INTO memberships (computation_key, user_id, desired, updated_at) \
-             VALUES ('big', ?1, 'true', '2026-01-01T00:00:00.000Z')",
+            "INSERT OR IGNORE INTO member_rows (computation_id, user_id, desired, updated_at) \
+             VALUES ((SELECT id FROM computations WHERE key = 'big'), ?1, 1, 1767225600000)",
         )
         .bind(format!("user-{i:04}"))
         .execute(&mut *tx)
