@@ -87,6 +87,7 @@ pub async fn close(
         Some(_) => write(store, key, None, fingerprint, counts.snapshot_rows).await?,
         None => store.drop_first_sync_queue(key).await?,
     }
+    store.give_back_free_pages().await?;
     Ok(0)
 }
 

@@ -67,10 +67,15 @@ impl Store {
                 .bind(key)
                 .execute(&self.pool)
                 .await?;
-            // The queue held every member once more: its pages go back to the file system
-            // (in a state file created with incremental auto-vacuum, see `Store::open`).
-            sqlx::query("PRAGMA incremental_vacuum").execute(&self.pool).await?;
         }
+        Ok(())
+    }
+
+    /// Gives the state file's free pages back to the file system: a first sync's queue held
+    /// every member once more until the sync ended. Only in a state file created with
+    /// incremental auto-vacuum (see `Store::open`); a no-op in an older one.
+    pub async fn give_back_free_pages(&self) -> anyhow::Result<()> {
+        sqlx::query("PRAGMA incremental_vacuum").execute(&self.pool).await?;
         Ok(())
     }
 }
