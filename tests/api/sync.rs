@@ -346,3 +346,19 @@ async fn a_large_snapshot_is_loaded_after_the_small_ones_are_delivered() {
     assert_eq!(both.len(), 1, "one update for a user entering both: {both:?}");
     assert_eq!(both[0]["traits"], json!({"big": true, "small": true}));
 }
+
+/// Issue 14: a first sync's queue holds every member once more until the sync ends; the state
+/// file kept those pages (free, but on disk) for good, a third of its size.
+#[tokio::test]
+async fn a_finished_first_sync_gives_its_queues_pages_back() {
+    let app = TestApp::new("[destination]\ntype = \"file\"\npath = \"out.ndjson\"\n", &audience("A", "a.csv"));
+    let users: Vec<String> = (0..20_000).map(|i| format!("user-{i:06}")).collect();
+    app.write("a.csv", &csv_users(&users.iter().map(String::as_str).collect::<Vec<_>>()));
+    assert_success(&app.sync(&[]).await);
+    let db = app.db().await;
+    let free: i64 = sqlx::query_scalar("PRAGMA freelist_count").fetch_one(&db).await.unwrap();
+    let pages: i64 = sqlx::query_scalar("PRAGMA page_count").fetch_one(&db).await.unwrap();
+    assert_eq!(free, 0, "{free} of {pages} pages free");
+    let members: i64 = sqlx::query_scalar("SELECT count(*) FROM memberships").fetch_one(&db).await.unwrap();
+    assert_eq!(members, 20_000);
+}
