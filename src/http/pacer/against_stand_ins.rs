@@ -171,10 +171,15 @@ async fn a_bucket_holding_a_seconds_worth_is_served_at_its_limit() {
 
 #[tokio::test(start_paused = true)]
 async fn throttles_at_random_cost_about_their_pauses() {
-    // A search for a limit must not take 429s at random for one: a lower rate serves less.
-    for seed in [1u64, 2, 3] {
+    // A search for a limit must not take 429s at random for one: a lower rate serves less. Over
+    // many seeds, because a search fooled by luck (a couple of seconds at a low rate without a
+    // 429) once held 13 requests a second for a minute.
+    let mut extras: Vec<Duration> = Vec::new();
+    for seed in 1..=100u64 {
         let (took, seen) = deliver(AtRandom(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15)), 500, 16).await;
-        let extra = took.saturating_sub(seen.pause_cost);
-        assert!(extra < Duration::from_secs(10), "seed {seed}: {took:?}, pauses {:?}", seen.pause_cost);
+        extras.push(took.saturating_sub(seen.pause_cost));
     }
+    extras.sort();
+    let (median, worst) = (extras[50], extras[99]);
+    assert!(median < Duration::from_secs(6) && worst < Duration::from_secs(30), "median {median:?}, worst {worst:?}");
 }

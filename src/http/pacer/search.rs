@@ -24,6 +24,9 @@ use tokio::time::Instant;
 /// it must also show it serves more than before.
 const TRIAL_DOWN: Duration = Duration::from_secs(2);
 const TRIAL_UP: Duration = Duration::from_secs(1);
+/// And a trial down must see this many acknowledgements: 429s at random let a couple of
+/// seconds at a low rate through often enough (a few dozen requests) to pass for a limit.
+const TRIAL_DOWN_ACKS: u32 = 50;
 /// How much more than before a lower rate must serve to be kept.
 const BETTER: f64 = 1.25;
 /// What the rate served before is measured over.
@@ -77,8 +80,11 @@ struct Trial {
 
 impl Trial {
     fn long_enough(&self, now: Instant) -> bool {
-        let needed = if self.direction == Direction::Down { TRIAL_DOWN } else { TRIAL_UP };
-        now.saturating_duration_since(self.start) >= needed
+        let elapsed = now.saturating_duration_since(self.start);
+        match self.direction {
+            Direction::Down => elapsed >= TRIAL_DOWN && self.acks >= TRIAL_DOWN_ACKS,
+            Direction::Up => elapsed >= TRIAL_UP,
+        }
     }
 }
 
@@ -147,6 +153,9 @@ pub struct LimitSearch {
     passed: Vec<f64>,
     /// Throttles of held rates with no rate passed below them to go back to.
     strikes: Vec<Instant>,
+    /// What was served a second when the search began: a search that serves less than
+    /// `BETTER` times that found no limit to hold under.
+    baseline: f64,
     /// How long a rate close to the one refused is held before trying a little higher.
     reprobe_after: Duration,
 }
@@ -163,6 +172,7 @@ impl LimitSearch {
             backoff: BACKOFF,
             passed: Vec::new(),
             strikes: Vec::new(),
+            baseline: 0.0,
             reprobe_after: HOLD,
         }
     }
@@ -196,6 +206,11 @@ impl LimitSearch {
         self.stretch_start = now + pause;
         match self.phase {
             Phase::Free => self.free_throttled(now, current, short),
+            Phase::Trial(Trial { direction: Direction::Up, .. }) | Phase::Held { .. }
+                if self.served.per_second(now) < BETTER * self.baseline =>
+            {
+                Some(self.give_up(now))
+            }
             Phase::Trial(trial) => Some(self.trial_refused(now, trial)),
             Phase::Held { rate, since, .. } => Some(self.held_throttled(now, rate, since)),
         }
@@ -212,6 +227,7 @@ impl LimitSearch {
         if served_before == 0.0 {
             return None;
         }
+        self.baseline = served_before;
         (rate > BETTER * served_before).then(|| self.trial(now, rate, Direction::Down, served_before, current))
     }
 
