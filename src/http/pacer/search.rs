@@ -153,8 +153,8 @@ pub struct LimitSearch {
     passed: Vec<f64>,
     /// Throttles of held rates with no rate passed below them to go back to.
     strikes: Vec<Instant>,
-    /// What was served a second when the search began: a search that serves less than
-    /// `BETTER` times that found no limit to hold under.
+    /// What was served a second when the search began: a search whose held rates serve less
+    /// found no limit to hold under (429s at random throttle every rate).
     baseline: f64,
     /// How long a rate close to the one refused is held before trying a little higher.
     reprobe_after: Duration,
@@ -207,7 +207,7 @@ impl LimitSearch {
         match self.phase {
             Phase::Free => self.free_throttled(now, current, short),
             Phase::Trial(Trial { direction: Direction::Up, .. }) | Phase::Held { .. }
-                if self.served.per_second(now) < BETTER * self.baseline =>
+                if self.served.per_second(now) < self.baseline =>
             {
                 Some(self.give_up(now))
             }
