@@ -283,6 +283,38 @@ async fn sigterm_ends_a_lock_wait_on_the_thread_that_sends() {
     assert!(failures.iter().all(|l| l.contains(explained)), "{log}");
 }
 
+/// Review finding: the state's auto-vacuum pragma, set on every connection, took the write
+/// lock as each connection opened: a command started while an operator held a write
+/// transaction waited in SQLite's own 300 s busy timeout, before any signal handler, and
+/// SIGTERM killed it without a word.
+#[tokio::test]
+async fn sigterm_ends_a_wait_for_the_states_lock_begun_at_start() {
+    let edge = contentstack_server().await;
+    let app = TestApp::contentstack(&edge, 2, &audience("A", "a.csv"));
+    app.write("a.csv", &csv_users(&["u1"]));
+    assert_success(&app.sync(&[]).await);
+    app.write("a.csv", &csv_users(&["u1", "u2"]));
+    let operator = rusqlite::Connection::open(app.path("state.db")).unwrap();
+    operator.execute_batch("BEGIN IMMEDIATE").unwrap();
+    let log = std::fs::File::create(app.path("stderr.log")).unwrap();
+    let mut child = app.command(&["sync"]).stdout(Stdio::null()).stderr(log).spawn().unwrap();
+    // One of its threads sleeps between tries for the lock.
+    let tasks = format!("/proc/{}/task", child.id());
+    wait_until(30, "the command to wait for the lock", || async {
+        std::fs::read_dir(&tasks)
+            .unwrap()
+            .flatten()
+            .any(|t| std::fs::read_to_string(t.path().join("wchan")).is_ok_and(|w| w.contains("nanosleep")))
+    })
+    .await;
+    terminate(&child);
+    let status = wait_exit(&mut child, 10).await;
+    operator.execute_batch("ROLLBACK").unwrap();
+    let log = std::fs::read_to_string(app.path("stderr.log")).unwrap();
+    assert_eq!(status.code(), Some(1), "ended by its own shutdown, not by the signal: {log}");
+    assert!(log.contains("stopped waiting for the state's write lock"), "{log}");
+}
+
 /// Review finding: the unchanged check hashed the whole file before every load, even with no
 /// fingerprint to compare with, in a read nothing could stop: a file without end (here
 /// /dev/zero) held the pass forever. Now it is hashed only when its size is the recorded one,

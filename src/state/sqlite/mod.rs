@@ -32,6 +32,7 @@ use anyhow::Context;
 use sqlx::sqlite::{
     SqliteAutoVacuum, SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
 };
+use sqlx::{ConnectOptions, Connection};
 
 use crate::sqlite_memory::configure_sqlite;
 use crate::state::now;
@@ -70,17 +71,23 @@ impl Store {
                 .with_context(|| format!("cannot create the state directory {}", dir.display()))?;
         }
         configure_sqlite();
+        let fresh = !path.exists();
         let options = SqliteConnectOptions::from_str("sqlite://")?
             .filename(path)
             .create_if_missing(true)
             .journal_mode(SqliteJournalMode::Wal)
             .synchronous(SqliteSynchronous::Normal)
             .busy_timeout(BUSY_TIMEOUT)
-            .foreign_keys(true)
-            // Takes effect only in a new file (an older one would need a VACUUM): a first
-            // sync's queue holds every member once more until the sync ends, and the file
-            // gives those pages back then instead of keeping them free forever.
-            .auto_vacuum(SqliteAutoVacuum::Incremental);
+            .foreign_keys(true);
+        if fresh {
+            // Only in a new file (an older one would need a VACUUM), by one connection before
+            // any other: as an option of every connection the pragma takes the write lock, and
+            // a command started while an operator held a write transaction hung there, deaf to
+            // SIGTERM. A first sync's queue holds every member once more until the sync ends;
+            // the file gives those pages back then instead of keeping them free for good.
+            let first = options.clone().auto_vacuum(SqliteAutoVacuum::Incremental).connect().await;
+            first.with_context(|| format!("cannot create the state file {}", path.display()))?.close().await?;
+        }
         // A diff writes while delivery reads pages and the committer writes answers, and the
         // daemon may run a few passes side by side.
         let pool = SqlitePoolOptions::new()
