@@ -97,6 +97,9 @@ pub async fn sync(config: &Config, request: PassRequest) -> anyhow::Result<ExitC
 pub async fn dry_run(config: &Config, keys: &[String]) -> anyhow::Result<ExitCode> {
     let selected = config.select(keys)?;
     let store = Store::open_read_only(&config.state_path).await?;
+    if let Some(store) = &store {
+        store.require_current_schema().await?;
+    }
     let mut failed = Vec::new();
     for c in &selected {
         match plan::plan(config, store.as_ref(), c).await {

@@ -291,6 +291,33 @@ async fn check_reports_good_and_broken_sources_and_sends_nothing() {
     assert!(stderr(&out).contains("unknown field `concurency`"), "{}", stderr(&out));
 }
 
+/// Review finding: a dry run, the first command after an upgrade, opened the old state file
+/// read-only (no migration) and failed every computation with "snapshot failed: no such table:
+/// member_rows".
+#[tokio::test]
+async fn a_dry_run_on_a_state_from_an_older_version_says_to_upgrade_it() {
+    let app = TestApp::new("[destination]\ntype = \"file\"\npath = \"out.ndjson\"\n", &audience("A", "a.csv"));
+    app.write("a.csv", &csv_users(&["u1"]));
+    let options = sqlx::sqlite::SqliteConnectOptions::new().filename(app.path("state.db")).create_if_missing(true);
+    let pool = sqlx::SqlitePool::connect_with(options).await.unwrap();
+    let migrations = sqlx::migrate::Migrator::new(std::path::Path::new("migrations")).await.unwrap();
+    let older = migrations.iter().filter(|m| m.version < 13).cloned().collect();
+    sqlx::migrate::Migrator::with_migrations(older).run(&pool).await.unwrap();
+    pool.close().await;
+
+    let out = app.sync(&["--dry-run"]).await;
+    assert_failure(&out);
+    assert!(
+        stderr(&out).contains("written by an older version of audience-sync; run `audience-sync sync`"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(!stdout(&out).contains("snapshot failed"), "{}", stdout(&out));
+    // A sync upgrades it, and the dry run works then.
+    assert_success(&app.sync(&[]).await);
+    assert_success(&app.sync(&["--dry-run"]).await);
+}
+
 #[tokio::test]
 async fn dry_run_sends_nothing_and_leaves_the_state_unchanged() {
     let server = contentstack_server().await;

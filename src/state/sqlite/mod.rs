@@ -119,6 +119,24 @@ impl Store {
         Ok(Some(Store { pool, path: path.to_path_buf(), claim: None, keep_history_days: None }))
     }
 
+    /// Fails, saying what to do, when the state file was written by an older version and not
+    /// upgraded yet: a read-only open does not migrate it, and what it reads may not exist.
+    pub async fn require_current_schema(&self) -> anyhow::Result<()> {
+        let applied: Option<i64> = sqlx::query_scalar("SELECT max(version) FROM _sqlx_migrations WHERE success")
+            .fetch_one(&self.pool)
+            .await
+            .unwrap_or(None);
+        let current = MIGRATOR.iter().map(|m| m.version).max();
+        if applied < current {
+            anyhow::bail!(
+                "the state file {} was written by an older version of audience-sync; run `audience-sync sync` \
+                 (or `run`) once to upgrade it (a dry run changes nothing, so it cannot)",
+                self.path.display()
+            );
+        }
+        Ok(())
+    }
+
     /// Closes every connection; the last one to close checkpoints the WAL into the database
     /// file, so that a state file left by a finished command is whole on its own.
     pub async fn close(&self) {
