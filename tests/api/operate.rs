@@ -303,6 +303,14 @@ async fn a_dry_run_on_a_state_from_an_older_version_says_to_upgrade_it() {
     let migrations = sqlx::migrate::Migrator::new(std::path::Path::new("migrations")).await.unwrap();
     let older = migrations.iter().filter(|m| m.version < 13).cloned().collect();
     sqlx::migrate::Migrator::with_migrations(older).run(&pool).await.unwrap();
+    sqlx::query(
+        "INSERT INTO computations (key, name, kind, created_at) VALUES ('a', 'A', 'audience', '2026-11-01T00:00:00.000Z'); \
+         INSERT INTO memberships (computation_key, user_id, desired, synced, updated_at, synced_at) \
+         VALUES ('a', 'u0', 'true', 'true', '2026-11-01T00:00:00.000Z', '2026-11-01T00:00:01.000Z')",
+    )
+    .execute(&pool)
+    .await
+    .unwrap();
     pool.close().await;
 
     let out = app.sync(&["--dry-run"]).await;
