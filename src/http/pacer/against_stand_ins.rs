@@ -25,22 +25,33 @@ trait StandIn: Send {
     fn answer(&mut self, now: Instant) -> Answer;
 }
 
-/// `limit` tokens a second, at most `burst` held; 429 when empty.
+/// `limit` tokens a second, at most `burst` held; 429 when empty. From `then.0` on, the limit
+/// is `then.1`.
 struct Bucket {
     limit: f64,
     burst: f64,
     tokens: f64,
     filled: Instant,
+    then: Option<(Instant, f64)>,
 }
 
 impl Bucket {
     fn new(limit: f64, burst: f64) -> Bucket {
-        Bucket { limit, burst, tokens: burst, filled: Instant::now() }
+        Bucket { limit, burst, tokens: burst, filled: Instant::now(), then: None }
+    }
+
+    /// The same, whose limit becomes `limit` after `after`.
+    fn changing(self, after: Duration, limit: f64) -> Bucket {
+        Bucket { then: Some((Instant::now() + after, limit)), ..self }
     }
 }
 
 impl StandIn for Bucket {
     fn answer(&mut self, now: Instant) -> Answer {
+        if let Some((at, limit)) = self.then.filter(|(at, _)| now >= *at) {
+            (self.limit, self.then) = (limit, None);
+            let _ = at;
+        }
         let refill = now.saturating_duration_since(self.filled).as_secs_f64() * self.limit;
         (self.tokens, self.filled) = ((self.tokens + refill).min(self.burst), now);
         if self.tokens >= 1.0 {
@@ -73,6 +84,8 @@ impl StandIn for AtRandom {
 #[derive(Default)]
 struct Seen {
     acknowledged: u32,
+    /// When each acknowledgement came.
+    acks: Vec<Instant>,
     throttled: u32,
     requests: u32,
     /// Time covered by [answer, answer + 1 s] over every 429: what the pauses alone cost.
@@ -127,7 +140,10 @@ impl Seen {
     fn count(&mut self, answer: Answer, now: Instant) {
         self.requests += 1;
         match answer {
-            Answer::Ok => self.acknowledged += 1,
+            Answer::Ok => {
+                self.acknowledged += 1;
+                self.acks.push(now);
+            }
             Answer::Throttled => {
                 self.throttled += 1;
                 let from = self.paused_until.map_or(now, |until| until.max(now));
@@ -182,4 +198,32 @@ async fn throttles_at_random_cost_about_their_pauses() {
     extras.sort();
     let (median, worst) = (extras[50], extras[99]);
     assert!(median < Duration::from_secs(6) && worst < Duration::from_secs(30), "median {median:?}, worst {worst:?}");
+}
+
+/// Acknowledgements a second between `from` and `to` after `start`.
+fn acks_between(seen: &Seen, start: Instant, from: u64, to: u64) -> f64 {
+    let (from, to) = (start + Duration::from_secs(from), start + Duration::from_secs(to));
+    seen.acks.iter().filter(|&&t| t >= from && t < to).count() as f64 / (to - from).as_secs_f64()
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_limit_that_drops_mid_delivery_is_followed_down() {
+    // Review finding: held rates and the rates passed before the drop all throttled, the search
+    // gave up, and the pacer sent at twice the new limit, paused most of the time.
+    let start = Instant::now();
+    let (_, seen) = deliver(Bucket::new(200.0, 5.0).changing(Duration::from_secs(60), 50.0), 12_000 + 3_000, 16).await;
+    let after = acks_between(&seen, start, 80, 120);
+    eprintln!("after the drop: {after:.1}/s");
+    assert!(after >= 0.8 * 50.0, "{after:.1}/s against a limit of 50/s");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_limit_that_rises_mid_delivery_is_followed_up() {
+    // Review finding: a held rate tried 5 % higher every 30 s: minutes to find a limit four
+    // times higher.
+    let start = Instant::now();
+    let (_, seen) = deliver(Bucket::new(50.0, 5.0).changing(Duration::from_secs(60), 200.0), 3_000 + 18_000, 16).await;
+    let after = acks_between(&seen, start, 90, 150);
+    eprintln!("after the rise: {after:.1}/s");
+    assert!(after >= 0.6 * 200.0, "{after:.1}/s against a limit of 200/s");
 }

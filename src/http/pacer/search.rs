@@ -36,6 +36,11 @@ const WINDOW: Duration = Duration::from_secs(3);
 const HOLD: Duration = Duration::from_secs(30);
 /// The longest wait between tries a little higher: doubled from `HOLD` by each that failed.
 const MAX_REPROBE: Duration = Duration::from_secs(300);
+/// After a try higher that passed, the next comes this soon, twice as far above: a limit that
+/// rose is followed within seconds.
+const REPROBE_SOON: Duration = Duration::from_secs(2);
+/// How far above the held rate the first try higher goes (a share of it).
+const FIRST_STEP: f64 = NARROW - 1.0;
 /// Close enough: the search stops narrowing when the refused rate is within this factor.
 const NARROW: f64 = 1.05;
 /// A held rate throttled (the limit moved) is lowered to this share of it.
@@ -76,6 +81,8 @@ struct Trial {
     served_before: f64,
     /// The lowest rate throttled so far.
     refused: f64,
+    /// A try higher than a rate held close to the one refused (not a bisection step).
+    reprobe: bool,
 }
 
 impl Trial {
@@ -156,8 +163,13 @@ pub struct LimitSearch {
     /// What was served a second when the search began: a search whose held rates serve less
     /// found no limit to hold under (429s at random throttle every rate).
     baseline: f64,
-    /// How long a rate close to the one refused is held before trying a little higher.
+    /// How long a rate close to the one refused is held before trying a little higher, and how
+    /// much higher (a share of it).
     reprobe_after: Duration,
+    reprobe_step: f64,
+    /// Held rates throttled in a row with no trial passed between them: at two, the rates
+    /// passed before no longer hold (the limit dropped), and the search starts again lower.
+    fallbacks: u32,
 }
 
 impl LimitSearch {
@@ -174,6 +186,8 @@ impl LimitSearch {
             strikes: Vec::new(),
             baseline: 0.0,
             reprobe_after: HOLD,
+            reprobe_step: FIRST_STEP,
+            fallbacks: 0,
         }
     }
 
@@ -234,7 +248,8 @@ impl LimitSearch {
     /// A trial from now, or from the end of the pause under way.
     fn trial(&mut self, now: Instant, rate: f64, direction: Direction, served_before: f64, refused: f64) -> Step {
         let start = self.stretch_start.max(now);
-        self.phase = Phase::Trial(Trial { rate, direction, start, acks: 0, served_before, refused });
+        let reprobe = direction == Direction::Up && refused / served_before <= NARROW;
+        self.phase = Phase::Trial(Trial { rate, direction, start, acks: 0, served_before, refused, reprobe });
         Step::Hold(rate)
     }
 
@@ -244,7 +259,8 @@ impl LimitSearch {
     }
 
     fn give_up(&mut self, now: Instant) -> Step {
-        (self.phase, self.short_stretches, self.reprobe_after) = (Phase::Free, 0, HOLD);
+        (self.phase, self.short_stretches, self.reprobe_after, self.reprobe_step) = (Phase::Free, 0, HOLD, FIRST_STEP);
+        self.fallbacks = 0;
         self.passed.clear();
         self.strikes.clear();
         self.next_search = now + self.backoff;
@@ -254,7 +270,7 @@ impl LimitSearch {
 
     /// A trial rate went long enough without a throttle.
     fn trial_sustained(&mut self, now: Instant, trial: Trial) -> Step {
-        let Trial { rate, direction, start, acks, served_before, refused } = trial;
+        let Trial { rate, direction, start, acks, served_before, refused, reprobe } = trial;
         if direction == Direction::Down {
             let served = f64::from(acks) / now.saturating_duration_since(start).as_secs_f64();
             if served <= BETTER * served_before {
@@ -262,6 +278,10 @@ impl LimitSearch {
             }
             (self.backoff, self.passed) = (BACKOFF, Vec::new());
         }
+        if reprobe {
+            (self.reprobe_after, self.reprobe_step) = (REPROBE_SOON, (self.reprobe_step * 2.0).min(1.0));
+        }
+        self.fallbacks = 0;
         self.passed.push(rate);
         self.hold(now, rate, refused)
     }
@@ -275,7 +295,9 @@ impl LimitSearch {
             }
             Direction::Down => self.give_up(now),
             Direction::Up => {
-                self.reprobe_failed(served_before, rate);
+                if trial.reprobe {
+                    self.reprobe_failed();
+                }
                 self.passed.retain(|&p| p < rate);
                 let back = self.highest_passed().unwrap_or(served_before);
                 self.hold(now, back, rate)
@@ -283,12 +305,11 @@ impl LimitSearch {
         }
     }
 
-    /// A try a little higher than a rate held failed: wait longer before the next, each costs
-    /// a pause.
-    fn reprobe_failed(&mut self, held: f64, tried: f64) {
-        if tried / held <= NARROW * 1.001 {
-            self.reprobe_after = (self.reprobe_after * 2).min(MAX_REPROBE);
-        }
+    /// A try higher than a rate held failed: wait longer before the next (each costs a pause),
+    /// and go only a little higher then.
+    fn reprobe_failed(&mut self) {
+        self.reprobe_after = (self.reprobe_after.max(HOLD / 2) * 2).min(MAX_REPROBE);
+        self.reprobe_step = FIRST_STEP;
     }
 
     fn held_ack(&mut self, now: Instant, rate: f64, refused: f64, since: Instant) -> Option<Step> {
@@ -296,7 +317,7 @@ impl LimitSearch {
         if held < self.reprobe_after && refused / rate <= NARROW {
             return None;
         }
-        let higher = if refused / rate > NARROW { (rate * refused).sqrt() } else { rate * NARROW };
+        let higher = if refused / rate > NARROW { (rate * refused).sqrt() } else { rate * (1.0 + self.reprobe_step) };
         Some(self.trial(now, higher, Direction::Up, rate, refused))
     }
 
@@ -309,11 +330,19 @@ impl LimitSearch {
     /// lower. With nothing passed below it, again and again: no limit at all (give up).
     fn held_throttled(&mut self, now: Instant, rate: f64, since: Instant) -> Step {
         self.passed.retain(|&p| p < rate);
+        self.fallbacks += 1;
+        if self.fallbacks >= 2 {
+            // What was served before the drop says nothing of what can be now.
+            (self.fallbacks, self.passed, self.baseline) = (0, Vec::new(), 0.0);
+            return self.trial(now, rate / 2.0, Direction::Down, 0.0, rate);
+        }
         if now.saturating_duration_since(since) >= HOLD {
             return self.hold(now, rate * LOWERED, rate);
         }
         if let Some(back) = self.highest_passed() {
-            self.reprobe_failed(back, rate);
+            if rate / back <= 1.0 + self.reprobe_step + 1e-9 {
+                self.reprobe_failed();
+            }
             return self.hold(now, back, rate);
         }
         self.strikes.retain(|&t| now.saturating_duration_since(t) < HOLD);
