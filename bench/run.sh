@@ -2,7 +2,8 @@
 # The performance benchmark (issue: 10-million-member audiences). Prints each figure beside its
 # reference, measured side by side in one run on this machine.
 #
-#   bench/run.sh [MEMBERS...]        # default: 1000000 10000000; MANY=0 skips the 100-audience shape
+#   bench/run.sh [MEMBERS...]        # default: 1000000 10000000; MANY=0 skips the 100-audience shape,
+#                                    # RUNS=N runs it N times (default 3)
 #
 # Needs GNU time (/usr/bin/time) and coreutils. Work files go to $BENCH_DIR (default
 # /tmp/audience-sync-bench); nothing leaves loopback.
@@ -89,7 +90,7 @@ if [ "${MANY:-1}" = 1 ]; then
   done
   "$gen" --members 10000000 > "$one/a.csv"
   "$gen" --members 10000000 --churn 0.01 > "$one/c.csv"
-  for run in 1 2 3; do
+  for run in $(seq 1 "${RUNS:-3}"); do
     rm -f "$many"/state.db* "$one"/state.db*
     for i in $(seq 0 99); do cp "$many/a$i.csv" "$many/s$i.csv"; done
     cp "$one/a.csv" "$one/s.csv"

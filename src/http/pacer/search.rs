@@ -36,9 +36,10 @@ const WINDOW: Duration = Duration::from_secs(3);
 const HOLD: Duration = Duration::from_secs(30);
 /// The longest wait between tries a little higher: doubled from `HOLD` by each that failed.
 const MAX_REPROBE: Duration = Duration::from_secs(300);
-/// After a try higher that passed, the next comes this soon, twice as far above: a limit that
-/// rose is followed within seconds.
-const REPROBE_SOON: Duration = Duration::from_secs(2);
+/// After a try higher that passed, the next comes once the rate tried held this long, twice as
+/// far above: a limit that rose is followed within a minute, and a try that passed on a
+/// bucket's burst throttles before it (and waits `HOLD` again).
+const REPROBE_SOON: Duration = Duration::from_secs(5);
 /// How far above the held rate the first try higher goes (a share of it).
 const FIRST_STEP: f64 = NARROW - 1.0;
 /// Close enough: the search stops narrowing when the refused rate is within this factor.
