@@ -170,6 +170,7 @@ async fn pass_task(shared: &Shared, key: String, stop: CancellationToken) {
     }
     let keys = std::slice::from_ref(&key);
     if let Err(e) = leased_pass(shared, keys, stop).await {
+        let e = crate::state::explain_lock_wait(e);
         pass::log_failure(&key, None, None, "state failed", &format!("{e:#}"));
     }
     shared.running.lock().unwrap_or_else(|p| p.into_inner()).remove(&key);
