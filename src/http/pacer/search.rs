@@ -51,6 +51,8 @@ const STRIKES: usize = 3;
 /// The first wait before searching again after a search found nothing; doubled each time. A
 /// search among 429s at random costs a few seconds of slow trials: once a minute at most.
 const BACKOFF: Duration = Duration::from_secs(60);
+/// No trial goes slower than this (the pacer's own floor).
+const LOWEST: f64 = 1.0;
 /// Searching needs a measure of what was served before: not in the first second.
 const WARM_UP: Duration = Duration::from_secs(1);
 
@@ -291,7 +293,10 @@ impl LimitSearch {
     fn trial_refused(&mut self, now: Instant, trial: Trial) -> Step {
         let Trial { rate, direction, served_before, .. } = trial;
         match direction {
-            Direction::Down if rate / 2.0 > BETTER * served_before => {
+            // A search begun again after the limit dropped has nothing served to beat: it stops
+            // halving at the slowest rate the pacer goes (else, against a destination throttling
+            // every rate, it halved for ever at that rate and never gave up).
+            Direction::Down if rate / 2.0 > BETTER * served_before && rate / 2.0 >= LOWEST => {
                 self.trial(now, rate / 2.0, Direction::Down, served_before, rate)
             }
             Direction::Down => self.give_up(now),
@@ -428,6 +433,23 @@ mod tests {
         acks(&mut s, start, now, 200, 20);
         assert_eq!(s.throttled(at(start, now + 200), 400.0, PAUSE), None);
         assert_eq!(s.throttled(at(start, now + 1_300), 400.0, PAUSE), None);
+    }
+
+    #[test]
+    fn a_search_begun_again_with_nothing_served_to_beat_gives_up_at_the_slowest_rate() {
+        let start = Instant::now();
+        let mut s = LimitSearch::new(start);
+        let trial = |rate| Trial {
+            rate,
+            direction: Direction::Down,
+            start,
+            acks: 0,
+            served_before: 0.0,
+            refused: 2.0 * rate,
+            reprobe: false,
+        };
+        assert_eq!(s.trial_refused(at(start, 1_000), trial(4.0)), Step::Hold(2.0));
+        assert_eq!(s.trial_refused(at(start, 2_000), trial(1.5)), Step::Free);
     }
 
     #[test]
