@@ -51,8 +51,6 @@ const STRIKES: usize = 3;
 /// The first wait before searching again after a search found nothing; doubled each time. A
 /// search among 429s at random costs a few seconds of slow trials: once a minute at most.
 const BACKOFF: Duration = Duration::from_secs(60);
-/// No trial goes slower than this (the pacer's own floor).
-const LOWEST: f64 = 1.0;
 /// Searching needs a measure of what was served before: not in the first second.
 const WARM_UP: Duration = Duration::from_secs(1);
 
@@ -296,7 +294,7 @@ impl LimitSearch {
             // A search begun again after the limit dropped has nothing served to beat: it stops
             // halving at the slowest rate the pacer goes (else, against a destination throttling
             // every rate, it halved for ever at that rate and never gave up).
-            Direction::Down if rate / 2.0 > BETTER * served_before && rate / 2.0 >= LOWEST => {
+            Direction::Down if rate / 2.0 > BETTER * served_before && rate / 2.0 >= super::MIN_RATE => {
                 self.trial(now, rate / 2.0, Direction::Down, served_before, rate)
             }
             Direction::Down => self.give_up(now),
