@@ -25,32 +25,40 @@ trait StandIn: Send {
     fn answer(&mut self, now: Instant) -> Answer;
 }
 
-/// `limit` tokens a second, at most `burst` held; 429 when empty. From `then.0` on, the limit
-/// is `then.1`.
+/// `limit` tokens a second, at most `burst` held; 429 when empty. Each of `then`, in order, sets
+/// a new limit and burst from its instant on.
 struct Bucket {
     limit: f64,
     burst: f64,
     tokens: f64,
     filled: Instant,
-    then: Option<(Instant, f64)>,
+    then: Vec<(Instant, f64, f64)>,
 }
 
 impl Bucket {
     fn new(limit: f64, burst: f64) -> Bucket {
-        Bucket { limit, burst, tokens: burst, filled: Instant::now(), then: None }
+        Bucket { limit, burst, tokens: burst, filled: Instant::now(), then: Vec::new() }
     }
 
-    /// The same, whose limit becomes `limit` after `after`.
+    /// The same, whose limit becomes `limit` after `after` (the burst stays).
     fn changing(self, after: Duration, limit: f64) -> Bucket {
-        Bucket { then: Some((Instant::now() + after, limit)), ..self }
+        let burst = self.then.last().map_or(self.burst, |t| t.2);
+        self.changing_burst(after, limit, burst)
+    }
+
+    /// The same, whose limit and burst become `limit` and `burst` after `after`.
+    fn changing_burst(mut self, after: Duration, limit: f64, burst: f64) -> Bucket {
+        self.then.push((Instant::now() + after, limit, burst));
+        self
     }
 }
 
 impl StandIn for Bucket {
     fn answer(&mut self, now: Instant) -> Answer {
-        if let Some((at, limit)) = self.then.filter(|(at, _)| now >= *at) {
-            (self.limit, self.then) = (limit, None);
-            let _ = at;
+        while let Some(&(_, limit, burst)) = self.then.first().filter(|t| now >= t.0) {
+            (self.limit, self.burst) = (limit, burst);
+            self.tokens = self.tokens.min(burst);
+            self.then.remove(0);
         }
         let refill = now.saturating_duration_since(self.filled).as_secs_f64() * self.limit;
         (self.tokens, self.filled) = ((self.tokens + refill).min(self.burst), now);
@@ -63,16 +71,24 @@ impl StandIn for Bucket {
     }
 }
 
-/// 5 % of requests 429 and 15 % 500, at (seeded) random, whatever the rate.
-struct AtRandom(u64);
+/// xorshift64: deterministic, and enough for a share of answers.
+struct Xorshift(u64);
 
-impl StandIn for AtRandom {
-    fn answer(&mut self, _: Instant) -> Answer {
-        // xorshift64: deterministic, and enough for a share of answers.
+impl Xorshift {
+    fn next(&mut self) -> u64 {
         self.0 ^= self.0 << 13;
         self.0 ^= self.0 >> 7;
         self.0 ^= self.0 << 17;
-        match self.0 % 100 {
+        self.0
+    }
+}
+
+/// 5 % of requests 429 and 15 % 500, at (seeded) random, whatever the rate.
+struct AtRandom(Xorshift);
+
+impl StandIn for AtRandom {
+    fn answer(&mut self, _: Instant) -> Answer {
+        match self.0.next() % 100 {
             0..5 => Answer::Throttled,
             5..20 => Answer::Failed,
             _ => Answer::Ok,
@@ -87,6 +103,8 @@ struct Seen {
     /// When each acknowledgement came.
     acks: Vec<Instant>,
     throttled: u32,
+    /// When each 429 came.
+    throttles: Vec<Instant>,
     requests: u32,
     /// Time covered by [answer, answer + 1 s] over every 429: what the pauses alone cost.
     pause_cost: Duration,
@@ -146,6 +164,7 @@ impl Seen {
             }
             Answer::Throttled => {
                 self.throttled += 1;
+                self.throttles.push(now);
                 let from = self.paused_until.map_or(now, |until| until.max(now));
                 self.pause_cost += (now + PAUSE).saturating_duration_since(from);
                 self.paused_until = Some(now + PAUSE);
@@ -192,7 +211,7 @@ async fn throttles_at_random_cost_about_their_pauses() {
     // 429) once held 13 requests a second for a minute.
     let mut extras: Vec<Duration> = Vec::new();
     for seed in 1..=100u64 {
-        let (took, seen) = deliver(AtRandom(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15)), 500, 16).await;
+        let (took, seen) = deliver(AtRandom(Xorshift(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15))), 500, 16).await;
         extras.push(took.saturating_sub(seen.pause_cost));
     }
     extras.sort();
@@ -228,4 +247,50 @@ async fn a_limit_that_rises_mid_delivery_is_followed_up() {
     let after = acks_between(&seen, start, 120, 180);
     eprintln!("the second minute after the rise: {after:.1}/s");
     assert!(after >= 0.6 * 200.0, "{after:.1}/s against a limit of 200/s");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_limit_that_dropped_and_rose_again_is_followed_up_within_a_minute() {
+    // Review finding: a try higher that failed against the lowered limit doubled the wait
+    // before the next, and the held rate stayed at 40/s for 90 s after the limit rose to 150/s.
+    let start = Instant::now();
+    let secs = Duration::from_secs;
+    let bucket = Bucket::new(100.0, 5.0).changing(secs(30), 40.0).changing(secs(60), 150.0);
+    let (_, seen) = deliver(bucket, 3_000 + 1_200 + 150 * 90, 16).await;
+    let after = acks_between(&seen, start, 120, 150);
+    eprintln!("the second half-minute after the rise: {after:.1}/s");
+    assert!(after >= 0.6 * 150.0, "{after:.1}/s against a limit of 150/s");
+}
+
+/// The share of answers between `from` and `to` seconds after `start` that were 429s.
+fn throttled_between(seen: &Seen, start: Instant, from: u64, to: u64) -> f64 {
+    let (from, to) = (start + Duration::from_secs(from), start + Duration::from_secs(to));
+    let within = |times: &[Instant]| times.iter().filter(|&&t| t >= from && t < to).count() as f64;
+    let throttled = within(&seen.throttles);
+    throttled / (throttled + within(&seen.acks)).max(1.0)
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_limit_with_no_burst_that_drops_is_followed_within_seconds() {
+    // Review finding: 100/s with a burst of one dropping to 20/s got 4-8 requests a second for a
+    // long while. The search found 20/s in seconds, but each of its steps left the requests
+    // waiting for their turn queued at the old rate: a second of nothing per step.
+    let start = Instant::now();
+    let bucket = Bucket::new(100.0, 1.0).changing(Duration::from_secs(15), 20.0);
+    let (_, seen) = deliver(bucket, 1_500 + 20 * 50, 16).await;
+    let (soon, later) = (acks_between(&seen, start, 20, 30), acks_between(&seen, start, 30, 60));
+    eprintln!("5-15 s after the drop: {soon:.1}/s; 15-45 s after: {later:.1}/s");
+    assert!(soon >= 0.5 * 20.0 && later >= 0.9 * 20.0, "{soon:.1}/s, then {later:.1}/s against 20/s");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_bucket_holding_a_seconds_worth_whose_limit_drops_is_not_flooded() {
+    // Review finding: 200/s with a second's burst dropping to 50/s was served at 50/s, but by
+    // emptying the bucket after every pause: an eighth of the requests were answered 429.
+    let start = Instant::now();
+    let bucket = Bucket::new(200.0, 200.0).changing_burst(Duration::from_secs(20), 50.0, 50.0);
+    let (_, seen) = deliver(bucket, 4_000 + 50 * 45, 16).await;
+    let (served, refused) = (acks_between(&seen, start, 20, 60), throttled_between(&seen, start, 20, 60));
+    eprintln!("after the drop: {served:.1}/s, {:.1} % 429s", refused * 100.0);
+    assert!(served >= 0.9 * 50.0 && refused <= 0.05, "{served:.1}/s, {:.1} % 429s", refused * 100.0);
 }

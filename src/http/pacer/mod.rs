@@ -97,6 +97,8 @@ struct State {
     /// Where an unlimited destination stops being paced again after a slow-down.
     unpaced_at: Option<f64>,
     next_slot: Instant,
+    /// When the last request went.
+    last_sent: Instant,
     paused_until: Instant,
     /// The `Retry-After` that set `paused_until`.
     pause: Duration,
@@ -131,6 +133,7 @@ impl Pacer {
                 probing_since: None,
                 unpaced_at: None,
                 next_slot: now,
+                last_sent: now,
                 paused_until: now,
                 pause: Duration::ZERO,
                 slowdowns: 0,
@@ -240,6 +243,7 @@ impl Pacer {
         let current = ticket.slowdowns == s.slowdowns;
         if let Some(step) = s.search.acked(Instant::now(), current) {
             s.take(step, self.max_rate);
+            s.requeue();
             self.shown.set(s.rate.unwrap_or(0.0));
             drop(s);
             self.changed.notify_waiters();
@@ -281,6 +285,7 @@ impl State {
             (self.window_start, self.window_sent) = (now, 0);
         }
         self.window_sent += 1;
+        self.last_sent = now;
         Ticket { slowdowns: self.slowdowns }
     }
 
@@ -313,6 +318,15 @@ impl State {
         self.rate = Some((current / 2.0).max(MIN_RATE));
         self.probing_since = None;
         self.slowdowns += 1;
+    }
+
+    /// The requests waiting for their turn give their slots up (a new epoch) and queue again at
+    /// the new rate, the first one interval after the last request went. Left where it was,
+    /// their slots kept the queue going on: a second for each search step at a low rate.
+    fn requeue(&mut self) {
+        if let Some(rate) = self.rate {
+            self.next_slot = self.last_sent + Duration::from_secs_f64(1.0 / rate);
+        }
     }
 
     /// What the limit search says, starting an epoch: a rate to hold, or back to recovering

@@ -34,7 +34,9 @@ const WINDOW: Duration = Duration::from_secs(3);
 /// How long a rate is held before trying a little higher; a held rate throttled after holding
 /// this long means the limit moved (sooner, that its trial passed on a burst).
 const HOLD: Duration = Duration::from_secs(30);
-/// The longest wait between tries a little higher: doubled from `HOLD` by each that failed.
+/// The longest wait between tries a little higher: `HOLD` after one that failed, doubled by each
+/// further failure in a row. The first failure waits only `HOLD`: a limit that dropped and rose
+/// again is tried within a minute, not after minutes of holding the lowered rate.
 const MAX_REPROBE: Duration = Duration::from_secs(300);
 /// After a try higher that passed, the next comes once the rate tried held this long, twice as
 /// far above: a limit that rose is followed within a minute, and a try that passed on a
@@ -168,6 +170,8 @@ pub struct LimitSearch {
     /// much higher (a share of it).
     reprobe_after: Duration,
     reprobe_step: f64,
+    /// Tries higher that failed in a row.
+    reprobes_failed: u32,
     /// Held rates throttled in a row with no trial passed between them: at two, the rates
     /// passed before no longer hold (the limit dropped), and the search starts again lower.
     fallbacks: u32,
@@ -188,6 +192,7 @@ impl LimitSearch {
             baseline: 0.0,
             reprobe_after: HOLD,
             reprobe_step: FIRST_STEP,
+            reprobes_failed: 0,
             fallbacks: 0,
         }
     }
@@ -260,7 +265,8 @@ impl LimitSearch {
     }
 
     fn give_up(&mut self, now: Instant) -> Step {
-        (self.phase, self.short_stretches, self.reprobe_after, self.reprobe_step) = (Phase::Free, 0, HOLD, FIRST_STEP);
+        (self.phase, self.short_stretches) = (Phase::Free, 0);
+        self.forget_reprobes();
         self.fallbacks = 0;
         self.passed.clear();
         self.strikes.clear();
@@ -312,14 +318,26 @@ impl LimitSearch {
     /// A try higher than a rate held failed: wait longer before the next (each costs a pause),
     /// and go only a little higher then.
     fn reprobe_failed(&mut self) {
-        self.reprobe_after = (self.reprobe_after.max(HOLD / 2) * 2).min(MAX_REPROBE);
+        self.reprobes_failed += 1;
+        self.reprobe_after = (HOLD * 2u32.pow(self.reprobes_failed.min(8) - 1)).min(MAX_REPROBE);
         self.reprobe_step = FIRST_STEP;
+    }
+
+    /// A new limit to find (the search gave up, or the limit dropped): tries higher start over.
+    fn forget_reprobes(&mut self) {
+        (self.reprobe_after, self.reprobe_step, self.reprobes_failed) = (HOLD, FIRST_STEP, 0);
     }
 
     fn held_ack(&mut self, now: Instant, rate: f64, refused: f64, since: Instant) -> Option<Step> {
         let held = now.saturating_duration_since(since);
         if held < self.reprobe_after && refused / rate <= NARROW {
             return None;
+        }
+        if self.reprobe_after == REPROBE_SOON {
+            // The rate a try higher passed at held until the next try: that try did not fail.
+            // (One that passed its trial on a bucket's burst throttles before, and counts as
+            // failed: else every such try would wait only `HOLD`.)
+            self.reprobes_failed = 0;
         }
         let higher = if refused / rate > NARROW { (rate * refused).sqrt() } else { rate * (1.0 + self.reprobe_step) };
         Some(self.trial(now, higher, Direction::Up, rate, refused))
@@ -338,6 +356,7 @@ impl LimitSearch {
         if self.fallbacks >= 2 {
             // What was served before the drop says nothing of what can be now.
             (self.fallbacks, self.passed, self.baseline) = (0, Vec::new(), 0.0);
+            self.forget_reprobes();
             return self.trial(now, rate / 2.0, Direction::Down, 0.0, rate);
         }
         if now.saturating_duration_since(since) >= HOLD {
