@@ -13,6 +13,9 @@
 //!   (holding a second's tokens, or `--burst N`) and answers 429 (`Retry-After: 1`) when it is empty. The
 //!   goodput (acknowledgements a second over the delivery) should be at least 90 % of the limit
 //!   with at most 5 % of the requests answered 429. The syncer is not told the limit.
+//!   `--then SECS:LIMIT[:BURST]` changes the limit (and burst) that many seconds after the first
+//!   request, and prints acknowledgements a second and 429s over each 10 s of the delivery
+//!   (a limit that drops or rises mid-delivery: docs/throttling.md).
 //!
 //! Each run writes an audience of `--members` users and a config into a temp dir and runs the
 //! real `target/release/audience-sync sync` against a fresh stand-in (`--concurrency`, default
@@ -31,6 +34,8 @@ enum Mode {
     Bucket {
         limit: f64,
         burst: f64,
+        /// Seconds after the first request, the limit and burst from then on.
+        then: Option<(f64, f64, f64)>,
     },
 }
 
@@ -52,6 +57,8 @@ struct Seen {
     last: Option<Instant>,
     /// When each 429 was answered.
     throttles: Vec<Instant>,
+    /// When each 200 was answered.
+    acks: Vec<Instant>,
     /// The token bucket: tokens, and when it was last filled.
     tokens: f64,
     filled: Option<Instant>,
@@ -80,7 +87,7 @@ fn main() {
 
 fn options() -> Options {
     let mut o = Options { mode: Mode::Random, members: 0, concurrency: 16, latency: Duration::from_millis(1), runs: 1 };
-    let (mut mode, mut limit, mut burst) = ("random".to_string(), 200.0, None);
+    let (mut mode, mut limit, mut burst, mut then) = ("random".to_string(), 200.0, None, None);
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
         let mut value = || args.next().unwrap_or_else(|| panic!("{a} needs a value"));
@@ -88,6 +95,7 @@ fn options() -> Options {
             "--mode" => mode = value(),
             "--limit" => limit = value().parse().expect("--limit N"),
             "--burst" => burst = Some(value().parse().expect("--burst N")),
+            "--then" => then = Some(change(&value())),
             "--members" => o.members = value().parse().expect("--members N"),
             "--concurrency" => o.concurrency = value().parse().expect("--concurrency N"),
             "--latency-ms" => o.latency = Duration::from_millis(value().parse().expect("--latency-ms MS")),
@@ -97,7 +105,7 @@ fn options() -> Options {
     }
     o.mode = match mode.as_str() {
         "random" => Mode::Random,
-        "bucket" => Mode::Bucket { limit, burst: burst.unwrap_or(limit) },
+        "bucket" => Mode::Bucket { limit, burst: burst.unwrap_or(limit), then },
         other => panic!("unknown mode {other}"),
     };
     if o.members == 0 {
@@ -108,6 +116,16 @@ fn options() -> Options {
         };
     }
     o
+}
+
+/// `SECS:LIMIT[:BURST]` (the burst defaults to a second's worth).
+fn change(text: &str) -> (f64, f64, f64) {
+    let n: Vec<f64> = text.split(':').map(|x| x.parse().expect("--then SECS:LIMIT[:BURST]")).collect();
+    match n[..] {
+        [secs, limit] => (secs, limit, limit),
+        [secs, limit, burst] => (secs, limit, burst),
+        _ => panic!("--then SECS:LIMIT[:BURST]"),
+    }
 }
 
 /// "min / median / max" of `values`.
@@ -171,7 +189,10 @@ fn run(o: &Options) -> Vec<f64> {
             );
             vec![pass, cost, pass - cost]
         }
-        Mode::Bucket { limit, .. } => {
+        Mode::Bucket { limit, then, .. } => {
+            if then.is_some() {
+                timeline(&seen);
+            }
             let goodput = o.members as f64 / busy;
             let share = 100.0 * seen.throttled as f64 / seen.requests as f64;
             println!(
@@ -180,6 +201,20 @@ fn run(o: &Options) -> Vec<f64> {
             );
             vec![100.0 * goodput / limit, share]
         }
+    }
+}
+
+/// Acknowledgements a second and the share of 429s over each 10 s from the first request.
+fn timeline(seen: &Seen) {
+    let first = seen.first.unwrap();
+    let slot = |t: &Instant| ((*t - first).as_secs() / 10) as usize;
+    let slots = seen.acks.iter().chain(&seen.throttles).map(slot).max().unwrap_or(0) + 1;
+    let (mut acks, mut throttles) = (vec![0u32; slots], vec![0u32; slots]);
+    seen.acks.iter().for_each(|t| acks[slot(t)] += 1);
+    seen.throttles.iter().for_each(|t| throttles[slot(t)] += 1);
+    for i in 0..slots {
+        let share = 100.0 * f64::from(throttles[i]) / f64::from((acks[i] + throttles[i]).max(1));
+        println!("  {:>4}-{:<4} s: {:6.1}/s, {share:4.1} % 429s", i * 10, i * 10 + 10, f64::from(acks[i]) / 10.0);
     }
 }
 
@@ -236,8 +271,10 @@ fn connection(socket: TcpStream, mode: Mode, latency: Duration, seen: &Mutex<See
         }
         let mut s = seen.lock().unwrap();
         s.last = Some(Instant::now());
-        if status == 429 {
-            s.throttles.push(Instant::now());
+        match status {
+            429 => s.throttles.push(Instant::now()),
+            200 => s.acks.push(Instant::now()),
+            _ => {}
         }
     }
 }
@@ -274,7 +311,11 @@ fn answer(mode: Mode, now: Instant, s: &mut Seen) -> u16 {
             x if x < 0.20 => 500,
             _ => 200,
         },
-        Mode::Bucket { limit, burst } => {
+        Mode::Bucket { mut limit, mut burst, then } => {
+            if let Some((_, l, b)) = then.filter(|t| (now - s.first.unwrap()).as_secs_f64() >= t.0) {
+                (limit, burst) = (l, b);
+                s.tokens = s.tokens.min(burst);
+            }
             let since = s.filled.map_or(burst / limit, |f| (now - f).as_secs_f64());
             s.tokens = (s.tokens + since * limit).min(burst);
             s.filled = Some(now);
