@@ -3,9 +3,10 @@
 # reference, measured side by side in one run on this machine.
 #
 #   bench/run.sh [MEMBERS...]        # default: 1000000 10000000; MANY=0 skips the 100-audience shape,
-#                                    # RUNS=N runs it N times (default 3)
+#                                    # WIDE=0 the 1,000-audience one, MIXED=0 the mixed sizes;
+#                                    # RUNS=N runs the many-audience and mixed shapes N times (default 3)
 #
-# Needs GNU time (/usr/bin/time) and coreutils. Work files go to $BENCH_DIR (default
+# Needs GNU time (/usr/bin/time), coreutils and the sqlite3 shell. Work files go to $BENCH_DIR (default
 # /tmp/audience-sync-bench); nothing leaves loopback.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -106,6 +107,56 @@ if [ "${MANY:-1}" = 1 ]; then
   bytes=$(stat -c %s "$many/state.db")
   printf '%-44s %10s %9s %12s %s\n' "100 x 100k state file" "" "" "$((bytes / 10000000))  B/row" "target <= 50 B/row"
   rm -f "$many"/*.csv "$one"/*.csv
+fi
+
+# Many small computations (issue 14): 1,000 audiences of 1,000 members each; `status` and a pass
+# in which nothing changed (every file as it was: each diff skipped by its fingerprint).
+if [ "${WIDE:-1}" = 1 ]; then
+  wide="$dir/wide"
+  rm -rf "$wide" && mkdir -p "$wide"
+  { printf '[state]\npath = "state.db"\n[destination]\ntype = "file"\npath = "out.ndjson"\n'
+    for i in $(seq 0 999); do printf '[[audience]]\nname = "W%d"\nsource = { type = "file", path = "w%d.csv" }\n' "$i" "$i"; done
+  } > "$wide/config.toml"
+  for i in $(seq 0 999); do "$gen" --members 1000 --seed "$i" --offset $((i * 1000)) > "$wide/w$i.csv"; done
+  read -r secs mb < <(measure "$bin" --config "$wide/config.toml" sync)
+  printf '%-44s %10s %9s %12s %s\n' "1,000 x 1,000 initial pass" "$secs" "$mb" "" ""
+  read -r secs mb < <(measure "$bin" --config "$wide/config.toml" status)
+  printf '%-44s %10s %9s %12s %s\n' "1,000 computations: status" "$secs" "$mb" "" "target < 1 s"
+  read -r secs mb < <(measure "$bin" --config "$wide/config.toml" sync)
+  printf '%-44s %10s %9s %12s %s\n' "1,000 computations: nothing changed" "$secs" "$mb" "" "target < 2 s"
+  rm -rf "$wide"
+fi
+
+# Mixed sizes (issue 14): 99 audiences of 100,000 with 1 % + 1 % churn each, in the same pass as
+# a 10,000,000-member first sync, against the same 99 deltas alone: when the last small delta
+# finished (sync_runs.finished_at), counted from the command's start.
+if [ "${MIXED:-1}" = 1 ]; then
+  mixed="$dir/mixed"
+  rm -rf "$mixed" && mkdir -p "$mixed"
+  small() { for i in $(seq 0 98); do printf '[[audience]]\nname = "S%d"\nsource = { type = "file", path = "s%d.csv" }\n' "$i" "$i"; done; }
+  header() { printf '[state]\npath = "state.db"\n[destination]\ntype = "file"\npath = "out.ndjson"\n'; }
+  { header; small; } > "$mixed/alone.toml"
+  { header; small; printf '[[audience]]\nname = "Big"\nsource = { type = "file", path = "big.csv" }\n'; } > "$mixed/mixed.toml"
+  for i in $(seq 0 98); do "$gen" --members 100000 --seed "$i" --offset $((i * 100000)) > "$mixed/s$i.csv"; done
+  "$gen" --members 10000000 --seed 7 --offset 20000000 > "$mixed/big.csv"
+  measure "$bin" --config "$mixed/alone.toml" sync > /dev/null
+  cp "$mixed/state.db" "$mixed/base.db"
+  for i in $(seq 0 98); do "$gen" --members 100000 --seed "$i" --offset $((i * 100000)) --churn 0.01 > "$mixed/s$i.csv"; done
+  # seconds from `start` to the last small delta's end, in the state at $mixed/state.db
+  last_small() {
+    sqlite3 "$mixed/state.db" "SELECT printf('%.1f', (max(julianday(finished_at)) - 2440587.5) * 86400 - $1)
+      FROM sync_runs WHERE computation_key != 'big' AND mode = 'delta'"
+  }
+  for run in $(seq 1 "${RUNS:-3}"); do
+    for shape in alone mixed; do
+      rm -f "$mixed"/state.db* && cp "$mixed/base.db" "$mixed/state.db"
+      start=$(date +%s.%N)
+      read -r secs mb < <(measure "$bin" --config "$mixed/$shape.toml" sync)
+      done_at=$(last_small "$start")
+      printf '%-44s %10s %9s %12s %s\n' "99 small deltas, $shape (run $run)" "$secs" "$mb" "${done_at} s" "last small delta finished; target: mixed <= alone + a few s"
+    done
+  done
+  rm -rf "$mixed"
 fi
 
 target/release/examples/bench_delivery --destination contentstack --members 30000 --latency-ms 5 --concurrency 64 --runs 5 | sed 's/^/contentstack 5 ms c=64: /'

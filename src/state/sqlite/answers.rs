@@ -242,9 +242,12 @@ static FIRST_FAILED: LazyLock<String> = LazyLock::new(|| {
     )
 });
 
+/// Through the pending index: by the primary key, a range between a call's first and last user
+/// walks every row of the computation between them, synced or not (at 2 % churn, fifty times
+/// the rows acknowledged, and most of a delta's delivery).
 static ACK_RANGE: LazyLock<String> = LazyLock::new(|| {
     format!(
-        "UPDATE member_rows \
+        "UPDATE member_rows INDEXED BY member_rows_pending \
          SET synced = desired, synced_at = ?4, attempts = 0, last_error = NULL, first_sent_at = NULL \
          WHERE computation_id = {} AND user_id >= ?2 AND user_id <= ?3 \
          AND desired IS NOT synced AND quarantined_at IS NULL AND updated_at <= ?5",
