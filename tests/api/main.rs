@@ -13,6 +13,7 @@ mod memory;
 mod metrics;
 mod operate;
 mod pauses;
+mod postgres_schema;
 mod resume;
 mod scripted_edge;
 mod segment;

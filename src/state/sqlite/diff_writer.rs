@@ -69,12 +69,9 @@ impl Store {
             upsert: Batched::new(&[Param::Shared(1), Param::Own(1), Param::OwnValue(2), Param::Shared(2)], upsert_sql),
         };
         let (batches, received) = sync_channel(BATCHES_AHEAD);
-        let writing = std::thread::Builder::new().name("diff-writer".into()).spawn(move || writer.write_all(received))?;
-        Ok(DiffWriter {
-            batch: Vec::with_capacity(OPS_PER_BATCH),
-            batches: Some(batches),
-            writing: Some(writing),
-        })
+        let writing =
+            std::thread::Builder::new().name("diff-writer".into()).spawn(move || writer.write_all(received))?;
+        Ok(DiffWriter { batch: Vec::with_capacity(OPS_PER_BATCH), batches: Some(batches), writing: Some(writing) })
     }
 }
 
@@ -94,7 +91,11 @@ impl DiffWriter {
     fn send(&mut self) -> anyhow::Result<()> {
         let batch = std::mem::replace(&mut self.batch, Vec::with_capacity(OPS_PER_BATCH));
         let sent = self.batches.as_ref().is_some_and(|b| b.send(batch).is_ok());
-        if sent { Ok(()) } else { Err(self.written().err().unwrap_or_else(|| anyhow::anyhow!("the diff's writer stopped"))) }
+        if sent {
+            Ok(())
+        } else {
+            Err(self.written().err().unwrap_or_else(|| anyhow::anyhow!("the diff's writer stopped")))
+        }
     }
 
     /// Waits for the writing thread to have written every op sent; its side, or its error.
