@@ -44,7 +44,7 @@ pub async fn run<S: OpSink + Send + 'static>(
         let snapshot = snapshot.map(|r| {
             rows.set(rows.get() + 1);
             // Now and then: the token's check takes a lock, and counting shows on a bar.
-            if rows.get() % CHECK_EVERY == 0 {
+            if rows.get().is_multiple_of(CHECK_EVERY) {
                 diffing.inc(CHECK_EVERY);
                 if stopped.is_cancelled() {
                     return Err(Stopped("diff abandoned, nothing written").into());
