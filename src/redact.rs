@@ -82,9 +82,33 @@ fn percent_decode(s: &str) -> String {
 }
 
 /// `text` with every one of `secrets` replaced by `***`: for what a server sends back, which
-/// may echo the credentials it was sent (a write key, its Basic form, a token).
+/// may echo the credentials it was sent (a write key, its Basic form, a token), as sent or
+/// escaped for a URL or a JSON string.
 pub fn scrub(text: &str, secrets: &[String]) -> String {
-    secrets.iter().filter(|s| s.len() >= 4).fold(text.to_string(), |t, s| t.replace(s.as_str(), HIDDEN))
+    let forms = secrets.iter().filter(|s| s.len() >= 4).flat_map(|s| echoed_forms(s));
+    forms.fold(text.to_string(), |t, s| t.replace(s.as_str(), HIDDEN))
+}
+
+/// How a server may echo `secret`: as it is, percent-encoded (as a form or a path would), and
+/// escaped inside a JSON string.
+fn echoed_forms(secret: &str) -> Vec<String> {
+    let form: String = url::form_urlencoded::byte_serialize(secret.as_bytes()).collect();
+    let json = serde_json::to_string(secret).unwrap_or_default();
+    let json = json.trim_matches('"');
+    let unicode = |hex: fn(u16) -> String| -> String {
+        json.chars()
+            .map(|c| {
+                if c.is_ascii() { c.to_string() } else { c.encode_utf16(&mut [0; 2]).iter().map(|&u| hex(u)).collect() }
+            })
+            .collect()
+    };
+    let (lower, upper) = (unicode(|u| format!("\\u{u:04x}")), unicode(|u| format!("\\u{u:04X}")));
+    // A path's escaping keeps '/' (Python's `quote`, say).
+    let path = form.replace('+', "%20").replace("%2F", "/");
+    let mut forms = vec![secret.to_string(), form.replace('+', "%20"), form, path, json.to_string(), lower, upper];
+    forms.sort_by_key(|f| std::cmp::Reverse(f.len()));
+    forms.dedup();
+    forms
 }
 
 /// The secrets a request to `url` carries, as a server might echo them: the userinfo's
@@ -137,6 +161,25 @@ fn percent_decode_value(s: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::{header_secrets, redact_url, scrub, url_secrets};
+
+    #[test]
+    fn a_secret_echoed_url_encoded_or_json_escaped_is_scrubbed() {
+        // Review finding: a write key 'AbC/dEf+Gh=' echoed as 'AbC/dEf%2BGh%3D' reached
+        // last_error and the logs; so did a JSON-escaped echo of a key with '"', '\\' or é.
+        let key = "AbC/dEf+Gh= \"q\\é".to_string();
+        let echoes = [
+            "AbC%2FdEf%2BGh%3D+%22q%5C%C3%A9",
+            "AbC%2FdEf%2BGh%3D%20%22q%5C%C3%A9",
+            "AbC/dEf%2BGh%3D%20%22q%5C%C3%A9",
+            r#"{"key":"AbC/dEf+Gh= \"q\\é"}"#,
+            r#"{"key":"AbC/dEf+Gh= \"q\\\u00e9"}"#,
+            r#"{"key":"AbC/dEf+Gh= \"q\\\u00E9"}"#,
+        ];
+        for echo in echoes {
+            let scrubbed = scrub(echo, std::slice::from_ref(&key));
+            assert!(scrubbed.contains("***") && !scrubbed.contains("AbC"), "{echo} -> {scrubbed}");
+        }
+    }
 
     #[test]
     fn userinfo_is_hidden() {
