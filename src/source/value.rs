@@ -53,6 +53,16 @@ mod tests {
     }
 
     #[test]
+    fn a_number_keeps_its_value_to_the_last_digit() {
+        // Review finding: without serde_json's exact float parsing, 0.36475661926123093 was
+        // stored and sent as 0.364756619261231, another number.
+        for cell in ["0.36475661926123093", "2.2250738585072014e-308", "9007199254740993.5", "0.1"] {
+            let text = csv_value(cell).unwrap();
+            assert_eq!(text.parse::<f64>().unwrap(), cell.parse::<f64>().unwrap(), "{cell} became {text}");
+        }
+    }
+
+    #[test]
     fn csv_cells_become_strings_unless_json_scalars() {
         assert_eq!(csv_value("gold").unwrap(), "\"gold\"");
         assert_eq!(csv_value("\"gold\"").unwrap(), "\"gold\"");
