@@ -2,7 +2,8 @@
 //! shipped configuration run without a network, and gives operators a dry record to inspect.
 
 use std::fs::{File, OpenOptions};
-use std::io::{BufWriter, Write};
+use std::io::Write;
+use std::os::unix::fs::FileExt;
 use std::path::Path;
 use std::sync::Mutex;
 
@@ -12,7 +13,9 @@ use serde::Serialize;
 use super::{DeliveryError, RowResults, UserUpdate, for_every_row};
 
 pub struct FileDestination {
-    out: Mutex<BufWriter<File>>,
+    /// Each call's lines go in one write of their own (no buffer to carry a failed write's
+    /// rest into the next).
+    out: Mutex<File>,
 }
 
 #[derive(Serialize)]
@@ -32,9 +35,10 @@ impl FileDestination {
         let file = OpenOptions::new()
             .create(true)
             .append(true)
+            .read(true)
             .open(path)
             .with_context(|| format!("cannot open the destination file {}", path.display()))?;
-        Ok(FileDestination { out: Mutex::new(BufWriter::with_capacity(1 << 20, file)) })
+        Ok(FileDestination { out: Mutex::new(file) })
     }
 
     /// Appends one line per update and syncs them to disk; the lines are acknowledged once
@@ -53,12 +57,8 @@ impl FileDestination {
             lines.push(b'\n');
         }
         let written = {
-            let mut out = self.out.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-            // Synced before the lines count as delivered: a power loss must not keep them
-            // acknowledged in the state and lost from the file.
-            out.write_all(&lines)
-                .and_then(|()| out.flush())
-                .and_then(|()| out.get_ref().sync_data())
+            let out = self.out.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+            append(&out, &lines)
                 .map_err(|e| DeliveryError::transient(format!("cannot append to the destination file: {e}")))
         };
         updates
@@ -72,5 +72,90 @@ impl FileDestination {
                 for_every_row(std::slice::from_ref(update), &result)
             })
             .collect()
+    }
+}
+
+/// Appends `lines` under the file's lock (other processes may append to the same file for
+/// other computations), after any torn line, and syncs them: they count as delivered only once
+/// on disk, so a power loss must not keep them acknowledged in the state and lost from the
+/// file. A write that failed half-way (a full disk) is cut back.
+fn append(mut file: &File, lines: &[u8]) -> std::io::Result<()> {
+    file.lock()?;
+    let appended = cut_torn_line(file).and_then(|()| {
+        let before = file.metadata()?.len();
+        file.write_all(lines).and_then(|()| file.sync_data()).inspect_err(|_| {
+            let _ = file.set_len(before);
+        })
+    });
+    file.unlock()?;
+    appended
+}
+
+/// Cuts the file back to its last whole line: a process killed in the middle of an append left
+/// part of a line, never acknowledged (its call is sent again), onto which the next line would
+/// be appended.
+fn cut_torn_line(file: &File) -> std::io::Result<()> {
+    let len = file.metadata()?.len();
+    let mut end = len;
+    let mut chunk = vec![0u8; 64 * 1024];
+    while end > 0 {
+        let start = end.saturating_sub(chunk.len() as u64);
+        let read = &mut chunk[..(end - start) as usize];
+        file.read_exact_at(read, start)?;
+        if end == len && read.last() == Some(&b'\n') {
+            return Ok(());
+        }
+        if let Some(i) = read.iter().rposition(|&b| b == b'\n') {
+            return file.set_len(start + i as u64 + 1);
+        }
+        end = start;
+    }
+    file.set_len(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::change::PendingValue;
+    use crate::config::Kind;
+
+    fn update(user: &str) -> UserUpdate {
+        let value = PendingValue {
+            key: "vip".into(),
+            value: "true".into(),
+            kind: Kind::Audience,
+            changed_at: "2026-12-06T00:00:00.000Z".into(),
+        };
+        UserUpdate { user_id: user.into(), values: vec![value] }
+    }
+
+    #[test]
+    fn a_line_torn_by_a_kill_is_cut_before_the_next_append() {
+        // Review finding: killed mid-append, the next pass appended its first line onto the
+        // fragment, and recorded it acknowledged.
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("out.ndjson");
+        let whole = "{\"type\":\"identify\",\"userId\":\"u0\",\"traits\":{\"vip\":true}}\n";
+        std::fs::write(&path, format!("{whole}{{\"type\":\"identify\",\"userId\":\"u1\",\"tr")).unwrap();
+        let destination = FileDestination::open(&path).unwrap();
+        assert!(destination.send(&[update("u2")]).iter().all(Result::is_ok));
+        let text = std::fs::read_to_string(&path).unwrap();
+        let users: Vec<String> = text
+            .lines()
+            .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["userId"].as_str().unwrap().to_string())
+            .collect();
+        assert_eq!(users, ["u0", "u2"]);
+    }
+
+    #[test]
+    fn a_file_of_whole_lines_or_of_one_torn_line_is_kept_or_emptied() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("out.ndjson");
+        std::fs::write(&path, "a\nb\n").unwrap();
+        cut_torn_line(&File::open(&path).unwrap()).unwrap();
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), "a\nb\n");
+        std::fs::write(&path, "x".repeat(200_000)).unwrap();
+        cut_torn_line(&OpenOptions::new().write(true).read(true).open(&path).unwrap()).unwrap();
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), "");
     }
 }
