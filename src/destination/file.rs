@@ -96,15 +96,16 @@ fn append(mut file: &File, lines: &[u8]) -> std::io::Result<()> {
 /// be appended.
 fn cut_torn_line(file: &File) -> std::io::Result<()> {
     let len = file.metadata()?.len();
+    let mut last = [0u8];
+    if len == 0 || file.read_exact_at(&mut last, len - 1).is_ok() && last[0] == b'\n' {
+        return Ok(()); // every call but one after a crash: a byte read, nothing cut
+    }
     let mut end = len;
     let mut chunk = vec![0u8; 64 * 1024];
     while end > 0 {
         let start = end.saturating_sub(chunk.len() as u64);
         let read = &mut chunk[..(end - start) as usize];
         file.read_exact_at(read, start)?;
-        if end == len && read.last() == Some(&b'\n') {
-            return Ok(());
-        }
         if let Some(i) = read.iter().rposition(|&b| b == b'\n') {
             return file.set_len(start + i as u64 + 1);
         }

@@ -1,13 +1,12 @@
 //! Running a diff: the snapshot is loaded and merged with the state on one blocking thread,
-//! over plain iterators, and every op goes straight to a sink on that thread (the state's
-//! writer, or a dry run's plan): no per-row hand-offs.
+//! over plain iterators, and every op goes to a sink on that thread (the state's writer, which
+//! hands batches of them to a thread of its own, or a dry run's plan).
 
 use std::cell::Cell;
 
 use tokio_util::sync::CancellationToken;
 
-use crate::config::Computation;
-use crate::config::Kind;
+use crate::config::{Computation, Kind};
 use crate::diff::{self, DiffCounts, OpSink, StateRow};
 use crate::progress::Stage;
 use crate::record::SnapshotRecord;
@@ -17,7 +16,8 @@ use crate::state::Store;
 
 use super::error::Stopped;
 
-/// Snapshot rows between two checks for a stop (a stop is still seen within milliseconds).
+/// Rows read between two checks for a stop (a stop is still seen within milliseconds), and
+/// snapshot rows between two counts of the diff's progress.
 const CHECK_EVERY: u64 = 4096;
 
 /// Stops a merge on a stop, looked at every `CHECK_EVERY` rows of either side (the token's
@@ -72,10 +72,10 @@ pub async fn run<S: OpSink + Send + 'static>(
         let mut snapshot = source::load_sorted(&c, sort_buffer_bytes, &loading)?;
         let fingerprint = snapshot.fingerprint.take();
         let check = StopCheck { token: &stopped, rows: Cell::new(0) };
-        let rows = Cell::new(0u64);
+        let mut rows = 0u64;
         let snapshot = snapshot.inspect(|_| {
-            rows.set(rows.get() + 1);
-            if rows.get().is_multiple_of(CHECK_EVERY) {
+            rows += 1;
+            if rows.is_multiple_of(CHECK_EVERY) {
                 diffing.inc(CHECK_EVERY);
             }
         });
@@ -83,7 +83,7 @@ pub async fn run<S: OpSink + Send + 'static>(
             Some(s) => s.with_state_rows_read_ahead(&c.key, |state| check.merge(c.kind, state, snapshot, &mut sink))?,
             None => check.merge(c.kind, std::iter::empty(), snapshot, &mut sink)?,
         };
-        diffing.inc(rows.get() % CHECK_EVERY);
+        diffing.inc(rows % CHECK_EVERY);
         diffing.finish();
         Ok(Diffed { counts, sink, fingerprint })
     });

@@ -222,9 +222,7 @@ impl Pacer {
         }
         self.shown.set(s.rate.unwrap_or(0.0));
         (s.paused_until, s.pause) = (now + pause, pause);
-        // At the new rate after the pause; and after a pause of nothing (`Retry-After: 0`)
-        // still an interval after the last request, else every 429 let the next go at once.
-        s.requeue();
+        // The new epoch queued the requests at the new rate; none goes before the pause ends.
         s.next_slot = s.next_slot.max(s.paused_until);
         (s.window_start, s.window_sent) = (s.paused_until, 0);
         tracing::warn!(
@@ -246,7 +244,6 @@ impl Pacer {
         let current = ticket.slowdowns == s.slowdowns;
         if let Some(step) = s.search.acked(Instant::now(), current) {
             s.take(step, self.max_rate);
-            s.requeue();
             self.shown.set(s.rate.unwrap_or(0.0));
             drop(s);
             self.changed.notify_waiters();
@@ -319,14 +316,17 @@ impl State {
         // each time: 429s at random would otherwise grind the rate down to nothing.
         self.ceiling = current.max(self.ceiling * CEILING_KEPT);
         self.rate = Some((current / 2.0).max(MIN_RATE));
-        self.probing_since = None;
-        self.slowdowns += 1;
+        self.new_epoch();
     }
 
-    /// The requests waiting for their turn give their slots up (a new epoch) and queue again at
-    /// the new rate, the first one interval after the last request went. Left where it was,
-    /// their slots kept the queue going on: a second for each search step at a low rate.
-    fn requeue(&mut self) {
+    /// A new rate, a new epoch: probing starts over, and the requests waiting for their turn
+    /// give their slots up and queue again at the new rate, the first one interval after the
+    /// last request went. Left where it was, the queue went on at the old rate (a second for
+    /// each search step at a low rate), or, after a 429 asking no pause, restarted at once (every
+    /// 429 let the next request go).
+    fn new_epoch(&mut self) {
+        self.probing_since = None;
+        self.slowdowns += 1;
         if let Some(rate) = self.rate {
             self.next_slot = self.last_sent + Duration::from_secs_f64(1.0 / rate);
         }
@@ -342,8 +342,7 @@ impl State {
         let rate = max_rate.map_or(rate, |max| rate.min(max)).max(MIN_RATE);
         tracing::debug!(requests_per_second = rate, ?step, "destination rate limit search");
         self.rate = Some(rate);
-        self.probing_since = None;
-        self.slowdowns += 1;
+        self.new_epoch();
     }
 }
 
