@@ -83,32 +83,49 @@ fn percent_decode(s: &str) -> String {
 
 /// `text` with every one of `secrets` replaced by `***`: for what a server sends back, which
 /// may echo the credentials it was sent (a write key, its Basic form, a token), as sent or
-/// escaped for a URL or a JSON string.
+/// escaped in any of the ways a URL, a JSON string or a URL-safe base64 may escape them.
 pub fn scrub(text: &str, secrets: &[String]) -> String {
-    let forms = secrets.iter().filter(|s| s.len() >= 4).flat_map(|s| echoed_forms(s));
-    forms.fold(text.to_string(), |t, s| t.replace(s.as_str(), HIDDEN))
+    let patterns: Vec<String> = secrets.iter().filter(|s| s.len() >= 4).map(|s| echoed(s)).collect();
+    if patterns.is_empty() {
+        return text.to_string();
+    }
+    match regex::Regex::new(&patterns.join("|")) {
+        Ok(echoes) => echoes.replace_all(text, HIDDEN).into_owned(),
+        // Past the regex's size limit (a huge secret): as it was sent, at least.
+        Err(_) => secrets.iter().filter(|s| s.len() >= 4).fold(text.to_string(), |t, s| t.replace(s.as_str(), HIDDEN)),
+    }
 }
 
-/// How a server may echo `secret`: as it is, percent-encoded (as a form or a path would), and
-/// escaped inside a JSON string.
-fn echoed_forms(secret: &str) -> Vec<String> {
-    let form: String = url::form_urlencoded::byte_serialize(secret.as_bytes()).collect();
-    let json = serde_json::to_string(secret).unwrap_or_default();
-    let json = json.trim_matches('"');
-    let unicode = |hex: fn(u16) -> String| -> String {
-        json.chars()
-            .map(|c| {
-                if c.is_ascii() { c.to_string() } else { c.encode_utf16(&mut [0; 2]).iter().map(|&u| hex(u)).collect() }
-            })
-            .collect()
-    };
-    let (lower, upper) = (unicode(|u| format!("\\u{u:04x}")), unicode(|u| format!("\\u{u:04X}")));
-    // A path's escaping keeps '/' (Python's `quote`, say).
-    let path = form.replace('+', "%20").replace("%2F", "/");
-    let mut forms = vec![secret.to_string(), form.replace('+', "%20"), form, path, json.to_string(), lower, upper];
-    forms.sort_by_key(|f| std::cmp::Reverse(f.len()));
-    forms.dedup();
-    forms
+/// A pattern matching `secret` however a server may echo it: each character as it is,
+/// percent-encoded (either case of hex), `\uXXXX`-escaped (either case), JSON-escaped (`\/`,
+/// `\"`, `\\`), a space as `+`, and the URL-safe base64 alphabet (`-`, `_`, padding left out).
+fn echoed(secret: &str) -> String {
+    let padding = secret.len() - secret.trim_end_matches('=').len();
+    let chars: Vec<char> = secret.chars().collect();
+    let mut pattern = String::from("(?:");
+    for (i, c) in chars.iter().enumerate() {
+        let mut forms = Vec::new();
+        let mut utf8 = [0; 4];
+        forms.push(c.encode_utf8(&mut utf8).bytes().map(|b| format!("%{b:02X}")).collect());
+        forms.extend(c.encode_utf16(&mut [0; 2]).iter().map(|u| format!("\\\\u{u:04X}")).reduce(|a, b| a + &b));
+        forms.extend(
+            match c {
+                '/' => vec![r"\\/", "_"],
+                '"' => vec![r#"\\""#],
+                '\\' => vec![r"\\\\"],
+                ' ' => vec![r"\+"],
+                '+' => vec!["-"],
+                _ => vec![],
+            }
+            .into_iter()
+            .map(str::to_string),
+        );
+        let optional = if i >= chars.len() - padding { "?" } else { "" };
+        // The character itself exactly; its escapes in either case of hex.
+        pattern.push_str(&format!("(?:{}|(?i:{})){optional}", regex::escape(&c.to_string()), forms.join("|")));
+    }
+    pattern.push(')');
+    pattern
 }
 
 /// The secrets a request to `url` carries, as a server might echo them: the userinfo's
@@ -179,6 +196,22 @@ mod tests {
             let scrubbed = scrub(echo, std::slice::from_ref(&key));
             assert!(scrubbed.contains("***") && !scrubbed.contains("AbC"), "{echo} -> {scrubbed}");
         }
+        // A second review: '~' kept, lower-case hex, Go's \u0026-style escapes, '\/', and
+        // URL-safe base64 without its padding.
+        let key = "ab~c/d+e&f<g>h".to_string();
+        let echoes = [
+            "bad key Xab~c%2Fd%2Be%26f%3Cg%3EhX",
+            "bad key Xab~c%2fd%2be%26f%3cg%3ehX",
+            r"bad key Xab~c/d+e\u0026f\u003cg\u003ehX",
+            r"bad key Xab~c\/d+e&f<g>hX",
+        ];
+        for echo in echoes {
+            let scrubbed = scrub(echo, std::slice::from_ref(&key));
+            assert_eq!(scrubbed, "bad key X***X", "{echo}");
+        }
+        let basic = "YWJ+Yy9k+ZQ==".to_string();
+        assert_eq!(scrub("token YWJ-Yy9k-ZQ!", std::slice::from_ref(&basic)), "token ***!");
+        assert_eq!(scrub("token YWJ-Yy9k-ZQ==", &[basic]), "token ***");
     }
 
     #[test]
