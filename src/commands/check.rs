@@ -5,16 +5,23 @@ use std::process::ExitCode;
 
 use tracing::Level;
 
-use crate::config::{Config, Destination};
+use crate::config::{Config, Destination, Source, StateLocation};
 use crate::redact::redact_url;
 use crate::say::say;
 use crate::source;
 
 pub async fn check(config: &Config) -> anyhow::Result<ExitCode> {
     println!("config {}: ok", config.path.display());
-    let state = &config.state_path;
-    let exists = if state.exists() { "exists" } else { "will be created on first sync" };
-    println!("state {}: {exists}", state.display());
+    match &config.state {
+        StateLocation::File(path) => {
+            let exists = if path.exists() { "exists" } else { "will be created on first sync" };
+            println!("state {}: {exists}", path.display());
+        }
+        StateLocation::Postgres { env, .. } => {
+            println!("state {} (PostgreSQL, from {env}): not opened by check", config.state.describe());
+            warn_of_local_files(config);
+        }
+    }
     match &config.destination {
         Destination::Contentstack(c) => {
             let attributes = if c.attributes.is_some() { ", creates missing attributes" } else { "" };
@@ -46,4 +53,21 @@ pub async fn check(config: &Config) -> anyhow::Result<ExitCode> {
     }
     say(Level::ERROR, &format!("audience-sync: sources that do not load: {}", broken.join(", ")));
     Ok(ExitCode::FAILURE)
+}
+
+/// Several workers share a PostgreSQL state, and any of them may run a computation's pass: a
+/// file snapshot must be on storage every worker sees, or the workers diff different files.
+fn warn_of_local_files(config: &Config) {
+    for c in &config.computations {
+        if let Source::File { path, .. } = &c.source {
+            let message = format!(
+                "warning: {} {:?} reads the file {} while the state is in PostgreSQL: every worker must see the \
+                 same file (shared storage), or use an http or sql source",
+                c.kind.as_str(),
+                c.name,
+                path.display()
+            );
+            say(Level::WARN, &message);
+        }
+    }
 }

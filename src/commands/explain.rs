@@ -87,7 +87,8 @@ impl InComputation {
 pub async fn explanation(config: &Config, user: &str, audiences: &[String]) -> anyhow::Result<Explanation> {
     let selected = config.select(audiences)?;
     let keys: Vec<String> = selected.iter().map(|c| c.key.clone()).collect();
-    let store = Store::open_read_only(&config.state_path).await?;
+    let store = Store::open_read_only(&config.state).await?;
+    let state_exists = store.is_some();
     let states = match &store {
         Some(s) => s.explain(user, &keys, HISTORY_SHOWN).await?,
         None => vec![UserState::default(); keys.len()],
@@ -97,8 +98,8 @@ pub async fn explanation(config: &Config, user: &str, audiences: &[String]) -> a
     }
     Ok(Explanation {
         user_id: user.to_string(),
-        state_file: config.state_path.display().to_string(),
-        state_exists: config.state_path.exists(),
+        state_file: config.state.describe(),
+        state_exists,
         keep_history_days: config.keep_history_days,
         computations: selected.iter().zip(states).map(|(c, s)| InComputation::new(c, s)).collect(),
     })

@@ -24,7 +24,7 @@ pub struct StatusRow {
 }
 
 pub async fn rows(config: &Config) -> anyhow::Result<Vec<StatusRow>> {
-    let store = Store::open_read_only(&config.state_path).await?;
+    let store = Store::open_read_only(&config.state).await?;
     let known = match &store {
         Some(s) => s.statuses().await?,
         None => Vec::new(),

@@ -45,7 +45,7 @@ impl PassRequest {
 
 /// Runs the pass `request` asks for, under the leases of its computations.
 pub async fn sync(config: &Config, request: PassRequest) -> anyhow::Result<ExitCode> {
-    let store = Store::open(&config.state_path).await?.keeping_history(config.keep_history_days);
+    let store = Store::open(&config.state).await?.keeping_history(config.keep_history_days);
     // Nobody scrapes a command's series: they are counted and dropped.
     let metrics = Arc::new(Metrics::new());
     let destination = Destination::from_config(&config.destination, &metrics)?;
@@ -96,7 +96,7 @@ pub async fn sync(config: &Config, request: PassRequest) -> anyhow::Result<ExitC
 /// Prints what a pass would do; touches neither the state nor the destination.
 pub async fn dry_run(config: &Config, keys: &[String]) -> anyhow::Result<ExitCode> {
     let selected = config.select(keys)?;
-    let store = Store::open_read_only(&config.state_path).await?;
+    let store = Store::open_read_only(&config.state).await?;
     if let Some(store) = &store {
         store.require_current_schema().await?;
     }

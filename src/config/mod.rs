@@ -8,6 +8,7 @@ mod computation;
 mod destination;
 mod raw;
 pub mod schedule;
+mod state;
 
 use std::path::{Path, PathBuf};
 
@@ -16,6 +17,7 @@ pub use destination::{
     SegmentConfig, SegmentEvents,
 };
 pub use raw::{HttpFormat, SnapshotFormat};
+pub use state::StateLocation;
 
 /// A configuration error: the file, the line (when it is known) and what is wrong.
 #[derive(Debug, thiserror::Error)]
@@ -51,7 +53,7 @@ impl ConfigFile<'_> {
 #[derive(Debug, Clone)]
 pub struct Config {
     pub path: PathBuf,
-    pub state_path: PathBuf,
+    pub state: StateLocation,
     /// Record every delivery answered in `delivery_history`, and keep it this many days.
     pub keep_history_days: Option<u32>,
     /// The default schedule (six fields, seconds first, UTC).
@@ -143,11 +145,15 @@ impl Config {
 
     /// Parses configuration text; `path` names it in errors and anchors relative paths.
     pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
-        let env = |name: &str| std::env::var(name).ok();
-        let file = ConfigFile { path, text, base: path.parent().unwrap_or(Path::new("")).to_path_buf(), env: &env };
+        Self::parse_with_env(path, text, &|name: &str| std::env::var(name).ok())
+    }
+
+    /// As `parse`, with the environment `env`.
+    fn parse_with_env(path: &Path, text: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<Config, ConfigError> {
+        let file = ConfigFile { path, text, base: path.parent().unwrap_or(Path::new("")).to_path_buf(), env };
         let raw: raw::RawConfig =
             toml::from_str(text).map_err(|e| file.err(e.span(), e.message().trim().to_string()))?;
-        let (destination, retry) = destination::parse(&raw.destination, &file.base, &env)
+        let (destination, retry) = destination::parse(&raw.destination, &file.base, env)
             .map_err(|(span, m)| file.err(span, format!("destination.{m}")))?;
         let cron = match &raw.schedule.cron {
             Some(c) => {
@@ -176,7 +182,7 @@ impl Config {
         let computations = computation::parse_all(&file, declared, &raw.sync, &cron)?;
         Ok(Config {
             path: path.to_path_buf(),
-            state_path: file.resolve(&raw.state.path),
+            state: state::parse(&file, &raw.state)?,
             keep_history_days,
             cron,
             sort_buffer_bytes: raw.sync.sort_buffer_mb.saturating_mul(1 << 20).max(1 << 20),

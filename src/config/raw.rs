@@ -21,23 +21,15 @@ pub(super) struct RawConfig {
     pub computed_trait: Vec<RawComputation>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(super) struct RawState {
-    #[serde(default = "default_state_path")]
-    pub path: String,
+    /// A SQLite file (the default: `audience-sync.db`).
+    pub path: Option<Spanned<String>>,
+    /// The environment variable holding a PostgreSQL URL.
+    pub url_env: Option<Spanned<String>>,
     /// Record every delivery answered, and keep it this many days.
     pub keep_history_days: Option<Spanned<i64>>,
-}
-
-impl Default for RawState {
-    fn default() -> Self {
-        RawState { path: default_state_path(), keep_history_days: None }
-    }
-}
-
-fn default_state_path() -> String {
-    "audience-sync.db".into()
 }
 
 #[derive(Debug, Default, Deserialize)]

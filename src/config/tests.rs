@@ -32,7 +32,10 @@ fn error(text: &str) -> String {
 #[test]
 fn good_config_resolves_keys_paths_and_defaults() {
     let c = parse(GOOD).unwrap();
-    assert_eq!(c.state_path, Path::new("/etc/audience-sync/state/sync.db"));
+    match &c.state {
+        StateLocation::File(path) => assert_eq!(path, Path::new("/etc/audience-sync/state/sync.db")),
+        other => panic!("{other:?}"),
+    }
     assert_eq!(c.cron, "0 0 */2 * * *");
     let keys: Vec<_> = c.computations.iter().map(|c| (c.key.as_str(), c.kind)).collect();
     assert_eq!(keys, [("order_completed_last_30_days", Kind::Audience), ("ltv", Kind::ComputedTrait)]);
@@ -171,4 +174,27 @@ fn keep_history_days_is_off_by_default_and_a_positive_number_of_days() {
         assert!(e.starts_with("/etc/audience-sync/config.toml:4:"), "{bad}: {e}");
     }
     assert!(error(&with("0")).contains("state.keep_history_days: 0 is not a number of days"));
+}
+
+#[test]
+fn url_env_puts_the_state_in_postgresql_and_never_shows_the_password() {
+    let text = GOOD.replace("path = \"state/sync.db\"", "url_env = \"STATE_URL\"");
+    let url = "postgres://sync:hunter2@db.internal/audience_sync";
+    let with = |value: Option<&str>| {
+        let value = value.map(str::to_string);
+        Config::parse_with_env(Path::new("/etc/audience-sync/config.toml"), &text, &move |name: &str| {
+            if name == "STATE_URL" { value.clone() } else { None }
+        })
+    };
+    let c = with(Some(url)).unwrap();
+    assert!(c.state.is_postgres());
+    assert_eq!(c.state.describe(), "postgres://***@db.internal/audience_sync");
+    assert!(!format!("{c:?}").contains("hunter2"));
+    let e = with(None).unwrap_err().to_string();
+    assert!(e.starts_with("/etc/audience-sync/config.toml:3:"), "{e}");
+    assert!(e.contains("state.url_env: the environment variable STATE_URL is not set"), "{e}");
+    let e = with(Some("mysql://sync:hunter2@db/x")).unwrap_err().to_string();
+    assert!(e.contains("does not hold a postgres:// URL") && !e.contains("hunter2"), "{e}");
+    let both = GOOD.replace("path = \"state/sync.db\"", "path = \"x.db\"\nurl_env = \"STATE_URL\"");
+    assert!(error(&both).contains("state: give one of path (SQLite) and url_env (PostgreSQL)"));
 }

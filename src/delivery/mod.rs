@@ -155,7 +155,7 @@ pub async fn deliver(
     // record waiting for another process's write lock holds up this thread too; the calls it
     // would free wait for that lock either way.
     let committed = async move {
-        if per_call == 1 && !beside_other_passes {
+        if per_call == 1 && !beside_other_passes && store.records_inline() {
             committer.await
         } else {
             tokio::task::spawn_blocking(move || futures::executor::block_on(committer)).await?

@@ -1,26 +1,32 @@
 //! The state: what each destination was told and what it acknowledged (DESIGN §8).
 //!
-//! What a pass needs of it is named here, in no driver's types: a `Store` that registers
-//! computations, opens and closes runs, holds leases and answers `status` and `explain`; a `DiffWriter` (the
-//! diff's sink), a `QueueWriter` (a first sync's queue), a `PendingReader` (delivery's pages) and
-//! an `AnswerWriter` (delivery's acknowledgements). The rows and words they carry (`runs`,
-//! `status`, `explain`, `leases`, `crate::change`) are the same for every backend. SQLite is the one
-//! backend (`sqlite/`), and owns all of its SQL and every SQLite concern.
+//! What a pass needs of it is named here, in no driver's types: a `Store` (`store.rs`) that
+//! registers computations, opens and closes runs, holds leases and answers `status` and
+//! `explain`; a `DiffWriter` (the diff's sink), a `QueueWriter` (a first sync's queue), a
+//! `PendingReader` (delivery's pages) and an `AnswerWriter` (delivery's acknowledgements). The
+//! rows and words they carry (`runs`, `status`, `explain`, `leases`, `crate::change`) are the same
+//! for every backend. Each backend (`sqlite/`, the default; `postgres/`) owns all of its SQL and
+//! every concern of its database.
 
+mod delivery;
+mod diff_writer;
 mod explain;
+mod first_sync_queue;
 mod leases;
 mod runs;
 mod sqlite;
 mod status;
+mod store;
 
+pub use delivery::{AnswerRecords, AnswerWriter, PendingPages, PendingReader};
+pub use diff_writer::{DiffRows, DiffWrite, DiffWriter};
 pub use explain::{Delivery, DiffPass, MembershipRow, Queued, UserState};
+pub use first_sync_queue::{QueueRows, QueueRun, QueueWriter};
 pub use leases::{HeldLease, LeaseLost, LeaseOwner};
 pub use runs::{Mode, RunCounts, RunStatus, Trigger};
-pub use sqlite::{
-    AnswerWriter, DiffWriter, PendingReader, QueueWriter, Store, explain_lock_wait, listen_for_signals,
-    stop_waiting_for_locks,
-};
+pub use sqlite::{explain_lock_wait, listen_for_signals, stop_waiting_for_locks};
 pub use status::{ComputationStatus, LastRun, ObservedComputation};
+pub use store::Store;
 
 #[cfg(test)]
 pub(crate) use sqlite::testing;

@@ -15,9 +15,10 @@ use super::history::HistoryRecorder;
 use super::stored::{computation_id, millis, stored_value};
 use super::{Batched, Checkpointer, Param, Store, now};
 use crate::change::Outcome;
+use crate::state::delivery::{AnswerRecords, AnswerWriter};
 
 /// A connection that records answers; used from one thread at a time.
-pub struct AnswerWriter {
+struct Answers {
     db: Connection,
     quarantine_after: u32,
     /// The leases of the computations written for, checked in every transaction.
@@ -60,7 +61,7 @@ impl Store {
         let db = self.bulk_writer()?;
         let first_sync = first_sync.iter().cloned().collect();
         let ids = computation_ids(&db)?;
-        Ok(AnswerWriter {
+        Ok(AnswerWriter::new(Box::new(Answers {
             ids,
             db,
             lease: self.lease_check(keys)?,
@@ -72,17 +73,13 @@ impl Store {
             checkpointer: self.checkpointer(),
             commits: 0,
             answers: 0,
-        })
+        })))
     }
 }
 
-impl AnswerWriter {
-    /// Counts the answers recorded for each computation on its running `sync_runs` row, in the
-    /// transaction that records them: however the pass ends (a failure, a kill), its row says
-    /// what it delivered.
-    pub fn counting_on(mut self, runs: BTreeMap<String, i64>) -> AnswerWriter {
+impl AnswerRecords for Answers {
+    fn count_on(&mut self, runs: BTreeMap<String, i64>) {
         self.runs = runs;
-        self
     }
 
     /// Notes, before they are sent, that users in (`after`, `last`] of the computations `keys`
@@ -91,7 +88,7 @@ impl AnswerWriter {
     /// the destination may hold. (A computation on its first sync has no rows to find there:
     /// its users are in its `first_sync_queue`.) Returns the rows, for `record` to drop once
     /// answered.
-    pub fn note_window(&mut self, keys: &[String], after: &str, last: &str) -> anyhow::Result<Vec<i64>> {
+    fn note_window(&mut self, keys: &[String], after: &str, last: &str) -> anyhow::Result<Vec<i64>> {
         // The note must survive a power loss (without it, a user the destination holds could
         // be forgotten): this transaction alone is synced to disk; answers may stay NORMAL, as
         // losing one means only a re-send.
@@ -101,31 +98,13 @@ impl AnswerWriter {
         ids
     }
 
-    fn insert_window(&mut self, keys: &[String], after: &str, last: &str) -> anyhow::Result<Vec<i64>> {
-        let at = now();
-        let tx = rusqlite::Transaction::new(&mut self.db, rusqlite::TransactionBehavior::Immediate)?;
-        super::leases::hold(&tx, self.lease.as_ref(), false)?;
-        let mut ids = Vec::with_capacity(keys.len());
-        {
-            let mut note = tx.prepare_cached(
-                "INSERT INTO sending_windows (computation_key, after_user, last_user, noted_at) VALUES (?1, ?2, ?3, ?4)",
-            )?;
-            for key in keys {
-                note.execute(params![key, after, last, at])?;
-                ids.push(tx.last_insert_rowid());
-            }
-        }
-        tx.commit()?;
-        Ok(ids)
-    }
-
     /// Records the answers of `calls` in one IMMEDIATE transaction, and drops the
     /// `sending_windows` rows `answered` whose every call is now answered. An acknowledged row
     /// is marked synced with exactly the value sent (if `desired` changed meanwhile, the row
     /// stays pending); a failed one keeps its pending value, counts the attempt and is marked
     /// `first_sent_at` (a request that timed out may still have landed). Returns the
     /// computation key of each row quarantined now.
-    pub fn record(&mut self, calls: &[Vec<Outcome>], answered: &[i64]) -> anyhow::Result<Vec<String>> {
+    fn record(&mut self, calls: &[Vec<Outcome>], answered: &[i64]) -> anyhow::Result<Vec<String>> {
         let at = now();
         let at_ms = millis(&at)?;
         let tx = rusqlite::Transaction::new(&mut self.db, rusqlite::TransactionBehavior::Immediate)?;
@@ -171,10 +150,30 @@ impl AnswerWriter {
     /// Keeps the log short once a checkpoint is done (see `Checkpointer::catch_up`). Call it
     /// between transactions, once the callers waiting for the last one were answered: the
     /// answers are recorded, and a log that stays long is no reason to stop delivering.
-    pub fn catch_up(&self) {
+    fn catch_up(&self) {
         if let Err(e) = self.checkpointer.catch_up(&self.db) {
             tracing::warn!(error = %e, "checkpoint failed; the next one will retry");
         }
+    }
+}
+
+impl Answers {
+    fn insert_window(&mut self, keys: &[String], after: &str, last: &str) -> anyhow::Result<Vec<i64>> {
+        let at = now();
+        let tx = rusqlite::Transaction::new(&mut self.db, rusqlite::TransactionBehavior::Immediate)?;
+        super::leases::hold(&tx, self.lease.as_ref(), false)?;
+        let mut ids = Vec::with_capacity(keys.len());
+        {
+            let mut note = tx.prepare_cached(
+                "INSERT INTO sending_windows (computation_key, after_user, last_user, noted_at) VALUES (?1, ?2, ?3, ?4)",
+            )?;
+            for key in keys {
+                note.execute(params![key, after, last, at])?;
+                ids.push(tx.last_insert_rowid());
+            }
+        }
+        tx.commit()?;
+        Ok(ids)
     }
 }
 

@@ -1,38 +1,12 @@
-//! The diff's writes: every op of one computation's diff in one IMMEDIATE transaction.
-//!
-//! An initial pass writes every member, ten million rows for a big audience, and a delta of a
-//! big audience writes its changes while the merge reads the whole state: the writes run on a
-//! thread of their own with its own connection (rusqlite, on the same bundled SQLite as sqlx),
-//! fed ops in batches, beside the merge rather than in its time (they were a third of the merge
-//! thread in a 10M delta). The transaction begins at the first op, after the snapshot has
-//! loaded and sorted, so a long load does not hold the state's one write lock.
-
-use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
-use std::thread::JoinHandle;
+//! SQLite's side of the diff's writes (`state::DiffWriter` runs it on its writing thread):
+//! its own connection (rusqlite, on the same bundled SQLite as sqlx) and one IMMEDIATE
+//! transaction, begun at the first op.
 
 use rusqlite::{Connection, params};
 
 use super::{Batched, Param, ROWS_PER_STATEMENT, Store, now, stored};
-use crate::diff::{Op, OpSink};
 use crate::source::fingerprint::Fingerprint;
-
-/// Ops handed to the writing thread at a time, and batches queued for it at most.
-const OPS_PER_BATCH: usize = 1024;
-const BATCHES_AHEAD: usize = 4;
-
-/// One write of the diff, as the writing thread receives it.
-enum Write {
-    Set { user_id: String, desired: String },
-    Forget { user_id: String },
-}
-
-/// The diff's writes for one computation. They count only once `commit` is called; dropping
-/// the writer (on any error, or when a guard holds the snapshot back) rolls them all back.
-pub struct DiffWriter {
-    batch: Vec<Write>,
-    batches: Option<SyncSender<Vec<Write>>>,
-    writing: Option<JoinHandle<anyhow::Result<Writer>>>,
-}
+use crate::state::diff_writer::{DiffRows, DiffWrite, DiffWriter};
 
 /// The writing thread's side: the connection and its transaction.
 struct Writer {
@@ -68,93 +42,34 @@ impl Store {
             sets: Vec::with_capacity(ROWS_PER_STATEMENT),
             upsert: Batched::new(&[Param::Shared(1), Param::Own(1), Param::OwnValue(2), Param::Shared(2)], upsert_sql),
         };
-        let (batches, received) = sync_channel(BATCHES_AHEAD);
-        let writing =
-            std::thread::Builder::new().name("diff-writer".into()).spawn(move || writer.write_all(received))?;
-        Ok(DiffWriter { batch: Vec::with_capacity(OPS_PER_BATCH), batches: Some(batches), writing: Some(writing) })
+        DiffWriter::start(Box::new(writer))
     }
 }
 
-impl DiffWriter {
-    /// Commits the diff, noting the fingerprint of the file snapshot it came from (and its
-    /// rows) in the same transaction; a diff of any other source withdraws the recorded hash,
-    /// which no longer describes the state. Blocking.
-    pub fn commit(mut self, snapshot: Option<(&Fingerprint, u64)>) -> anyhow::Result<()> {
-        self.send()?;
-        let mut writer = self.written()?;
-        writer.flush()?;
-        writer.begin()?;
-        writer.commit(snapshot)
-    }
-
-    /// Hands the ops gathered so far to the writing thread; its error if it stopped on one.
-    fn send(&mut self) -> anyhow::Result<()> {
-        let batch = std::mem::replace(&mut self.batch, Vec::with_capacity(OPS_PER_BATCH));
-        let sent = self.batches.as_ref().is_some_and(|b| b.send(batch).is_ok());
-        if sent {
-            Ok(())
-        } else {
-            Err(self.written().err().unwrap_or_else(|| anyhow::anyhow!("the diff's writer stopped")))
-        }
-    }
-
-    /// Waits for the writing thread to have written every op sent; its side, or its error.
-    fn written(&mut self) -> anyhow::Result<Writer> {
-        drop(self.batches.take());
-        let writing = self.writing.take().ok_or_else(|| anyhow::anyhow!("the diff's writer stopped"))?;
-        writing.join().map_err(|_| anyhow::anyhow!("the diff's writer panicked"))?
-    }
-}
-
-impl Drop for DiffWriter {
-    /// Not committed: the thread writes what it was sent, then its connection closes, which
-    /// rolls the transaction back. Waited for, so that the write lock is free on return.
-    fn drop(&mut self) {
-        let _ = self.written();
-    }
-}
-
-impl Writer {
-    fn write_all(mut self, batches: Receiver<Vec<Write>>) -> anyhow::Result<Writer> {
-        for batch in batches {
-            self.begin()?;
-            for write in batch {
-                match write {
-                    Write::Set { user_id, desired } => {
-                        self.sets.push((user_id, desired));
-                        if self.sets.len() == ROWS_PER_STATEMENT {
-                            self.flush()?;
-                        }
+impl DiffRows for Writer {
+    fn write(&mut self, batch: Vec<DiffWrite>) -> anyhow::Result<()> {
+        self.begin()?;
+        for write in batch {
+            match write {
+                DiffWrite::Set { user_id, desired } => {
+                    self.sets.push((user_id, desired));
+                    if self.sets.len() == ROWS_PER_STATEMENT {
+                        self.flush()?;
                     }
-                    Write::Forget { user_id } => {
-                        let mut forget = self
-                            .db
-                            .prepare_cached("DELETE FROM member_rows WHERE computation_id = ?1 AND user_id = ?2")?;
-                        forget.execute(params![self.id, user_id])?;
-                    }
+                }
+                DiffWrite::Forget { user_id } => {
+                    let mut forget =
+                        self.db.prepare_cached("DELETE FROM member_rows WHERE computation_id = ?1 AND user_id = ?2")?;
+                    forget.execute(params![self.id, user_id])?;
                 }
             }
         }
-        Ok(self)
-    }
-
-    fn begin(&mut self) -> rusqlite::Result<()> {
-        if !self.begun {
-            self.db.execute_batch("BEGIN IMMEDIATE")?;
-            self.begun = true;
-        }
         Ok(())
     }
 
-    /// Writes the buffered sets.
-    fn flush(&mut self) -> rusqlite::Result<()> {
-        let rows: Vec<[&str; 2]> = self.sets.iter().map(|(user, desired)| [user.as_str(), desired]).collect();
-        self.upsert.execute(&self.db, [&self.id, &self.now], &rows)?;
-        self.sets.clear();
-        Ok(())
-    }
-
-    fn commit(self, snapshot: Option<(&Fingerprint, u64)>) -> anyhow::Result<()> {
+    fn commit(&mut self, snapshot: Option<(&Fingerprint, u64)>) -> anyhow::Result<()> {
+        self.flush()?;
+        self.begin()?;
         match snapshot {
             Some((fp, rows)) => self.db.execute(
                 "UPDATE computations SET snapshot_size = ?2, snapshot_modified_at = ?3, snapshot_sha256 = ?4, snapshot_rows = ?5 \
@@ -174,6 +89,24 @@ impl Writer {
     }
 }
 
+impl Writer {
+    fn begin(&mut self) -> rusqlite::Result<()> {
+        if !self.begun {
+            self.db.execute_batch("BEGIN IMMEDIATE")?;
+            self.begun = true;
+        }
+        Ok(())
+    }
+
+    /// Writes the buffered sets.
+    fn flush(&mut self) -> rusqlite::Result<()> {
+        let rows: Vec<[&str; 2]> = self.sets.iter().map(|(user, desired)| [user.as_str(), desired]).collect();
+        self.upsert.execute(&self.db, [&self.id, &self.now], &rows)?;
+        self.sets.clear();
+        Ok(())
+    }
+}
+
 /// An upsert of the rows `values`. A new desired value is a new delivery: its attempts and error
 /// start afresh. A row whose last value may have landed unacknowledged (`first_sent_at`) no
 /// longer knows what the destination holds: `synced` goes, so the row is pending even when the
@@ -187,23 +120,10 @@ fn upsert_sql(values: &str) -> String {
     )
 }
 
-impl OpSink for DiffWriter {
-    fn apply(&mut self, op: Op) -> anyhow::Result<()> {
-        self.batch.push(match op {
-            Op::Set { user_id, desired, .. } => Write::Set { user_id, desired },
-            Op::Forget { user_id } => Write::Forget { user_id },
-        });
-        if self.batch.len() == OPS_PER_BATCH {
-            self.send()?;
-        }
-        Ok(())
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::diff::Change;
+    use crate::diff::{Change, Op, OpSink};
     use crate::state::testing::store_with_audience;
 
     #[tokio::test]

@@ -1,4 +1,4 @@
-//! The SQLite state, the one implementation of the state's interface: every SQLite concern
+//! The SQLite state, the default backend of the state's interface: every SQLite concern
 //! lives here (the pool and its pragmas, WAL checkpoints, lock waits, the bulk writers and the
 //! read-ahead scans), and all of its SQL. Write transactions begin IMMEDIATE: a deferred
 //! transaction that reads and then writes can fail with SQLITE_BUSY that no busy timeout can wait
@@ -37,12 +37,8 @@ use sqlx::{ConnectOptions, Connection};
 use crate::sqlite_memory::configure_sqlite;
 use crate::state::now;
 
-pub use answers::AnswerWriter;
 pub use busy::{explain_lock_wait, listen_for_signals, stop_waiting_for_locks};
 use checkpoint::Checkpointer;
-pub use diff_writer::DiffWriter;
-pub use first_sync_queue::QueueWriter;
-pub use pending::PendingReader;
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!();
 

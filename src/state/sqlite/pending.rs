@@ -9,9 +9,10 @@ use rusqlite::{Connection, OpenFlags, params};
 use super::{Store, stored};
 use crate::change::{PendingRow, PendingValue};
 use crate::config::Kind;
+use crate::state::delivery::{PendingPages, PendingReader};
 
 /// Reads pending pages of a fixed set of computations. Blocking.
-pub struct PendingReader {
+struct Pages {
     db: Connection,
     /// The computations' numbers, as a JSON array.
     ids_json: String,
@@ -43,14 +44,12 @@ impl Store {
             [serde_json::to_string(keys)?],
             |r| r.get(0),
         )?;
-        Ok(PendingReader { db, ids_json, times: stored::Times::default() })
+        Ok(PendingReader::new(Box::new(Pages { db, ids_json, times: stored::Times::default() })))
     }
 }
 
-impl PendingReader {
-    /// Up to about `limit` pending rows for users after `after`, in user order. A page never
-    /// splits a user: the rows of its last user are all there.
-    pub fn page(&mut self, after: &str, limit: usize) -> anyhow::Result<Vec<PendingRow>> {
+impl PendingPages for Pages {
+    fn page(&mut self, after: &str, limit: usize) -> anyhow::Result<Vec<PendingRow>> {
         let mut rows = query(&self.db, &mut self.times, PAGE, params![after, self.ids_json, limit as i64])?;
         if rows.len() == limit
             && let Some(last) = rows.last().map(|r| r.user_id.clone())

@@ -4,7 +4,7 @@
 //! pass. Through sqlx each row crosses a channel from the driver's worker thread with a task
 //! wake-up of its own, which caps the scan near half a million rows a second; so the scan opens
 //! its own read-only SQLite connection (rusqlite, on the same bundled SQLite), on a thread of
-//! its own that reads ahead of the merge. In WAL mode it reads the last committed state, never
+//! its own (`state::Store::with_state_rows_read_ahead` reads ahead of the merge). In WAL mode it reads the last committed state, never
 //! the diff transaction that is being written meanwhile (which commits only after the merge).
 
 use rusqlite::{Connection, OpenFlags};
@@ -45,55 +45,4 @@ impl Store {
         });
         read(&mut iter)
     }
-
-    /// As `with_state_rows`, but the rows are read on a thread of their own, a chunk at a time
-    /// ahead of `read`: decoding ten million rows then overlaps the merge of the snapshot's
-    /// sorted runs instead of following it on the same core. Blocking.
-    pub fn with_state_rows_read_ahead<T>(
-        &self,
-        key: &str,
-        read: impl FnOnce(&mut dyn Iterator<Item = anyhow::Result<StateRow>>) -> anyhow::Result<T>,
-    ) -> anyhow::Result<T> {
-        std::thread::scope(|scope| {
-            let (chunks, received) = std::sync::mpsc::sync_channel::<anyhow::Result<Vec<StateRow>>>(READ_AHEAD_CHUNKS);
-            scope.spawn(move || {
-                let scanned = self.with_state_rows(key, |rows| {
-                    let mut chunk = Vec::with_capacity(CHUNK_ROWS);
-                    for row in rows {
-                        chunk.push(row?);
-                        if chunk.len() == CHUNK_ROWS {
-                            let full = std::mem::replace(&mut chunk, Vec::with_capacity(CHUNK_ROWS));
-                            if chunks.send(Ok(full)).is_err() {
-                                return Ok(()); // the merge stopped
-                            }
-                        }
-                    }
-                    let _ = chunks.send(Ok(chunk));
-                    Ok(())
-                });
-                if let Err(e) = scanned {
-                    let _ = chunks.send(Err(e));
-                }
-            });
-            let mut chunk = Vec::new().into_iter();
-            let mut rows = std::iter::from_fn(|| {
-                loop {
-                    if let Some(row) = chunk.next() {
-                        return Some(Ok(row));
-                    }
-                    match received.recv() {
-                        Ok(Ok(next)) => chunk = next.into_iter(),
-                        Ok(Err(e)) => return Some(Err(e)),
-                        Err(_) => return None, // the scan is done
-                    }
-                }
-            });
-            // Returning drops the receiver, which stops a scan still running after an error.
-            read(&mut rows)
-        })
-    }
 }
-
-/// Rows per chunk handed from the scan's thread to the merge, and chunks read ahead.
-const CHUNK_ROWS: usize = 4096;
-const READ_AHEAD_CHUNKS: usize = 4;

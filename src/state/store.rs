@@ -1,0 +1,295 @@
+//! The state's handle, over either backend: every method says what a pass, a command or the
+//! daemon needs, and the backend in `sqlite/` or `postgres/` does it with its own SQL.
+
+use std::collections::{BTreeMap, HashSet};
+use std::time::Duration;
+
+use super::{
+    AnswerWriter, ComputationStatus, DiffWriter, HeldLease, LastRun, LeaseOwner, Mode, ObservedComputation,
+    PendingReader, QueueWriter, RunCounts, RunStatus, Trigger, UserState, sqlite,
+};
+use crate::config::{Computation, StateLocation};
+use crate::diff::StateRow;
+use crate::source::fingerprint::Fingerprint;
+
+/// The state, opened.
+#[derive(Clone)]
+pub enum Store {
+    Sqlite(sqlite::Store),
+}
+
+/// `$body` with `$s` bound to the backend's store, whichever it is.
+macro_rules! each {
+    ($self:expr, $s:ident => $body:expr) => {
+        match $self {
+            Store::Sqlite($s) => $body,
+        }
+    };
+}
+
+/// As `each!`, for methods that return a `Store` of the same backend.
+macro_rules! same_backend {
+    ($self:expr, $s:ident => $body:expr) => {
+        match $self {
+            Store::Sqlite($s) => Store::Sqlite($body),
+        }
+    };
+}
+
+impl Store {
+    /// Opens the state (creating a SQLite file on first use) and applies its migrations.
+    pub async fn open(location: &StateLocation) -> anyhow::Result<Store> {
+        match location {
+            StateLocation::File(path) => Ok(Store::Sqlite(sqlite::Store::open(path).await?)),
+            StateLocation::Postgres { .. } => anyhow::bail!("TEMP"),
+        }
+    }
+
+    /// Opens the state read-only, without migrating it (dry runs and status change nothing);
+    /// `None` when there is no state yet.
+    pub async fn open_read_only(location: &StateLocation) -> anyhow::Result<Option<Store>> {
+        match location {
+            StateLocation::File(path) => Ok(sqlite::Store::open_read_only(path).await?.map(Store::Sqlite)),
+            StateLocation::Postgres { .. } => anyhow::bail!("TEMP"),
+        }
+    }
+
+    /// Whether the sending thread may record answers itself between polls (a backend that
+    /// blocks there on a connection of its own), rather than on a thread of their own.
+    pub fn records_inline(&self) -> bool {
+        matches!(self, Store::Sqlite(_))
+    }
+
+    pub async fn require_current_schema(&self) -> anyhow::Result<()> {
+        each!(self, s => s.require_current_schema().await)
+    }
+
+    pub async fn close(&self) {
+        each!(self, s => s.close().await)
+    }
+
+    /// This store, its pass's writes checked against the leases `owner` holds.
+    pub fn claimed_by(&self, owner: &LeaseOwner, ttl: Duration) -> Store {
+        same_backend!(self, s => s.claimed_by(owner, ttl))
+    }
+
+    /// The same state, recording every delivery answered and keeping it `days` (none: off).
+    pub fn keeping_history(self, days: Option<u32>) -> Store {
+        same_backend!(self, s => s.keeping_history(days))
+    }
+
+    pub async fn register(&self, computation: &Computation) -> anyhow::Result<bool> {
+        each!(self, s => s.register(computation).await)
+    }
+
+    pub async fn snapshot_fingerprint(&self, key: &str) -> anyhow::Result<Option<(Fingerprint, u64)>> {
+        each!(self, s => s.snapshot_fingerprint(key).await)
+    }
+
+    pub async fn forget_snapshot_content(&self, key: &str) -> anyhow::Result<()> {
+        each!(self, s => s.forget_snapshot_content(key).await)
+    }
+
+    pub async fn knows(&self, key: &str) -> anyhow::Result<bool> {
+        each!(self, s => s.knows(key).await)
+    }
+
+    pub async fn mark_initial_sync_done(&self, key: &str) -> anyhow::Result<()> {
+        each!(self, s => s.mark_initial_sync_done(key).await)
+    }
+
+    pub async fn start_run(&self, key: &str, trigger: Trigger, mode: Mode) -> anyhow::Result<i64> {
+        each!(self, s => s.start_run(key, trigger, mode).await)
+    }
+
+    pub async fn note_diff(&self, id: i64, counts: &RunCounts) -> anyhow::Result<()> {
+        each!(self, s => s.note_diff(id, counts).await)
+    }
+
+    pub async fn fail_run(&self, id: i64, error: &str) -> anyhow::Result<()> {
+        each!(self, s => s.fail_run(id, error).await)
+    }
+
+    pub async fn interrupt_runs(&self, keys: &[String], why: &str) -> anyhow::Result<()> {
+        each!(self, s => s.interrupt_runs(keys, why).await)
+    }
+
+    pub async fn finish_run(
+        &self,
+        id: i64,
+        status: RunStatus,
+        counts: &RunCounts,
+        error: Option<&str>,
+    ) -> anyhow::Result<()> {
+        each!(self, s => s.finish_run(id, status, counts, error).await)
+    }
+
+    pub async fn known_attributes(&self) -> anyhow::Result<HashSet<String>> {
+        each!(self, s => s.known_attributes().await)
+    }
+
+    pub async fn remember_attribute(&self, key: &str, created_by_us: bool) -> anyhow::Result<()> {
+        each!(self, s => s.remember_attribute(key, created_by_us).await)
+    }
+
+    pub async fn statuses(&self) -> anyhow::Result<Vec<ComputationStatus>> {
+        each!(self, s => s.statuses().await)
+    }
+
+    pub async fn last_run(&self, key: &str) -> anyhow::Result<Option<LastRun>> {
+        each!(self, s => s.last_run(key).await)
+    }
+
+    pub async fn observe(&self, owner: &str) -> anyhow::Result<Vec<ObservedComputation>> {
+        each!(self, s => s.observe(owner).await)
+    }
+
+    pub async fn check_readable(&self) -> anyhow::Result<()> {
+        each!(self, s => s.check_readable().await)
+    }
+
+    pub async fn acquire_lease(
+        &self,
+        key: &str,
+        owner: &LeaseOwner,
+        ttl: Duration,
+    ) -> anyhow::Result<Result<(), HeldLease>> {
+        each!(self, s => s.acquire_lease(key, owner, ttl).await)
+    }
+
+    /// Blocking.
+    pub fn renew_leases(
+        &self,
+        owner: &LeaseOwner,
+        keys: &[String],
+        ttl: Duration,
+        wait: Duration,
+    ) -> anyhow::Result<()> {
+        each!(self, s => s.renew_leases(owner, keys, ttl, wait))
+    }
+
+    pub async fn release_leases(&self, owner: &LeaseOwner, keys: &[String]) -> anyhow::Result<()> {
+        each!(self, s => s.release_leases(owner, keys).await)
+    }
+
+    pub async fn settle_sending_windows(&self, key: &str) -> anyhow::Result<u64> {
+        each!(self, s => s.settle_sending_windows(key).await)
+    }
+
+    pub async fn has_rows(&self, key: &str) -> anyhow::Result<bool> {
+        each!(self, s => s.has_rows(key).await)
+    }
+
+    pub async fn mark_for_resync(&self, keys: &[String], user: Option<&str>) -> anyhow::Result<u64> {
+        each!(self, s => s.mark_for_resync(keys, user).await)
+    }
+
+    pub async fn pending_counts(&self, keys: &[String]) -> anyhow::Result<BTreeMap<String, u64>> {
+        each!(self, s => s.pending_counts(keys).await)
+    }
+
+    pub async fn pending_count(&self, key: &str) -> anyhow::Result<u64> {
+        each!(self, s => s.pending_count(key).await)
+    }
+
+    pub async fn prune_history(&self) -> anyhow::Result<()> {
+        each!(self, s => s.prune_history().await)
+    }
+
+    pub async fn explain(&self, user: &str, keys: &[String], history: u32) -> anyhow::Result<Vec<UserState>> {
+        each!(self, s => s.explain(user, keys, history).await)
+    }
+
+    pub async fn drop_first_sync_queue(&self, key: &str) -> anyhow::Result<()> {
+        each!(self, s => s.drop_first_sync_queue(key).await)
+    }
+
+    pub async fn give_back_free_pages(&self) -> anyhow::Result<()> {
+        each!(self, s => s.give_back_free_pages().await)
+    }
+
+    /// Blocking.
+    pub fn diff_writer(&self, key: &str) -> anyhow::Result<DiffWriter> {
+        each!(self, s => s.diff_writer(key))
+    }
+
+    /// Blocking.
+    pub fn first_sync_queue(&self, key: &str, changed_at: &str) -> anyhow::Result<QueueWriter> {
+        each!(self, s => s.first_sync_queue(key, changed_at))
+    }
+
+    /// Blocking.
+    pub fn pending_reader(&self, keys: &[String]) -> anyhow::Result<PendingReader> {
+        each!(self, s => s.pending_reader(keys))
+    }
+
+    /// Blocking (or on the sending thread between polls, where `records_inline`).
+    pub fn answer_writer(
+        &self,
+        keys: &[String],
+        quarantine_after: u32,
+        first_sync: &[String],
+    ) -> anyhow::Result<AnswerWriter> {
+        each!(self, s => s.answer_writer(keys, quarantine_after, first_sync))
+    }
+
+    /// Hands `read` the state rows of computation `key` in user order. Blocking.
+    pub fn with_state_rows<T>(
+        &self,
+        key: &str,
+        read: impl FnOnce(&mut dyn Iterator<Item = anyhow::Result<StateRow>>) -> anyhow::Result<T>,
+    ) -> anyhow::Result<T> {
+        each!(self, s => s.with_state_rows(key, read))
+    }
+
+    /// As `with_state_rows`, but the rows are read on a thread of their own, a chunk at a time
+    /// ahead of `read`: decoding ten million rows then overlaps the merge of the snapshot's
+    /// sorted runs instead of following it on the same core. Blocking.
+    pub fn with_state_rows_read_ahead<T>(
+        &self,
+        key: &str,
+        read: impl FnOnce(&mut dyn Iterator<Item = anyhow::Result<StateRow>>) -> anyhow::Result<T>,
+    ) -> anyhow::Result<T> {
+        std::thread::scope(|scope| {
+            let (chunks, received) = std::sync::mpsc::sync_channel::<anyhow::Result<Vec<StateRow>>>(READ_AHEAD_CHUNKS);
+            scope.spawn(move || {
+                let scanned = self.with_state_rows(key, |rows| {
+                    let mut chunk = Vec::with_capacity(CHUNK_ROWS);
+                    for row in rows {
+                        chunk.push(row?);
+                        if chunk.len() == CHUNK_ROWS {
+                            let full = std::mem::replace(&mut chunk, Vec::with_capacity(CHUNK_ROWS));
+                            if chunks.send(Ok(full)).is_err() {
+                                return Ok(()); // the merge stopped
+                            }
+                        }
+                    }
+                    let _ = chunks.send(Ok(chunk));
+                    Ok(())
+                });
+                if let Err(e) = scanned {
+                    let _ = chunks.send(Err(e));
+                }
+            });
+            let mut chunk = Vec::new().into_iter();
+            let mut rows = std::iter::from_fn(|| {
+                loop {
+                    if let Some(row) = chunk.next() {
+                        return Some(Ok(row));
+                    }
+                    match received.recv() {
+                        Ok(Ok(next)) => chunk = next.into_iter(),
+                        Ok(Err(e)) => return Some(Err(e)),
+                        Err(_) => return None, // the scan is done
+                    }
+                }
+            });
+            // Returning drops the receiver, which stops a scan still running after an error.
+            read(&mut rows)
+        })
+    }
+}
+
+/// Rows per chunk handed from the scan's thread to the merge, and chunks read ahead.
+const CHUNK_ROWS: usize = 4096;
+const READ_AHEAD_CHUNKS: usize = 4;
