@@ -28,6 +28,31 @@ impl PendingReader {
     }
 }
 
+/// What a backend read for a page (up to `limit` rows after a user), made a page of whole
+/// users: when the limit was reached, the last user's rows may go on past it, so they are left
+/// to the next page, or, when one user filled it all, read whole by `one_user`. A user's rows
+/// come in computation key order.
+pub(crate) fn whole_users(
+    mut rows: Vec<PendingRow>,
+    limit: usize,
+    one_user: impl FnOnce(&str) -> anyhow::Result<Vec<PendingRow>>,
+) -> anyhow::Result<Vec<PendingRow>> {
+    if rows.len() == limit
+        && let Some(last) = rows.last().map(|r| r.user_id.clone())
+    {
+        let first_of_last = rows.iter().position(|r| r.user_id == last).unwrap_or(0);
+        if first_of_last > 0 {
+            rows.truncate(first_of_last);
+        } else {
+            rows = one_user(&last)?;
+        }
+    }
+    for user in rows.chunk_by_mut(|a, b| a.user_id == b.user_id) {
+        user.sort_by(|a, b| a.value.key.cmp(&b.value.key));
+    }
+    Ok(rows)
+}
+
 /// A backend's recording of answers; used from one thread at a time. Every transaction checks
 /// that the leases of the computations written for are still this pass's.
 pub trait AnswerRecords: Send {

@@ -13,10 +13,12 @@ mod diff_writer;
 mod explain;
 mod first_sync_queue;
 mod leases;
+mod postgres;
 mod runs;
 mod sqlite;
 mod status;
 mod store;
+mod times;
 
 pub use delivery::{AnswerRecords, AnswerWriter, PendingPages, PendingReader};
 pub use diff_writer::{DiffRows, DiffWrite, DiffWriter};

@@ -53,3 +53,31 @@ pub struct ObservedComputation {
     /// A first sync under a live lease: the share of its members answered.
     pub first_sync_progress: Option<f64>,
 }
+
+/// What `/metrics` shows of one computation, from what a backend read: its pending and
+/// quarantined rows, whether its lease is held here and at all, when a pass last ended `ok`, and
+/// its last pass's status, mode, members and answers.
+pub(crate) fn observed(
+    key: String,
+    (pending, quarantined): (i64, i64),
+    (leased_here, leased): (bool, bool),
+    last_ok: Option<String>,
+    (status, mode, members, answered): (Option<String>, Option<String>, Option<i64>, Option<i64>),
+) -> ObservedComputation {
+    let first_sync_running = leased && status.as_deref() == Some("running") && mode.as_deref() == Some("initial");
+    ObservedComputation {
+        key,
+        pending,
+        quarantined,
+        leased_here,
+        last_success_unix: last_ok
+            .and_then(|t| chrono::DateTime::parse_from_rfc3339(&t).ok())
+            .map(|t| t.timestamp()),
+        last_pass_failed: status.as_deref() == Some("failed"),
+        first_sync_progress: match (first_sync_running, members, answered) {
+            (true, Some(members), Some(answered)) if members > 0 => Some((answered as f64 / members as f64).min(1.0)),
+            (true, _, _) => Some(0.0),
+            _ => None,
+        },
+    }
+}

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use super::{
     AnswerWriter, ComputationStatus, DiffWriter, HeldLease, LastRun, LeaseOwner, Mode, ObservedComputation,
-    PendingReader, QueueWriter, RunCounts, RunStatus, Trigger, UserState, sqlite,
+    PendingReader, QueueWriter, RunCounts, RunStatus, Trigger, UserState, postgres, sqlite,
 };
 use crate::config::{Computation, StateLocation};
 use crate::diff::StateRow;
@@ -16,6 +16,7 @@ use crate::source::fingerprint::Fingerprint;
 #[derive(Clone)]
 pub enum Store {
     Sqlite(sqlite::Store),
+    Postgres(Box<postgres::Store>),
 }
 
 /// `$body` with `$s` bound to the backend's store, whichever it is.
@@ -23,6 +24,7 @@ macro_rules! each {
     ($self:expr, $s:ident => $body:expr) => {
         match $self {
             Store::Sqlite($s) => $body,
+            Store::Postgres($s) => $body,
         }
     };
 }
@@ -32,6 +34,7 @@ macro_rules! same_backend {
     ($self:expr, $s:ident => $body:expr) => {
         match $self {
             Store::Sqlite($s) => Store::Sqlite($body),
+            Store::Postgres($s) => Store::Postgres(Box::new($body)),
         }
     };
 }
@@ -41,7 +44,7 @@ impl Store {
     pub async fn open(location: &StateLocation) -> anyhow::Result<Store> {
         match location {
             StateLocation::File(path) => Ok(Store::Sqlite(sqlite::Store::open(path).await?)),
-            StateLocation::Postgres { .. } => anyhow::bail!("TEMP"),
+            StateLocation::Postgres { url, .. } => Ok(Store::Postgres(Box::new(postgres::Store::open(url).await?))),
         }
     }
 
@@ -50,7 +53,7 @@ impl Store {
     pub async fn open_read_only(location: &StateLocation) -> anyhow::Result<Option<Store>> {
         match location {
             StateLocation::File(path) => Ok(sqlite::Store::open_read_only(path).await?.map(Store::Sqlite)),
-            StateLocation::Postgres { .. } => anyhow::bail!("TEMP"),
+            StateLocation::Postgres { url, .. } => Ok(postgres::Store::open_read_only(url).await?.map(|s| Store::Postgres(Box::new(s)))),
         }
     }
 

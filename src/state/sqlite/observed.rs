@@ -27,25 +27,13 @@ impl Store {
         Ok(rows
             .into_iter()
             .map(|(key, pending, quarantined, leased_here, leased, last_ok, status, mode, members, answered)| {
-                let first_sync_running =
-                    leased && status.as_deref() == Some("running") && mode.as_deref() == Some("initial");
-                ObservedComputation {
+                crate::state::status::observed(
                     key,
-                    pending,
-                    quarantined,
-                    leased_here,
-                    last_success_unix: last_ok
-                        .and_then(|t| chrono::DateTime::parse_from_rfc3339(&t).ok())
-                        .map(|t| t.timestamp()),
-                    last_pass_failed: status.as_deref() == Some("failed"),
-                    first_sync_progress: match (first_sync_running, members, answered) {
-                        (true, Some(members), Some(answered)) if members > 0 => {
-                            Some((answered as f64 / members as f64).min(1.0))
-                        }
-                        (true, _, _) => Some(0.0),
-                        _ => None,
-                    },
-                }
+                    (pending, quarantined),
+                    (leased_here, leased),
+                    last_ok,
+                    (status, mode, members, answered),
+                )
             })
             .collect())
     }

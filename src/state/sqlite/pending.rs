@@ -9,7 +9,7 @@ use rusqlite::{Connection, OpenFlags, params};
 use super::{Store, stored};
 use crate::change::{PendingRow, PendingValue};
 use crate::config::Kind;
-use crate::state::delivery::{PendingPages, PendingReader};
+use crate::state::delivery::{PendingPages, PendingReader, whole_users};
 
 /// Reads pending pages of a fixed set of computations. Blocking.
 struct Pages {
@@ -50,25 +50,12 @@ impl Store {
 
 impl PendingPages for Pages {
     fn page(&mut self, after: &str, limit: usize) -> anyhow::Result<Vec<PendingRow>> {
-        let mut rows = query(&self.db, &mut self.times, PAGE, params![after, self.ids_json, limit as i64])?;
-        if rows.len() == limit
-            && let Some(last) = rows.last().map(|r| r.user_id.clone())
-        {
-            let first_of_last = rows.iter().position(|r| r.user_id == last).unwrap_or(0);
-            if first_of_last > 0 {
-                // The last user may continue past the limit: leave them to the next page.
-                rows.truncate(first_of_last);
-            } else {
-                // One user fills the whole page (more computations than the limit): take all of theirs.
-                rows = query(&self.db, &mut self.times, ONE_USER, params![last, self.ids_json])?;
-            }
-        }
-        Ok(rows)
+        let rows = query(&self.db, &mut self.times, PAGE, params![after, self.ids_json, limit as i64])?;
+        whole_users(rows, limit, |last| query(&self.db, &mut self.times, ONE_USER, params![last, self.ids_json]))
     }
 }
 
-/// The rows `sql` selects, a user's in computation key order (the index gives them in
-/// computation number order).
+/// The rows `sql` selects.
 fn query(
     db: &Connection,
     times: &mut stored::Times,
@@ -82,11 +69,7 @@ fn query(
         let value = PendingValue { key: r.get(1)?, value, kind: kind(r, 4)?, changed_at };
         Ok(PendingRow { user_id: r.get(0)?, value })
     })?;
-    let mut rows = rows.collect::<rusqlite::Result<Vec<_>>>()?;
-    for user in rows.chunk_by_mut(|a, b| a.user_id == b.user_id) {
-        user.sort_by(|a, b| a.value.key.cmp(&b.value.key));
-    }
-    Ok(rows)
+    Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
 }
 
 /// `computations.kind` of column `i`, decoded.

@@ -4,8 +4,9 @@
 //! this module does it for the code, at the edge of the SQLite backend, so that the rest of the
 //! program keeps JSON text values and RFC 3339 times.
 
-use chrono::{DateTime, SecondsFormat, Utc};
 use rusqlite::types::ValueRef;
+
+pub use crate::state::times::{Times, millis};
 
 /// SQL: the computation number of the key bound to `param` (computed once per statement).
 pub fn computation_id(param: &str) -> String {
@@ -32,55 +33,9 @@ pub fn value_text(value: ValueRef<'_>) -> rusqlite::types::FromSqlResult<&str> {
     }
 }
 
-/// The milliseconds of an RFC 3339 time.
-pub fn millis(time: &str) -> anyhow::Result<i64> {
-    let parsed =
-        DateTime::parse_from_rfc3339(time).map_err(|e| anyhow::anyhow!("bad time {time:?} in the state: {e}"))?;
-    Ok(parsed.timestamp_millis())
-}
-
-/// A stored time as RFC 3339 text, as `crate::state::now` writes it.
-pub fn time_text(millis: i64) -> String {
-    DateTime::<Utc>::from_timestamp_millis(millis)
-        .map_or_else(|| millis.to_string(), |t| t.to_rfc3339_opts(SecondsFormat::Millis, true))
-}
-
-/// Converts stored times for the bulk reads, where consecutive rows nearly always share one:
-/// the last conversion is kept.
-#[derive(Default)]
-pub struct Times {
-    /// The last time read: its milliseconds, and its text.
-    to_text: Option<(i64, String)>,
-}
-
-impl Times {
-    /// `millis` as RFC 3339 text.
-    pub fn text(&mut self, millis: i64) -> String {
-        match &self.to_text {
-            Some((m, text)) if *m == millis => text.clone(),
-            _ => {
-                let text = time_text(millis);
-                self.to_text = Some((millis, text.clone()));
-                text
-            }
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn times_round_trip_to_the_millisecond() {
-        let now = crate::state::now();
-        assert_eq!(time_text(millis(&now).unwrap()), now);
-        let mut times = Times::default();
-        let stored = millis("2026-12-05T23:20:29.123Z").unwrap();
-        assert_eq!(stored, 1_796_512_829_123);
-        assert_eq!(times.text(stored), "2026-12-05T23:20:29.123Z");
-        assert_eq!(times.text(stored + 1), "2026-12-05T23:20:29.124Z");
-    }
 
     #[test]
     fn stored_values_read_back_as_their_json_text() {

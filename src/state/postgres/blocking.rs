@@ -1,0 +1,47 @@
+//! A PostgreSQL connection for a blocking thread: the diff's writer, a first sync's queue,
+//! delivery's pages and answers. sqlx is async; each of these holds a one-thread runtime of its
+//! own with its connection, and blocks on it, so that it never waits on (nor stalls) the
+//! runtime of the pass, whose one thread sends the requests.
+
+use sqlx::postgres::{PgConnectOptions, PgConnection};
+use sqlx::ConnectOptions;
+
+pub(super) struct Blocking {
+    runtime: Option<tokio::runtime::Runtime>,
+    conn: Option<PgConnection>,
+}
+
+impl Blocking {
+    pub fn connect(options: &PgConnectOptions) -> anyhow::Result<Blocking> {
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+        let conn = runtime.block_on(options.connect())?;
+        Ok(Blocking { runtime: Some(runtime), conn: Some(conn) })
+    }
+
+    /// Runs `work` on the connection, blocking until it is done.
+    pub fn run<T>(&mut self, work: impl AsyncFnOnce(&mut PgConnection) -> anyhow::Result<T>) -> anyhow::Result<T> {
+        let (Some(runtime), Some(conn)) = (&self.runtime, &mut self.conn) else {
+            anyhow::bail!("the state's connection is closed")
+        };
+        runtime.block_on(work(conn))
+    }
+
+    /// Ends a transaction left open (a writer dropped before it committed), then closes.
+    pub fn roll_back(&mut self) {
+        let _ = self.run(async |conn| {
+            sqlx::query("ROLLBACK").execute(&mut *conn).await?;
+            Ok(())
+        });
+    }
+}
+
+impl Drop for Blocking {
+    /// Without waiting: a blocking value may be dropped on the pass's async thread. The server
+    /// rolls back whatever the closed connection left open.
+    fn drop(&mut self) {
+        drop(self.conn.take());
+        if let Some(runtime) = self.runtime.take() {
+            runtime.shutdown_background();
+        }
+    }
+}

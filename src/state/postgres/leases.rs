@@ -1,0 +1,183 @@
+//! `leases` on the database's clock: which worker runs a pass of which computation. A lease is
+//! live while its `expires_at` is after the database's now (`DB_NOW`), whatever the workers'
+//! clocks say; every write transaction of a pass checks its leases inside itself, with their
+//! rows locked (`FOR SHARE`), so that a takeover, which updates those rows, waits for it to end
+//! and the next one finds the lease gone.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use sqlx::{AssertSqlSafe, PgConnection};
+
+use super::{DB_NOW, Store};
+use crate::state::leases::holder_gone;
+use crate::state::{HeldLease, LeaseLost, LeaseOwner};
+
+/// What a store's writes check: the leases of this owner.
+#[derive(Debug, Clone)]
+pub(super) struct Claim {
+    owner: Arc<str>,
+    ttl: Duration,
+}
+
+/// SQL: `ttl_ms` (a parameter) after the database's now, as the state's text.
+fn expiry(ttl_param: &str) -> String {
+    format!("state_time((extract(epoch FROM clock_timestamp()) * 1000)::bigint + {ttl_param})")
+}
+
+impl Store {
+    /// This store, its pass's writes checked against the leases `owner` holds.
+    pub fn claimed_by(&self, owner: &LeaseOwner, ttl: Duration) -> Store {
+        Store { claim: Some(Claim { owner: owner.id.as_str().into(), ttl }), ..self.clone() }
+    }
+
+    /// What a writer of `keys` checks in each of its transactions: nothing without a claim.
+    pub(super) fn lease_check(&self, keys: &[String]) -> Option<LeaseCheck> {
+        self.claim.as_ref().map(|claim| LeaseCheck { claim: claim.clone(), keys: keys.to_vec() })
+    }
+
+    /// Takes the lease of `key` if it is free, lapsed, ours, or held by a process certainly
+    /// gone; else says who holds it.
+    pub async fn acquire_lease(
+        &self,
+        key: &str,
+        owner: &LeaseOwner,
+        ttl: Duration,
+    ) -> anyhow::Result<Result<(), HeldLease>> {
+        let mut tx = self.pool.begin().await?;
+        let holder = live_holder(&mut tx, key, owner).await?;
+        let gone_owner = match holder {
+            Some((h, _)) if !holder_gone(&h, owner) => return Ok(Err(h)),
+            Some((h, their_id)) => {
+                tracing::info!(key, pid = h.pid, "taking over the lease of a process that is gone");
+                Some(their_id)
+            }
+            None => None,
+        };
+        // Another worker may have inserted the row since: the update takes it only from
+        // this owner, a lapsed lease, or the holder found gone.
+        let taken = sqlx::query(AssertSqlSafe(format!(
+            "INSERT INTO leases (computation_key, owner, pid, host, acquired_at, heartbeat_at, expires_at, process) \
+             VALUES ($1, $2, $3, $4, {DB_NOW}, {DB_NOW}, {}, $6) ON CONFLICT (computation_key) DO UPDATE SET \
+             owner = excluded.owner, pid = excluded.pid, host = excluded.host, acquired_at = excluded.acquired_at, \
+             heartbeat_at = excluded.heartbeat_at, expires_at = excluded.expires_at, process = excluded.process \
+             WHERE leases.owner = $2 OR leases.expires_at <= {DB_NOW} OR leases.owner = $7",
+            expiry("$5")
+        )))
+        .bind(key)
+        .bind(&owner.id)
+        .bind(i64::from(owner.pid))
+        .bind(&owner.host)
+        .bind(ttl.as_millis() as i64)
+        .bind(owner.process.as_ref().map(ToString::to_string))
+        .bind(gone_owner)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        if taken == 0 {
+            drop(tx);
+            let mut read = self.pool.acquire().await?;
+            if let Some((h, _)) = live_holder(&mut read, key, owner).await? {
+                return Ok(Err(h));
+            }
+            anyhow::bail!("the lease of {key} changed hands while it was being taken; try again");
+        }
+        tx.commit().await?;
+        Ok(Ok(()))
+    }
+
+    /// Extends the leases of `keys` that `owner` holds, on a connection of its own; fails with
+    /// `LeaseLost` when one of them is no longer ours or has lapsed. Blocking.
+    pub fn renew_leases(
+        &self,
+        owner: &LeaseOwner,
+        keys: &[String],
+        ttl: Duration,
+        wait: Duration,
+    ) -> anyhow::Result<()> {
+        let check = LeaseCheck { claim: Claim { owner: owner.id.as_str().into(), ttl }, keys: keys.to_vec() };
+        let mut db = self.blocking()?;
+        db.run(async |conn| {
+            let mut tx = sqlx::Connection::begin(conn).await?;
+            let wait_ms = wait.as_millis().max(1).to_string();
+            sqlx::query(AssertSqlSafe(format!("SET LOCAL lock_timeout = {wait_ms}"))).execute(&mut *tx).await?;
+            check.hold(&mut tx, true).await?;
+            tx.commit().await?;
+            Ok(())
+        })
+    }
+
+    /// Gives up the leases of `keys` that `owner` holds.
+    pub async fn release_leases(&self, owner: &LeaseOwner, keys: &[String]) -> anyhow::Result<()> {
+        sqlx::query("DELETE FROM leases WHERE owner = $1 AND computation_key = ANY($2)")
+            .bind(&owner.id)
+            .bind(keys)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+}
+
+/// The live lease of `key` held by someone other than `owner`, locked, and its owner's id.
+async fn live_holder(db: &mut PgConnection, key: &str, owner: &LeaseOwner) -> sqlx::Result<Option<(HeldLease, String)>> {
+    let row: Option<(String, i64, String, String, Option<String>, String)> = sqlx::query_as(AssertSqlSafe(format!(
+        "SELECT computation_key, pid, host, expires_at, process, owner FROM leases \
+         WHERE computation_key = $1 AND owner <> $2 AND expires_at > {DB_NOW} FOR UPDATE"
+    )))
+    .bind(key)
+    .bind(&owner.id)
+    .fetch_optional(db)
+    .await?;
+    Ok(row.map(|(computation_key, pid, host, expires_at, process, id)| {
+        (HeldLease { computation_key, pid, host, expires_at, process }, id)
+    }))
+}
+
+/// The leases of some computations, as one writer's transactions check them.
+pub(super) struct LeaseCheck {
+    claim: Claim,
+    keys: Vec<String>,
+}
+
+impl LeaseCheck {
+    /// Inside a write transaction: fails with `LeaseLost` unless every lease is still the
+    /// claim's and unexpired by the database's clock, and (with `renew`) extends them. The
+    /// rows stay locked until the transaction ends.
+    pub(super) async fn hold(&self, db: &mut PgConnection, renew: bool) -> anyhow::Result<()> {
+        let owner = &*self.claim.owner;
+        let held = if renew {
+            sqlx::query(AssertSqlSafe(format!(
+                "UPDATE leases SET heartbeat_at = {DB_NOW}, expires_at = {} \
+                 WHERE owner = $1 AND computation_key = ANY($2) AND expires_at > {DB_NOW}",
+                expiry("$3")
+            )))
+            .bind(owner)
+            .bind(&self.keys)
+            .bind(self.claim.ttl.as_millis() as i64)
+            .execute(&mut *db)
+            .await?
+            .rows_affected() as usize
+        } else {
+            sqlx::query(AssertSqlSafe(format!(
+                "SELECT 1 FROM leases WHERE owner = $1 AND computation_key = ANY($2) AND expires_at > {DB_NOW} FOR SHARE"
+            )))
+            .bind(owner)
+            .bind(&self.keys)
+            .fetch_all(&mut *db)
+            .await?
+            .len()
+        };
+        if held < self.keys.len() {
+            return Err(LeaseLost { keys: self.keys.join(", ") }.into());
+        }
+        Ok(())
+    }
+}
+
+/// Inside a write transaction: `LeaseCheck::hold`, when there is a check.
+pub(super) async fn hold(db: &mut PgConnection, check: Option<&LeaseCheck>, renew: bool) -> anyhow::Result<()> {
+    match check {
+        Some(c) => c.hold(db, renew).await,
+        None => Ok(()),
+    }
+}

@@ -1,0 +1,275 @@
+//! PostgreSQL's side of the diff's writes and of a first sync's queue (the threaded fronts are
+//! `state::DiffWriter` and `state::QueueWriter`), and the diff's scan of the state rows. Each
+//! holds a connection of its own and one transaction, begun at its first write.
+
+use sqlx::{AssertSqlSafe, PgConnection};
+
+use super::blocking::Blocking;
+use super::leases::{LeaseCheck, hold};
+use super::Store;
+use crate::diff::StateRow;
+use crate::record::json_text;
+use crate::source::fingerprint::Fingerprint;
+use crate::state::times::millis;
+use crate::state::{DiffRows, DiffWrite, DiffWriter, QueueRows, QueueRun, QueueWriter, now};
+
+/// Rows fetched from the scan's cursor at a time.
+const SCAN_ROWS: i64 = 4096;
+
+/// A new desired value is a new delivery (attempts and error start afresh); a row whose last
+/// value may have landed unacknowledged no longer knows what the destination holds (see the
+/// SQLite backend's `upsert_sql`).
+const UPSERT: &str = "INSERT INTO member_rows (computation_id, user_id, desired, updated_at) \
+     SELECT $1, u, d, $2 FROM UNNEST($3::text[], $4::text[]) AS t (u, d) \
+     ON CONFLICT (computation_id, user_id) DO UPDATE SET desired = excluded.desired, \
+     updated_at = excluded.updated_at, attempts = 0, last_error = NULL, quarantined_at = NULL, \
+     synced = CASE WHEN member_rows.first_sent_at IS NULL THEN member_rows.synced END";
+
+/// One transaction on a connection of its own, begun at the first write; dropped before its
+/// commit, it rolls back.
+struct Transaction {
+    db: Blocking,
+    begun: bool,
+    committed: bool,
+}
+
+impl Transaction {
+    fn new(db: Blocking) -> Transaction {
+        Transaction { db, begun: false, committed: false }
+    }
+
+    /// Runs `work` in the transaction, beginning it first if need be; `work` is told whether
+    /// this is the transaction's first work.
+    fn run(&mut self, work: impl AsyncFnOnce(&mut PgConnection, bool) -> anyhow::Result<()>) -> anyhow::Result<()> {
+        let begin = !self.begun;
+        self.begun = true;
+        self.db.run(async |conn| {
+            if begin {
+                sqlx::query("BEGIN").execute(&mut *conn).await?;
+            }
+            work(conn, begin).await
+        })
+    }
+
+    /// Runs `work`, then checks and renews `lease` and commits.
+    fn commit(
+        &mut self,
+        lease: Option<&LeaseCheck>,
+        work: impl AsyncFnOnce(&mut PgConnection, bool) -> anyhow::Result<()>,
+    ) -> anyhow::Result<()> {
+        self.run(async |conn, first| {
+            work(&mut *conn, first).await?;
+            hold(&mut *conn, lease, true).await?;
+            sqlx::query("COMMIT").execute(&mut *conn).await?;
+            Ok(())
+        })?;
+        self.committed = true;
+        Ok(())
+    }
+}
+
+impl Drop for Transaction {
+    fn drop(&mut self) {
+        if self.begun && !self.committed {
+            self.db.roll_back();
+        }
+    }
+}
+
+struct DiffTransaction {
+    tx: Transaction,
+    lease: Option<LeaseCheck>,
+    key: String,
+    id: i32,
+    now_ms: i64,
+}
+
+impl Store {
+    /// Opens the writer of `key`'s diff. Blocking.
+    pub fn diff_writer(&self, key: &str) -> anyhow::Result<DiffWriter> {
+        let mut db = self.blocking()?;
+        let id = computation_id(&mut db, key)?;
+        let rows = DiffTransaction {
+            tx: Transaction::new(db),
+            lease: self.lease_check(&[key.to_string()]),
+            key: key.to_string(),
+            id,
+            now_ms: millis(&now())?,
+        };
+        DiffWriter::start(Box::new(rows))
+    }
+
+    /// Opens the queue of `key`'s first sync, whose values were decided at `changed_at`. Blocking.
+    pub fn first_sync_queue(&self, key: &str, changed_at: &str) -> anyhow::Result<QueueWriter> {
+        let rows = QueueTransaction {
+            tx: Transaction::new(self.blocking()?),
+            lease: self.lease_check(&[key.to_string()]),
+            key: key.to_string(),
+            changed_at: changed_at.to_string(),
+        };
+        QueueWriter::start(Box::new(rows))
+    }
+
+    /// Hands `read` the state rows of computation `key` in user order, from one snapshot of
+    /// the state read through a cursor. Blocking.
+    pub fn with_state_rows<T>(
+        &self,
+        key: &str,
+        read: impl FnOnce(&mut dyn Iterator<Item = anyhow::Result<StateRow>>) -> anyhow::Result<T>,
+    ) -> anyhow::Result<T> {
+        let mut db = self.blocking()?;
+        let id = computation_id(&mut db, key)?;
+        db.run(async |conn| {
+            sqlx::query("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY").execute(&mut *conn).await?;
+            // The number is ours (an integer), not text from outside.
+            let declare = format!(
+                "DECLARE state_rows NO SCROLL CURSOR FOR SELECT user_id, desired, \
+                 synced IS NOT NULL OR synced_at IS NOT NULL OR first_sent_at IS NOT NULL \
+                 FROM member_rows WHERE computation_id = {id} ORDER BY user_id"
+            );
+            sqlx::query(AssertSqlSafe(declare)).execute(&mut *conn).await?;
+            Ok(())
+        })?;
+        let mut chunk = Vec::new().into_iter();
+        let mut done = false;
+        let mut rows = std::iter::from_fn(|| {
+            loop {
+                if let Some(row) = chunk.next() {
+                    return Some(Ok(row));
+                }
+                if done {
+                    return None;
+                }
+                match fetch(&mut db) {
+                    Ok(next) => {
+                        done = (next.len() as i64) < SCAN_ROWS;
+                        chunk = next.into_iter();
+                    }
+                    Err(e) => {
+                        done = true;
+                        return Some(Err(e));
+                    }
+                }
+            }
+        });
+        read(&mut rows)
+    }
+}
+
+fn fetch(db: &mut Blocking) -> anyhow::Result<Vec<StateRow>> {
+    db.run(async |conn| {
+        let rows: Vec<(String, String, bool)> =
+            sqlx::query_as(AssertSqlSafe(format!("FETCH FORWARD {SCAN_ROWS} FROM state_rows")))
+                .fetch_all(&mut *conn)
+                .await?;
+        Ok(rows.into_iter().map(|(user_id, desired, told)| StateRow { user_id, desired: json_text(&desired), told }).collect())
+    })
+}
+
+/// The number of computation `key`.
+fn computation_id(db: &mut Blocking, key: &str) -> anyhow::Result<i32> {
+    db.run(async |conn| {
+        let id: i32 = sqlx::query_scalar("SELECT id FROM computations WHERE key = $1").bind(key).fetch_one(&mut *conn).await?;
+        Ok(id)
+    })
+}
+
+impl DiffRows for DiffTransaction {
+    fn write(&mut self, batch: Vec<DiffWrite>) -> anyhow::Result<()> {
+        let (mut users, mut values, mut forgotten) = (Vec::new(), Vec::new(), Vec::new());
+        for write in batch {
+            match write {
+                DiffWrite::Set { user_id, desired } => {
+                    users.push(user_id);
+                    values.push(desired);
+                }
+                DiffWrite::Forget { user_id } => forgotten.push(user_id),
+            }
+        }
+        let (id, now_ms) = (self.id, self.now_ms);
+        self.tx.run(async |conn, _| {
+            if !users.is_empty() {
+                sqlx::query(UPSERT).bind(id).bind(now_ms).bind(&users).bind(&values).execute(&mut *conn).await?;
+            }
+            if !forgotten.is_empty() {
+                sqlx::query("DELETE FROM member_rows WHERE computation_id = $1 AND user_id = ANY($2)")
+                    .bind(id)
+                    .bind(&forgotten)
+                    .execute(&mut *conn)
+                    .await?;
+            }
+            Ok(())
+        })
+    }
+
+    fn commit(&mut self, snapshot: Option<(&Fingerprint, u64)>) -> anyhow::Result<()> {
+        let key = self.key.clone();
+        let snapshot = snapshot.map(|(fp, rows)| (fp.size as i64, fp.modified_at.clone(), fp.sha256.clone(), rows as i64));
+        self.tx.commit(self.lease.as_ref(), async |conn, _| {
+            match &snapshot {
+                Some((size, modified_at, sha256, rows)) => sqlx::query(
+                    "UPDATE computations SET snapshot_size = $2, snapshot_modified_at = $3, snapshot_sha256 = $4, \
+                     snapshot_rows = $5 WHERE key = $1",
+                )
+                .bind(&key)
+                .bind(size)
+                .bind(modified_at)
+                .bind(sha256)
+                .bind(rows),
+                None => sqlx::query("UPDATE computations SET snapshot_sha256 = NULL WHERE key = $1").bind(&key),
+            }
+            .execute(&mut *conn)
+            .await?;
+            // The state now holds the snapshot: what an earlier first sync still owed is
+            // pending rows, or no longer owed.
+            sqlx::query("DELETE FROM first_sync_queue WHERE computation_key = $1").bind(&key).execute(&mut *conn).await?;
+            Ok(())
+        })
+    }
+}
+
+struct QueueTransaction {
+    tx: Transaction,
+    lease: Option<LeaseCheck>,
+    key: String,
+    changed_at: String,
+}
+
+/// In a queue's transaction, before its first run: what an earlier first sync left goes.
+async fn replace_earlier(conn: &mut PgConnection, key: &str) -> anyhow::Result<()> {
+    sqlx::query("DELETE FROM first_sync_queue WHERE computation_key = $1").bind(key).execute(conn).await?;
+    Ok(())
+}
+
+impl QueueRows for QueueTransaction {
+    fn insert(&mut self, run: &QueueRun) -> anyhow::Result<()> {
+        let users = std::str::from_utf8(&run.users)?.to_string();
+        let (key, changed_at) = (self.key.clone(), self.changed_at.clone());
+        self.tx.run(async |conn, first| {
+            if first {
+                replace_earlier(&mut *conn, &key).await?;
+            }
+            sqlx::query(
+                "INSERT INTO first_sync_queue (computation_key, after_user, last_user, entries, users, changed_at) \
+                 VALUES ($1, $2, $3, $4, $5, $6)",
+            )
+            .bind(&key)
+            .bind(&run.after)
+            .bind(&run.last)
+            .bind(run.entries as i64)
+            .bind(&users)
+            .bind(&changed_at)
+            .execute(&mut *conn)
+            .await?;
+            Ok(())
+        })
+    }
+
+    fn commit(&mut self) -> anyhow::Result<()> {
+        let key = self.key.clone();
+        self.tx.commit(self.lease.as_ref(), async |conn, first| match first {
+            true => replace_earlier(conn, &key).await,
+            false => Ok(()),
+        })
+    }
+}
