@@ -25,7 +25,9 @@ fn colour() -> bool {
 fn main() -> ExitCode {
     let cli = audience_sync::cli::Cli::parse();
     audience_sync::cli::say_as(cli.log_format);
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info,sqlx::query=error"));
+    // PostgreSQL's notices ("relation ... already exists, skipping" at every start) are not news.
+    let default = "info,sqlx::query=error,sqlx::postgres::notice=warn";
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
     let filter = filter.add_directive(QUIET_SECRETS.parse().expect("a valid directive"));
     let logs = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_ansi(colour());
     match cli.log_format {

@@ -168,7 +168,7 @@ SELECT
         AND CASE c.kind WHEN 'audience' THEN m.desired = 'true' ELSE m.desired <> 'null' END) AS members,
     (SELECT count(*) FROM member_rows m WHERE m.computation_id = c.id AND m.desired IS DISTINCT FROM m.synced)
       + coalesce((SELECT greatest(0, sum(q.entries) - (SELECT count(*) FROM member_rows m WHERE m.computation_id = c.id))
-                  FROM first_sync_queue q WHERE q.computation_key = c.key HAVING count(*) > 0), 0) AS pending,
+                  FROM first_sync_queue q WHERE q.computation_key = c.key HAVING count(*) > 0), 0)::bigint AS pending,
     (SELECT count(*) FROM member_rows m
       WHERE m.computation_id = c.id AND m.desired IS DISTINCT FROM m.synced AND m.attempts > 0) AS failed,
     c.initial_sync_done_at,

@@ -70,9 +70,7 @@ pub(crate) fn observed(
         pending,
         quarantined,
         leased_here,
-        last_success_unix: last_ok
-            .and_then(|t| chrono::DateTime::parse_from_rfc3339(&t).ok())
-            .map(|t| t.timestamp()),
+        last_success_unix: last_ok.and_then(|t| chrono::DateTime::parse_from_rfc3339(&t).ok()).map(|t| t.timestamp()),
         last_pass_failed: status.as_deref() == Some("failed"),
         first_sync_progress: match (first_sync_running, members, answered) {
             (true, Some(members), Some(answered)) if members > 0 => Some((answered as f64 / members as f64).min(1.0)),

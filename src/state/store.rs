@@ -53,7 +53,9 @@ impl Store {
     pub async fn open_read_only(location: &StateLocation) -> anyhow::Result<Option<Store>> {
         match location {
             StateLocation::File(path) => Ok(sqlite::Store::open_read_only(path).await?.map(Store::Sqlite)),
-            StateLocation::Postgres { url, .. } => Ok(postgres::Store::open_read_only(url).await?.map(|s| Store::Postgres(Box::new(s)))),
+            StateLocation::Postgres { url, .. } => {
+                Ok(postgres::Store::open_read_only(url).await?.map(|s| Store::Postgres(Box::new(s))))
+            }
         }
     }
 

@@ -68,12 +68,12 @@ async fn missing_attributes_are_created_once_before_delivery() {
     assert_success(&app.sync(&[]).await);
     assert_eq!(management.received_requests().await.unwrap().len(), 2);
     let db = app.db().await;
-    let remembered: Vec<(String, bool)> =
+    let remembered: Vec<(String, i64)> =
         sqlx::query_as("SELECT key, created_by_us FROM destination_attributes ORDER BY key")
             .fetch_all(&db)
             .await
             .unwrap();
-    assert_eq!(remembered, vec![("brand_new".into(), true), ("known".into(), false)]);
+    assert_eq!(remembered, vec![("brand_new".into(), 1), ("known".into(), 0)]);
 }
 
 #[tokio::test]

@@ -9,7 +9,7 @@ use crate::helpers::*;
 
 /// Keeps `delivery_history` for `days` in `app`'s config.
 fn keeping_history(app: TestApp, days: u32) -> TestApp {
-    app.replace_in_config("path = \"state.db\"", &format!("path = \"state.db\"\nkeep_history_days = {days}"))
+    app.with_state_setting(&format!("keep_history_days = {days}"))
 }
 
 /// `explain --json` of `user` (and any more arguments).
@@ -223,10 +223,10 @@ async fn explain_finds_a_user_a_running_or_stopped_first_sync_still_has_to_send(
 
 /// What one pass sent, as the README asks it.
 const SENT_BY_PASS: &str = "SELECT user_id, computation_key, value, answered_at, acknowledged, http_status, error \
-     FROM delivery_history WHERE run_id = ?1 ORDER BY id";
+     FROM delivery_history WHERE run_id = $1 ORDER BY id";
 
 /// A row of `SENT_BY_PASS`.
-type Sent = (String, String, String, String, bool, Option<i64>, Option<String>);
+type Sent = (String, String, String, String, i64, Option<i64>, Option<String>);
 
 #[tokio::test]
 async fn history_is_kept_only_when_asked_and_lists_what_a_pass_sent() {
@@ -244,7 +244,7 @@ async fn history_is_kept_only_when_asked_and_lists_what_a_pass_sent() {
         async move {
             let rows: Vec<Sent> = sqlx::query_as(SENT_BY_PASS).bind(run).fetch_all(&db).await.unwrap();
             for (_, key, _, _, acknowledged, _, error) in &rows {
-                assert_eq!((key.as_str(), *acknowledged), ("a", error.is_none()));
+                assert_eq!((key.as_str(), *acknowledged == 1), ("a", error.is_none()));
             }
             let mut rows: Vec<(String, String, Option<i64>)> =
                 rows.into_iter().map(|(user, _, value, _, _, status, _)| (user, value, status)).collect();

@@ -8,13 +8,13 @@ const ANSWERED: u64 = 100;
 
 /// The documented question "is user X still to be sent?", as the README asks it: through the
 /// `pending` view, and looking only at the queued run that can hold the user.
-const STILL_TO_SEND: &str = "SELECT computation_key, desired FROM pending WHERE user_id = ?1";
+const STILL_TO_SEND: &str = "SELECT computation_key, desired FROM pending WHERE user_id = $1";
 const STILL_TO_SEND_QUICKLY: &str = "SELECT computation_key, desired FROM memberships \
-     WHERE user_id = ?1 AND desired IS NOT synced \
+     WHERE user_id = $1 AND desired IS NOT synced \
      UNION ALL \
      SELECT q.computation_key, u.value ->> 1 FROM first_sync_queue q, json_each(q.users) u \
-     WHERE q.last_user >= ?1 AND q.after_user < ?1 AND u.value ->> 0 = ?1 \
-     AND NOT EXISTS (SELECT 1 FROM memberships m WHERE m.computation_key = q.computation_key AND m.user_id = ?1)";
+     WHERE q.last_user >= $1 AND q.after_user < $1 AND u.value ->> 0 = $1 \
+     AND NOT EXISTS (SELECT 1 FROM memberships m WHERE m.computation_key = q.computation_key AND m.user_id = $1)";
 
 #[tokio::test]
 async fn a_running_first_sync_counts_its_unanswered_members_as_pending() {
@@ -92,7 +92,7 @@ async fn a_first_sync_stopped_by_a_kill_leaves_nothing_pending_twice() {
 
 /// How many of `key`'s members the `pending` view lists.
 async fn listed_pending(app: &TestApp, key: &str) -> i64 {
-    sqlx::query_scalar("SELECT count(*) FROM pending WHERE computation_key = ?1")
+    sqlx::query_scalar("SELECT count(*) FROM pending WHERE computation_key = $1")
         .bind(key)
         .fetch_one(&app.db().await)
         .await

@@ -1,11 +1,15 @@
-//! A test app: a config.toml, snapshots and a state file in a temp dir, the real binary, and
-//! (for Contentstack) a wiremock server on loopback.
+//! A test app: a config.toml, snapshots and a state in a temp dir, the real binary, and (for
+//! Contentstack) a wiremock server on loopback.
+//!
+//! The state is a SQLite file in the temp dir; with `AUDIENCE_SYNC_TEST_BACKEND=postgres` (and
+//! `AUDIENCE_SYNC_TEST_POSTGRES_URL`, see the README), it is a PostgreSQL database of the app's
+//! own on that server instead, so that one test body runs on either backend.
 
 use std::path::PathBuf;
 use std::process::Output;
 
 use serde_json::Value;
-use sqlx::sqlite::{SqliteConnectOptions, SqlitePool};
+use sqlx::AnyPool;
 use tempfile::TempDir;
 use wiremock::matchers::{method, path};
 use wiremock::{Mock, MockServer, Request, ResponseTemplate};
@@ -26,6 +30,39 @@ pub const FAST_RETRIES: &str = "retry_base_delay_ms = 1\nretry_max_delay_secs = 
 
 pub struct TestApp {
     pub dir: TempDir,
+    /// The PostgreSQL database holding the state, when the tests run on that backend.
+    pub state_url: Option<String>,
+}
+
+/// The environment variable the binary reads the PostgreSQL state's URL from, in tests.
+pub const STATE_URL_ENV: &str = "AUDIENCE_SYNC_TEST_STATE_URL";
+
+/// Whether the tests run on the PostgreSQL backend.
+pub fn on_postgres() -> bool {
+    std::env::var("AUDIENCE_SYNC_TEST_BACKEND").is_ok_and(|b| b == "postgres")
+}
+
+/// A new, empty database on the test PostgreSQL server; its URL.
+pub fn new_postgres_database() -> String {
+    let admin = std::env::var("AUDIENCE_SYNC_TEST_POSTGRES_URL")
+        .expect("AUDIENCE_SYNC_TEST_BACKEND=postgres needs AUDIENCE_SYNC_TEST_POSTGRES_URL");
+    let name = format!("audience_sync_test_{:016x}", fastrand::u64(..));
+    let created = name.clone();
+    // On a thread of its own: the caller may be inside a runtime.
+    let admin_url = admin.clone();
+    std::thread::spawn(move || {
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        runtime.block_on(async {
+            let db = sqlx::PgPool::connect(&admin_url).await.unwrap();
+            sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {created}"))).execute(&db).await.unwrap();
+            db.close().await;
+        })
+    })
+    .join()
+    .unwrap();
+    let mut url = url::Url::parse(&admin).unwrap();
+    url.set_path(&name);
+    url.to_string()
 }
 
 /// One row of `memberships`: (computation_key, user_id, desired, synced).
@@ -34,9 +71,19 @@ pub type Row = (String, String, String, Option<String>);
 impl TestApp {
     /// An app whose config has `destination` and `computations` (TOML fragments).
     pub fn new(destination: &str, computations: &str) -> TestApp {
-        let app = TestApp { dir: tempfile::tempdir().unwrap() };
-        app.write("config.toml", &format!("[state]\npath = \"state.db\"\n\n{destination}\n{computations}"));
+        let state_url = on_postgres().then(new_postgres_database);
+        let app = TestApp { dir: tempfile::tempdir().unwrap(), state_url };
+        let state = match &app.state_url {
+            Some(_) => format!("url_env = \"{STATE_URL_ENV}\""),
+            None => "path = \"state.db\"".to_string(),
+        };
+        app.write("config.toml", &format!("[state]\n{state}\n\n{destination}\n{computations}"));
         app
+    }
+
+    /// The same app with `setting` added to its `[state]` section.
+    pub fn with_state_setting(self, setting: &str) -> TestApp {
+        self.replace_in_config("[state]\n", &format!("[state]\n{setting}\n"))
     }
 
     /// An app that sends to `server` as Contentstack with `concurrency`.
@@ -94,6 +141,9 @@ impl TestApp {
             .env(WRITE_KEY_ENV, WRITE_KEY)
             .env(MANAGEMENT_TOKEN_ENV, MANAGEMENT_TOKEN)
             .env(SOURCE_AUTH_ENV, SOURCE_AUTH);
+        if let Some(url) = &self.state_url {
+            cmd.env(STATE_URL_ENV, url);
+        }
         cmd
     }
 
@@ -110,9 +160,15 @@ impl TestApp {
         self.run(&all).await
     }
 
-    pub async fn db(&self) -> SqlitePool {
-        let options = SqliteConnectOptions::new().filename(self.path("state.db")).read_only(true);
-        SqlitePool::connect_with(options).await.unwrap()
+    /// The state, read through sqlx's driver-neutral pool: the tests' queries run on either
+    /// backend (placeholders as `$1`, which SQLite reads too).
+    pub async fn db(&self) -> AnyPool {
+        sqlx::any::install_default_drivers();
+        let url = match &self.state_url {
+            Some(url) => url.clone(),
+            None => format!("sqlite://{}?mode=ro", self.path("state.db").display()),
+        };
+        AnyPool::connect(&url).await.unwrap()
     }
 
     /// All membership rows, ordered.

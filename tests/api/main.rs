@@ -9,7 +9,6 @@ mod explain;
 mod first_sync;
 mod helpers;
 mod logs;
-mod memory;
 mod metrics;
 mod operate;
 mod pauses;

@@ -3,8 +3,8 @@
 //! own with its connection, and blocks on it, so that it never waits on (nor stalls) the
 //! runtime of the pass, whose one thread sends the requests.
 
-use sqlx::postgres::{PgConnectOptions, PgConnection};
 use sqlx::ConnectOptions;
+use sqlx::postgres::{PgConnectOptions, PgConnection};
 
 pub(super) struct Blocking {
     runtime: Option<tokio::runtime::Runtime>,

@@ -62,7 +62,10 @@ impl Store {
     }
 
     pub async fn forget_snapshot_content(&self, key: &str) -> anyhow::Result<()> {
-        sqlx::query("UPDATE computations SET snapshot_sha256 = NULL WHERE key = $1").bind(key).execute(&self.pool).await?;
+        sqlx::query("UPDATE computations SET snapshot_sha256 = NULL WHERE key = $1")
+            .bind(key)
+            .execute(&self.pool)
+            .await?;
         Ok(())
     }
 
@@ -75,11 +78,13 @@ impl Store {
     }
 
     pub async fn mark_initial_sync_done(&self, key: &str) -> anyhow::Result<()> {
-        sqlx::query("UPDATE computations SET initial_sync_done_at = $2 WHERE key = $1 AND initial_sync_done_at IS NULL")
-            .bind(key)
-            .bind(now())
-            .execute(&self.pool)
-            .await?;
+        sqlx::query(
+            "UPDATE computations SET initial_sync_done_at = $2 WHERE key = $1 AND initial_sync_done_at IS NULL",
+        )
+        .bind(key)
+        .bind(now())
+        .execute(&self.pool)
+        .await?;
         Ok(())
     }
 

@@ -119,7 +119,11 @@ impl Store {
 }
 
 /// The live lease of `key` held by someone other than `owner`, locked, and its owner's id.
-async fn live_holder(db: &mut PgConnection, key: &str, owner: &LeaseOwner) -> sqlx::Result<Option<(HeldLease, String)>> {
+async fn live_holder(
+    db: &mut PgConnection,
+    key: &str,
+    owner: &LeaseOwner,
+) -> sqlx::Result<Option<(HeldLease, String)>> {
     let row: Option<(String, i64, String, String, Option<String>, String)> = sqlx::query_as(AssertSqlSafe(format!(
         "SELECT computation_key, pid, host, expires_at, process, owner FROM leases \
          WHERE computation_key = $1 AND owner <> $2 AND expires_at > {DB_NOW} FOR UPDATE"

@@ -119,7 +119,7 @@ impl Store {
     }
 
     pub async fn pending_count(&self, key: &str) -> anyhow::Result<u64> {
-        let n: Option<i64> = sqlx::query_scalar("SELECT pending::bigint FROM computation_status WHERE key = $1")
+        let n: Option<i64> = sqlx::query_scalar("SELECT pending FROM computation_status WHERE key = $1")
             .bind(key)
             .fetch_optional(&self.pool)
             .await?;

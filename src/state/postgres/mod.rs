@@ -104,7 +104,8 @@ impl Store {
 
     /// A connection of its own for a blocking thread.
     fn blocking(&self) -> anyhow::Result<blocking::Blocking> {
-        blocking::Blocking::connect(&self.options).with_context(|| format!("cannot connect to the state in {}", self.shown))
+        blocking::Blocking::connect(&self.options)
+            .with_context(|| format!("cannot connect to the state in {}", self.shown))
     }
 
     /// The same state, recording every delivery answered and keeping it `days` (none: off).

@@ -15,7 +15,7 @@ macro_rules! last_run_columns {
 impl Store {
     pub async fn statuses(&self) -> anyhow::Result<Vec<ComputationStatus>> {
         Ok(sqlx::query_as(
-            "SELECT key, name, kind, members, pending::bigint AS pending, failed, quarantined, initial_sync_done_at \
+            "SELECT key, name, kind, members, pending, failed, quarantined, initial_sync_done_at \
              FROM computation_status ORDER BY key COLLATE \"C\"",
         )
         .fetch_all(&self.pool)
@@ -39,7 +39,7 @@ impl Store {
         type Row =
             (String, i64, i64, bool, bool, Option<String>, Option<String>, Option<String>, Option<i64>, Option<i64>);
         let rows: Vec<Row> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
-            "SELECT s.key, s.pending::bigint, s.quarantined, \
+            "SELECT s.key, s.pending, s.quarantined, \
                EXISTS (SELECT 1 FROM leases l WHERE l.computation_key = s.key AND l.owner = $1 AND l.expires_at > {DB_NOW}), \
                EXISTS (SELECT 1 FROM leases l WHERE l.computation_key = s.key AND l.expires_at > {DB_NOW}), \
                (SELECT max(r.finished_at) FROM sync_runs r WHERE r.computation_key = s.key AND r.status = 'ok'), \

@@ -4,9 +4,9 @@
 
 use sqlx::{AssertSqlSafe, PgConnection};
 
+use super::Store;
 use super::blocking::Blocking;
 use super::leases::{LeaseCheck, hold};
-use super::Store;
 use crate::diff::StateRow;
 use crate::record::json_text;
 use crate::source::fingerprint::Fingerprint;
@@ -162,14 +162,18 @@ fn fetch(db: &mut Blocking) -> anyhow::Result<Vec<StateRow>> {
             sqlx::query_as(AssertSqlSafe(format!("FETCH FORWARD {SCAN_ROWS} FROM state_rows")))
                 .fetch_all(&mut *conn)
                 .await?;
-        Ok(rows.into_iter().map(|(user_id, desired, told)| StateRow { user_id, desired: json_text(&desired), told }).collect())
+        Ok(rows
+            .into_iter()
+            .map(|(user_id, desired, told)| StateRow { user_id, desired: json_text(&desired), told })
+            .collect())
     })
 }
 
 /// The number of computation `key`.
 fn computation_id(db: &mut Blocking, key: &str) -> anyhow::Result<i32> {
     db.run(async |conn| {
-        let id: i32 = sqlx::query_scalar("SELECT id FROM computations WHERE key = $1").bind(key).fetch_one(&mut *conn).await?;
+        let id: i32 =
+            sqlx::query_scalar("SELECT id FROM computations WHERE key = $1").bind(key).fetch_one(&mut *conn).await?;
         Ok(id)
     })
 }
@@ -204,7 +208,8 @@ impl DiffRows for DiffTransaction {
 
     fn commit(&mut self, snapshot: Option<(&Fingerprint, u64)>) -> anyhow::Result<()> {
         let key = self.key.clone();
-        let snapshot = snapshot.map(|(fp, rows)| (fp.size as i64, fp.modified_at.clone(), fp.sha256.clone(), rows as i64));
+        let snapshot =
+            snapshot.map(|(fp, rows)| (fp.size as i64, fp.modified_at.clone(), fp.sha256.clone(), rows as i64));
         self.tx.commit(self.lease.as_ref(), async |conn, _| {
             match &snapshot {
                 Some((size, modified_at, sha256, rows)) => sqlx::query(
@@ -222,7 +227,10 @@ impl DiffRows for DiffTransaction {
             .await?;
             // The state now holds the snapshot: what an earlier first sync still owed is
             // pending rows, or no longer owed.
-            sqlx::query("DELETE FROM first_sync_queue WHERE computation_key = $1").bind(&key).execute(&mut *conn).await?;
+            sqlx::query("DELETE FROM first_sync_queue WHERE computation_key = $1")
+                .bind(&key)
+                .execute(&mut *conn)
+                .await?;
             Ok(())
         })
     }
