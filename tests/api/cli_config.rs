@@ -13,7 +13,7 @@ async fn unknown_field_names_file_line_and_field() {
     let err = stderr(&out);
     assert!(err.contains("config.toml:10: unknown field `sorce`"), "{err}");
     assert_eq!(err.trim().lines().count(), 1, "one line: {err}");
-    assert!(!app.path("state.db").exists(), "a config error must not create the state");
+    assert!(!app.state_created().await, "a config error must not create the state");
 }
 
 #[tokio::test]
@@ -30,7 +30,7 @@ async fn an_unknown_destination_type_names_file_line_and_field() {
         "{err}"
     );
     assert_eq!(err.trim().lines().count(), 1, "one line: {err}");
-    assert!(!app.path("state.db").exists(), "a config error must not create the state");
+    assert!(!app.state_created().await, "a config error must not create the state");
     assert!(!app.path("out.ndjson").exists(), "no destination is built from an unknown type");
 }
 

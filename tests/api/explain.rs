@@ -179,7 +179,7 @@ async fn explain_without_a_state_file_says_so_and_creates_none() {
     assert_eq!(json["state_exists"], false);
     let a = &json["computations"][0];
     assert_eq!((&a["member"], &a["delivery"], &a["last_diff"]), (&json!(false), &json!("none"), &Value::Null));
-    assert!(!app.path("state.db").exists(), "explain only reads");
+    assert!(!app.state_created().await, "explain only reads");
 }
 
 const MEMBERS: usize = 400;
@@ -276,15 +276,18 @@ async fn a_pass_prunes_history_older_than_the_days_kept() {
     let at = |hours: i64| {
         (chrono::Utc::now() - chrono::TimeDelta::hours(hours)).to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
     };
-    let db = rusqlite::Connection::open(app.path("state.db")).unwrap();
+    let db = app.state_rw().await;
     for (user, hours) in [("old-1", 72), ("old-2", 49), ("recent", 24)] {
-        db.execute(
-            "INSERT INTO delivery_history (run_id, computation_key, user_id, value, answered_at) VALUES (1, 'a', ?1, 'true', ?2)",
-            rusqlite::params![user, at(hours)],
+        sqlx::query(
+            "INSERT INTO delivery_history (run_id, computation_key, user_id, value, answered_at) VALUES (1, 'a', $1, 'true', $2)",
         )
+        .bind(user)
+        .bind(at(hours))
+        .execute(&db)
+        .await
         .unwrap();
     }
-    drop(db);
+    db.close().await;
 
     assert_success(&app.sync(&[]).await);
     let users: Vec<String> = sqlx::query_scalar("SELECT user_id FROM delivery_history ORDER BY user_id")

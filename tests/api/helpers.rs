@@ -71,7 +71,12 @@ pub type Row = (String, String, String, Option<String>);
 impl TestApp {
     /// An app whose config has `destination` and `computations` (TOML fragments).
     pub fn new(destination: &str, computations: &str) -> TestApp {
-        let state_url = on_postgres().then(new_postgres_database);
+        TestApp::with_state(on_postgres().then(new_postgres_database), destination, computations)
+    }
+
+    /// An app whose state is the PostgreSQL database `state_url` when given (several apps on
+    /// one database are several workers), else a SQLite file of its own.
+    pub fn with_state(state_url: Option<String>, destination: &str, computations: &str) -> TestApp {
         let app = TestApp { dir: tempfile::tempdir().unwrap(), state_url };
         let state = match &app.state_url {
             Some(_) => format!("url_env = \"{STATE_URL_ENV}\""),
@@ -94,11 +99,7 @@ impl TestApp {
     /// An app that sends to the Contentstack stand-in at `uri`, with `extra` destination fields.
     /// Retries wait milliseconds, not seconds, so that tests stay fast.
     pub fn contentstack_at(uri: &str, concurrency: usize, extra: &str, computations: &str) -> TestApp {
-        let destination = format!(
-            "[destination]\ntype = \"contentstack\"\nedge_api_base_url = \"{uri}\"\nproject_uid = \"{PROJECT_UID}\"\n\
-             concurrency = {concurrency}\nrequest_timeout_secs = 20\n{FAST_RETRIES}{extra}\n"
-        );
-        TestApp::new(&destination, computations)
+        TestApp::new(&contentstack_destination(uri, concurrency, extra), computations)
     }
 
     /// An app that sends to `server` as Segment, with `extra` destination fields.
@@ -171,6 +172,34 @@ impl TestApp {
         AnyPool::connect(&url).await.unwrap()
     }
 
+    /// The state, for a test that plays another process writing to it.
+    pub async fn state_rw(&self) -> AnyPool {
+        sqlx::any::install_default_drivers();
+        let url = match &self.state_url {
+            Some(url) => url.clone(),
+            None => format!("sqlite://{}", self.path("state.db").display()),
+        };
+        AnyPool::connect(&url).await.unwrap()
+    }
+
+    /// Whether the state may exist yet: a SQLite file is created by the first command, a
+    /// PostgreSQL database by the test (its tables by the first command).
+    pub fn has_state(&self) -> bool {
+        self.state_url.is_some() || self.path("state.db").exists()
+    }
+
+    /// Whether a command created the state: the SQLite file, or the tables in the database.
+    pub async fn state_created(&self) -> bool {
+        if self.state_url.is_none() {
+            return self.path("state.db").exists();
+        }
+        let db = self.db().await;
+        sqlx::query_scalar("SELECT CASE WHEN to_regclass('computations') IS NULL THEN 0 ELSE 1 END")
+            .fetch_one(&db)
+            .await
+            .is_ok_and(|created: i64| created == 1)
+    }
+
     /// All membership rows, ordered.
     pub async fn memberships(&self) -> Vec<Row> {
         let db = self.db().await;
@@ -186,6 +215,14 @@ impl TestApp {
         let db = self.db().await;
         sqlx::query_scalar("SELECT count(*) FROM pending").fetch_one(&db).await.unwrap()
     }
+}
+
+/// The `[destination]` of the Contentstack stand-in at `uri`, with `extra` fields.
+pub fn contentstack_destination(uri: &str, concurrency: usize, extra: &str) -> String {
+    format!(
+        "[destination]\ntype = \"contentstack\"\nedge_api_base_url = \"{uri}\"\nproject_uid = \"{PROJECT_UID}\"\n\
+         concurrency = {concurrency}\nrequest_timeout_secs = 20\n{FAST_RETRIES}{extra}\n"
+    )
 }
 
 pub fn stdout(o: &Output) -> String {

@@ -13,6 +13,7 @@ mod metrics;
 mod operate;
 mod pauses;
 mod postgres_schema;
+mod postgres_workers;
 mod resume;
 mod scripted_edge;
 mod segment;

@@ -114,14 +114,14 @@ async fn a_stale_lease_is_taken_over_and_a_live_one_is_respected() {
     let app = TestApp::contentstack(&server, 2, &audience("A", "a.csv"));
     app.write("a.csv", &csv_users(&["u1"]));
     assert_success(&app.sync(&[]).await); // creates the state
-    let rw = sqlx::SqlitePool::connect(&format!("sqlite://{}", app.path("state.db").display())).await.unwrap();
+    let rw = app.state_rw().await;
     let put_lease = |host: &'static str, pid: i64, expires: &'static str, process: Option<String>| {
         let rw = rw.clone();
         async move {
             sqlx::query("DELETE FROM leases").execute(&rw).await.unwrap();
             sqlx::query(
                 "INSERT INTO leases (computation_key, owner, pid, host, acquired_at, heartbeat_at, expires_at, process) \
-                 VALUES ('a', 'other-owner', ?1, ?2, '2026-01-01T00:00:00.000Z', '2026-01-01T00:00:00.000Z', ?3, ?4)",
+                 VALUES ('a', 'other-owner', $1, $2, '2026-01-01T00:00:00.000Z', '2026-01-01T00:00:00.000Z', $3, $4)",
             )
             .bind(pid)
             .bind(host)
@@ -282,7 +282,7 @@ async fn check_reports_good_and_broken_sources_and_sends_nothing() {
     assert!(stdout(&out).contains("b.csv:3: user_id: user \"u1\" is listed twice (lines 2 and 3)"), "{}", stdout(&out));
     assert!(stderr(&out).contains("sources that do not load: b"), "{}", stderr(&out));
     assert!(server.received_requests().await.unwrap().is_empty());
-    assert!(!app.path("state.db").exists(), "check creates no state");
+    assert!(!app.state_created().await, "check creates no state");
 
     let broken =
         TestApp::contentstack(&server, 2, &audience("A", "a.csv")).replace_in_config("concurrency", "concurency");
@@ -354,7 +354,7 @@ async fn dry_run_sends_nothing_and_leaves_the_state_unchanged() {
     let fresh = TestApp::contentstack(&server, 2, &audience("A", "a.csv"));
     fresh.write("a.csv", &csv_users(&["u1"]));
     assert!(stdout(&fresh.sync(&["--dry-run"]).await).contains("1 entered (e.g. u1)"));
-    assert!(!fresh.path("state.db").exists());
+    assert!(!fresh.state_created().await);
 }
 
 #[tokio::test]

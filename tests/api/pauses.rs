@@ -153,7 +153,7 @@ async fn sigterm_ends_a_wait_for_a_lease() {
     let app = TestApp::contentstack(&edge, 2, &audience("A", "a.csv"));
     app.write("a.csv", &csv_users(&["u1"]));
     assert_success(&app.sync(&[]).await); // creates the state
-    let rw = sqlx::SqlitePool::connect(&format!("sqlite://{}", app.path("state.db").display())).await.unwrap();
+    let rw = app.state_rw().await;
     sqlx::query(
         "INSERT INTO leases (computation_key, owner, pid, host, acquired_at, heartbeat_at, expires_at) \
          VALUES ('a', 'other', 42, 'elsewhere', 't', 't', '2999-01-01T00:00:00.000Z')",

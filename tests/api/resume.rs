@@ -163,14 +163,14 @@ async fn a_killed_first_sync_invalidates_the_fingerprint_of_an_earlier_empty_sna
 
 /// A `sync` of the big audience, its stderr piped, once a quarter of the members were sent; and
 /// a connection to its state, for the test to play another process.
-async fn a_sync_a_quarter_through() -> (MockServer, TestApp, std::process::Child, sqlx::SqlitePool) {
+async fn a_sync_a_quarter_through() -> (MockServer, TestApp, std::process::Child, sqlx::AnyPool) {
     let (server, app) = big_audience_on_a_slow_destination().await;
     let child = app.command(&["sync"]).stderr(std::process::Stdio::piped()).spawn().unwrap();
     wait_until(60, "a quarter of the members to be sent", || async {
         server.received_requests().await.unwrap().len() >= MEMBERS / 4
     })
     .await;
-    let rw = sqlx::SqlitePool::connect(&format!("sqlite://{}", app.path("state.db").display())).await.unwrap();
+    let rw = app.state_rw().await;
     (server, app, child, rw)
 }
 
@@ -279,10 +279,13 @@ async fn a_first_sync_overtaken_by_the_new_holders_rows_reports_its_lost_lease()
         .unwrap();
     // What the new holder's own first sync writes: every member's row.
     for i in 0..MEMBERS {
-        sqlx::query(
-            "INSERT OR IGNORE INTO member_rows (computation_id, user_id, desired, updated_at) \
-             VALUES ((SELECT id FROM computations WHERE key = 'big'), ?1, 1, 1767225600000)",
-        )
+        // `true` as each backend stores it (SQLite: 1, PostgreSQL: JSON text).
+        let stored_true = if on_postgres() { "'true'" } else { "1" };
+        sqlx::query(sqlx::AssertSqlSafe(format!(
+            "INSERT INTO member_rows (computation_id, user_id, desired, updated_at) \
+             VALUES ((SELECT id FROM computations WHERE key = 'big'), $1, {stored_true}, 1767225600000) \
+             ON CONFLICT DO NOTHING"
+        )))
         .bind(format!("user-{i:04}"))
         .execute(&mut *tx)
         .await

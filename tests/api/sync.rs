@@ -225,7 +225,7 @@ async fn a_provably_unchanged_snapshot_skips_the_diff_and_a_same_size_edit_does_
     app.write("a.csv", &csv_users(&["u1", "u2"]));
     assert_success(&app.sync(&[]).await);
     // Take u2 out of the state behind the program's back: only a real diff would put it back.
-    let rw = sqlx::SqlitePool::connect(&format!("sqlite://{}", app.path("state.db").display())).await.unwrap();
+    let rw = app.state_rw().await;
     sqlx::query("DELETE FROM member_rows WHERE user_id = 'u2'").execute(&rw).await.unwrap();
 
     let out = app.sync(&[]).await;
@@ -252,7 +252,7 @@ async fn a_snapshot_rewritten_with_the_same_bytes_skips_the_diff_and_moves_the_s
     let old = std::time::SystemTime::now() - std::time::Duration::from_secs(3600);
     std::fs::File::options().write(true).open(app.path("a.csv")).unwrap().set_modified(old).unwrap();
     assert_success(&app.sync(&[]).await);
-    let rw = sqlx::SqlitePool::connect(&format!("sqlite://{}", app.path("state.db").display())).await.unwrap();
+    let rw = app.state_rw().await;
     sqlx::query("DELETE FROM member_rows WHERE user_id = 'u2'").execute(&rw).await.unwrap();
 
     // The nightly export writes the same bytes again: a new modification time, nothing else.

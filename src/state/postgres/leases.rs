@@ -20,6 +20,17 @@ pub(super) struct Claim {
     ttl: Duration,
 }
 
+impl Claim {
+    pub(super) fn ttl(&self) -> Duration {
+        self.ttl
+    }
+}
+
+/// How long taking a lease waits for its row, locked by the holder's transaction: a holder
+/// that stalled inside one keeps it until the server ends it (see `Store::blocking`); meanwhile
+/// the lease is reported held, and a waiting command tries again.
+const TAKE_LOCK_TIMEOUT: &str = "SET LOCAL lock_timeout = '1s'";
+
 /// SQL: `ttl_ms` (a parameter) after the database's now, as the state's text.
 fn expiry(ttl_param: &str) -> String {
     format!("state_time((extract(epoch FROM clock_timestamp()) * 1000)::bigint + {ttl_param})")
@@ -44,7 +55,18 @@ impl Store {
         owner: &LeaseOwner,
         ttl: Duration,
     ) -> anyhow::Result<Result<(), HeldLease>> {
+        match self.take_lease(key, owner, ttl).await {
+            Err(e) if lock_timed_out(&e) => match self.holder(key).await? {
+                Some(h) => Ok(Err(h)),
+                None => Err(e),
+            },
+            taken => taken,
+        }
+    }
+
+    async fn take_lease(&self, key: &str, owner: &LeaseOwner, ttl: Duration) -> anyhow::Result<Result<(), HeldLease>> {
         let mut tx = self.pool.begin().await?;
+        sqlx::query(TAKE_LOCK_TIMEOUT).execute(&mut *tx).await?;
         let holder = live_holder(&mut tx, key, owner).await?;
         let gone_owner = match holder {
             Some((h, _)) if !holder_gone(&h, owner) => return Ok(Err(h)),
@@ -76,11 +98,10 @@ impl Store {
         .rows_affected();
         if taken == 0 {
             drop(tx);
-            let mut read = self.pool.acquire().await?;
-            if let Some((h, _)) = live_holder(&mut read, key, owner).await? {
-                return Ok(Err(h));
-            }
-            anyhow::bail!("the lease of {key} changed hands while it was being taken; try again");
+            return match self.holder(key).await? {
+                Some(h) => Ok(Err(h)),
+                None => anyhow::bail!("the lease of {key} changed hands while it was being taken; try again"),
+            };
         }
         tx.commit().await?;
         Ok(Ok(()))
@@ -116,6 +137,25 @@ impl Store {
             .await?;
         Ok(())
     }
+}
+
+impl Store {
+    /// Who holds the lease of `key`, read without waiting for its row's lock.
+    async fn holder(&self, key: &str) -> anyhow::Result<Option<HeldLease>> {
+        Ok(sqlx::query_as(
+            "SELECT computation_key, pid, host, expires_at, process FROM leases WHERE computation_key = $1",
+        )
+        .bind(key)
+        .fetch_optional(&self.pool)
+        .await?)
+    }
+}
+
+/// Whether `e` is PostgreSQL's "lock not available" (a `lock_timeout` ran out).
+fn lock_timed_out(e: &anyhow::Error) -> bool {
+    e.downcast_ref::<sqlx::Error>()
+        .and_then(|e| e.as_database_error())
+        .is_some_and(|e| e.code().as_deref() == Some("55P03"))
 }
 
 /// The live lease of `key` held by someone other than `owner`, locked, and its owner's id.

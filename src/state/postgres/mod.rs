@@ -102,10 +102,18 @@ impl Store {
         self.pool.close().await;
     }
 
-    /// A connection of its own for a blocking thread.
+    /// A connection of its own for a blocking thread. Under a claim, a transaction left idle
+    /// longer than the lease lasts (its worker stalled, or stopped) is ended by the server: its
+    /// locks on the lease rows would otherwise hold off the worker taking the lease over.
     fn blocking(&self) -> anyhow::Result<blocking::Blocking> {
-        blocking::Blocking::connect(&self.options)
-            .with_context(|| format!("cannot connect to the state in {}", self.shown))
+        let options = match &self.claim {
+            Some(claim) => {
+                let ms = claim.ttl().as_millis().max(1);
+                self.options.clone().options([("idle_in_transaction_session_timeout", ms)])
+            }
+            None => self.options.clone(),
+        };
+        blocking::Blocking::connect(&options).with_context(|| format!("cannot connect to the state in {}", self.shown))
     }
 
     /// The same state, recording every delivery answered and keeping it `days` (none: off).

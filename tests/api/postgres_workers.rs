@@ -1,0 +1,180 @@
+//! Several workers on one PostgreSQL state (issue 17): real processes of the binary sharing a
+//! database on the CI's PostgreSQL server, a loopback Contentstack stand-in, and the failures a
+//! worker meets past one machine: started together on an empty database, stalled until its
+//! lease lapsed on the database's clock, cut off from the database, killed -9.
+
+use std::collections::HashMap;
+use std::process::{Child, Stdio};
+use std::time::Duration;
+
+use wiremock::matchers::{method, path};
+use wiremock::{Mock, MockServer, ResponseTemplate};
+
+use crate::helpers::*;
+
+const MEMBERS: usize = 400;
+const CONCURRENCY: usize = 4;
+/// Short, so that a lapsed lease is taken over within the test's seconds.
+const LEASE_TTL_SECS: u64 = 2;
+
+/// `workers` apps on one new PostgreSQL database, each with the audience `Big` of `MEMBERS`
+/// users (one snapshot file, which every worker reads: shared storage) sent to `server`.
+fn workers(server: &MockServer, workers: usize) -> Vec<TestApp> {
+    let url = new_postgres_database();
+    let destination = contentstack_destination(&server.uri(), CONCURRENCY, "");
+    let computations =
+        |snapshot: &str| format!("[sync]\nlease_ttl_secs = {LEASE_TTL_SECS}\n\n{}", audience("Big", snapshot));
+    let first = TestApp::with_state(Some(url.clone()), &destination, &computations("big.csv"));
+    let users: Vec<String> = (0..MEMBERS).map(|i| format!("user-{i:04}")).collect();
+    first.write("big.csv", &csv_users(&users.iter().map(String::as_str).collect::<Vec<_>>()));
+    let snapshot = first.path("big.csv").display().to_string();
+    let others = (1..workers).map(|_| TestApp::with_state(Some(url.clone()), &destination, &computations(&snapshot)));
+    std::iter::once(first).chain(others.collect::<Vec<_>>()).collect()
+}
+
+/// A stand-in answering every update after 20 ms: slow enough to stop a worker mid-delivery.
+async fn slow_destination() -> MockServer {
+    let server = MockServer::start().await;
+    Mock::given(method("PATCH"))
+        .and(path("/user-attributes"))
+        .respond_with(ResponseTemplate::new(200).set_delay(Duration::from_millis(20)))
+        .mount(&server)
+        .await;
+    server
+}
+
+/// How many times each user was sent something.
+async fn sends(server: &MockServer) -> HashMap<String, usize> {
+    let mut sent = HashMap::new();
+    for (user, _) in received(server).await {
+        *sent.entry(user).or_default() += 1;
+    }
+    sent
+}
+
+/// Every member delivered, none sent more than twice, and at most `bound` sent twice; nothing
+/// left pending in the state.
+async fn all_delivered_with_at_most(server: &MockServer, app: &TestApp, bound: usize) {
+    let sent = sends(server).await;
+    assert_eq!(sent.len(), MEMBERS, "every member delivered");
+    let duplicates: usize = sent.values().map(|n| n - 1).sum();
+    assert!(duplicates <= bound, "{duplicates} users sent twice; at most {bound} may be");
+    assert_eq!(app.pending_count().await, 0);
+    let synced: i64 = sqlx::query_scalar("SELECT count(*) FROM memberships WHERE synced = 'true'")
+        .fetch_one(&app.db().await)
+        .await
+        .unwrap();
+    assert_eq!(synced as usize, MEMBERS);
+}
+
+/// `app`'s `sync`, started; its stderr piped.
+fn start_sync(app: &TestApp, args: &[&str]) -> Child {
+    let mut all = vec!["sync"];
+    all.extend_from_slice(args);
+    app.command(&all).stdout(Stdio::null()).stderr(Stdio::piped()).spawn().unwrap()
+}
+
+async fn finish(child: Child) -> std::process::Output {
+    tokio::task::spawn_blocking(move || child.wait_with_output().unwrap()).await.unwrap()
+}
+
+async fn wait_for_requests(server: &MockServer, n: usize) {
+    wait_until(60, "requests to reach the destination", || async {
+        server.received_requests().await.unwrap().len() >= n
+    })
+    .await;
+}
+
+#[tokio::test]
+#[ignore = "needs a Postgres server: set AUDIENCE_SYNC_TEST_POSTGRES_URL (see README, Development)"]
+async fn two_workers_started_together_on_an_empty_database_set_it_up_once_and_send_each_member_once() {
+    let server = contentstack_server().await;
+    let apps = workers(&server, 2);
+    let started: Vec<Child> = apps.iter().map(|app| start_sync(app, &["--wait", "60"])).collect();
+    for child in started {
+        let out = finish(child).await;
+        assert!(out.status.success(), "{}", stderr(&out));
+    }
+    all_delivered_with_at_most(&server, &apps[0], 0).await;
+    let db = apps[0].db().await;
+    let migrations: Vec<(i64, i64)> =
+        sqlx::query_as("SELECT version, CASE WHEN success THEN 1 ELSE 0 END FROM _sqlx_migrations ORDER BY version")
+            .fetch_all(&db)
+            .await
+            .unwrap();
+    assert_eq!(migrations, [(1, 1)], "migrated once, whole");
+}
+
+#[tokio::test]
+#[ignore = "needs a Postgres server: set AUDIENCE_SYNC_TEST_POSTGRES_URL (see README, Development)"]
+async fn a_stalled_worker_loses_its_lease_on_the_databases_clock_and_stops_before_its_next_write() {
+    let server = slow_destination().await;
+    let apps = workers(&server, 2);
+    let stalled = start_sync(&apps[0], &[]);
+    wait_for_requests(&server, MEMBERS / 4).await;
+    signal(&stalled, libc::SIGSTOP);
+    // Its process is alive (stopped): only the lease's expiry on the database's clock frees
+    // the computation.
+    let other = finish(start_sync(&apps[1], &["--wait", "60"])).await;
+    assert!(other.status.success(), "{}", stderr(&other));
+    signal(&stalled, libc::SIGCONT);
+    let out = finish(stalled).await;
+    assert!(!out.status.success(), "the stalled worker went on writing after its lease lapsed");
+    assert!(stderr(&out).contains("lost the lease"), "{}", stderr(&out));
+    // Re-sent: what the stalled worker had in flight.
+    all_delivered_with_at_most(&server, &apps[1], CONCURRENCY).await;
+}
+
+#[tokio::test]
+#[ignore = "needs a Postgres server: set AUDIENCE_SYNC_TEST_POSTGRES_URL (see README, Development)"]
+async fn a_worker_cut_off_from_the_database_stops_and_another_delivers_the_rest() {
+    let server = slow_destination().await;
+    let apps = workers(&server, 2);
+    let cut_off = start_sync(&apps[0], &[]);
+    wait_for_requests(&server, MEMBERS / 4).await;
+    let admin = apps[0].state_rw().await;
+    let terminated: Vec<bool> = sqlx::query_scalar(
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+         WHERE datname = current_database() AND pid <> pg_backend_pid()",
+    )
+    .fetch_all(&admin)
+    .await
+    .unwrap();
+    assert!(!terminated.is_empty(), "the worker had connections to cut");
+    admin.close().await;
+    let out = finish(cut_off).await;
+    assert!(!out.status.success(), "a worker without its database cannot finish: {}", stderr(&out));
+    assert!(!stderr(&out).contains("postgres://"), "no database URL in the error: {}", stderr(&out));
+
+    let other = finish(start_sync(&apps[1], &["--wait", "60"])).await;
+    assert!(other.status.success(), "{}", stderr(&other));
+    all_delivered_with_at_most(&server, &apps[1], CONCURRENCY).await;
+}
+
+#[tokio::test]
+#[ignore = "needs a Postgres server: set AUDIENCE_SYNC_TEST_POSTGRES_URL (see README, Development)"]
+async fn three_workers_one_killed_mid_first_sync_deliver_everything_once_but_its_requests_in_flight() {
+    let server = slow_destination().await;
+    let apps = workers(&server, 3);
+    let mut children: Vec<Child> = apps.iter().map(|app| start_sync(app, &["--wait", "60"])).collect();
+    wait_for_requests(&server, MEMBERS / 4).await;
+    // The worker holding the computation's lease is the one delivering: kill it.
+    let holder: i64 = sqlx::query_scalar("SELECT pid FROM leases WHERE computation_key = 'big'")
+        .fetch_one(&apps[0].db().await)
+        .await
+        .unwrap();
+    let killed = children.iter().position(|c| i64::from(c.id()) == holder).expect("a worker holds the lease");
+    let mut victim = children.remove(killed);
+    victim.kill().unwrap(); // SIGKILL
+    victim.wait().unwrap();
+    for child in children {
+        let out = finish(child).await;
+        assert!(out.status.success(), "{}", stderr(&out));
+    }
+    all_delivered_with_at_most(&server, &apps[0], CONCURRENCY).await;
+}
+
+fn signal(child: &Child, signal: libc::c_int) {
+    // SAFETY: a plain syscall on our own child's pid.
+    assert_eq!(unsafe { libc::kill(child.id() as libc::pid_t, signal) }, 0);
+}
