@@ -21,13 +21,15 @@ pub struct StatusRow {
     pub initial_sync_done_at: Option<String>,
     pub last_pass: Option<LastRun>,
     pub next_pass: Option<String>,
+    /// The worker running a pass of it now (its live lease): "pid P on HOST".
+    pub held_by: Option<String>,
 }
 
 pub async fn rows(config: &Config) -> anyhow::Result<Vec<StatusRow>> {
     let store = Store::open_read_only(&config.state).await?;
-    let known = match &store {
-        Some(s) => s.statuses().await?,
-        None => Vec::new(),
+    let (known, leases) = match &store {
+        Some(s) => (s.statuses().await?, s.live_leases().await?),
+        None => (Vec::new(), Vec::new()),
     };
     let now = chrono::Utc::now();
     let mut rows = Vec::new();
@@ -48,6 +50,7 @@ pub async fn rows(config: &Config) -> anyhow::Result<Vec<StatusRow>> {
             initial_sync_done_at: state.and_then(|s| s.initial_sync_done_at.clone()),
             last_pass,
             next_pass: schedule::next_after(&c.cron, now).map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)),
+            held_by: leases.iter().find(|l| l.computation_key == c.key).map(|l| format!("pid {} on {}", l.pid, l.host)),
         });
     }
     Ok(rows)
@@ -59,7 +62,7 @@ pub async fn status(config: &Config, json: bool) -> anyhow::Result<ExitCode> {
         println!("{}", serde_json::to_string_pretty(&rows)?);
         return Ok(ExitCode::SUCCESS);
     }
-    let table: Vec<[String; 8]> = rows
+    let table: Vec<[String; 9]> = rows
         .iter()
         .map(|r| {
             let last = match &r.last_pass {
@@ -85,11 +88,12 @@ pub async fn status(config: &Config, json: bool) -> anyhow::Result<ExitCode> {
                 r.quarantined.to_string(),
                 last,
                 r.next_pass.clone().unwrap_or_default(),
+                r.held_by.clone().unwrap_or_default(),
             ]
         })
         .collect();
-    let header =
-        ["KEY", "KIND", "MEMBERS", "PENDING", "FAILED", "QUARANTINED", "LAST PASS", "NEXT PASS"].map(String::from);
+    let header = ["KEY", "KIND", "MEMBERS", "PENDING", "FAILED", "QUARANTINED", "LAST PASS", "NEXT PASS", "HELD BY"]
+        .map(String::from);
     let mut widths = header.clone().map(|h| h.len());
     for row in &table {
         for (w, cell) in widths.iter_mut().zip(row) {

@@ -173,6 +173,10 @@ impl Store {
         each!(self, s => s.renew_leases(owner, keys, ttl, wait))
     }
 
+    pub async fn live_leases(&self) -> anyhow::Result<Vec<HeldLease>> {
+        each!(self, s => s.live_leases().await)
+    }
+
     pub async fn release_leases(&self, owner: &LeaseOwner, keys: &[String]) -> anyhow::Result<()> {
         each!(self, s => s.release_leases(owner, keys).await)
     }

@@ -63,6 +63,8 @@ async fn a_running_first_sync_counts_its_unanswered_members_as_pending() {
     assert_success(&status);
     let rows: serde_json::Value = serde_json::from_str(&stdout(&status)).unwrap();
     assert_eq!(rows[0]["pending"], serde_json::json!(left), "status shows them: {rows}");
+    let held_by = rows[0]["held_by"].as_str().unwrap_or_default();
+    assert!(held_by.starts_with(&format!("pid {} on ", child.id())), "status shows who runs the pass: {rows}");
 
     for user in &users {
         let expected = (!answered.contains(user)).then(|| ("big".to_string(), "true".to_string()));

@@ -128,6 +128,16 @@ impl Store {
         })
     }
 
+    /// Every live lease, by the database's clock: which worker runs a pass of what now.
+    pub async fn live_leases(&self) -> anyhow::Result<Vec<HeldLease>> {
+        Ok(sqlx::query_as(AssertSqlSafe(format!(
+            "SELECT computation_key, pid, host, expires_at, process FROM leases WHERE expires_at > {DB_NOW} \
+             ORDER BY computation_key COLLATE \"C\""
+        )))
+        .fetch_all(&self.pool)
+        .await?)
+    }
+
     /// Gives up the leases of `keys` that `owner` holds.
     pub async fn release_leases(&self, owner: &LeaseOwner, keys: &[String]) -> anyhow::Result<()> {
         sqlx::query("DELETE FROM leases WHERE owner = $1 AND computation_key = ANY($2)")

@@ -142,6 +142,16 @@ impl Store {
         Ok(())
     }
 
+    /// Every live lease: who runs a pass of what now.
+    pub async fn live_leases(&self) -> anyhow::Result<Vec<HeldLease>> {
+        Ok(sqlx::query_as(
+            "SELECT computation_key, pid, host, expires_at, process FROM leases WHERE expires_at > ?1 ORDER BY computation_key",
+        )
+        .bind(now())
+        .fetch_all(&self.pool)
+        .await?)
+    }
+
     /// Gives up the leases of `keys` that `owner` holds.
     pub async fn release_leases(&self, owner: &LeaseOwner, keys: &[String]) -> anyhow::Result<()> {
         sqlx::query("DELETE FROM leases WHERE owner = ?1 AND computation_key IN (SELECT value FROM json_each(?2))")
