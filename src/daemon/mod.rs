@@ -169,20 +169,56 @@ async fn pass_task(shared: &Shared, key: String, stop: CancellationToken) {
         return;
     }
     let keys = std::slice::from_ref(&key);
-    if let Err(e) = leased_pass(shared, keys, stop).await {
+    let mut ran = leased_pass(shared, keys, stop.clone()).await;
+    // Held by another worker: if that worker dies mid-pass, this one takes the pass over once
+    // its lease lapses, rather than at the next tick.
+    while matches!(ran, Ok(Ran::HeldElsewhere)) && holders_pass_unfinished(shared, &key, &stop).await {
+        ran = leased_pass(shared, keys, stop.clone()).await;
+    }
+    if let Err(e) = ran {
         let e = crate::state::explain_lock_wait(e);
         pass::log_failure(&key, None, None, "state failed", &format!("{e:#}"));
     }
     shared.running.lock().unwrap_or_else(|p| p.into_inner()).remove(&key);
 }
 
-async fn leased_pass(shared: &Shared, keys: &[String], stop: CancellationToken) -> anyhow::Result<()> {
+/// What became of a pass task's try.
+enum Ran {
+    Pass,
+    /// Another process holds the lease: nothing ran here.
+    HeldElsewhere,
+}
+
+/// After a quarter of the lease's length (or at shutdown: false), whether the pass of `key`
+/// that another worker holds is still unfinished: its run still `running`, as a worker that
+/// died or stalled mid-pass leaves it.
+async fn holders_pass_unfinished(shared: &Shared, key: &str, stop: &CancellationToken) -> bool {
+    let poll = (shared.config.lease_ttl / 4).max(std::time::Duration::from_millis(250));
+    tokio::select! {
+        _ = tokio::time::sleep(poll) => {}
+        _ = stop.cancelled() => return false,
+    }
+    match shared.store.last_run(key).await {
+        Ok(Some(run)) => run.status == RunStatus::Running,
+        Ok(None) => true,
+        Err(e) => {
+            tracing::warn!(computation = %key, error = %e, "cannot read the state; the next tick will try again");
+            false
+        }
+    }
+}
+
+async fn leased_pass(shared: &Shared, keys: &[String], stop: CancellationToken) -> anyhow::Result<Ran> {
     let ttl = shared.config.lease_ttl;
     let stop = stop.child_token();
     let (leases, held) = lease::try_acquire(&shared.store, &shared.owner, ttl, keys, &stop).await?;
     let store = shared.store.claimed_by(&shared.owner, ttl);
-    for h in held {
+    for h in &held {
         tracing::info!("skipping: {h}");
+    }
+    if leases.keys().is_empty() && !held.is_empty() {
+        leases.release().await?;
+        return Ok(Ran::HeldElsewhere);
     }
     let selected: Vec<Computation> =
         shared.config.computations.iter().filter(|c| leases.keys().contains(&c.key)).cloned().collect();
@@ -207,7 +243,7 @@ async fn leased_pass(shared: &Shared, keys: &[String], stop: CancellationToken) 
     }
     leases.release().await?;
     result.transpose()?;
-    Ok(())
+    Ok(Ran::Pass)
 }
 
 /// Computations to run at once on start: never synced, last pass unfinished (running,

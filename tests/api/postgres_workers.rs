@@ -20,10 +20,15 @@ const LEASE_TTL_SECS: u64 = 2;
 /// `workers` apps on one new PostgreSQL database, each with the audience `Big` of `MEMBERS`
 /// users (one snapshot file, which every worker reads: shared storage) sent to `server`.
 fn workers(server: &MockServer, workers: usize) -> Vec<TestApp> {
+    workers_with(server, workers, "")
+}
+
+/// As `workers`, with `extra` TOML before the audience.
+fn workers_with(server: &MockServer, workers: usize, extra: &str) -> Vec<TestApp> {
     let url = new_postgres_database();
     let destination = contentstack_destination(&server.uri(), CONCURRENCY, "");
     let computations =
-        |snapshot: &str| format!("[sync]\nlease_ttl_secs = {LEASE_TTL_SECS}\n\n{}", audience("Big", snapshot));
+        |snapshot: &str| format!("{extra}[sync]\nlease_ttl_secs = {LEASE_TTL_SECS}\n\n{}", audience("Big", snapshot));
     let first = TestApp::with_state(Some(url.clone()), &destination, &computations("big.csv"));
     let users: Vec<String> = (0..MEMBERS).map(|i| format!("user-{i:04}")).collect();
     first.write("big.csv", &csv_users(&users.iter().map(String::as_str).collect::<Vec<_>>()));
@@ -172,6 +177,40 @@ async fn three_workers_one_killed_mid_first_sync_deliver_everything_once_but_its
         assert!(out.status.success(), "{}", stderr(&out));
     }
     all_delivered_with_at_most(&server, &apps[0], CONCURRENCY).await;
+}
+
+#[tokio::test]
+#[ignore = "needs a Postgres server: set AUDIENCE_SYNC_TEST_POSTGRES_URL (see README, Development)"]
+async fn a_daemon_takes_over_the_pass_of_a_daemon_killed_mid_first_sync_without_waiting_for_a_tick() {
+    let server = slow_destination().await;
+    // No tick for months: only the start's catch-up and the takeover run passes.
+    let apps = workers_with(&server, 2, "[schedule]\ncron = \"0 0 0 1 1 *\"\n\n");
+    let mut daemons: Vec<Child> = apps
+        .iter()
+        .map(|app| app.command(&["run"]).stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap())
+        .collect();
+    wait_for_requests(&server, MEMBERS / 4).await;
+    let holder: i64 = sqlx::query_scalar("SELECT pid FROM leases WHERE computation_key = 'big'")
+        .fetch_one(&apps[0].db().await)
+        .await
+        .unwrap();
+    let killed = daemons.iter().position(|c| i64::from(c.id()) == holder).expect("a daemon holds the lease");
+    let mut victim = daemons.remove(killed);
+    victim.kill().unwrap(); // SIGKILL
+    victim.wait().unwrap();
+    let survivor = &apps[1 - killed];
+    wait_until(60, "the other daemon to finish the first sync", || async {
+        let done: Result<i64, _> =
+            sqlx::query_scalar("SELECT count(*) FROM sync_runs WHERE computation_key = 'big' AND status = 'ok'")
+                .fetch_one(&survivor.db().await)
+                .await;
+        done.is_ok_and(|n| n == 1)
+    })
+    .await;
+    let mut daemon = daemons.remove(0);
+    signal(&daemon, libc::SIGTERM);
+    assert!(daemon.wait().unwrap().success());
+    all_delivered_with_at_most(&server, survivor, CONCURRENCY).await;
 }
 
 fn signal(child: &Child, signal: libc::c_int) {
