@@ -125,7 +125,9 @@ async fn a_stalled_worker_loses_its_lease_on_the_databases_clock_and_stops_befor
     signal(&stalled, libc::SIGCONT);
     let out = finish(stalled).await;
     assert!(!out.status.success(), "the stalled worker went on writing after its lease lapsed");
-    assert!(stderr(&out).contains("lost the lease"), "{}", stderr(&out));
+    // Its lease was taken over, or the database ended the transaction it stalled in.
+    let said = stderr(&out);
+    assert!(said.contains("lost the lease") || said.contains("stalled longer than its lease"), "{said}");
     // Re-sent: what the stalled worker had in flight.
     all_delivered_with_at_most(&server, &apps[1], CONCURRENCY).await;
 }

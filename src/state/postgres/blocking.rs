@@ -23,7 +23,7 @@ impl Blocking {
         let (Some(runtime), Some(conn)) = (&self.runtime, &mut self.conn) else {
             anyhow::bail!("the state's connection is closed")
         };
-        runtime.block_on(work(conn))
+        runtime.block_on(work(conn)).map_err(explain_stall)
     }
 
     /// Ends a transaction left open (a writer dropped before it committed), then closes.
@@ -32,6 +32,22 @@ impl Blocking {
             sqlx::query("ROLLBACK").execute(&mut *conn).await?;
             Ok(())
         });
+    }
+}
+
+/// The server ends a transaction left idle longer than the lease (see `Store::blocking`): say
+/// what that means for the worker.
+fn explain_stall(e: anyhow::Error) -> anyhow::Error {
+    let idle = e
+        .downcast_ref::<sqlx::Error>()
+        .and_then(|e| e.as_database_error())
+        .is_some_and(|e| e.code().as_deref() == Some("25P03"));
+    match idle {
+        true => e.context(
+            "this worker stalled longer than its lease lasts (lease_ttl_secs) and the database ended its \
+             transaction; it stops, and another worker takes its computations over",
+        ),
+        false => e,
     }
 }
 
