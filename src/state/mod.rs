@@ -33,6 +33,13 @@ pub use store::Store;
 #[cfg(test)]
 pub(crate) use sqlite::testing;
 
+/// With `keep_history_days`, those days and the time before which `delivery_history` goes.
+fn history_cutoff(keep_history_days: Option<u32>) -> Option<(u32, String)> {
+    let days = keep_history_days?;
+    let cutoff = chrono::Utc::now().checked_sub_signed(chrono::TimeDelta::days(days.into()))?;
+    Some((days, cutoff.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)))
+}
+
 /// Timestamps in the state: RFC 3339 in UTC with milliseconds, which sort as text.
 pub fn now() -> String {
     chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true)

@@ -164,20 +164,20 @@ impl TestApp {
     /// The state, read through sqlx's driver-neutral pool: the tests' queries run on either
     /// backend (placeholders as `$1`, which SQLite reads too).
     pub async fn db(&self) -> AnyPool {
-        sqlx::any::install_default_drivers();
-        let url = match &self.state_url {
-            Some(url) => url.clone(),
-            None => format!("sqlite://{}?mode=ro", self.path("state.db").display()),
-        };
-        AnyPool::connect(&url).await.unwrap()
+        self.state_pool("?mode=ro").await
     }
 
     /// The state, for a test that plays another process writing to it.
     pub async fn state_rw(&self) -> AnyPool {
+        self.state_pool("").await
+    }
+
+    /// A pool on the state; `sqlite_options` follow a SQLite file's path.
+    async fn state_pool(&self, sqlite_options: &str) -> AnyPool {
         sqlx::any::install_default_drivers();
         let url = match &self.state_url {
             Some(url) => url.clone(),
-            None => format!("sqlite://{}", self.path("state.db").display()),
+            None => format!("sqlite://{}{sqlite_options}", self.path("state.db").display()),
         };
         AnyPool::connect(&url).await.unwrap()
     }
@@ -246,6 +246,17 @@ pub fn assert_failure(o: &Output) {
 pub async fn contentstack_server() -> MockServer {
     let server = MockServer::start().await;
     acknowledge_all(&server).await;
+    server
+}
+
+/// A stand-in answering every update after 20 ms: slow enough to stop a sync mid-delivery.
+pub async fn slow_destination() -> MockServer {
+    let server = MockServer::start().await;
+    Mock::given(method("PATCH"))
+        .and(path("/user-attributes"))
+        .respond_with(ResponseTemplate::new(200).set_delay(std::time::Duration::from_millis(20)))
+        .mount(&server)
+        .await;
     server
 }
 

@@ -5,10 +5,8 @@
 
 use std::collections::HashMap;
 use std::process::{Child, Stdio};
-use std::time::Duration;
 
-use wiremock::matchers::{method, path};
-use wiremock::{Mock, MockServer, ResponseTemplate};
+use wiremock::MockServer;
 
 use crate::helpers::*;
 
@@ -35,17 +33,6 @@ fn workers_with(server: &MockServer, workers: usize, extra: &str) -> Vec<TestApp
     let snapshot = first.path("big.csv").display().to_string();
     let others = (1..workers).map(|_| TestApp::with_state(Some(url.clone()), &destination, &computations(&snapshot)));
     std::iter::once(first).chain(others.collect::<Vec<_>>()).collect()
-}
-
-/// A stand-in answering every update after 20 ms: slow enough to stop a worker mid-delivery.
-async fn slow_destination() -> MockServer {
-    let server = MockServer::start().await;
-    Mock::given(method("PATCH"))
-        .and(path("/user-attributes"))
-        .respond_with(ResponseTemplate::new(200).set_delay(Duration::from_millis(20)))
-        .mount(&server)
-        .await;
-    server
 }
 
 /// How many times each user was sent something.
@@ -165,15 +152,7 @@ async fn three_workers_one_killed_mid_first_sync_deliver_everything_once_but_its
     let apps = workers(&server, 3);
     let mut children: Vec<Child> = apps.iter().map(|app| start_sync(app, &["--wait", "60"])).collect();
     wait_for_requests(&server, MEMBERS / 4).await;
-    // The worker holding the computation's lease is the one delivering: kill it.
-    let holder: i64 = sqlx::query_scalar("SELECT pid FROM leases WHERE computation_key = 'big'")
-        .fetch_one(&apps[0].db().await)
-        .await
-        .unwrap();
-    let killed = children.iter().position(|c| i64::from(c.id()) == holder).expect("a worker holds the lease");
-    let mut victim = children.remove(killed);
-    victim.kill().unwrap(); // SIGKILL
-    victim.wait().unwrap();
+    kill_the_lease_holder(&apps[0], &mut children).await;
     for child in children {
         let out = finish(child).await;
         assert!(out.status.success(), "{}", stderr(&out));
@@ -192,14 +171,7 @@ async fn a_daemon_takes_over_the_pass_of_a_daemon_killed_mid_first_sync_without_
         .map(|app| app.command(&["run"]).stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap())
         .collect();
     wait_for_requests(&server, MEMBERS / 4).await;
-    let holder: i64 = sqlx::query_scalar("SELECT pid FROM leases WHERE computation_key = 'big'")
-        .fetch_one(&apps[0].db().await)
-        .await
-        .unwrap();
-    let killed = daemons.iter().position(|c| i64::from(c.id()) == holder).expect("a daemon holds the lease");
-    let mut victim = daemons.remove(killed);
-    victim.kill().unwrap(); // SIGKILL
-    victim.wait().unwrap();
+    let killed = kill_the_lease_holder(&apps[0], &mut daemons).await;
     let survivor = &apps[1 - killed];
     wait_until(60, "the other daemon to finish the first sync", || async {
         let done: Result<i64, _> =
@@ -213,6 +185,20 @@ async fn a_daemon_takes_over_the_pass_of_a_daemon_killed_mid_first_sync_without_
     signal(&daemon, libc::SIGTERM);
     assert!(daemon.wait().unwrap().success());
     all_delivered_with_at_most(&server, survivor, CONCURRENCY).await;
+}
+
+/// Kills (SIGKILL) the one of `workers` holding the computation's lease, the one delivering;
+/// returns its index.
+async fn kill_the_lease_holder(app: &TestApp, workers: &mut Vec<Child>) -> usize {
+    let holder: i64 = sqlx::query_scalar("SELECT pid FROM leases WHERE computation_key = 'big'")
+        .fetch_one(&app.db().await)
+        .await
+        .unwrap();
+    let killed = workers.iter().position(|c| i64::from(c.id()) == holder).expect("a worker holds the lease");
+    let mut victim = workers.remove(killed);
+    victim.kill().unwrap();
+    victim.wait().unwrap();
+    killed
 }
 
 fn signal(child: &Child, signal: libc::c_int) {

@@ -5,8 +5,7 @@ use std::collections::{HashMap, HashSet};
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use wiremock::matchers::{method, path};
-use wiremock::{Mock, MockServer, ResponseTemplate};
+use wiremock::MockServer;
 
 use crate::helpers::*;
 
@@ -16,12 +15,7 @@ const CONCURRENCY: usize = 4;
 /// An audience of `MEMBERS` users and a destination slow enough (20 ms an answer) for a kill
 /// to land in the middle of its delivery.
 async fn big_audience_on_a_slow_destination() -> (MockServer, TestApp) {
-    let server = MockServer::start().await;
-    Mock::given(method("PATCH"))
-        .and(path("/user-attributes"))
-        .respond_with(ResponseTemplate::new(200).set_delay(Duration::from_millis(20)))
-        .mount(&server)
-        .await;
+    let server = slow_destination().await;
     let app = TestApp::contentstack(&server, CONCURRENCY, &audience("Big", "big.csv"));
     let users: Vec<String> = (0..MEMBERS).map(|i| format!("user-{i:04}")).collect();
     app.write("big.csv", &csv_users(&users.iter().map(String::as_str).collect::<Vec<_>>()));

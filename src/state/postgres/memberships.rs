@@ -138,11 +138,7 @@ impl Store {
 
     /// Deletes the history older than the days kept.
     pub async fn prune_history(&self) -> anyhow::Result<()> {
-        let Some(days) = self.keep_history_days else { return Ok(()) };
-        let Some(cutoff) = chrono::Utc::now().checked_sub_signed(chrono::TimeDelta::days(days.into())) else {
-            return Ok(());
-        };
-        let cutoff = cutoff.to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
+        let Some((days, cutoff)) = crate::state::history_cutoff(self.keep_history_days) else { return Ok(()) };
         let gone = sqlx::query("DELETE FROM delivery_history WHERE answered_at < $1")
             .bind(&cutoff)
             .execute(&self.pool)

@@ -19,11 +19,7 @@ impl Store {
     /// Deletes the history older than the days kept. It looks first, without the write lock
     /// (another pass's diff may hold it for minutes): there is seldom anything to delete.
     pub async fn prune_history(&self) -> anyhow::Result<()> {
-        let Some(days) = self.keep_history_days else { return Ok(()) };
-        let Some(cutoff) = chrono::Utc::now().checked_sub_signed(chrono::TimeDelta::days(days.into())) else {
-            return Ok(());
-        };
-        let cutoff = cutoff.to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
+        let Some((days, cutoff)) = crate::state::history_cutoff(self.keep_history_days) else { return Ok(()) };
         let old: bool = sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM delivery_history WHERE answered_at < ?1)")
             .bind(&cutoff)
             .fetch_one(&self.pool)
