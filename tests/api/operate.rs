@@ -1,6 +1,7 @@
 //! What the operator lives with: the daemon, leases, resync, status, check, dry runs, metrics.
 
 use std::collections::HashMap;
+use std::process::Stdio;
 
 use serde_json::{Value, json};
 use wiremock::matchers::method;
@@ -437,4 +438,27 @@ async fn a_long_first_sync_in_the_daemon_holds_back_no_other_computation() {
     assert_eq!(big_status, "running", "the big first sync is still under way");
     terminate(&daemon);
     assert!(wait_exit(&mut daemon, 30).await.success());
+}
+
+/// Processes started together on a state that does not exist yet (cron ticks of two configs'
+/// overlapping runs, a daemon and a manual `sync`): one sets the new state up, the others wait
+/// for it. Each round's state is new.
+#[tokio::test]
+async fn commands_started_together_on_a_new_state_set_it_up_once() {
+    let app = TestApp::new("[destination]\ntype = \"file\"\npath = \"out.ndjson\"\n", &audience("A", "a.csv"));
+    app.write("a.csv", &csv_users(&["u1", "u2"]));
+    for round in 0..3 {
+        if !on_postgres() {
+            let _ = std::fs::remove_file(app.path("state.db"));
+        }
+        let started: Vec<std::process::Child> = (0..4)
+            .map(|_| {
+                app.command(&["sync", "--wait", "60"]).stdout(Stdio::null()).stderr(Stdio::piped()).spawn().unwrap()
+            })
+            .collect();
+        for child in started {
+            let out = tokio::task::spawn_blocking(move || child.wait_with_output().unwrap()).await.unwrap();
+            assert!(out.status.success(), "round {round}: {}", stderr(&out));
+        }
+    }
 }

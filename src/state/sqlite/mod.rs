@@ -67,7 +67,11 @@ impl Store {
                 .with_context(|| format!("cannot create the state directory {}", dir.display()))?;
         }
         configure_sqlite();
-        let fresh = !path.exists();
+        // Processes started together on a new state file would each run the migrations, and all
+        // but one fail half-way ("duplicate column"): one sets the file up while the others wait
+        // for its lock. `flock` is apart from SQLite's own (fcntl) locks.
+        let setting_up = lock_for_set_up(path).await?;
+        let fresh = setting_up.metadata()?.len() == 0;
         let options = SqliteConnectOptions::from_str("sqlite://")?
             .filename(path)
             .create_if_missing(true)
@@ -94,6 +98,7 @@ impl Store {
             .await
             .with_context(|| format!("cannot open the state file {}", path.display()))?;
         MIGRATOR.run(&pool).await.with_context(|| format!("cannot migrate the state file {}", path.display()))?;
+        drop(setting_up);
         Ok(Store { pool, path: path.to_path_buf(), claim: None, keep_history_days: None })
     }
 
@@ -156,6 +161,18 @@ impl Store {
     async fn begin_immediate(&self) -> sqlx::Result<sqlx::Transaction<'static, sqlx::Sqlite>> {
         self.pool.begin_with("BEGIN IMMEDIATE").await
     }
+}
+
+/// The state file at `path`, created if need be, exclusively locked (`flock`) until dropped.
+async fn lock_for_set_up(path: &Path) -> anyhow::Result<std::fs::File> {
+    let path = path.to_path_buf();
+    tokio::task::spawn_blocking(move || {
+        let file = std::fs::OpenOptions::new().read(true).write(true).create(true).truncate(false).open(&path);
+        let file = file.with_context(|| format!("cannot create the state file {}", path.display()))?;
+        file.lock().with_context(|| format!("cannot lock the state file {}", path.display()))?;
+        Ok(file)
+    })
+    .await?
 }
 
 /// Has a rusqlite connection wait for locks through `busy::try_again`.
