@@ -6,6 +6,7 @@ use std::collections::HashSet;
 use anyhow::bail;
 
 use super::Store;
+use super::leases::hold;
 use crate::config::Computation;
 use crate::source::fingerprint::Fingerprint;
 use crate::state::{Mode, RunCounts, RunStatus, Trigger, now};
@@ -92,6 +93,7 @@ impl Store {
     /// left `running` for this computation (the caller holds its lease).
     pub async fn start_run(&self, key: &str, trigger: Trigger, mode: Mode) -> anyhow::Result<i64> {
         let mut tx = self.pool.begin().await?;
+        hold(&mut tx, self.lease_check(&[key.to_string()]).as_ref(), false).await?;
         let started = now();
         sqlx::query(
             "UPDATE sync_runs SET status = 'interrupted', finished_at = $2 WHERE computation_key = $1 AND status = 'running'",
@@ -136,6 +138,8 @@ impl Store {
     }
 
     pub async fn interrupt_runs(&self, keys: &[String], why: &str) -> anyhow::Result<()> {
+        let mut tx = self.pool.begin().await?;
+        hold(&mut tx, self.lease_check(keys).as_ref(), false).await?;
         sqlx::query(
             "UPDATE sync_runs SET status = 'interrupted', finished_at = $2, error = $3 \
              WHERE status = 'running' AND computation_key = ANY($1)",
@@ -143,8 +147,9 @@ impl Store {
         .bind(keys)
         .bind(now())
         .bind(why)
-        .execute(&self.pool)
+        .execute(&mut *tx)
         .await?;
+        tx.commit().await?;
         Ok(())
     }
 

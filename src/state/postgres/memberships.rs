@@ -4,6 +4,7 @@
 use std::collections::BTreeMap;
 
 use super::Store;
+use super::leases::hold;
 use crate::state::times::millis;
 
 /// A `sending_windows` row left by a process that died: after_user, last_user, noted_at, and a
@@ -23,6 +24,7 @@ impl Store {
             return Ok(0);
         }
         let mut tx = self.pool.begin().await?;
+        hold(&mut tx, self.lease_check(&[key.to_string()]).as_ref(), false).await?;
         let windows: Vec<LeftWindow> = sqlx::query_as(
             "SELECT after_user, last_user, noted_at, users, changed_at FROM sending_windows \
              WHERE computation_key = $1 ORDER BY id FOR UPDATE",

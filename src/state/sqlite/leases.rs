@@ -68,6 +68,27 @@ impl LeaseCheck {
     }
 }
 
+impl Store {
+    /// Inside an IMMEDIATE transaction on sqlx's side: fails with `LeaseLost` unless this
+    /// store's claim still holds the leases of `keys` (nothing to check without a claim). A pass
+    /// that waited past its lease (stalled, or behind a lock) must not settle or close what the
+    /// new holder's pass is doing.
+    pub(super) async fn hold_in(&self, tx: &mut sqlx::SqliteConnection, keys: &[String]) -> anyhow::Result<()> {
+        let Some(claim) = &self.claim else { return Ok(()) };
+        let held: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM leases WHERE owner = ?1 AND computation_key IN (SELECT value FROM json_each(?2))",
+        )
+        .bind(&*claim.owner)
+        .bind(serde_json::to_string(keys)?)
+        .fetch_one(&mut *tx)
+        .await?;
+        if (held as usize) < keys.len() {
+            return Err(LeaseLost { keys: keys.join(", ") }.into());
+        }
+        Ok(())
+    }
+}
+
 /// Inside a write transaction of `check`'s writer: `LeaseCheck::hold`, when there is a check.
 pub(super) fn hold(db: &rusqlite::Connection, check: Option<&LeaseCheck>, renew: bool) -> anyhow::Result<()> {
     check.map_or(Ok(()), |c| c.hold(db, renew))
@@ -160,5 +181,43 @@ impl Store {
             .execute(&self.pool)
             .await?;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use crate::state::testing::store_with_audience;
+    use crate::state::{LeaseLost, LeaseOwner, Mode, Trigger};
+
+    /// A pass that waited past its lease (stalled, or behind a lock) while another process took
+    /// the computation over: what it would settle or close is the new holder's (review finding).
+    #[tokio::test]
+    async fn a_pass_whose_lease_was_taken_neither_settles_nor_opens_nor_interrupts_runs() {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, db) = store_with_audience(dir.path()).await;
+        let (old, new) = (LeaseOwner::this_process(), LeaseOwner::this_process());
+        let ttl = Duration::from_secs(60);
+        store.acquire_lease("a", &old, ttl).await.unwrap().unwrap();
+        let stale = store.claimed_by(&old, ttl);
+        // The new holder took the lease, opened its run and noted a window it is sending.
+        db.execute("UPDATE leases SET owner = ?1", [&new.id]).unwrap();
+        let running = store.claimed_by(&new, ttl).start_run("a", Trigger::Manual, Mode::Initial).await.unwrap();
+        db.execute(
+            "INSERT INTO sending_windows (computation_key, after_user, last_user, noted_at) VALUES ('a', '', 'u9', 't')",
+            [],
+        )
+        .unwrap();
+
+        let lost = |e: anyhow::Error| e.downcast_ref::<LeaseLost>().is_some();
+        assert!(lost(stale.settle_sending_windows("a").await.unwrap_err()));
+        assert!(lost(stale.start_run("a", Trigger::Manual, Mode::Delta).await.unwrap_err()));
+        assert!(lost(stale.interrupt_runs(&["a".to_string()], "abandoned").await.unwrap_err()));
+        let windows: i64 = db.query_row("SELECT count(*) FROM sending_windows", [], |r| r.get(0)).unwrap();
+        assert_eq!(windows, 1, "the new holder's window is still noted");
+        let status: String =
+            db.query_row("SELECT status FROM sync_runs WHERE id = ?1", [running], |r| r.get(0)).unwrap();
+        assert_eq!(status, "running", "the new holder's run is still running");
     }
 }

@@ -8,6 +8,7 @@ impl Store {
     /// `running` for this computation are closed as `interrupted` first.
     pub async fn start_run(&self, key: &str, trigger: Trigger, mode: Mode) -> anyhow::Result<i64> {
         let mut tx = self.begin_immediate().await?;
+        self.hold_in(&mut tx, &[key.to_string()]).await?;
         let started = now();
         sqlx::query(
             "UPDATE sync_runs SET status = 'interrupted', finished_at = ?2 WHERE computation_key = ?1 AND status = 'running'",
@@ -54,8 +55,11 @@ impl Store {
     }
 
     /// Closes the running `sync_runs` rows of `keys` as interrupted, saying why: a pass this
-    /// process abandons (its leases are still its own).
+    /// process abandons, while its leases are still its own (else `LeaseLost`: the runs are the
+    /// new holder's).
     pub async fn interrupt_runs(&self, keys: &[String], why: &str) -> anyhow::Result<()> {
+        let mut tx = self.begin_immediate().await?;
+        self.hold_in(&mut tx, keys).await?;
         sqlx::query(
             "UPDATE sync_runs SET status = 'interrupted', finished_at = ?2, error = ?3 \
              WHERE status = 'running' AND computation_key IN (SELECT value FROM json_each(?1))",
@@ -63,8 +67,9 @@ impl Store {
         .bind(serde_json::to_string(keys)?)
         .bind(now())
         .bind(why)
-        .execute(&self.pool)
+        .execute(&mut *tx)
         .await?;
+        tx.commit().await?;
         Ok(())
     }
 
