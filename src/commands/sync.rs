@@ -45,7 +45,7 @@ impl PassRequest {
 
 /// Runs the pass `request` asks for, under the leases of its computations.
 pub async fn sync(config: &Config, request: PassRequest) -> anyhow::Result<ExitCode> {
-    let store = Store::open(&config.state).await?.keeping_history(config.keep_history_days);
+    let store = Store::open(&config.state, config.lease_ttl).await?.keeping_history(config.keep_history_days);
     // Nobody scrapes a command's series: they are counted and dropped.
     let metrics = Arc::new(Metrics::new());
     let destination = Destination::from_config(&config.destination, &metrics)?;

@@ -41,7 +41,7 @@ struct Shared {
 }
 
 pub async fn run(config: Config) -> anyhow::Result<()> {
-    let store = Store::open(&config.state).await?.keeping_history(config.keep_history_days);
+    let store = Store::open(&config.state, config.lease_ttl).await?.keeping_history(config.keep_history_days);
     let metrics = Arc::new(Metrics::new());
     let now = chrono::Utc::now();
     for c in &config.computations {

@@ -29,6 +29,17 @@ macro_rules! each {
     };
 }
 
+/// As `each!`, for an async `$call` returning a `Result`: on PostgreSQL, tried again while it
+/// fails on a lock wait (`postgres::patiently`).
+macro_rules! each_async {
+    ($self:expr, $s:ident => $call:expr) => {
+        match $self {
+            Store::Sqlite($s) => $call.await,
+            Store::Postgres($s) => postgres::patiently(|| $call).await,
+        }
+    };
+}
+
 /// As `each!`, for methods that return a `Store` of the same backend.
 macro_rules! same_backend {
     ($self:expr, $s:ident => $body:expr) => {
@@ -41,10 +52,13 @@ macro_rules! same_backend {
 
 impl Store {
     /// Opens the state (creating a SQLite file on first use) and applies its migrations.
-    pub async fn open(location: &StateLocation) -> anyhow::Result<Store> {
+    /// A PostgreSQL transaction left idle longer than `lease_ttl` is ended by the server.
+    pub async fn open(location: &StateLocation, lease_ttl: Duration) -> anyhow::Result<Store> {
         match location {
             StateLocation::File(path) => Ok(Store::Sqlite(sqlite::Store::open(path).await?)),
-            StateLocation::Postgres { url, .. } => Ok(Store::Postgres(Box::new(postgres::Store::open(url).await?))),
+            StateLocation::Postgres { url, .. } => {
+                Ok(Store::Postgres(Box::new(postgres::Store::open(url, lease_ttl).await?)))
+            }
         }
     }
 
@@ -66,7 +80,7 @@ impl Store {
     }
 
     pub async fn require_current_schema(&self) -> anyhow::Result<()> {
-        each!(self, s => s.require_current_schema().await)
+        each_async!(self, s => s.require_current_schema())
     }
 
     pub async fn close(&self) {
@@ -84,39 +98,39 @@ impl Store {
     }
 
     pub async fn register(&self, computation: &Computation) -> anyhow::Result<bool> {
-        each!(self, s => s.register(computation).await)
+        each_async!(self, s => s.register(computation))
     }
 
     pub async fn snapshot_fingerprint(&self, key: &str) -> anyhow::Result<Option<(Fingerprint, u64)>> {
-        each!(self, s => s.snapshot_fingerprint(key).await)
+        each_async!(self, s => s.snapshot_fingerprint(key))
     }
 
     pub async fn forget_snapshot_content(&self, key: &str) -> anyhow::Result<()> {
-        each!(self, s => s.forget_snapshot_content(key).await)
+        each_async!(self, s => s.forget_snapshot_content(key))
     }
 
     pub async fn knows(&self, key: &str) -> anyhow::Result<bool> {
-        each!(self, s => s.knows(key).await)
+        each_async!(self, s => s.knows(key))
     }
 
     pub async fn mark_initial_sync_done(&self, key: &str) -> anyhow::Result<()> {
-        each!(self, s => s.mark_initial_sync_done(key).await)
+        each_async!(self, s => s.mark_initial_sync_done(key))
     }
 
     pub async fn start_run(&self, key: &str, trigger: Trigger, mode: Mode) -> anyhow::Result<i64> {
-        each!(self, s => s.start_run(key, trigger, mode).await)
+        each_async!(self, s => s.start_run(key, trigger, mode))
     }
 
     pub async fn note_diff(&self, id: i64, counts: &RunCounts) -> anyhow::Result<()> {
-        each!(self, s => s.note_diff(id, counts).await)
+        each_async!(self, s => s.note_diff(id, counts))
     }
 
     pub async fn fail_run(&self, id: i64, error: &str) -> anyhow::Result<()> {
-        each!(self, s => s.fail_run(id, error).await)
+        each_async!(self, s => s.fail_run(id, error))
     }
 
     pub async fn interrupt_runs(&self, keys: &[String], why: &str) -> anyhow::Result<()> {
-        each!(self, s => s.interrupt_runs(keys, why).await)
+        each_async!(self, s => s.interrupt_runs(keys, why))
     }
 
     pub async fn finish_run(
@@ -126,31 +140,31 @@ impl Store {
         counts: &RunCounts,
         error: Option<&str>,
     ) -> anyhow::Result<()> {
-        each!(self, s => s.finish_run(id, status, counts, error).await)
+        each_async!(self, s => s.finish_run(id, status, counts, error))
     }
 
     pub async fn known_attributes(&self) -> anyhow::Result<HashSet<String>> {
-        each!(self, s => s.known_attributes().await)
+        each_async!(self, s => s.known_attributes())
     }
 
     pub async fn remember_attribute(&self, key: &str, created_by_us: bool) -> anyhow::Result<()> {
-        each!(self, s => s.remember_attribute(key, created_by_us).await)
+        each_async!(self, s => s.remember_attribute(key, created_by_us))
     }
 
     pub async fn statuses(&self) -> anyhow::Result<Vec<ComputationStatus>> {
-        each!(self, s => s.statuses().await)
+        each_async!(self, s => s.statuses())
     }
 
     pub async fn last_run(&self, key: &str) -> anyhow::Result<Option<LastRun>> {
-        each!(self, s => s.last_run(key).await)
+        each_async!(self, s => s.last_run(key))
     }
 
     pub async fn observe(&self, owner: &str) -> anyhow::Result<Vec<ObservedComputation>> {
-        each!(self, s => s.observe(owner).await)
+        each_async!(self, s => s.observe(owner))
     }
 
     pub async fn check_readable(&self) -> anyhow::Result<()> {
-        each!(self, s => s.check_readable().await)
+        each_async!(self, s => s.check_readable())
     }
 
     pub async fn acquire_lease(
@@ -159,7 +173,7 @@ impl Store {
         owner: &LeaseOwner,
         ttl: Duration,
     ) -> anyhow::Result<Result<(), HeldLease>> {
-        each!(self, s => s.acquire_lease(key, owner, ttl).await)
+        each_async!(self, s => s.acquire_lease(key, owner, ttl))
     }
 
     /// Blocking.
@@ -174,47 +188,47 @@ impl Store {
     }
 
     pub async fn live_leases(&self) -> anyhow::Result<Vec<HeldLease>> {
-        each!(self, s => s.live_leases().await)
+        each_async!(self, s => s.live_leases())
     }
 
     pub async fn release_leases(&self, owner: &LeaseOwner, keys: &[String]) -> anyhow::Result<()> {
-        each!(self, s => s.release_leases(owner, keys).await)
+        each_async!(self, s => s.release_leases(owner, keys))
     }
 
     pub async fn settle_sending_windows(&self, key: &str) -> anyhow::Result<u64> {
-        each!(self, s => s.settle_sending_windows(key).await)
+        each_async!(self, s => s.settle_sending_windows(key))
     }
 
     pub async fn has_rows(&self, key: &str) -> anyhow::Result<bool> {
-        each!(self, s => s.has_rows(key).await)
+        each_async!(self, s => s.has_rows(key))
     }
 
     pub async fn mark_for_resync(&self, keys: &[String], user: Option<&str>) -> anyhow::Result<u64> {
-        each!(self, s => s.mark_for_resync(keys, user).await)
+        each_async!(self, s => s.mark_for_resync(keys, user))
     }
 
     pub async fn pending_counts(&self, keys: &[String]) -> anyhow::Result<BTreeMap<String, u64>> {
-        each!(self, s => s.pending_counts(keys).await)
+        each_async!(self, s => s.pending_counts(keys))
     }
 
     pub async fn pending_count(&self, key: &str) -> anyhow::Result<u64> {
-        each!(self, s => s.pending_count(key).await)
+        each_async!(self, s => s.pending_count(key))
     }
 
     pub async fn prune_history(&self) -> anyhow::Result<()> {
-        each!(self, s => s.prune_history().await)
+        each_async!(self, s => s.prune_history())
     }
 
     pub async fn explain(&self, user: &str, keys: &[String], history: u32) -> anyhow::Result<Vec<UserState>> {
-        each!(self, s => s.explain(user, keys, history).await)
+        each_async!(self, s => s.explain(user, keys, history))
     }
 
     pub async fn drop_first_sync_queue(&self, key: &str) -> anyhow::Result<()> {
-        each!(self, s => s.drop_first_sync_queue(key).await)
+        each_async!(self, s => s.drop_first_sync_queue(key))
     }
 
     pub async fn give_back_free_pages(&self) -> anyhow::Result<()> {
-        each!(self, s => s.give_back_free_pages().await)
+        each_async!(self, s => s.give_back_free_pages())
     }
 
     /// Blocking.

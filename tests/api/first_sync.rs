@@ -10,12 +10,12 @@ const ANSWERED: u64 = 100;
 /// `pending` view, and looking only at the queued run that can hold the user.
 const STILL_TO_SEND: &str = "SELECT computation_key, desired FROM pending WHERE user_id = $1";
 const STILL_TO_SEND_QUICKLY: &str = "SELECT computation_key, desired FROM memberships \
-     WHERE user_id = $1 AND desired IS NOT synced \
+     WHERE user_id = $1 AND desired IS DISTINCT FROM synced \
      UNION ALL \
      SELECT q.computation_key, u.value ->> 1 FROM first_sync_queue q, json_each(q.users) u \
      WHERE q.last_user >= $1 AND q.after_user < $1 AND u.value ->> 0 = $1 \
      AND NOT EXISTS (SELECT 1 FROM memberships m WHERE m.computation_key = q.computation_key AND m.user_id = $1)";
-/// The same in `psql`, as the README gives it: PostgreSQL's null-safe comparison and JSON arrays.
+/// The same in `psql`, as the README gives it: PostgreSQL reads the queue's JSON arrays its way.
 const STILL_TO_SEND_QUICKLY_IN_POSTGRES: &str = "SELECT computation_key, desired FROM memberships \
      WHERE user_id = $1 AND desired IS DISTINCT FROM synced \
      UNION ALL \

@@ -462,3 +462,22 @@ async fn commands_started_together_on_a_new_state_set_it_up_once() {
         }
     }
 }
+
+/// The README's "what is pending, and why?" runs as written on either backend (review finding:
+/// `sum(attempts > 0)` is SQLite's alone).
+#[tokio::test]
+async fn the_readmes_pending_summary_counts_failed_rows() {
+    let server = MockServer::start().await;
+    Mock::given(method("PATCH")).respond_with(ResponseTemplate::new(400)).mount(&server).await;
+    let app = TestApp::contentstack(&server, 2, &audience("A", "a.csv"));
+    app.write("a.csv", &csv_users(&["u1", "u2"]));
+    assert_failure(&app.sync(&[]).await);
+    let summary: (String, i64, i64) = sqlx::query_as(
+        "SELECT computation_key, count(*) AS rows, sum(CASE WHEN attempts > 0 THEN 1 ELSE 0 END) AS failed \
+         FROM pending GROUP BY computation_key",
+    )
+    .fetch_one(&app.db().await)
+    .await
+    .unwrap();
+    assert_eq!(summary, ("a".to_string(), 2, 2));
+}

@@ -187,6 +187,38 @@ async fn a_daemon_takes_over_the_pass_of_a_daemon_killed_mid_first_sync_without_
     all_delivered_with_at_most(&server, survivor, CONCURRENCY).await;
 }
 
+/// A wait for a lock ends within about a second of SIGTERM (DESIGN §9.9), as SQLite's do: an
+/// operator's open transaction held a worker until it ended (review finding).
+#[tokio::test]
+#[ignore = "needs a Postgres server: set AUDIENCE_SYNC_TEST_POSTGRES_URL (see README, Development)"]
+async fn sigterm_ends_a_wait_for_a_lock_an_operator_holds_in_psql() {
+    let server = contentstack_server().await;
+    let apps = workers(&server, 1);
+    let app = &apps[0];
+    assert_success(&app.sync(&[]).await); // the tables exist
+    let operator = app.state_rw().await;
+    let mut locked = operator.begin().await.unwrap();
+    sqlx::query("LOCK TABLE sync_runs IN ACCESS EXCLUSIVE MODE").execute(&mut *locked).await.unwrap();
+    let mut child = start_sync(app, &[]);
+    wait_until(30, "the pass to wait for the operator's lock", || async {
+        let waiting: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND wait_event_type = 'Lock'",
+        )
+        .fetch_one(&operator)
+        .await
+        .unwrap();
+        waiting > 0
+    })
+    .await;
+    signal(&child, libc::SIGTERM);
+    let status = wait_exit(&mut child, 10).await;
+    locked.rollback().await.unwrap();
+    assert!(!status.success(), "the pass did not finish");
+    let mut said = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut said).unwrap();
+    assert!(said.contains("stopped waiting for a lock on the state"), "{said}");
+}
+
 /// Kills (SIGKILL) the one of `workers` holding the computation's lease, the one delivering;
 /// returns its index.
 async fn kill_the_lease_holder(app: &TestApp, workers: &mut Vec<Child>) -> usize {

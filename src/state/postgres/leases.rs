@@ -162,7 +162,7 @@ impl Store {
 }
 
 /// Whether `e` is PostgreSQL's "lock not available" (a `lock_timeout` ran out).
-fn lock_timed_out(e: &anyhow::Error) -> bool {
+pub(super) fn lock_timed_out(e: &anyhow::Error) -> bool {
     e.downcast_ref::<sqlx::Error>()
         .and_then(|e| e.as_database_error())
         .is_some_and(|e| e.code().as_deref() == Some("55P03"))

@@ -21,6 +21,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
+use sqlx::{ConnectOptions, Connection};
 
 use crate::config::Secret;
 use crate::redact::{redact_url, scrub, url_secrets};
@@ -29,6 +30,9 @@ static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("migrations/postgres")
 
 /// SQL: now on the database's clock, as the state's RFC 3339 text.
 const DB_NOW: &str = "state_time((extract(epoch FROM clock_timestamp()) * 1000)::bigint)";
+
+/// How long one try for a lock lasts on the pool's sessions; `patiently` tries again.
+const LOCK_TRY: Duration = Duration::from_secs(1);
 
 /// How long opening the state waits for the database.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
@@ -50,15 +54,15 @@ pub struct Store {
 impl Store {
     /// Connects and applies the migrations. sqlx's migrator holds an advisory lock while it
     /// migrates, so workers started at once on an empty database set it up once, in turn.
-    pub async fn open(url: &Secret) -> anyhow::Result<Store> {
-        let store = Self::connect(url).await?;
+    pub async fn open(url: &Secret, lease_ttl: Duration) -> anyhow::Result<Store> {
+        let store = Self::connect(url, Some(lease_ttl)).await?;
         MIGRATOR.run(&store.pool).await.with_context(|| format!("cannot migrate the state in {}", store.shown))?;
         Ok(store)
     }
 
     /// Connects without migrating; `None` when the database holds no state yet.
     pub async fn open_read_only(url: &Secret) -> anyhow::Result<Option<Store>> {
-        let store = Self::connect(url).await?;
+        let store = Self::connect(url, None).await?;
         let exists: bool = sqlx::query_scalar("SELECT to_regclass('computations') IS NOT NULL")
             .fetch_one(&store.pool)
             .await
@@ -66,15 +70,26 @@ impl Store {
         Ok(exists.then_some(store))
     }
 
-    async fn connect(url: &Secret) -> anyhow::Result<Store> {
+    /// Connects; the pool's sessions wait for a lock a second at a time (see `patiently`) and,
+    /// with `idle_ttl`, have the server end a transaction left idle that long (a stalled worker's
+    /// row locks would hold every other worker off).
+    async fn connect(url: &Secret, idle_ttl: Option<Duration>) -> anyhow::Result<Store> {
         let shown = redact_url(url.expose());
         // The parser's own message may quote the URL: it is not shown.
         let options = PgConnectOptions::from_str(url.expose())
             .map_err(|_| anyhow::anyhow!("the state's PostgreSQL URL {shown} cannot be parsed"))?;
+        let mut sessions = vec![("lock_timeout", LOCK_TRY.as_millis())];
+        if let Some(ttl) = idle_ttl {
+            sessions.push(("idle_in_transaction_session_timeout", ttl.as_millis().max(1)));
+        }
+        // One connection first, whose error says what went wrong (refused, no such database,
+        // authentication): the pool retries those until its timeout, then says only that.
+        let first = options.connect().await.map_err(|e| anyhow::anyhow!(scrub(&e.to_string(), &secrets_of(url))));
+        first.with_context(|| format!("cannot connect to the state in {shown}"))?.close().await?;
         let pool = PgPoolOptions::new()
             .max_connections(8)
             .acquire_timeout(CONNECT_TIMEOUT)
-            .connect_with(options.clone())
+            .connect_with(options.clone().options(sessions))
             .await
             .map_err(|e| anyhow::anyhow!(scrub(&e.to_string(), &secrets_of(url))))
             .with_context(|| format!("cannot connect to the state in {shown}"))?;
@@ -127,4 +142,23 @@ fn secrets_of(url: &Secret) -> Vec<String> {
     let mut secrets = url::Url::parse(url.expose()).map(|u| url_secrets(&u)).unwrap_or_default();
     secrets.push(url.expose().to_string());
     secrets
+}
+
+/// Runs `work` until it does not fail on a lock wait (a try ends after `LOCK_TRY`), for as long
+/// as SQLite would wait for its lock: an operator's open transaction holds a pass up, a stopping
+/// process a second more at most (DESIGN §9.9). Nothing is written by a try that failed.
+pub(super) async fn patiently<T, F: Future<Output = anyhow::Result<T>>>(
+    mut work: impl FnMut() -> F,
+) -> anyhow::Result<T> {
+    let began = std::time::Instant::now();
+    loop {
+        match work().await {
+            Err(e) if leases::lock_timed_out(&e) => {
+                if !super::sqlite::may_wait_longer(began.elapsed()) {
+                    return Err(e.context("stopped waiting for a lock on the state, held by another connection"));
+                }
+            }
+            done => return done,
+        }
+    }
 }

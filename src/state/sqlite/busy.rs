@@ -82,6 +82,21 @@ pub fn try_again(count: i32) -> bool {
     true
 }
 
+/// Whether a wait for another connection's lock that has lasted `waited` goes on: not past
+/// `BUSY_TIMEOUT`, nor past a second after the process began to stop. For waits made of
+/// bounded tries (PostgreSQL's `lock_timeout`), as SQLite's busy handler decides its own.
+pub fn may_wait_longer(waited: Duration) -> bool {
+    if SIGNALLED.load(Ordering::Acquire) {
+        stop_waiting_for_locks();
+    }
+    let since = STOPPING_SINCE.load(Ordering::Acquire);
+    if since != 0 && epoch_ms().saturating_sub(since) >= AFTER_STOP.as_millis() as u64 {
+        GAVE_UP_ON_STOP.store(true, Ordering::Release);
+        return false;
+    }
+    waited < BUSY_TIMEOUT
+}
+
 /// The sleep before try `count + 1`, and the time slept before it: SQLite's own schedule.
 fn schedule(count: u32) -> (Duration, Duration) {
     const DELAYS: [u64; 12] = [1, 2, 5, 10, 15, 20, 25, 25, 25, 50, 50, 100];

@@ -37,7 +37,7 @@ use sqlx::{ConnectOptions, Connection};
 use crate::sqlite_memory::configure_sqlite;
 use crate::state::now;
 
-pub use busy::{explain_lock_wait, listen_for_signals, stop_waiting_for_locks};
+pub use busy::{explain_lock_wait, listen_for_signals, may_wait_longer, stop_waiting_for_locks};
 use checkpoint::Checkpointer;
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!();
