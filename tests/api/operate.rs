@@ -481,3 +481,25 @@ async fn the_readmes_pending_summary_counts_failed_rows() {
     .unwrap();
     assert_eq!(summary, ("a".to_string(), 2, 2));
 }
+
+/// With the state in PostgreSQL, several workers read the snapshots: `check` says that a file
+/// source must be on storage every worker sees, and shows the database without its password.
+/// (`check` opens no state: no server is needed.)
+#[tokio::test]
+async fn check_warns_that_file_sources_must_be_shared_when_the_state_is_in_postgresql() {
+    let app = TestApp::with_state(
+        Some("postgres://sync:s3cret-pw@db.internal/audience_sync".into()),
+        "[destination]\ntype = \"file\"\npath = \"out.ndjson\"\n",
+        &audience("A", "a.csv"),
+    );
+    app.write("a.csv", &csv_users(&["u1"]));
+    let out = app.run(&["check"]).await;
+    assert_success(&out);
+    assert!(stdout(&out).contains("state postgres://***@db.internal/audience_sync (PostgreSQL"), "{}", stdout(&out));
+    assert!(
+        stderr(&out).contains("reads the file") && stderr(&out).contains("every worker must see"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(!stdout(&out).contains("s3cret-pw") && !stderr(&out).contains("s3cret-pw"));
+}
