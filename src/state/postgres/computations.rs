@@ -116,24 +116,30 @@ impl Store {
     }
 
     pub async fn note_diff(&self, id: i64, counts: &RunCounts) -> anyhow::Result<()> {
+        let mut tx = self.pool.begin().await?;
+        self.hold_run(&mut tx, id).await?;
         sqlx::query("UPDATE sync_runs SET snapshot_rows = $2, entered = $3, exited = $4, changed = $5 WHERE id = $1")
             .bind(id)
             .bind(counts.snapshot_rows.map(|n| n as i64))
             .bind(counts.entered as i64)
             .bind(counts.exited as i64)
             .bind(counts.changed as i64)
-            .execute(&self.pool)
+            .execute(&mut *tx)
             .await?;
+        tx.commit().await?;
         Ok(())
     }
 
     pub async fn fail_run(&self, id: i64, error: &str) -> anyhow::Result<()> {
+        let mut tx = self.pool.begin().await?;
+        self.hold_run(&mut tx, id).await?;
         sqlx::query("UPDATE sync_runs SET status = 'failed', finished_at = $2, error = $3 WHERE id = $1")
             .bind(id)
             .bind(now())
             .bind(error)
-            .execute(&self.pool)
+            .execute(&mut *tx)
             .await?;
+        tx.commit().await?;
         Ok(())
     }
 
@@ -160,6 +166,8 @@ impl Store {
         counts: &RunCounts,
         error: Option<&str>,
     ) -> anyhow::Result<()> {
+        let mut tx = self.pool.begin().await?;
+        self.hold_run(&mut tx, id).await?;
         sqlx::query(
             "UPDATE sync_runs SET status = $2, finished_at = $3, snapshot_rows = $4, entered = $5, exited = $6, \
              changed = $7, delivered = $8, failed = $9, error = $10, retried = $11, quarantined = $12 WHERE id = $1",
@@ -176,9 +184,23 @@ impl Store {
         .bind(error)
         .bind(counts.retried as i64)
         .bind(counts.quarantined as i64)
-        .execute(&self.pool)
+        .execute(&mut *tx)
         .await?;
+        tx.commit().await?;
         Ok(())
+    }
+
+    /// Inside a transaction: fails with `LeaseLost` unless this store's claim still holds the
+    /// lease of the computation of run `run` (a worker that lost it writes not even its own run).
+    async fn hold_run(&self, tx: &mut sqlx::PgConnection, run: i64) -> anyhow::Result<()> {
+        if self.claim.is_none() {
+            return Ok(());
+        }
+        let key: String = sqlx::query_scalar("SELECT computation_key FROM sync_runs WHERE id = $1")
+            .bind(run)
+            .fetch_one(&mut *tx)
+            .await?;
+        hold(tx, self.lease_check(&[key]).as_ref(), false).await
     }
 
     pub async fn known_attributes(&self) -> anyhow::Result<HashSet<String>> {

@@ -34,6 +34,9 @@ const DB_NOW: &str = "state_time((extract(epoch FROM clock_timestamp()) * 1000):
 /// How long one try for a lock lasts on the pool's sessions; `patiently` tries again.
 const LOCK_TRY: Duration = Duration::from_secs(1);
 
+/// How long a blocking writer's or reader's statement waits for a lock: SQLite's busy timeout.
+const BULK_LOCK_WAIT: Duration = Duration::from_secs(300);
+
 /// How long opening the state waits for the database.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -121,13 +124,13 @@ impl Store {
     /// longer than the lease lasts (its worker stalled, or stopped) is ended by the server: its
     /// locks on the lease rows would otherwise hold off the worker taking the lease over.
     fn blocking(&self) -> anyhow::Result<blocking::Blocking> {
-        let options = match &self.claim {
-            Some(claim) => {
-                let ms = claim.ttl().as_millis().max(1);
-                self.options.clone().options([("idle_in_transaction_session_timeout", ms)])
-            }
-            None => self.options.clone(),
-        };
+        // A lock wait inside one transaction cannot be tried again: it lasts as long as
+        // SQLite's busy timeout at most (a stop ends it with the pass, after the grace period).
+        let mut sessions = vec![("lock_timeout", BULK_LOCK_WAIT.as_millis())];
+        if let Some(claim) = &self.claim {
+            sessions.push(("idle_in_transaction_session_timeout", claim.ttl().as_millis().max(1)));
+        }
+        let options = self.options.clone().options(sessions);
         blocking::Blocking::connect(&options).with_context(|| format!("cannot connect to the state in {}", self.shown))
     }
 

@@ -89,6 +89,20 @@ impl Store {
     }
 }
 
+impl Store {
+    /// As `hold_in`, for the computation of the `sync_runs` row `run`.
+    pub(super) async fn hold_run(&self, tx: &mut sqlx::SqliteConnection, run: i64) -> anyhow::Result<()> {
+        if self.claim.is_none() {
+            return Ok(());
+        }
+        let key: String = sqlx::query_scalar("SELECT computation_key FROM sync_runs WHERE id = ?1")
+            .bind(run)
+            .fetch_one(&mut *tx)
+            .await?;
+        self.hold_in(tx, &[key]).await
+    }
+}
+
 /// Inside a write transaction of `check`'s writer: `LeaseCheck::hold`, when there is a check.
 pub(super) fn hold(db: &rusqlite::Connection, check: Option<&LeaseCheck>, renew: bool) -> anyhow::Result<()> {
     check.map_or(Ok(()), |c| c.hold(db, renew))
@@ -194,14 +208,16 @@ mod tests {
     /// A pass that waited past its lease (stalled, or behind a lock) while another process took
     /// the computation over: what it would settle or close is the new holder's (review finding).
     #[tokio::test]
-    async fn a_pass_whose_lease_was_taken_neither_settles_nor_opens_nor_interrupts_runs() {
+    async fn a_pass_whose_lease_was_taken_neither_settles_nor_opens_nor_closes_runs() {
         let dir = tempfile::tempdir().unwrap();
         let (store, db) = store_with_audience(dir.path()).await;
         let (old, new) = (LeaseOwner::this_process(), LeaseOwner::this_process());
         let ttl = Duration::from_secs(60);
         store.acquire_lease("a", &old, ttl).await.unwrap().unwrap();
         let stale = store.claimed_by(&old, ttl);
-        // The new holder took the lease, opened its run and noted a window it is sending.
+        let own = stale.start_run("a", Trigger::Manual, Mode::Initial).await.unwrap();
+        // The new holder took the lease, closed the stale run as interrupted (starting its
+        // own), and noted a window it is sending.
         db.execute("UPDATE leases SET owner = ?1", [&new.id]).unwrap();
         let running = store.claimed_by(&new, ttl).start_run("a", Trigger::Manual, Mode::Initial).await.unwrap();
         db.execute(
@@ -214,6 +230,13 @@ mod tests {
         assert!(lost(stale.settle_sending_windows("a").await.unwrap_err()));
         assert!(lost(stale.start_run("a", Trigger::Manual, Mode::Delta).await.unwrap_err()));
         assert!(lost(stale.interrupt_runs(&["a".to_string()], "abandoned").await.unwrap_err()));
+        // Not even its own run: the new holder closed it.
+        let counts = crate::state::RunCounts::default();
+        assert!(lost(stale.note_diff(own, &counts).await.unwrap_err()));
+        assert!(lost(stale.fail_run(own, "failed").await.unwrap_err()));
+        assert!(lost(stale.finish_run(own, crate::state::RunStatus::Ok, &counts, None).await.unwrap_err()));
+        let closed: String = db.query_row("SELECT status FROM sync_runs WHERE id = ?1", [own], |r| r.get(0)).unwrap();
+        assert_eq!(closed, "interrupted");
         let windows: i64 = db.query_row("SELECT count(*) FROM sending_windows", [], |r| r.get(0)).unwrap();
         assert_eq!(windows, 1, "the new holder's window is still noted");
         let status: String =

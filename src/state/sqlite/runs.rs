@@ -32,25 +32,31 @@ impl Store {
 
     /// Records on a running `sync_runs` row what its diff found, before delivery begins.
     pub async fn note_diff(&self, id: i64, counts: &RunCounts) -> anyhow::Result<()> {
+        let mut tx = self.begin_immediate().await?;
+        self.hold_run(&mut tx, id).await?;
         sqlx::query("UPDATE sync_runs SET snapshot_rows = ?2, entered = ?3, exited = ?4, changed = ?5 WHERE id = ?1")
             .bind(id)
             .bind(counts.snapshot_rows.map(|n| n as i64))
             .bind(counts.entered as i64)
             .bind(counts.exited as i64)
             .bind(counts.changed as i64)
-            .execute(&self.pool)
+            .execute(&mut *tx)
             .await?;
+        tx.commit().await?;
         Ok(())
     }
 
     /// Closes a `sync_runs` row as failed, keeping the counts it noted (its diff's).
     pub async fn fail_run(&self, id: i64, error: &str) -> anyhow::Result<()> {
+        let mut tx = self.begin_immediate().await?;
+        self.hold_run(&mut tx, id).await?;
         sqlx::query("UPDATE sync_runs SET status = 'failed', finished_at = ?2, error = ?3 WHERE id = ?1")
             .bind(id)
             .bind(now())
             .bind(error)
-            .execute(&self.pool)
+            .execute(&mut *tx)
             .await?;
+        tx.commit().await?;
         Ok(())
     }
 
@@ -81,6 +87,8 @@ impl Store {
         counts: &RunCounts,
         error: Option<&str>,
     ) -> anyhow::Result<()> {
+        let mut tx = self.begin_immediate().await?;
+        self.hold_run(&mut tx, id).await?;
         sqlx::query(
             "UPDATE sync_runs SET status = ?2, finished_at = ?3, snapshot_rows = ?4, entered = ?5, exited = ?6, \
              changed = ?7, delivered = ?8, failed = ?9, error = ?10, retried = ?11, quarantined = ?12 WHERE id = ?1",
@@ -97,8 +105,9 @@ impl Store {
         .bind(error)
         .bind(counts.retried as i64)
         .bind(counts.quarantined as i64)
-        .execute(&self.pool)
+        .execute(&mut *tx)
         .await?;
+        tx.commit().await?;
         Ok(())
     }
 }
