@@ -219,6 +219,46 @@ async fn sigterm_ends_a_wait_for_a_lock_an_operator_holds_in_psql() {
     assert!(said.contains("stopped waiting for a lock on the state"), "{said}");
 }
 
+/// The same for a lock met inside the diff's own transaction, which cannot be tried again: the
+/// queue's table locked when a delta commits held the worker for the whole grace period (second
+/// review, N1).
+#[tokio::test]
+#[ignore = "needs a Postgres server: set AUDIENCE_SYNC_TEST_POSTGRES_URL (see README, Development)"]
+async fn sigterm_ends_a_wait_for_a_lock_inside_the_diffs_transaction() {
+    let server = contentstack_server().await;
+    let apps = workers(&server, 1);
+    let app = &apps[0];
+    assert_success(&app.sync(&[]).await);
+    app.write("big.csv", &csv_users(&["user-0000", "someone-new"]));
+    let operator = app.state_rw().await;
+    let mut locked = operator.begin().await.unwrap();
+    sqlx::query("LOCK TABLE first_sync_queue IN ACCESS EXCLUSIVE MODE").execute(&mut *locked).await.unwrap();
+    let mut child = start_sync(app, &["--allow-mass-exit"]);
+    wait_until(30, "the diff to wait for the operator's lock", || async {
+        let waiting: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND wait_event_type = 'Lock' \
+             AND query LIKE 'DELETE FROM first_sync_queue%'",
+        )
+        .fetch_one(&operator)
+        .await
+        .unwrap();
+        waiting > 0
+    })
+    .await;
+    signal(&child, libc::SIGTERM);
+    let status = wait_exit(&mut child, 10).await;
+    locked.rollback().await.unwrap();
+    assert!(!status.success(), "the pass did not finish");
+    let mut said = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut said).unwrap();
+    assert!(said.contains("stopped waiting for a lock on the state"), "{said}");
+    let entered: i64 = sqlx::query_scalar("SELECT count(*) FROM memberships WHERE user_id = 'someone-new'")
+        .fetch_one(&app.db().await)
+        .await
+        .unwrap();
+    assert_eq!(entered, 0, "the diff was not committed");
+}
+
 /// Kills (SIGKILL) the one of `workers` holding the computation's lease, the one delivering;
 /// returns its index.
 async fn kill_the_lease_holder(app: &TestApp, workers: &mut Vec<Child>) -> usize {

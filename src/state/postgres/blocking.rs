@@ -9,21 +9,34 @@ use sqlx::postgres::{PgConnectOptions, PgConnection};
 pub(super) struct Blocking {
     runtime: Option<tokio::runtime::Runtime>,
     conn: Option<PgConnection>,
+    /// How to reach the server again, and this connection's backend there: a stop cancels the
+    /// statement it has waiting for a lock.
+    options: PgConnectOptions,
+    backend: i32,
 }
+
+/// How often a blocking statement looks whether the process is stopping.
+const STOP_POLL: std::time::Duration = std::time::Duration::from_millis(100);
 
 impl Blocking {
     pub fn connect(options: &PgConnectOptions) -> anyhow::Result<Blocking> {
         let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-        let conn = runtime.block_on(options.connect())?;
-        Ok(Blocking { runtime: Some(runtime), conn: Some(conn) })
+        let mut conn = runtime.block_on(options.connect())?;
+        let backend = runtime.block_on(sqlx::query_scalar("SELECT pg_backend_pid()").fetch_one(&mut conn))?;
+        Ok(Blocking { runtime: Some(runtime), conn: Some(conn), options: options.clone(), backend })
     }
 
-    /// Runs `work` on the connection, blocking until it is done.
+    /// Runs `work` on the connection, blocking until it is done. A wait for a lock inside it
+    /// ends about a second after the process began to stop, as every lock wait does (DESIGN
+    /// §9.9): the statement is cancelled; one that is working, not waiting, goes on.
     pub fn run<T>(&mut self, work: impl AsyncFnOnce(&mut PgConnection) -> anyhow::Result<T>) -> anyhow::Result<T> {
         let (Some(runtime), Some(conn)) = (&self.runtime, &mut self.conn) else {
             anyhow::bail!("the state's connection is closed")
         };
-        runtime.block_on(work(conn)).map_err(explain_stall)
+        let watch = runtime.spawn(cancel_lock_waits_on_stop(self.options.clone(), self.backend));
+        let done = runtime.block_on(work(conn));
+        watch.abort();
+        done.map_err(explain_stall)
     }
 
     /// Ends a transaction left open (a writer dropped before it committed), then closes.
@@ -35,19 +48,37 @@ impl Blocking {
     }
 }
 
-/// The server ends a transaction left idle longer than the lease (see `Store::blocking`): say
-/// what that means for the worker.
+/// Once the process has been stopping for a second, cancels the statement `backend` has waiting
+/// for a lock (through a connection of its own), and again while it waits.
+async fn cancel_lock_waits_on_stop(options: PgConnectOptions, backend: i32) {
+    loop {
+        tokio::time::sleep(STOP_POLL).await;
+        if crate::state::sqlite::may_wait_longer(std::time::Duration::ZERO) {
+            continue;
+        }
+        if let Ok(mut other) = options.connect().await {
+            let cancel =
+                "SELECT pg_cancel_backend(pid) FROM pg_stat_activity WHERE pid = $1 AND wait_event_type = 'Lock'";
+            let _ = sqlx::query(cancel).bind(backend).execute(&mut other).await;
+            let _ = sqlx::Connection::close(other).await;
+        }
+    }
+}
+
+/// The server ended a transaction left idle longer than the lease (see `Store::blocking`), or
+/// a stop cancelled a lock wait: say what that means for the worker.
 fn explain_stall(e: anyhow::Error) -> anyhow::Error {
-    let idle = e
-        .downcast_ref::<sqlx::Error>()
-        .and_then(|e| e.as_database_error())
-        .is_some_and(|e| e.code().as_deref() == Some("25P03"));
-    match idle {
-        true => e.context(
+    let code = e.downcast_ref::<sqlx::Error>().and_then(|e| e.as_database_error()).and_then(|e| e.code());
+    match code.as_deref() {
+        // Cancelled by `cancel_lock_waits_on_stop`.
+        Some("57014") => {
+            e.context("shutting down: stopped waiting for a lock on the state, held by another connection")
+        }
+        Some("25P03") => e.context(
             "this worker stalled longer than its lease lasts (lease_ttl_secs) and the database ended its \
              transaction; it stops, and another worker takes its computations over",
         ),
-        false => e,
+        _ => e,
     }
 }
 
