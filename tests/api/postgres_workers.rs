@@ -192,31 +192,7 @@ async fn a_daemon_takes_over_the_pass_of_a_daemon_killed_mid_first_sync_without_
 #[tokio::test]
 #[ignore = "needs a Postgres server: set AUDIENCE_SYNC_TEST_POSTGRES_URL (see README, Development)"]
 async fn sigterm_ends_a_wait_for_a_lock_an_operator_holds_in_psql() {
-    let server = contentstack_server().await;
-    let apps = workers(&server, 1);
-    let app = &apps[0];
-    assert_success(&app.sync(&[]).await); // the tables exist
-    let operator = app.state_rw().await;
-    let mut locked = operator.begin().await.unwrap();
-    sqlx::query("LOCK TABLE sync_runs IN ACCESS EXCLUSIVE MODE").execute(&mut *locked).await.unwrap();
-    let mut child = start_sync(app, &[]);
-    wait_until(30, "the pass to wait for the operator's lock", || async {
-        let waiting: i64 = sqlx::query_scalar(
-            "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND wait_event_type = 'Lock'",
-        )
-        .fetch_one(&operator)
-        .await
-        .unwrap();
-        waiting > 0
-    })
-    .await;
-    signal(&child, libc::SIGTERM);
-    let status = wait_exit(&mut child, 10).await;
-    locked.rollback().await.unwrap();
-    assert!(!status.success(), "the pass did not finish");
-    let mut said = String::new();
-    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut said).unwrap();
-    assert!(said.contains("stopped waiting for a lock on the state"), "{said}");
+    sigterm_while_an_operator_locks("sync_runs", "%", &[]).await;
 }
 
 /// The same for a lock met inside the diff's own transaction, which cannot be tried again: the
@@ -225,24 +201,44 @@ async fn sigterm_ends_a_wait_for_a_lock_an_operator_holds_in_psql() {
 #[tokio::test]
 #[ignore = "needs a Postgres server: set AUDIENCE_SYNC_TEST_POSTGRES_URL (see README, Development)"]
 async fn sigterm_ends_a_wait_for_a_lock_inside_the_diffs_transaction() {
+    let app = sigterm_while_an_operator_locks(
+        "first_sync_queue",
+        "DELETE FROM first_sync_queue%",
+        &["user-0000", "someone-new"],
+    )
+    .await;
+    let entered: i64 = sqlx::query_scalar("SELECT count(*) FROM memberships WHERE user_id = 'someone-new'")
+        .fetch_one(&app.db().await)
+        .await
+        .unwrap();
+    assert_eq!(entered, 0, "the diff was not committed");
+}
+
+/// A first sync of the audience, then, with `snapshot` (when given) as its new members, a `sync`
+/// while an operator holds `table` locked, sent SIGTERM once a statement like `waiting` waits for
+/// that lock: the pass ends within seconds, failed, saying why. Returns the app, the lock gone.
+async fn sigterm_while_an_operator_locks(table: &str, waiting: &str, snapshot: &[&str]) -> TestApp {
     let server = contentstack_server().await;
-    let apps = workers(&server, 1);
-    let app = &apps[0];
+    let app = workers(&server, 1).remove(0);
     assert_success(&app.sync(&[]).await);
-    app.write("big.csv", &csv_users(&["user-0000", "someone-new"]));
+    if !snapshot.is_empty() {
+        app.write("big.csv", &csv_users(snapshot));
+    }
     let operator = app.state_rw().await;
     let mut locked = operator.begin().await.unwrap();
-    sqlx::query("LOCK TABLE first_sync_queue IN ACCESS EXCLUSIVE MODE").execute(&mut *locked).await.unwrap();
-    let mut child = start_sync(app, &["--allow-mass-exit"]);
-    wait_until(30, "the diff to wait for the operator's lock", || async {
-        let waiting: i64 = sqlx::query_scalar(
+    let lock = format!("LOCK TABLE {table} IN ACCESS EXCLUSIVE MODE");
+    sqlx::query(sqlx::AssertSqlSafe(lock)).execute(&mut *locked).await.unwrap();
+    let mut child = start_sync(&app, &["--allow-mass-exit"]);
+    wait_until(30, "the pass to wait for the operator's lock", || async {
+        let waiters: i64 = sqlx::query_scalar(
             "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND wait_event_type = 'Lock' \
-             AND query LIKE 'DELETE FROM first_sync_queue%'",
+             AND query LIKE $1",
         )
+        .bind(waiting)
         .fetch_one(&operator)
         .await
         .unwrap();
-        waiting > 0
+        waiters > 0
     })
     .await;
     signal(&child, libc::SIGTERM);
@@ -252,11 +248,7 @@ async fn sigterm_ends_a_wait_for_a_lock_inside_the_diffs_transaction() {
     let mut said = String::new();
     std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut said).unwrap();
     assert!(said.contains("stopped waiting for a lock on the state"), "{said}");
-    let entered: i64 = sqlx::query_scalar("SELECT count(*) FROM memberships WHERE user_id = 'someone-new'")
-        .fetch_one(&app.db().await)
-        .await
-        .unwrap();
-    assert_eq!(entered, 0, "the diff was not committed");
+    app
 }
 
 /// Kills (SIGKILL) the one of `workers` holding the computation's lease, the one delivering;

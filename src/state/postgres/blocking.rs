@@ -9,10 +9,6 @@ use sqlx::postgres::{PgConnectOptions, PgConnection};
 pub(super) struct Blocking {
     runtime: Option<tokio::runtime::Runtime>,
     conn: Option<PgConnection>,
-    /// How to reach the server again, and this connection's backend there: a stop cancels the
-    /// statement it has waiting for a lock.
-    options: PgConnectOptions,
-    backend: i32,
 }
 
 /// How often a blocking statement looks whether the process is stopping.
@@ -23,7 +19,9 @@ impl Blocking {
         let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
         let mut conn = runtime.block_on(options.connect())?;
         let backend = runtime.block_on(sqlx::query_scalar("SELECT pg_backend_pid()").fetch_one(&mut conn))?;
-        Ok(Blocking { runtime: Some(runtime), conn: Some(conn), options: options.clone(), backend })
+        // Runs whenever the runtime does: while `run` blocks on a statement.
+        runtime.spawn(cancel_lock_waits_on_stop(options.clone(), backend));
+        Ok(Blocking { runtime: Some(runtime), conn: Some(conn) })
     }
 
     /// Runs `work` on the connection, blocking until it is done. A wait for a lock inside it
@@ -33,10 +31,7 @@ impl Blocking {
         let (Some(runtime), Some(conn)) = (&self.runtime, &mut self.conn) else {
             anyhow::bail!("the state's connection is closed")
         };
-        let watch = runtime.spawn(cancel_lock_waits_on_stop(self.options.clone(), self.backend));
-        let done = runtime.block_on(work(conn));
-        watch.abort();
-        done.map_err(explain_stall)
+        runtime.block_on(work(conn)).map_err(explain_stall)
     }
 
     /// Ends a transaction left open (a writer dropped before it committed), then closes.

@@ -6,7 +6,6 @@ use std::collections::HashSet;
 use anyhow::bail;
 
 use super::Store;
-use super::leases::hold;
 use crate::config::Computation;
 use crate::source::fingerprint::Fingerprint;
 use crate::state::{Mode, RunCounts, RunStatus, Trigger, now};
@@ -92,8 +91,7 @@ impl Store {
     /// Opens a `sync_runs` row `running`, closing as `interrupted` the rows a killed process
     /// left `running` for this computation (the caller holds its lease).
     pub async fn start_run(&self, key: &str, trigger: Trigger, mode: Mode) -> anyhow::Result<i64> {
-        let mut tx = self.pool.begin().await?;
-        hold(&mut tx, self.lease_check(&[key.to_string()]).as_ref(), false).await?;
+        let mut tx = self.begin_holding(&[key.to_string()]).await?;
         let started = now();
         sqlx::query(
             "UPDATE sync_runs SET status = 'interrupted', finished_at = $2 WHERE computation_key = $1 AND status = 'running'",
@@ -116,8 +114,7 @@ impl Store {
     }
 
     pub async fn note_diff(&self, id: i64, counts: &RunCounts) -> anyhow::Result<()> {
-        let mut tx = self.pool.begin().await?;
-        self.hold_run(&mut tx, id).await?;
+        let mut tx = self.begin_holding_run(id).await?;
         sqlx::query("UPDATE sync_runs SET snapshot_rows = $2, entered = $3, exited = $4, changed = $5 WHERE id = $1")
             .bind(id)
             .bind(counts.snapshot_rows.map(|n| n as i64))
@@ -131,8 +128,7 @@ impl Store {
     }
 
     pub async fn fail_run(&self, id: i64, error: &str) -> anyhow::Result<()> {
-        let mut tx = self.pool.begin().await?;
-        self.hold_run(&mut tx, id).await?;
+        let mut tx = self.begin_holding_run(id).await?;
         sqlx::query("UPDATE sync_runs SET status = 'failed', finished_at = $2, error = $3 WHERE id = $1")
             .bind(id)
             .bind(now())
@@ -144,8 +140,7 @@ impl Store {
     }
 
     pub async fn interrupt_runs(&self, keys: &[String], why: &str) -> anyhow::Result<()> {
-        let mut tx = self.pool.begin().await?;
-        hold(&mut tx, self.lease_check(keys).as_ref(), false).await?;
+        let mut tx = self.begin_holding(keys).await?;
         sqlx::query(
             "UPDATE sync_runs SET status = 'interrupted', finished_at = $2, error = $3 \
              WHERE status = 'running' AND computation_key = ANY($1)",
@@ -166,8 +161,7 @@ impl Store {
         counts: &RunCounts,
         error: Option<&str>,
     ) -> anyhow::Result<()> {
-        let mut tx = self.pool.begin().await?;
-        self.hold_run(&mut tx, id).await?;
+        let mut tx = self.begin_holding_run(id).await?;
         sqlx::query(
             "UPDATE sync_runs SET status = $2, finished_at = $3, snapshot_rows = $4, entered = $5, exited = $6, \
              changed = $7, delivered = $8, failed = $9, error = $10, retried = $11, quarantined = $12 WHERE id = $1",
@@ -188,19 +182,6 @@ impl Store {
         .await?;
         tx.commit().await?;
         Ok(())
-    }
-
-    /// Inside a transaction: fails with `LeaseLost` unless this store's claim still holds the
-    /// lease of the computation of run `run` (a worker that lost it writes not even its own run).
-    async fn hold_run(&self, tx: &mut sqlx::PgConnection, run: i64) -> anyhow::Result<()> {
-        if self.claim.is_none() {
-            return Ok(());
-        }
-        let key: String = sqlx::query_scalar("SELECT computation_key FROM sync_runs WHERE id = $1")
-            .bind(run)
-            .fetch_one(&mut *tx)
-            .await?;
-        hold(tx, self.lease_check(&[key]).as_ref(), false).await
     }
 
     pub async fn known_attributes(&self) -> anyhow::Result<HashSet<String>> {

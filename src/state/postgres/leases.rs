@@ -187,6 +187,36 @@ async fn live_holder(
     }))
 }
 
+impl Store {
+    /// A transaction in which this store's claim still holds the leases of `keys`, their rows
+    /// locked, else `LeaseLost` (no check without a claim). A pass that waited past its lease
+    /// (stalled, or behind a lock) must not settle, open or close what the new holder's pass is
+    /// doing.
+    pub(super) async fn begin_holding(
+        &self,
+        keys: &[String],
+    ) -> anyhow::Result<sqlx::Transaction<'static, sqlx::Postgres>> {
+        let mut tx = self.pool.begin().await?;
+        hold(&mut tx, self.lease_check(keys).as_ref(), false).await?;
+        Ok(tx)
+    }
+
+    /// As `begin_holding`, for the computation of the `sync_runs` row `run`.
+    pub(super) async fn begin_holding_run(
+        &self,
+        run: i64,
+    ) -> anyhow::Result<sqlx::Transaction<'static, sqlx::Postgres>> {
+        if self.claim.is_none() {
+            return Ok(self.pool.begin().await?);
+        }
+        let key: Option<String> = sqlx::query_scalar("SELECT computation_key FROM sync_runs WHERE id = $1")
+            .bind(run)
+            .fetch_optional(&self.pool)
+            .await?;
+        self.begin_holding(&key.into_iter().collect::<Vec<_>>()).await
+    }
+}
+
 /// The leases of some computations, as one writer's transactions check them.
 pub(super) struct LeaseCheck {
     claim: Claim,

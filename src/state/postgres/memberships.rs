@@ -4,7 +4,6 @@
 use std::collections::BTreeMap;
 
 use super::Store;
-use super::leases::hold;
 use crate::state::times::millis;
 
 /// A `sending_windows` row left by a process that died: after_user, last_user, noted_at, and a
@@ -23,8 +22,7 @@ impl Store {
         if !left {
             return Ok(0);
         }
-        let mut tx = self.pool.begin().await?;
-        hold(&mut tx, self.lease_check(&[key.to_string()]).as_ref(), false).await?;
+        let mut tx = self.begin_holding(&[key.to_string()]).await?;
         let windows: Vec<LeftWindow> = sqlx::query_as(
             "SELECT after_user, last_user, noted_at, users, changed_at FROM sending_windows \
              WHERE computation_key = $1 ORDER BY id FOR UPDATE",

@@ -69,12 +69,15 @@ impl LeaseCheck {
 }
 
 impl Store {
-    /// Inside an IMMEDIATE transaction on sqlx's side: fails with `LeaseLost` unless this
-    /// store's claim still holds the leases of `keys` (nothing to check without a claim). A pass
-    /// that waited past its lease (stalled, or behind a lock) must not settle or close what the
-    /// new holder's pass is doing.
-    pub(super) async fn hold_in(&self, tx: &mut sqlx::SqliteConnection, keys: &[String]) -> anyhow::Result<()> {
-        let Some(claim) = &self.claim else { return Ok(()) };
+    /// An IMMEDIATE transaction in which this store's claim still holds the leases of `keys`,
+    /// else `LeaseLost` (no check without a claim). A pass that waited past its lease (stalled,
+    /// or behind a lock) must not settle, open or close what the new holder's pass is doing.
+    pub(super) async fn begin_holding(
+        &self,
+        keys: &[String],
+    ) -> anyhow::Result<sqlx::Transaction<'static, sqlx::Sqlite>> {
+        let mut tx = self.begin_immediate().await?;
+        let Some(claim) = &self.claim else { return Ok(tx) };
         let held: i64 = sqlx::query_scalar(
             "SELECT count(*) FROM leases WHERE owner = ?1 AND computation_key IN (SELECT value FROM json_each(?2))",
         )
@@ -85,21 +88,19 @@ impl Store {
         if (held as usize) < keys.len() {
             return Err(LeaseLost { keys: keys.join(", ") }.into());
         }
-        Ok(())
+        Ok(tx)
     }
-}
 
-impl Store {
-    /// As `hold_in`, for the computation of the `sync_runs` row `run`.
-    pub(super) async fn hold_run(&self, tx: &mut sqlx::SqliteConnection, run: i64) -> anyhow::Result<()> {
+    /// As `begin_holding`, for the computation of the `sync_runs` row `run`.
+    pub(super) async fn begin_holding_run(&self, run: i64) -> anyhow::Result<sqlx::Transaction<'static, sqlx::Sqlite>> {
         if self.claim.is_none() {
-            return Ok(());
+            return Ok(self.begin_immediate().await?);
         }
-        let key: String = sqlx::query_scalar("SELECT computation_key FROM sync_runs WHERE id = ?1")
+        let key: Option<String> = sqlx::query_scalar("SELECT computation_key FROM sync_runs WHERE id = ?1")
             .bind(run)
-            .fetch_one(&mut *tx)
+            .fetch_optional(&self.pool)
             .await?;
-        self.hold_in(tx, &[key]).await
+        self.begin_holding(&key.into_iter().collect::<Vec<_>>()).await
     }
 }
 

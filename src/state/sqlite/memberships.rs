@@ -55,8 +55,7 @@ impl Store {
         if !left {
             return Ok(0);
         }
-        let mut tx = self.begin_immediate().await?;
-        self.hold_in(&mut tx, &[key.to_string()]).await?;
+        let mut tx = self.begin_holding(&[key.to_string()]).await?;
         let windows: Vec<LeftWindow> = sqlx::query_as(
             "SELECT after_user, last_user, noted_at, users, changed_at FROM sending_windows \
              WHERE computation_key = ?1 ORDER BY id",

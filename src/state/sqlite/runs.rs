@@ -7,8 +7,7 @@ impl Store {
     /// Opens a `sync_runs` row with status `running`. Rows that an earlier, killed process left
     /// `running` for this computation are closed as `interrupted` first.
     pub async fn start_run(&self, key: &str, trigger: Trigger, mode: Mode) -> anyhow::Result<i64> {
-        let mut tx = self.begin_immediate().await?;
-        self.hold_in(&mut tx, &[key.to_string()]).await?;
+        let mut tx = self.begin_holding(&[key.to_string()]).await?;
         let started = now();
         sqlx::query(
             "UPDATE sync_runs SET status = 'interrupted', finished_at = ?2 WHERE computation_key = ?1 AND status = 'running'",
@@ -32,8 +31,7 @@ impl Store {
 
     /// Records on a running `sync_runs` row what its diff found, before delivery begins.
     pub async fn note_diff(&self, id: i64, counts: &RunCounts) -> anyhow::Result<()> {
-        let mut tx = self.begin_immediate().await?;
-        self.hold_run(&mut tx, id).await?;
+        let mut tx = self.begin_holding_run(id).await?;
         sqlx::query("UPDATE sync_runs SET snapshot_rows = ?2, entered = ?3, exited = ?4, changed = ?5 WHERE id = ?1")
             .bind(id)
             .bind(counts.snapshot_rows.map(|n| n as i64))
@@ -48,8 +46,7 @@ impl Store {
 
     /// Closes a `sync_runs` row as failed, keeping the counts it noted (its diff's).
     pub async fn fail_run(&self, id: i64, error: &str) -> anyhow::Result<()> {
-        let mut tx = self.begin_immediate().await?;
-        self.hold_run(&mut tx, id).await?;
+        let mut tx = self.begin_holding_run(id).await?;
         sqlx::query("UPDATE sync_runs SET status = 'failed', finished_at = ?2, error = ?3 WHERE id = ?1")
             .bind(id)
             .bind(now())
@@ -64,8 +61,7 @@ impl Store {
     /// process abandons, while its leases are still its own (else `LeaseLost`: the runs are the
     /// new holder's).
     pub async fn interrupt_runs(&self, keys: &[String], why: &str) -> anyhow::Result<()> {
-        let mut tx = self.begin_immediate().await?;
-        self.hold_in(&mut tx, keys).await?;
+        let mut tx = self.begin_holding(keys).await?;
         sqlx::query(
             "UPDATE sync_runs SET status = 'interrupted', finished_at = ?2, error = ?3 \
              WHERE status = 'running' AND computation_key IN (SELECT value FROM json_each(?1))",
@@ -87,8 +83,7 @@ impl Store {
         counts: &RunCounts,
         error: Option<&str>,
     ) -> anyhow::Result<()> {
-        let mut tx = self.begin_immediate().await?;
-        self.hold_run(&mut tx, id).await?;
+        let mut tx = self.begin_holding_run(id).await?;
         sqlx::query(
             "UPDATE sync_runs SET status = ?2, finished_at = ?3, snapshot_rows = ?4, entered = ?5, exited = ?6, \
              changed = ?7, delivered = ?8, failed = ?9, error = ?10, retried = ?11, quarantined = ?12 WHERE id = ?1",
