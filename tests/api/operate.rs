@@ -503,3 +503,43 @@ async fn check_warns_that_file_sources_must_be_shared_when_the_state_is_in_postg
     );
     assert!(!stdout(&out).contains("s3cret-pw") && !stderr(&out).contains("s3cret-pw"));
 }
+
+/// An operator's `sqlite3` opening and closing the state while the daemon runs leaves the daemon
+/// working: a handle on the state file that the program itself opened and closed outside SQLite
+/// dropped SQLite's locks, so the operator's close deleted the log under the daemon, whose every
+/// pass then failed with "disk I/O error" (final review).
+#[tokio::test]
+async fn an_operators_read_while_the_daemon_runs_leaves_it_working() {
+    let file = "[destination]\ntype = \"file\"\npath = \"out.ndjson\"\n";
+    let app = with_schedule(TestApp::new(file, &audience("A", "a.csv")), "*/3 * * * * *");
+    app.write("a.csv", &csv_users(&["u1"]));
+    let mut daemon = app.command(&["run"]).spawn().unwrap();
+    let delivered = |user: &'static str| {
+        let out = app.path("out.ndjson");
+        move || {
+            let out = out.clone();
+            async move { std::fs::read_to_string(out).is_ok_and(|t| t.contains(&format!("\"userId\":\"{user}\""))) }
+        }
+    };
+    wait_until(30, "u1 to be delivered", delivered("u1")).await;
+    // (Through `status`, another process: a connection of the test's own, left open, would keep
+    // SQLite from seeing the operator's as the last.)
+    wait_until(30, "the pass to end", || async {
+        let out = app.run(&["status", "--json"]).await;
+        serde_json::from_slice::<Value>(&out.stdout).is_ok_and(|rows| rows[0]["last_pass"]["status"] == "ok")
+    })
+    .await;
+    // Reads at several moments of the daemon's cycle, each opening and closing the file.
+    for _ in 0..20 {
+        if !on_postgres() {
+            let operator = rusqlite::Connection::open(app.path("state.db")).unwrap();
+            let runs: i64 = operator.query_row("SELECT count(*) FROM sync_runs", [], |r| r.get(0)).unwrap();
+            assert!(runs >= 1);
+        }
+        assert_success(&app.run(&["status"]).await);
+    }
+    app.write("a.csv", &csv_users(&["u1", "u2"]));
+    wait_until(30, "u2 to be delivered after the operator's read", delivered("u2")).await;
+    terminate(&daemon);
+    assert!(wait_exit(&mut daemon, 30).await.success());
+}

@@ -69,9 +69,11 @@ impl Store {
         configure_sqlite();
         // Processes started together on a new state file would each run the migrations, and all
         // but one fail half-way ("duplicate column"): one sets the file up while the others wait
-        // for its lock. `flock` is apart from SQLite's own (fcntl) locks.
+        // for its lock, taken on the file's directory. Never on the file itself: closing any
+        // handle to it drops every SQLite lock this process holds there, and an operator's
+        // `sqlite3` closing next then deletes the log under the daemon.
         let setting_up = lock_for_set_up(path).await?;
-        let fresh = setting_up.metadata()?.len() == 0;
+        let fresh = !path.exists();
         let options = SqliteConnectOptions::from_str("sqlite://")?
             .filename(path)
             .create_if_missing(true)
@@ -163,14 +165,14 @@ impl Store {
     }
 }
 
-/// The state file at `path`, created if need be, exclusively locked (`flock`) until dropped.
+/// The directory of the state file at `path`, exclusively locked (`flock`) until dropped.
 async fn lock_for_set_up(path: &Path) -> anyhow::Result<std::fs::File> {
-    let path = path.to_path_buf();
+    let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new(".")).to_path_buf();
     tokio::task::spawn_blocking(move || {
-        let file = std::fs::OpenOptions::new().read(true).write(true).create(true).truncate(false).open(&path);
-        let file = file.with_context(|| format!("cannot create the state file {}", path.display()))?;
-        file.lock().with_context(|| format!("cannot lock the state file {}", path.display()))?;
-        Ok(file)
+        let handle = std::fs::File::open(&dir)
+            .with_context(|| format!("cannot open the state's directory {}", dir.display()))?;
+        handle.lock().with_context(|| format!("cannot lock the state's directory {}", dir.display()))?;
+        Ok(handle)
     })
     .await?
 }
