@@ -60,6 +60,8 @@ pub struct Config {
     pub cron: String,
     pub sort_buffer_bytes: usize,
     pub lease_ttl: std::time::Duration,
+    /// PostgreSQL: deliveries of more rows are shared out in shards of about this many.
+    pub delivery_shard_rows: u64,
     pub shutdown_grace: std::time::Duration,
     /// Where `run` serves Prometheus metrics and `/healthz`, when set.
     pub metrics_listen: Option<std::net::SocketAddr>,
@@ -187,6 +189,7 @@ impl Config {
             cron,
             sort_buffer_bytes: raw.sync.sort_buffer_mb.saturating_mul(1 << 20).max(1 << 20),
             lease_ttl: std::time::Duration::from_secs(raw.sync.lease_ttl_secs.max(1)),
+            delivery_shard_rows: raw.sync.delivery_shard_rows.max(1),
             shutdown_grace: std::time::Duration::from_secs(raw.sync.shutdown_grace_secs),
             metrics_listen,
             destination,

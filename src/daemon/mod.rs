@@ -19,6 +19,7 @@ use tokio_cron_scheduler::{Job, JobScheduler};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{Computation, Config, schedule};
+use crate::delivery::{self, shards::Sharding};
 use crate::destination::Destination;
 use crate::metrics::Metrics;
 use crate::pass::{self, PassOptions, lease};
@@ -172,7 +173,9 @@ async fn pass_task(shared: &Shared, key: String, stop: CancellationToken) {
     let mut ran = leased_pass(shared, keys, stop.clone()).await;
     // Held by another worker: if that worker dies mid-pass, this one takes the pass over once
     // its lease lapses, rather than at the next tick.
+    // Meanwhile it delivers the shards of that pass it can claim.
     while matches!(ran, Ok(Ran::HeldElsewhere)) && holders_pass_unfinished(shared, &key, &stop).await {
+        help_deliver(shared, &key, &stop).await;
         ran = leased_pass(shared, keys, stop.clone()).await;
     }
     if let Err(e) = ran {
@@ -193,7 +196,8 @@ enum Ran {
 /// that another worker holds is still unfinished: its run still `running`, as a worker that
 /// died or stalled mid-pass leaves it.
 async fn holders_pass_unfinished(shared: &Shared, key: &str, stop: &CancellationToken) -> bool {
-    let poll = (shared.config.lease_ttl / 4).max(std::time::Duration::from_millis(250));
+    let poll =
+        (shared.config.lease_ttl / 4).clamp(std::time::Duration::from_millis(250), std::time::Duration::from_secs(2));
     tokio::select! {
         _ = tokio::time::sleep(poll) => {}
         _ = stop.cancelled() => return false,
@@ -205,6 +209,32 @@ async fn holders_pass_unfinished(shared: &Shared, key: &str, stop: &Cancellation
             tracing::warn!(computation = %key, error = %e, "cannot read the state; the next tick will try again");
             false
         }
+    }
+}
+
+/// Delivers the shards it can claim of the pass of `key` another worker holds
+/// (`delivery::shards`); a failure is logged, and the holder or another worker delivers them.
+async fn help_deliver(shared: &Shared, key: &str, stop: &CancellationToken) {
+    let store = shared.store.claimed_by(&shared.owner, shared.config.lease_ttl);
+    if !store.delivers_in_shards() || !shared.destination.shared_by_workers() {
+        return;
+    }
+    let progress = Progress::off().stage(format!("{key}: delivering shards"), "rows answered", None);
+    let sharding = Sharding {
+        store: &store,
+        destination: &shared.destination,
+        policy: &shared.config.retry,
+        deadline: tokio::time::Instant::now() + shared.config.retry.budget,
+        stop,
+        progress: &progress,
+        metrics: &shared.metrics,
+        ttl: shared.config.lease_ttl,
+        shard_rows: shared.config.delivery_shard_rows,
+    };
+    match delivery::shards::help(&sharding, key).await {
+        Ok(0) => {}
+        Ok(shards) => tracing::info!(computation = %key, shards, "delivered shards of another worker's pass"),
+        Err(e) => tracing::warn!(computation = %key, error = %format!("{e:#}"), "stopped delivering a shard"),
     }
 }
 

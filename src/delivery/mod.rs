@@ -12,6 +12,7 @@ mod attributes;
 mod commit;
 mod retry;
 mod rows;
+pub mod shards;
 
 use std::collections::{BTreeMap, VecDeque};
 use std::time::Duration;
@@ -38,7 +39,7 @@ const PAGE_ROWS: usize = 5000;
 const PROGRESS_EVERY: Duration = Duration::from_secs(10);
 
 /// What delivery did for one computation.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct KeyReport {
     pub delivered: u64,
     /// Rows not acknowledged this pass (permanent errors, or retries exhausted).

@@ -22,6 +22,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{Computation, Config};
+use crate::delivery::shards::Sharding;
 use crate::delivery::{self, DeliveryReport, KeyReport};
 use crate::destination::{Destination, Patience};
 use crate::diff::DiffCounts;
@@ -265,7 +266,9 @@ async fn deliver<'a>(
         let loaded: Vec<&Computation> =
             passes.iter().filter(|p| !matches!(p.stage, Stage::Failed(_))).map(|p| p.c).collect();
         let blocked = delivery::ensure_attributes(store, destination, &loaded, &patience).await?;
-        let (passes, work) = plan(store, passes, &blocked, options).await?;
+        let shard_rows =
+            (store.delivers_in_shards() && destination.shared_by_workers()).then_some(config.delivery_shard_rows);
+        let (passes, work) = plan(store, passes, &blocked, options, shard_rows).await?;
         let report = send(config, store, destination, work, deadline, options).await?;
         anyhow::Ok((passes, Delivered { per_key: report.per_key, blocked }))
     };
@@ -274,21 +277,42 @@ async fn deliver<'a>(
 
 /// What one pass delivers: small computations first, then large ones, and how many rows in all.
 struct Planned {
-    small: delivery::Work,
-    large: delivery::Work,
+    small: Group,
+    large: Group,
     total: u64,
+    /// Set where deliveries of more rows than this are shared out in shards (`delivery::shards`).
+    shard_rows: Option<u64>,
+}
+
+/// Computations delivered together, and their rows.
+#[derive(Default)]
+struct Group {
+    work: delivery::Work,
+    rows: u64,
+}
+
+impl Group {
+    /// Whether other workers can deliver this group too: all of its rows are pending in the
+    /// state, and more of them than one shard.
+    fn shared_out(&self, shard_rows: Option<u64>) -> bool {
+        shard_rows.is_some_and(|n| self.rows > n) && self.work.first.is_empty()
+    }
 }
 
 /// Hands delivery the pending rows of each loaded pass and the entries of each first sync, but
-/// those of a computation whose attribute is `blocked` (a first sync's stay in its spool).
+/// those of a computation whose attribute is `blocked` (a first sync's stay in its spool). With
+/// `shard_rows`, the entries of a first sync of more than one shard are written pending first,
+/// where every worker can read them.
 async fn plan<'a>(
     store: &Store,
     passes: Vec<Pass<'a>>,
     blocked: &BTreeMap<String, String>,
     options: &PassOptions,
+    shard_rows: Option<u64>,
 ) -> anyhow::Result<(Vec<Pass<'a>>, Planned)> {
     let work = || delivery::Work { beside_other_passes: options.beside_other_passes, ..Default::default() };
-    let mut planned = Planned { small: work(), large: work(), total: 0 };
+    let group = || Group { work: work(), rows: 0 };
+    let mut planned = Planned { small: group(), large: group(), total: 0, shard_rows };
     let keys: Vec<String> = passes.iter().map(|p| p.c.key.clone()).collect();
     let counts = store.pending_counts(&keys).await?;
     let mut kept = Vec::with_capacity(passes.len());
@@ -300,6 +324,11 @@ async fn plan<'a>(
         }
         let (stage, pending, first) = match pass.stage {
             Stage::Diffed(d) => (Stage::Diffed(d), counts.get(&key).copied().unwrap_or(0), None),
+            Stage::FirstSync(d, spooled) if shard_rows.is_some_and(|n| spooled.entries.entries.len() > n) => {
+                let rows = spooled.entries.entries.len();
+                first_sync::keep(store, &key, &d, spooled).await?;
+                (Stage::Diffed(d), rows, None)
+            }
             Stage::FirstSync(d, Spooled { entries, fingerprint }) => {
                 (Stage::FirstSyncSent(d, fingerprint), entries.entries.len(), Some(entries))
             }
@@ -309,12 +338,13 @@ async fn plan<'a>(
         if !matches!(pass.stage, Stage::Failed(_)) {
             planned.total += pending;
             let group = if pending <= SMALL_FIRST_ROWS { &mut planned.small } else { &mut planned.large };
+            group.rows += pending;
             match first {
-                Some(f) => group.first.push(f),
-                None => group.keys.push(key.clone()),
+                Some(f) => group.work.first.push(f),
+                None => group.work.keys.push(key.clone()),
             }
-            group.counters.insert(key.clone(), options.metrics.delivery(&key));
-            group.runs.insert(key, pass.run_id);
+            group.work.counters.insert(key.clone(), options.metrics.delivery(&key));
+            group.work.runs.insert(key, pass.run_id);
         }
         kept.push(pass);
     }
@@ -332,12 +362,29 @@ async fn send(
     options: &PassOptions,
 ) -> anyhow::Result<DeliveryReport> {
     let delivering = options.progress.stage("delivering".into(), "rows answered", Some(work.total));
-    let run = |work| delivery::deliver(store, destination, work, &config.retry, deadline, &options.stop, &delivering);
+    let sharding = Sharding {
+        store,
+        destination,
+        policy: &config.retry,
+        deadline,
+        stop: &options.stop,
+        progress: &delivering,
+        metrics: &options.metrics,
+        ttl: config.lease_ttl,
+        shard_rows: config.delivery_shard_rows,
+    };
+    let run = async |group: Group| {
+        if group.shared_out(work.shard_rows) {
+            delivery::shards::deliver_in_shards(&sharding, group.work, group.rows).await
+        } else {
+            delivery::deliver(store, destination, group.work, &config.retry, deadline, &options.stop, &delivering).await
+        }
+    };
     let mut report = run(work.small).await?;
     match report.per_key.values().find_map(|r| r.stopped.clone()) {
         None => report.per_key.extend(run(work.large).await?.per_key),
         Some(why) => {
-            for key in work.large.runs.into_keys() {
+            for key in work.large.work.runs.into_keys() {
                 report.per_key.entry(key).or_default().stopped = Some(why.clone());
             }
         }

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use super::{
     AnswerWriter, ComputationStatus, DiffWriter, HeldLease, LastRun, LeaseOwner, Mode, ObservedComputation,
-    PendingReader, QueueWriter, RunCounts, RunStatus, Trigger, UserState, postgres, sqlite,
+    PendingReader, QueueWriter, RunCounts, RunStatus, ShardClaim, ShardsOf, Trigger, UserState, postgres, sqlite,
 };
 use crate::config::{Computation, StateLocation};
 use crate::diff::StateRow;
@@ -90,6 +90,76 @@ impl Store {
     /// This store, its pass's writes checked against the leases `owner` holds.
     pub fn claimed_by(&self, owner: &LeaseOwner, ttl: Duration) -> Store {
         same_backend!(self, s => s.claimed_by(owner, ttl))
+    }
+
+    /// Whether a big delivery is split into shards for every worker to claim (`delivery::shards`):
+    /// on PostgreSQL, in a pass that holds its leases (other workers can read its rows and see
+    /// its claims). A SQLite state is one process's.
+    pub fn delivers_in_shards(&self) -> bool {
+        matches!(self, Store::Postgres(s) if s.is_claimed())
+    }
+
+    /// This store, its delivery reading and recording only the users of the shard `claim`;
+    /// `holds_pass`: this worker holds the computations' leases too.
+    pub fn delivering_shard(&self, claim: &ShardClaim, holds_pass: bool) -> Store {
+        match self {
+            Store::Postgres(s) => Store::Postgres(Box::new(s.delivering_shard(claim, holds_pass))),
+            Store::Sqlite(_) => self.clone(),
+        }
+    }
+
+    /// Opens `shards` shards of the delivery `round` of `runs`.
+    pub async fn open_shards(&self, round: i64, shards: i32, runs: &BTreeMap<String, i64>) -> anyhow::Result<()> {
+        match self {
+            Store::Postgres(s) => postgres::patiently(|| s.open_shards(round, shards, runs)).await,
+            Store::Sqlite(_) => anyhow::bail!("a SQLite state delivers in one process"),
+        }
+    }
+
+    /// Claims an open shard, if there is one.
+    pub async fn claim_shard(&self, of: ShardsOf<'_>) -> anyhow::Result<Option<ShardClaim>> {
+        match self {
+            Store::Postgres(s) => postgres::patiently(|| s.claim_shard(of)).await,
+            Store::Sqlite(_) => Ok(None),
+        }
+    }
+
+    pub async fn renew_shard(&self, shard: &ShardClaim) -> anyhow::Result<()> {
+        match self {
+            Store::Postgres(s) => postgres::patiently(|| s.renew_shard(shard)).await,
+            Store::Sqlite(_) => Ok(()),
+        }
+    }
+
+    /// Marks `shard` delivered, with its report (JSON).
+    pub async fn finish_shard(&self, shard: &ShardClaim, report: &str) -> anyhow::Result<()> {
+        match self {
+            Store::Postgres(s) => postgres::patiently(|| s.finish_shard(shard, report)).await,
+            Store::Sqlite(_) => Ok(()),
+        }
+    }
+
+    /// Gives `shard` back undone.
+    pub async fn release_shard(&self, shard: &ShardClaim) -> anyhow::Result<()> {
+        match self {
+            Store::Postgres(s) => postgres::patiently(|| s.release_shard(shard)).await,
+            Store::Sqlite(_) => Ok(()),
+        }
+    }
+
+    pub async fn shards_left(&self, round: i64) -> anyhow::Result<u64> {
+        match self {
+            Store::Postgres(s) => postgres::patiently(|| s.shards_left(round)).await,
+            Store::Sqlite(_) => Ok(0),
+        }
+    }
+
+    /// The reports (JSON) of the done shards of `round`.
+    pub async fn shard_reports(&self, round: i64) -> anyhow::Result<Vec<String>> {
+        match self {
+            Store::Postgres(s) => postgres::patiently(|| s.shard_reports(round)).await,
+            Store::Sqlite(_) => Ok(Vec::new()),
+        }
     }
 
     /// The same state, recording every delivery answered and keeping it `days` (none: off).

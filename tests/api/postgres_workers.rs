@@ -23,10 +23,16 @@ fn workers(server: &MockServer, workers: usize) -> Vec<TestApp> {
 
 /// As `workers`, with `extra` TOML before the audience.
 fn workers_with(server: &MockServer, workers: usize, extra: &str) -> Vec<TestApp> {
+    workers_set(server, workers, extra, "")
+}
+
+/// As `workers_with`, with `sync` TOML in `[sync]`.
+fn workers_set(server: &MockServer, workers: usize, extra: &str, sync: &str) -> Vec<TestApp> {
     let url = new_postgres_database();
     let destination = contentstack_destination(&server.uri(), CONCURRENCY, "");
-    let computations =
-        |snapshot: &str| format!("{extra}[sync]\nlease_ttl_secs = {LEASE_TTL_SECS}\n\n{}", audience("Big", snapshot));
+    let computations = |snapshot: &str| {
+        format!("{extra}[sync]\nlease_ttl_secs = {LEASE_TTL_SECS}\n{sync}\n{}", audience("Big", snapshot))
+    };
     let first = TestApp::with_state(Some(url.clone()), &destination, &computations("big.csv"));
     let users: Vec<String> = (0..MEMBERS).map(|i| format!("user-{i:04}")).collect();
     first.write("big.csv", &csv_users(&users.iter().map(String::as_str).collect::<Vec<_>>()));
@@ -94,7 +100,7 @@ async fn two_workers_started_together_on_an_empty_database_set_it_up_once_and_se
             .fetch_all(&db)
             .await
             .unwrap();
-    assert_eq!(migrations, [(1, 1)], "migrated once, whole");
+    assert_eq!(migrations, [(1, 1), (2, 1)], "each migration applied once, whole");
 }
 
 #[tokio::test]
@@ -185,6 +191,100 @@ async fn a_daemon_takes_over_the_pass_of_a_daemon_killed_mid_first_sync_without_
     signal(&daemon, libc::SIGTERM);
     assert!(daemon.wait().unwrap().success());
     all_delivered_with_at_most(&server, survivor, CONCURRENCY).await;
+}
+
+/// Daemons only (no tick for months: the start's catch-up runs the pass), the deliveries of
+/// more than 50 rows cut into shards: `MEMBERS` / 50 of them.
+fn sharing_daemons(server: &MockServer, workers: usize) -> (Vec<TestApp>, Vec<Child>) {
+    let apps = workers_set(server, workers, "[schedule]\ncron = \"0 0 0 1 1 *\"\n\n", "delivery_shard_rows = 50\n");
+    let daemons = apps
+        .iter()
+        .map(|app| app.command(&["run"]).stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap())
+        .collect();
+    (apps, daemons)
+}
+
+/// Waits for the first sync of `big` to finish ok.
+async fn first_sync_done(app: &TestApp) {
+    wait_until(60, "the first sync to finish", || async {
+        let done: Result<i64, _> =
+            sqlx::query_scalar("SELECT count(*) FROM sync_runs WHERE computation_key = 'big' AND status = 'ok'")
+                .fetch_one(&app.db().await)
+                .await;
+        done.is_ok_and(|n| n == 1)
+    })
+    .await;
+}
+
+/// Stops `daemons` with SIGTERM; each exits cleanly.
+fn stop_all(daemons: Vec<Child>) {
+    for mut daemon in daemons {
+        signal(&daemon, libc::SIGTERM);
+        assert!(daemon.wait().unwrap().success());
+    }
+}
+
+/// The pids that delivered the shards of the last delivery, one per shard done.
+async fn shard_deliverers(app: &TestApp) -> Vec<i64> {
+    sqlx::query_scalar("SELECT pid FROM delivery_shards WHERE done_at IS NOT NULL ORDER BY shard")
+        .fetch_all(&app.db().await)
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+#[ignore = "needs a Postgres server: set AUDIENCE_SYNC_TEST_POSTGRES_URL (see README, Development)"]
+async fn three_daemons_share_one_first_sync_in_shards_and_send_each_member_once() {
+    let server = slow_server(50).await;
+    let (apps, daemons) = sharing_daemons(&server, 3);
+    first_sync_done(&apps[0]).await;
+    let deliverers = shard_deliverers(&apps[0]).await;
+    assert_eq!(deliverers.len(), MEMBERS / 50, "every shard delivered");
+    let mut workers = deliverers.clone();
+    workers.dedup();
+    workers.sort();
+    workers.dedup();
+    assert!(workers.len() >= 2, "shards delivered by more than one worker: {deliverers:?}");
+    let delivered: i64 = sqlx::query_scalar("SELECT delivered FROM sync_runs WHERE computation_key = 'big'")
+        .fetch_one(&apps[0].db().await)
+        .await
+        .unwrap();
+    assert_eq!(delivered as usize, MEMBERS, "the run counts every worker's answers");
+    stop_all(daemons);
+    all_delivered_with_at_most(&server, &apps[0], 0).await;
+}
+
+#[tokio::test]
+#[ignore = "needs a Postgres server: set AUDIENCE_SYNC_TEST_POSTGRES_URL (see README, Development)"]
+async fn the_shard_of_a_worker_killed_mid_delivery_is_claimed_again_and_nothing_is_lost() {
+    let server = slow_server(50).await;
+    let (apps, mut daemons) = sharing_daemons(&server, 3);
+    let db = apps[0].db().await;
+    let found = std::sync::Mutex::new(None);
+    let (db, seen) = (&db, &found);
+    wait_until(60, "a worker to deliver a shard of another's pass", move || async move {
+        let claimed: Option<(i64, i32)> = sqlx::query_as(
+            "SELECT s.pid, s.shard FROM delivery_shards s, leases l WHERE l.computation_key = 'big' \
+             AND s.done_at IS NULL AND s.pid <> l.pid LIMIT 1",
+        )
+        .fetch_optional(db)
+        .await
+        .unwrap_or(None);
+        *seen.lock().unwrap() = claimed;
+        claimed.is_some()
+    })
+    .await;
+    let (helper, its_shard) = found.into_inner().unwrap().expect("seen");
+    let killed = daemons.iter().position(|c| i64::from(c.id()) == helper).expect("a helper");
+    let mut victim = daemons.remove(killed);
+    victim.kill().unwrap();
+    victim.wait().unwrap();
+    first_sync_done(&apps[0]).await;
+    stop_all(daemons);
+    all_delivered_with_at_most(&server, &apps[0], CONCURRENCY).await;
+    let deliverers = shard_deliverers(&apps[0]).await;
+    assert_eq!(deliverers.len(), MEMBERS / 50, "every shard delivered");
+    assert_ne!(deliverers[its_shard as usize], helper, "the killed worker's shard went to another");
 }
 
 /// A wait for a lock ends within about a second of SIGTERM (DESIGN §9.9), as SQLite's do: an

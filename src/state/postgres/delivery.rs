@@ -3,7 +3,7 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 
-use sqlx::PgConnection;
+use sqlx::{AssertSqlSafe, PgConnection};
 
 use super::Store;
 use super::blocking::Blocking;
@@ -14,10 +14,19 @@ use crate::http::answer::refusal_status;
 use crate::state::times::{Times, millis};
 use crate::state::{AnswerRecords, AnswerWriter, PendingPages, PendingReader, now};
 
-const PAGE: &str = "SELECT m.user_id, c.key, m.desired, m.updated_at, c.kind \
-     FROM member_rows m JOIN computations c ON c.id = m.computation_id \
-     WHERE m.desired IS DISTINCT FROM m.synced AND m.quarantined_at IS NULL AND m.user_id > $1 \
-     AND m.computation_id = ANY($2) ORDER BY m.user_id, m.computation_id LIMIT $3";
+/// A page of pending rows after a user; `{shard}` narrows it to a delivery shard's users.
+fn page_sql(shard: Option<(i32, i32)>) -> String {
+    let in_shard = match shard {
+        Some((shard, shards)) => format!("AND {}", super::shards::in_shard(&shard.to_string(), &shards.to_string())),
+        None => String::new(),
+    };
+    format!(
+        "SELECT m.user_id, c.key, m.desired, m.updated_at, c.kind \
+         FROM member_rows m JOIN computations c ON c.id = m.computation_id \
+         WHERE m.desired IS DISTINCT FROM m.synced AND m.quarantined_at IS NULL AND m.user_id > $1 \
+         AND m.computation_id = ANY($2) {in_shard} ORDER BY m.user_id, m.computation_id LIMIT $3"
+    )
+}
 const ONE_USER: &str = "SELECT m.user_id, c.key, m.desired, m.updated_at, c.kind \
      FROM member_rows m JOIN computations c ON c.id = m.computation_id \
      WHERE m.desired IS DISTINCT FROM m.synced AND m.quarantined_at IS NULL AND m.user_id = $1 \
@@ -27,6 +36,7 @@ struct Pages {
     db: Blocking,
     ids: Vec<i32>,
     times: Times,
+    page: String,
 }
 
 impl Store {
@@ -34,7 +44,8 @@ impl Store {
     pub fn pending_reader(&self, keys: &[String]) -> anyhow::Result<PendingReader> {
         let mut db = self.blocking()?;
         let ids = computation_ids(&mut db)?.into_iter().filter(|(k, _)| keys.contains(k)).map(|(_, id)| id).collect();
-        Ok(PendingReader::new(Box::new(Pages { db, ids, times: Times::default() })))
+        let page = page_sql(self.shard_filter());
+        Ok(PendingReader::new(Box::new(Pages { db, ids, times: Times::default(), page })))
     }
 
     /// Opens a writer of answers (see the SQLite backend's). Blocking, never on an async thread.
@@ -68,14 +79,18 @@ fn computation_ids(db: &mut Blocking) -> anyhow::Result<HashMap<String, i32>> {
 
 impl PendingPages for Pages {
     fn page(&mut self, after: &str, limit: usize) -> anyhow::Result<Vec<PendingRow>> {
-        let rows = self.query(PAGE, after, Some(limit))?;
-        crate::state::delivery::whole_users(rows, limit, |last| self.query(ONE_USER, last, None))
+        let rows = self.query(Sql::Page, after, Some(limit))?;
+        crate::state::delivery::whole_users(rows, limit, |last| self.query(Sql::OneUser, last, None))
     }
 }
 
 impl Pages {
-    fn query(&mut self, sql: &'static str, user: &str, limit: Option<usize>) -> anyhow::Result<Vec<PendingRow>> {
-        let ids = &self.ids;
+    fn query(&mut self, sql: Sql, user: &str, limit: Option<usize>) -> anyhow::Result<Vec<PendingRow>> {
+        let (ids, page) = (&self.ids, &self.page);
+        let sql = match sql {
+            Sql::Page => AssertSqlSafe(page.as_str()),
+            Sql::OneUser => AssertSqlSafe(ONE_USER),
+        };
         let rows: Vec<(String, String, String, i64, String)> = self.db.run(async |conn| {
             let query = sqlx::query_as(sql).bind(user).bind(ids);
             let query = match limit {
@@ -96,6 +111,12 @@ impl Pages {
             })
             .collect()
     }
+}
+
+/// Which of a reader's two queries.
+enum Sql {
+    Page,
+    OneUser,
 }
 
 struct Answers {

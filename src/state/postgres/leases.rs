@@ -16,13 +16,17 @@ use crate::state::{HeldLease, LeaseLost, LeaseOwner};
 /// What a store's writes check: the leases of this owner.
 #[derive(Debug, Clone)]
 pub(super) struct Claim {
-    owner: Arc<str>,
+    owner: Arc<LeaseOwner>,
     ttl: Duration,
 }
 
 impl Claim {
     pub(super) fn ttl(&self) -> Duration {
         self.ttl
+    }
+
+    pub(super) fn owner(&self) -> &LeaseOwner {
+        &self.owner
     }
 }
 
@@ -32,19 +36,24 @@ impl Claim {
 const TAKE_LOCK_TIMEOUT: &str = "SET LOCAL lock_timeout = '1s'";
 
 /// SQL: `ttl_ms` (a parameter) after the database's now, as the state's text.
-fn expiry(ttl_param: &str) -> String {
+pub(super) fn expiry(ttl_param: &str) -> String {
     format!("state_time((extract(epoch FROM clock_timestamp()) * 1000)::bigint + {ttl_param})")
 }
 
 impl Store {
     /// This store, its pass's writes checked against the leases `owner` holds.
     pub fn claimed_by(&self, owner: &LeaseOwner, ttl: Duration) -> Store {
-        Store { claim: Some(Claim { owner: owner.id.as_str().into(), ttl }), ..self.clone() }
+        Store { claim: Some(Claim { owner: Arc::new(owner.clone()), ttl }), ..self.clone() }
     }
 
     /// What a writer of `keys` checks in each of its transactions: nothing without a claim.
+    /// Delivering a shard, the shard's claim too; a worker helping with another's pass holds
+    /// no lease of `keys`, only its shard.
     pub(super) fn lease_check(&self, keys: &[String]) -> Option<LeaseCheck> {
-        self.claim.as_ref().map(|claim| LeaseCheck { claim: claim.clone(), keys: keys.to_vec() })
+        let shard = self.shard.as_ref();
+        let keys = if shard.is_some_and(|s| !s.holds_pass) { Vec::new() } else { keys.to_vec() };
+        let shard = shard.map(|s| (s.claim.round, s.claim.shard));
+        self.claim.as_ref().map(|claim| LeaseCheck { claim: claim.clone(), keys, shard })
     }
 
     /// Takes the lease of `key` if it is free, lapsed, ours, or held by a process certainly
@@ -116,7 +125,8 @@ impl Store {
         ttl: Duration,
         wait: Duration,
     ) -> anyhow::Result<()> {
-        let check = LeaseCheck { claim: Claim { owner: owner.id.as_str().into(), ttl }, keys: keys.to_vec() };
+        let claim = Claim { owner: Arc::new(owner.clone()), ttl };
+        let check = LeaseCheck { claim, keys: keys.to_vec(), shard: None };
         let mut db = self.blocking()?;
         db.run(async |conn| {
             let mut tx = sqlx::Connection::begin(conn).await?;
@@ -221,6 +231,8 @@ impl Store {
 pub(super) struct LeaseCheck {
     claim: Claim,
     keys: Vec<String>,
+    /// The delivery shard (round, shard) whose claim must be this owner's too.
+    shard: Option<(i64, i32)>,
 }
 
 impl LeaseCheck {
@@ -228,7 +240,10 @@ impl LeaseCheck {
     /// claim's and unexpired by the database's clock, and (with `renew`) extends them. The
     /// rows stay locked until the transaction ends.
     pub(super) async fn hold(&self, db: &mut PgConnection, renew: bool) -> anyhow::Result<()> {
-        let owner = &*self.claim.owner;
+        let owner = self.claim.owner.id.as_str();
+        if let Some((round, shard)) = self.shard {
+            super::shards::hold_shard(db, owner, round, shard).await?;
+        }
         let held = if renew {
             sqlx::query(AssertSqlSafe(format!(
                 "UPDATE leases SET heartbeat_at = {DB_NOW}, expires_at = {} \

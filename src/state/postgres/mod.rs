@@ -13,6 +13,7 @@ mod computations;
 mod delivery;
 mod leases;
 mod memberships;
+mod shards;
 mod status;
 mod writers;
 
@@ -50,6 +51,8 @@ pub struct Store {
     shown: String,
     /// The leases a pass through this handle must still hold when it writes (see `leases`).
     claim: Option<leases::Claim>,
+    /// The delivery shard a worker delivers through this handle (see `shards`).
+    shard: Option<shards::Delivering>,
     /// Days `delivery_history` keeps every delivery answered; none: not kept.
     keep_history_days: Option<u32>,
 }
@@ -96,7 +99,7 @@ impl Store {
             .await
             .map_err(|e| anyhow::anyhow!(scrub(&e.to_string(), &secrets_of(url))))
             .with_context(|| format!("cannot connect to the state in {shown}"))?;
-        Ok(Store { pool, options, shown, claim: None, keep_history_days: None })
+        Ok(Store { pool, options, shown, claim: None, shard: None, keep_history_days: None })
     }
 
     /// Fails, saying what to do, when the database's schema is older than this version's.

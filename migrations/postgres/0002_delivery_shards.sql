@@ -1,0 +1,16 @@
+-- Delivery shards (issue 17): a big delivery's pending rows are split by a stable hash of
+-- `user_id` (`abs(hashtextextended(user_id, 0) % shards)`) into shards, and every worker watching
+-- the pass claims shards and delivers them. Claims lapse on the database's clock, as leases do.
+CREATE TABLE delivery_shards (
+    round_id   BIGINT NOT NULL,   -- the sync_runs id naming the delivery (the first of its runs)
+    shard      INTEGER NOT NULL,  -- 0 .. shards - 1
+    shards     INTEGER NOT NULL,
+    runs       TEXT NOT NULL,     -- JSON: {"computation key": its running sync_runs id, ...}
+    owner      TEXT,              -- the worker that claimed it (leases.owner's form)
+    pid        BIGINT,
+    host       TEXT,
+    expires_at TEXT,              -- the claim lapses then, unless renewed
+    done_at    TEXT,              -- delivered (its rows answered, or left pending after failing)
+    report     TEXT,              -- JSON: what delivering it did, per computation
+    PRIMARY KEY (round_id, shard)
+);
