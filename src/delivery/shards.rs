@@ -58,12 +58,34 @@ pub async fn deliver_in_shards(s: &Sharding<'_>, work: Work, rows: u64) -> anyho
     let shards = shards_for(rows, s.shard_rows);
     s.store.open_shards(round, shards, &work.runs).await?;
     tracing::info!(pass_id = round, shards, rows, "delivering in shards: other workers may claim them");
+    deliver_all(s, ShardsOf::Round(round), true).await?;
+    summed(&s.store.shard_reports(round).await?)
+}
+
+/// A worker taking over the passes of `keys` from one that died while other workers delivered
+/// shards of it: lets them finish, and delivers the shards left (the dead worker's, once its
+/// claim lapses), before its own pass begins. Its pass's start then closes the dead worker's
+/// run; were it closed first, every worker delivering a shard would stop at its next write, and
+/// re-send what it had in flight.
+pub async fn finish_deliveries_left(s: &Sharding<'_>, keys: &[String]) -> anyhow::Result<()> {
+    for key in keys {
+        if s.store.shards_left(ShardsOf::Computation(key)).await? > 0 {
+            tracing::info!(computation = %key, "finishing the shards of a pass taken over");
+            deliver_all(s, ShardsOf::Computation(key), false).await?;
+        }
+    }
+    Ok(())
+}
+
+/// Delivers every shard of `of` this worker can claim until every one is done (by whichever
+/// worker) or a stop; `holds_pass`: this worker holds the leases of all of their computations.
+async fn deliver_all(s: &Sharding<'_>, of: ShardsOf<'_>, holds_pass: bool) -> anyhow::Result<()> {
     while !s.stop.is_cancelled() {
-        if let Some(claim) = s.store.claim_shard(ShardsOf::Round(round)).await? {
-            deliver_shard(s, &claim, true).await?;
+        if let Some(claim) = s.store.claim_shard(of).await? {
+            deliver_shard(s, &claim, holds_pass).await?;
             continue;
         }
-        if s.store.shards_left(round).await? == 0 {
+        if s.store.shards_left(of).await? == 0 {
             break;
         }
         tokio::select! {
@@ -71,7 +93,7 @@ pub async fn deliver_in_shards(s: &Sharding<'_>, work: Work, rows: u64) -> anyho
             _ = s.stop.cancelled() => {}
         }
     }
-    summed(&s.store.shard_reports(round).await?)
+    Ok(())
 }
 
 /// A worker watching a pass of `key` that another holds: delivers every shard of it that it

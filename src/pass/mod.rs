@@ -97,6 +97,14 @@ pub async fn run(
     options: &PassOptions,
 ) -> anyhow::Result<Vec<ComputationReport>> {
     store.prune_history().await?;
+    if store.delivers_in_shards() && destination.shared_by_workers() {
+        let keys: Vec<String> = selected.iter().map(|c| c.key.clone()).collect();
+        let progress = options.progress.stage("finishing shards".into(), "rows answered", None);
+        let deadline = Instant::now() + config.retry.budget;
+        let sharding = sharding(config, store, destination, deadline, options, &progress);
+        delivery::shards::finish_deliveries_left(&sharding, &keys).await?;
+        progress.finish();
+    }
     let (mut small, mut large) = (Vec::new(), Vec::new());
     for c in selected {
         // Only a first sync goes second: a delta of a large file stays in the first round, where
@@ -362,17 +370,7 @@ async fn send(
     options: &PassOptions,
 ) -> anyhow::Result<DeliveryReport> {
     let delivering = options.progress.stage("delivering".into(), "rows answered", Some(work.total));
-    let sharding = Sharding {
-        store,
-        destination,
-        policy: &config.retry,
-        deadline,
-        stop: &options.stop,
-        progress: &delivering,
-        metrics: &options.metrics,
-        ttl: config.lease_ttl,
-        shard_rows: config.delivery_shard_rows,
-    };
+    let sharding = sharding(config, store, destination, deadline, options, &delivering);
     let run = async |group: Group| {
         if group.shared_out(work.shard_rows) {
             delivery::shards::deliver_in_shards(&sharding, group.work, group.rows).await
@@ -391,6 +389,28 @@ async fn send(
     }
     delivering.finish();
     Ok(report)
+}
+
+/// How this pass delivers in shards, where it does (`Store::delivers_in_shards`).
+fn sharding<'a>(
+    config: &'a Config,
+    store: &'a Store,
+    destination: &'a Destination,
+    deadline: Instant,
+    options: &'a PassOptions,
+    progress: &'a crate::progress::Stage,
+) -> Sharding<'a> {
+    Sharding {
+        store,
+        destination,
+        policy: &config.retry,
+        deadline,
+        stop: &options.stop,
+        progress,
+        metrics: &options.metrics,
+        ttl: config.lease_ttl,
+        shard_rows: config.delivery_shard_rows,
+    }
 }
 
 /// A computation's pass once delivery is over and its first sync (if any) closed: what is

@@ -147,9 +147,10 @@ impl Store {
         }
     }
 
-    pub async fn shards_left(&self, round: i64) -> anyhow::Result<u64> {
+    /// How many shards of `of` are not done yet, of deliveries still running.
+    pub async fn shards_left(&self, of: ShardsOf<'_>) -> anyhow::Result<u64> {
         match self {
-            Store::Postgres(s) => postgres::patiently(|| s.shards_left(round)).await,
+            Store::Postgres(s) => postgres::patiently(|| s.shards_left(of)).await,
             Store::Sqlite(_) => Ok(0),
         }
     }

@@ -287,6 +287,29 @@ async fn the_shard_of_a_worker_killed_mid_delivery_is_claimed_again_and_nothing_
     assert_ne!(deliverers[its_shard as usize], helper, "the killed worker's shard went to another");
 }
 
+#[tokio::test]
+#[ignore = "needs a Postgres server: set AUDIENCE_SYNC_TEST_POSTGRES_URL (see README, Development)"]
+async fn a_holder_killed_while_others_deliver_its_shards_leaves_them_delivering_and_only_its_requests_are_resent() {
+    // Slow enough that the other workers are mid-shard when the pass is taken over.
+    let server = slow_server(200).await;
+    let (apps, mut daemons) = sharing_daemons(&server, 3);
+    let db = apps[0].db().await;
+    wait_until(60, "another worker to deliver a shard of the holder's pass", || async {
+        let helping: Result<i64, _> = sqlx::query_scalar(
+            "SELECT count(*) FROM delivery_shards s, leases l WHERE l.computation_key = 'big' \
+             AND s.done_at IS NULL AND s.pid <> l.pid",
+        )
+        .fetch_one(&db)
+        .await;
+        helping.is_ok_and(|n| n > 0)
+    })
+    .await;
+    kill_the_lease_holder(&apps[0], &mut daemons).await;
+    first_sync_done(&apps[0]).await;
+    stop_all(daemons);
+    all_delivered_with_at_most(&server, &apps[0], CONCURRENCY).await;
+}
+
 /// A wait for a lock ends within about a second of SIGTERM (DESIGN §9.9), as SQLite's do: an
 /// operator's open transaction held a worker until it ended (review finding).
 #[tokio::test]

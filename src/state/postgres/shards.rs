@@ -146,13 +146,20 @@ impl Store {
         Ok(())
     }
 
-    /// How many shards of `round` are not done yet.
-    pub async fn shards_left(&self, round: i64) -> anyhow::Result<u64> {
-        let left: i64 =
-            sqlx::query_scalar("SELECT count(*) FROM delivery_shards WHERE round_id = $1 AND done_at IS NULL")
-                .bind(round)
-                .fetch_one(&self.pool)
-                .await?;
+    /// How many shards of `of` are not done yet, of deliveries still running.
+    pub async fn shards_left(&self, of: ShardsOf<'_>) -> anyhow::Result<u64> {
+        let (round, key) = match of {
+            ShardsOf::Round(round) => (Some(round), None),
+            ShardsOf::Computation(key) => (None, Some(key)),
+        };
+        let left: i64 = sqlx::query_scalar(AssertSqlSafe(format!(
+            "SELECT count(*) FROM delivery_shards d WHERE d.done_at IS NULL \
+             AND (d.round_id = $1 OR d.runs::jsonb ? $2) AND {ROUND_RUNNING}"
+        )))
+        .bind(round)
+        .bind(key)
+        .fetch_one(&self.pool)
+        .await?;
         Ok(left as u64)
     }
 
