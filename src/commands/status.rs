@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use serde::Serialize;
 
 use crate::config::{Config, schedule};
-use crate::state::{LastRun, Store};
+use crate::state::{LastRun, ShardProgress, Store};
 
 /// One computation in `status --json`; field names are stable.
 #[derive(Debug, Serialize)]
@@ -23,13 +23,16 @@ pub struct StatusRow {
     pub next_pass: Option<String>,
     /// The worker running a pass of it now (its live lease): "pid P on HOST".
     pub held_by: Option<String>,
+    /// Its delivery in shards, when one runs (PostgreSQL): shards done of all, and the workers
+    /// delivering one now.
+    pub shards: Option<ShardProgress>,
 }
 
 pub async fn rows(config: &Config) -> anyhow::Result<Vec<StatusRow>> {
     let store = Store::open_read_only(&config.state).await?;
-    let (known, leases) = match &store {
-        Some(s) => (s.statuses().await?, s.live_leases().await?),
-        None => (Vec::new(), Vec::new()),
+    let (known, leases, shards) = match &store {
+        Some(s) => (s.statuses().await?, s.live_leases().await?, s.shard_progress().await?),
+        None => (Vec::new(), Vec::new(), Vec::new()),
     };
     let now = chrono::Utc::now();
     let mut rows = Vec::new();
@@ -51,9 +54,18 @@ pub async fn rows(config: &Config) -> anyhow::Result<Vec<StatusRow>> {
             last_pass,
             next_pass: schedule::next_after(&c.cron, now).map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)),
             held_by: leases.iter().find(|l| l.computation_key == c.key).map(|l| format!("pid {} on {}", l.pid, l.host)),
+            shards: shards.iter().find(|s| s.keys.contains(&c.key)).cloned(),
         });
     }
     Ok(rows)
+}
+
+/// The HELD BY cell: the pass's holder and, during a delivery in shards, how far it is and who
+/// delivers it.
+fn held_by(r: &StatusRow) -> String {
+    let shards =
+        r.shards.as_ref().map(|s| format!("shards {}/{} done, delivering: {}", s.done, s.total, s.workers.join(", ")));
+    [r.held_by.clone(), shards].into_iter().flatten().collect::<Vec<_>>().join("; ")
 }
 
 pub async fn status(config: &Config, json: bool) -> anyhow::Result<ExitCode> {
@@ -88,7 +100,7 @@ pub async fn status(config: &Config, json: bool) -> anyhow::Result<ExitCode> {
                 r.quarantined.to_string(),
                 last,
                 r.next_pass.clone().unwrap_or_default(),
-                r.held_by.clone().unwrap_or_default(),
+                held_by(r),
             ]
         })
         .collect();

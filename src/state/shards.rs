@@ -24,3 +24,15 @@ pub enum ShardsOf<'a> {
     /// Those of any delivery of this computation (a pass another worker holds).
     Computation(&'a str),
 }
+
+/// A delivery in shards still running, for `status`: how far, and which workers deliver it now.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct ShardProgress {
+    /// The computations it delivers.
+    #[serde(skip)]
+    pub keys: Vec<String>,
+    pub done: i64,
+    pub total: i64,
+    /// "pid P on HOST" of each worker holding a live claim.
+    pub workers: Vec<String>,
+}

@@ -6,7 +6,8 @@ use std::time::Duration;
 
 use super::{
     AnswerWriter, ComputationStatus, DiffWriter, HeldLease, LastRun, LeaseOwner, Mode, ObservedComputation,
-    PendingReader, QueueWriter, RunCounts, RunStatus, ShardClaim, ShardsOf, Trigger, UserState, postgres, sqlite,
+    PendingReader, QueueWriter, RunCounts, RunStatus, ShardClaim, ShardProgress, ShardsOf, Trigger, UserState,
+    postgres, sqlite,
 };
 use crate::config::{Computation, StateLocation};
 use crate::diff::StateRow;
@@ -152,6 +153,14 @@ impl Store {
         match self {
             Store::Postgres(s) => postgres::patiently(|| s.shards_left(of)).await,
             Store::Sqlite(_) => Ok(0),
+        }
+    }
+
+    /// The deliveries in shards still running (none on SQLite).
+    pub async fn shard_progress(&self) -> anyhow::Result<Vec<ShardProgress>> {
+        match self {
+            Store::Postgres(s) => postgres::patiently(|| s.shard_progress()).await,
+            Store::Sqlite(_) => Ok(Vec::new()),
         }
     }
 

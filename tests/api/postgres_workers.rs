@@ -235,8 +235,17 @@ async fn shard_deliverers(app: &TestApp) -> Vec<i64> {
 #[tokio::test]
 #[ignore = "needs a Postgres server: set AUDIENCE_SYNC_TEST_POSTGRES_URL (see README, Development)"]
 async fn three_daemons_share_one_first_sync_in_shards_and_send_each_member_once() {
-    let server = slow_server(50).await;
+    let server = slow_server(100).await;
     let (apps, daemons) = sharing_daemons(&server, 3);
+    let app = &apps[0];
+    wait_until(60, "status to show the workers delivering shards", || async {
+        let status = app.run(&["status", "--json"]).await;
+        let rows: serde_json::Value = serde_json::from_str(&stdout(&status)).unwrap_or_default();
+        let shards = &rows[0]["shards"];
+        let workers = shards["workers"].as_array().map_or(0, Vec::len);
+        shards["total"] == serde_json::json!(MEMBERS / 50) && workers >= 2
+    })
+    .await;
     first_sync_done(&apps[0]).await;
     let deliverers = shard_deliverers(&apps[0]).await;
     assert_eq!(deliverers.len(), MEMBERS / 50, "every shard delivered");

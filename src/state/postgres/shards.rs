@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 use sqlx::{AssertSqlSafe, PgConnection};
 
 use super::{DB_NOW, Store};
-use crate::state::{LeaseLost, ShardClaim, ShardsOf};
+use crate::state::{LeaseLost, ShardClaim, ShardProgress, ShardsOf};
 
 /// The shard a store's delivery reads and records: its claim, and whether this worker also
 /// holds the pass (then the computations' leases are checked too).
@@ -161,6 +161,24 @@ impl Store {
         .fetch_one(&self.pool)
         .await?;
         Ok(left as u64)
+    }
+
+    /// The deliveries in shards still running, with the workers delivering them now.
+    pub async fn shard_progress(&self) -> anyhow::Result<Vec<ShardProgress>> {
+        let rows: Vec<(String, i64, i64, Option<String>)> = sqlx::query_as(AssertSqlSafe(format!(
+            "SELECT d.runs, count(*), count(d.done_at), string_agg(DISTINCT CASE WHEN d.done_at IS NULL \
+             AND d.expires_at > {DB_NOW} THEN 'pid ' || d.pid || ' on ' || d.host END, ', ') \
+             FROM delivery_shards d WHERE {ROUND_RUNNING} GROUP BY d.round_id, d.runs ORDER BY d.round_id"
+        )))
+        .fetch_all(&self.pool)
+        .await?;
+        rows.into_iter()
+            .map(|(runs, total, done, workers)| {
+                let keys = serde_json::from_str::<BTreeMap<String, i64>>(&runs)?.into_keys().collect();
+                let workers = workers.map(|w| w.split(", ").map(String::from).collect()).unwrap_or_default();
+                Ok(ShardProgress { keys, done, total, workers })
+            })
+            .collect()
     }
 
     /// The reports of the done shards of `round`.
