@@ -131,9 +131,10 @@ impl Store {
         Ok(())
     }
 
-    /// PostgreSQL's autovacuum gives back what a first sync's queue held.
+    /// After a first sync: autovacuum gives back what its queue held; the planner's statistics
+    /// of the rows it wrote are refreshed at once (`writers::analyze`).
     pub async fn give_back_free_pages(&self) -> anyhow::Result<()> {
-        Ok(())
+        super::writers::analyze(&mut *self.pool.acquire().await?).await
     }
 
     /// Deletes the history older than the days kept.

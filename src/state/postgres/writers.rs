@@ -2,7 +2,7 @@
 //! `state::DiffWriter` and `state::QueueWriter`), and the diff's scan of the state rows. Each
 //! holds a connection of its own and one transaction, begun at its first write.
 
-use sqlx::{AssertSqlSafe, PgConnection};
+use sqlx::PgConnection;
 
 use super::Store;
 use super::blocking::Blocking;
@@ -13,8 +13,8 @@ use crate::source::fingerprint::Fingerprint;
 use crate::state::times::millis;
 use crate::state::{DiffRows, DiffWrite, DiffWriter, QueueRows, QueueRun, QueueWriter, now};
 
-/// Rows fetched from the scan's cursor at a time.
-const SCAN_ROWS: i64 = 4096;
+/// State rows handed from the scan's thread to the diff at a time.
+const SCAN_ROWS: usize = 4096;
 
 /// A new desired value is a new delivery (attempts and error start afresh); a row whose last
 /// value may have landed unacknowledged no longer knows what the destination holds (see the
@@ -82,6 +82,21 @@ struct DiffTransaction {
     key: String,
     id: i32,
     now_ms: i64,
+    /// Rows written or deleted so far.
+    written: usize,
+}
+
+/// A diff that wrote more rows than this, and more than a tenth of its snapshot's, has the
+/// planner's statistics of `member_rows` refreshed after it commits (see `analyze`).
+const ANALYZE_AFTER_ROWS: usize = 100_000;
+
+/// Refreshes the planner's statistics of `member_rows` (a sample: about a second for ten million
+/// rows). Until autovacuum gets to it, a table that just grew by millions of rows is planned as
+/// the small table it was: delivery's pages and updates then scan it whole, and a 10M delta's
+/// delivery took 41 s instead of 4 (docs/performance.md).
+pub(super) async fn analyze(conn: &mut PgConnection) -> anyhow::Result<()> {
+    sqlx::query("ANALYZE member_rows").execute(&mut *conn).await?;
+    Ok(())
 }
 
 impl Store {
@@ -95,6 +110,7 @@ impl Store {
             key: key.to_string(),
             id,
             now_ms: millis(&now())?,
+            written: 0,
         };
         DiffWriter::start(Box::new(rows))
     }
@@ -111,7 +127,9 @@ impl Store {
     }
 
     /// Hands `read` the state rows of computation `key` in user order, from one snapshot of
-    /// the state read through a cursor. Blocking.
+    /// the state. Blocking. The rows are read on a thread of their own as one query whose rows
+    /// stream in while `read` goes through the last ones: the server's work, the decoding and
+    /// the diff overlap (a cursor fetched a page at a time left each waiting for the other).
     pub fn with_state_rows<T>(
         &self,
         key: &str,
@@ -119,54 +137,60 @@ impl Store {
     ) -> anyhow::Result<T> {
         let mut db = self.blocking()?;
         let id = computation_id(&mut db, key)?;
-        db.run(async |conn| {
-            sqlx::query("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY").execute(&mut *conn).await?;
-            // The number is ours (an integer), not text from outside.
-            let declare = format!(
-                "DECLARE state_rows NO SCROLL CURSOR FOR SELECT user_id, desired, \
-                 synced IS NOT NULL OR synced_at IS NOT NULL OR first_sent_at IS NOT NULL \
-                 FROM member_rows WHERE computation_id = {id} ORDER BY user_id"
-            );
-            sqlx::query(AssertSqlSafe(declare)).execute(&mut *conn).await?;
-            Ok(())
-        })?;
-        let mut chunk = Vec::new().into_iter();
-        let mut done = false;
-        let mut rows = std::iter::from_fn(|| {
-            loop {
-                if let Some(row) = chunk.next() {
-                    return Some(Ok(row));
+        let (chunks_tx, chunks) = std::sync::mpsc::sync_channel::<anyhow::Result<Vec<StateRow>>>(2);
+        std::thread::scope(|scope| {
+            scope.spawn(move || {
+                if let Err(e) = db.run(async |conn| stream_rows(conn, id, &chunks_tx).await) {
+                    let _ = chunks_tx.send(Err(e));
                 }
-                if done {
-                    return None;
-                }
-                match fetch(&mut db) {
-                    Ok(next) => {
-                        done = (next.len() as i64) < SCAN_ROWS;
-                        chunk = next.into_iter();
+            });
+            let mut chunk = Vec::new().into_iter();
+            let mut rows = std::iter::from_fn(|| {
+                loop {
+                    if let Some(row) = chunk.next() {
+                        return Some(Ok(row));
                     }
-                    Err(e) => {
-                        done = true;
-                        return Some(Err(e));
+                    match chunks.recv() {
+                        Ok(Ok(next)) => chunk = next.into_iter(),
+                        Ok(Err(e)) => return Some(Err(e)),
+                        Err(_) => return None,
                     }
                 }
-            }
-        });
-        read(&mut rows)
+            });
+            let read = read(&mut rows);
+            drop(rows);
+            // The reading thread stops at its next chunk once no one takes it.
+            drop(chunks);
+            read
+        })
     }
 }
 
-fn fetch(db: &mut Blocking) -> anyhow::Result<Vec<StateRow>> {
-    db.run(async |conn| {
-        let rows: Vec<(String, String, bool)> =
-            sqlx::query_as(AssertSqlSafe(format!("FETCH FORWARD {SCAN_ROWS} FROM state_rows")))
-                .fetch_all(&mut *conn)
-                .await?;
-        Ok(rows
-            .into_iter()
-            .map(|(user_id, desired, told)| StateRow { user_id, desired: json_text(&desired), told })
-            .collect())
-    })
+/// Sends the state rows of computation `id`, in user order, to `chunks` a chunk at a time;
+/// stops early once `chunks` is closed.
+async fn stream_rows(
+    conn: &mut PgConnection,
+    id: i32,
+    chunks: &std::sync::mpsc::SyncSender<anyhow::Result<Vec<StateRow>>>,
+) -> anyhow::Result<()> {
+    sqlx::query("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY").execute(&mut *conn).await?;
+    let mut rows = sqlx::query_as::<_, (String, String, bool)>(
+        "SELECT user_id, desired, synced IS NOT NULL OR synced_at IS NOT NULL OR first_sent_at IS NOT NULL \
+         FROM member_rows WHERE computation_id = $1 ORDER BY user_id",
+    )
+    .bind(id)
+    .fetch(&mut *conn);
+    let mut chunk = Vec::with_capacity(SCAN_ROWS);
+    while let Some((user_id, desired, told)) = futures::TryStreamExt::try_next(&mut rows).await? {
+        chunk.push(StateRow { user_id, desired: json_text(&desired), told });
+        if chunk.len() == SCAN_ROWS
+            && chunks.send(Ok(std::mem::replace(&mut chunk, Vec::with_capacity(SCAN_ROWS)))).is_err()
+        {
+            return Ok(());
+        }
+    }
+    let _ = chunks.send(Ok(chunk));
+    Ok(())
 }
 
 /// The number of computation `key`.
@@ -190,6 +214,7 @@ impl DiffRows for DiffTransaction {
                 DiffWrite::Forget { user_id } => forgotten.push(user_id),
             }
         }
+        self.written += users.len() + forgotten.len();
         let (id, now_ms) = (self.id, self.now_ms);
         self.tx.run(async |conn, _| {
             if !users.is_empty() {
@@ -232,7 +257,13 @@ impl DiffRows for DiffTransaction {
                 .execute(&mut *conn)
                 .await?;
             Ok(())
-        })
+        })?;
+        // As autovacuum's own rule: a tenth of the rows changed (of the snapshot's, when known).
+        let changed_much = snapshot.as_ref().is_none_or(|(.., rows)| self.written as i64 * 10 > *rows);
+        if self.written > ANALYZE_AFTER_ROWS && changed_much {
+            self.tx.db.run(async |conn| analyze(conn).await)?;
+        }
+        Ok(())
     }
 }
 
