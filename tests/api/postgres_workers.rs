@@ -172,35 +172,25 @@ async fn a_daemon_takes_over_the_pass_of_a_daemon_killed_mid_first_sync_without_
     let server = slow_destination().await;
     // No tick for months: only the start's catch-up and the takeover run passes.
     let apps = workers_with(&server, 2, "[schedule]\ncron = \"0 0 0 1 1 *\"\n\n");
-    let mut daemons: Vec<Child> = apps
-        .iter()
-        .map(|app| app.command(&["run"]).stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap())
-        .collect();
+    let mut daemons = start_daemons(&apps);
     wait_for_requests(&server, MEMBERS / 4).await;
     let killed = kill_the_lease_holder(&apps[0], &mut daemons).await;
     let survivor = &apps[1 - killed];
-    wait_until(60, "the other daemon to finish the first sync", || async {
-        let done: Result<i64, _> =
-            sqlx::query_scalar("SELECT count(*) FROM sync_runs WHERE computation_key = 'big' AND status = 'ok'")
-                .fetch_one(&survivor.db().await)
-                .await;
-        done.is_ok_and(|n| n == 1)
-    })
-    .await;
-    let mut daemon = daemons.remove(0);
-    signal(&daemon, libc::SIGTERM);
-    assert!(daemon.wait().unwrap().success());
+    first_sync_done(survivor).await;
+    stop_all(daemons);
     all_delivered_with_at_most(&server, survivor, CONCURRENCY).await;
+}
+
+/// `run` on each of `apps`.
+fn start_daemons(apps: &[TestApp]) -> Vec<Child> {
+    apps.iter().map(|app| app.command(&["run"]).stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap()).collect()
 }
 
 /// Daemons only (no tick for months: the start's catch-up runs the pass), the deliveries of
 /// more than 50 rows cut into shards: `MEMBERS` / 50 of them.
 fn sharing_daemons(server: &MockServer, workers: usize) -> (Vec<TestApp>, Vec<Child>) {
     let apps = workers_set(server, workers, "[schedule]\ncron = \"0 0 0 1 1 *\"\n\n", "delivery_shard_rows = 50\n");
-    let daemons = apps
-        .iter()
-        .map(|app| app.command(&["run"]).stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap())
-        .collect();
+    let daemons = start_daemons(&apps);
     (apps, daemons)
 }
 
