@@ -102,7 +102,11 @@ pub async fn run(
         let progress = options.progress.stage("finishing shards".into(), "rows answered", None);
         let deadline = Instant::now() + config.retry.budget;
         let sharding = sharding(config, store, destination, deadline, options, &progress);
-        delivery::shards::finish_deliveries_left(&sharding, &keys).await?;
+        // A shard that cannot be delivered (mangled by hand) must not hold every pass back:
+        // this pass's start closes the run it belonged to.
+        if let Err(e) = delivery::shards::finish_deliveries_left(&sharding, &keys).await {
+            tracing::warn!(error = %format!("{e:#}"), "cannot finish the shards of a pass taken over; going on");
+        }
         progress.finish();
     }
     let (mut small, mut large) = (Vec::new(), Vec::new());

@@ -309,6 +309,34 @@ async fn a_holder_killed_while_others_deliver_its_shards_leaves_them_delivering_
     all_delivered_with_at_most(&server, &apps[0], CONCURRENCY).await;
 }
 
+#[tokio::test]
+#[ignore = "needs a Postgres server: set AUDIENCE_SYNC_TEST_POSTGRES_URL (see README, Development)"]
+async fn a_delivery_shard_mangled_by_hand_does_not_stop_the_next_passes() {
+    let server = slow_server(0).await;
+    let apps = workers_set(&server, 1, "", "delivery_shard_rows = 50\n");
+    let app = &apps[0];
+    assert_success(&app.run(&["sync"]).await);
+    // A delivery in shards whose worker died (its run still running), its runs no longer JSON.
+    let db = app.db().await;
+    sqlx::query(
+        "INSERT INTO sync_runs (id, computation_key, trigger, mode, status, started_at) \
+         VALUES (999, 'big', 'schedule', 'delta', 'running', '2026-01-01T00:00:00.000Z')",
+    )
+    .execute(&db)
+    .await
+    .unwrap();
+    sqlx::query("INSERT INTO delivery_shards (round_id, shard, shards, runs) VALUES (999, 7, 8, '{\"big\": [oops')")
+        .execute(&db)
+        .await
+        .unwrap();
+    // A hundred more members: a delivery in shards.
+    let users: Vec<String> = (0..MEMBERS + 100).map(|i| format!("user-{i:04}")).collect();
+    app.write("big.csv", &csv_users(&users.iter().map(String::as_str).collect::<Vec<_>>()));
+    let out = app.run(&["sync"]).await;
+    assert_success(&out);
+    assert_eq!(app.pending_count().await, 0, "{}", stderr(&out));
+}
+
 /// A wait for a lock ends within about a second of SIGTERM (DESIGN §9.9), as SQLite's do: an
 /// operator's open transaction held a worker until it ended (review finding).
 #[tokio::test]

@@ -23,6 +23,11 @@ pub(super) fn in_shard(shard: &str, shards: &str) -> String {
     format!("abs(hashtextextended(m.user_id, 0) % {shards}) = {shard}")
 }
 
+/// SQL: the `runs` of the `delivery_shards` row `d` name the computation `$2`. Found as text
+/// (`"key":`), not cast to JSON: a row an operator mangled by hand must not fail every worker's
+/// query (it is parsed only once claimed, and a delivery whose run ended is ignored).
+const HAS_KEY: &str = "strpos(d.runs, to_json($2::text)::text || ':') > 0";
+
 /// SQL: the round of the `delivery_shards` row `d` is still being delivered.
 const ROUND_RUNNING: &str = "EXISTS (SELECT 1 FROM sync_runs r WHERE r.id = d.round_id AND r.status = 'running')";
 
@@ -75,7 +80,7 @@ impl Store {
             "UPDATE delivery_shards SET owner = $3, pid = $4, host = $5, expires_at = {expiry} \
              WHERE (round_id, shard) = (SELECT round_id, shard FROM delivery_shards d \
                  WHERE d.done_at IS NULL AND (d.owner IS NULL OR d.expires_at <= {DB_NOW}) \
-                 AND (d.round_id = $1 OR d.runs::jsonb ? $2) AND {ROUND_RUNNING} \
+                 AND (d.round_id = $1 OR {HAS_KEY}) AND {ROUND_RUNNING} \
                  ORDER BY d.round_id, d.shard LIMIT 1 FOR UPDATE SKIP LOCKED) \
              RETURNING round_id, shard, shards, runs",
             expiry = super::leases::expiry("$6"),
@@ -154,7 +159,7 @@ impl Store {
         };
         let left: i64 = sqlx::query_scalar(AssertSqlSafe(format!(
             "SELECT count(*) FROM delivery_shards d WHERE d.done_at IS NULL \
-             AND (d.round_id = $1 OR d.runs::jsonb ? $2) AND {ROUND_RUNNING}"
+             AND (d.round_id = $1 OR {HAS_KEY}) AND {ROUND_RUNNING}"
         )))
         .bind(round)
         .bind(key)
