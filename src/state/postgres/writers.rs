@@ -158,7 +158,6 @@ impl Store {
                 }
             });
             let read = read(&mut rows);
-            drop(rows);
             // The reading thread stops at its next chunk once no one takes it.
             drop(chunks);
             read
