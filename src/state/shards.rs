@@ -1,6 +1,6 @@
 //! Delivery shards (issue 17): on PostgreSQL a big delivery's pending rows are split by a
 //! stable hash of `user_id`, and every worker watching the pass claims shards and delivers
-//! them (`crate::delivery::shards`). What a worker holds of them, in no driver's types.
+//! them (delivery's `shards` module). What a worker holds of them, in no driver's types.
 
 use std::collections::BTreeMap;
 

@@ -93,7 +93,7 @@ impl Store {
         same_backend!(self, s => s.claimed_by(owner, ttl))
     }
 
-    /// Whether a big delivery is split into shards for every worker to claim (`delivery::shards`):
+    /// Whether a big delivery is split into shards for every worker to claim (delivery's `shards`):
     /// on PostgreSQL, in a pass that holds its leases (other workers can read its rows and see
     /// its claims). A SQLite state is one process's.
     pub fn delivers_in_shards(&self) -> bool {
