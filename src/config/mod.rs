@@ -37,6 +37,9 @@ struct ConfigFile<'a> {
     env: &'a dyn Fn(&str) -> Option<String>,
 }
 
+/// `[sync] delivery_shard_rows` when unset.
+const DEFAULT_DELIVERY_SHARD_ROWS: u64 = 10_000;
+
 impl ConfigFile<'_> {
     /// An error at byte range `span` of the file, if known.
     fn err(&self, span: Option<std::ops::Range<usize>>, message: String) -> ConfigError {
@@ -179,6 +182,14 @@ impl Config {
             })?),
             None => None,
         };
+        let delivery_shard_rows = match &raw.sync.delivery_shard_rows {
+            Some(rows) if *rows.get_ref() == 0 => {
+                let message = "sync.delivery_shard_rows: 0 is not a number of rows (1 or more)".to_string();
+                return Err(file.err(Some(rows.span()), message));
+            }
+            Some(rows) => *rows.get_ref(),
+            None => DEFAULT_DELIVERY_SHARD_ROWS,
+        };
         let declared = raw.audience.into_iter().map(|c| (Kind::Audience, c));
         let declared = declared.chain(raw.computed_trait.into_iter().map(|c| (Kind::ComputedTrait, c)));
         let computations = computation::parse_all(&file, declared, &raw.sync, &cron)?;
@@ -189,7 +200,7 @@ impl Config {
             cron,
             sort_buffer_bytes: raw.sync.sort_buffer_mb.saturating_mul(1 << 20).max(1 << 20),
             lease_ttl: std::time::Duration::from_secs(raw.sync.lease_ttl_secs.max(1)),
-            delivery_shard_rows: raw.sync.delivery_shard_rows.max(1),
+            delivery_shard_rows,
             shutdown_grace: std::time::Duration::from_secs(raw.sync.shutdown_grace_secs),
             metrics_listen,
             destination,

@@ -62,12 +62,7 @@ pub(super) struct RawSync {
     pub guard_min_members: u64,
     /// PostgreSQL: a delivery of more rows than this is cut into shards of about this many,
     /// which every worker watching the pass claims.
-    #[serde(default = "default_delivery_shard_rows")]
-    pub delivery_shard_rows: u64,
-}
-
-fn default_delivery_shard_rows() -> u64 {
-    10_000
+    pub delivery_shard_rows: Option<Spanned<u64>>,
 }
 
 fn default_guard_min_members() -> u64 {
@@ -82,7 +77,7 @@ impl Default for RawSync {
             shutdown_grace_secs: default_shutdown_grace_secs(),
             max_exit_ratio: None,
             guard_min_members: default_guard_min_members(),
-            delivery_shard_rows: default_delivery_shard_rows(),
+            delivery_shard_rows: None,
         }
     }
 }

@@ -198,3 +198,11 @@ fn url_env_puts_the_state_in_postgresql_and_never_shows_the_password() {
     let both = GOOD.replace("path = \"state/sync.db\"", "path = \"x.db\"\nurl_env = \"STATE_URL\"");
     assert!(error(&both).contains("state: give one of path (SQLite) and url_env (PostgreSQL)"));
 }
+
+#[test]
+fn a_delivery_shard_of_no_rows_is_refused_naming_its_line() {
+    let text = GOOD.replacen("[state]", "[sync]\ndelivery_shard_rows = 0\n\n[state]", 1);
+    let e = error(&text);
+    assert!(e.contains("config.toml:3:") && e.contains("delivery_shard_rows"), "{e}");
+    assert_eq!(parse(GOOD).unwrap().delivery_shard_rows, 10_000);
+}

@@ -5,6 +5,7 @@
 
 use std::collections::BTreeMap;
 
+use anyhow::Context;
 use sqlx::{AssertSqlSafe, PgConnection};
 
 use super::{DB_NOW, Store};
@@ -94,7 +95,10 @@ impl Store {
         .fetch_optional(&self.pool)
         .await?;
         row.map(|(round, shard, shards, runs)| {
-            Ok(ShardClaim { round, shard, shards, runs: serde_json::from_str(&runs)? })
+            let runs = serde_json::from_str(&runs).with_context(|| {
+                format!("delivery_shards row (round_id {round}, shard {shard}): its runs are not JSON (edited by hand?)")
+            })?;
+            Ok(ShardClaim { round, shard, shards, runs })
         })
         .transpose()
     }
