@@ -23,7 +23,7 @@ use crate::delivery::{self, shards::Sharding};
 use crate::destination::Destination;
 use crate::metrics::Metrics;
 use crate::pass::{self, PassOptions, lease};
-use crate::progress::Progress;
+use crate::progress::{Progress, Stage};
 use crate::shutdown::shutdown_signal;
 use crate::state::{LeaseOwner, RunStatus, Store, Trigger};
 
@@ -68,7 +68,8 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         due_tx.send(overdue).await?;
     }
     let stop = CancellationToken::new();
-    let passes = run_passes_until_signal(&shared, due_rx, &stop).await;
+    let helping = help_while_idle(shared.clone(), stop.clone());
+    let passes = run_passes_until_signal(&shared, due_rx, &stop, helping).await;
     shared.health.stop();
     tracing::info!(grace_s = shared.config.shutdown_grace.as_secs(), "shutting down: starting nothing new");
     scheduler.shutdown().await?;
@@ -127,8 +128,11 @@ async fn run_passes_until_signal(
     shared: &Arc<Shared>,
     mut due: mpsc::Receiver<Vec<String>>,
     stop: &CancellationToken,
+    helping: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> JoinSet<()> {
     let mut passes = JoinSet::new();
+    // Wound down with the passes: a shard being delivered ends as a pass does.
+    passes.spawn(helping);
     let signal = shutdown_signal();
     tokio::pin!(signal);
     loop {
@@ -196,8 +200,7 @@ enum Ran {
 /// that another worker holds is still unfinished: its run still `running`, as a worker that
 /// died or stalled mid-pass leaves it.
 async fn holders_pass_unfinished(shared: &Shared, key: &str, stop: &CancellationToken) -> bool {
-    let poll =
-        (shared.config.lease_ttl / 4).clamp(std::time::Duration::from_millis(250), std::time::Duration::from_secs(2));
+    let poll = watch_poll(&shared.config);
     tokio::select! {
         _ = tokio::time::sleep(poll) => {}
         _ = stop.cancelled() => return false,
@@ -215,27 +218,64 @@ async fn holders_pass_unfinished(shared: &Shared, key: &str, stop: &Cancellation
 /// Delivers the shards it can claim of the pass of `key` another worker holds
 /// (`delivery::shards`); a failure is logged, and the holder or another worker delivers them.
 async fn help_deliver(shared: &Shared, key: &str, stop: &CancellationToken) {
-    let store = shared.store.claimed_by(&shared.owner, shared.config.lease_ttl);
-    if !store.delivers_in_shards() || !shared.destination.shared_by_workers() {
-        return;
-    }
+    let Some(store) = sharing_store(shared) else { return };
     let progress = Progress::off().stage(format!("{key}: delivering shards"), "rows answered", None);
-    let sharding = Sharding {
-        store: &store,
-        destination: &shared.destination,
-        policy: &shared.config.retry,
-        deadline: tokio::time::Instant::now() + shared.config.retry.budget,
-        stop,
-        progress: &progress,
-        metrics: &shared.metrics,
-        ttl: shared.config.lease_ttl,
-        shard_rows: shared.config.delivery_shard_rows,
-    };
-    match delivery::shards::help(&sharding, key).await {
+    match delivery::shards::help(&sharding(shared, &store, stop, &progress), key).await {
         Ok(0) => {}
         Ok(shards) => tracing::info!(computation = %key, shards, "delivered shards of another worker's pass"),
         Err(e) => tracing::warn!(computation = %key, error = %format!("{e:#}"), "stopped delivering a shard"),
     }
+}
+
+/// Between its own passes, a daemon delivers the shards of other workers' passes of its
+/// computations, whether or not its schedule met them (a `sync` run by hand, say), until `stop`.
+async fn help_while_idle(shared: Arc<Shared>, stop: CancellationToken) {
+    let Some(store) = sharing_store(&shared) else { return };
+    let known: Vec<String> = shared.config.computations.iter().map(|c| c.key.clone()).collect();
+    let progress = Progress::off().stage("delivering shards".into(), "rows answered", None);
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(watch_poll(&shared.config)) => {}
+            _ = stop.cancelled() => return,
+        }
+        // A computation this process runs or watches a pass of is helped there.
+        let busy = |key: &str| shared.running.lock().unwrap_or_else(|p| p.into_inner()).contains(key);
+        match delivery::shards::help_any(&sharding(&shared, &store, &stop, &progress), &known, busy).await {
+            Ok(0) => {}
+            Ok(shards) => tracing::info!(shards, "delivered shards of other workers' passes"),
+            Err(e) => tracing::warn!(error = %format!("{e:#}"), "stopped delivering a shard"),
+        }
+    }
+}
+
+/// The state as this daemon's shard deliveries write it, where deliveries are shared out.
+fn sharing_store(shared: &Shared) -> Option<Store> {
+    let store = shared.store.claimed_by(&shared.owner, shared.config.lease_ttl);
+    (store.delivers_in_shards() && shared.destination.shared_by_workers()).then_some(store)
+}
+
+fn sharding<'a>(
+    shared: &'a Shared,
+    store: &'a Store,
+    stop: &'a CancellationToken,
+    progress: &'a Stage,
+) -> Sharding<'a> {
+    Sharding {
+        store,
+        destination: &shared.destination,
+        policy: &shared.config.retry,
+        deadline: tokio::time::Instant::now() + shared.config.retry.budget,
+        stop,
+        progress,
+        metrics: &shared.metrics,
+        ttl: shared.config.lease_ttl,
+        shard_rows: shared.config.delivery_shard_rows,
+    }
+}
+
+/// How often a daemon looks at passes other workers hold: a quarter of the lease, 2 s at most.
+fn watch_poll(config: &Config) -> std::time::Duration {
+    (config.lease_ttl / 4).clamp(std::time::Duration::from_millis(250), std::time::Duration::from_secs(2))
 }
 
 async fn leased_pass(shared: &Shared, keys: &[String], stop: CancellationToken) -> anyhow::Result<Ran> {

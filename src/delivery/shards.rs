@@ -109,6 +109,25 @@ pub async fn help(s: &Sharding<'_>, key: &str) -> anyhow::Result<u64> {
     Ok(delivered)
 }
 
+/// An idle worker: delivers the shards it can claim of any delivery whose computations it knows
+/// (`known`: its config's) and in which no pass of its own takes part (`busy`). Returns how
+/// many it delivered.
+pub async fn help_any(s: &Sharding<'_>, known: &[String], busy: impl Fn(&str) -> bool) -> anyhow::Result<u64> {
+    let (mut skipped, mut delivered) = (Vec::new(), 0);
+    while !s.stop.is_cancelled() {
+        let Some(claim) = s.store.claim_shard(ShardsOf::Any { except: &skipped }).await? else { break };
+        if claim.runs.keys().any(|k| !known.contains(k) || busy(k)) {
+            s.store.release_shard(&claim).await?;
+            skipped.push(claim.round);
+            continue;
+        }
+        tracing::info!(pass_id = claim.round, shard = claim.shard, shards = claim.shards, "delivering a shard");
+        deliver_shard(s, &claim, false).await?;
+        delivered += 1;
+    }
+    Ok(delivered)
+}
+
 /// Delivers the users of one claimed shard, renewing the claim meanwhile, and marks it done;
 /// on a stop gives it back undone, for another worker to claim at once.
 async fn deliver_shard(s: &Sharding<'_>, claim: &ShardClaim, holds_pass: bool) -> anyhow::Result<()> {

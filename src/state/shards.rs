@@ -23,6 +23,8 @@ pub enum ShardsOf<'a> {
     Round(i64),
     /// Those of any delivery of this computation (a pass another worker holds).
     Computation(&'a str),
+    /// Those of any delivery but the rounds `except` (an idle worker's).
+    Any { except: &'a [i64] },
 }
 
 /// A delivery in shards still running, for `status`: how far, and which workers deliver it now.

@@ -128,7 +128,9 @@ async fn a_stalled_worker_loses_its_lease_on_the_databases_clock_and_stops_befor
 #[tokio::test]
 #[ignore = "needs a Postgres server: set AUDIENCE_SYNC_TEST_POSTGRES_URL (see README, Development)"]
 async fn a_worker_cut_off_from_the_database_stops_and_another_delivers_the_rest() {
-    let server = slow_destination().await;
+    // Slow enough (5 s for all) that the worker is still delivering when it is cut off, however
+    // loaded the machine (with 20 ms it once finished first).
+    let server = slow_server(50).await;
     let apps = workers(&server, 2);
     let cut_off = start_sync(&apps[0], &[]);
     wait_for_requests(&server, MEMBERS / 4).await;
@@ -307,6 +309,29 @@ async fn a_holder_killed_while_others_deliver_its_shards_leaves_them_delivering_
     first_sync_done(&apps[0]).await;
     stop_all(daemons);
     all_delivered_with_at_most(&server, &apps[0], CONCURRENCY).await;
+}
+
+#[tokio::test]
+#[ignore = "needs a Postgres server: set AUDIENCE_SYNC_TEST_POSTGRES_URL (see README, Development)"]
+async fn idle_daemons_help_deliver_a_sync_run_by_hand() {
+    let server = slow_server(100).await;
+    let (apps, daemons) = sharing_daemons(&server, 3);
+    first_sync_done(&apps[0]).await;
+    // Nothing is due for the daemons now: four hundred more members, synced by hand.
+    let users: Vec<String> = (0..2 * MEMBERS).map(|i| format!("user-{i:04}")).collect();
+    apps[0].write("big.csv", &csv_users(&users.iter().map(String::as_str).collect::<Vec<_>>()));
+    let sync = start_sync(&apps[0], &[]);
+    let by_hand = i64::from(sync.id());
+    let out = finish(sync).await;
+    assert!(out.status.success(), "{}", stderr(&out));
+    let deliverers = shard_deliverers(&apps[0]).await;
+    assert_eq!(deliverers.len(), MEMBERS / 50, "every shard of the second delivery done");
+    assert!(deliverers.iter().any(|pid| *pid != by_hand), "the daemons delivered shards of it: {deliverers:?}");
+    stop_all(daemons);
+    let sent = sends(&server).await;
+    assert_eq!(sent.len(), 2 * MEMBERS, "every member delivered");
+    assert!(sent.values().all(|n| *n == 1), "each sent once");
+    assert_eq!(apps[0].pending_count().await, 0);
 }
 
 #[tokio::test]

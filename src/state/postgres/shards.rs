@@ -24,10 +24,25 @@ pub(super) fn in_shard(shard: &str, shards: &str) -> String {
     format!("abs(hashtextextended(m.user_id, 0) % {shards}) = {shard}")
 }
 
-/// SQL: the `runs` of the `delivery_shards` row `d` name the computation `$2`. Found as text
-/// (`"key":`), not cast to JSON: a row an operator mangled by hand must not fail every worker's
-/// query (it is parsed only once claimed, and a delivery whose run ended is ignored).
-const HAS_KEY: &str = "strpos(d.runs, to_json($2::text)::text || ':') > 0";
+/// SQL: the `delivery_shards` row `d` is one of `ShardsOf`, bound by `which` as $1, $2 and
+/// `except`. A computation is found in `runs` as text (`"key":`), not cast to JSON: a row an
+/// operator mangled by hand must not fail every worker's query (it is parsed only once claimed,
+/// and a delivery whose run ended is ignored).
+fn which_sql(except: &str) -> String {
+    format!(
+        "(d.round_id = $1 OR strpos(d.runs, to_json($2::text)::text || ':') > 0 \
+         OR ({except}::bigint[] IS NOT NULL AND d.round_id <> ALL({except})))"
+    )
+}
+
+/// `ShardsOf` as the parameters of `which_sql`: a round, a computation, the rounds excepted.
+fn which<'a>(of: ShardsOf<'a>) -> (Option<i64>, Option<&'a str>, Option<&'a [i64]>) {
+    match of {
+        ShardsOf::Round(round) => (Some(round), None, None),
+        ShardsOf::Computation(key) => (None, Some(key), None),
+        ShardsOf::Any { except } => (None, None, Some(except)),
+    }
+}
 
 /// SQL: the round of the `delivery_shards` row `d` is still being delivered.
 const ROUND_RUNNING: &str = "EXISTS (SELECT 1 FROM sync_runs r WHERE r.id = d.round_id AND r.status = 'running')";
@@ -72,19 +87,17 @@ impl Store {
     /// still running; `None` when there is none.
     pub async fn claim_shard(&self, of: ShardsOf<'_>) -> anyhow::Result<Option<ShardClaim>> {
         let Some(claim) = &self.claim else { return Ok(None) };
-        let (round, key) = match of {
-            ShardsOf::Round(round) => (Some(round), None),
-            ShardsOf::Computation(key) => (None, Some(key)),
-        };
+        let (round, key, except) = which(of);
         let owner = claim.owner();
         let row: Option<(i64, i32, i32, String)> = sqlx::query_as(AssertSqlSafe(format!(
             "UPDATE delivery_shards SET owner = $3, pid = $4, host = $5, expires_at = {expiry} \
              WHERE (round_id, shard) = (SELECT round_id, shard FROM delivery_shards d \
                  WHERE d.done_at IS NULL AND (d.owner IS NULL OR d.expires_at <= {DB_NOW}) \
-                 AND (d.round_id = $1 OR {HAS_KEY}) AND {ROUND_RUNNING} \
+                 AND {which} AND {ROUND_RUNNING} \
                  ORDER BY d.round_id, d.shard LIMIT 1 FOR UPDATE SKIP LOCKED) \
              RETURNING round_id, shard, shards, runs",
             expiry = super::leases::expiry("$6"),
+            which = which_sql("$7"),
         )))
         .bind(round)
         .bind(key)
@@ -92,11 +105,14 @@ impl Store {
         .bind(i64::from(owner.pid))
         .bind(&owner.host)
         .bind(claim.ttl().as_millis() as i64)
+        .bind(except)
         .fetch_optional(&self.pool)
         .await?;
         row.map(|(round, shard, shards, runs)| {
             let runs = serde_json::from_str(&runs).with_context(|| {
-                format!("delivery_shards row (round_id {round}, shard {shard}): its runs are not JSON (edited by hand?)")
+                format!(
+                    "delivery_shards row (round_id {round}, shard {shard}): its runs are not JSON (edited by hand?)"
+                )
             })?;
             Ok(ShardClaim { round, shard, shards, runs })
         })
@@ -157,16 +173,15 @@ impl Store {
 
     /// How many shards of `of` are not done yet, of deliveries still running.
     pub async fn shards_left(&self, of: ShardsOf<'_>) -> anyhow::Result<u64> {
-        let (round, key) = match of {
-            ShardsOf::Round(round) => (Some(round), None),
-            ShardsOf::Computation(key) => (None, Some(key)),
-        };
+        let (round, key, except) = which(of);
         let left: i64 = sqlx::query_scalar(AssertSqlSafe(format!(
             "SELECT count(*) FROM delivery_shards d WHERE d.done_at IS NULL \
-             AND (d.round_id = $1 OR {HAS_KEY}) AND {ROUND_RUNNING}"
+             AND {} AND {ROUND_RUNNING}",
+            which_sql("$3")
         )))
         .bind(round)
         .bind(key)
+        .bind(except)
         .fetch_one(&self.pool)
         .await?;
         Ok(left as u64)
