@@ -22,6 +22,18 @@ pub enum Destination {
     File { path: PathBuf },
 }
 
+impl Destination {
+    /// Which destination this is, as workers compare it: its type and address, never a
+    /// secret. Workers whose configs differ here must not deliver each other's shards.
+    pub fn identity(&self) -> String {
+        match self {
+            Destination::Contentstack(c) => format!("contentstack {} {}", c.edge_api_base_url, c.project_uid),
+            Destination::Segment(s) => format!("segment {} {:?}", s.endpoint, s.events),
+            Destination::File { path } => format!("file {}", path.display()),
+        }
+    }
+}
+
 /// What every HTTP destination shares: how many requests, how fast, how long to wait.
 #[derive(Debug, Clone)]
 pub struct HttpConfig {

@@ -270,6 +270,7 @@ fn sharding<'a>(
         metrics: &shared.metrics,
         ttl: shared.config.lease_ttl,
         shard_rows: shared.config.delivery_shard_rows,
+        destination_id: shared.config.destination.identity(),
     }
 }
 

@@ -48,6 +48,9 @@ pub struct Sharding<'a> {
     pub ttl: Duration,
     /// Rows per shard, about.
     pub shard_rows: u64,
+    /// The destination as workers compare it (`config::Destination::identity`): shards go
+    /// only to workers whose config names the same.
+    pub destination_id: String,
 }
 
 /// The pass's holder: opens the shards of `work`'s `rows` pending rows and delivers them with
@@ -56,10 +59,18 @@ pub struct Sharding<'a> {
 pub async fn deliver_in_shards(s: &Sharding<'_>, work: Work, rows: u64) -> anyhow::Result<DeliveryReport> {
     let Some(&round) = work.runs.values().min() else { return Ok(DeliveryReport::default()) };
     let shards = shards_for(rows, s.shard_rows);
-    s.store.open_shards(round, shards, &work.runs).await?;
+    s.store.open_shards(round, shards, &work.runs, &s.destination_id).await?;
     tracing::info!(pass_id = round, shards, rows, "delivering in shards: other workers may claim them");
     deliver_all(s, ShardsOf::Round(round), true).await?;
-    summed(&s.store.shard_reports(round).await?)
+    let mut report = summed(&s.store.shard_reports(round).await?)?;
+    // The runs count every answer recorded, a shard given back half done included.
+    for (key, run) in &work.runs {
+        if let Some((delivered, failed)) = s.store.run_answers(*run).await? {
+            let r = report.key(key);
+            (r.delivered, r.failed) = (delivered, failed);
+        }
+    }
+    Ok(report)
 }
 
 /// A worker taking over the passes of `keys` from one that died while other workers delivered
@@ -69,7 +80,7 @@ pub async fn deliver_in_shards(s: &Sharding<'_>, work: Work, rows: u64) -> anyho
 /// re-send what it had in flight.
 pub async fn finish_deliveries_left(s: &Sharding<'_>, keys: &[String]) -> anyhow::Result<()> {
     for key in keys {
-        if s.store.shards_left(ShardsOf::Computation(key)).await? > 0 {
+        if s.store.shards_left(ShardsOf::Computation(key), &s.destination_id).await? > 0 {
             tracing::info!(computation = %key, "finishing the shards of a pass taken over");
             deliver_all(s, ShardsOf::Computation(key), false).await?;
         }
@@ -81,11 +92,11 @@ pub async fn finish_deliveries_left(s: &Sharding<'_>, keys: &[String]) -> anyhow
 /// worker) or a stop; `holds_pass`: this worker holds the leases of all of their computations.
 async fn deliver_all(s: &Sharding<'_>, of: ShardsOf<'_>, holds_pass: bool) -> anyhow::Result<()> {
     while !s.stop.is_cancelled() {
-        if let Some(claim) = s.store.claim_shard(of).await? {
+        if let Some(claim) = s.store.claim_shard(of, &s.destination_id).await? {
             deliver_shard(s, &claim, holds_pass).await?;
             continue;
         }
-        if s.store.shards_left(of).await? == 0 {
+        if s.store.shards_left(of, &s.destination_id).await? == 0 {
             break;
         }
         tokio::select! {
@@ -101,7 +112,7 @@ async fn deliver_all(s: &Sharding<'_>, of: ShardsOf<'_>, holds_pass: bool) -> an
 pub async fn help(s: &Sharding<'_>, key: &str) -> anyhow::Result<u64> {
     let mut delivered = 0;
     while !s.stop.is_cancelled() {
-        let Some(claim) = s.store.claim_shard(ShardsOf::Computation(key)).await? else { break };
+        let Some(claim) = s.store.claim_shard(ShardsOf::Computation(key), &s.destination_id).await? else { break };
         tracing::info!(pass_id = claim.round, shard = claim.shard, shards = claim.shards, "delivering a shard");
         deliver_shard(s, &claim, false).await?;
         delivered += 1;
@@ -115,7 +126,9 @@ pub async fn help(s: &Sharding<'_>, key: &str) -> anyhow::Result<u64> {
 pub async fn help_any(s: &Sharding<'_>, known: &[String], busy: impl Fn(&str) -> bool) -> anyhow::Result<u64> {
     let (mut skipped, mut delivered) = (Vec::new(), 0);
     while !s.stop.is_cancelled() {
-        let Some(claim) = s.store.claim_shard(ShardsOf::Any { except: &skipped }).await? else { break };
+        let Some(claim) = s.store.claim_shard(ShardsOf::Any { except: &skipped }, &s.destination_id).await? else {
+            break;
+        };
         if claim.runs.keys().any(|k| !known.contains(k) || busy(k)) {
             s.store.release_shard(&claim).await?;
             skipped.push(claim.round);

@@ -414,6 +414,7 @@ fn sharding<'a>(
         metrics: &options.metrics,
         ttl: config.lease_ttl,
         shard_rows: config.delivery_shard_rows,
+        destination_id: config.destination.identity(),
     }
 }
 

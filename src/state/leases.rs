@@ -4,7 +4,9 @@
 /// The pass writing through a store lost the lease of one of its computations: another
 /// process took it over, and this one must stop before writing anything more.
 #[derive(Debug, Clone, thiserror::Error)]
-#[error("lost the lease of {keys}: another process took it over; stopping without writing more")]
+#[error(
+    "lost the lease of {keys}: it lapsed, went to another process, or its pass ended; stopping without writing more"
+)]
 pub struct LeaseLost {
     pub keys: String,
 }

@@ -109,18 +109,24 @@ impl Store {
         }
     }
 
-    /// Opens `shards` shards of the delivery `round` of `runs`.
-    pub async fn open_shards(&self, round: i64, shards: i32, runs: &BTreeMap<String, i64>) -> anyhow::Result<()> {
+    /// Opens `shards` shards of the delivery `round` of `runs`, to `destination`.
+    pub async fn open_shards(
+        &self,
+        round: i64,
+        shards: i32,
+        runs: &BTreeMap<String, i64>,
+        destination: &str,
+    ) -> anyhow::Result<()> {
         match self {
-            Store::Postgres(s) => postgres::patiently(|| s.open_shards(round, shards, runs)).await,
+            Store::Postgres(s) => postgres::patiently(|| s.open_shards(round, shards, runs, destination)).await,
             Store::Sqlite(_) => anyhow::bail!("a SQLite state delivers in one process"),
         }
     }
 
-    /// Claims an open shard, if there is one.
-    pub async fn claim_shard(&self, of: ShardsOf<'_>) -> anyhow::Result<Option<ShardClaim>> {
+    /// Claims an open shard of a delivery to `destination`, if there is one.
+    pub async fn claim_shard(&self, of: ShardsOf<'_>, destination: &str) -> anyhow::Result<Option<ShardClaim>> {
         match self {
-            Store::Postgres(s) => postgres::patiently(|| s.claim_shard(of)).await,
+            Store::Postgres(s) => postgres::patiently(|| s.claim_shard(of, destination)).await,
             Store::Sqlite(_) => Ok(None),
         }
     }
@@ -148,10 +154,10 @@ impl Store {
         }
     }
 
-    /// How many shards of `of` are not done yet, of deliveries still running.
-    pub async fn shards_left(&self, of: ShardsOf<'_>) -> anyhow::Result<u64> {
+    /// How many shards of `of` are not done yet, of deliveries to `destination` still running.
+    pub async fn shards_left(&self, of: ShardsOf<'_>, destination: &str) -> anyhow::Result<u64> {
         match self {
-            Store::Postgres(s) => postgres::patiently(|| s.shards_left(of)).await,
+            Store::Postgres(s) => postgres::patiently(|| s.shards_left(of, destination)).await,
             Store::Sqlite(_) => Ok(0),
         }
     }
@@ -161,6 +167,18 @@ impl Store {
         match self {
             Store::Postgres(s) => postgres::patiently(|| s.shard_progress()).await,
             Store::Sqlite(_) => Ok(Vec::new()),
+        }
+    }
+
+    /// The answers recorded on the run `run` (delivered, failed), by every worker that
+    /// delivered shards of it; none on SQLite (one process, its own report).
+    pub async fn run_answers(&self, run: i64) -> anyhow::Result<Option<(u64, u64)>> {
+        match self {
+            Store::Postgres(s) => {
+                let counts = postgres::patiently(|| s.run_answers(run)).await?;
+                Ok(counts.map(|(d, f)| (d as u64, f as u64)))
+            }
+            Store::Sqlite(_) => Ok(None),
         }
     }
 

@@ -100,7 +100,7 @@ async fn two_workers_started_together_on_an_empty_database_set_it_up_once_and_se
             .fetch_all(&db)
             .await
             .unwrap();
-    assert_eq!(migrations, [(1, 1), (2, 1)], "each migration applied once, whole");
+    assert_eq!(migrations, [(1, 1), (2, 1), (3, 1)], "each migration applied once, whole");
 }
 
 #[tokio::test]
@@ -286,6 +286,11 @@ async fn the_shard_of_a_worker_killed_mid_delivery_is_claimed_again_and_nothing_
     let deliverers = shard_deliverers(&apps[0]).await;
     assert_eq!(deliverers.len(), MEMBERS / 50, "every shard delivered");
     assert_ne!(deliverers[its_shard as usize], helper, "the killed worker's shard went to another");
+    let delivered: i64 = sqlx::query_scalar("SELECT delivered FROM sync_runs WHERE computation_key = 'big'")
+        .fetch_one(&apps[0].db().await)
+        .await
+        .unwrap();
+    assert_eq!(delivered as usize, MEMBERS, "the run counts the killed worker's answers too");
 }
 
 #[tokio::test]
@@ -336,6 +341,66 @@ async fn idle_daemons_help_deliver_a_sync_run_by_hand() {
 
 #[tokio::test]
 #[ignore = "needs a Postgres server: set AUDIENCE_SYNC_TEST_POSTGRES_URL (see README, Development)"]
+async fn a_daemon_sending_to_another_destination_delivers_no_shard_of_the_pass() {
+    let (server, elsewhere) = (slow_server(50).await, slow_server(0).await);
+    let url = new_postgres_database();
+    let config = |snapshot: &str| {
+        let never = "[schedule]\ncron = \"0 0 0 1 1 *\"\n\n";
+        let sync = format!("[sync]\nlease_ttl_secs = {LEASE_TTL_SECS}\ndelivery_shard_rows = 50\n\n");
+        format!("{never}{sync}{}", audience("Big", snapshot))
+    };
+    let to = |server: &MockServer| contentstack_destination(&server.uri(), CONCURRENCY, "");
+    let app = TestApp::with_state(Some(url.clone()), &to(&server), &config("big.csv"));
+    let members = |n: usize| (0..n).map(|i| format!("user-{i:04}")).collect::<Vec<_>>();
+    app.write("big.csv", &csv_users(&members(MEMBERS).iter().map(String::as_str).collect::<Vec<_>>()));
+    assert_success(&app.run(&["sync"]).await);
+    // Nothing is due for it (the first sync just finished): it only helps.
+    let other = TestApp::with_state(Some(url), &to(&elsewhere), &config(&app.path("big.csv").display().to_string()));
+    let daemons = start_daemons(std::slice::from_ref(&other));
+    app.write("big.csv", &csv_users(&members(2 * MEMBERS).iter().map(String::as_str).collect::<Vec<_>>()));
+    assert_success(&app.run(&["sync"]).await);
+    stop_all(daemons);
+    assert!(received(&elsewhere).await.is_empty(), "the other destination got a shard of the pass");
+    let sent = sends(&server).await;
+    assert_eq!(sent.len(), 2 * MEMBERS, "every member delivered to the pass's destination");
+    assert!(sent.values().all(|n| *n == 1), "each once");
+    assert_eq!(shard_deliverers(&app).await.len(), MEMBERS / 50, "the second delivery was in shards");
+}
+
+#[tokio::test]
+#[ignore = "needs a Postgres server: set AUDIENCE_SYNC_TEST_POSTGRES_URL (see README, Development)"]
+async fn a_shard_mangled_mid_delivery_is_set_aside_and_its_rows_sent_by_the_next_pass() {
+    let server = slow_server(50).await;
+    let apps = workers_set(&server, 1, "", "delivery_shard_rows = 50\n");
+    let app = &apps[0];
+    let sync = start_sync(app, &[]);
+    let db = app.db().await;
+    let mangled = std::sync::Mutex::new(0u64);
+    let (db, seen) = (&db, &mangled);
+    wait_until(60, "shards to mangle", move || async move {
+        let done = sqlx::query("UPDATE delivery_shards SET runs = 'garbage' WHERE owner IS NULL AND done_at IS NULL")
+            .execute(db)
+            .await
+            .map(|r| r.rows_affected())
+            .unwrap_or(0);
+        *seen.lock().unwrap() = done;
+        done > 0
+    })
+    .await;
+    let first = finish(sync).await;
+    let set_aside: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM delivery_shards WHERE runs = 'garbage' AND done_at IS NOT NULL")
+            .fetch_one(db)
+            .await
+            .unwrap();
+    assert_eq!(set_aside as u64, *mangled.lock().unwrap(), "each mangled shard set aside: {}", stderr(&first));
+    assert!(stderr(&first).contains("not JSON"), "{}", stderr(&first));
+    assert_success(&app.run(&["sync"]).await);
+    all_delivered_with_at_most(&server, app, 0).await;
+}
+
+#[tokio::test]
+#[ignore = "needs a Postgres server: set AUDIENCE_SYNC_TEST_POSTGRES_URL (see README, Development)"]
 async fn a_delivery_shard_mangled_by_hand_does_not_stop_the_next_passes() {
     let server = slow_server(0).await;
     let apps = workers_set(&server, 1, "", "delivery_shard_rows = 50\n");
@@ -350,10 +415,14 @@ async fn a_delivery_shard_mangled_by_hand_does_not_stop_the_next_passes() {
     .execute(&db)
     .await
     .unwrap();
-    sqlx::query("INSERT INTO delivery_shards (round_id, shard, shards, runs) VALUES (999, 7, 8, '{\"big\": [oops')")
-        .execute(&db)
-        .await
-        .unwrap();
+    let inserted = sqlx::query(
+        "INSERT INTO delivery_shards (round_id, shard, shards, runs, destination) \
+         SELECT 999, 7, 8, '{\"big\": [oops', destination FROM delivery_shards LIMIT 1",
+    )
+    .execute(&db)
+    .await
+    .unwrap();
+    assert_eq!(inserted.rows_affected(), 1, "a shard of the first sync's delivery to copy its destination from");
     // A hundred more members: a delivery in shards.
     let users: Vec<String> = (0..MEMBERS + 100).map(|i| format!("user-{i:04}")).collect();
     app.write("big.csv", &csv_users(&users.iter().map(String::as_str).collect::<Vec<_>>()));

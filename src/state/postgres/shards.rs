@@ -5,7 +5,6 @@
 
 use std::collections::BTreeMap;
 
-use anyhow::Context;
 use sqlx::{AssertSqlSafe, PgConnection};
 
 use super::{DB_NOW, Store};
@@ -62,61 +61,93 @@ impl Store {
         self.shard.as_ref().map(|d| (d.claim.shard, d.claim.shards))
     }
 
-    /// Opens `shards` shards of the delivery `round` of `runs` (checked against the pass's
-    /// leases), and drops the shards of deliveries whose runs have ended.
-    pub async fn open_shards(&self, round: i64, shards: i32, runs: &BTreeMap<String, i64>) -> anyhow::Result<()> {
+    /// Opens `shards` shards of the delivery `round` of `runs` to `destination` (checked against
+    /// the pass's leases), and drops the shards of deliveries whose runs have ended.
+    pub async fn open_shards(
+        &self,
+        round: i64,
+        shards: i32,
+        runs: &BTreeMap<String, i64>,
+        destination: &str,
+    ) -> anyhow::Result<()> {
         let keys: Vec<String> = runs.keys().cloned().collect();
         let mut tx = self.begin_holding(&keys).await?;
         sqlx::query(AssertSqlSafe(format!("DELETE FROM delivery_shards d WHERE NOT {ROUND_RUNNING}")))
             .execute(&mut *tx)
             .await?;
         sqlx::query(
-            "INSERT INTO delivery_shards (round_id, shard, shards, runs) \
-             SELECT $1, s, $2, $3 FROM generate_series(0, $2 - 1) s ON CONFLICT DO NOTHING",
+            "INSERT INTO delivery_shards (round_id, shard, shards, runs, destination) \
+             SELECT $1, s, $2, $3, $4 FROM generate_series(0, $2 - 1) s ON CONFLICT DO NOTHING",
         )
         .bind(round)
         .bind(shards)
         .bind(serde_json::to_string(runs)?)
+        .bind(destination)
         .execute(&mut *tx)
         .await?;
         tx.commit().await?;
         Ok(())
     }
 
-    /// Claims a shard that is neither done nor claimed (or whose claim lapsed) of a delivery
-    /// still running; `None` when there is none.
-    pub async fn claim_shard(&self, of: ShardsOf<'_>) -> anyhow::Result<Option<ShardClaim>> {
+    /// Claims a shard that is neither done nor claimed (or whose claim lapsed) of a delivery to
+    /// `destination` still running; `None` when there is none.
+    pub async fn claim_shard(&self, of: ShardsOf<'_>, destination: &str) -> anyhow::Result<Option<ShardClaim>> {
         let Some(claim) = &self.claim else { return Ok(None) };
         let (round, key, except) = which(of);
         let owner = claim.owner();
-        let row: Option<(i64, i32, i32, String)> = sqlx::query_as(AssertSqlSafe(format!(
-            "UPDATE delivery_shards SET owner = $3, pid = $4, host = $5, expires_at = {expiry} \
-             WHERE (round_id, shard) = (SELECT round_id, shard FROM delivery_shards d \
-                 WHERE d.done_at IS NULL AND (d.owner IS NULL OR d.expires_at <= {DB_NOW}) \
-                 AND {which} AND {ROUND_RUNNING} \
-                 ORDER BY d.round_id, d.shard LIMIT 1 FOR UPDATE SKIP LOCKED) \
-             RETURNING round_id, shard, shards, runs",
-            expiry = super::leases::expiry("$6"),
-            which = which_sql("$7"),
+        loop {
+            let row: Option<(i64, i32, i32, String)> = sqlx::query_as(AssertSqlSafe(format!(
+                "UPDATE delivery_shards SET owner = $3, pid = $4, host = $5, expires_at = {expiry} \
+                 WHERE (round_id, shard) = (SELECT round_id, shard FROM delivery_shards d \
+                     WHERE d.done_at IS NULL AND (d.owner IS NULL OR d.expires_at <= {DB_NOW}) \
+                     AND {which} AND d.destination = $8 AND {ROUND_RUNNING} \
+                     ORDER BY d.round_id, d.shard LIMIT 1 FOR UPDATE SKIP LOCKED) \
+                 RETURNING round_id, shard, shards, runs",
+                expiry = super::leases::expiry("$6"),
+                which = which_sql("$7"),
+            )))
+            .bind(round)
+            .bind(key)
+            .bind(&owner.id)
+            .bind(i64::from(owner.pid))
+            .bind(&owner.host)
+            .bind(claim.ttl().as_millis() as i64)
+            .bind(except)
+            .bind(destination)
+            .fetch_optional(&self.pool)
+            .await?;
+            let Some((round, shard, shards, runs)) = row else { return Ok(None) };
+            match serde_json::from_str(&runs) {
+                Ok(runs) => return Ok(Some(ShardClaim { round, shard, shards, runs })),
+                Err(e) => self.set_aside(round, shard, &e).await?,
+            }
+        }
+    }
+
+    /// Marks done, undelivered, a claimed shard whose `runs` are not JSON (edited by hand): its
+    /// rows stay pending, and its pass ends incomplete, for the next one to send them; claimed
+    /// again and again instead, it would hold its pass until every worker gave up.
+    async fn set_aside(&self, round: i64, shard: i32, error: &serde_json::Error) -> anyhow::Result<()> {
+        tracing::error!(
+            round_id = round, shard, %error,
+            "a delivery_shards row's runs are not JSON (edited by hand?): set aside; its rows stay pending for the next pass"
+        );
+        sqlx::query(AssertSqlSafe(format!(
+            "UPDATE delivery_shards SET done_at = {DB_NOW}, expires_at = NULL WHERE round_id = $1 AND shard = $2"
         )))
         .bind(round)
-        .bind(key)
-        .bind(&owner.id)
-        .bind(i64::from(owner.pid))
-        .bind(&owner.host)
-        .bind(claim.ttl().as_millis() as i64)
-        .bind(except)
-        .fetch_optional(&self.pool)
+        .bind(shard)
+        .execute(&self.pool)
         .await?;
-        row.map(|(round, shard, shards, runs)| {
-            let runs = serde_json::from_str(&runs).with_context(|| {
-                format!(
-                    "delivery_shards row (round_id {round}, shard {shard}): its runs are not JSON (edited by hand?)"
-                )
-            })?;
-            Ok(ShardClaim { round, shard, shards, runs })
-        })
-        .transpose()
+        Ok(())
+    }
+
+    /// The answers recorded on the run `run`: delivered, failed.
+    pub async fn run_answers(&self, run: i64) -> anyhow::Result<Option<(i64, i64)>> {
+        Ok(sqlx::query_as("SELECT delivered, failed FROM sync_runs WHERE id = $1")
+            .bind(run)
+            .fetch_optional(&self.pool)
+            .await?)
     }
 
     /// Extends this worker's claim of `shard`; `LeaseLost` when it lapsed, went to another
@@ -171,17 +202,18 @@ impl Store {
         Ok(())
     }
 
-    /// How many shards of `of` are not done yet, of deliveries still running.
-    pub async fn shards_left(&self, of: ShardsOf<'_>) -> anyhow::Result<u64> {
+    /// How many shards of `of` are not done yet, of deliveries to `destination` still running.
+    pub async fn shards_left(&self, of: ShardsOf<'_>, destination: &str) -> anyhow::Result<u64> {
         let (round, key, except) = which(of);
         let left: i64 = sqlx::query_scalar(AssertSqlSafe(format!(
             "SELECT count(*) FROM delivery_shards d WHERE d.done_at IS NULL \
-             AND {} AND {ROUND_RUNNING}",
+             AND {} AND d.destination = $4 AND {ROUND_RUNNING}",
             which_sql("$3")
         )))
         .bind(round)
         .bind(key)
         .bind(except)
+        .bind(destination)
         .fetch_one(&self.pool)
         .await?;
         Ok(left as u64)
