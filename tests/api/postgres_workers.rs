@@ -184,13 +184,40 @@ async fn a_daemon_takes_over_the_pass_of_a_daemon_killed_mid_first_sync_without_
 }
 
 /// `run` on each of `apps`.
-fn start_daemons(apps: &[TestApp]) -> Vec<Child> {
-    apps.iter().map(|app| app.command(&["run"]).stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap()).collect()
+fn start_daemons(apps: &[TestApp]) -> Daemons {
+    let run = |app: &TestApp| app.command(&["run"]).stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
+    Daemons(apps.iter().map(run).collect())
+}
+
+/// Daemons started by a test; those still running when it ends (it failed before `stop_all`)
+/// are killed, not left running after the test binary.
+struct Daemons(Vec<Child>);
+
+impl std::ops::Deref for Daemons {
+    type Target = Vec<Child>;
+    fn deref(&self) -> &Vec<Child> {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for Daemons {
+    fn deref_mut(&mut self) -> &mut Vec<Child> {
+        &mut self.0
+    }
+}
+
+impl Drop for Daemons {
+    fn drop(&mut self) {
+        for daemon in &mut self.0 {
+            let _ = daemon.kill();
+            let _ = daemon.wait();
+        }
+    }
 }
 
 /// Daemons only (no tick for months: the start's catch-up runs the pass), the deliveries of
 /// more than 50 rows cut into shards: `MEMBERS` / 50 of them.
-fn sharing_daemons(server: &MockServer, workers: usize) -> (Vec<TestApp>, Vec<Child>) {
+fn sharing_daemons(server: &MockServer, workers: usize) -> (Vec<TestApp>, Daemons) {
     let apps = workers_set(server, workers, "[schedule]\ncron = \"0 0 0 1 1 *\"\n\n", "delivery_shard_rows = 50\n");
     let daemons = start_daemons(&apps);
     (apps, daemons)
@@ -209,8 +236,8 @@ async fn first_sync_done(app: &TestApp) {
 }
 
 /// Stops `daemons` with SIGTERM; each exits cleanly.
-fn stop_all(daemons: Vec<Child>) {
-    for mut daemon in daemons {
+fn stop_all(mut daemons: Daemons) {
+    for mut daemon in std::mem::take(&mut daemons.0) {
         signal(&daemon, libc::SIGTERM);
         assert!(daemon.wait().unwrap().success());
     }
