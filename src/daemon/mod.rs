@@ -220,31 +220,34 @@ async fn holders_pass_unfinished(shared: &Shared, key: &str, stop: &Cancellation
 async fn help_deliver(shared: &Shared, key: &str, stop: &CancellationToken) {
     let Some(store) = sharing_store(shared) else { return };
     let progress = Progress::off().stage(format!("{key}: delivering shards"), "rows answered", None);
-    match delivery::shards::help(&sharding(shared, &store, stop, &progress), key).await {
-        Ok(0) => {}
-        Ok(shards) => tracing::info!(computation = %key, shards, "delivered shards of another worker's pass"),
-        Err(e) => tracing::warn!(computation = %key, error = %format!("{e:#}"), "stopped delivering a shard"),
-    }
+    help(shared, &store, stop, &progress, Some(key)).await;
 }
 
 /// Between its own passes, a daemon delivers the shards of other workers' passes of its
 /// computations, whether or not its schedule met them (a `sync` run by hand, say), until `stop`.
 async fn help_while_idle(shared: Arc<Shared>, stop: CancellationToken) {
     let Some(store) = sharing_store(&shared) else { return };
-    let known: Vec<String> = shared.config.computations.iter().map(|c| c.key.clone()).collect();
     let progress = Progress::off().stage("delivering shards".into(), "rows answered", None);
     loop {
         tokio::select! {
             _ = tokio::time::sleep(watch_poll(&shared.config)) => {}
             _ = stop.cancelled() => return,
         }
-        // A computation this process runs or watches a pass of is helped there.
-        let busy = |key: &str| shared.running.lock().unwrap_or_else(|p| p.into_inner()).contains(key);
-        match delivery::shards::help_any(&sharding(&shared, &store, &stop, &progress), &known, busy).await {
-            Ok(0) => {}
-            Ok(shards) => tracing::info!(shards, "delivered shards of other workers' passes"),
-            Err(e) => tracing::warn!(error = %format!("{e:#}"), "stopped delivering a shard"),
-        }
+        help(&shared, &store, &stop, &progress, None).await;
+    }
+}
+
+/// Delivers the shards this daemon can claim of other workers' deliveries of its computations,
+/// but those of a computation it runs or watches a pass of itself, unless it is `watched` (the
+/// one the caller watches): that pass delivers its own, and a watch helps only its own.
+async fn help(shared: &Shared, store: &Store, stop: &CancellationToken, progress: &Stage, watched: Option<&str>) {
+    let known: Vec<String> = shared.config.computations.iter().map(|c| c.key.clone()).collect();
+    let busy =
+        |key: &str| watched != Some(key) && shared.running.lock().unwrap_or_else(|p| p.into_inner()).contains(key);
+    match delivery::shards::help_any(&sharding(shared, store, stop, progress), &known, busy).await {
+        Ok(0) => {}
+        Ok(shards) => tracing::info!(shards, "delivered shards of other workers' passes"),
+        Err(e) => tracing::warn!(error = %format!("{e:#}"), "stopped delivering a shard"),
     }
 }
 

@@ -107,22 +107,9 @@ async fn deliver_all(s: &Sharding<'_>, of: ShardsOf<'_>, holds_pass: bool) -> an
     Ok(())
 }
 
-/// A worker watching a pass of `key` that another holds: delivers every shard of it that it
-/// can claim. Returns how many it delivered.
-pub async fn help(s: &Sharding<'_>, key: &str) -> anyhow::Result<u64> {
-    let mut delivered = 0;
-    while !s.stop.is_cancelled() {
-        let Some(claim) = s.store.claim_shard(ShardsOf::Computation(key), &s.destination_id).await? else { break };
-        tracing::info!(pass_id = claim.round, shard = claim.shard, shards = claim.shards, "delivering a shard");
-        deliver_shard(s, &claim, false).await?;
-        delivered += 1;
-    }
-    Ok(delivered)
-}
-
-/// An idle worker: delivers the shards it can claim of any delivery whose computations it knows
-/// (`known`: its config's) and in which no pass of its own takes part (`busy`). Returns how
-/// many it delivered.
+/// A worker helping others: delivers the shards it can claim of any delivery whose computations
+/// it knows (`known`: its config's) and in which no pass of its own takes part (`busy`). Returns
+/// how many it delivered.
 pub async fn help_any(s: &Sharding<'_>, known: &[String], busy: impl Fn(&str) -> bool) -> anyhow::Result<u64> {
     let (mut skipped, mut delivered) = (Vec::new(), 0);
     while !s.stop.is_cancelled() {

@@ -66,12 +66,7 @@ fn epoch_ms() -> u64 {
 /// SQLite's busy handler: whether to try for the lock again after `count` tries, having slept
 /// before the next as SQLite's own busy timeout would.
 pub fn try_again(count: i32) -> bool {
-    if SIGNALLED.load(Ordering::Acquire) {
-        stop_waiting_for_locks();
-    }
-    let since = STOPPING_SINCE.load(Ordering::Acquire);
-    if since != 0 && epoch_ms().saturating_sub(since) >= AFTER_STOP.as_millis() as u64 {
-        GAVE_UP_ON_STOP.store(true, Ordering::Release);
+    if gave_up_on_stop() {
         return false;
     }
     let (delay, waited) = schedule(count.max(0) as u32);
@@ -86,15 +81,21 @@ pub fn try_again(count: i32) -> bool {
 /// `BUSY_TIMEOUT`, nor past a second after the process began to stop. For waits made of
 /// bounded tries (PostgreSQL's `lock_timeout`), as SQLite's busy handler decides its own.
 pub fn may_wait_longer(waited: Duration) -> bool {
+    !gave_up_on_stop() && waited < BUSY_TIMEOUT
+}
+
+/// Whether the process began to stop at least `AFTER_STOP` ago, when lock waits end (noted
+/// for the error to say why).
+fn gave_up_on_stop() -> bool {
     if SIGNALLED.load(Ordering::Acquire) {
         stop_waiting_for_locks();
     }
     let since = STOPPING_SINCE.load(Ordering::Acquire);
-    if since != 0 && epoch_ms().saturating_sub(since) >= AFTER_STOP.as_millis() as u64 {
+    let gave_up = since != 0 && epoch_ms().saturating_sub(since) >= AFTER_STOP.as_millis() as u64;
+    if gave_up {
         GAVE_UP_ON_STOP.store(true, Ordering::Release);
-        return false;
     }
-    waited < BUSY_TIMEOUT
+    gave_up
 }
 
 /// The sleep before try `count + 1`, and the time slept before it: SQLite's own schedule.
