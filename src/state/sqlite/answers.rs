@@ -12,7 +12,7 @@ use std::sync::LazyLock;
 use rusqlite::{Connection, params};
 
 use super::history::HistoryRecorder;
-use super::stored::{computation_id, millis, stored_value};
+use super::stored::{Bound, computation_id, millis, stored_value};
 use super::{Batched, Checkpointer, Param, Store, now};
 use crate::change::Outcome;
 use crate::state::delivery::{AnswerRecords, AnswerWriter};
@@ -28,8 +28,8 @@ struct Answers {
     /// Shared: the computation's number and the time; per row: user, value sent, when it was
     /// decided (as stored).
     insert_synced: Batched<2, 3>,
-    /// The number of each computation written for, as text to bind.
-    ids: HashMap<String, String>,
+    /// The number of each computation written for.
+    ids: HashMap<String, i64>,
     /// The running `sync_runs` row of each computation, whose counts each record adds to.
     runs: BTreeMap<String, i64>,
     /// Writes `delivery_history`, when it is kept.
@@ -196,10 +196,10 @@ fn count_answers(tx: &Connection, runs: &BTreeMap<String, i64>, calls: &[Vec<Out
     Ok(())
 }
 
-/// The number of each computation, as text to bind.
-fn computation_ids(db: &Connection) -> anyhow::Result<HashMap<String, String>> {
+/// The number of each computation.
+fn computation_ids(db: &Connection) -> anyhow::Result<HashMap<String, i64>> {
     let mut ids = db.prepare("SELECT key, id FROM computations")?;
-    let rows = ids.query_map([], |r| Ok((r.get(0)?, r.get::<_, i64>(1)?.to_string())))?;
+    let rows = ids.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?;
     Ok(rows.collect::<rusqlite::Result<_>>()?)
 }
 
@@ -211,7 +211,7 @@ fn insert_synced_sql(values: &str) -> String {
 /// Its values: the computation and the time shared; the user, the value sent (twice), and when
 /// it was decided.
 const INSERT_SYNCED_COLUMNS: &[Param] =
-    &[Param::Shared(1), Param::Own(1), Param::OwnValue(2), Param::OwnValue(2), Param::Own(3), Param::Shared(2)];
+    &[Param::Shared(1), Param::Own(1), Param::Own(2), Param::Own(2), Param::Own(3), Param::Shared(2)];
 
 static ACKED: LazyLock<String> = LazyLock::new(|| {
     format!(
@@ -275,7 +275,7 @@ fn record_one(tx: &Connection, o: &Outcome, at_ms: i64, quarantine_after: u32) -
 /// What writing a first sync's answers needs: they are not in the state yet.
 struct FirstAnswers<'a> {
     insert_synced: &'a Batched<2, 3>,
-    ids: &'a HashMap<String, String>,
+    ids: &'a HashMap<String, i64>,
     at_ms: i64,
 }
 
@@ -285,27 +285,27 @@ impl FirstAnswers<'_> {
     /// landed). Returns the key of each row quarantined.
     fn insert(&self, tx: &Connection, answers: &[&Outcome], quarantine_after: u32) -> anyhow::Result<Vec<String>> {
         // When each was decided, as stored: a call's rows nearly all share one time.
-        let mut times: HashMap<&str, String> = HashMap::new();
+        let mut times: HashMap<&str, i64> = HashMap::new();
         for o in answers {
             if !times.contains_key(o.changed_at()) {
-                times.insert(o.changed_at(), millis(o.changed_at())?.to_string());
+                times.insert(o.changed_at(), millis(o.changed_at())?);
             }
         }
         // Per computation, in the order they came (user order within a call).
-        let mut acked: BTreeMap<&str, Vec<[&str; 3]>> = BTreeMap::new();
+        let mut acked: BTreeMap<&str, Vec<[Bound<'_>; 3]>> = BTreeMap::new();
         for o in answers.iter().filter(|o| o.error.is_none()) {
-            acked.entry(o.key()).or_default().push([o.user_id(), o.sent(), &times[o.changed_at()]]);
+            let row = [Bound::Text(o.user_id()), Bound::value(o.sent()), Bound::Int(times[o.changed_at()])];
+            acked.entry(o.key()).or_default().push(row);
         }
-        let at = self.at_ms.to_string();
         for (key, rows) in &acked {
             let id = self.ids.get(*key).ok_or_else(|| anyhow::anyhow!("computation {key} is not in the state"))?;
-            self.insert_synced.execute(tx, [id, &at], rows)?;
+            self.insert_synced.execute(tx, [Bound::Int(*id), Bound::Int(self.at_ms)], rows)?;
         }
         let mut quarantined = Vec::new();
         for o in answers {
             let Some(error) = &o.error else { continue };
             let mut failed = tx.prepare_cached(&FIRST_FAILED)?;
-            let changed_at: i64 = times[o.changed_at()].parse()?;
+            let changed_at = times[o.changed_at()];
             failed.execute(params![o.key(), o.user_id(), o.sent(), changed_at, error, self.at_ms, quarantine_after])?;
             if quarantine_after <= 1 {
                 quarantined.push(o.key().to_string());

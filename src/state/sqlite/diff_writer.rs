@@ -4,6 +4,7 @@
 
 use rusqlite::{Connection, params};
 
+use super::stored::Bound;
 use super::{Batched, Param, ROWS_PER_STATEMENT, Store, now, stored};
 use crate::source::fingerprint::Fingerprint;
 use crate::state::diff_writer::{DiffRows, DiffWrite, DiffWriter};
@@ -13,9 +14,9 @@ struct Writer {
     db: Connection,
     lease: Option<super::leases::LeaseCheck>,
     key: String,
-    /// The computation's number, and the time of the diff, as stored (text to bind).
-    id: String,
-    now: String,
+    /// The computation's number, and the time of the diff, as stored.
+    id: i64,
+    now: i64,
     begun: bool,
     /// Sets not yet written: (user, desired).
     sets: Vec<(String, String)>,
@@ -36,11 +37,11 @@ impl Store {
             db,
             lease: self.lease_check(&[key.to_string()])?,
             key: key.to_string(),
-            id: id.to_string(),
-            now: stored::millis(&now())?.to_string(),
+            id,
+            now: stored::millis(&now())?,
             begun: false,
             sets: Vec::with_capacity(ROWS_PER_STATEMENT),
-            upsert: Batched::new(&[Param::Shared(1), Param::Own(1), Param::OwnValue(2), Param::Shared(2)], upsert_sql),
+            upsert: Batched::new(&[Param::Shared(1), Param::Own(1), Param::Own(2), Param::Shared(2)], upsert_sql),
         };
         DiffWriter::start(Box::new(writer))
     }
@@ -100,8 +101,9 @@ impl Writer {
 
     /// Writes the buffered sets.
     fn flush(&mut self) -> rusqlite::Result<()> {
-        let rows: Vec<[&str; 2]> = self.sets.iter().map(|(user, desired)| [user.as_str(), desired]).collect();
-        self.upsert.execute(&self.db, [&self.id, &self.now], &rows)?;
+        let rows: Vec<[Bound<'_>; 2]> =
+            self.sets.iter().map(|(user, desired)| [Bound::Text(user), Bound::value(desired)]).collect();
+        self.upsert.execute(&self.db, [Bound::Int(self.id), Bound::Int(self.now)], &rows)?;
         self.sets.clear();
         Ok(())
     }

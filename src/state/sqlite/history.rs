@@ -6,6 +6,7 @@ use std::collections::BTreeMap;
 
 use rusqlite::{Connection, params};
 
+use super::stored::Bound;
 use super::{Batched, Param, Store};
 use crate::change::Outcome;
 use crate::http::answer::refusal_status;
@@ -60,12 +61,12 @@ impl HistoryRecorder {
         calls: &[Vec<Outcome>],
         at: &str,
     ) -> rusqlite::Result<()> {
-        let mut acknowledged: BTreeMap<(&str, String), Vec<[&str; 2]>> = BTreeMap::new();
+        let mut acknowledged: BTreeMap<(&str, i64), Vec<[Bound<'_>; 2]>> = BTreeMap::new();
         for o in calls.iter().flatten() {
             let run = runs.get(o.key());
             match (&o.error, run) {
                 (None, Some(run)) => {
-                    acknowledged.entry((o.key(), run.to_string())).or_default().push([o.user_id(), o.sent()])
+                    acknowledged.entry((o.key(), *run)).or_default().push([Bound::Text(o.user_id()), Bound::Text(o.sent())])
                 }
                 (error, run) => {
                     let status = error.as_deref().and_then(refusal_status);
@@ -78,14 +79,13 @@ impl HistoryRecorder {
             }
         }
         for ((key, run), rows) in &acknowledged {
-            self.insert_acknowledged.execute(tx, [key, run, at], rows)?;
+            self.insert_acknowledged.execute(tx, [Bound::Text(key), Bound::Int(*run), Bound::Text(at)], rows)?;
         }
         Ok(())
     }
 }
 
-/// Acknowledged answers, `values`: no status, no error. (`run_id`, bound as text, is stored as
-/// an integer: the column's affinity converts it.)
+/// Acknowledged answers, `values`: no status, no error.
 fn insert_acknowledged_sql(values: &str) -> String {
     format!("INSERT INTO delivery_history (computation_key, run_id, answered_at, user_id, value) VALUES {values}")
 }

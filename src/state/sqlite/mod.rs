@@ -39,6 +39,7 @@ use crate::state::now;
 
 pub use busy::{explain_lock_wait, listen_for_signals, may_wait_longer, stop_waiting_for_locks};
 use checkpoint::Checkpointer;
+use stored::Bound;
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!();
 
@@ -215,7 +216,7 @@ impl<const S: usize, const N: usize> Batched<S, N> {
     fn new(columns: &[Param], sql: impl Fn(&str) -> String) -> Self {
         debug_assert!(
             columns.iter().all(|c| matches!(*c, Param::Shared(i) if i <= S)
-                || matches!(*c, Param::Own(i) | Param::OwnValue(i) if i <= N))
+                || matches!(*c, Param::Own(i) if i <= N))
         );
         Batched {
             whole: sql(&values_list(ROWS_PER_STATEMENT, S, N, columns)),
@@ -225,12 +226,17 @@ impl<const S: usize, const N: usize> Batched<S, N> {
 
     /// Runs the statement over all of `rows`: whole batches through one cached statement (a
     /// statement's set-up costs about as much as a row's insert), the rest one row a statement.
-    fn execute(&self, db: &rusqlite::Connection, shared: [&str; S], rows: &[[&str; N]]) -> rusqlite::Result<()> {
+    fn execute(
+        &self,
+        db: &rusqlite::Connection,
+        shared: [Bound<'_>; S],
+        rows: &[[Bound<'_>; N]],
+    ) -> rusqlite::Result<()> {
         let mut batches = rows.chunks_exact(ROWS_PER_STATEMENT);
-        let run = |sql: &str, batch: &[[&str; N]]| -> rusqlite::Result<()> {
+        let run = |sql: &str, batch: &[[Bound<'_>; N]]| -> rusqlite::Result<()> {
             let mut statement = db.prepare_cached(sql)?;
             for (i, value) in shared.iter().chain(batch.iter().flatten()).enumerate() {
-                statement.raw_bind_parameter(i + 1, *value)?;
+                statement.raw_bind_parameter(i + 1, value)?;
             }
             statement.raw_execute().map(drop)
         };
@@ -247,8 +253,6 @@ impl<const S: usize, const N: usize> Batched<S, N> {
 enum Param {
     Shared(usize),
     Own(usize),
-    /// A row's own parameter holding a JSON value, stored as `stored::stored_value` says.
-    OwnValue(usize),
 }
 
 /// The placeholders of a multi-row `VALUES` list of `rows` rows, each with the columns
@@ -260,7 +264,6 @@ fn values_list(rows: usize, shared: usize, own: usize, columns: &[Param]) -> Str
             .map(|c| match c {
                 Param::Shared(i) => format!("?{i}"),
                 Param::Own(i) => format!("?{}", shared + r * own + i),
-                Param::OwnValue(i) => stored::stored_value(&format!("?{}", shared + r * own + i)),
             })
             .collect();
         format!("({})", params.join(", "))
