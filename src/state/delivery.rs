@@ -68,6 +68,12 @@ pub trait AnswerRecords: Send {
     /// value, counts the attempt and is marked `first_sent_at`. Returns the computation key of
     /// each row quarantined now.
     fn record(&mut self, calls: &[Vec<Outcome>], answered: &[i64]) -> anyhow::Result<Vec<String>>;
+    /// Every member of the first syncs written for in (`after`, `through`] has its row now
+    /// (answered): their queue runs are no longer needed to find them, and may give back their
+    /// space while the sync goes on. A transaction of its own.
+    fn answered_through(&mut self, _after: &str, _through: &str) -> anyhow::Result<()> {
+        Ok(())
+    }
     /// Housekeeping between transactions (SQLite's log); never an error worth stopping for.
     fn catch_up(&self) {}
 }
@@ -96,6 +102,11 @@ impl AnswerWriter {
     /// See `AnswerRecords::record`.
     pub fn record(&mut self, calls: &[Vec<Outcome>], answered: &[i64]) -> anyhow::Result<Vec<String>> {
         self.0.record(calls, answered)
+    }
+
+    /// See `AnswerRecords::answered_through`.
+    pub fn answered_through(&mut self, after: &str, through: &str) -> anyhow::Result<()> {
+        self.0.answered_through(after, through)
     }
 
     /// See `AnswerRecords::catch_up`.

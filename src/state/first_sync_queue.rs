@@ -3,8 +3,11 @@
 //! while it runs (migration 0010).
 //!
 //! Delivery reads a first sync's members from its spool (`diff::spool`), not from here: the
-//! queue is written once, a run of members per row, and only read by operators. A row per
-//! member would cost a first sync a B-tree write per member and another to delete it.
+//! queue is written once, a run of members per row, and only read by operators (and, after a
+//! kill, by the next pass settling the windows that were out). A row per member would cost a
+//! first sync a B-tree write per member and another to delete it. A run is emptied once every
+//! member in it is answered (`AnswerRecords::answered_through`): the rows written next reuse
+//! its space.
 
 use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
 use std::thread::JoinHandle;

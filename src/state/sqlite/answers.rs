@@ -147,6 +147,29 @@ impl AnswerRecords for Answers {
         Ok(quarantined)
     }
 
+    /// Empties the first syncs' queue runs that end in (`after`, `through`]: their overflow
+    /// pages go to the free list, where the rows the sync writes next find them (the state
+    /// file would otherwise hold every member twice until the end, then take seconds to give
+    /// the queue's pages back). The run rows stay, with their counts, for `computation_status`.
+    fn answered_through(&mut self, after: &str, through: &str) -> anyhow::Result<()> {
+        if self.first_sync.is_empty() {
+            return Ok(());
+        }
+        let tx = rusqlite::Transaction::new(&mut self.db, rusqlite::TransactionBehavior::Immediate)?;
+        super::leases::hold(&tx, self.lease.as_ref(), false)?;
+        {
+            let mut empty = tx.prepare_cached(
+                "UPDATE first_sync_queue SET users = '[]' \
+                 WHERE computation_key = ?1 AND last_user > ?2 AND last_user <= ?3",
+            )?;
+            for key in &self.first_sync {
+                empty.execute(params![key, after, through])?;
+            }
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
     /// Keeps the log short once a checkpoint is done (see `Checkpointer::catch_up`). Call it
     /// between transactions, once the callers waiting for the last one were answered: the
     /// answers are recorded, and a log that stays long is no reason to stop delivering.

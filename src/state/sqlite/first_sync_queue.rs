@@ -39,8 +39,9 @@ impl Store {
         Ok(())
     }
 
-    /// Gives the state file's free pages back to the file system: a first sync's queue held
-    /// every member once more until the sync ended. Only in a state file created with
+    /// Gives the state file's free pages back to the file system: what is left of a first
+    /// sync's queue once it is dropped (its runs were emptied as delivery went, and their
+    /// space reused by the rows). Only in a state file created with
     /// incremental auto-vacuum (see `Store::open`); a no-op in an older one.
     pub async fn give_back_free_pages(&self) -> anyhow::Result<()> {
         sqlx::query("PRAGMA incremental_vacuum").execute(&self.pool).await?;

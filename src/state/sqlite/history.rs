@@ -65,9 +65,10 @@ impl HistoryRecorder {
         for o in calls.iter().flatten() {
             let run = runs.get(o.key());
             match (&o.error, run) {
-                (None, Some(run)) => {
-                    acknowledged.entry((o.key(), *run)).or_default().push([Bound::Text(o.user_id()), Bound::Text(o.sent())])
-                }
+                (None, Some(run)) => acknowledged
+                    .entry((o.key(), *run))
+                    .or_default()
+                    .push([Bound::Text(o.user_id()), Bound::Text(o.sent())]),
                 (error, run) => {
                     let status = error.as_deref().and_then(refusal_status);
                     let mut insert = tx.prepare_cached(

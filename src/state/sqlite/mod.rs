@@ -215,8 +215,7 @@ impl<const S: usize, const N: usize> Batched<S, N> {
     /// The statement `sql(values)`, where `values` is a `VALUES` list of rows of `columns`.
     fn new(columns: &[Param], sql: impl Fn(&str) -> String) -> Self {
         debug_assert!(
-            columns.iter().all(|c| matches!(*c, Param::Shared(i) if i <= S)
-                || matches!(*c, Param::Own(i) if i <= N))
+            columns.iter().all(|c| matches!(*c, Param::Shared(i) if i <= S) || matches!(*c, Param::Own(i) if i <= N))
         );
         Batched {
             whole: sql(&values_list(ROWS_PER_STATEMENT, S, N, columns)),
