@@ -9,6 +9,7 @@
 
 use std::cmp::{Ordering, Reverse};
 use std::collections::BinaryHeap;
+use std::collections::binary_heap::PeekMut;
 use std::fs::File;
 use std::io::{self, BufReader, BufWriter, Read, Seek, Write};
 use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
@@ -163,13 +164,16 @@ impl Iterator for SortedRecords {
     fn next(&mut self) -> Option<Self::Item> {
         match self {
             SortedRecords::Memory(it) => it.next().map(Ok),
+            // The smallest head is replaced by its run's next record in place, one sift down,
+            // rather than popped and pushed (two).
             SortedRecords::Merge { readers, heap } => {
-                let Reverse(HeapEntry(_, rec, i)) = heap.pop()?;
-                match readers[i].next() {
-                    Ok(Some(next)) => heap.push(Reverse(HeapEntry::new(next, i))),
-                    Ok(None) => {}
+                let mut smallest = heap.peek_mut()?;
+                let run = smallest.0.2;
+                let Reverse(HeapEntry(_, rec, _)) = match readers[run].next() {
+                    Ok(Some(next)) => std::mem::replace(&mut *smallest, Reverse(HeapEntry::new(next, run))),
+                    Ok(None) => PeekMut::pop(smallest),
                     Err(e) => return Some(Err(e)),
-                }
+                };
                 Some(Ok(rec))
             }
         }
