@@ -126,24 +126,17 @@ impl Committer {
         Ok(())
     }
 
-    /// Every user up to the first window still out (windows go out in user order), or up to
-    /// the last one noted when none is, has been answered and has a row.
-    fn answered_through(&self, last_noted: &str) -> String {
-        match self.windows.iter().min_by_key(|(id, _)| **id) {
-            Some((_, oldest)) => oldest.after.clone(),
-            None => last_noted.to_string(),
-        }
-    }
-
     /// Lets the first syncs' queues give back the space of runs whose members were all
     /// answered, every `RELEASE_EVERY` answers: the rows written meanwhile reuse it, instead of
     /// the state file growing by the whole queue and shrinking back when the sync ends.
     fn release_queue(&mut self, answers: usize) -> anyhow::Result<()> {
-        let Some(queue) = &self.queue else { return Ok(()) };
-        let through = self.answered_through(&queue.last_noted);
-        let queue = self.queue.as_mut().expect("checked above");
+        let Some(queue) = &mut self.queue else { return Ok(()) };
         queue.answers += answers;
-        if queue.answers < RELEASE_EVERY || through <= queue.through {
+        if queue.answers < RELEASE_EVERY {
+            return Ok(());
+        }
+        let through = answered_through(&self.windows, &queue.last_noted);
+        if through <= queue.through {
             return Ok(());
         }
         self.writer.answered_through(&queue.through, &through)?;
@@ -189,6 +182,15 @@ impl Committer {
         self.release_queue(rows)?;
         self.writer.catch_up();
         Ok(other)
+    }
+}
+
+/// Every user up to the first window still out (windows go out in user order), or up to the
+/// last one noted when none is, has been answered and has a row.
+fn answered_through(windows: &HashMap<u64, NotedWindow>, last_noted: &str) -> String {
+    match windows.iter().min_by_key(|(id, _)| **id) {
+        Some((_, oldest)) => oldest.after.clone(),
+        None => last_noted.to_string(),
     }
 }
 
