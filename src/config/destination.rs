@@ -28,7 +28,10 @@ impl Destination {
     pub fn identity(&self) -> String {
         match self {
             Destination::Contentstack(c) => format!("contentstack {} {}", c.edge_api_base_url, c.project_uid),
-            Destination::Segment(s) => format!("segment {} {:?}", s.endpoint, s.events),
+            // Two write keys are two sources (two workspaces, maybe) behind one endpoint.
+            Destination::Segment(s) => {
+                format!("segment {} {:?} key {}", s.endpoint, s.events, s.write_key.fingerprint())
+            }
             Destination::File { path } => format!("file {}", path.display()),
         }
     }
@@ -97,6 +100,13 @@ impl Secret {
 
     pub fn expose(&self) -> &str {
         &self.0
+    }
+
+    /// Tells two secrets apart without showing either: the first 16 hex digits of the
+    /// value's SHA-256.
+    pub fn fingerprint(&self) -> String {
+        use sha2::{Digest, Sha256};
+        Sha256::digest(self.0.as_bytes()).iter().take(8).map(|b| format!("{b:02x}")).collect()
     }
 }
 

@@ -206,3 +206,21 @@ fn a_delivery_shard_of_no_rows_is_refused_naming_its_line() {
     assert!(e.contains("config.toml:3:") && e.contains("delivery_shard_rows"), "{e}");
     assert_eq!(parse(GOOD).unwrap().delivery_shard_rows, 10_000);
 }
+
+#[test]
+fn segment_destinations_with_other_write_keys_are_other_destinations_and_no_key_is_shown() {
+    // Review finding: a worker sending to another Segment source behind the same endpoint
+    // delivered the shards of a pass to it.
+    let text = GOOD.replace(
+        "type = \"contentstack\"\nproject_uid = \"proj\"",
+        "type = \"segment\"\nwrite_key_env = \"SEGMENT_KEY\"",
+    );
+    let identity = |key: &'static str| {
+        let env = move |name: &str| (name == "SEGMENT_KEY").then(|| key.to_string());
+        Config::parse_with_env(Path::new("/etc/audience-sync/config.toml"), &text, &env).unwrap().destination.identity()
+    };
+    let (one, other) = (identity("wk_workspace_one"), identity("wk_workspace_two"));
+    assert_ne!(one, other);
+    assert_eq!(one, identity("wk_workspace_one"));
+    assert!(!one.contains("wk_workspace") && !other.contains("wk_workspace"), "{one} / {other}");
+}
