@@ -117,20 +117,28 @@ impl Store {
             .fetch_optional(&self.pool)
             .await?;
             let Some((round, shard, shards, runs)) = row else { return Ok(None) };
-            match serde_json::from_str(&runs) {
+            let runs = match serde_json::from_str(&runs) {
+                Ok(_) if !(0..shards).contains(&shard) => Err(format!("shard {shard} of {shards} is no shard")),
+                parsed => parsed.map_err(|e| format!("runs are not JSON: {e}")),
+            };
+            match runs {
                 Ok(runs) => return Ok(Some(ShardClaim { round, shard, shards, runs })),
-                Err(e) => self.set_aside(round, shard, &e).await?,
+                Err(why) => self.set_aside(round, shard, &why).await?,
             }
         }
     }
 
-    /// Marks done, undelivered, a claimed shard whose `runs` are not JSON (edited by hand): its
-    /// rows stay pending, and its pass ends incomplete, for the next one to send them; claimed
-    /// again and again instead, it would hold its pass until every worker gave up.
-    async fn set_aside(&self, round: i64, shard: i32, error: &serde_json::Error) -> anyhow::Result<()> {
+    /// Marks done, undelivered, a claimed shard that cannot be delivered as written (edited by
+    /// hand: `runs` not JSON, a shard number outside its count, which would divide by zero or
+    /// match no one): its rows stay pending, and its pass ends incomplete, for the next one to
+    /// send them; claimed again and again instead, it would hold its pass until every worker
+    /// gave up.
+    async fn set_aside(&self, round: i64, shard: i32, why: &str) -> anyhow::Result<()> {
         tracing::error!(
-            round_id = round, shard, %error,
-            "a delivery_shards row's runs are not JSON (edited by hand?): set aside; its rows stay pending for the next pass"
+            round_id = round,
+            shard,
+            why,
+            "a delivery_shards row cannot be delivered (edited by hand?): set aside; its rows stay pending for the next pass"
         );
         sqlx::query(AssertSqlSafe(format!(
             "UPDATE delivery_shards SET done_at = {DB_NOW}, expires_at = NULL WHERE round_id = $1 AND shard = $2"
