@@ -13,7 +13,7 @@ use crate::metrics::Metrics;
 use crate::pass::{self, PassOptions, lease, plan};
 use crate::progress::Progress;
 use crate::say::say;
-use crate::state::{LeaseOwner, Store, Trigger};
+use crate::state::{DestinationClaim, LeaseOwner, Store, Trigger};
 
 /// A pass asked for on the command line, validated: the computations it selects (known keys
 /// only), how long to wait for other processes' leases, and what kind of pass.
@@ -38,6 +38,17 @@ impl PassRequest {
         Ok(PassRequest { selected: config.select(keys)?, wait, kind })
     }
 
+    /// A resync of every computation (no `--user`) moves the state to the configured
+    /// destination; any other pass must find it there.
+    fn destination_claim(&self, config: &Config) -> DestinationClaim {
+        match &self.kind {
+            PassKind::Resync { user: None } if self.selected.len() == config.computations.len() => {
+                DestinationClaim::MoveTo
+            }
+            _ => DestinationClaim::Same,
+        }
+    }
+
     fn keys(&self) -> Vec<String> {
         self.selected.iter().map(|c| c.key.clone()).collect()
     }
@@ -52,6 +63,10 @@ pub async fn sync(config: &Config, request: PassRequest) -> anyhow::Result<ExitC
     let keys = request.keys();
     let owner = LeaseOwner::this_process();
     let stop = stop_on_signal();
+    let (identity, claim) = (config.destination.identity(), request.destination_claim(config));
+    if claim == DestinationClaim::Same {
+        store.claim_destination(&identity, claim).await?;
+    }
     let leases = lease::acquire_all(&store, &owner, config.lease_ttl, &keys, request.wait, &stop).await?;
     let store = store.claimed_by(&owner, config.lease_ttl);
     let pass = async {
@@ -61,6 +76,11 @@ pub async fn sync(config: &Config, request: PassRequest) -> anyhow::Result<ExitC
                 let marked = store.mark_for_resync(&keys, user.as_deref()).await?;
                 let whose = user.as_ref().map(|u| format!(" of user {u:?}")).unwrap_or_default();
                 println!("resync: {marked} rows{whose} marked to be sent again");
+                // Only once every row is marked: a state moved first and killed before marking
+                // would send the new destination nothing but deltas.
+                if claim == DestinationClaim::MoveTo {
+                    store.claim_destination(&identity, claim).await?;
+                }
                 false
             }
         };
@@ -99,6 +119,7 @@ pub async fn dry_run(config: &Config, keys: &[String]) -> anyhow::Result<ExitCod
     let store = Store::open_read_only(&config.state).await?;
     if let Some(store) = &store {
         store.require_current_schema().await?;
+        store.check_destination(&config.destination.identity()).await?;
     }
     let mut failed = Vec::new();
     for c in &selected {

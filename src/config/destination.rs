@@ -27,13 +27,23 @@ impl Destination {
     /// secret. Workers whose configs differ here must not deliver each other's shards.
     pub fn identity(&self) -> String {
         match self {
-            Destination::Contentstack(c) => format!("contentstack {} {}", c.edge_api_base_url, c.project_uid),
+            Destination::Contentstack(c) => format!("contentstack {} {}", kept(&c.edge_api_base_url), c.project_uid),
             // Two write keys are two sources (two workspaces, maybe) behind one endpoint.
             Destination::Segment(s) => {
-                format!("segment {} {:?} key {}", s.endpoint, s.events, s.write_key.fingerprint())
+                format!("segment {} {:?} key {}", kept(&s.endpoint), s.events, s.write_key.fingerprint())
             }
             Destination::File { path } => format!("file {}", path.display()),
         }
+    }
+}
+
+/// `url` as the state keeps it and errors show it: its secrets hidden, and then a fingerprint
+/// of the whole to tell it from a URL that differs only in them.
+fn kept(url: &url::Url) -> String {
+    let shown = crate::redact::redact_url(url.as_str());
+    match shown == url.as_str() {
+        true => shown,
+        false => format!("{shown} (fingerprint {})", Secret::new(url.to_string()).fingerprint()),
     }
 }
 

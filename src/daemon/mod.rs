@@ -25,7 +25,7 @@ use crate::metrics::Metrics;
 use crate::pass::{self, PassOptions, lease};
 use crate::progress::{Progress, Stage};
 use crate::shutdown::shutdown_signal;
-use crate::state::{LeaseOwner, RunStatus, Store, Trigger};
+use crate::state::{DestinationClaim, LeaseOwner, RunStatus, Store, Trigger};
 
 use server::Health;
 
@@ -43,6 +43,9 @@ struct Shared {
 
 pub async fn run(config: Config) -> anyhow::Result<()> {
     let store = Store::open(&config.state, config.lease_ttl).await?.keeping_history(config.keep_history_days);
+    // An operator's write transaction may hold the claim up: a signal ends that wait too.
+    crate::state::listen_for_signals();
+    store.claim_destination(&config.destination.identity(), DestinationClaim::Same).await?;
     let metrics = Arc::new(Metrics::new());
     let now = chrono::Utc::now();
     for c in &config.computations {
@@ -284,6 +287,8 @@ fn watch_poll(config: &Config) -> std::time::Duration {
 
 async fn leased_pass(shared: &Shared, keys: &[String], stop: CancellationToken) -> anyhow::Result<Ran> {
     let ttl = shared.config.lease_ttl;
+    // A `resync` on another worker may have moved the state to another destination since.
+    shared.store.claim_destination(&shared.config.destination.identity(), DestinationClaim::Same).await?;
     let stop = stop.child_token();
     let (leases, held) = lease::try_acquire(&shared.store, &shared.owner, ttl, keys, &stop).await?;
     let store = shared.store.claimed_by(&shared.owner, ttl);

@@ -5,9 +5,9 @@ use std::collections::{BTreeMap, HashSet};
 use std::time::Duration;
 
 use super::{
-    AnswerWriter, ComputationStatus, DiffWriter, HeldLease, LastRun, LeaseOwner, Mode, ObservedComputation,
-    PendingReader, QueueWriter, RunCounts, RunStatus, ShardClaim, ShardProgress, ShardsOf, Trigger, UserState,
-    postgres, sqlite,
+    AnswerWriter, ComputationStatus, DestinationClaim, DiffWriter, HeldLease, LastRun, LeaseOwner, Mode,
+    ObservedComputation, PendingReader, QueueWriter, RunCounts, RunStatus, ShardClaim, ShardProgress, ShardsOf,
+    Trigger, UserState, postgres, sqlite,
 };
 use crate::config::{Computation, StateLocation};
 use crate::diff::StateRow;
@@ -78,6 +78,17 @@ impl Store {
     /// blocks there on a connection of its own), rather than on a thread of their own.
     pub fn records_inline(&self) -> bool {
         matches!(self, Store::Sqlite(_))
+    }
+
+    /// Takes the destination named `identity` (`config::Destination::identity`) as this
+    /// state's, as `claim` says; another already recorded fails with `OtherDestination`.
+    pub async fn claim_destination(&self, identity: &str, claim: DestinationClaim) -> anyhow::Result<()> {
+        each_async!(self, s => s.claim_destination(identity, claim))
+    }
+
+    /// As `claim_destination` with `Same`, changing nothing (a dry run).
+    pub async fn check_destination(&self, identity: &str) -> anyhow::Result<()> {
+        each_async!(self, s => s.check_destination(identity))
     }
 
     pub async fn require_current_schema(&self) -> anyhow::Result<()> {

@@ -10,6 +10,7 @@ mod first_sync;
 mod helpers;
 mod logs;
 mod metrics;
+mod one_destination;
 mod operate;
 mod pauses;
 mod postgres_schema;

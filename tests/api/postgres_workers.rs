@@ -100,7 +100,7 @@ async fn two_workers_started_together_on_an_empty_database_set_it_up_once_and_se
             .fetch_all(&db)
             .await
             .unwrap();
-    assert_eq!(migrations, [(1, 1), (2, 1), (3, 1)], "each migration applied once, whole");
+    assert_eq!(migrations, [(1, 1), (2, 1), (3, 1), (4, 1)], "each migration applied once, whole");
 }
 
 #[tokio::test]
@@ -368,7 +368,8 @@ async fn idle_daemons_help_deliver_a_sync_run_by_hand() {
 
 #[tokio::test]
 #[ignore = "needs a Postgres server: set AUDIENCE_SYNC_TEST_POSTGRES_URL (see README, Development)"]
-async fn a_daemon_sending_to_another_destination_delivers_no_shard_of_the_pass() {
+async fn a_daemon_sending_to_another_destination_does_not_start_and_delivers_nothing_of_the_pass() {
+    // Review finding: such a daemon took over a dead worker's pass and sent the rest to its own.
     let (server, elsewhere) = (slow_server(50).await, slow_server(0).await);
     let url = new_postgres_database();
     let config = |snapshot: &str| {
@@ -381,17 +382,17 @@ async fn a_daemon_sending_to_another_destination_delivers_no_shard_of_the_pass()
     let members = |n: usize| (0..n).map(|i| format!("user-{i:04}")).collect::<Vec<_>>();
     app.write("big.csv", &csv_users(&members(MEMBERS).iter().map(String::as_str).collect::<Vec<_>>()));
     assert_success(&app.run(&["sync"]).await);
-    // Nothing is due for it (the first sync just finished): it only helps.
-    let other = TestApp::with_state(Some(url), &to(&elsewhere), &config(&app.path("big.csv").display().to_string()));
-    let daemons = start_daemons(std::slice::from_ref(&other));
     app.write("big.csv", &csv_users(&members(2 * MEMBERS).iter().map(String::as_str).collect::<Vec<_>>()));
+    let other = TestApp::with_state(Some(url), &to(&elsewhere), &config(&app.path("big.csv").display().to_string()));
+
+    let refused = other.command(&["run"]).output().unwrap();
+    assert_failure(&refused);
+    assert!(stderr(&refused).contains(&format!("synced to contentstack {}", server.uri())), "{}", stderr(&refused));
     assert_success(&app.run(&["sync"]).await);
-    stop_all(daemons);
-    assert!(received(&elsewhere).await.is_empty(), "the other destination got a shard of the pass");
+    assert!(received(&elsewhere).await.is_empty(), "the other destination got rows of the pass");
     let sent = sends(&server).await;
     assert_eq!(sent.len(), 2 * MEMBERS, "every member delivered to the pass's destination");
     assert!(sent.values().all(|n| *n == 1), "each once");
-    assert_eq!(shard_deliverers(&app).await.len(), MEMBERS / 50, "the second delivery was in shards");
 }
 
 #[tokio::test]

@@ -11,6 +11,7 @@
 mod blocking;
 mod computations;
 mod delivery;
+mod destination;
 mod leases;
 mod memberships;
 mod shards;

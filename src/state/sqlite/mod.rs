@@ -9,6 +9,7 @@ mod attributes;
 mod busy;
 mod checkpoint;
 mod computations;
+mod destination;
 mod diff_writer;
 mod explain;
 mod first_sync_queue;
