@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use serde::Serialize;
 
 use crate::config::{Config, schedule};
-use crate::state::{LastRun, ShardProgress, Store};
+use crate::state::{LastRun, LeaseOwner, RunStatus, ShardProgress, Store, holder_gone};
 
 /// One computation in `status --json`; field names are stable.
 #[derive(Debug, Serialize)]
@@ -30,10 +30,13 @@ pub struct StatusRow {
 
 pub async fn rows(config: &Config) -> anyhow::Result<Vec<StatusRow>> {
     let store = Store::open_read_only(&config.state).await?;
-    let (known, leases, shards) = match &store {
+    let (known, mut leases, shards) = match &store {
         Some(s) => (s.statuses().await?, s.live_leases().await?, s.shard_progress().await?),
         None => (Vec::new(), Vec::new(), Vec::new()),
     };
+    // A killed holder's lease lives on until it expires or the next pass takes it over.
+    let this = LeaseOwner::this_process();
+    leases.retain(|l| !holder_gone(l, &this));
     let now = chrono::Utc::now();
     let mut rows = Vec::new();
     for c in &config.computations {
@@ -68,6 +71,18 @@ fn held_by(r: &StatusRow) -> String {
     [r.held_by.clone(), shards].into_iter().flatten().collect::<Vec<_>>().join("; ")
 }
 
+/// A pass recorded as running that no live process holds: killed, or its machine gone.
+fn orphaned(p: &LastRun, r: &StatusRow) -> bool {
+    p.status == RunStatus::Running && r.held_by.is_none()
+}
+
+fn shown_status(p: &LastRun, r: &StatusRow) -> String {
+    match orphaned(p, r) {
+        true => "stopped".into(),
+        false => p.status.to_string(),
+    }
+}
+
 pub async fn status(config: &Config, json: bool) -> anyhow::Result<ExitCode> {
     let rows = rows(config).await?;
     if json {
@@ -79,15 +94,16 @@ pub async fn status(config: &Config, json: bool) -> anyhow::Result<ExitCode> {
         .map(|r| {
             let last = match &r.last_pass {
                 Some(p) => format!(
-                    "{} {} {} (+{} -{} ~{}, {} delivered, {} failed)",
+                    "{} {} {} (+{} -{} ~{}, {} delivered, {} failed){}",
                     p.mode,
-                    p.status,
+                    shown_status(p, r),
                     p.finished_at.as_deref().unwrap_or(&p.started_at),
                     p.entered,
                     p.exited,
                     p.changed,
                     p.delivered,
-                    p.failed
+                    p.failed,
+                    if orphaned(p, r) { "; no process holds it: the next pass resumes it" } else { "" }
                 ),
                 None => "never".into(),
             };

@@ -96,7 +96,7 @@ impl std::fmt::Display for HeldLease {
 /// Whether the holder of a live lease is certainly gone: it ran on this boot of this host, in
 /// our PID namespace, and its PID is free or now belongs to a process started at another time.
 /// In any doubt (another namespace, a lease written without an identity) it is not.
-pub(crate) fn holder_gone(holder: &HeldLease, owner: &LeaseOwner) -> bool {
+pub fn holder_gone(holder: &HeldLease, owner: &LeaseOwner) -> bool {
     let Some(theirs) = holder.process.as_deref().and_then(ProcessIdentity::parse) else { return false };
     let Some(ours) = &owner.process else { return false };
     if holder.host != owner.host || theirs.boot_id != ours.boot_id || theirs.pid_namespace != ours.pid_namespace {

@@ -306,3 +306,19 @@ async fn a_resync_that_finishes_a_killed_first_sync_completes_it() {
     let modes: Vec<String> = sqlx::query_scalar("SELECT mode FROM sync_runs ORDER BY id").fetch_all(&db).await.unwrap();
     assert_eq!(modes, ["initial", "resync", "delta"]);
 }
+
+/// Review finding: after a kill, `status` showed the pass as running until the next pass took
+/// its lease over, and an operator waited on a pass no process ran.
+#[tokio::test]
+async fn status_shows_a_killed_pass_as_stopped_not_running() {
+    let (server, app) = big_audience_on_a_slow_destination().await;
+    sync_killed_mid_delivery(&server, &app).await;
+
+    let out = app.run(&["status"]).await;
+    assert_success(&out);
+    let row = stdout(&out).lines().find(|l| l.starts_with("big ")).unwrap().to_string();
+    assert!(row.contains("initial stopped") && row.contains("the next pass resumes it"), "{row}");
+    assert!(!row.contains("running") && !row.contains("pid "), "no process holds it: {row}");
+    let json: serde_json::Value = serde_json::from_slice(&app.run(&["status", "--json"]).await.stdout).unwrap();
+    assert_eq!(json[0]["held_by"], serde_json::Value::Null);
+}
