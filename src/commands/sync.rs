@@ -59,31 +59,20 @@ pub async fn sync(config: &Config, request: PassRequest) -> anyhow::Result<ExitC
     let store = Store::open(&config.state, config.lease_ttl).await?.keeping_history(config.keep_history_days);
     // Nobody scrapes a command's series: they are counted and dropped.
     let metrics = Arc::new(Metrics::new());
-    let destination = Destination::from_config(&config.destination, &metrics)?;
     let keys = request.keys();
     let owner = LeaseOwner::this_process();
     let stop = stop_on_signal();
-    let (identity, claim) = (config.destination.identity(), request.destination_claim(config));
-    if claim == DestinationClaim::Same {
-        store.claim_destination(&identity, claim).await?;
-    }
     let leases = lease::acquire_all(&store, &owner, config.lease_ttl, &keys, request.wait, &stop).await?;
     let store = store.claimed_by(&owner, config.lease_ttl);
+    let destination = match prepare(&store, config, &request, &metrics).await {
+        Ok(destination) => destination,
+        Err(e) => {
+            leases.release().await?;
+            return Err(e);
+        }
+    };
     let pass = async {
-        let allow_mass_exit = match &request.kind {
-            PassKind::Sync { allow_mass_exit } => *allow_mass_exit,
-            PassKind::Resync { user } => {
-                let marked = store.mark_for_resync(&keys, user.as_deref()).await?;
-                let whose = user.as_ref().map(|u| format!(" of user {u:?}")).unwrap_or_default();
-                println!("resync: {marked} rows{whose} marked to be sent again");
-                // Only once every row is marked: a state moved first and killed before marking
-                // would send the new destination nothing but deltas.
-                if claim == DestinationClaim::MoveTo {
-                    store.claim_destination(&identity, claim).await?;
-                }
-                false
-            }
-        };
+        let allow_mass_exit = matches!(request.kind, PassKind::Sync { allow_mass_exit: true });
         let options = PassOptions {
             trigger: Trigger::Manual,
             resync: matches!(request.kind, PassKind::Resync { .. }),
@@ -111,6 +100,61 @@ pub async fn sync(config: &Config, request: PassRequest) -> anyhow::Result<ExitC
             Ok(ExitCode::FAILURE)
         }
     }
+}
+
+/// What a pass does under its leases before it starts, where nothing else can change it: a
+/// state synced to another destination (a resync may have moved it while this one waited for
+/// the leases) is refused; a resync marks its rows, then moves the state where it moves it.
+/// Then the destination opens (a file destination is created as it opens).
+async fn prepare(
+    store: &Store,
+    config: &Config,
+    request: &PassRequest,
+    metrics: &Arc<Metrics>,
+) -> anyhow::Result<Destination> {
+    take_destination(store, config, request).await?;
+    Destination::from_config(&config.destination, metrics)
+}
+
+async fn take_destination(store: &Store, config: &Config, request: &PassRequest) -> anyhow::Result<()> {
+    let identity = config.destination.identity();
+    let PassKind::Resync { user } = &request.kind else {
+        return store.claim_destination(&identity, DestinationClaim::Same).await;
+    };
+    let claim = request.destination_claim(config);
+    match claim {
+        DestinationClaim::Same => store.claim_destination(&identity, claim).await?,
+        DestinationClaim::MoveTo => refuse_to_strand(store, config, &identity).await?,
+    }
+    let marked = store.mark_for_resync(&request.keys(), user.as_deref()).await?;
+    let whose = user.as_ref().map(|u| format!(" of user {u:?}")).unwrap_or_default();
+    println!("resync: {marked} rows{whose} marked to be sent again");
+    // Only once every row is marked: a state moved first and killed before marking would send
+    // the new destination nothing but deltas.
+    if claim == DestinationClaim::MoveTo {
+        store.claim_destination(&identity, claim).await?;
+    }
+    Ok(())
+}
+
+/// Refuses to move a state holding computations the config does not name: this resync would
+/// not send their rows, and the new destination would never get them.
+async fn refuse_to_strand(store: &Store, config: &Config, identity: &str) -> anyhow::Result<()> {
+    if store.check_destination(identity).await.is_ok() {
+        return Ok(());
+    }
+    let configured: Vec<&str> = config.computations.iter().map(|c| c.key.as_str()).collect();
+    let stranded: Vec<String> =
+        store.statuses().await?.into_iter().map(|s| s.key).filter(|k| !configured.contains(&k.as_str())).collect();
+    if stranded.is_empty() {
+        return Ok(());
+    }
+    anyhow::bail!(
+        "cannot move the state to {identity}: it holds computations this config does not name ({}), \
+         whose rows this resync would not send there; name them in the config, or give the new \
+         destination a state of its own",
+        stranded.join(", ")
+    )
 }
 
 /// Prints what a pass would do; touches neither the state nor the destination.

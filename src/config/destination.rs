@@ -32,19 +32,42 @@ impl Destination {
             Destination::Segment(s) => {
                 format!("segment {} {:?} key {}", kept(&s.endpoint), s.events, s.write_key.fingerprint())
             }
-            Destination::File { path } => format!("file {}", path.display()),
+            Destination::File { path } => format!("file {}", resolved(path).display()),
         }
     }
 }
 
-/// `url` as the state keeps it and errors show it: its secrets hidden, and then a fingerprint
-/// of the whole to tell it from a URL that differs only in them.
+/// Where `url` sends, as the state keeps it: scheme, host, port and path. Never its userinfo,
+/// query or fragment, where credentials go: not even as a hash, which a guess could be checked
+/// against. Two URLs differing only there are one destination.
 fn kept(url: &url::Url) -> String {
-    let shown = crate::redact::redact_url(url.as_str());
-    match shown == url.as_str() {
-        true => shown,
-        false => format!("{shown} (fingerprint {})", Secret::new(url.to_string()).fingerprint()),
+    let mut kept = url.clone();
+    let _ = kept.set_username("");
+    let _ = kept.set_password(None);
+    kept.set_query(None);
+    kept.set_fragment(None);
+    kept.to_string()
+}
+
+/// The file `path` names wherever the command runs from: absolute, with the symlinks, `.` and
+/// `..` of its nearest existing directory resolved (the file and its directory may not exist
+/// before the first pass, and must be named the same after it).
+fn resolved(path: &Path) -> PathBuf {
+    let absolute = std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf());
+    for existing in absolute.ancestors().skip(1) {
+        if let Ok(mut resolved) = existing.canonicalize() {
+            // What does not exist yet holds no symlink: its `..` go back a name.
+            for part in absolute.strip_prefix(existing).unwrap_or(&absolute).components() {
+                match part {
+                    std::path::Component::ParentDir => _ = resolved.pop(),
+                    std::path::Component::Normal(name) => resolved.push(name),
+                    _ => {}
+                }
+            }
+            return resolved;
+        }
     }
+    absolute
 }
 
 /// What every HTTP destination shares: how many requests, how fast, how long to wait.

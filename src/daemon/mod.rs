@@ -287,10 +287,14 @@ fn watch_poll(config: &Config) -> std::time::Duration {
 
 async fn leased_pass(shared: &Shared, keys: &[String], stop: CancellationToken) -> anyhow::Result<Ran> {
     let ttl = shared.config.lease_ttl;
-    // A `resync` on another worker may have moved the state to another destination since.
-    shared.store.claim_destination(&shared.config.destination.identity(), DestinationClaim::Same).await?;
     let stop = stop.child_token();
     let (leases, held) = lease::try_acquire(&shared.store, &shared.owner, ttl, keys, &stop).await?;
+    // Under the leases: a `resync` elsewhere may have moved the state to another destination.
+    if let Err(e) = shared.store.claim_destination(&shared.config.destination.identity(), DestinationClaim::Same).await
+    {
+        leases.release().await?;
+        return Err(e);
+    }
     let store = shared.store.claimed_by(&shared.owner, ttl);
     for h in &held {
         tracing::info!("skipping: {h}");

@@ -106,3 +106,102 @@ async fn a_state_from_before_the_destination_was_recorded_takes_the_configured_o
     let sent: Vec<String> = received(&other).await.into_iter().map(|(user, _)| user).collect();
     assert_eq!(sent, ["u2"]);
 }
+
+/// Review finding: a `sync --wait` checked the destination before waiting for the leases, and
+/// sent to the old one after a resync moved the state meanwhile (its rows then marked synced).
+#[tokio::test]
+async fn a_sync_that_waited_for_the_leases_is_refused_if_the_state_moved_meanwhile() {
+    let server = slow_server(200).await;
+    let app = TestApp::contentstack(&server, 1, &audience("A", "a.csv"));
+    app.write("a.csv", &csv_users(&["u1", "u2", "u3"]));
+    let mut holder = app.command(&["sync"]).stdout(std::process::Stdio::null()).spawn().unwrap();
+    wait_until(30, "the first sync to send", || async { !server.received_requests().await.unwrap().is_empty() }).await;
+    app.write("a.csv", &csv_users(&["u1", "u2", "u3", "u4"]));
+    let log = std::fs::File::create(app.path("waiting.log")).unwrap();
+    let mut waiting =
+        app.command(&["sync", "--wait", "60"]).stdout(std::process::Stdio::null()).stderr(log).spawn().unwrap();
+    wait_until(30, "the second sync to wait for the lease", || async {
+        std::fs::read_to_string(app.path("waiting.log")).unwrap().contains("waiting up to 60s")
+    })
+    .await;
+    // What a resync from another config does while it waits (it holds the leases to do it).
+    let state = app.state_rw().await;
+    sqlx::query("UPDATE state_destination SET identity = 'contentstack http://127.0.0.1:9/ elsewhere'")
+        .execute(&state)
+        .await
+        .unwrap();
+    state.close().await;
+    assert!(wait_exit(&mut holder, 60).await.success());
+
+    let status = wait_exit(&mut waiting, 60).await;
+    let err = std::fs::read_to_string(app.path("waiting.log")).unwrap();
+    assert!(!status.success() && err.contains("synced to contentstack http://127.0.0.1:9/ elsewhere"), "{err}");
+    let sent: Vec<String> = received(&server).await.into_iter().map(|(user, _)| user).collect();
+    assert!(!sent.contains(&"u4".to_string()), "u4 went to the old destination: {sent:?}");
+    let u4: Vec<Row> = rows(&app).await.into_iter().filter(|r| r.1 == "u4").collect();
+    assert!(u4.is_empty(), "the refused pass recorded {u4:?}");
+}
+
+/// Review finding: a move left the rows of computations missing from the config marked synced
+/// to the old destination, never to be sent to the new one.
+#[tokio::test]
+async fn a_resync_does_not_move_a_state_holding_computations_its_config_does_not_name() {
+    let (first, other) = (contentstack_server().await, contentstack_server().await);
+    let both = format!("{}{}", audience("A", "a.csv"), computed_trait("T", "t.ndjson"));
+    let app = TestApp::contentstack(&first, 2, &both);
+    app.write("a.csv", &csv_users(&["u1"]));
+    app.write("t.ndjson", "{\"user_id\":\"u1\",\"value\":5}\n");
+    assert_success(&app.sync(&[]).await);
+    let only_a =
+        app.replace_in_config(&computed_trait("T", "t.ndjson"), "").replace_in_config(&first.uri(), &other.uri());
+
+    let out = only_a.run(&["resync"]).await;
+    assert_failure(&out);
+    assert!(stderr(&out).contains("holds computations this config does not name (t)"), "{}", stderr(&out));
+    assert!(received(&other).await.is_empty());
+    assert_eq!(only_a.pending_count().await, 0, "nothing marked");
+}
+
+#[tokio::test]
+async fn a_file_destination_is_the_same_file_however_the_config_is_named_and_another_file_elsewhere() {
+    let app = TestApp::new("[destination]\ntype = \"file\"\npath = \"./out/../out.ndjson\"\n", &audience("A", "a.csv"));
+    app.write("a.csv", &csv_users(&["u1"]));
+    assert_success(&app.sync(&[]).await);
+    app.write("a.csv", &csv_users(&["u1", "u2"]));
+    let dir = app.dir.path().to_path_buf();
+    let by_relative_config =
+        app.command(&["sync"]).arg("--config").arg("./config.toml").current_dir(&dir).output().unwrap();
+    assert_success(&by_relative_config);
+    app.write("a.csv", &csv_users(&["u1", "u2", "u3"]));
+    let rewritten = app.replace_in_config("./out/../out.ndjson", &dir.join("out.ndjson").display().to_string());
+    assert_success(&rewritten.sync(&[]).await);
+
+    let moved = rewritten.replace_in_config(&dir.join("out.ndjson").display().to_string(), "elsewhere/out.ndjson");
+    moved.write("a.csv", &csv_users(&["u1", "u2", "u3", "u4"]));
+    let out = moved.sync(&[]).await;
+    assert_failure(&out);
+    assert!(
+        stderr(&out).contains(&format!("synced to file {}", dir.canonicalize().unwrap().join("out.ndjson").display())),
+        "{}",
+        stderr(&out)
+    );
+    assert!(!moved.path("elsewhere/out.ndjson").exists());
+}
+
+/// Review finding: the identity kept a URL's query parameters not named like secrets, and a
+/// hash of the whole URL that a guessed password could be checked against.
+#[tokio::test]
+async fn a_destination_urls_credentials_and_query_are_neither_kept_nor_part_of_its_identity() {
+    let server = contentstack_server().await;
+    let with = |code: &str| server.uri().replace("http://", "http://admin:pw-s3cret@") + &format!("/?code={code}");
+    let app = TestApp::contentstack_at(&with("c0de-s3cret"), 2, "", &audience("A", "a.csv"));
+    app.write("a.csv", &csv_users(&["u1"]));
+    assert_success(&app.sync(&[]).await);
+    let kept: String =
+        sqlx::query_scalar("SELECT identity FROM state_destination").fetch_one(&app.db().await).await.unwrap();
+    assert_eq!(kept, format!("contentstack {}/ {PROJECT_UID}", server.uri()), "only where it sends");
+
+    let app = app.replace_in_config("c0de-s3cret", "another-code");
+    app.write("a.csv", &csv_users(&["u1", "u2"]));
+    assert_success(&app.sync(&[]).await);
+}
