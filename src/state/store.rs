@@ -6,8 +6,8 @@ use std::time::Duration;
 
 use super::{
     AnswerWriter, ComputationStatus, DestinationClaim, DiffWriter, HeldLease, LastRun, LeaseOwner, Mode,
-    ObservedComputation, PendingReader, QueueWriter, RunCounts, RunStatus, ShardClaim, ShardProgress, ShardsOf,
-    Trigger, UserState, postgres, sqlite,
+    ObservedComputation, OtherDestination, PendingReader, QueueWriter, RunCounts, RunStatus, ShardClaim, ShardProgress,
+    ShardsOf, Trigger, UserState, postgres, sqlite,
 };
 use crate::config::{Computation, StateLocation};
 use crate::diff::StateRow;
@@ -81,14 +81,27 @@ impl Store {
     }
 
     /// Takes the destination named `identity` (`config::Destination::identity`) as this
-    /// state's, as `claim` says; another already recorded fails with `OtherDestination`.
+    /// state's, as `claim` says; another already recorded fails with `OtherDestination`. Only a
+    /// state without one, or one moving, is written to.
     pub async fn claim_destination(&self, identity: &str, claim: DestinationClaim) -> anyhow::Result<()> {
-        each_async!(self, s => s.claim_destination(identity, claim))
+        let recorded = each_async!(self, s => s.recorded_destination())?;
+        let settled = recorded.as_deref() == Some(identity) || (recorded.is_some() && claim == DestinationClaim::Same);
+        let recorded = match settled {
+            true => recorded,
+            false => each_async!(self, s => s.record_destination(identity, claim))?,
+        };
+        OtherDestination::unless_same(&self.shown(), recorded, identity)
     }
 
     /// As `claim_destination` with `Same`, changing nothing (a dry run).
     pub async fn check_destination(&self, identity: &str) -> anyhow::Result<()> {
-        each_async!(self, s => s.check_destination(identity))
+        let recorded = each_async!(self, s => s.recorded_destination())?;
+        OtherDestination::unless_same(&self.shown(), recorded, identity)
+    }
+
+    /// The state's name as an operator knows it: its file, or its database without credentials.
+    pub fn shown(&self) -> String {
+        each!(self, s => s.shown())
     }
 
     pub async fn require_current_schema(&self) -> anyhow::Result<()> {

@@ -1,18 +1,24 @@
 //! `state_destination`: the destination this state is synced to.
 
 use super::{Store, now};
-use crate::state::{DestinationClaim, OtherDestination};
+use crate::state::DestinationClaim;
 
 const RECORDED: &str = "SELECT identity FROM state_destination WHERE id = 1";
 
 impl Store {
-    /// Records `identity` as this state's destination where none is (or, moving, in its
-    /// place); another already recorded is refused. Only a state without one is written to.
-    pub async fn claim_destination(&self, identity: &str, claim: DestinationClaim) -> anyhow::Result<()> {
-        let recorded: Option<String> = sqlx::query_scalar(RECORDED).fetch_optional(&self.pool).await?;
-        if recorded.as_deref() == Some(identity) || (recorded.is_some() && claim == DestinationClaim::Same) {
-            return OtherDestination::unless_same(&self.path.display().to_string(), recorded, identity);
-        }
+    /// The state's name as an operator knows it (credentials hidden).
+    pub fn shown(&self) -> String {
+        self.path.display().to_string()
+    }
+
+    /// The destination recorded, if any.
+    pub async fn recorded_destination(&self) -> anyhow::Result<Option<String>> {
+        Ok(sqlx::query_scalar(RECORDED).fetch_optional(&self.pool).await?)
+    }
+
+    /// Records `identity` where no destination is (moving: in place of another one); returns
+    /// the destination recorded after.
+    pub async fn record_destination(&self, identity: &str, claim: DestinationClaim) -> anyhow::Result<Option<String>> {
         let keep = match claim {
             DestinationClaim::Same => "DO NOTHING",
             DestinationClaim::MoveTo => {
@@ -30,12 +36,6 @@ impl Store {
         .await?;
         let recorded = sqlx::query_scalar(RECORDED).fetch_optional(&mut *tx).await?;
         tx.commit().await?;
-        OtherDestination::unless_same(&self.path.display().to_string(), recorded, identity)
-    }
-
-    /// As `claim_destination`, changing nothing (a dry run).
-    pub async fn check_destination(&self, identity: &str) -> anyhow::Result<()> {
-        let recorded = sqlx::query_scalar(RECORDED).fetch_optional(&self.pool).await?;
-        OtherDestination::unless_same(&self.path.display().to_string(), recorded, identity)
+        Ok(recorded)
     }
 }
