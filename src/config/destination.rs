@@ -28,10 +28,9 @@ impl Destination {
     pub fn identity(&self) -> String {
         match self {
             Destination::Contentstack(c) => format!("contentstack {} {}", kept(&c.edge_api_base_url), c.project_uid),
-            // Two write keys are two sources (two workspaces, maybe) behind one endpoint.
-            Destination::Segment(s) => {
-                format!("segment {} {:?} key {}", kept(&s.endpoint), s.events, s.write_key.fingerprint())
-            }
+            // Two write keys are two sources (two workspaces, maybe) behind one endpoint; which
+            // calls go to a source is how it is told, not which one it is.
+            Destination::Segment(s) => format!("segment {} key {}", kept(&s.endpoint), s.write_key.fingerprint()),
             Destination::File { path } => format!("file {}", resolved(path).display()),
         }
     }

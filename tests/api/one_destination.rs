@@ -77,7 +77,7 @@ async fn a_resync_of_everything_moves_the_state_and_sends_it_all_but_a_partial_o
 }
 
 #[tokio::test]
-async fn segment_sources_with_other_write_keys_are_other_destinations_and_no_key_is_shown() {
+async fn segment_write_keys_tell_destinations_apart_unshown_and_the_calls_made_do_not() {
     let server = MockServer::start().await;
     Mock::given(method("POST")).and(path("/v1/batch")).respond_with(ResponseTemplate::new(200)).mount(&server).await;
     let app = TestApp::segment(&server, "", &audience("A", "a.csv"));
@@ -92,6 +92,10 @@ async fn segment_sources_with_other_write_keys_are_other_destinations_and_no_key
     assert!(err.contains("synced to segment"), "{err}");
     assert!(!err.contains(WRITE_KEY) && !err.contains(other_key), "no write key in: {err}");
     assert_eq!(server.received_requests().await.unwrap().len(), 1, "u2 went nowhere");
+
+    let tracked = app.replace_in_config("[destination]\n", "[destination]\nevents = \"both\"\n");
+    assert_success(&tracked.sync(&[]).await);
+    assert_eq!(server.received_requests().await.unwrap().len(), 2, "the same source, told of u2 in both calls");
 }
 
 #[tokio::test]
