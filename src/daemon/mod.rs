@@ -45,7 +45,13 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let store = Store::open(&config.state, config.lease_ttl).await?.keeping_history(config.keep_history_days);
     // An operator's write transaction may hold the claim up: a signal ends that wait too.
     crate::state::listen_for_signals();
-    store.claim_destination(&config.destination.identity(), DestinationClaim::Same).await?;
+    match store.claim_destination(&config.destination.identity(), DestinationClaim::Same).await {
+        Err(e) if crate::state::ended_by_stop(&e) => {
+            tracing::warn!(error = %format!("{:#}", crate::state::explain_lock_wait(e)), "stopped before starting");
+            return Ok(());
+        }
+        claimed => claimed?,
+    }
     let metrics = Arc::new(Metrics::new());
     let now = chrono::Utc::now();
     for c in &config.computations {

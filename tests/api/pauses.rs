@@ -255,6 +255,37 @@ async fn sigterm_ends_the_daemons_wait_for_the_states_lock() {
     sigterm_while_an_operator_holds_the_write_lock(&["run"]).await;
 }
 
+/// Review finding: a daemon starting on a state with no destination recorded (upgraded from a
+/// version that did not record it) waits for the write lock to record it; SIGTERM then ended
+/// it with exit 1, where a stopped daemon exits 0.
+#[tokio::test]
+async fn sigterm_while_the_daemon_waits_to_record_its_destination_exits_zero() {
+    let edge = contentstack_server().await;
+    let app = TestApp::contentstack(&edge, 2, &audience("A", "a.csv"));
+    app.write("a.csv", &csv_users(&["u1"]));
+    assert_success(&app.sync(&[]).await);
+    let sent = received(&edge).await.len();
+    let operator = rusqlite::Connection::open(app.path("state.db")).unwrap();
+    operator.execute_batch("DELETE FROM state_destination; BEGIN IMMEDIATE").unwrap();
+    let log = std::fs::File::create(app.path("stderr.log")).unwrap();
+    let mut child = app.command(&["run"]).stdout(Stdio::null()).stderr(log).spawn().unwrap();
+    let tasks = format!("/proc/{}/task", child.id());
+    wait_until(30, "the daemon to wait for the lock", || async {
+        std::fs::read_dir(&tasks)
+            .unwrap()
+            .flatten()
+            .any(|t| std::fs::read_to_string(t.path().join("wchan")).is_ok_and(|w| w.contains("nanosleep")))
+    })
+    .await;
+    terminate(&child);
+    let status = wait_exit(&mut child, 10).await;
+    operator.execute_batch("ROLLBACK").unwrap();
+    let log = std::fs::read_to_string(app.path("stderr.log")).unwrap();
+    assert!(status.success(), "{status:?}: {log}");
+    assert!(log.contains("stopped waiting for the state's write lock"), "{log}");
+    assert_eq!(received(&edge).await.len(), sent, "nothing sent");
+}
+
 /// Review finding: with Contentstack, `sync` records answers on the runtime's one thread, so a
 /// lock wait there kept the signal's task from running: SIGTERM waited out the 300 s. Its
 /// failure then said only "database is locked".

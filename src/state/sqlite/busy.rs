@@ -51,12 +51,17 @@ pub fn listen_for_signals() {
 /// reads as a broken state, not as a stop while another connection (an operator's open
 /// transaction, another process's diff) held the write lock.
 pub fn explain_lock_wait(e: anyhow::Error) -> anyhow::Error {
-    let locked = e.chain().any(|cause| cause.to_string().contains("database is locked"));
-    if locked && GAVE_UP_ON_STOP.load(Ordering::Acquire) {
+    if ended_by_stop(&e) {
         e.context("shutting down: stopped waiting for the state's write lock, held by another connection")
     } else {
         e
     }
+}
+
+/// Whether `e` is a lock wait that a shutdown ended.
+pub fn ended_by_stop(e: &anyhow::Error) -> bool {
+    let locked = e.chain().any(|cause| cause.to_string().contains("database is locked"));
+    locked && GAVE_UP_ON_STOP.load(Ordering::Acquire)
 }
 
 fn epoch_ms() -> u64 {
