@@ -104,37 +104,35 @@ pub async fn sync(config: &Config, request: PassRequest) -> anyhow::Result<ExitC
 
 /// What a pass does under its leases before it starts, where nothing else can change it: a
 /// state synced to another destination (a resync may have moved it while this one waited for
-/// the leases) is refused; a resync marks its rows, then moves the state where it moves it.
-/// Then the destination opens (a file destination is created as it opens).
+/// the leases) is refused before the destination opens (a file destination is created as it
+/// opens); once it opened, the state records it where none is, and a resync marks its rows,
+/// moving the state in the same transaction where it moves it.
 async fn prepare(
     store: &Store,
     config: &Config,
     request: &PassRequest,
     metrics: &Arc<Metrics>,
 ) -> anyhow::Result<Destination> {
-    take_destination(store, config, request).await?;
-    Destination::from_config(&config.destination, metrics)
-}
-
-async fn take_destination(store: &Store, config: &Config, request: &PassRequest) -> anyhow::Result<()> {
     let identity = config.destination.identity();
-    let PassKind::Resync { user } = &request.kind else {
-        return store.claim_destination(&identity, DestinationClaim::Same).await;
-    };
     let claim = request.destination_claim(config);
     match claim {
-        DestinationClaim::Same => store.claim_destination(&identity, claim).await?,
+        DestinationClaim::Same => store.check_destination(&identity).await?,
         DestinationClaim::MoveTo => refuse_to_strand(store, config, &identity).await?,
     }
-    let marked = store.mark_for_resync(&request.keys(), user.as_deref()).await?;
-    let whose = user.as_ref().map(|u| format!(" of user {u:?}")).unwrap_or_default();
-    println!("resync: {marked} rows{whose} marked to be sent again");
-    // Only once every row is marked: a state moved first and killed before marking would send
-    // the new destination nothing but deltas.
-    if claim == DestinationClaim::MoveTo {
-        store.claim_destination(&identity, claim).await?;
+    let destination = Destination::from_config(&config.destination, metrics)?;
+    if claim == DestinationClaim::Same {
+        store.claim_destination(&identity).await?;
     }
-    Ok(())
+    if let PassKind::Resync { user } = &request.kind {
+        // Moving, in one transaction: a state moved and killed before marking would send the
+        // new destination nothing but deltas, and an answer from the old one recorded between
+        // the two would mark a row synced that the new one never gets.
+        let moving_to = (claim == DestinationClaim::MoveTo).then_some(identity.as_str());
+        let marked = store.mark_for_resync(&request.keys(), user.as_deref(), moving_to).await?;
+        let whose = user.as_ref().map(|u| format!(" of user {u:?}")).unwrap_or_default();
+        println!("resync: {marked} rows{whose} marked to be sent again");
+    }
+    Ok(destination)
 }
 
 /// Refuses to move a state holding computations the config does not name: this resync would

@@ -49,11 +49,12 @@ fn kept(url: &url::Url) -> String {
 }
 
 /// The file `path` names wherever the command runs from: absolute, with the symlinks, `.` and
-/// `..` of its nearest existing directory resolved (the file and its directory may not exist
-/// before the first pass, and must be named the same after it).
+/// `..` of the file or its nearest existing directory resolved (the file and its directory may
+/// not exist before the first pass, and must be named the same after it; a symlink retargeted
+/// is another file).
 fn resolved(path: &Path) -> PathBuf {
     let absolute = std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf());
-    for existing in absolute.ancestors().skip(1) {
+    for existing in absolute.ancestors() {
         if let Ok(mut resolved) = existing.canonicalize() {
             // What does not exist yet holds no symlink: its `..` go back a name.
             for part in absolute.strip_prefix(existing).unwrap_or(&absolute).components() {

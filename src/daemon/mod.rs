@@ -25,7 +25,7 @@ use crate::metrics::Metrics;
 use crate::pass::{self, PassOptions, lease};
 use crate::progress::{Progress, Stage};
 use crate::shutdown::shutdown_signal;
-use crate::state::{DestinationClaim, LeaseOwner, RunStatus, Store, Trigger};
+use crate::state::{LeaseOwner, RunStatus, Store, Trigger};
 
 use server::Health;
 
@@ -43,15 +43,8 @@ struct Shared {
 
 pub async fn run(config: Config) -> anyhow::Result<()> {
     let store = Store::open(&config.state, config.lease_ttl).await?.keeping_history(config.keep_history_days);
-    // An operator's write transaction may hold the claim up: a signal ends that wait too.
-    crate::state::listen_for_signals();
-    match store.claim_destination(&config.destination.identity(), DestinationClaim::Same).await {
-        Err(e) if crate::state::ended_by_stop(&e) => {
-            tracing::warn!(error = %format!("{:#}", crate::state::explain_lock_wait(e)), "stopped before starting");
-            return Ok(());
-        }
-        claimed => claimed?,
-    }
+    // Refused before the destination opens (a file destination is created as it opens).
+    store.check_destination(&config.destination.identity()).await?;
     let metrics = Arc::new(Metrics::new());
     let now = chrono::Utc::now();
     for c in &config.computations {
@@ -59,6 +52,9 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         metrics.computation(&c.key, interval);
     }
     let destination = Destination::from_config(&config.destination, &metrics)?;
+    if !recorded_at_start(&store, &config).await? {
+        return Ok(());
+    }
     let shared = Arc::new(Shared {
         store,
         destination,
@@ -198,6 +194,20 @@ async fn pass_task(shared: &Shared, key: String, stop: CancellationToken) {
     shared.running.lock().unwrap_or_else(|p| p.into_inner()).remove(&key);
 }
 
+/// Records the state's destination where none is yet; false when a shutdown ended the wait
+/// for the write lock to do it (an operator's open transaction held it).
+async fn recorded_at_start(store: &Store, config: &Config) -> anyhow::Result<bool> {
+    // A signal ends that wait too, though nothing listens for signals yet.
+    crate::state::listen_for_signals();
+    match store.claim_destination(&config.destination.identity()).await {
+        Err(e) if crate::state::ended_by_stop(&e) => {
+            tracing::warn!(error = %format!("{:#}", crate::state::explain_lock_wait(e)), "stopped before starting");
+            Ok(false)
+        }
+        claimed => claimed.map(|()| true),
+    }
+}
+
 /// What became of a pass task's try.
 enum Ran {
     Pass,
@@ -296,8 +306,7 @@ async fn leased_pass(shared: &Shared, keys: &[String], stop: CancellationToken) 
     let stop = stop.child_token();
     let (leases, held) = lease::try_acquire(&shared.store, &shared.owner, ttl, keys, &stop).await?;
     // Under the leases: a `resync` elsewhere may have moved the state to another destination.
-    if let Err(e) = shared.store.claim_destination(&shared.config.destination.identity(), DestinationClaim::Same).await
-    {
+    if let Err(e) = shared.store.claim_destination(&shared.config.destination.identity()).await {
         leases.release().await?;
         return Err(e);
     }

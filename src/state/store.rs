@@ -5,9 +5,9 @@ use std::collections::{BTreeMap, HashSet};
 use std::time::Duration;
 
 use super::{
-    AnswerWriter, ComputationStatus, DestinationClaim, DiffWriter, HeldLease, LastRun, LeaseOwner, Mode,
-    ObservedComputation, OtherDestination, PendingReader, QueueWriter, RunCounts, RunStatus, ShardClaim, ShardProgress,
-    ShardsOf, Trigger, UserState, postgres, sqlite,
+    AnswerWriter, ComputationStatus, DiffWriter, HeldLease, LastRun, LeaseOwner, Mode, ObservedComputation,
+    OtherDestination, PendingReader, QueueWriter, RunCounts, RunStatus, ShardClaim, ShardProgress, ShardsOf, Trigger,
+    UserState, postgres, sqlite,
 };
 use crate::config::{Computation, StateLocation};
 use crate::diff::StateRow;
@@ -81,19 +81,17 @@ impl Store {
     }
 
     /// Takes the destination named `identity` (`config::Destination::identity`) as this
-    /// state's, as `claim` says; another already recorded fails with `OtherDestination`. Only a
-    /// state without one, or one moving, is written to.
-    pub async fn claim_destination(&self, identity: &str, claim: DestinationClaim) -> anyhow::Result<()> {
-        let recorded = each_async!(self, s => s.recorded_destination())?;
-        let settled = recorded.as_deref() == Some(identity) || (recorded.is_some() && claim == DestinationClaim::Same);
-        let recorded = match settled {
-            true => recorded,
-            false => each_async!(self, s => s.record_destination(identity, claim))?,
-        };
+    /// state's where none is recorded; another already recorded fails with `OtherDestination`.
+    /// Only a state without one is written to. (A resync moves it: `mark_for_resync`.)
+    pub async fn claim_destination(&self, identity: &str) -> anyhow::Result<()> {
+        let mut recorded = each_async!(self, s => s.recorded_destination())?;
+        if recorded.is_none() {
+            recorded = each_async!(self, s => s.record_destination(identity))?;
+        }
         OtherDestination::unless_same(&self.shown(), recorded, identity)
     }
 
-    /// As `claim_destination` with `Same`, changing nothing (a dry run).
+    /// As `claim_destination`, changing nothing (a dry run).
     pub async fn check_destination(&self, identity: &str) -> anyhow::Result<()> {
         let recorded = each_async!(self, s => s.recorded_destination())?;
         OtherDestination::unless_same(&self.shown(), recorded, identity)
@@ -325,8 +323,15 @@ impl Store {
         each_async!(self, s => s.has_rows(key))
     }
 
-    pub async fn mark_for_resync(&self, keys: &[String], user: Option<&str>) -> anyhow::Result<u64> {
-        each_async!(self, s => s.mark_for_resync(keys, user))
+    /// Marks the rows of `keys` (only `user`'s when given) to be sent again; `moving_to`, in the
+    /// same transaction, records the destination the state moves to.
+    pub async fn mark_for_resync(
+        &self,
+        keys: &[String],
+        user: Option<&str>,
+        moving_to: Option<&str>,
+    ) -> anyhow::Result<u64> {
+        each_async!(self, s => s.mark_for_resync(keys, user, moving_to))
     }
 
     pub async fn pending_counts(&self, keys: &[String]) -> anyhow::Result<BTreeMap<String, u64>> {

@@ -209,3 +209,32 @@ async fn a_destination_urls_credentials_and_query_are_neither_kept_nor_part_of_i
     app.write("a.csv", &csv_users(&["u1", "u2"]));
     assert_success(&app.sync(&[]).await);
 }
+
+/// Review findings: a file destination's own symlink was not resolved (one retargeted took
+/// deltas; the file named directly was refused), and a destination that failed to open was
+/// recorded all the same (the next, fixed config was refused).
+#[tokio::test]
+async fn a_file_destination_is_the_file_its_symlink_names_and_one_that_cannot_open_is_not_recorded() {
+    let app = TestApp::new("[destination]\ntype = \"file\"\npath = \"dangling/out.ndjson\"\n", &audience("A", "a.csv"));
+    std::os::unix::fs::symlink(app.path("nowhere"), app.path("dangling")).unwrap();
+    app.write("a.csv", &csv_users(&["u1"]));
+    assert_failure(&app.sync(&[]).await);
+    let recorded: Vec<String> =
+        sqlx::query_scalar("SELECT identity FROM state_destination").fetch_all(&app.db().await).await.unwrap();
+    assert!(recorded.is_empty(), "recorded {recorded:?} for a destination that never opened");
+
+    std::fs::write(app.path("x.ndjson"), "").unwrap();
+    std::os::unix::fs::symlink(app.path("x.ndjson"), app.path("link.ndjson")).unwrap();
+    let app = app.replace_in_config("dangling/out.ndjson", "link.ndjson");
+    assert_success(&app.sync(&[]).await);
+    app.write("a.csv", &csv_users(&["u1", "u2"]));
+    let direct = app.replace_in_config("link.ndjson", "x.ndjson");
+    assert_success(&direct.sync(&[]).await);
+
+    let app = direct.replace_in_config("x.ndjson", "link.ndjson");
+    std::fs::remove_file(app.path("link.ndjson")).unwrap();
+    std::os::unix::fs::symlink(app.path("y.ndjson"), app.path("link.ndjson")).unwrap();
+    app.write("a.csv", &csv_users(&["u1", "u2", "u3"]));
+    assert_failure(&app.sync(&[]).await);
+    assert!(!app.path("y.ndjson").exists(), "a retargeted link is another file: nothing goes there");
+}

@@ -549,3 +549,35 @@ fn signal(child: &Child, signal: libc::c_int) {
     // SAFETY: a plain syscall on our own child's pid.
     assert_eq!(unsafe { libc::kill(child.id() as libc::pid_t, signal) }, 0);
 }
+
+/// Review finding: a resync moving the state took over a killed holder's pass while another
+/// worker still delivered a shard of it to the old destination; that worker's answers recorded
+/// after the rows were marked left them synced, and the new destination never got them.
+#[tokio::test]
+#[ignore = "needs a Postgres server: set AUDIENCE_SYNC_TEST_POSTGRES_URL (see README, Development)"]
+async fn a_resync_moving_the_state_fences_off_the_old_destinations_shard_answers() {
+    let (old, new) = (slow_server(30).await, contentstack_server().await);
+    let (apps, mut daemons) = sharing_daemons(&old, 2);
+    let db = apps[0].db().await;
+    wait_until(60, "the other worker to deliver a shard of the holder's pass", || async {
+        let helping: Result<i64, _> = sqlx::query_scalar(
+            "SELECT count(*) FROM delivery_shards s, leases l WHERE l.computation_key = 'big' \
+             AND s.done_at IS NULL AND s.pid <> l.pid",
+        )
+        .fetch_one(&db)
+        .await;
+        helping.is_ok_and(|n| n > 0)
+    })
+    .await;
+    kill_the_lease_holder(&apps[0], &mut daemons).await;
+    let snapshot = format!("{:?}", apps[0].path("big.csv").display().to_string());
+    let config = std::fs::read_to_string(apps[0].config_path()).unwrap();
+    let mover = TestApp::with_state(apps[0].state_url.clone(), "", "");
+    mover.write("config.toml", &config.replace(&old.uri(), &new.uri()).replace("\"big.csv\"", &snapshot));
+
+    assert_success(&mover.run(&["resync", "--wait", "30"]).await);
+    stop_all(daemons);
+    assert_success(&mover.sync(&[]).await);
+    let got: std::collections::HashSet<String> = received(&new).await.into_iter().map(|(user, _)| user).collect();
+    assert_eq!(got.len(), MEMBERS, "every member reached the new destination");
+}

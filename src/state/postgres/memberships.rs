@@ -94,7 +94,19 @@ impl Store {
     }
 
     /// Marks every row of `keys`, or only `user`'s, pending again; returns how many.
-    pub async fn mark_for_resync(&self, keys: &[String], user: Option<&str>) -> anyhow::Result<u64> {
+    /// As the SQLite backend's. Moving, the destination's row is locked first: a shard's
+    /// answers check it (`hold_shard`), so none recorded from the old destination lands after
+    /// the rows are marked.
+    pub async fn mark_for_resync(
+        &self,
+        keys: &[String],
+        user: Option<&str>,
+        moving_to: Option<&str>,
+    ) -> anyhow::Result<u64> {
+        let mut tx = self.pool.begin().await?;
+        if let Some(identity) = moving_to {
+            super::destination::upsert(&mut tx, identity, crate::state::DestinationClaim::MoveTo).await?;
+        }
         let done = sqlx::query(
             "UPDATE member_rows SET synced = NULL, attempts = 0, last_error = NULL, quarantined_at = NULL \
              WHERE computation_id IN (SELECT id FROM computations WHERE key = ANY($1)) \
@@ -102,8 +114,9 @@ impl Store {
         )
         .bind(keys)
         .bind(user)
-        .execute(&self.pool)
+        .execute(&mut *tx)
         .await?;
+        tx.commit().await?;
         Ok(done.rows_affected())
     }
 

@@ -257,12 +257,14 @@ impl Store {
 }
 
 /// Inside a write transaction: fails with `LeaseLost` unless `owner` still holds the claim of
-/// the shard, unlapsed, undone, its delivery still running; the row stays locked until the
-/// transaction ends, so a claim taken over waits for it.
+/// the shard, unlapsed, undone, its delivery still running, the state still synced to its
+/// destination; the rows stay locked until the transaction ends, so a claim taken over, or a
+/// resync moving the state (it locks `state_destination` first), waits for it.
 pub(super) async fn hold_shard(db: &mut PgConnection, owner: &str, round: i64, shard: i32) -> anyhow::Result<()> {
     let held = sqlx::query(AssertSqlSafe(format!(
-        "SELECT 1 FROM delivery_shards d WHERE d.round_id = $1 AND d.shard = $2 AND d.owner = $3 \
-         AND d.expires_at > {DB_NOW} AND d.done_at IS NULL AND {ROUND_RUNNING} FOR SHARE OF d"
+        "SELECT 1 FROM delivery_shards d JOIN state_destination s ON s.identity = d.destination \
+         WHERE d.round_id = $1 AND d.shard = $2 AND d.owner = $3 \
+         AND d.expires_at > {DB_NOW} AND d.done_at IS NULL AND {ROUND_RUNNING} FOR SHARE OF d, s"
     )))
     .bind(round)
     .bind(shard)

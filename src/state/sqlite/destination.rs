@@ -16,26 +16,36 @@ impl Store {
         Ok(sqlx::query_scalar(RECORDED).fetch_optional(&self.pool).await?)
     }
 
-    /// Records `identity` where no destination is (moving: in place of another one); returns
-    /// the destination recorded after.
-    pub async fn record_destination(&self, identity: &str, claim: DestinationClaim) -> anyhow::Result<Option<String>> {
-        let keep = match claim {
-            DestinationClaim::Same => "DO NOTHING",
-            DestinationClaim::MoveTo => {
-                "DO UPDATE SET identity = excluded.identity, recorded_at = excluded.recorded_at \
-                 WHERE identity <> excluded.identity"
-            }
-        };
+    /// Records `identity` where no destination is; returns the destination recorded after.
+    pub async fn record_destination(&self, identity: &str) -> anyhow::Result<Option<String>> {
         let mut tx = self.begin_immediate().await?;
-        sqlx::query(sqlx::AssertSqlSafe(format!(
-            "INSERT INTO state_destination (id, identity, recorded_at) VALUES (1, ?1, ?2) ON CONFLICT (id) {keep}"
-        )))
-        .bind(identity)
-        .bind(now())
-        .execute(&mut *tx)
-        .await?;
+        upsert(&mut tx, identity, DestinationClaim::Same).await?;
         let recorded = sqlx::query_scalar(RECORDED).fetch_optional(&mut *tx).await?;
         tx.commit().await?;
         Ok(recorded)
     }
+}
+
+/// Records `identity` in `db`'s transaction where no destination is (moving: in place of
+/// another one), the row locked until it ends.
+pub(super) async fn upsert(
+    db: &mut sqlx::SqliteConnection,
+    identity: &str,
+    claim: DestinationClaim,
+) -> anyhow::Result<()> {
+    let keep = match claim {
+        DestinationClaim::Same => "DO NOTHING",
+        DestinationClaim::MoveTo => {
+            "DO UPDATE SET identity = excluded.identity, recorded_at = excluded.recorded_at \
+             WHERE identity <> excluded.identity"
+        }
+    };
+    sqlx::query(sqlx::AssertSqlSafe(format!(
+        "INSERT INTO state_destination (id, identity, recorded_at) VALUES (1, ?1, ?2) ON CONFLICT (id) {keep}"
+    )))
+    .bind(identity)
+    .bind(now())
+    .execute(db)
+    .await?;
+    Ok(())
 }

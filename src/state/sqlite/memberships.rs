@@ -120,9 +120,18 @@ impl Store {
 
     /// Marks rows pending again so that their current value is re-sent: every row of the
     /// computations `keys`, or only `user`'s. Quarantine and failure counts start afresh.
-    /// Returns how many rows were marked.
-    pub async fn mark_for_resync(&self, keys: &[String], user: Option<&str>) -> anyhow::Result<u64> {
+    /// Returns how many rows were marked. `moving_to`: the destination the state moves to, in
+    /// the same transaction.
+    pub async fn mark_for_resync(
+        &self,
+        keys: &[String],
+        user: Option<&str>,
+        moving_to: Option<&str>,
+    ) -> anyhow::Result<u64> {
         let mut tx = self.begin_immediate().await?;
+        if let Some(identity) = moving_to {
+            super::destination::upsert(&mut tx, identity, crate::state::DestinationClaim::MoveTo).await?;
+        }
         let done = sqlx::query(
             "UPDATE member_rows SET synced = NULL, attempts = 0, last_error = NULL, quarantined_at = NULL \
              WHERE computation_id IN (SELECT id FROM computations WHERE key IN (SELECT value FROM json_each(?1))) \
