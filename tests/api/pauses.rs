@@ -265,22 +265,7 @@ async fn sigterm_while_the_daemon_waits_to_record_its_destination_exits_zero() {
     app.write("a.csv", &csv_users(&["u1"]));
     assert_success(&app.sync(&[]).await);
     let sent = received(&edge).await.len();
-    let operator = rusqlite::Connection::open(app.path("state.db")).unwrap();
-    operator.execute_batch("DELETE FROM state_destination; BEGIN IMMEDIATE").unwrap();
-    let log = std::fs::File::create(app.path("stderr.log")).unwrap();
-    let mut child = app.command(&["run"]).stdout(Stdio::null()).stderr(log).spawn().unwrap();
-    let tasks = format!("/proc/{}/task", child.id());
-    wait_until(30, "the daemon to wait for the lock", || async {
-        std::fs::read_dir(&tasks)
-            .unwrap()
-            .flatten()
-            .any(|t| std::fs::read_to_string(t.path().join("wchan")).is_ok_and(|w| w.contains("nanosleep")))
-    })
-    .await;
-    terminate(&child);
-    let status = wait_exit(&mut child, 10).await;
-    operator.execute_batch("ROLLBACK").unwrap();
-    let log = std::fs::read_to_string(app.path("stderr.log")).unwrap();
+    let (status, log) = sigterm_while_waiting_for_the_lock(&app, "DELETE FROM state_destination;", "run").await;
     assert!(status.success(), "{status:?}: {log}");
     assert!(log.contains("stopped waiting for the state's write lock"), "{log}");
     assert_eq!(received(&edge).await.len(), sent, "nothing sent");
@@ -326,18 +311,13 @@ async fn sigterm_ends_a_lock_wait_on_the_thread_that_sends() {
 /// lock as each connection opened: a command started while an operator held a write
 /// transaction waited in SQLite's own 300 s busy timeout, before any signal handler, and
 /// SIGTERM killed it without a word.
-#[tokio::test]
-async fn sigterm_ends_a_wait_for_the_states_lock_begun_at_start() {
-    let edge = contentstack_server().await;
-    let app = TestApp::contentstack(&edge, 2, &audience("A", "a.csv"));
-    app.write("a.csv", &csv_users(&["u1"]));
-    assert_success(&app.sync(&[]).await);
-    app.write("a.csv", &csv_users(&["u1", "u2"]));
+/// Runs `command` while an operator, having run `first` (SQL), holds the write lock; sends it
+/// SIGTERM once one of its threads sleeps between tries for the lock. How it ended, its log.
+async fn sigterm_while_waiting_for_the_lock(app: &TestApp, first: &str, command: &str) -> (ExitStatus, String) {
     let operator = rusqlite::Connection::open(app.path("state.db")).unwrap();
-    operator.execute_batch("BEGIN IMMEDIATE").unwrap();
+    operator.execute_batch(&format!("{first} BEGIN IMMEDIATE")).unwrap();
     let log = std::fs::File::create(app.path("stderr.log")).unwrap();
-    let mut child = app.command(&["sync"]).stdout(Stdio::null()).stderr(log).spawn().unwrap();
-    // One of its threads sleeps between tries for the lock.
+    let mut child = app.command(&[command]).stdout(Stdio::null()).stderr(log).spawn().unwrap();
     let tasks = format!("/proc/{}/task", child.id());
     wait_until(30, "the command to wait for the lock", || async {
         std::fs::read_dir(&tasks)
@@ -349,7 +329,17 @@ async fn sigterm_ends_a_wait_for_the_states_lock_begun_at_start() {
     terminate(&child);
     let status = wait_exit(&mut child, 10).await;
     operator.execute_batch("ROLLBACK").unwrap();
-    let log = std::fs::read_to_string(app.path("stderr.log")).unwrap();
+    (status, std::fs::read_to_string(app.path("stderr.log")).unwrap())
+}
+
+#[tokio::test]
+async fn sigterm_ends_a_wait_for_the_states_lock_begun_at_start() {
+    let edge = contentstack_server().await;
+    let app = TestApp::contentstack(&edge, 2, &audience("A", "a.csv"));
+    app.write("a.csv", &csv_users(&["u1"]));
+    assert_success(&app.sync(&[]).await);
+    app.write("a.csv", &csv_users(&["u1", "u2"]));
+    let (status, log) = sigterm_while_waiting_for_the_lock(&app, "", "sync").await;
     assert_eq!(status.code(), Some(1), "ended by its own shutdown, not by the signal: {log}");
     assert!(log.contains("stopped waiting for the state's write lock"), "{log}");
 }

@@ -327,16 +327,7 @@ async fn a_holder_killed_while_others_deliver_its_shards_leaves_them_delivering_
     let server = slow_server(200).await;
     let (apps, mut daemons) = sharing_daemons(&server, 3);
     let db = apps[0].db().await;
-    wait_until(60, "another worker to deliver a shard of the holder's pass", || async {
-        let helping: Result<i64, _> = sqlx::query_scalar(
-            "SELECT count(*) FROM delivery_shards s, leases l WHERE l.computation_key = 'big' \
-             AND s.done_at IS NULL AND s.pid <> l.pid",
-        )
-        .fetch_one(&db)
-        .await;
-        helping.is_ok_and(|n| n > 0)
-    })
-    .await;
+    another_worker_delivering(&db).await;
     kill_the_lease_holder(&apps[0], &mut daemons).await;
     first_sync_done(&apps[0]).await;
     stop_all(daemons);
@@ -531,6 +522,20 @@ async fn sigterm_while_an_operator_locks(table: &str, waiting: &str, snapshot: &
     app
 }
 
+/// Waits for a worker other than the holder of the pass to deliver a shard of it.
+async fn another_worker_delivering(db: &sqlx::AnyPool) {
+    wait_until(60, "another worker to deliver a shard of the holder's pass", || async {
+        let helping: Result<i64, _> = sqlx::query_scalar(
+            "SELECT count(*) FROM delivery_shards s, leases l WHERE l.computation_key = 'big' \
+             AND s.done_at IS NULL AND s.pid <> l.pid",
+        )
+        .fetch_one(db)
+        .await;
+        helping.is_ok_and(|n| n > 0)
+    })
+    .await;
+}
+
 /// Kills (SIGKILL) the one of `workers` holding the computation's lease, the one delivering;
 /// returns its index.
 async fn kill_the_lease_holder(app: &TestApp, workers: &mut Vec<Child>) -> usize {
@@ -559,16 +564,7 @@ async fn a_resync_moving_the_state_fences_off_the_old_destinations_shard_answers
     let (old, new) = (slow_server(30).await, contentstack_server().await);
     let (apps, mut daemons) = sharing_daemons(&old, 2);
     let db = apps[0].db().await;
-    wait_until(60, "the other worker to deliver a shard of the holder's pass", || async {
-        let helping: Result<i64, _> = sqlx::query_scalar(
-            "SELECT count(*) FROM delivery_shards s, leases l WHERE l.computation_key = 'big' \
-             AND s.done_at IS NULL AND s.pid <> l.pid",
-        )
-        .fetch_one(&db)
-        .await;
-        helping.is_ok_and(|n| n > 0)
-    })
-    .await;
+    another_worker_delivering(&db).await;
     kill_the_lease_holder(&apps[0], &mut daemons).await;
     let snapshot = format!("{:?}", apps[0].path("big.csv").display().to_string());
     let config = std::fs::read_to_string(apps[0].config_path()).unwrap();
