@@ -30,37 +30,54 @@ pub struct StatusRow {
 
 pub async fn rows(config: &Config) -> anyhow::Result<Vec<StatusRow>> {
     let store = Store::open_read_only(&config.state).await?;
-    let (known, mut leases, shards) = match &store {
-        Some(s) => (s.statuses().await?, s.live_leases().await?, s.shard_progress().await?),
-        None => (Vec::new(), Vec::new(), Vec::new()),
+    let Some(s) = &store else {
+        return Ok(config.computations.iter().map(|c| row(c, None, None, None, None)).collect());
     };
+    // Leases read before and after the runs: a pass ending or starting meanwhile is held in
+    // one of the two reads, so a pass read as running is never shown stopped for that.
+    let before = s.live_leases().await?;
+    let (known, shards) = (s.statuses().await?, s.shard_progress().await?);
+    let mut last_passes = Vec::new();
+    for c in &config.computations {
+        last_passes.push(s.last_run(&c.key).await?);
+    }
+    let mut leases = s.live_leases().await?;
+    leases.extend(before);
     // A killed holder's lease lives on until it expires or the next pass takes it over.
     let this = LeaseOwner::this_process();
     leases.retain(|l| !holder_gone(l, &this));
-    let now = chrono::Utc::now();
-    let mut rows = Vec::new();
-    for c in &config.computations {
+    let rows = config.computations.iter().zip(last_passes).map(|(c, last_pass)| {
         let state = known.iter().find(|s| s.key == c.key);
-        let last_pass = match &store {
-            Some(s) => s.last_run(&c.key).await?,
-            None => None,
-        };
-        rows.push(StatusRow {
-            key: c.key.clone(),
-            name: c.name.clone(),
-            kind: c.kind.as_str(),
-            members: state.map_or(0, |s| s.members),
-            pending: state.map_or(0, |s| s.pending),
-            failed: state.map_or(0, |s| s.failed),
-            quarantined: state.map_or(0, |s| s.quarantined),
-            initial_sync_done_at: state.and_then(|s| s.initial_sync_done_at.clone()),
-            last_pass,
-            next_pass: schedule::next_after(&c.cron, now).map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)),
-            held_by: leases.iter().find(|l| l.computation_key == c.key).map(|l| format!("pid {} on {}", l.pid, l.host)),
-            shards: shards.iter().find(|s| s.keys.contains(&c.key)).cloned(),
-        });
+        let held_by =
+            leases.iter().find(|l| l.computation_key == c.key).map(|l| format!("pid {} on {}", l.pid, l.host));
+        row(c, state, last_pass, held_by, shards.iter().find(|s| s.keys.contains(&c.key)).cloned())
+    });
+    Ok(rows.collect())
+}
+
+/// One computation's row from what the state says of it.
+fn row(
+    c: &crate::config::Computation,
+    state: Option<&crate::state::ComputationStatus>,
+    last_pass: Option<LastRun>,
+    held_by: Option<String>,
+    shards: Option<ShardProgress>,
+) -> StatusRow {
+    let now = chrono::Utc::now();
+    StatusRow {
+        key: c.key.clone(),
+        name: c.name.clone(),
+        kind: c.kind.as_str(),
+        members: state.map_or(0, |s| s.members),
+        pending: state.map_or(0, |s| s.pending),
+        failed: state.map_or(0, |s| s.failed),
+        quarantined: state.map_or(0, |s| s.quarantined),
+        initial_sync_done_at: state.and_then(|s| s.initial_sync_done_at.clone()),
+        last_pass,
+        next_pass: schedule::next_after(&c.cron, now).map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)),
+        held_by,
+        shards,
     }
-    Ok(rows)
 }
 
 /// The HELD BY cell: the pass's holder and, during a delivery in shards, how far it is and who

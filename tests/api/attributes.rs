@@ -92,3 +92,30 @@ async fn an_attribute_that_cannot_be_created_blocks_its_computation_only() {
     let pending: Vec<String> = sqlx::query_scalar("SELECT user_id FROM pending").fetch_all(&db).await.unwrap();
     assert_eq!(pending, ["u2"]);
 }
+
+/// Review finding: a resync moving the state to another project kept the attributes known to
+/// exist in the old one, and neither listed nor created any in the new one.
+#[tokio::test]
+async fn a_state_moved_to_another_project_creates_the_attributes_missing_there() {
+    let (edge, management) = servers(&["known"], 201).await;
+    let app = app(&edge, &management);
+    assert_success(&app.sync(&[]).await);
+    let (new_edge, new_management) = servers(&[], 201).await;
+    let quoted = |server: &MockServer| format!("\"{}\"", server.uri());
+    let moved = app
+        .replace_in_config(&quoted(&edge), &quoted(&new_edge))
+        .replace_in_config(&quoted(&management), &quoted(&new_management));
+
+    assert_success(&moved.run(&["resync"]).await);
+    let mut created: Vec<String> = new_management
+        .received_requests()
+        .await
+        .unwrap()
+        .iter()
+        .filter(|r| r.method.as_str() == "POST")
+        .map(|r| serde_json::from_slice::<serde_json::Value>(&r.body).unwrap()["key"].as_str().unwrap().to_string())
+        .collect();
+    created.sort();
+    assert_eq!(created, ["brand_new", "known"]);
+    assert_eq!(received(&new_edge).await.len(), 2, "u1 and u2 sent to the new project");
+}

@@ -27,12 +27,12 @@ impl Store {
 }
 
 /// Records `identity` in `db`'s transaction where no destination is (moving: in place of
-/// another one), the row locked until it ends.
+/// another one), the row locked until it ends; whether it wrote it.
 pub(super) async fn upsert(
     db: &mut sqlx::SqliteConnection,
     identity: &str,
     claim: DestinationClaim,
-) -> anyhow::Result<()> {
+) -> anyhow::Result<bool> {
     let keep = match claim {
         DestinationClaim::Same => "DO NOTHING",
         DestinationClaim::MoveTo => {
@@ -40,12 +40,12 @@ pub(super) async fn upsert(
              WHERE identity <> excluded.identity"
         }
     };
-    sqlx::query(sqlx::AssertSqlSafe(format!(
+    let written = sqlx::query(sqlx::AssertSqlSafe(format!(
         "INSERT INTO state_destination (id, identity, recorded_at) VALUES (1, ?1, ?2) ON CONFLICT (id) {keep}"
     )))
     .bind(identity)
     .bind(now())
     .execute(db)
     .await?;
-    Ok(())
+    Ok(written.rows_affected() > 0)
 }
