@@ -13,7 +13,7 @@ use crate::metrics::Metrics;
 use crate::pass::{self, PassOptions, lease, plan};
 use crate::progress::Progress;
 use crate::say::say;
-use crate::state::{DestinationClaim, LeaseOwner, Store, Trigger};
+use crate::state::{LeaseOwner, Store, Trigger};
 
 /// A pass asked for on the command line, validated: the computations it selects (known keys
 /// only), how long to wait for other processes' leases, and what kind of pass.
@@ -38,15 +38,11 @@ impl PassRequest {
         Ok(PassRequest { selected: config.select(keys)?, wait, kind })
     }
 
-    /// A resync of every computation (no `--user`) moves the state to the configured
-    /// destination; any other pass must find it there.
-    fn destination_claim(&self, config: &Config) -> DestinationClaim {
-        match &self.kind {
-            PassKind::Resync { user: None } if self.selected.len() == config.computations.len() => {
-                DestinationClaim::MoveTo
-            }
-            _ => DestinationClaim::Same,
-        }
+    /// Whether this pass moves the state to the configured destination: a resync of every
+    /// computation (no `--user`) sends every row again, so the new destination gets the whole
+    /// picture. Any other pass must find the state there.
+    fn moves_state(&self, config: &Config) -> bool {
+        matches!(self.kind, PassKind::Resync { user: None }) && self.selected.len() == config.computations.len()
     }
 
     fn keys(&self) -> Vec<String> {
@@ -114,20 +110,21 @@ async fn prepare(
     metrics: &Arc<Metrics>,
 ) -> anyhow::Result<Destination> {
     let identity = config.destination.identity();
-    let claim = request.destination_claim(config);
-    match claim {
-        DestinationClaim::Same => store.check_destination(&identity).await?,
-        DestinationClaim::MoveTo => refuse_to_strand(store, config, &identity).await?,
+    let moves = request.moves_state(config);
+    if moves {
+        refuse_to_strand(store, config, &identity).await?;
+    } else {
+        store.check_destination(&identity).await?;
     }
     let destination = Destination::from_config(&config.destination, metrics)?;
-    if claim == DestinationClaim::Same {
+    if !moves {
         store.claim_destination(&identity).await?;
     }
     if let PassKind::Resync { user } = &request.kind {
         // Moving, in one transaction: a state moved and killed before marking would send the
         // new destination nothing but deltas, and an answer from the old one recorded between
         // the two would mark a row synced that the new one never gets.
-        let moving_to = (claim == DestinationClaim::MoveTo).then_some(identity.as_str());
+        let moving_to = moves.then_some(identity.as_str());
         let marked = store.mark_for_resync(&request.keys(), user.as_deref(), moving_to).await?;
         let whose = user.as_ref().map(|u| format!(" of user {u:?}")).unwrap_or_default();
         println!("resync: {marked} rows{whose} marked to be sent again");
@@ -143,7 +140,7 @@ async fn refuse_to_strand(store: &Store, config: &Config, identity: &str) -> any
     }
     let configured: Vec<&str> = config.computations.iter().map(|c| c.key.as_str()).collect();
     let stranded: Vec<String> =
-        store.statuses().await?.into_iter().map(|s| s.key).filter(|k| !configured.contains(&k.as_str())).collect();
+        store.computation_keys().await?.into_iter().filter(|k| !configured.contains(&k.as_str())).collect();
     if stranded.is_empty() {
         return Ok(());
     }

@@ -1,15 +1,5 @@
 //! Which destination a state is synced to (DESIGN §10: one state serves one destination).
 
-/// How a pass takes the destination its config names.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum DestinationClaim {
-    /// The state's own destination, recorded by its first pass: a pass to another is refused.
-    Same,
-    /// A resync of every computation moves the state to the configured destination: every row
-    /// is sent again, so the new destination gets the whole picture.
-    MoveTo,
-}
-
 /// A pass whose config names another destination than the one its state is synced to: its
 /// deltas would reach a destination that never had the rest, and marking them synced there
 /// would hide them from the first one for good.

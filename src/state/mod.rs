@@ -23,7 +23,7 @@ mod store;
 mod times;
 
 pub use delivery::{AnswerRecords, AnswerWriter, PendingPages, PendingReader};
-pub use destination::{DestinationClaim, OtherDestination};
+pub use destination::OtherDestination;
 pub use diff_writer::{DiffRows, DiffWrite, DiffWriter};
 pub use explain::{Delivery, DiffPass, MembershipRow, Queued, UserState};
 pub use first_sync_queue::{QueueRows, QueueRun, QueueWriter};

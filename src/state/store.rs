@@ -229,6 +229,11 @@ impl Store {
         each_async!(self, s => s.forget_snapshot_content(key))
     }
 
+    /// The key of every computation the state knows.
+    pub async fn computation_keys(&self) -> anyhow::Result<Vec<String>> {
+        each_async!(self, s => s.computation_keys())
+    }
+
     pub async fn knows(&self, key: &str) -> anyhow::Result<bool> {
         each_async!(self, s => s.knows(key))
     }

@@ -77,6 +77,10 @@ impl Store {
         Ok(known)
     }
 
+    pub async fn computation_keys(&self) -> anyhow::Result<Vec<String>> {
+        Ok(sqlx::query_scalar("SELECT key FROM computations ORDER BY key COLLATE \"C\"").fetch_all(&self.pool).await?)
+    }
+
     pub async fn mark_initial_sync_done(&self, key: &str) -> anyhow::Result<()> {
         sqlx::query(
             "UPDATE computations SET initial_sync_done_at = $2 WHERE key = $1 AND initial_sync_done_at IS NULL",

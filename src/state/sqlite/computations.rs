@@ -88,6 +88,11 @@ impl Store {
         Ok(n > 0)
     }
 
+    /// The key of every computation the state has rows for.
+    pub async fn computation_keys(&self) -> anyhow::Result<Vec<String>> {
+        Ok(sqlx::query_scalar("SELECT key FROM computations ORDER BY key").fetch_all(&self.pool).await?)
+    }
+
     /// Notes that the first pass of `key` left nothing pending.
     pub async fn mark_initial_sync_done(&self, key: &str) -> anyhow::Result<()> {
         sqlx::query(

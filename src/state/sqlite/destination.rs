@@ -1,7 +1,6 @@
 //! `state_destination`: the destination this state is synced to.
 
 use super::{Store, now};
-use crate::state::DestinationClaim;
 
 const RECORDED: &str = "SELECT identity FROM state_destination WHERE id = 1";
 
@@ -19,33 +18,33 @@ impl Store {
     /// Records `identity` where no destination is; returns the destination recorded after.
     pub async fn record_destination(&self, identity: &str) -> anyhow::Result<Option<String>> {
         let mut tx = self.begin_immediate().await?;
-        upsert(&mut tx, identity, DestinationClaim::Same).await?;
+        sqlx::query(
+            "INSERT INTO state_destination (id, identity, recorded_at) VALUES (1, ?1, ?2) ON CONFLICT (id) DO NOTHING",
+        )
+        .bind(identity)
+        .bind(now())
+        .execute(&mut *tx)
+        .await?;
         let recorded = sqlx::query_scalar(RECORDED).fetch_optional(&mut *tx).await?;
         tx.commit().await?;
         Ok(recorded)
     }
 }
 
-/// Records `identity` in `db`'s transaction where no destination is (moving: in place of
-/// another one), the row locked until it ends; whether it wrote it.
-pub(super) async fn upsert(
-    db: &mut sqlx::SqliteConnection,
-    identity: &str,
-    claim: DestinationClaim,
-) -> anyhow::Result<bool> {
-    let keep = match claim {
-        DestinationClaim::Same => "DO NOTHING",
-        DestinationClaim::MoveTo => {
-            "DO UPDATE SET identity = excluded.identity, recorded_at = excluded.recorded_at \
-             WHERE identity <> excluded.identity"
-        }
-    };
-    let written = sqlx::query(sqlx::AssertSqlSafe(format!(
-        "INSERT INTO state_destination (id, identity, recorded_at) VALUES (1, ?1, ?2) ON CONFLICT (id) {keep}"
-    )))
+/// Moves the state to `identity` in `db`'s transaction, its row locked until the transaction
+/// ends; a real move forgets the attributes known to exist in the old destination's project.
+pub(super) async fn move_to(db: &mut sqlx::SqliteConnection, identity: &str) -> anyhow::Result<()> {
+    let moved = sqlx::query(
+        "INSERT INTO state_destination (id, identity, recorded_at) VALUES (1, ?1, ?2) ON CONFLICT (id) \
+         DO UPDATE SET identity = excluded.identity, recorded_at = excluded.recorded_at \
+         WHERE identity <> excluded.identity",
+    )
     .bind(identity)
     .bind(now())
-    .execute(db)
+    .execute(&mut *db)
     .await?;
-    Ok(written.rows_affected() > 0)
+    if moved.rows_affected() > 0 {
+        sqlx::query("DELETE FROM destination_attributes").execute(db).await?;
+    }
+    Ok(())
 }

@@ -130,11 +130,7 @@ impl Store {
     ) -> anyhow::Result<u64> {
         let mut tx = self.begin_immediate().await?;
         if let Some(identity) = moving_to {
-            let moved = super::destination::upsert(&mut tx, identity, crate::state::DestinationClaim::MoveTo).await?;
-            if moved {
-                // What exists in the old destination's project says nothing of the new one's.
-                sqlx::query("DELETE FROM destination_attributes").execute(&mut *tx).await?;
-            }
+            super::destination::move_to(&mut tx, identity).await?;
         }
         let done = sqlx::query(
             "UPDATE member_rows SET synced = NULL, attempts = 0, last_error = NULL, quarantined_at = NULL \
