@@ -10,6 +10,7 @@
 
 mod attributes;
 mod commit;
+mod lanes;
 mod retry;
 mod rows;
 pub mod shards;

@@ -80,6 +80,16 @@ impl Store {
         matches!(self, Store::Sqlite(_))
     }
 
+    /// How many connections delivery records answers on at once: SQLite takes one writer at a
+    /// time; PostgreSQL's server inserts beside itself, and one connection left a 10M first
+    /// sync waiting on one server process (docs/performance.md).
+    pub fn answer_lanes(&self) -> usize {
+        match self {
+            Store::Sqlite(_) => 1,
+            Store::Postgres(_) => 2,
+        }
+    }
+
     /// Takes the destination named `identity` (`config::Destination::identity`) as this
     /// state's where none is recorded; another already recorded fails with `OtherDestination`.
     /// Only a state without one is written to. (A resync moves it: `mark_for_resync`.)
