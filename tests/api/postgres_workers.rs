@@ -153,6 +153,46 @@ async fn a_worker_cut_off_from_the_database_stops_and_another_delivers_the_rest(
     all_delivered_with_at_most(&server, &apps[1], CONCURRENCY).await;
 }
 
+/// Review finding: with answers recorded on two connections at once, each answer transaction
+/// held the lease rows share-locked from its start, one lane or the other always held them, and
+/// the heartbeat's renewal (which waits for every share lock) never got in: a `sync` running
+/// alone lost its own lease. An answer transaction locks the leases only at its end: one held
+/// up mid-write (here at its count of answers, behind a lock this test takes) leaves the
+/// heartbeat free.
+#[tokio::test]
+#[ignore = "needs a Postgres server: set AUDIENCE_SYNC_TEST_POSTGRES_URL (see README, Development)"]
+async fn the_heartbeat_renews_the_lease_while_an_answer_transaction_is_held_mid_write() {
+    let server = slow_destination().await;
+    let apps = workers(&server, 1);
+    let child = start_sync(&apps[0], &[]);
+    wait_for_requests(&server, MEMBERS / 4).await;
+    let admin = apps[0].state_rw().await;
+    let mut counts = admin.begin().await.unwrap();
+    sqlx::query("SELECT 1 FROM sync_runs WHERE status = 'running' FOR UPDATE").fetch_all(&mut *counts).await.unwrap();
+    wait_until(30, "an answer transaction to wait at its count", || async {
+        let waiting: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() \
+             AND wait_event_type = 'Lock' AND query LIKE 'UPDATE sync_runs SET delivered%'",
+        )
+        .fetch_one(&admin)
+        .await
+        .unwrap();
+        waiting > 0
+    })
+    .await;
+    let heartbeat = || async {
+        let at: String = sqlx::query_scalar("SELECT heartbeat_at FROM leases").fetch_one(&admin).await.unwrap();
+        at
+    };
+    let before = heartbeat().await;
+    wait_until(5 * LEASE_TTL_SECS, "the lease to be renewed", || async { heartbeat().await > before }).await;
+    counts.rollback().await.unwrap();
+
+    let out = finish(child).await;
+    assert!(out.status.success(), "{}", stderr(&out));
+    all_delivered_with_at_most(&server, &apps[0], 0).await;
+}
+
 #[tokio::test]
 #[ignore = "needs a Postgres server: set AUDIENCE_SYNC_TEST_POSTGRES_URL (see README, Development)"]
 async fn three_workers_one_killed_mid_first_sync_deliver_everything_once_but_its_requests_in_flight() {

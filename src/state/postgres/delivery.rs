@@ -7,7 +7,7 @@ use sqlx::{AssertSqlSafe, PgConnection};
 
 use super::Store;
 use super::blocking::Blocking;
-use super::leases::{LeaseCheck, hold};
+use super::leases::{Hold, LeaseCheck, hold};
 use crate::change::{Outcome, PendingRow, PendingValue};
 use crate::config::Kind;
 use crate::http::answer::refusal_status;
@@ -146,7 +146,7 @@ impl AnswerRecords for Answers {
         let (lease, at) = (self.how.lease.as_ref(), now());
         self.db.run(async |conn| {
             let mut tx = sqlx::Connection::begin(&mut *conn).await?;
-            hold(&mut tx, lease, false).await?;
+            hold(&mut tx, lease, Hold::Share).await?;
             let ids: Vec<i64> = sqlx::query_scalar(
                 "INSERT INTO sending_windows (computation_key, after_user, last_user, noted_at) \
                  SELECT k, $2, $3, $4 FROM UNNEST($1::text[]) WITH ORDINALITY AS t (k, n) ORDER BY n RETURNING id",
@@ -169,7 +169,7 @@ impl AnswerRecords for Answers {
         db.run(async |conn| {
             let mut tx = sqlx::Connection::begin(&mut *conn).await?;
             // First: once another worker holds the lease, the error must be the lost lease.
-            hold(&mut tx, how.lease.as_ref(), false).await?;
+            hold(&mut tx, how.lease.as_ref(), Hold::Look).await?;
             let mut quarantined = Vec::new();
             for call in calls {
                 quarantined.extend(how.record_call(&mut tx, call, at_ms).await?);
@@ -179,6 +179,10 @@ impl AnswerRecords for Answers {
                 how.keep_history(&mut tx, calls, &at).await?;
             }
             sqlx::query("DELETE FROM sending_windows WHERE id = ANY($1)").bind(answered).execute(&mut *tx).await?;
+            // Last, the fence: locked from here to the commit only. Locked from the start, the
+            // lease rows were always share-locked by one lane or the other, and the heartbeat's
+            // renewal, which waits for every share lock, never got in (review finding).
+            hold(&mut tx, how.lease.as_ref(), Hold::Share).await?;
             tx.commit().await?;
             Ok(quarantined)
         })

@@ -132,7 +132,7 @@ impl Store {
             let mut tx = sqlx::Connection::begin(conn).await?;
             let wait_ms = wait.as_millis().max(1).to_string();
             sqlx::query(AssertSqlSafe(format!("SET LOCAL lock_timeout = {wait_ms}"))).execute(&mut *tx).await?;
-            check.hold(&mut tx, true).await?;
+            check.hold(&mut tx, Hold::Renew).await?;
             tx.commit().await?;
             Ok(())
         })
@@ -207,7 +207,7 @@ impl Store {
         keys: &[String],
     ) -> anyhow::Result<sqlx::Transaction<'static, sqlx::Postgres>> {
         let mut tx = self.pool.begin().await?;
-        hold(&mut tx, self.lease_check(keys).as_ref(), false).await?;
+        hold(&mut tx, self.lease_check(keys).as_ref(), Hold::Share).await?;
         Ok(tx)
     }
 
@@ -236,15 +236,15 @@ pub(super) struct LeaseCheck {
 }
 
 impl LeaseCheck {
-    /// Inside a write transaction: fails with `LeaseLost` unless every lease is still the
-    /// claim's and unexpired by the database's clock, and (with `renew`) extends them. The
-    /// rows stay locked until the transaction ends.
-    pub(super) async fn hold(&self, db: &mut PgConnection, renew: bool) -> anyhow::Result<()> {
+    /// Inside a write transaction: fails with `LeaseLost` unless every lease (and the delivery
+    /// shard's claim) is still the claim's and unexpired by the database's clock. `how` says
+    /// whether the rows are then locked until the transaction ends, or extended too.
+    pub(super) async fn hold(&self, db: &mut PgConnection, how: Hold) -> anyhow::Result<()> {
         let owner = self.claim.owner.id.as_str();
         if let Some((round, shard)) = self.shard {
-            super::shards::hold_shard(db, owner, round, shard).await?;
+            super::shards::hold_shard(db, owner, round, shard, how != Hold::Look).await?;
         }
-        let held = if renew {
+        let held = if how == Hold::Renew {
             sqlx::query(AssertSqlSafe(format!(
                 "UPDATE leases SET heartbeat_at = {DB_NOW}, expires_at = {} \
                  WHERE owner = $1 AND computation_key = ANY($2) AND expires_at > {DB_NOW}",
@@ -257,8 +257,9 @@ impl LeaseCheck {
             .await?
             .rows_affected() as usize
         } else {
+            let lock = if how == Hold::Share { "FOR SHARE" } else { "" };
             sqlx::query(AssertSqlSafe(format!(
-                "SELECT 1 FROM leases WHERE owner = $1 AND computation_key = ANY($2) AND expires_at > {DB_NOW} FOR SHARE"
+                "SELECT 1 FROM leases WHERE owner = $1 AND computation_key = ANY($2) AND expires_at > {DB_NOW} {lock}"
             )))
             .bind(owner)
             .bind(&self.keys)
@@ -273,10 +274,22 @@ impl LeaseCheck {
     }
 }
 
+/// How a write transaction holds its leases (`LeaseCheck::hold`).
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(super) enum Hold {
+    /// Checked and extended: the rows stay locked for update.
+    Renew,
+    /// Checked and locked for share: a takeover waits for the transaction to end.
+    Share,
+    /// Checked only, no lock: a lease already lost is the error before any write fails for it.
+    /// Not a fence: the transaction must hold them (`Share`) before it commits.
+    Look,
+}
+
 /// Inside a write transaction: `LeaseCheck::hold`, when there is a check.
-pub(super) async fn hold(db: &mut PgConnection, check: Option<&LeaseCheck>, renew: bool) -> anyhow::Result<()> {
+pub(super) async fn hold(db: &mut PgConnection, check: Option<&LeaseCheck>, how: Hold) -> anyhow::Result<()> {
     match check {
-        Some(c) => c.hold(db, renew).await,
+        Some(c) => c.hold(db, how).await,
         None => Ok(()),
     }
 }

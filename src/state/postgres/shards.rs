@@ -181,7 +181,7 @@ impl Store {
     pub async fn finish_shard(&self, shard: &ShardClaim, report: &str) -> anyhow::Result<()> {
         let Some(claim) = &self.claim else { return Ok(()) };
         let mut tx = self.pool.begin().await?;
-        hold_shard(&mut tx, &claim.owner().id, shard.round, shard.shard).await?;
+        hold_shard(&mut tx, &claim.owner().id, shard.round, shard.shard, true).await?;
         sqlx::query(AssertSqlSafe(format!(
             "UPDATE delivery_shards SET done_at = {DB_NOW}, expires_at = NULL, report = $3 \
              WHERE round_id = $1 AND shard = $2"
@@ -260,11 +260,18 @@ impl Store {
 /// the shard, unlapsed, undone, its delivery still running, the state still synced to its
 /// destination; the rows stay locked until the transaction ends, so a claim taken over, or a
 /// resync moving the state (it locks `state_destination` first), waits for it.
-pub(super) async fn hold_shard(db: &mut PgConnection, owner: &str, round: i64, shard: i32) -> anyhow::Result<()> {
+pub(super) async fn hold_shard(
+    db: &mut PgConnection,
+    owner: &str,
+    round: i64,
+    shard: i32,
+    lock: bool,
+) -> anyhow::Result<()> {
+    let lock = if lock { "FOR SHARE OF d, s" } else { "" };
     let held = sqlx::query(AssertSqlSafe(format!(
         "SELECT 1 FROM delivery_shards d JOIN state_destination s ON s.identity = d.destination \
          WHERE d.round_id = $1 AND d.shard = $2 AND d.owner = $3 \
-         AND d.expires_at > {DB_NOW} AND d.done_at IS NULL AND {ROUND_RUNNING} FOR SHARE OF d, s"
+         AND d.expires_at > {DB_NOW} AND d.done_at IS NULL AND {ROUND_RUNNING} {lock}"
     )))
     .bind(round)
     .bind(shard)
