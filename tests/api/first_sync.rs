@@ -78,6 +78,37 @@ async fn a_running_first_sync_counts_its_unanswered_members_as_pending() {
     child.wait().unwrap();
 }
 
+/// A first sync's queue holds every member, however many writes it takes (PostgreSQL sends its
+/// runs of a thousand members 64 to a statement): a kill leaves them all findable.
+#[tokio::test]
+async fn a_first_syncs_queue_holds_every_member_past_one_write_of_runs() {
+    const MANY: usize = 70_500;
+    let server = destination_that_stalls_after(ANSWERED).await;
+    // One worker's first sync, not a delivery in shards (PostgreSQL's, past this many rows).
+    let one_worker = format!("[sync]\ndelivery_shard_rows = {}\n\n{}", 2 * MANY, audience("Big", "big.csv"));
+    let app = TestApp::contentstack(&server, 4, &one_worker);
+    let users: Vec<String> = (0..MANY).map(|i| format!("user-{i:06}")).collect();
+    app.write("big.csv", &csv_users(&users.iter().map(String::as_str).collect::<Vec<_>>()));
+    let mut child = app.command(&["sync"]).spawn().unwrap();
+    wait_until(60, "requests to stall", || async { server.received_requests().await.unwrap().len() as u64 > ANSWERED })
+        .await;
+
+    let db = app.db().await;
+    let (runs, entries): (i64, i64) = sqlx::query_as(
+        "SELECT count(*), CAST(sum(entries) AS BIGINT) FROM first_sync_queue WHERE computation_key = 'big'",
+    )
+    .fetch_one(&db)
+    .await
+    .unwrap();
+    assert_eq!((runs, entries), (71, MANY as i64), "the queue's runs hold every member");
+    let listed: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM pending WHERE computation_key = 'big'").fetch_one(&db).await.unwrap();
+    let recorded: i64 = sqlx::query_scalar("SELECT count(*) FROM memberships").fetch_one(&db).await.unwrap();
+    assert_eq!(listed + recorded, MANY as i64, "each member is pending or recorded");
+    child.kill().unwrap();
+    child.wait().unwrap();
+}
+
 /// The first sync's members stop counting once it is over, delivered or not.
 #[tokio::test]
 async fn a_first_sync_stopped_by_a_kill_leaves_nothing_pending_twice() {
