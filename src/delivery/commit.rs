@@ -333,23 +333,30 @@ mod tests {
         done.await.unwrap().unwrap();
     }
 
-    #[tokio::test]
-    async fn a_first_syncs_queue_runs_give_back_their_space_once_every_member_in_them_is_answered() {
-        let dir = tempfile::tempdir().unwrap();
-        let (sqlite, db) = store_with_audience(dir.path()).await;
+    /// A state in `dir` whose audience "a" has `members` users queued for its first sync, more
+    /// than a release of the queue waits for.
+    async fn first_sync_queued(dir: &std::path::Path, members: usize) -> (Store, rusqlite::Connection) {
+        assert!(members / 2 >= RELEASE_EVERY);
+        let (sqlite, db) = store_with_audience(dir).await;
         let store = Store::Sqlite(sqlite);
-        // Runs of the queue hold 1,000 members; a release waits for RELEASE_EVERY answers.
-        let half = 20_000;
-        assert!(half >= RELEASE_EVERY);
         let queue_store = store.clone();
         tokio::task::spawn_blocking(move || {
             let mut queue = queue_store.first_sync_queue("a", CHANGED_AT)?;
-            (0..2 * half).try_for_each(|i| queue.push(&user(i), "true"))?;
+            (0..members).try_for_each(|i| queue.push(&user(i), "true"))?;
             queue.commit()
         })
         .await
         .unwrap()
         .unwrap();
+        (store, db)
+    }
+
+    #[tokio::test]
+    async fn a_first_syncs_queue_runs_give_back_their_space_once_every_member_in_them_is_answered() {
+        let dir = tempfile::tempdir().unwrap();
+        // Runs of the queue hold 1,000 members; a release waits for RELEASE_EVERY answers.
+        let half = 20_000;
+        let (store, db) = first_sync_queued(dir.path(), 2 * half).await;
 
         let (writes, received) = mpsc::channel(4);
         let keys = vec!["a".to_string()];
@@ -504,19 +511,8 @@ mod tests {
     #[tokio::test]
     async fn a_first_syncs_queue_keeps_the_users_of_a_window_whose_answers_have_not_committed() {
         let dir = tempfile::tempdir().unwrap();
-        let (sqlite, db) = store_with_audience(dir.path()).await;
-        let store = Store::Sqlite(sqlite);
         let window = 20_000;
-        assert!(window >= RELEASE_EVERY);
-        let queue_store = store.clone();
-        tokio::task::spawn_blocking(move || {
-            let mut queue = queue_store.first_sync_queue("a", CHANGED_AT)?;
-            (0..2 * window).try_for_each(|i| queue.push(&user(i), "true"))?;
-            queue.commit()
-        })
-        .await
-        .unwrap()
-        .unwrap();
+        let (store, db) = first_sync_queued(dir.path(), 2 * window).await;
         let TwoLanes { writes, committer, is_waiting, go } = two_lanes(&store, 0);
         note(&writes, 0, String::new(), user(window - 1)).await;
         note(&writes, 1, user(window - 1), user(2 * window - 1)).await;

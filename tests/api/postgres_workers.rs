@@ -383,7 +383,8 @@ async fn idle_daemons_help_deliver_a_sync_run_by_hand() {
     // Nothing is due for the daemons now: four hundred more members, synced by hand.
     let users: Vec<String> = (0..2 * MEMBERS).map(|i| format!("user-{i:04}")).collect();
     apps[0].write("big.csv", &csv_users(&users.iter().map(String::as_str).collect::<Vec<_>>()));
-    let sync = start_sync(&apps[0], &[]);
+    // The daemon that ran the first sync lets go of its lease a moment after recording the run.
+    let sync = start_sync(&apps[0], &["--wait", "30"]);
     let by_hand = i64::from(sync.id());
     let out = finish(sync).await;
     assert!(out.status.success(), "{}", stderr(&out));
