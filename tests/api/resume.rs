@@ -268,11 +268,12 @@ async fn a_user_back_after_a_kill_during_their_exit_is_sent_again() {
 #[tokio::test]
 async fn a_first_sync_overtaken_by_the_new_holders_rows_reports_its_lost_lease() {
     let (_server, _app, mut child, rw) = a_sync_a_quarter_through().await;
-    let mut tx = rw.begin().await.unwrap();
+    // As a new holder does: its lease taken and committed, then its own pass's writes.
     sqlx::query("UPDATE leases SET owner = 'thief', process = NULL, expires_at = '2999-01-01T00:00:00.000Z'")
-        .execute(&mut *tx)
+        .execute(&rw)
         .await
         .unwrap();
+    let mut tx = rw.begin().await.unwrap();
     // What the new holder's own first sync writes: every member's row.
     for i in 0..MEMBERS {
         // `true` as each backend stores it (SQLite: 1, PostgreSQL: JSON text).

@@ -12,7 +12,7 @@ use crate::change::{Outcome, PendingRow, PendingValue};
 use crate::config::Kind;
 use crate::http::answer::refusal_status;
 use crate::state::times::{Times, millis};
-use crate::state::{AnswerRecords, AnswerWriter, PendingPages, PendingReader, now};
+use crate::state::{AnswerRecords, AnswerWriter, LeaseLost, PendingPages, PendingReader, now};
 
 /// A page of pending rows after a user; `{shard}` narrows it to a delivery shard's users.
 fn page_sql(shard: Option<(i32, i32)>) -> String {
@@ -166,7 +166,7 @@ impl AnswerRecords for Answers {
         let at = now();
         let at_ms = millis(&at)?;
         let Answers { db, how } = self;
-        db.run(async |conn| {
+        let recorded = db.run(async |conn| {
             let mut tx = sqlx::Connection::begin(&mut *conn).await?;
             // First: once another worker holds the lease, the error must be the lost lease.
             hold(&mut tx, how.lease.as_ref(), Hold::Look).await?;
@@ -185,7 +185,20 @@ impl AnswerRecords for Answers {
             hold(&mut tx, how.lease.as_ref(), Hold::Share).await?;
             tx.commit().await?;
             Ok(quarantined)
-        })
+        });
+        recorded.map_err(|e| lost_lease_or(db, how.lease.as_ref(), e))
+    }
+}
+
+/// A write that failed after its transaction found the lease held may have met the new
+/// holder's rows (a duplicate key, a deadlock): when the lease is gone now, that is the error.
+fn lost_lease_or(db: &mut Blocking, lease: Option<&LeaseCheck>, e: anyhow::Error) -> anyhow::Error {
+    if e.is::<LeaseLost>() {
+        return e;
+    }
+    match db.run(async |conn| hold(conn, lease, Hold::Look).await) {
+        Err(lost) if lost.is::<LeaseLost>() => lost,
+        _ => e,
     }
 }
 
