@@ -142,16 +142,16 @@ impl Committer {
 
     /// Waits, taking what ends meanwhile, until a lane is free.
     async fn idle_lane(&mut self) -> anyhow::Result<()> {
-        while !self.lanes.has_idle() {
-            let done = self.lanes.next_finished().await;
-            self.finish(done)?;
-        }
-        Ok(())
+        self.take_finished_until(Lanes::has_idle).await
     }
 
     /// Waits for every job out to end, taking each.
     async fn drain(&mut self) -> anyhow::Result<()> {
-        while self.lanes.busy() {
+        self.take_finished_until(|lanes| !lanes.busy()).await
+    }
+
+    async fn take_finished_until(&mut self, enough: impl Fn(&Lanes) -> bool) -> anyhow::Result<()> {
+        while !enough(&self.lanes) {
             let done = self.lanes.next_finished().await;
             self.finish(done)?;
         }
