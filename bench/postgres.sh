@@ -44,6 +44,22 @@ source = { type = "file", path = "$work/snap.csv" }
 TOML
 }
 
+# The floor under any PostgreSQL first sync: seconds the server alone takes to insert $1 rows of
+# a first sync's shape into a copy of member_rows (same columns, keys and indexes), in two
+# sessions at once as delivery's two connections do, the rows made by the server itself.
+server_floor() {
+  local n=$1 url=$2 half=$(($1 / 2)) start
+  psql -q "$url" -c "CREATE TABLE floor_rows (LIKE member_rows INCLUDING ALL)"
+  start=$(date +%s.%N)
+  for range in "1 $half" "$((half + 1)) $n"; do
+    psql -q "$url" -c "INSERT INTO floor_rows (computation_id, user_id, desired, synced, updated_at, synced_at) \
+      SELECT 1, 'user-' || lpad(i::text, 10, '0'), 'true', 'true', 1764000000000, 1764000000000 \
+      FROM generate_series(${range% *}, ${range#* }) i" &
+  done
+  wait
+  awk "BEGIN{printf \"%.2f\", $(date +%s.%N) - $start}"
+}
+
 printf '%-40s %9s %7s %9s %7s %s\n' "measure" "SQLite s" "MB" "Postgres" "MB" "ratio (target <= 2x, <= 256 MB)"
 for n in "${sizes[@]}"; do
   work="$dir/$n"
@@ -59,9 +75,13 @@ for n in "${sizes[@]}"; do
     cp "$work/${pass#*:}" "$work/snap.csv"
     read -r s_secs s_mb < <(measure "$bin" --config "$work/sqlite/config.toml" sync)
     read -r p_secs p_mb < <(measure "$bin" --config "$work/postgres/config.toml" sync)
+    [ "${pass%%:*}" != "initial pass" ] || initial_secs=$s_secs
     printf '%-40s %9s %7s %9s %7s %s\n' "$n ${pass%%:*}" "$s_secs" "$s_mb" "$p_secs" "$p_mb" \
       "$(awk "BEGIN{printf \"%.2fx\", $p_secs/$s_secs}")"
   done
+  floor=$(server_floor "$n" "$AUDIENCE_SYNC_BENCH_STATE_URL")
+  printf '%-40s %9s %7s %9s %7s %s\n' "$n rows inserted by the server alone" "" "" "$floor" "" \
+    "$(awk "BEGIN{printf \"%.2fx of SQLite's initial pass\", $floor/$initial_secs}")"
   psql -q "$AUDIENCE_SYNC_BENCH_POSTGRES_URL" -c "DROP DATABASE $db"
   rm -rf "$work"
 done
