@@ -215,6 +215,16 @@ impl TestApp {
         let db = self.db().await;
         sqlx::query_scalar("SELECT count(*) FROM pending").fetch_one(&db).await.unwrap()
     }
+
+    /// Rows the destination acknowledged, as committed in the state.
+    pub async fn synced_count(&self) -> usize {
+        let db = self.db().await;
+        let synced: i64 = sqlx::query_scalar("SELECT count(*) FROM memberships WHERE synced IS NOT NULL")
+            .fetch_one(&db)
+            .await
+            .unwrap();
+        synced as usize
+    }
 }
 
 /// The `[destination]` of the Contentstack stand-in at `uri`, with `extra` fields.

@@ -153,12 +153,29 @@ async fn a_worker_cut_off_from_the_database_stops_and_another_delivers_the_rest(
     all_delivered_with_at_most(&server, &apps[1], CONCURRENCY).await;
 }
 
+/// An answer transaction's count of answers: it waits there behind the `sync_runs` row a test
+/// holds locked, mid-write.
+const COUNTING: &str = "UPDATE sync_runs SET delivered%";
+
+/// Whether a session of the database waits for a lock in a statement like `query`.
+async fn waiting(admin: &sqlx::AnyPool, query: &str) -> bool {
+    let waiting: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() \
+         AND wait_event_type = 'Lock' AND query LIKE $1",
+    )
+    .bind(query)
+    .fetch_one(admin)
+    .await
+    .unwrap();
+    waiting > 0
+}
+
 /// Review finding: with answers recorded on two connections at once, each answer transaction
 /// held the lease rows share-locked from its start, one lane or the other always held them, and
 /// the heartbeat's renewal (which waits for every share lock) never got in: a `sync` running
-/// alone lost its own lease. An answer transaction locks the leases only at its end: one held
-/// up mid-write (here at its count of answers, behind a lock this test takes) leaves the
-/// heartbeat free.
+/// alone lost its own lease. An answer transaction locks the leases `FOR KEY SHARE`, which the
+/// heartbeat's update does not wait for: one held up mid-write (here at its count of answers,
+/// behind a lock this test takes) leaves the heartbeat free.
 #[tokio::test]
 #[ignore = "needs a Postgres server: set AUDIENCE_SYNC_TEST_POSTGRES_URL (see README, Development)"]
 async fn the_heartbeat_renews_the_lease_while_an_answer_transaction_is_held_mid_write() {
@@ -169,17 +186,7 @@ async fn the_heartbeat_renews_the_lease_while_an_answer_transaction_is_held_mid_
     let admin = apps[0].state_rw().await;
     let mut counts = admin.begin().await.unwrap();
     sqlx::query("SELECT 1 FROM sync_runs WHERE status = 'running' FOR UPDATE").fetch_all(&mut *counts).await.unwrap();
-    wait_until(30, "an answer transaction to wait at its count", || async {
-        let waiting: i64 = sqlx::query_scalar(
-            "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() \
-             AND wait_event_type = 'Lock' AND query LIKE 'UPDATE sync_runs SET delivered%'",
-        )
-        .fetch_one(&admin)
-        .await
-        .unwrap();
-        waiting > 0
-    })
-    .await;
+    wait_until(30, "an answer transaction to wait at its count", || waiting(&admin, COUNTING)).await;
     let heartbeat = || async {
         let at: String = sqlx::query_scalar("SELECT heartbeat_at FROM leases").fetch_one(&admin).await.unwrap();
         at
@@ -191,6 +198,52 @@ async fn the_heartbeat_renews_the_lease_while_an_answer_transaction_is_held_mid_
     let out = finish(child).await;
     assert!(out.status.success(), "{}", stderr(&out));
     all_delivered_with_at_most(&server, &apps[0], 0).await;
+}
+
+/// A takeover waits for the answer transactions still writing under the lease it takes: their
+/// rows are in before the new holder reads the state, and the new holder's pass never meets
+/// them half-written. The holder is stopped while one is held mid-write (at its count, behind
+/// a lock this test takes), its lease lapses, and a second worker's `sync` waits on the lease
+/// row until the database ends that transaction; then it delivers the rest.
+#[tokio::test]
+#[ignore = "needs a Postgres server: set AUDIENCE_SYNC_TEST_POSTGRES_URL (see README, Development)"]
+async fn a_takeover_waits_for_the_old_holders_answer_transaction_still_writing() {
+    let server = slow_destination().await;
+    let apps = workers(&server, 2);
+    let mut stalled = start_sync(&apps[0], &[]);
+    wait_for_requests(&server, MEMBERS / 4).await;
+    let admin = apps[0].state_rw().await;
+    let mut counts = admin.begin().await.unwrap();
+    sqlx::query("SELECT 1 FROM sync_runs WHERE status = 'running' FOR UPDATE").fetch_all(&mut *counts).await.unwrap();
+    wait_until(30, "an answer transaction to wait at its count", || waiting(&admin, COUNTING)).await;
+    signal(&stalled, libc::SIGSTOP);
+    let owner =
+        || async { sqlx::query_scalar::<_, String>("SELECT owner FROM leases").fetch_optional(&admin).await.unwrap() };
+    let old_owner = owner().await;
+    let other = start_sync(&apps[1], &["--wait", "60"]);
+    wait_until(30, "the stopped worker's lease to lapse", || async {
+        let live: i64 =
+            sqlx::query_scalar("SELECT count(*) FROM leases WHERE expires_at::timestamptz > clock_timestamp()")
+                .fetch_one(&admin)
+                .await
+                .unwrap();
+        live == 0
+    })
+    .await;
+    wait_until(30, "the takeover to wait for the lease row, or to take it", || async {
+        waiting(&admin, "SELECT computation_key, pid%FOR UPDATE").await || owner().await != old_owner
+    })
+    .await;
+    assert_eq!(owner().await, old_owner, "the lease was taken while a transaction under it was still writing");
+    // In flight on the stopped worker: sent, not recorded synced.
+    let in_flight = received(&server).await.len() - apps[0].synced_count().await;
+    counts.rollback().await.unwrap();
+
+    let out = finish(other).await;
+    assert!(out.status.success(), "{}", stderr(&out));
+    stalled.kill().unwrap();
+    let _ = finish(stalled).await;
+    all_delivered_with_at_most(&server, &apps[1], in_flight).await;
 }
 
 #[tokio::test]

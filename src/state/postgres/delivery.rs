@@ -168,8 +168,9 @@ impl AnswerRecords for Answers {
         let Answers { db, how } = self;
         let recorded = db.run(async |conn| {
             let mut tx = sqlx::Connection::begin(&mut *conn).await?;
-            // First: once another worker holds the lease, the error must be the lost lease.
-            hold(&mut tx, how.lease.as_ref(), Hold::Look).await?;
+            // First, the fence: a takeover waits for this transaction; once another worker
+            // holds the lease, the error is the lost lease, before any write.
+            hold(&mut tx, how.lease.as_ref(), Hold::Share).await?;
             let mut quarantined = Vec::new();
             for call in calls {
                 quarantined.extend(how.record_call(&mut tx, call, at_ms).await?);
@@ -179,10 +180,6 @@ impl AnswerRecords for Answers {
                 how.keep_history(&mut tx, calls, &at).await?;
             }
             sqlx::query("DELETE FROM sending_windows WHERE id = ANY($1)").bind(answered).execute(&mut *tx).await?;
-            // Last, the fence: locked from here to the commit only. Locked from the start, the
-            // lease rows were always share-locked by one lane or the other, and the heartbeat's
-            // renewal, which waits for every share lock, never got in (review finding).
-            hold(&mut tx, how.lease.as_ref(), Hold::Share).await?;
             tx.commit().await?;
             Ok(quarantined)
         });
@@ -190,8 +187,8 @@ impl AnswerRecords for Answers {
     }
 }
 
-/// A write that failed after its transaction found the lease held may have met the new
-/// holder's rows (a duplicate key, a deadlock): when the lease is gone now, that is the error.
+/// A write that failed for another reason (its connection cut, say) while the lease lapsed:
+/// the lost lease is the error, so that the pass stops as one that lost its lease.
 fn lost_lease_or(db: &mut Blocking, lease: Option<&LeaseCheck>, e: anyhow::Error) -> anyhow::Error {
     if e.is::<LeaseLost>() {
         return e;

@@ -37,6 +37,9 @@ impl Store {
 /// Moves the state to `identity` in `db`'s transaction, its row locked until the transaction
 /// ends; a real move forgets the attributes known to exist in the old destination's project.
 pub(super) async fn move_to(db: &mut sqlx::PgConnection, identity: &str) -> anyhow::Result<()> {
+    // `FOR UPDATE` first: the update below changes no key, so it alone would not wait for the
+    // answer transactions holding the row `FOR KEY SHARE` (`shards::hold_shard`).
+    sqlx::query("SELECT 1 FROM state_destination WHERE id = 1 FOR UPDATE").execute(&mut *db).await?;
     let moved = sqlx::query(
         "INSERT INTO state_destination (id, identity, recorded_at) VALUES (1, $1, $2) ON CONFLICT (id) \
          DO UPDATE SET identity = excluded.identity, recorded_at = excluded.recorded_at \

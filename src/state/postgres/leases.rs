@@ -1,8 +1,9 @@
 //! `leases` on the database's clock: which worker runs a pass of which computation. A lease is
 //! live while its `expires_at` is after the database's now (`DB_NOW`), whatever the workers'
 //! clocks say; every write transaction of a pass checks its leases inside itself, with their
-//! rows locked (`FOR SHARE`), so that a takeover, which updates those rows, waits for it to end
-//! and the next one finds the lease gone.
+//! rows locked `FOR KEY SHARE`, so that a takeover, which locks those rows `FOR UPDATE` first,
+//! waits for it to end and the next one finds the lease gone. `KEY SHARE` lets the holder's
+//! heartbeat, an `UPDATE` of no key, renew the lease meanwhile.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -178,28 +179,32 @@ pub(super) fn lock_timed_out(e: &anyhow::Error) -> bool {
         .is_some_and(|e| e.code().as_deref() == Some("55P03"))
 }
 
-/// The live lease of `key` held by someone other than `owner`, locked, and its owner's id.
+/// The live lease of `key` held by someone other than `owner`, and its owner's id. The row is
+/// locked `FOR UPDATE` whoever holds it, live or lapsed: the lock waits for the transactions
+/// still writing under the old holder's lease (`FOR KEY SHARE`), so that their rows are in
+/// before the new holder's pass reads the state.
 async fn live_holder(
     db: &mut PgConnection,
     key: &str,
     owner: &LeaseOwner,
 ) -> sqlx::Result<Option<(HeldLease, String)>> {
-    let row: Option<(String, i64, String, String, Option<String>, String)> = sqlx::query_as(AssertSqlSafe(format!(
-        "SELECT computation_key, pid, host, expires_at, process, owner FROM leases \
-         WHERE computation_key = $1 AND owner <> $2 AND expires_at > {DB_NOW} FOR UPDATE"
+    type Row = (String, i64, String, String, Option<String>, String, bool);
+    let row: Option<Row> = sqlx::query_as(AssertSqlSafe(format!(
+        "SELECT computation_key, pid, host, expires_at, process, owner, owner <> $2 AND expires_at > {DB_NOW} \
+         FROM leases WHERE computation_key = $1 FOR UPDATE"
     )))
     .bind(key)
     .bind(&owner.id)
     .fetch_optional(db)
     .await?;
-    Ok(row.map(|(computation_key, pid, host, expires_at, process, id)| {
+    Ok(row.filter(|row| row.6).map(|(computation_key, pid, host, expires_at, process, id, _)| {
         (HeldLease { computation_key, pid, host, expires_at, process }, id)
     }))
 }
 
 impl Store {
     /// A transaction in which this store's claim still holds the leases of `keys`, their rows
-    /// locked, else `LeaseLost` (no check without a claim). A pass that waited past its lease
+    /// locked `FOR KEY SHARE`, else `LeaseLost` (no check without a claim). A pass that waited past its lease
     /// (stalled, or behind a lock) must not settle, open or close what the new holder's pass is
     /// doing.
     pub(super) async fn begin_holding(
@@ -242,7 +247,7 @@ impl LeaseCheck {
     pub(super) async fn hold(&self, db: &mut PgConnection, how: Hold) -> anyhow::Result<()> {
         let owner = self.claim.owner.id.as_str();
         if let Some((round, shard)) = self.shard {
-            super::shards::hold_shard(db, owner, round, shard, how != Hold::Look).await?;
+            super::shards::hold_shard(db, owner, round, shard, how == Hold::Share).await?;
         }
         let held = if how == Hold::Renew {
             sqlx::query(AssertSqlSafe(format!(
@@ -257,7 +262,7 @@ impl LeaseCheck {
             .await?
             .rows_affected() as usize
         } else {
-            let lock = if how == Hold::Share { "FOR SHARE" } else { "" };
+            let lock = if how == Hold::Share { "FOR KEY SHARE" } else { "" };
             sqlx::query(AssertSqlSafe(format!(
                 "SELECT 1 FROM leases WHERE owner = $1 AND computation_key = ANY($2) AND expires_at > {DB_NOW} {lock}"
             )))
@@ -279,10 +284,10 @@ impl LeaseCheck {
 pub(super) enum Hold {
     /// Checked and extended: the rows stay locked for update.
     Renew,
-    /// Checked and locked for share: a takeover waits for the transaction to end.
+    /// Checked and locked `FOR KEY SHARE` (the shard's claim too) until the transaction ends:
+    /// a takeover waits for it; the holder's heartbeat does not.
     Share,
-    /// Checked only, no lock: a lease already lost is the error before any write fails for it.
-    /// Not a fence: the transaction must hold them (`Share`) before it commits.
+    /// Checked only, no lock: whether the lease is gone, after a write failed.
     Look,
 }
 

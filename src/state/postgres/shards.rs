@@ -267,7 +267,7 @@ pub(super) async fn hold_shard(
     shard: i32,
     lock: bool,
 ) -> anyhow::Result<()> {
-    let lock = if lock { "FOR SHARE OF d, s" } else { "" };
+    let lock = if lock { "FOR KEY SHARE OF d, s" } else { "" };
     let held = sqlx::query(AssertSqlSafe(format!(
         "SELECT 1 FROM delivery_shards d JOIN state_destination s ON s.identity = d.destination \
          WHERE d.round_id = $1 AND d.shard = $2 AND d.owner = $3 \
