@@ -79,7 +79,12 @@ impl Store {
         sqlx::query(TAKE_LOCK_TIMEOUT).execute(&mut *tx).await?;
         let holder = live_holder(&mut tx, key, owner).await?;
         let gone_owner = match holder {
-            Some((h, _)) if !holder_gone(&h, owner) => return Ok(Err(h)),
+            Some((h, _)) if !holder_gone(&h, owner) => {
+                // Now, not when the pool next uses the connection: the row is locked until then,
+                // and the holder's heartbeat and answers wait for it.
+                tx.rollback().await?;
+                return Ok(Err(h));
+            }
             Some((h, their_id)) => {
                 tracing::info!(key, pid = h.pid, "taking over the lease of a process that is gone");
                 Some(their_id)
@@ -107,7 +112,7 @@ impl Store {
         .await?
         .rows_affected();
         if taken == 0 {
-            drop(tx);
+            tx.rollback().await?;
             return match self.holder(key).await? {
                 Some(h) => Ok(Err(h)),
                 None => anyhow::bail!("the lease of {key} changed hands while it was being taken; try again"),
