@@ -25,6 +25,21 @@ measure() {
   echo "$secs $((kb / 1024))"
 }
 
+# The floor under a first sync's writes: seconds SQLite alone takes to insert $1 rows of a first
+# sync's shape into member_rows (its definition read from the state $2) in one transaction, less
+# the seconds it takes to make them.
+sqlite_floor() {
+  local db=$dir/floor.db make insert
+  local rows="WITH RECURSIVE g(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM g WHERE i < $1) \
+    SELECT 1, 'user-' || printf('%010d', i), 1, 1, 1764000000000, 1764000000000 FROM g"
+  rm -f "$db"*
+  { echo "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL;"; sqlite3 "$2" ".schema member_rows"; } | sqlite3 "$db" > /dev/null
+  read -r make _ < <(measure sqlite3 "$db" "SELECT count(*) FROM ($rows)")
+  read -r insert _ < <(measure sqlite3 "$db" "INSERT INTO member_rows (computation_id, user_id, desired, synced, updated_at, synced_at) $rows")
+  rm -f "$db"*
+  awk "BEGIN{printf \"%.2f\", $insert - $make}"
+}
+
 printf '%-44s %10s %9s %12s %s\n' "measure" "seconds" "RSS MB" "rate" "reference"
 for n in "${sizes[@]}"; do
   work="$dir/$n"
@@ -48,6 +63,8 @@ TOML
   cp "$work/base.csv" "$work/snap.csv"
   read -r secs mb < <(measure "$bin" --config "$work/config.toml" sync)
   printf '%-44s %10s %9s %12s %s\n' "$n initial pass (file destination)" "$secs" "$mb" "$(awk "BEGIN{printf \"%.0f/s\", $n/$secs}")" "target >= 1000000/s (issue 14)"
+  floor=$(sqlite_floor "$n" "$work/state.db")
+  printf '%-44s %10s %9s %12s %s\n' "$n rows inserted by SQLite alone" "$floor" "" "$(awk "BEGIN{printf \"%.0f/s\", $n/$floor}")" "the floor under the initial pass's writes"
 
   cp "$work/churn.csv" "$work/snap.csv"
   read -r secs mb < <(measure "$bin" --config "$work/config.toml" sync)
