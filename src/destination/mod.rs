@@ -123,13 +123,13 @@ impl Destination {
         }
     }
 
-    /// How many users' updates one call carries.
     /// Whether every worker reaches the same destination: a file is each machine's own, so its
     /// deliveries are not shared out (`delivery::shards`).
     pub fn shared_by_workers(&self) -> bool {
         !matches!(self, Destination::File(_))
     }
 
+    /// How many users' updates one call carries.
     pub fn updates_per_call(&self) -> usize {
         match self {
             // One request per user (DESIGN §5).
