@@ -252,7 +252,7 @@ impl LeaseCheck {
     pub(super) async fn hold(&self, db: &mut PgConnection, how: Hold) -> anyhow::Result<()> {
         let owner = self.claim.owner.id.as_str();
         if let Some((round, shard)) = self.shard {
-            super::shards::hold_shard(db, owner, round, shard, how == Hold::Share).await?;
+            super::shards::hold_shard(db, owner, round, shard, how != Hold::Look).await?;
         }
         let held = if how == Hold::Renew {
             sqlx::query(AssertSqlSafe(format!(
