@@ -179,6 +179,15 @@ async fn lock_waits(admin: &sqlx::AnyPool, like: &str, query: &str) -> bool {
     waiting > 0
 }
 
+/// Holds the running `sync_runs` rows locked until the transaction returned ends, and waits
+/// until an answer transaction waits behind them at its count: held mid-write, its locks taken.
+async fn answers_held_mid_write(admin: &sqlx::AnyPool) -> sqlx::Transaction<'static, sqlx::Any> {
+    let mut counts = admin.begin().await.unwrap();
+    sqlx::query("SELECT 1 FROM sync_runs WHERE status = 'running' FOR UPDATE").fetch_all(&mut *counts).await.unwrap();
+    wait_until(30, "an answer transaction to wait at its count", || waiting(admin, COUNTING)).await;
+    counts
+}
+
 /// Review finding: with answers recorded on two connections at once, each answer transaction
 /// held the lease rows share-locked from its start, one lane or the other always held them, and
 /// the heartbeat's renewal (which waits for every share lock) never got in: a `sync` running
@@ -193,9 +202,7 @@ async fn the_heartbeat_renews_the_lease_while_an_answer_transaction_is_held_mid_
     let child = start_sync(&apps[0], &[]);
     wait_for_requests(&server, MEMBERS / 4).await;
     let admin = apps[0].state_rw().await;
-    let mut counts = admin.begin().await.unwrap();
-    sqlx::query("SELECT 1 FROM sync_runs WHERE status = 'running' FOR UPDATE").fetch_all(&mut *counts).await.unwrap();
-    wait_until(30, "an answer transaction to wait at its count", || waiting(&admin, COUNTING)).await;
+    let counts = answers_held_mid_write(&admin).await;
     let heartbeat = || async {
         let at: String = sqlx::query_scalar("SELECT heartbeat_at FROM leases").fetch_one(&admin).await.unwrap();
         at
@@ -222,9 +229,7 @@ async fn a_takeover_waits_for_the_old_holders_answer_transaction_still_writing()
     let mut stalled = start_sync(&apps[0], &[]);
     wait_for_requests(&server, MEMBERS / 4).await;
     let admin = apps[0].state_rw().await;
-    let mut counts = admin.begin().await.unwrap();
-    sqlx::query("SELECT 1 FROM sync_runs WHERE status = 'running' FOR UPDATE").fetch_all(&mut *counts).await.unwrap();
-    wait_until(30, "an answer transaction to wait at its count", || waiting(&admin, COUNTING)).await;
+    let counts = answers_held_mid_write(&admin).await;
     signal(&stalled, libc::SIGSTOP);
     let owner =
         || async { sqlx::query_scalar::<_, String>("SELECT owner FROM leases").fetch_optional(&admin).await.unwrap() };
@@ -665,10 +670,7 @@ fn signal(child: &Child, signal: libc::c_int) {
 #[ignore = "needs a Postgres server: set AUDIENCE_SYNC_TEST_POSTGRES_URL (see README, Development)"]
 async fn a_resync_moving_the_state_fences_off_the_old_destinations_shard_answers() {
     let (old, new) = (slow_server(30).await, contentstack_server().await);
-    let (apps, mut daemons) = sharing_daemons(&old, 2);
-    let db = apps[0].db().await;
-    another_worker_delivering(&db).await;
-    kill_the_lease_holder(&apps[0], &mut daemons).await;
+    let (apps, daemons) = holder_killed_while_another_delivers(&old).await;
     let mover = mover(&apps[0], &old, &new);
 
     assert_success(&mover.run(&["resync", "--wait", "30"]).await);
@@ -686,13 +688,9 @@ async fn a_resync_moving_the_state_fences_off_the_old_destinations_shard_answers
 #[ignore = "needs a Postgres server: set AUDIENCE_SYNC_TEST_POSTGRES_URL (see README, Development)"]
 async fn a_move_of_the_state_waits_for_a_shard_answer_transaction_still_writing() {
     let (old, new) = (slow_server(30).await, contentstack_server().await);
-    let (apps, mut daemons) = sharing_daemons(&old, 2);
+    let (apps, daemons) = holder_killed_while_another_delivers(&old).await;
     let db = apps[0].state_rw().await;
-    another_worker_delivering(&db).await;
-    kill_the_lease_holder(&apps[0], &mut daemons).await;
-    let mut counts = db.begin().await.unwrap();
-    sqlx::query("SELECT 1 FROM sync_runs WHERE status = 'running' FOR UPDATE").fetch_all(&mut *counts).await.unwrap();
-    wait_until(30, "a shard's answer transaction to wait at its count", || waiting(&db, COUNTING)).await;
+    let counts = answers_held_mid_write(&db).await;
     let mover = mover(&apps[0], &old, &new);
     let resync = mover.command(&["resync", "--wait", "30"]).stderr(Stdio::piped()).spawn().unwrap();
     wait_until(30, "the move to wait for a lock of the held transaction", || waiting_but(&db, COUNTING)).await;
@@ -708,6 +706,15 @@ async fn a_move_of_the_state_waits_for_a_shard_answer_transaction_still_writing(
     stop_all(daemons);
     assert_success(&mover.sync(&[]).await);
     every_member_reached(&new).await;
+}
+
+/// Two daemons sharing a first sync's shards to `old`; the lease holder killed while the other
+/// delivers a shard of its pass.
+async fn holder_killed_while_another_delivers(old: &MockServer) -> (Vec<TestApp>, Daemons) {
+    let (apps, mut daemons) = sharing_daemons(old, 2);
+    another_worker_delivering(&apps[0].db().await).await;
+    kill_the_lease_holder(&apps[0], &mut daemons).await;
+    (apps, daemons)
 }
 
 /// An app on `app`'s state and snapshot, its config sending to `new` instead of `old`.
