@@ -115,6 +115,29 @@ async fn entries_exits_changes_and_removals_send_exactly_the_changes() {
     assert!(rows.contains(&("lifetime_value".into(), "u3".into(), "null".into(), Some("null".into()))));
 }
 
+/// A delta's acknowledgements wait in `acknowledged` until the computation's next diff folds
+/// them into its rows (SQLite): that diff must still count them as told, or a user who joined
+/// in one delta and left in the next is forgotten instead of told `false`.
+#[tokio::test]
+async fn a_user_who_joined_in_a_delta_and_left_in_the_next_is_told_false() {
+    let server = contentstack_server().await;
+    let app = initial_app(&server).await;
+    app.write("orders.csv", &csv_users(&["u1", "u2", "u3", "u5"]));
+    assert_success(&app.sync(&[]).await);
+    server.reset().await;
+    acknowledge_all(&server).await;
+
+    app.write("orders.csv", &csv_users(&["u1", "u2", "u3"]));
+    let out = app.sync(&[]).await;
+    assert_success(&out);
+
+    assert_eq!(received(&server).await, vec![("u5".into(), json!({"order_completed_last_30_days": false}))]);
+    let rows = app.memberships().await;
+    assert!(rows.contains(&("order_completed_last_30_days".into(), "u5".into(), "false".into(), Some("false".into()))));
+    assert!(rows.iter().all(|(_, _, desired, synced)| Some(desired) == synced.as_ref()), "{rows:?}");
+    assert_eq!(app.pending_count().await, 0);
+}
+
 #[tokio::test]
 async fn rejected_update_stays_pending_with_its_error_and_is_sent_next_pass() {
     use wiremock::matchers::{header, method};

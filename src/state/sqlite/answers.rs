@@ -28,6 +28,8 @@ struct Answers {
     /// Shared: the computation's number and the time; per row: user, value sent, when it was
     /// decided (as stored).
     insert_synced: Batched<2, 3>,
+    /// Shared: the computation's number and the time; per row: user, value acknowledged.
+    acknowledge: Batched<2, 2>,
     /// The number of each computation written for.
     ids: HashMap<String, i64>,
     /// The running `sync_runs` row of each computation, whose counts each record adds to.
@@ -68,6 +70,7 @@ impl Store {
             quarantine_after,
             first_sync,
             insert_synced: Batched::new(INSERT_SYNCED_COLUMNS, insert_synced_sql),
+            acknowledge: Batched::new(ACKNOWLEDGE_COLUMNS, acknowledge_sql),
             runs: BTreeMap::new(),
             history: self.history_recorder(),
             checkpointer: self.checkpointer(),
@@ -100,8 +103,8 @@ impl AnswerRecords for Answers {
 
     /// Records the answers of `calls` in one IMMEDIATE transaction, and drops the
     /// `sending_windows` rows `answered` whose every call is now answered. An acknowledged row
-    /// is marked synced with exactly the value sent (if `desired` changed meanwhile, the row
-    /// stays pending); a failed one keeps its pending value, counts the attempt and is marked
+    /// is recorded in `acknowledged` with exactly the value sent (if `desired` changed meanwhile,
+    /// the row stays pending); a failed one keeps its pending value, counts the attempt and is marked
     /// `first_sent_at` (a request that timed out may still have landed). Returns the
     /// computation key of each row quarantined now.
     fn record(&mut self, calls: &[Vec<Outcome>], answered: &[i64]) -> anyhow::Result<Vec<String>> {
@@ -112,20 +115,26 @@ impl AnswerRecords for Answers {
         // and the error must be the lost lease.
         super::leases::hold(&tx, self.lease.as_ref(), false)?;
         let mut quarantined = Vec::new();
+        let mut acked: BTreeMap<&str, Vec<[Bound<'_>; 2]>> = BTreeMap::new();
         for call in calls {
             let (new, known): (Vec<&Outcome>, Vec<&Outcome>) =
                 call.iter().partition(|o| self.first_sync.contains(o.key()));
             let first = FirstAnswers { insert_synced: &self.insert_synced, ids: &self.ids, at_ms };
             quarantined.extend(first.insert(&tx, &new, self.quarantine_after)?);
-            let all_acked = known.iter().all(|o| o.error.is_none());
-            if all_acked && known.len() >= RANGE_ACK_MIN_ROWS && ack_range(&tx, &known, at_ms)? {
-                continue;
-            }
             for o in known {
-                if record_one(&tx, o, at_ms, self.quarantine_after)? {
-                    quarantined.push(o.key().to_string());
+                match &o.error {
+                    None => acked.entry(o.key()).or_default().push([Bound::Text(o.user_id()), Bound::value(o.sent())]),
+                    Some(error) => {
+                        if record_failure(&tx, o, error, at_ms, self.quarantine_after)? {
+                            quarantined.push(o.key().to_string());
+                        }
+                    }
                 }
             }
+        }
+        for (key, rows) in &acked {
+            let id = self.ids.get(*key).ok_or_else(|| anyhow::anyhow!("computation {key} is not in the state"))?;
+            self.acknowledge.execute(&tx, [Bound::Int(*id), Bound::Int(at_ms)], rows)?;
         }
         count_answers(&tx, &self.runs, calls)?;
         if let Some(history) = &self.history {
@@ -236,14 +245,17 @@ fn insert_synced_sql(values: &str) -> String {
 const INSERT_SYNCED_COLUMNS: &[Param] =
     &[Param::Shared(1), Param::Own(1), Param::Own(2), Param::Own(2), Param::Own(3), Param::Shared(2)];
 
-static ACKED: LazyLock<String> = LazyLock::new(|| {
+/// Acknowledged rows, `values`: recorded apart from `member_rows`, which the computation's next
+/// diff writes anyway (migration 0017).
+fn acknowledge_sql(values: &str) -> String {
     format!(
-        "UPDATE member_rows SET synced = {}, synced_at = ?4, attempts = 0, last_error = NULL, quarantined_at = NULL, \
-         first_sent_at = NULL WHERE computation_id = {} AND user_id = ?2",
-        stored_value("?3"),
-        computation_id("?1")
+        "INSERT INTO acknowledged (computation_id, user_id, synced, synced_at) VALUES {values} \
+         ON CONFLICT (computation_id, user_id) DO UPDATE SET synced = excluded.synced, synced_at = excluded.synced_at"
     )
-});
+}
+
+/// Its values: the computation and the time shared; the user and the value acknowledged.
+const ACKNOWLEDGE_COLUMNS: &[Param] = &[Param::Shared(1), Param::Own(1), Param::Own(2), Param::Shared(2)];
 
 static FAILED: LazyLock<String> = LazyLock::new(|| {
     format!(
@@ -264,29 +276,14 @@ static FIRST_FAILED: LazyLock<String> = LazyLock::new(|| {
     )
 });
 
-/// Through the pending index: by the primary key, a range between a call's first and last user
-/// walks every row of the computation between them, synced or not (at 2 % churn, fifty times
-/// the rows acknowledged, and most of a delta's delivery).
-static ACK_RANGE: LazyLock<String> = LazyLock::new(|| {
-    format!(
-        "UPDATE member_rows INDEXED BY member_rows_pending \
-         SET synced = desired, synced_at = ?4, attempts = 0, last_error = NULL, first_sent_at = NULL \
-         WHERE computation_id = {} AND user_id >= ?2 AND user_id <= ?3 \
-         AND desired IS NOT synced AND quarantined_at IS NULL AND updated_at <= ?5",
-        computation_id("?1")
-    )
-});
-
-/// Calls with fewer rows are recorded row by row.
-const RANGE_ACK_MIN_ROWS: usize = 8;
-
-/// Records one answer; true when it quarantined the row.
-fn record_one(tx: &Connection, o: &Outcome, at_ms: i64, quarantine_after: u32) -> rusqlite::Result<bool> {
-    let Some(error) = &o.error else {
-        let mut acked = tx.prepare_cached(&ACKED)?;
-        acked.execute(params![o.key(), o.user_id(), o.sent(), at_ms])?;
-        return Ok(false);
-    };
+/// Records one failed answer; true when it quarantined the row.
+fn record_failure(
+    tx: &Connection,
+    o: &Outcome,
+    error: &str,
+    at_ms: i64,
+    quarantine_after: u32,
+) -> rusqlite::Result<bool> {
     let mut failed = tx.prepare_cached(&FAILED)?;
     let mut rows = failed.query(params![o.key(), o.user_id(), o.sent(), error, quarantine_after, at_ms])?;
     match rows.next()? {
@@ -336,35 +333,6 @@ impl FirstAnswers<'_> {
         }
         Ok(quarantined)
     }
-}
-
-/// Acknowledges a call whose rows all succeeded with one UPDATE per computation over the
-/// users it covers: a call holds every pending row of its computations for a run of
-/// consecutive users, so those are exactly the pending rows in that range not changed since
-/// they were read. If the count says otherwise (a row changed meanwhile), nothing is kept and
-/// it returns false, for the caller to record row by row.
-fn ack_range(tx: &Connection, call: &[&Outcome], at_ms: i64) -> anyhow::Result<bool> {
-    // Per computation: first and last user, latest change sent, rows. The update walks the
-    // primary key over the range: through the pending index instead, a delta acknowledges a
-    // little sooner but an initial pass takes longer (docs/performance.md).
-    let mut ranges: BTreeMap<&str, (&str, &str, &str, usize)> = BTreeMap::new();
-    for o in call {
-        let r = ranges.entry(o.key()).or_insert((o.user_id(), o.user_id(), o.changed_at(), 0));
-        r.0 = r.0.min(o.user_id());
-        r.1 = r.1.max(o.user_id());
-        r.2 = r.2.max(o.changed_at());
-        r.3 += 1;
-    }
-    tx.execute_batch("SAVEPOINT range_ack")?;
-    let mut ack = tx.prepare_cached(&ACK_RANGE)?;
-    for (key, (first, last, changed_at, rows)) in &ranges {
-        if ack.execute(params![key, first, last, at_ms, millis(changed_at)?])? != *rows {
-            tx.execute_batch("ROLLBACK TO range_ack; RELEASE range_ack")?;
-            return Ok(false);
-        }
-    }
-    tx.execute_batch("RELEASE range_ack")?;
-    Ok(true)
 }
 
 #[cfg(test)]

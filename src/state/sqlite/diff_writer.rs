@@ -4,7 +4,9 @@
 
 use rusqlite::{Connection, params};
 
-use super::stored::Bound;
+use std::sync::LazyLock;
+
+use super::stored::{Bound, FOLD_ACKNOWLEDGED};
 use super::{Batched, Param, ROWS_PER_STATEMENT, Store, now, stored};
 use crate::source::fingerprint::Fingerprint;
 use crate::state::diff_writer::{DiffRows, DiffWrite, DiffWriter};
@@ -20,6 +22,8 @@ struct Writer {
     begun: bool,
     /// Sets not yet written: (user, desired).
     sets: Vec<(String, String)>,
+    /// The last user whose acknowledgements are folded in (`fold`); '' before the first.
+    folded_through: String,
     /// Shared: the computation and the time; per row: user, desired.
     upsert: Batched<2, 2>,
 }
@@ -41,6 +45,7 @@ impl Store {
             now: stored::millis(&now())?,
             begun: false,
             sets: Vec::with_capacity(ROWS_PER_STATEMENT),
+            folded_through: String::new(),
             upsert: Batched::new(&[Param::Shared(1), Param::Own(1), Param::Own(2), Param::Shared(2)], upsert_sql),
         };
         DiffWriter::start(Box::new(writer))
@@ -71,6 +76,8 @@ impl DiffRows for Writer {
     fn commit(&mut self, snapshot: Option<(&Fingerprint, u64)>) -> anyhow::Result<()> {
         self.flush()?;
         self.begin()?;
+        self.fold(None)?;
+        self.db.execute("DELETE FROM acknowledged WHERE computation_id = ?1", [self.id])?;
         match snapshot {
             Some((fp, rows)) => self.db.execute(
                 "UPDATE computations SET snapshot_size = ?2, snapshot_modified_at = ?3, snapshot_sha256 = ?4, snapshot_rows = ?5 \
@@ -99,14 +106,47 @@ impl Writer {
         Ok(())
     }
 
-    /// Writes the buffered sets.
+    /// Writes the buffered sets, after the acknowledgements of the users up to the last of them.
     fn flush(&mut self) -> rusqlite::Result<()> {
+        let Some(last) = self.sets.last().map(|(user, _)| user.clone()) else { return Ok(()) };
+        self.fold(Some(&last))?;
         let rows: Vec<[Bound<'_>; 2]> =
             self.sets.iter().map(|(user, desired)| [Bound::Text(user), Bound::value(desired)]).collect();
         self.upsert.execute(&self.db, [Bound::Int(self.id), Bound::Int(self.now)], &rows)?;
         self.sets.clear();
         Ok(())
     }
+}
+
+impl Writer {
+    /// Folds the acknowledgements recorded since the last diff (`acknowledged`) of the users after
+    /// `folded_through` and up to `through` (all: `None`) into their rows. The diff writes the
+    /// rows of a range right after its acknowledgements, so that a page both touch is written
+    /// to the log once.
+    fn fold(&mut self, through: Option<&str>) -> rusqlite::Result<()> {
+        let sql = match through {
+            Some(_) => &FOLD_THROUGH,
+            None => &FOLD_REST,
+        };
+        self.db.prepare_cached(sql)?.execute(params![self.id, self.folded_through, through])?;
+        if let Some(through) = through {
+            self.folded_through = through.to_string();
+        }
+        Ok(())
+    }
+}
+
+/// As the acknowledgement wrote them before migration 0017: the value acknowledged, its time,
+/// and a clean slate of failures.
+static FOLD_THROUGH: LazyLock<String> = LazyLock::new(|| fold_of_users("AND user_id <= ?3"));
+static FOLD_REST: LazyLock<String> = LazyLock::new(|| fold_of_users("AND ?3 IS NULL"));
+
+/// The fold of the computation `?1`'s acknowledgements of users after `?2` and within `bound`.
+fn fold_of_users(bound: &str) -> String {
+    format!(
+        "{FOLD_ACKNOWLEDGED} computation_id = ?1 AND user_id IN \
+         (SELECT user_id FROM acknowledged WHERE computation_id = ?1 AND user_id > ?2 {bound})"
+    )
 }
 
 /// An upsert of the rows `values`. A new desired value is a new delivery: its attempts and error
@@ -158,6 +198,63 @@ mod tests {
         };
         assert_eq!(count("false"), ROWS_PER_STATEMENT + 1);
         assert_eq!(count("true"), 2 * ROWS_PER_STATEMENT + 5 - 2 - (ROWS_PER_STATEMENT + 1));
+    }
+
+    /// Acknowledgements recorded apart (`acknowledged`) are folded into their rows by the next
+    /// diff, across its batches and past its last change, and the views read the same before
+    /// and after: the fold changes where the facts are kept, not what they say.
+    #[tokio::test]
+    async fn the_next_diff_folds_the_acknowledgements_in_and_the_views_read_the_same() {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, db) = store_with_audience(dir.path()).await;
+        let users = 3 * ROWS_PER_STATEMENT;
+        let user = |i: usize| format!("u{i:04}");
+        let set =
+            |i: usize, desired: &str| Op::Set { user_id: user(i), desired: desired.into(), change: Change::Entered };
+        let mut writer = store.diff_writer("a").unwrap();
+        for i in 0..users {
+            writer.apply(set(i, "true")).unwrap();
+        }
+        writer.commit(None).unwrap();
+        // Every third user acknowledged, the last of them after every change of the next diff.
+        for i in (0..users).step_by(3) {
+            db.execute("INSERT INTO acknowledged VALUES (1, ?1, 1, 1767225600000)", [user(i)]).unwrap();
+        }
+        let views = |db: &rusqlite::Connection| -> Vec<String> {
+            let mut rows = db
+                .prepare(
+                    "SELECT json_array(user_id, desired, synced, synced_at, attempts, first_sent_at) FROM memberships \
+                     UNION ALL SELECT json_array(user_id, desired, synced) FROM pending \
+                     UNION ALL SELECT json_array(members, pending, failed) FROM computation_status",
+                )
+                .unwrap();
+            rows.query_map([], |r| r.get(0)).unwrap().collect::<Result<_, _>>().unwrap()
+        };
+        let before = views(&db);
+        assert!(before.contains(&r#"["u0000","true","true","2026-01-01T00:00:00.000Z",0,null]"#.to_string()));
+        assert!(before.contains(&r#"["u0001","true",null,null,0,null]"#.to_string()));
+
+        // The next diff changes users spread over the first two batches only.
+        let mut writer = store.diff_writer("a").unwrap();
+        for i in (1..2 * ROWS_PER_STATEMENT).step_by(7) {
+            writer.apply(set(i, "false")).unwrap();
+        }
+        writer.commit(None).unwrap();
+
+        let acknowledged: i64 = db.query_row("SELECT count(*) FROM acknowledged", [], |r| r.get(0)).unwrap();
+        assert_eq!(acknowledged, 0);
+        let folded: i64 = db
+            .query_row("SELECT count(*) FROM member_rows WHERE synced = 1 AND synced_at = 1767225600000", [], |r| {
+                r.get(0)
+            })
+            .unwrap();
+        // Every acknowledgement, those of users the diff changed too (their rows now pending `false`).
+        assert_eq!(folded, users.div_ceil(3) as i64);
+        let changed =
+            |row: &String| (1..2 * ROWS_PER_STATEMENT).step_by(7).any(|i| row.contains(&format!("\"{}\"", user(i))));
+        let unchanged =
+            |rows: Vec<String>| rows.into_iter().filter(|r| !changed(r) && r.contains("\"u")).collect::<Vec<_>>();
+        assert_eq!(unchanged(views(&db)), unchanged(before));
     }
 
     #[tokio::test]

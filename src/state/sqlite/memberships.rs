@@ -7,7 +7,7 @@ use std::sync::LazyLock;
 use sqlx::AssertSqlSafe;
 
 use super::Store;
-use super::stored::{millis, stored_time, stored_value};
+use super::stored::{ACKED, FOLD_ACKNOWLEDGED, millis, stored_time, stored_value};
 
 /// A first sync's window: its users still without a row get one, pending, with the value sent.
 /// Its users are in the first sync's queue ...
@@ -31,6 +31,34 @@ static SETTLE_NOTED: LazyLock<String> = LazyLock::new(|| {
          SELECT c.id, u.value ->> 0, {}, ?3, ?4 FROM computations c, json_each(?2) u WHERE c.key = ?1 \
          ON CONFLICT (computation_id, user_id) DO NOTHING",
         stored_value("(u.value ->> 1)")
+    )
+});
+
+/// The acknowledgements of the computations `?1` (a JSON array of keys) not yet folded into their
+/// rows by a diff, folded in.
+static FOLD_OF_KEYS: LazyLock<String> = LazyLock::new(|| {
+    format!(
+        "{FOLD_ACKNOWLEDGED} (computation_id, user_id) IN (SELECT computation_id, user_id FROM acknowledged \
+         WHERE computation_id IN (SELECT id FROM computations WHERE key IN (SELECT value FROM json_each(?1))))"
+    )
+});
+
+/// A window's pending rows not acknowledged since: they may have reached the destination.
+static MARK_SENT: LazyLock<String> = LazyLock::new(|| {
+    format!(
+        "UPDATE member_rows AS m SET first_sent_at = ?4 \
+         WHERE computation_id = (SELECT id FROM computations WHERE key = ?1) AND user_id > ?2 AND user_id <= ?3 \
+         AND desired IS NOT synced AND first_sent_at IS NULL AND NOT {ACKED}"
+    )
+});
+
+/// Pending rows per computation, through the pending index.
+static PENDING_COUNTS: LazyLock<String> = LazyLock::new(|| {
+    format!(
+        "SELECT c.key, count(*) FROM member_rows m INDEXED BY member_rows_pending \
+         JOIN computations c ON c.id = m.computation_id \
+         WHERE m.desired IS NOT m.synced AND NOT {ACKED} AND c.key IN (SELECT value FROM json_each(?1)) \
+         GROUP BY c.key"
     )
 });
 
@@ -87,18 +115,14 @@ impl Store {
                     .await?
                     .rows_affected();
             }
-            marked += sqlx::query(
-                "UPDATE member_rows SET first_sent_at = ?4 \
-                 WHERE computation_id = (SELECT id FROM computations WHERE key = ?1) AND user_id > ?2 AND user_id <= ?3 \
-                 AND desired IS NOT synced AND first_sent_at IS NULL",
-            )
-            .bind(key)
-            .bind(after)
-            .bind(last)
-            .bind(noted_ms)
-            .execute(&mut *tx)
-            .await?
-            .rows_affected();
+            marked += sqlx::query(AssertSqlSafe(MARK_SENT.as_str()))
+                .bind(key)
+                .bind(after)
+                .bind(last)
+                .bind(noted_ms)
+                .execute(&mut *tx)
+                .await?
+                .rows_affected();
         }
         if !windows.is_empty() {
             sqlx::query("DELETE FROM sending_windows WHERE computation_key = ?1").bind(key).execute(&mut *tx).await?;
@@ -132,12 +156,22 @@ impl Store {
         if let Some(identity) = moving_to {
             super::destination::move_to(&mut tx, identity).await?;
         }
+        // A resync clears `synced` where the acknowledgements since the last diff would set it.
+        let keys_json = serde_json::to_string(keys)?;
+        sqlx::query(AssertSqlSafe(FOLD_OF_KEYS.as_str())).bind(&keys_json).execute(&mut *tx).await?;
+        sqlx::query(
+            "DELETE FROM acknowledged WHERE computation_id IN \
+             (SELECT id FROM computations WHERE key IN (SELECT value FROM json_each(?1)))",
+        )
+        .bind(&keys_json)
+        .execute(&mut *tx)
+        .await?;
         let done = sqlx::query(
             "UPDATE member_rows SET synced = NULL, attempts = 0, last_error = NULL, quarantined_at = NULL \
              WHERE computation_id IN (SELECT id FROM computations WHERE key IN (SELECT value FROM json_each(?1))) \
              AND (?2 IS NULL OR user_id = ?2)",
         )
-        .bind(serde_json::to_string(keys)?)
+        .bind(&keys_json)
         .bind(user)
         .execute(&mut *tx)
         .await?;
@@ -148,15 +182,10 @@ impl Store {
     /// Pending rows of each of `keys` (those with none are left out), in one read of the
     /// pending index: a count per computation would read it whole once per computation.
     pub async fn pending_counts(&self, keys: &[String]) -> anyhow::Result<BTreeMap<String, u64>> {
-        let counts: Vec<(String, i64)> = sqlx::query_as(
-            "SELECT c.key, count(*) FROM member_rows m INDEXED BY member_rows_pending \
-             JOIN computations c ON c.id = m.computation_id \
-             WHERE m.desired IS NOT m.synced AND c.key IN (SELECT value FROM json_each(?1)) \
-             GROUP BY c.key",
-        )
-        .bind(serde_json::to_string(keys)?)
-        .fetch_all(&self.pool)
-        .await?;
+        let counts: Vec<(String, i64)> = sqlx::query_as(AssertSqlSafe(PENDING_COUNTS.as_str()))
+            .bind(serde_json::to_string(keys)?)
+            .fetch_all(&self.pool)
+            .await?;
         Ok(counts.into_iter().map(|(key, n)| (key, n as u64)).collect())
     }
 
@@ -177,6 +206,31 @@ mod tests {
 
     /// user_id, desired, synced, updated_at, first_sent_at
     type Row = (String, String, Option<String>, String, Option<String>);
+
+    /// A resync re-sends a row acknowledged since the last diff too, and keeps it told (its
+    /// `synced_at`), so that a later exit is sent as `false`.
+    #[tokio::test]
+    async fn a_resync_re_sends_a_row_acknowledged_since_the_last_diff_and_keeps_it_told() {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, db) = store_with_audience(dir.path()).await;
+        let ms = |t: &str| super::millis(t).unwrap();
+        db.execute(
+            "INSERT INTO member_rows (computation_id, user_id, desired, updated_at) VALUES (1, 'u1', 1, ?1)",
+            [ms(&second(1))],
+        )
+        .unwrap();
+        db.execute("INSERT INTO acknowledged VALUES (1, 'u1', 1, ?1)", [ms(&second(2))]).unwrap();
+        assert_eq!(store.pending_counts(&["a".into()]).await.unwrap().len(), 0);
+
+        assert_eq!(store.mark_for_resync(&["a".into()], None, None).await.unwrap(), 1);
+        let row: (String, Option<String>, Option<String>) = db
+            .query_row("SELECT desired, synced, synced_at FROM memberships WHERE user_id = 'u1'", [], |r| {
+                Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+            })
+            .unwrap();
+        assert_eq!(row, ("true".to_string(), None, Some(second(2))));
+        assert_eq!(store.pending_counts(&["a".into()]).await.unwrap().get("a"), Some(&1));
+    }
 
     #[tokio::test]
     async fn a_first_syncs_left_window_gives_its_users_their_sent_value_told_and_pending() {

@@ -6,6 +6,9 @@
 //! its own read-only SQLite connection (rusqlite, on the same bundled SQLite), on a thread of
 //! its own (`state::Store::with_state_rows_read_ahead` reads ahead of the merge). In WAL mode it reads the last committed state, never
 //! the diff transaction that is being written meanwhile (which commits only after the merge).
+//!
+//! A row never acknowledged in `member_rows` may have been since the last diff (`acknowledged`,
+//! which the diff folds in): it is told. Only such rows are looked up there, a few per pass.
 
 use rusqlite::{Connection, OpenFlags};
 
@@ -27,8 +30,9 @@ impl Store {
         )?;
         super::wait_for_locks(&db)?;
         let mut statement = db.prepare(
-            "SELECT user_id, desired, synced IS NOT NULL OR synced_at IS NOT NULL OR first_sent_at IS NOT NULL FROM member_rows \
-             WHERE computation_id = (SELECT id FROM computations WHERE key = ?1) ORDER BY user_id",
+            "SELECT user_id, desired, CASE WHEN synced IS NOT NULL OR synced_at IS NOT NULL OR first_sent_at IS NOT NULL THEN 1 \
+             ELSE EXISTS (SELECT 1 FROM acknowledged a WHERE a.computation_id = m.computation_id AND a.user_id = m.user_id) END \
+             FROM member_rows m WHERE computation_id = (SELECT id FROM computations WHERE key = ?1) ORDER BY user_id",
         )?;
         let mut rows = statement.query([key])?;
         let mut iter = std::iter::from_fn(|| {

@@ -14,6 +14,20 @@ pub fn computation_id(param: &str) -> String {
     format!("(SELECT id FROM computations WHERE key = {param})")
 }
 
+/// SQL: the `member_rows` row `m` was acknowledged with its desired value since the
+/// computation's last diff, so it is not pending, whatever `m.synced` says (migration 0017).
+pub const ACKED: &str = "EXISTS (SELECT 1 FROM acknowledged a \
+     WHERE a.computation_id = m.computation_id AND a.user_id = m.user_id AND a.synced IS m.desired)";
+
+/// SQL, to be followed by the rows to fold (a condition on `member_rows`): folds the
+/// acknowledgements recorded since the computation's last diff (`acknowledged`) into their rows,
+/// as the acknowledgement wrote them before migration 0017: the value acknowledged, its time, and
+/// a clean slate of failures. Select the rows by `IN (SELECT ... FROM acknowledged ...)`: the few
+/// acknowledgements then drive the update, where a join walks every row of `member_rows` in range.
+pub const FOLD_ACKNOWLEDGED: &str = "UPDATE member_rows SET (synced, synced_at) = (SELECT a.synced, a.synced_at \
+     FROM acknowledged a WHERE a.computation_id = member_rows.computation_id AND a.user_id = member_rows.user_id), \
+     attempts = 0, last_error = NULL, quarantined_at = NULL, first_sent_at = NULL WHERE ";
+
 /// SQL: the JSON text bound to `param` as stored: 1 and 0 for true and false.
 pub fn stored_value(param: &str) -> String {
     format!("CASE {param} WHEN 'true' THEN 1 WHEN 'false' THEN 0 ELSE {param} END")
