@@ -97,6 +97,9 @@ async fn unchanged(store: &Store, c: &Computation, stop: &CancellationToken) -> 
         let (store, key) = (store.clone(), c.key.clone());
         let commit = tokio::task::spawn_blocking(move || store.diff_writer(&key)?.commit(Some((&now, rows))));
         commit.await.map_err(state)?.map_err(PassError::state)?;
+    } else {
+        // What a diff would have folded in (the diff writer's commit above does).
+        store.fold_acknowledged(&c.key).await.map_err(PassError::state)?;
     }
     Ok(Some(rows))
 }

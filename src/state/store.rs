@@ -334,6 +334,15 @@ impl Store {
         each_async!(self, s => s.settle_sending_windows(key))
     }
 
+    /// Folds what was acknowledged of `key` since its last diff into its rows (SQLite: see
+    /// migration 0017; PostgreSQL records answers in its rows directly).
+    pub async fn fold_acknowledged(&self, key: &str) -> anyhow::Result<()> {
+        match self {
+            Store::Sqlite(s) => s.fold_acknowledged(key).await,
+            Store::Postgres(_) => Ok(()),
+        }
+    }
+
     pub async fn has_rows(&self, key: &str) -> anyhow::Result<bool> {
         each_async!(self, s => s.has_rows(key))
     }

@@ -138,6 +138,32 @@ async fn a_user_who_joined_in_a_delta_and_left_in_the_next_is_told_false() {
     assert_eq!(app.pending_count().await, 0);
 }
 
+/// An unchanged file skips its diff, which would have folded the last delta's acknowledgements
+/// into their rows: the pass folds them itself, or every later pass reads them again with the
+/// pending rows (SQLite; PostgreSQL records answers in the rows).
+#[tokio::test]
+async fn an_unchanged_snapshot_after_a_delta_folds_its_acknowledgements_in() {
+    let server = contentstack_server().await;
+    let app = initial_app(&server).await;
+    app.write("orders.csv", &csv_users(&["u1", "u2", "u3", "u5"]));
+    assert_success(&app.sync(&[]).await);
+    let db = app.db().await;
+    let acknowledged = || sqlx::query_scalar::<_, i64>("SELECT count(*) FROM acknowledged").fetch_one(&db);
+    assert_eq!(acknowledged().await.unwrap(), if on_postgres() { 0 } else { 1 });
+
+    let out = app.sync(&[]).await;
+    assert_success(&out);
+    assert!(
+        stdout(&out).contains("order_completed_last_30_days: delta pass ok: 4 in snapshot, 0 entered"),
+        "{}",
+        stdout(&out)
+    );
+    assert_eq!(acknowledged().await.unwrap(), 0);
+    let rows = app.memberships().await;
+    assert!(rows.contains(&("order_completed_last_30_days".into(), "u5".into(), "true".into(), Some("true".into()))));
+    assert!(rows.iter().all(|(_, _, desired, synced)| Some(desired) == synced.as_ref()), "{rows:?}");
+}
+
 #[tokio::test]
 async fn rejected_update_stays_pending_with_its_error_and_is_sent_next_pass() {
     use wiremock::matchers::{header, method};

@@ -158,14 +158,7 @@ impl Store {
         }
         // A resync clears `synced` where the acknowledgements since the last diff would set it.
         let keys_json = serde_json::to_string(keys)?;
-        sqlx::query(AssertSqlSafe(FOLD_OF_KEYS.as_str())).bind(&keys_json).execute(&mut *tx).await?;
-        sqlx::query(
-            "DELETE FROM acknowledged WHERE computation_id IN \
-             (SELECT id FROM computations WHERE key IN (SELECT value FROM json_each(?1)))",
-        )
-        .bind(&keys_json)
-        .execute(&mut *tx)
-        .await?;
+        fold_acknowledged(&mut tx, &keys_json).await?;
         let done = sqlx::query(
             "UPDATE member_rows SET synced = NULL, attempts = 0, last_error = NULL, quarantined_at = NULL \
              WHERE computation_id IN (SELECT id FROM computations WHERE key IN (SELECT value FROM json_each(?1))) \
@@ -177,6 +170,24 @@ impl Store {
         .await?;
         tx.commit().await?;
         Ok(done.rows_affected())
+    }
+
+    /// Folds the acknowledgements of `key` recorded since its last diff into its rows, when there
+    /// are any. For a pass whose diff was skipped (the file unchanged): until folded, every pass
+    /// reads them again with the pending rows, where a fold writes their pages once.
+    pub async fn fold_acknowledged(&self, key: &str) -> anyhow::Result<()> {
+        let any: bool = sqlx::query_scalar(
+            "SELECT EXISTS (SELECT 1 FROM acknowledged WHERE computation_id = (SELECT id FROM computations WHERE key = ?1))",
+        )
+        .bind(key)
+        .fetch_one(&self.pool)
+        .await?;
+        if any {
+            let mut tx = self.begin_holding(&[key.to_string()]).await?;
+            fold_acknowledged(&mut tx, &serde_json::to_string(&[key])?).await?;
+            tx.commit().await?;
+        }
+        Ok(())
     }
 
     /// Pending rows of each of `keys` (those with none are left out), in one read of the
@@ -198,6 +209,19 @@ impl Store {
             .await?;
         Ok(n.unwrap_or(0) as u64)
     }
+}
+
+/// Folds the acknowledgements of the computations `keys_json` (a JSON array) into their rows.
+async fn fold_acknowledged(tx: &mut sqlx::SqliteConnection, keys_json: &str) -> anyhow::Result<()> {
+    sqlx::query(AssertSqlSafe(FOLD_OF_KEYS.as_str())).bind(keys_json).execute(&mut *tx).await?;
+    sqlx::query(
+        "DELETE FROM acknowledged WHERE computation_id IN \
+         (SELECT id FROM computations WHERE key IN (SELECT value FROM json_each(?1)))",
+    )
+    .bind(keys_json)
+    .execute(&mut *tx)
+    .await?;
+    Ok(())
 }
 
 #[cfg(test)]
