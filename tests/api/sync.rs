@@ -21,6 +21,14 @@ async fn initial_app(server: &wiremock::MockServer) -> TestApp {
     app
 }
 
+/// `initial_app`, then a delta in which u5 joins the audience.
+async fn after_u5_joined(server: &wiremock::MockServer) -> TestApp {
+    let app = initial_app(server).await;
+    app.write("orders.csv", &csv_users(&["u1", "u2", "u3", "u5"]));
+    assert_success(&app.sync(&[]).await);
+    app
+}
+
 #[tokio::test]
 async fn initial_sync_sends_every_member_once_with_headers_and_all_keys_of_a_user() {
     let server = contentstack_server().await;
@@ -121,9 +129,7 @@ async fn entries_exits_changes_and_removals_send_exactly_the_changes() {
 #[tokio::test]
 async fn a_user_who_joined_in_a_delta_and_left_in_the_next_is_told_false() {
     let server = contentstack_server().await;
-    let app = initial_app(&server).await;
-    app.write("orders.csv", &csv_users(&["u1", "u2", "u3", "u5"]));
-    assert_success(&app.sync(&[]).await);
+    let app = after_u5_joined(&server).await;
     server.reset().await;
     acknowledge_all(&server).await;
 
@@ -144,9 +150,7 @@ async fn a_user_who_joined_in_a_delta_and_left_in_the_next_is_told_false() {
 #[tokio::test]
 async fn an_unchanged_snapshot_after_a_delta_folds_its_acknowledgements_in() {
     let server = contentstack_server().await;
-    let app = initial_app(&server).await;
-    app.write("orders.csv", &csv_users(&["u1", "u2", "u3", "u5"]));
-    assert_success(&app.sync(&[]).await);
+    let app = after_u5_joined(&server).await;
     let db = app.db().await;
     let acknowledged = || sqlx::query_scalar::<_, i64>("SELECT count(*) FROM acknowledged").fetch_one(&db);
     assert_eq!(acknowledged().await.unwrap(), if on_postgres() { 0 } else { 1 });
