@@ -116,9 +116,7 @@ impl Writer {
         self.sets.clear();
         Ok(())
     }
-}
 
-impl Writer {
     /// Folds the acknowledgements recorded since the last diff (`acknowledged`) of the users after
     /// `folded_through` and up to `through` (all: `None`) into their rows. The diff writes the
     /// rows of a range right after its acknowledgements, so that a page both touch is written
@@ -136,8 +134,6 @@ impl Writer {
     }
 }
 
-/// As the acknowledgement wrote them before migration 0017: the value acknowledged, its time,
-/// and a clean slate of failures.
 static FOLD_THROUGH: LazyLock<String> = LazyLock::new(|| fold_of_users("AND user_id <= ?3"));
 static FOLD_REST: LazyLock<String> = LazyLock::new(|| fold_of_users("AND ?3 IS NULL"));
 
