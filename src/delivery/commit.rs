@@ -47,7 +47,7 @@ pub async fn commit_loop(
     quarantine_after: u32,
 ) -> anyhow::Result<BTreeMap<String, u64>> {
     let writers = (0..store.answer_lanes())
-        .map(|_| Ok(store.answer_writer(&keys, quarantine_after, &first_sync)?.counting_on(runs.clone())))
+        .map(|_| store.answer_writer(&keys, quarantine_after, &first_sync)?.counting_on(runs.clone()))
         .collect::<anyhow::Result<Vec<_>>>()?;
     serve(writers, keys, !first_sync.is_empty(), writes).await
 }
@@ -404,7 +404,9 @@ mod tests {
     }
 
     impl crate::state::AnswerRecords for Held {
-        fn count_on(&mut self, _runs: BTreeMap<String, i64>) {}
+        fn count_on(&mut self, _runs: BTreeMap<String, i64>) -> anyhow::Result<()> {
+            Ok(())
+        }
 
         fn note_window(&mut self, keys: &[String], after: &str, last: &str) -> anyhow::Result<Vec<i64>> {
             self.writer.note_window(keys, after, last)

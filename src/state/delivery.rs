@@ -56,8 +56,9 @@ pub(crate) fn whole_users(
 /// A backend's recording of answers; used from one thread at a time. Every transaction checks
 /// that the leases of the computations written for are still this pass's.
 pub trait AnswerRecords: Send {
-    /// Counts the answers of each computation on its running `sync_runs` row (`runs`).
-    fn count_on(&mut self, runs: BTreeMap<String, i64>);
+    /// Counts the answers of each computation on its running `sync_runs` row (`runs`), and
+    /// records them as that pass's mode wants.
+    fn count_on(&mut self, runs: BTreeMap<String, i64>) -> anyhow::Result<()>;
     /// Notes, durably and before they are sent, that users in (`after`, `last`] of the
     /// computations `keys` may reach the destination (one `sending_windows` row each); returns
     /// the rows, for `record` to drop once answered.
@@ -89,9 +90,9 @@ impl AnswerWriter {
     /// Counts the answers recorded for each computation on its running `sync_runs` row, in the
     /// transaction that records them: however the pass ends (a failure, a kill), its row says
     /// what it delivered.
-    pub fn counting_on(mut self, runs: BTreeMap<String, i64>) -> AnswerWriter {
-        self.0.count_on(runs);
-        self
+    pub fn counting_on(mut self, runs: BTreeMap<String, i64>) -> anyhow::Result<AnswerWriter> {
+        self.0.count_on(runs)?;
+        Ok(self)
     }
 
     /// See `AnswerRecords::note_window`.

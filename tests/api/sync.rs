@@ -168,6 +168,26 @@ async fn an_unchanged_snapshot_after_a_delta_folds_its_acknowledgements_in() {
     assert!(rows.iter().all(|(_, _, desired, synced)| Some(desired) == synced.as_ref()), "{rows:?}");
 }
 
+/// A resync answers every row: its answers are marked in the rows themselves, not apart, where
+/// each would wait for the next diff and the state would hold every row twice meanwhile.
+#[tokio::test]
+async fn a_resync_records_its_answers_in_the_rows_not_apart() {
+    let server = contentstack_server().await;
+    let app = after_u5_joined(&server).await;
+    server.reset().await;
+    acknowledge_all(&server).await;
+
+    assert_success(&app.run(&["resync"]).await);
+
+    assert_eq!(received(&server).await.len(), 5, "every user once");
+    let db = app.db().await;
+    let apart: i64 = sqlx::query_scalar("SELECT count(*) FROM acknowledged").fetch_one(&db).await.unwrap();
+    assert_eq!(apart, 0);
+    let rows = app.memberships().await;
+    assert_eq!(rows.len(), 7);
+    assert!(rows.iter().all(|(_, _, desired, synced)| Some(desired) == synced.as_ref()), "{rows:?}");
+}
+
 #[tokio::test]
 async fn rejected_update_stays_pending_with_its_error_and_is_sent_next_pass() {
     use wiremock::matchers::{header, method};

@@ -137,8 +137,9 @@ struct Recording {
 }
 
 impl AnswerRecords for Answers {
-    fn count_on(&mut self, runs: BTreeMap<String, i64>) {
+    fn count_on(&mut self, runs: BTreeMap<String, i64>) -> anyhow::Result<()> {
         self.how.runs = runs;
+        Ok(())
     }
 
     /// PostgreSQL commits durably by default: the note survives a power loss.

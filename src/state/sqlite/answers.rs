@@ -9,7 +9,7 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::LazyLock;
 
-use rusqlite::{Connection, params};
+use rusqlite::{Connection, OptionalExtension, params};
 
 use super::history::HistoryRecorder;
 use super::stored::{Bound, computation_id, millis, stored_value};
@@ -30,6 +30,11 @@ struct Answers {
     insert_synced: Batched<2, 3>,
     /// Shared: the computation's number and the time; per row: user, value acknowledged.
     acknowledge: Batched<2, 2>,
+    /// Computations whose answers are recorded in `member_rows` itself, not apart in
+    /// `acknowledged`: those of an initial pass or a resync, which answers most of their rows.
+    /// Apart, a delta's few answers wait for the next diff, which writes the pages they touch
+    /// anyway; so many would be written twice, and held twice meanwhile.
+    in_place: HashSet<String>,
     /// The number of each computation written for.
     ids: HashMap<String, i64>,
     /// The running `sync_runs` row of each computation, whose counts each record adds to.
@@ -71,6 +76,7 @@ impl Store {
             first_sync,
             insert_synced: Batched::new(INSERT_SYNCED_COLUMNS, insert_synced_sql),
             acknowledge: Batched::new(ACKNOWLEDGE_COLUMNS, acknowledge_sql),
+            in_place: HashSet::new(),
             runs: BTreeMap::new(),
             history: self.history_recorder(),
             checkpointer: self.checkpointer(),
@@ -81,8 +87,17 @@ impl Store {
 }
 
 impl AnswerRecords for Answers {
-    fn count_on(&mut self, runs: BTreeMap<String, i64>) {
+    fn count_on(&mut self, runs: BTreeMap<String, i64>) -> anyhow::Result<()> {
+        let mut modes = self.db.prepare("SELECT mode FROM sync_runs WHERE id = ?1")?;
+        for (key, run) in &runs {
+            let mode: Option<String> = modes.query_row([run], |r| r.get(0)).optional()?;
+            if mode.is_some_and(|m| m != "delta") {
+                self.in_place.insert(key.clone());
+            }
+        }
+        drop(modes);
         self.runs = runs;
+        Ok(())
     }
 
     /// Notes, before they are sent, that users in (`after`, `last`] of the computations `keys`
@@ -121,7 +136,10 @@ impl AnswerRecords for Answers {
                 call.iter().partition(|o| self.first_sync.contains(o.key()));
             let first = FirstAnswers { insert_synced: &self.insert_synced, ids: &self.ids, at_ms };
             quarantined.extend(first.insert(&tx, &new, self.quarantine_after)?);
-            for o in known {
+            let (in_place, apart): (Vec<&Outcome>, Vec<&Outcome>) =
+                known.into_iter().partition(|o| self.in_place.contains(o.key()));
+            quarantined.extend(record_in_place(&tx, &in_place, at_ms, self.quarantine_after)?);
+            for o in apart {
                 match &o.error {
                     None => acked.entry(o.key()).or_default().push([Bound::Text(o.user_id()), Bound::value(o.sent())]),
                     Some(error) => {
@@ -257,6 +275,15 @@ fn acknowledge_sql(values: &str) -> String {
 /// Its values: the computation and the time shared; the user and the value acknowledged.
 const ACKNOWLEDGE_COLUMNS: &[Param] = &[Param::Shared(1), Param::Own(1), Param::Own(2), Param::Shared(2)];
 
+static ACKED: LazyLock<String> = LazyLock::new(|| {
+    format!(
+        "UPDATE member_rows SET synced = {}, synced_at = ?4, attempts = 0, last_error = NULL, quarantined_at = NULL, \
+         first_sent_at = NULL WHERE computation_id = {} AND user_id = ?2",
+        stored_value("?3"),
+        computation_id("?1")
+    )
+});
+
 static FAILED: LazyLock<String> = LazyLock::new(|| {
     format!(
         "UPDATE member_rows SET attempts = attempts + 1, last_error = ?4, first_sent_at = coalesce(first_sent_at, ?6), \
@@ -275,6 +302,47 @@ static FIRST_FAILED: LazyLock<String> = LazyLock::new(|| {
         stored_value("?3")
     )
 });
+
+/// Through the pending index: by the primary key, a range between a call's first and last user
+/// walks every row of the computation between them, synced or not (at 2 % churn, fifty times
+/// the rows acknowledged, and most of a delta's delivery).
+static ACK_RANGE: LazyLock<String> = LazyLock::new(|| {
+    format!(
+        "UPDATE member_rows INDEXED BY member_rows_pending \
+         SET synced = desired, synced_at = ?4, attempts = 0, last_error = NULL, first_sent_at = NULL \
+         WHERE computation_id = {} AND user_id >= ?2 AND user_id <= ?3 \
+         AND desired IS NOT synced AND quarantined_at IS NULL AND updated_at <= ?5",
+        computation_id("?1")
+    )
+});
+
+/// Calls with fewer rows are recorded row by row.
+const RANGE_ACK_MIN_ROWS: usize = 8;
+
+/// Records the answers of one call in `member_rows` itself: an acknowledged row is marked synced
+/// there. Returns the key of each row quarantined.
+fn record_in_place(
+    tx: &Connection,
+    call: &[&Outcome],
+    at_ms: i64,
+    quarantine_after: u32,
+) -> anyhow::Result<Vec<String>> {
+    let all_acked = call.iter().all(|o| o.error.is_none());
+    if all_acked && call.len() >= RANGE_ACK_MIN_ROWS && ack_range(tx, call, at_ms)? {
+        return Ok(Vec::new());
+    }
+    let mut quarantined = Vec::new();
+    for o in call {
+        let Some(error) = &o.error else {
+            tx.prepare_cached(&ACKED)?.execute(params![o.key(), o.user_id(), o.sent(), at_ms])?;
+            continue;
+        };
+        if record_failure(tx, o, error, at_ms, quarantine_after)? {
+            quarantined.push(o.key().to_string());
+        }
+    }
+    Ok(quarantined)
+}
 
 /// Records one failed answer; true when it quarantined the row.
 fn record_failure(
@@ -333,6 +401,32 @@ impl FirstAnswers<'_> {
         }
         Ok(quarantined)
     }
+}
+
+/// Marks a call's acknowledged rows synced in `member_rows`, one update of each computation's
+/// range; false, with nothing written, when a range holds other pending rows too.
+fn ack_range(tx: &Connection, call: &[&Outcome], at_ms: i64) -> anyhow::Result<bool> {
+    // Per computation: first and last user, latest change sent, rows. The update walks the
+    // primary key over the range: through the pending index instead, a delta acknowledges a
+    // little sooner but an initial pass takes longer (docs/performance.md).
+    let mut ranges: BTreeMap<&str, (&str, &str, &str, usize)> = BTreeMap::new();
+    for o in call {
+        let r = ranges.entry(o.key()).or_insert((o.user_id(), o.user_id(), o.changed_at(), 0));
+        r.0 = r.0.min(o.user_id());
+        r.1 = r.1.max(o.user_id());
+        r.2 = r.2.max(o.changed_at());
+        r.3 += 1;
+    }
+    tx.execute_batch("SAVEPOINT range_ack")?;
+    let mut ack = tx.prepare_cached(&ACK_RANGE)?;
+    for (key, (first, last, changed_at, rows)) in &ranges {
+        if ack.execute(params![key, first, last, at_ms, millis(changed_at)?])? != *rows {
+            tx.execute_batch("ROLLBACK TO range_ack; RELEASE range_ack")?;
+            return Ok(false);
+        }
+    }
+    tx.execute_batch("RELEASE range_ack")?;
+    Ok(true)
 }
 
 #[cfg(test)]
@@ -491,7 +585,7 @@ pub(super) mod tests {
             let (u1, u2, u3) = (format!("{user}1"), format!("{user}2"), format!("{user}3"));
             let calls = [vec![outcome(&u1, None), outcome(&u2, Some("500"))], vec![outcome(&u3, None)]];
             let writer = store.answer_writer(&[], 3, &["a".into()]).unwrap();
-            writer.counting_on(BTreeMap::from([("a".to_string(), runs)])).record(&calls, &[]).unwrap();
+            writer.counting_on(BTreeMap::from([("a".to_string(), runs)])).unwrap().record(&calls, &[]).unwrap();
         }
         let counts = |id: i64| -> (i64, i64) {
             db.query_row("SELECT delivered, failed FROM sync_runs WHERE id = ?1", [id], |r| Ok((r.get(0)?, r.get(1)?)))

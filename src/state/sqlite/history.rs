@@ -132,7 +132,7 @@ mod tests {
         let store = store.keeping_history(Some(7));
         let run = store.start_run("a", Trigger::Manual, Mode::Initial).await.unwrap();
         let writer = store.answer_writer(&[], 3, &["a".into()]).unwrap();
-        writer.counting_on(BTreeMap::from([("a".to_string(), run)])).record(&[call()], &[]).unwrap();
+        writer.counting_on(BTreeMap::from([("a".to_string(), run)])).unwrap().record(&[call()], &[]).unwrap();
 
         let rows = history(&db);
         assert_eq!(rows.len(), 2 * ROWS + 3, "one row per answer");
@@ -154,7 +154,7 @@ mod tests {
         let (store, db) = store_with_audience(dir.path()).await;
         let run = store.start_run("a", Trigger::Manual, Mode::Initial).await.unwrap();
         let writer = store.answer_writer(&[], 3, &["a".into()]).unwrap();
-        writer.counting_on(BTreeMap::from([("a".to_string(), run)])).record(&[call()], &[]).unwrap();
+        writer.counting_on(BTreeMap::from([("a".to_string(), run)])).unwrap().record(&[call()], &[]).unwrap();
         assert_eq!(history(&db), [], "off by default");
     }
 }
