@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Two builds side by side, interleaved (A B A B ...), so that the machine's drift over minutes
-# falls on both: a first sync of MEMBERS on an empty state, and a 1 % + 1 % delta on the same
-# state copied for each, with the seconds, peak RSS and CPU of each run.
+# falls on both: a first sync of MEMBERS on an empty state, a 1 % + 1 % delta on the same
+# state copied for each, and the next delta, back to the first file (the delta as it runs pass
+# after pass), with the seconds, peak RSS and CPU of each run.
 #
 #   bench/ab.sh BIN_A BIN_B [MEMBERS] [RUNS]     # default: 10000000 members, 3 runs of each
 #
@@ -40,5 +41,7 @@ for _ in $(seq "$runs"); do
     printf '%-8s %-6s %9s %7s %8s\n' "$label" first $(run "$bin")
     rm -f state.db* out.ndjson && cp fresh.db state.db && cp churn.csv snap.csv
     printf '%-8s %-6s %9s %7s %8s\n' "$label" delta $(run "$bin")
+    cp base.csv snap.csv
+    printf '%-8s %-6s %9s %7s %8s\n' "$label" next $(run "$bin")
   done
 done
