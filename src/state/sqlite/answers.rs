@@ -118,8 +118,9 @@ impl AnswerRecords for Answers {
 
     /// Records the answers of `calls` in one IMMEDIATE transaction, and drops the
     /// `sending_windows` rows `answered` whose every call is now answered. An acknowledged row
-    /// is recorded in `acknowledged` with exactly the value sent (if `desired` changed meanwhile,
-    /// the row stays pending); a failed one keeps its pending value, counts the attempt and is marked
+    /// is recorded with exactly the value sent, in `acknowledged` for a delta, in its row for an
+    /// initial pass or a resync (`in_place`); if `desired` changed meanwhile, the row stays
+    /// pending. A failed one keeps its pending value, counts the attempt and is marked
     /// `first_sent_at` (a request that timed out may still have landed). Returns the
     /// computation key of each row quarantined now.
     fn record(&mut self, calls: &[Vec<Outcome>], answered: &[i64]) -> anyhow::Result<Vec<String>> {
