@@ -188,6 +188,42 @@ async fn a_resync_records_its_answers_in_the_rows_not_apart() {
     assert!(rows.iter().all(|(_, _, desired, synced)| Some(desired) == synced.as_ref()), "{rows:?}");
 }
 
+/// A resync killed mid-delivery leaves most rows to the plain `sync` after it, a delta: its
+/// answers are marked in the rows too, not apart.
+#[tokio::test]
+async fn the_sync_after_a_killed_resync_records_its_answers_in_the_rows_not_apart() {
+    const MEMBERS: u64 = 200;
+    const RESENT_BEFORE_THE_KILL: u64 = 40;
+    let server = destination_that_stalls_after(MEMBERS + RESENT_BEFORE_THE_KILL).await;
+    let app = TestApp::contentstack(&server, 4, &audience("Big", "big.csv"));
+    let users: Vec<String> = (0..MEMBERS).map(|i| format!("user-{i:04}")).collect();
+    app.write("big.csv", &csv_users(&users.iter().map(String::as_str).collect::<Vec<_>>()));
+    assert_success(&app.sync(&[]).await);
+
+    let mut resync = app.command(&["resync"]).spawn().unwrap();
+    wait_until(60, "the resync's first answers to be recorded", || async {
+        let synced: Result<i64, _> = sqlx::query_scalar("SELECT count(*) FROM memberships WHERE synced IS NOT NULL")
+            .fetch_one(&app.db().await)
+            .await;
+        synced.is_ok_and(|n| n as u64 == RESENT_BEFORE_THE_KILL)
+    })
+    .await;
+    resync.kill().unwrap();
+    resync.wait().unwrap();
+    server.reset().await;
+    acknowledge_all(&server).await;
+
+    let out = app.sync(&[]).await;
+    assert_success(&out);
+    assert!(stdout(&out).contains("big: delta pass ok"), "{}", stdout(&out));
+    let db = app.db().await;
+    let apart: i64 = sqlx::query_scalar("SELECT count(*) FROM acknowledged").fetch_one(&db).await.unwrap();
+    assert_eq!(apart, 0);
+    let rows = app.memberships().await;
+    assert_eq!(rows.len() as u64, MEMBERS);
+    assert!(rows.iter().all(|(_, _, desired, synced)| Some(desired) == synced.as_ref()), "{rows:?}");
+}
+
 #[tokio::test]
 async fn rejected_update_stays_pending_with_its_error_and_is_sent_next_pass() {
     use wiremock::matchers::{header, method};

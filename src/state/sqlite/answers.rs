@@ -31,7 +31,8 @@ struct Answers {
     /// Shared: the computation's number and the time; per row: user, value acknowledged.
     acknowledge: Batched<2, 2>,
     /// Computations whose answers are recorded in `member_rows` itself, not apart in
-    /// `acknowledged`: those of an initial pass or a resync, which answers most of their rows.
+    /// `acknowledged`: those of an initial pass or a resync, which answers most of their rows,
+    /// or of a pass right after one that did not finish (its rows are left to this one).
     /// Apart, a delta's few answers wait for the next diff, which writes the pages they touch
     /// anyway; so many would be written twice, and held twice meanwhile.
     in_place: HashSet<String>,
@@ -46,6 +47,12 @@ struct Answers {
     commits: u32,
     answers: usize,
 }
+
+/// Whether the pass of the `sync_runs` row `?1` answers most rows of its computation: an initial
+/// pass or a resync, or the pass right after one that did not finish.
+const ANSWERS_MOST_ROWS: &str = "SELECT r.mode != 'delta' OR coalesce((SELECT p.mode != 'delta' AND p.status != 'ok' \
+     FROM sync_runs p WHERE p.computation_key = r.computation_key AND p.id < r.id ORDER BY p.id DESC LIMIT 1), 0) \
+     FROM sync_runs r WHERE r.id = ?1";
 
 /// Transactions, or answers, between two checkpoints asked of the checkpointer, whichever
 /// comes first. Each ends with the writer catching up (two fsyncs and the frames written
@@ -88,14 +95,13 @@ impl Store {
 
 impl AnswerRecords for Answers {
     fn count_on(&mut self, runs: BTreeMap<String, i64>) -> anyhow::Result<()> {
-        let mut modes = self.db.prepare("SELECT mode FROM sync_runs WHERE id = ?1")?;
+        let mut many = self.db.prepare(ANSWERS_MOST_ROWS)?;
         for (key, run) in &runs {
-            let mode: Option<String> = modes.query_row([run], |r| r.get(0)).optional()?;
-            if mode.is_some_and(|m| m != "delta") {
+            if many.query_row([run], |r| r.get(0)).optional()? == Some(true) {
                 self.in_place.insert(key.clone());
             }
         }
-        drop(modes);
+        drop(many);
         self.runs = runs;
         Ok(())
     }
