@@ -96,15 +96,18 @@ impl Store {
             let noted_ms = millis(noted_at)?;
             // A first sync's window: its users have no rows until acknowledged. Those still
             // without one get a pending row with the value sent, told; they are in the first
-            // sync's queue (or, for a window noted by an older version, in the window).
-            marked += sqlx::query(AssertSqlSafe(SETTLE_QUEUED.as_str()))
-                .bind(key)
-                .bind(after)
-                .bind(last)
-                .bind(noted_ms)
-                .execute(&mut *tx)
-                .await?
-                .rows_affected();
+            // sync's queue (or, for a window noted by an older version, in the window). Then
+            // the pending rows in the window are marked too.
+            for sql in [&SETTLE_QUEUED, &MARK_SENT] {
+                marked += sqlx::query(AssertSqlSafe(sql.as_str()))
+                    .bind(key)
+                    .bind(after)
+                    .bind(last)
+                    .bind(noted_ms)
+                    .execute(&mut *tx)
+                    .await?
+                    .rows_affected();
+            }
             if let Some(users) = users {
                 marked += sqlx::query(AssertSqlSafe(SETTLE_NOTED.as_str()))
                     .bind(key)
@@ -115,14 +118,6 @@ impl Store {
                     .await?
                     .rows_affected();
             }
-            marked += sqlx::query(AssertSqlSafe(MARK_SENT.as_str()))
-                .bind(key)
-                .bind(after)
-                .bind(last)
-                .bind(noted_ms)
-                .execute(&mut *tx)
-                .await?
-                .rows_affected();
         }
         if !windows.is_empty() {
             sqlx::query("DELETE FROM sending_windows WHERE computation_key = ?1").bind(key).execute(&mut *tx).await?;
