@@ -56,8 +56,9 @@ pub(crate) fn whole_users(
 /// A backend's recording of answers; used from one thread at a time. Every transaction checks
 /// that the leases of the computations written for are still this pass's.
 pub trait AnswerRecords: Send {
-    /// Counts the answers of each computation on its running `sync_runs` row (`runs`), and
-    /// records them as that pass's mode wants.
+    /// Counts the answers of each computation on its running `sync_runs` row (`runs`). A backend
+    /// may also read there how to record them (SQLite: a delta's acknowledgements apart, those of
+    /// an initial pass or a resync in place).
     fn count_on(&mut self, runs: BTreeMap<String, i64>) -> anyhow::Result<()>;
     /// Notes, durably and before they are sent, that users in (`after`, `last`] of the
     /// computations `keys` may reach the destination (one `sending_windows` row each); returns

@@ -7,7 +7,7 @@ use std::sync::LazyLock;
 use sqlx::AssertSqlSafe;
 
 use super::Store;
-use super::stored::{ACKED, FOLD_ACKNOWLEDGED, millis, stored_time, stored_value};
+use super::stored::{ACKED_APART, FOLD_ACKNOWLEDGED, millis, stored_time, stored_value};
 
 /// A first sync's window: its users still without a row get one, pending, with the value sent.
 /// Its users are in the first sync's queue ...
@@ -48,7 +48,7 @@ static MARK_SENT: LazyLock<String> = LazyLock::new(|| {
     format!(
         "UPDATE member_rows AS m SET first_sent_at = ?4 \
          WHERE computation_id = (SELECT id FROM computations WHERE key = ?1) AND user_id > ?2 AND user_id <= ?3 \
-         AND desired IS NOT synced AND first_sent_at IS NULL AND NOT {ACKED}"
+         AND desired IS NOT synced AND first_sent_at IS NULL AND NOT {ACKED_APART}"
     )
 });
 
@@ -57,7 +57,7 @@ static PENDING_COUNTS: LazyLock<String> = LazyLock::new(|| {
     format!(
         "SELECT c.key, count(*) FROM member_rows m INDEXED BY member_rows_pending \
          JOIN computations c ON c.id = m.computation_id \
-         WHERE m.desired IS NOT m.synced AND NOT {ACKED} AND c.key IN (SELECT value FROM json_each(?1)) \
+         WHERE m.desired IS NOT m.synced AND NOT {ACKED_APART} AND c.key IN (SELECT value FROM json_each(?1)) \
          GROUP BY c.key"
     )
 });

@@ -8,7 +8,7 @@ use std::sync::LazyLock;
 
 use rusqlite::{Connection, OpenFlags, params};
 
-use super::stored::ACKED;
+use super::stored::ACKED_APART;
 use super::{Store, stored};
 use crate::change::{PendingRow, PendingValue};
 use crate::config::Kind;
@@ -29,7 +29,7 @@ static PAGE: LazyLock<String> = LazyLock::new(|| {
     format!(
         "SELECT m.user_id, c.key, m.desired, m.updated_at, c.kind \
          FROM member_rows m INDEXED BY member_rows_pending JOIN computations c ON c.id = m.computation_id \
-         WHERE m.desired IS NOT m.synced AND m.quarantined_at IS NULL AND m.user_id > ?1 AND NOT {ACKED} \
+         WHERE m.desired IS NOT m.synced AND m.quarantined_at IS NULL AND m.user_id > ?1 AND NOT {ACKED_APART} \
          AND m.computation_id IN (SELECT value FROM json_each(?2)) \
          ORDER BY m.user_id, m.computation_id LIMIT ?3"
     )
@@ -38,7 +38,7 @@ static ONE_USER: LazyLock<String> = LazyLock::new(|| {
     format!(
         "SELECT m.user_id, c.key, m.desired, m.updated_at, c.kind \
          FROM member_rows m INDEXED BY member_rows_pending JOIN computations c ON c.id = m.computation_id \
-         WHERE m.desired IS NOT m.synced AND m.quarantined_at IS NULL AND m.user_id = ?1 AND NOT {ACKED} \
+         WHERE m.desired IS NOT m.synced AND m.quarantined_at IS NULL AND m.user_id = ?1 AND NOT {ACKED_APART} \
          AND m.computation_id IN (SELECT value FROM json_each(?2)) ORDER BY c.key"
     )
 });

@@ -16,13 +16,13 @@ pub fn computation_id(param: &str) -> String {
 
 /// SQL: the `member_rows` row `m` was acknowledged with its desired value since the
 /// computation's last diff, so it is not pending, whatever `m.synced` says (migration 0017).
-pub const ACKED: &str = "EXISTS (SELECT 1 FROM acknowledged a \
+pub const ACKED_APART: &str = "EXISTS (SELECT 1 FROM acknowledged a \
      WHERE a.computation_id = m.computation_id AND a.user_id = m.user_id AND a.synced IS m.desired)";
 
 /// SQL, to be followed by the rows to fold (a condition on `member_rows`): folds the
 /// acknowledgements recorded since the computation's last diff (`acknowledged`) into their rows,
-/// as the acknowledgement wrote them before migration 0017: the value acknowledged, its time, and
-/// a clean slate of failures. Select the rows by `IN (SELECT ... FROM acknowledged ...)`: the few
+/// as an acknowledgement recorded in place writes them (`answers`): the value acknowledged, its
+/// time, and a clean slate of failures. Select the rows by `IN (SELECT ... FROM acknowledged ...)`: the few
 /// acknowledgements then drive the update, where a join walks every row of `member_rows` in range.
 pub const FOLD_ACKNOWLEDGED: &str = "UPDATE member_rows SET (synced, synced_at) = (SELECT a.synced, a.synced_at \
      FROM acknowledged a WHERE a.computation_id = member_rows.computation_id AND a.user_id = member_rows.user_id), \
