@@ -44,8 +44,8 @@ pub async fn try_acquire(
 ) -> anyhow::Result<(Leases, Vec<HeldLease>)> {
     let mut got = Vec::new();
     let mut held = Vec::new();
-    for key in keys {
-        match store.acquire_lease(key, owner, ttl).await? {
+    for (key, taken) in keys.iter().zip(store.acquire_leases(keys, owner, ttl).await?) {
+        match taken {
             Ok(()) => got.push(key.clone()),
             Err(h) => held.push(h),
         }

@@ -13,8 +13,10 @@ use crate::diff::DiffCounts;
 
 /// What a load left for delivery.
 pub enum Loaded {
-    /// The changes are pending rows in the state (diffed, or the file unchanged).
+    /// The changes are pending rows in the state.
     Diffed(DiffCounts),
+    /// The file is the one the last diff read: nothing changed, the diff skipped.
+    Unchanged(DiffCounts),
     /// A first sync: the entries are in a spool, not in the state.
     FirstSync(DiffCounts, Spooled),
 }
@@ -31,7 +33,7 @@ pub async fn load(
 ) -> Result<Loaded, PassError> {
     if let Some(rows) = unchanged(store, c, &options.stop).await? {
         tracing::info!(key = %c.key, "snapshot unchanged (same size and SHA-256): diff skipped");
-        return Ok(Loaded::Diffed(DiffCounts { snapshot_rows: rows, ..DiffCounts::default() }));
+        return Ok(Loaded::Unchanged(DiffCounts { snapshot_rows: rows, ..DiffCounts::default() }));
     }
     if !has_rows {
         // From the first row a first sync writes, the state is no longer what any recorded

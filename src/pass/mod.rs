@@ -29,7 +29,7 @@ use crate::diff::DiffCounts;
 use crate::metrics::Metrics;
 use crate::progress::Progress;
 use crate::source::fingerprint::Fingerprint;
-use crate::state::{Mode, RunCounts, RunStatus, Store, Trigger};
+use crate::state::{Mode, RunCounts, RunEnd, RunStatus, Store, Trigger};
 
 pub use error::PassError;
 use first_sync::Spooled;
@@ -176,13 +176,17 @@ async fn run_round(
     }
     let keys: Vec<String> = closed.iter().map(|p| p.c.key.clone()).collect();
     let pending = store.pending_counts(&keys).await?;
-    let mut reports = Vec::new();
+    let (mut reports, mut ends) = (Vec::new(), Vec::new());
     for pass in closed {
-        let report = finish(store, pass, &delivered, &pending).await?;
+        let (report, end) = finish(store, pass, &delivered, &pending).await?;
+        reports.push(report);
+        ends.push(end);
+    }
+    store.finish_runs(&ends).await?;
+    for report in &reports {
         report.log();
         let (held_back, pending) = (report.held_back(), report.pending());
         options.metrics.pass_finished(&report.key, report.status, started.elapsed(), held_back, pending);
-        reports.push(report);
     }
     Ok(reports)
 }
@@ -233,8 +237,10 @@ async fn begin<'a>(
     let run_id = store.start_run(&c.key, options.trigger, mode).await?;
     tracing::debug!(computation = %c.key, pass_id = run_id, %mode, "pass started");
     let loading = Instant::now();
-    let stage = match load::load(config, store, c, options, has_rows).await {
-        Ok(Loaded::Diffed(d)) => Stage::Diffed(d),
+    let loaded = load::load(config, store, c, options, has_rows).await;
+    let skipped = matches!(loaded, Ok(Loaded::Unchanged(_)));
+    let stage = match loaded {
+        Ok(Loaded::Diffed(d) | Loaded::Unchanged(d)) => Stage::Diffed(d),
         Ok(Loaded::FirstSync(d, spooled)) => Stage::FirstSync(d, spooled),
         Err(e) => {
             log_failure(&c.key, Some(run_id), Some(mode), e.class(), &e.to_string());
@@ -247,7 +253,11 @@ async fn begin<'a>(
         computation = %c.key, pass_id = run_id, snapshot_rows = d.snapshot_rows, entered = d.entered,
         exited = d.exited, changed = d.changed, "snapshot diffed"
     );
-    store.note_diff(run_id, &RunCounts::of_diff(d)).await?;
+    // A skipped diff found nothing to show before delivery: its run's close records its counts,
+    // and a pass over many unchanged computations spares a transaction for each.
+    if !skipped {
+        store.note_diff(run_id, &RunCounts::of_diff(d)).await?;
+    }
     Ok(Pass { c, mode, run_id, stage })
 }
 
@@ -448,20 +458,22 @@ async fn close_first_sync<'a>(store: &Store, pass: Pass<'a>, delivered: &Deliver
     Ok(Closed { c, mode, run_id, outcome })
 }
 
-/// Closes the run of a computation and says what its pass did; `pending` counts the state's
-/// pending rows of each computation.
+/// Says what the pass of a computation did, and how its run closes (the caller closes them
+/// all at once); `pending` counts the state's pending rows of each computation.
 async fn finish(
     store: &Store,
     pass: Closed<'_>,
     delivered: &Delivered,
     pending: &BTreeMap<String, u64>,
-) -> anyhow::Result<ComputationReport> {
+) -> anyhow::Result<(ComputationReport, RunEnd)> {
     let Closed { c, mode, run_id, outcome } = pass;
     let key = c.key.clone();
+    let end = |status, counts, error| RunEnd { id: run_id, key: key.clone(), status, counts, error };
     let (d, unsent) = match outcome {
         Err(e) => {
-            store.finish_run(run_id, RunStatus::Failed, &RunCounts::default(), Some(&e.to_string())).await?;
-            return Ok(ComputationReport { key, run_id, mode, status: RunStatus::Failed, outcome: Outcome::Failed(e) });
+            let end = end(RunStatus::Failed, RunCounts::default(), Some(e.to_string()));
+            let status = RunStatus::Failed;
+            return Ok((ComputationReport { key, run_id, mode, status, outcome: Outcome::Failed(e) }, end));
         }
         Ok(closed) => closed,
     };
@@ -484,7 +496,7 @@ async fn finish(
         None if pending == 0 => None,
         None => Some(Unfinished::of(pending, &delivery)),
     };
-    store.finish_run(run_id, status, &counts, error.as_ref().map(|e| e.error.as_str())).await?;
+    let end = end(status, counts, error.as_ref().map(|e| e.error.clone()));
     let outcome = Outcome::Diffed { diff: d, delivery, pending, error };
-    Ok(ComputationReport { key, run_id, mode, status, outcome })
+    Ok((ComputationReport { key, run_id, mode, status, outcome }, end))
 }

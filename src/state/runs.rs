@@ -67,6 +67,17 @@ stored_words!(RunStatus { Running => "running", Ok => "ok", Incomplete => "incom
 stored_words!(Mode { Initial => "initial", Delta => "delta", Resync => "resync" });
 stored_words!(Trigger { Manual => "manual", Schedule => "schedule" });
 
+/// How a pass closes its run (`Store::finish_runs`).
+#[derive(Debug, Clone)]
+pub struct RunEnd {
+    pub id: i64,
+    /// The run's computation, whose lease the closing must still hold.
+    pub key: String,
+    pub status: RunStatus,
+    pub counts: RunCounts,
+    pub error: Option<String>,
+}
+
 /// The counts a pass records.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct RunCounts {

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use super::{
     AnswerWriter, ComputationStatus, DiffWriter, HeldLease, LastRun, LeaseOwner, Mode, ObservedComputation,
-    OtherDestination, PendingReader, QueueWriter, RunCounts, RunStatus, ShardClaim, ShardProgress, ShardsOf, Trigger,
+    OtherDestination, PendingReader, QueueWriter, RunCounts, RunEnd, ShardClaim, ShardProgress, ShardsOf, Trigger,
     UserState, postgres, sqlite,
 };
 use crate::config::{Computation, StateLocation};
@@ -268,14 +268,8 @@ impl Store {
         each_async!(self, s => s.interrupt_runs(keys, why))
     }
 
-    pub async fn finish_run(
-        &self,
-        id: i64,
-        status: RunStatus,
-        counts: &RunCounts,
-        error: Option<&str>,
-    ) -> anyhow::Result<()> {
-        each_async!(self, s => s.finish_run(id, status, counts, error))
+    pub async fn finish_runs(&self, ends: &[RunEnd]) -> anyhow::Result<()> {
+        each_async!(self, s => s.finish_runs(ends))
     }
 
     pub async fn known_attributes(&self) -> anyhow::Result<HashSet<String>> {
@@ -309,6 +303,25 @@ impl Store {
         ttl: Duration,
     ) -> anyhow::Result<Result<(), HeldLease>> {
         each_async!(self, s => s.acquire_lease(key, owner, ttl))
+    }
+
+    /// `acquire_lease` for each of `keys`, in their order.
+    pub async fn acquire_leases(
+        &self,
+        keys: &[String],
+        owner: &LeaseOwner,
+        ttl: Duration,
+    ) -> anyhow::Result<Vec<Result<(), HeldLease>>> {
+        match self {
+            Store::Sqlite(s) => s.acquire_leases(keys, owner, ttl).await,
+            Store::Postgres(_) => {
+                let mut answers = Vec::with_capacity(keys.len());
+                for key in keys {
+                    answers.push(self.acquire_lease(key, owner, ttl).await?);
+                }
+                Ok(answers)
+            }
+        }
     }
 
     /// Blocking.

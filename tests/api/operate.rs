@@ -543,3 +543,29 @@ async fn an_operators_read_while_the_daemon_runs_leaves_it_working() {
     terminate(&daemon);
     assert!(wait_exit(&mut daemon, 30).await.success());
 }
+
+/// Registering a computation reads its row first and writes only when something differs: a
+/// renamed computation still gets its new name, and a key whose kind changes is still refused.
+#[tokio::test]
+async fn a_renamed_computation_is_recorded_under_its_new_name_and_a_changed_kind_refused() {
+    let server = contentstack_server().await;
+    let vip = "[[audience]]\nname = \"Old Name\"\nkey = \"vip\"\nsource = { type = \"file\", path = \"a.csv\" }\n";
+    let app = TestApp::contentstack(&server, 4, vip);
+    app.write("a.csv", &csv_users(&["u1"]));
+    assert_success(&app.sync(&[]).await);
+
+    let app = app.replace_in_config("Old Name", "New Name");
+    assert_success(&app.sync(&[]).await);
+    let name: String =
+        sqlx::query_scalar("SELECT name FROM computations WHERE key = 'vip'").fetch_one(&app.db().await).await.unwrap();
+    assert_eq!(name, "New Name");
+
+    let app = app.replace_in_config("[[audience]]", "[[computed_trait]]");
+    let out = app.sync(&[]).await;
+    assert_failure(&out);
+    assert!(
+        stderr(&out).contains("recorded as audience in the state but configured as computed_trait"),
+        "{}",
+        stderr(&out)
+    );
+}

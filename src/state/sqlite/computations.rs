@@ -11,6 +11,19 @@ impl Store {
     /// tells whether its initial sync is done. A key that changes kind is refused: its rows
     /// hold `false` for exits or `null` for removals, and mixing them would send nonsense.
     pub async fn register(&self, computation: &Computation) -> anyhow::Result<bool> {
+        // Almost always the row is there as configured: a read, where a write transaction for
+        // each computation would slow a pass over many unchanged ones.
+        let known: Option<(String, String, Option<String>)> =
+            sqlx::query_as("SELECT kind, name, initial_sync_done_at FROM computations WHERE key = ?1")
+                .bind(&computation.key)
+                .fetch_optional(&self.pool)
+                .await?;
+        if let Some((kind, name, done)) = known
+            && kind == computation.kind.as_str()
+            && name == computation.name
+        {
+            return Ok(done.is_some());
+        }
         let mut tx = self.begin_immediate().await?;
         let existing: Option<(String, Option<String>)> =
             sqlx::query_as("SELECT kind, initial_sync_done_at FROM computations WHERE key = ?1")

@@ -109,6 +109,48 @@ pub(super) fn hold(db: &rusqlite::Connection, check: Option<&LeaseCheck>, renew:
     check.map_or(Ok(()), |c| c.hold(db, renew))
 }
 
+/// Inside a write transaction: takes the lease of `key` unless a live process holds it.
+async fn take_lease(
+    tx: &mut sqlx::SqliteConnection,
+    key: &str,
+    owner: &LeaseOwner,
+    at: &str,
+    expires: &str,
+) -> anyhow::Result<Result<(), HeldLease>> {
+    let held: Option<HeldLease> = sqlx::query_as(
+        "SELECT computation_key, pid, host, expires_at, process FROM leases WHERE computation_key = ?1 AND owner <> ?2 AND expires_at > ?3",
+    )
+    .bind(key)
+    .bind(&owner.id)
+    .bind(at)
+    .fetch_optional(&mut *tx)
+    .await?;
+    if let Some(h) = held {
+        // A holder whose process is gone (killed, crashed) cannot renew its lease: take it
+        // over now rather than when it expires.
+        if !holder_gone(&h, owner) {
+            return Ok(Err(h));
+        }
+        tracing::info!(key, pid = h.pid, "taking over the lease of a process that is gone");
+    }
+    sqlx::query(
+        "INSERT INTO leases (computation_key, owner, pid, host, acquired_at, heartbeat_at, expires_at, process) \
+         VALUES (?1, ?2, ?3, ?4, ?5, ?5, ?6, ?7) ON CONFLICT (computation_key) DO UPDATE SET owner = excluded.owner, \
+         pid = excluded.pid, host = excluded.host, acquired_at = excluded.acquired_at, \
+         heartbeat_at = excluded.heartbeat_at, expires_at = excluded.expires_at, process = excluded.process",
+    )
+    .bind(key)
+    .bind(&owner.id)
+    .bind(i64::from(owner.pid))
+    .bind(&owner.host)
+    .bind(at)
+    .bind(expires)
+    .bind(owner.process.as_ref().map(ToString::to_string))
+    .execute(&mut *tx)
+    .await?;
+    Ok(Ok(()))
+}
+
 fn expiry(ttl: Duration) -> String {
     let at = chrono::Utc::now() + chrono::Duration::from_std(ttl).unwrap_or(chrono::Duration::seconds(60));
     at.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
@@ -122,41 +164,26 @@ impl Store {
         owner: &LeaseOwner,
         ttl: Duration,
     ) -> anyhow::Result<Result<(), HeldLease>> {
+        let mut taken = self.acquire_leases(&[key.to_string()], owner, ttl).await?;
+        Ok(taken.pop().expect("one answer per key"))
+    }
+
+    /// `acquire_lease` for each of `keys`, in one transaction: a pass over a thousand
+    /// computations would otherwise open a thousand before its first load.
+    pub async fn acquire_leases(
+        &self,
+        keys: &[String],
+        owner: &LeaseOwner,
+        ttl: Duration,
+    ) -> anyhow::Result<Vec<Result<(), HeldLease>>> {
         let mut tx = self.begin_immediate().await?;
-        let at = now();
-        let held: Option<HeldLease> = sqlx::query_as(
-            "SELECT computation_key, pid, host, expires_at, process FROM leases WHERE computation_key = ?1 AND owner <> ?2 AND expires_at > ?3",
-        )
-        .bind(key)
-        .bind(&owner.id)
-        .bind(&at)
-        .fetch_optional(&mut *tx)
-        .await?;
-        if let Some(h) = held {
-            // A holder whose process is gone (killed, crashed) cannot renew its lease: take it
-            // over now rather than when it expires.
-            if !holder_gone(&h, owner) {
-                return Ok(Err(h));
-            }
-            tracing::info!(key, pid = h.pid, "taking over the lease of a process that is gone");
+        let (at, expires) = (now(), expiry(ttl));
+        let mut answers = Vec::with_capacity(keys.len());
+        for key in keys {
+            answers.push(take_lease(&mut tx, key, owner, &at, &expires).await?);
         }
-        sqlx::query(
-            "INSERT INTO leases (computation_key, owner, pid, host, acquired_at, heartbeat_at, expires_at, process) \
-             VALUES (?1, ?2, ?3, ?4, ?5, ?5, ?6, ?7) ON CONFLICT (computation_key) DO UPDATE SET owner = excluded.owner, \
-             pid = excluded.pid, host = excluded.host, acquired_at = excluded.acquired_at, \
-             heartbeat_at = excluded.heartbeat_at, expires_at = excluded.expires_at, process = excluded.process",
-        )
-        .bind(key)
-        .bind(&owner.id)
-        .bind(i64::from(owner.pid))
-        .bind(&owner.host)
-        .bind(&at)
-        .bind(expiry(ttl))
-        .bind(owner.process.as_ref().map(ToString::to_string))
-        .execute(&mut *tx)
-        .await?;
         tx.commit().await?;
-        Ok(Ok(()))
+        Ok(answers)
     }
 
     /// Extends the leases of `keys` that `owner` holds, on a connection of its own whose lock
@@ -235,7 +262,9 @@ mod tests {
         let counts = crate::state::RunCounts::default();
         assert!(lost(stale.note_diff(own, &counts).await.unwrap_err()));
         assert!(lost(stale.fail_run(own, "failed").await.unwrap_err()));
-        assert!(lost(stale.finish_run(own, crate::state::RunStatus::Ok, &counts, None).await.unwrap_err()));
+        let end =
+            crate::state::RunEnd { id: own, key: "a".into(), status: crate::state::RunStatus::Ok, counts, error: None };
+        assert!(lost(stale.finish_runs(&[end]).await.unwrap_err()));
         let closed: String = db.query_row("SELECT status FROM sync_runs WHERE id = ?1", [own], |r| r.get(0)).unwrap();
         assert_eq!(closed, "interrupted");
         let windows: i64 = db.query_row("SELECT count(*) FROM sending_windows", [], |r| r.get(0)).unwrap();
@@ -243,5 +272,30 @@ mod tests {
         let status: String =
             db.query_row("SELECT status FROM sync_runs WHERE id = ?1", [running], |r| r.get(0)).unwrap();
         assert_eq!(status, "running", "the new holder's run is still running");
+    }
+
+    /// A pass takes the leases of all its computations in one transaction: each free one is
+    /// taken, each held by a live process is left to it and named.
+    #[tokio::test]
+    async fn leases_taken_together_leave_the_ones_a_live_process_holds() {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, db) = store_with_audience(dir.path()).await;
+        let (other, ours) = (LeaseOwner::this_process(), LeaseOwner::this_process());
+        let ttl = Duration::from_secs(60);
+        store.acquire_lease("b", &other, ttl).await.unwrap().unwrap();
+
+        let keys: Vec<String> = ["a", "b", "c"].map(String::from).to_vec();
+        let taken = store.acquire_leases(&keys, &ours, ttl).await.unwrap();
+        assert!(taken[0].is_ok() && taken[2].is_ok(), "{taken:?}");
+        assert_eq!(taken[1].as_ref().unwrap_err().computation_key, "b");
+        let owners: Vec<(String, String)> = db
+            .prepare("SELECT computation_key, owner FROM leases ORDER BY computation_key")
+            .unwrap()
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+            .unwrap()
+            .map(Result::unwrap)
+            .collect();
+        let expected = [("a", &ours.id), ("b", &other.id), ("c", &ours.id)];
+        assert_eq!(owners, expected.map(|(k, o)| (k.to_string(), o.clone())).to_vec());
     }
 }

@@ -1,7 +1,7 @@
 //! The `sync_runs` table: one row per pass of one computation.
 
 use super::Store;
-use crate::state::{Mode, RunCounts, RunStatus, Trigger, now};
+use crate::state::{Mode, RunCounts, RunEnd, Trigger, now};
 
 impl Store {
     /// Opens a `sync_runs` row with status `running`. Rows that an earlier, killed process left
@@ -75,33 +75,32 @@ impl Store {
         Ok(())
     }
 
-    /// Closes a `sync_runs` row with its outcome.
-    pub async fn finish_run(
-        &self,
-        id: i64,
-        status: RunStatus,
-        counts: &RunCounts,
-        error: Option<&str>,
-    ) -> anyhow::Result<()> {
-        let mut tx = self.begin_holding_run(id).await?;
-        sqlx::query(
-            "UPDATE sync_runs SET status = ?2, finished_at = ?3, snapshot_rows = ?4, entered = ?5, exited = ?6, \
-             changed = ?7, delivered = ?8, failed = ?9, error = ?10, retried = ?11, quarantined = ?12 WHERE id = ?1",
-        )
-        .bind(id)
-        .bind(status.as_str())
-        .bind(now())
-        .bind(counts.snapshot_rows.map(|n| n as i64))
-        .bind(counts.entered as i64)
-        .bind(counts.exited as i64)
-        .bind(counts.changed as i64)
-        .bind(counts.delivered as i64)
-        .bind(counts.failed as i64)
-        .bind(error)
-        .bind(counts.retried as i64)
-        .bind(counts.quarantined as i64)
-        .execute(&mut *tx)
-        .await?;
+    /// Closes `sync_runs` rows with their outcomes, in one transaction that still holds their
+    /// computations' leases (else `LeaseLost`, and none is closed).
+    pub async fn finish_runs(&self, ends: &[RunEnd]) -> anyhow::Result<()> {
+        let keys: Vec<String> = ends.iter().map(|e| e.key.clone()).collect();
+        let mut tx = self.begin_holding(&keys).await?;
+        let finished_at = now();
+        for RunEnd { id, status, counts, error, .. } in ends {
+            sqlx::query(
+                "UPDATE sync_runs SET status = ?2, finished_at = ?3, snapshot_rows = ?4, entered = ?5, exited = ?6, \
+                 changed = ?7, delivered = ?8, failed = ?9, error = ?10, retried = ?11, quarantined = ?12 WHERE id = ?1",
+            )
+            .bind(id)
+            .bind(status.as_str())
+            .bind(&finished_at)
+            .bind(counts.snapshot_rows.map(|n| n as i64))
+            .bind(counts.entered as i64)
+            .bind(counts.exited as i64)
+            .bind(counts.changed as i64)
+            .bind(counts.delivered as i64)
+            .bind(counts.failed as i64)
+            .bind(error)
+            .bind(counts.retried as i64)
+            .bind(counts.quarantined as i64)
+            .execute(&mut *tx)
+            .await?;
+        }
         tx.commit().await?;
         Ok(())
     }
