@@ -9,6 +9,8 @@
 //! then the state does not hold the whole snapshot, and an unchanged file must not skip the
 //! diff that finds the rest.
 
+use anyhow::Context;
+
 use crate::config::{Computation, Config};
 use crate::delivery::{FirstSync, KeyReport};
 use crate::diff::spool::Spool;
@@ -39,7 +41,10 @@ pub async fn diff(
     let sink = {
         let (store, key, changed_at) = (store.clone(), c.key.clone(), changed_at.clone());
         tokio::task::spawn_blocking(move || {
-            anyhow::Ok(Spooling { spool: Spool::new()?, queue: store.first_sync_queue(&key, &changed_at)? })
+            let spool = Spool::new().with_context(|| {
+                format!("cannot create the first sync's spool, a temp file in {}", std::env::temp_dir().display())
+            })?;
+            anyhow::Ok(Spooling { spool, queue: store.first_sync_queue(&key, &changed_at)? })
         })
         .await??
     };

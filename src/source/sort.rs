@@ -1,18 +1,18 @@
 //! External sort of snapshot records by user, in bounded memory.
 //!
-//! Records collect in a buffer of half the budget; when it is full it goes to a spill thread,
-//! which sorts it and writes it to a temp file as one sorted run, while reading goes on into a
-//! fresh buffer: parsing and sorting share the two cores, and at most two buffers (the budget)
-//! are held at once. At the end the runs (or the buffer alone, when nothing spilled) are
-//! merged. Ties between equal users keep file order (by line), so a duplicate is reported with
-//! its first line first.
+//! Records collect in a buffer of a third of the budget; when it is full it goes to a spill
+//! thread, which sorts it and writes it to a temp file as one sorted run, while reading goes on
+//! into a fresh buffer. Sorting and writing a run costs the spill thread more than reading it
+//! costs the reader, so two spill threads work at once: at most three buffers (the budget) are
+//! held. At the end the runs (or the buffer alone, when nothing spilled) are merged. Ties
+//! between equal users keep file order (by line), so a duplicate is reported with its first
+//! line first.
 
 use std::cmp::{Ordering, Reverse};
-use std::collections::BinaryHeap;
 use std::collections::binary_heap::PeekMut;
+use std::collections::{BinaryHeap, VecDeque};
 use std::fs::File;
 use std::io::{self, BufReader, BufWriter, Read, Seek, Write};
-use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
 use std::thread::JoinHandle;
 
 use crate::record::{SnapshotRecord, json_text};
@@ -20,46 +20,58 @@ use crate::record::{SnapshotRecord, json_text};
 /// Bookkeeping per record beyond its strings' bytes (the struct and allocator overhead).
 const RECORD_OVERHEAD: usize = std::mem::size_of::<SnapshotRecord>() + 32;
 
+/// Spill threads at work at once: with one, the reader waited on it about half of the time.
+const SPILLING_AT_ONCE: usize = 2;
+
 pub struct Sorter {
     buffer: Vec<SnapshotRecord>,
     bytes: usize,
-    /// Bytes a buffer may hold before it is spilled: half the budget.
+    /// Bytes a buffer may hold before it is spilled: the budget shared by the buffer being read
+    /// into and those being spilled.
     limit: usize,
     spiller: Option<Spiller>,
     runs: usize,
 }
 
-/// The spill thread: takes full buffers, gives back sorted runs.
+/// The spill threads: each takes one full buffer and gives back a sorted run.
+#[derive(Default)]
 struct Spiller {
-    buffers: SyncSender<Vec<SnapshotRecord>>,
-    thread: JoinHandle<io::Result<Vec<File>>>,
+    spilling: VecDeque<JoinHandle<io::Result<File>>>,
+    runs: Vec<File>,
 }
 
 impl Spiller {
-    fn start() -> Spiller {
-        // Capacity 0: a handover waits until the thread has finished the previous run, so no
-        // more than two buffers exist at once.
-        let (buffers, rx): (_, Receiver<Vec<SnapshotRecord>>) = sync_channel(0);
-        let thread = std::thread::spawn(move || {
-            let mut runs = Vec::new();
-            for buffer in rx {
-                runs.push(write_run(buffer)?);
-            }
-            Ok(runs)
-        });
-        Spiller { buffers, thread }
+    /// Hands `buffer` to a thread of its own, first waiting for the oldest when
+    /// `SPILLING_AT_ONCE` are at work, so that no more buffers exist than the budget allows.
+    fn spill(&mut self, buffer: Vec<SnapshotRecord>) -> io::Result<()> {
+        if self.spilling.len() >= SPILLING_AT_ONCE {
+            self.wait_oldest()?;
+        }
+        let thread = std::thread::Builder::new().name("sort-spill".into()).spawn(move || write_run(buffer))?;
+        self.spilling.push_back(thread);
+        Ok(())
     }
 
-    /// Waits for every run; the thread's error if it failed.
-    fn finish(self) -> io::Result<Vec<File>> {
-        drop(self.buffers);
-        self.thread.join().unwrap_or_else(|_| Err(io::Error::other("the sort's spill thread panicked")))
+    fn wait_oldest(&mut self) -> io::Result<()> {
+        let Some(thread) = self.spilling.pop_front() else { return Ok(()) };
+        let run = thread.join().unwrap_or_else(|_| Err(io::Error::other("the sort's spill thread panicked")))?;
+        self.runs.push(run);
+        Ok(())
+    }
+
+    /// Waits for every run; the first error of a thread if one failed.
+    fn finish(mut self) -> io::Result<Vec<File>> {
+        while !self.spilling.is_empty() {
+            self.wait_oldest()?;
+        }
+        Ok(self.runs)
     }
 }
 
 impl Sorter {
     pub fn new(limit_bytes: usize) -> Self {
-        Sorter { buffer: Vec::new(), bytes: 0, limit: (limit_bytes / 2).max(1), spiller: None, runs: 0 }
+        let limit = (limit_bytes / (SPILLING_AT_ONCE + 1)).max(1);
+        Sorter { buffer: Vec::new(), bytes: 0, limit, spiller: None, runs: 0 }
     }
 
     pub fn push(&mut self, rec: SnapshotRecord) -> io::Result<()> {
@@ -81,16 +93,7 @@ impl Sorter {
         let buffer = std::mem::replace(&mut self.buffer, Vec::with_capacity(capacity));
         self.bytes = 0;
         self.runs += 1;
-        let spiller = self.spiller.get_or_insert_with(Spiller::start);
-        if spiller.buffers.send(buffer).is_err() {
-            // The thread stopped on an error: it is the one to report.
-            let failed = self.spiller.take().map(Spiller::finish);
-            return Err(match failed {
-                Some(Err(e)) => e,
-                _ => io::Error::other("the sort's spill thread stopped"),
-            });
-        }
-        Ok(())
+        self.spiller.get_or_insert_with(Spiller::default).spill(buffer)
     }
 
     pub fn finish(mut self) -> io::Result<SortedRecords> {

@@ -144,6 +144,43 @@ async fn duplicate_found_after_spilling_to_temp_files_still_changes_nothing() {
     assert!(received(&server).await.is_empty());
 }
 
+/// The sort spills its runs on threads of their own (two at once), and a first sync spools its
+/// entries: where the temp files cannot be written, the load fails saying why, and nothing is
+/// written or sent.
+#[tokio::test]
+async fn a_snapshot_whose_temp_files_cannot_be_written_changes_nothing() {
+    let server = contentstack_server().await;
+    let app = TestApp::contentstack(&server, 4, &audience("Big", "big.csv"));
+    let config = std::fs::read_to_string(app.config_path()).unwrap();
+    app.write("config.toml", &format!("[sync]\nsort_buffer_mb = 1\n{config}"));
+    let users: Vec<String> = (0..30_000).map(|i| format!("user-{i:06}")).collect();
+    let mut listed: Vec<&str> = users.iter().map(String::as_str).collect();
+    app.write("big.csv", &csv_users(&listed));
+    let without_tmp = async || {
+        let mut sync = app.command(&["sync"]);
+        sync.env("TMPDIR", app.path("no-such-directory"));
+        let out = tokio::task::spawn_blocking(move || sync.output().unwrap()).await.unwrap();
+        assert_failure(&out);
+        stdout(&out)
+    };
+
+    let said = without_tmp().await;
+    assert!(said.contains("cannot create the first sync's spool") && said.contains("no-such-directory"), "{said}");
+    assert!(app.memberships().await.is_empty());
+    assert!(received(&server).await.is_empty());
+
+    assert_success(&app.sync(&[]).await);
+    let sent = received(&server).await.len();
+    listed.push("user-new");
+    app.write("big.csv", &csv_users(&listed));
+    let said = without_tmp().await;
+    assert!(said.contains("big.csv") && said.contains("No such file or directory"), "{said}");
+    assert!(said.contains("cannot spill to a temp file") || said.contains("cannot sort"), "{said}");
+    assert_eq!(app.memberships().await.len(), 30_000);
+    assert_eq!(app.pending_count().await, 0);
+    assert_eq!(received(&server).await.len(), sent);
+}
+
 /// Issue 13.14: a corrupt export whose one line holds hundreds of megabytes used to be read
 /// whole into memory and its "user id" sent. It fails the load, naming the file and the line.
 #[tokio::test]
