@@ -107,8 +107,7 @@ impl Sorter {
             self.spill()?;
         }
         let runs = self.spiller.take().map(Spiller::finish).transpose()?.unwrap_or_default();
-        let mut readers: Vec<RunReader> =
-            runs.into_iter().map(|f| RunReader(BufReader::with_capacity(1 << 16, f))).collect();
+        let mut readers: Vec<RunReader> = runs.into_iter().map(RunReader::new).collect();
         let mut heap = BinaryHeap::with_capacity(readers.len());
         for (i, r) in readers.iter_mut().enumerate() {
             if let Some(rec) = r.next()? {
@@ -218,29 +217,44 @@ fn write_record(out: &mut impl Write, rec: &SnapshotRecord) -> io::Result<()> {
     out.write_all(&rec.line.to_le_bytes())
 }
 
-pub struct RunReader(BufReader<File>);
+/// A sorted run read back. A value is read into `scratch`: most values are `true`, `false` or
+/// `null`, which `json_text` borrows, so they cost no allocation.
+pub struct RunReader {
+    input: BufReader<File>,
+    scratch: Vec<u8>,
+}
 
 impl RunReader {
+    fn new(run: File) -> RunReader {
+        RunReader { input: BufReader::with_capacity(1 << 16, run), scratch: Vec::new() }
+    }
+
     fn next(&mut self) -> io::Result<Option<SnapshotRecord>> {
         let mut len = [0u8; 4];
-        match self.0.read_exact(&mut len) {
+        match self.input.read_exact(&mut len) {
             Ok(()) => {}
             Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return Ok(None),
             Err(e) => return Err(e),
         }
         let user_id = self.string(u32::from_le_bytes(len) as usize)?;
-        self.0.read_exact(&mut len)?;
-        let value = json_text(&self.string(u32::from_le_bytes(len) as usize)?);
+        self.input.read_exact(&mut len)?;
+        self.scratch.resize(u32::from_le_bytes(len) as usize, 0);
+        self.input.read_exact(&mut self.scratch)?;
+        let value = json_text(std::str::from_utf8(&self.scratch).map_err(invalid)?);
         let mut line = [0u8; 8];
-        self.0.read_exact(&mut line)?;
+        self.input.read_exact(&mut line)?;
         Ok(Some(SnapshotRecord { user_id, value, line: u64::from_le_bytes(line) }))
     }
 
     fn string(&mut self, len: usize) -> io::Result<String> {
         let mut buf = vec![0u8; len];
-        self.0.read_exact(&mut buf)?;
-        String::from_utf8(buf).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))
+        self.input.read_exact(&mut buf)?;
+        String::from_utf8(buf).map_err(invalid)
     }
+}
+
+fn invalid(e: impl std::error::Error + Send + Sync + 'static) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidData, e)
 }
 
 #[cfg(test)]
