@@ -23,6 +23,7 @@ printf '[state]\npath = "state.db"\n[destination]\ntype = "file"\npath = "out.nd
 
 # seconds, peak RSS (MB) and CPU seconds (user + system) of one `sync`
 run() {
+  sync # dirty pages of what ran before flushed first, not timed (as in bench/run.sh)
   /usr/bin/time -f "%e %M %U %S" -o time.out "$1" --config config.toml sync > /dev/null 2> cmd.err || { cat cmd.err >&2; return 1; }
   read -r secs kb user sys < time.out
   echo "$secs $((kb / 1024)) $(awk "BEGIN{print $user + $sys}")"

@@ -18,8 +18,11 @@ cargo build --release --quiet --bin audience-sync --example gen_snapshot --examp
 bin=$PWD/target/release/audience-sync
 gen=$PWD/target/release/examples/gen_snapshot
 
-# seconds and peak RSS (MB) of a command, via GNU time
+# seconds and peak RSS (MB) of a command, via GNU time. Dirty pages are flushed first (`sync`,
+# not timed): otherwise a pass pays for the writeback of whatever ran before it (the 500 MB the
+# initial pass and the floor leave dirty, say), which a daemon's next pass, hours later, does not.
 measure() {
+  sync
   /usr/bin/time -f "%e %M" -o "$dir/time.out" "$@" > "$dir/cmd.out" 2> "$dir/cmd.err" || { cat "$dir/cmd.err" >&2; return 1; }
   read -r secs kb < "$dir/time.out"
   echo "$secs $((kb / 1024))"
