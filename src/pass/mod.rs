@@ -182,11 +182,14 @@ async fn run_round(
         reports.push(report);
         ends.push(end);
     }
-    store.finish_runs(&ends).await?;
-    for report in &reports {
+    let lost = store.finish_runs(&ends).await?;
+    for report in reports.iter().filter(|r| !lost.contains(&r.key)) {
         report.log();
         let (held_back, pending) = (report.held_back(), report.pending());
         options.metrics.pass_finished(&report.key, report.status, started.elapsed(), held_back, pending);
+    }
+    if !lost.is_empty() {
+        return Err(crate::state::LeaseLost { keys: lost.join(", ") }.into());
     }
     Ok(reports)
 }

@@ -268,7 +268,9 @@ impl Store {
         each_async!(self, s => s.interrupt_runs(keys, why))
     }
 
-    pub async fn finish_runs(&self, ends: &[RunEnd]) -> anyhow::Result<()> {
+    /// Closes the runs of `ends` whose computation's lease is still this store's claim's;
+    /// returns the computations whose lease was lost (their runs are the new holder's).
+    pub async fn finish_runs(&self, ends: &[RunEnd]) -> anyhow::Result<Vec<String>> {
         each_async!(self, s => s.finish_runs(ends))
     }
 

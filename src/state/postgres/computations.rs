@@ -8,7 +8,7 @@ use anyhow::bail;
 use super::Store;
 use crate::config::Computation;
 use crate::source::fingerprint::Fingerprint;
-use crate::state::{Mode, RunCounts, RunEnd, Trigger, now};
+use crate::state::{LeaseLost, Mode, RunCounts, RunEnd, Trigger, now};
 
 impl Store {
     /// Records `computation` and tells whether its initial sync is done; a key that changes
@@ -158,13 +158,20 @@ impl Store {
         Ok(())
     }
 
-    /// Closes `sync_runs` rows with their outcomes, in one transaction that still holds their
-    /// computations' leases (else `LeaseLost`, and none is closed).
-    pub async fn finish_runs(&self, ends: &[RunEnd]) -> anyhow::Result<()> {
-        let keys: Vec<String> = ends.iter().map(|e| e.key.clone()).collect();
-        let mut tx = self.begin_holding(&keys).await?;
+    /// Closes `sync_runs` rows with their outcomes, each in a transaction that still holds its
+    /// computation's lease. Returns the computations whose lease was lost: their runs are the
+    /// new holder's to close.
+    pub async fn finish_runs(&self, ends: &[RunEnd]) -> anyhow::Result<Vec<String>> {
+        let mut lost = Vec::new();
         let finished_at = now();
-        for RunEnd { id, status, counts, error, .. } in ends {
+        for RunEnd { id, key, status, counts, error } in ends {
+            let mut tx = match self.begin_holding(std::slice::from_ref(key)).await {
+                Err(e) if e.is::<LeaseLost>() => {
+                    lost.push(key.clone());
+                    continue;
+                }
+                holding => holding?,
+            };
             sqlx::query(
                 "UPDATE sync_runs SET status = $2, finished_at = $3, snapshot_rows = $4, entered = $5, exited = $6, \
                  changed = $7, delivered = $8, failed = $9, error = $10, retried = $11, quarantined = $12 WHERE id = $1",
@@ -183,9 +190,9 @@ impl Store {
             .bind(counts.quarantined as i64)
             .execute(&mut *tx)
             .await?;
+            tx.commit().await?;
         }
-        tx.commit().await?;
-        Ok(())
+        Ok(lost)
     }
 
     pub async fn known_attributes(&self) -> anyhow::Result<HashSet<String>> {

@@ -75,13 +75,16 @@ impl Store {
         Ok(())
     }
 
-    /// Closes `sync_runs` rows with their outcomes, in one transaction that still holds their
-    /// computations' leases (else `LeaseLost`, and none is closed).
-    pub async fn finish_runs(&self, ends: &[RunEnd]) -> anyhow::Result<()> {
+    /// Closes `sync_runs` rows with their outcomes, in one transaction, those whose computation's
+    /// lease this store's claim still holds. Returns the computations whose lease it lost: their
+    /// runs are the new holder's to close.
+    pub async fn finish_runs(&self, ends: &[RunEnd]) -> anyhow::Result<Vec<String>> {
         let keys: Vec<String> = ends.iter().map(|e| e.key.clone()).collect();
-        let mut tx = self.begin_holding(&keys).await?;
+        let mut tx = self.begin_immediate().await?;
+        let held = self.held_among(&mut tx, &keys).await?;
         let finished_at = now();
-        for RunEnd { id, status, counts, error, .. } in ends {
+        let (closing, lost): (Vec<&RunEnd>, Vec<&RunEnd>) = ends.iter().partition(|e| held.contains(&e.key));
+        for RunEnd { id, status, counts, error, .. } in closing {
             sqlx::query(
                 "UPDATE sync_runs SET status = ?2, finished_at = ?3, snapshot_rows = ?4, entered = ?5, exited = ?6, \
                  changed = ?7, delivered = ?8, failed = ?9, error = ?10, retried = ?11, quarantined = ?12 WHERE id = ?1",
@@ -102,6 +105,6 @@ impl Store {
             .await?;
         }
         tx.commit().await?;
-        Ok(())
+        Ok(lost.into_iter().map(|e| e.key.clone()).collect())
     }
 }
