@@ -4,13 +4,18 @@
 pub async fn shutdown_signal() {
     // From here on a signal also ends a lock wait that holds the runtime's thread.
     crate::state::listen_for_signals();
-    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-        Ok(s) => s,
-        Err(_) => return std::future::pending().await,
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut term), Ok(mut interrupt)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
+        return std::future::pending().await;
     };
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = tokio::signal::ctrl_c() => {}
+    // A signal that came while the process was starting, before the handlers above, was caught
+    // by `listen_for_signals` alone: tokio's would wait for another (review finding: a daemon
+    // sent SIGTERM in its first tenth of a second ran on for minutes).
+    if !crate::state::signalled() {
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = interrupt.recv() => {}
+        }
     }
     crate::state::stop_waiting_for_locks();
 }

@@ -30,7 +30,7 @@ pub use first_sync_queue::{QueueRows, QueueRun, QueueWriter};
 pub use leases::{HeldLease, LeaseLost, LeaseOwner, holder_gone};
 pub use runs::{Mode, RunCounts, RunEnd, RunStatus, Trigger};
 pub use shards::{ShardClaim, ShardProgress, ShardsOf};
-pub use sqlite::{ended_by_stop, explain_lock_wait, listen_for_signals, stop_waiting_for_locks};
+pub use sqlite::{ended_by_stop, explain_lock_wait, listen_for_signals, signalled, stop_waiting_for_locks};
 pub use status::{ComputationStatus, LastRun, ObservedComputation};
 pub use store::Store;
 

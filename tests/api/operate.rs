@@ -569,3 +569,36 @@ async fn a_renamed_computation_is_recorded_under_its_new_name_and_a_changed_kind
         stderr(&out)
     );
 }
+
+/// A SIGTERM that comes while the daemon is still starting (its schedule set up, its signal
+/// handlers not yet installed) stops it: it used to be caught and forgotten, and the daemon
+/// ran its passes on until a second one (review finding).
+#[tokio::test]
+async fn a_sigterm_while_the_daemon_starts_stops_it() {
+    use std::io::BufRead;
+
+    let server = contentstack_server().await;
+    let computations: String = (0..200).map(|i| audience(&format!("A{i}"), &format!("a{i}.csv"))).collect();
+    let app = TestApp::contentstack(&server, 4, &computations);
+    /// The daemon, killed if the test fails while it still runs.
+    struct Daemon(std::process::Child);
+    impl Drop for Daemon {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let mut command = app.command(&["run"]);
+    command.env("RUST_LOG", "info").stdout(Stdio::null()).stderr(Stdio::piped());
+    let mut daemon = Daemon(command.spawn().unwrap());
+    let stderr = std::io::BufReader::new(daemon.0.stderr.take().unwrap());
+    let mut lines = stderr.lines();
+    // The first schedule is set up after the state is open, before the daemon listens for
+    // signals with the runtime: the moment the signal used to be lost.
+    assert!(lines.by_ref().map_while(Result::ok).any(|l| l.contains("scheduled")), "no schedule logged");
+    terminate(&daemon.0);
+    let drained = std::thread::spawn(move || lines.map_while(Result::ok).collect::<Vec<_>>().join("\n"));
+    assert!(wait_exit(&mut daemon.0, 20).await.success());
+    let logged = drained.join().unwrap();
+    assert!(logged.contains("stopped"), "{logged}");
+}

@@ -26,6 +26,12 @@ static GAVE_UP_ON_STOP: AtomicBool = AtomicBool::new(false);
 /// runtime's one thread keeps the signal's task from ever running.
 static SIGNALLED: AtomicBool = AtomicBool::new(false);
 
+/// Whether SIGTERM or SIGINT came since `listen_for_signals`: one that came before tokio's
+/// handlers were installed reached only this process's own.
+pub fn signalled() -> bool {
+    SIGNALLED.load(Ordering::Acquire)
+}
+
 /// Ends every lock wait of this process about a second from now, and refuses new ones then.
 pub fn stop_waiting_for_locks() {
     let _ = STOPPING_SINCE.compare_exchange(0, epoch_ms(), Ordering::AcqRel, Ordering::Acquire);

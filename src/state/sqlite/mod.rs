@@ -38,7 +38,9 @@ use sqlx::{ConnectOptions, Connection};
 use crate::sqlite_memory::configure_sqlite;
 use crate::state::now;
 
-pub use busy::{ended_by_stop, explain_lock_wait, listen_for_signals, may_wait_longer, stop_waiting_for_locks};
+pub use busy::{
+    ended_by_stop, explain_lock_wait, listen_for_signals, may_wait_longer, signalled, stop_waiting_for_locks,
+};
 use checkpoint::Checkpointer;
 use stored::Bound;
 
