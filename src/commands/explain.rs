@@ -5,6 +5,7 @@ use std::process::ExitCode;
 
 use serde::Serialize;
 
+use super::answer;
 use crate::config::{Computation, Config, Kind};
 use crate::state::{Delivery, DiffPass, Queued, Store, UserState};
 
@@ -108,9 +109,9 @@ pub async fn explanation(config: &Config, user: &str, audiences: &[String]) -> a
 pub async fn explain(config: &Config, user: &str, audiences: &[String], json: bool) -> anyhow::Result<ExitCode> {
     let e = explanation(config, user, audiences).await?;
     if json {
-        println!("{}", serde_json::to_string_pretty(&e)?);
+        answer(&format!("{}\n", serde_json::to_string_pretty(&e)?))?;
     } else {
-        print!("{}", text(&e));
+        answer(&text(&e))?;
     }
     Ok(ExitCode::SUCCESS)
 }

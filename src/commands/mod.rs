@@ -45,3 +45,14 @@ pub fn stop_on_signal() -> CancellationToken {
     });
     stop
 }
+
+/// Writes `text` to standard output, a command's answer (`status`, `explain`): a reader that
+/// closed the pipe early (`status | head`) has what it wanted, and the rest is dropped
+/// quietly where `println!` would panic.
+pub(crate) fn answer(text: &str) -> std::io::Result<()> {
+    use std::io::Write;
+    match std::io::stdout().lock().write_all(text.as_bytes()) {
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
+        written => written,
+    }
+}

@@ -5,6 +5,7 @@ use std::process::ExitCode;
 
 use serde::Serialize;
 
+use super::answer;
 use crate::config::{Config, schedule};
 use crate::state::{LastRun, LeaseOwner, RunStatus, ShardProgress, Store, holder_gone};
 
@@ -103,7 +104,7 @@ fn shown_status(p: &LastRun, r: &StatusRow) -> String {
 pub async fn status(config: &Config, json: bool) -> anyhow::Result<ExitCode> {
     let rows = rows(config).await?;
     if json {
-        println!("{}", serde_json::to_string_pretty(&rows)?);
+        answer(&format!("{}\n", serde_json::to_string_pretty(&rows)?))?;
         return Ok(ExitCode::SUCCESS);
     }
     let table: Vec<[String; 9]> = rows
@@ -145,9 +146,12 @@ pub async fn status(config: &Config, json: bool) -> anyhow::Result<ExitCode> {
             *w = (*w).max(cell.len());
         }
     }
+    let mut text = String::new();
     for row in std::iter::once(&header).chain(&table) {
         let cells: Vec<String> = row.iter().zip(widths).map(|(c, w)| format!("{c:<w$}")).collect();
-        println!("{}", cells.join("  ").trim_end());
+        text.push_str(cells.join("  ").trim_end());
+        text.push('\n');
     }
+    answer(&text)?;
     Ok(ExitCode::SUCCESS)
 }

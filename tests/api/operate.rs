@@ -602,3 +602,22 @@ async fn a_sigterm_while_the_daemon_starts_stops_it() {
     let logged = drained.join().unwrap();
     assert!(logged.contains("stopped"), "{logged}");
 }
+
+/// `status | head` and the like: a reader that closes the pipe before the answer is written
+/// ends the command quietly, where it used to panic with a backtrace (review finding).
+#[tokio::test]
+async fn an_answer_written_to_a_closed_pipe_ends_quietly() {
+    let server = contentstack_server().await;
+    let app = TestApp::contentstack(&server, 4, &audience("A", "a.csv"));
+    app.write("a.csv", &csv_users(&["u1", "u2"]));
+    assert_success(&app.sync(&[]).await);
+    for args in [&["status"][..], &["status", "--json"], &["explain", "--user", "u1"]] {
+        let (reader, writer) = std::io::pipe().unwrap();
+        drop(reader);
+        let mut command = app.command(args);
+        command.stdout(writer);
+        let out = tokio::task::spawn_blocking(move || command.output().unwrap()).await.unwrap();
+        assert!(out.status.success(), "{args:?}: {}", stderr(&out));
+        assert!(!stderr(&out).contains("panicked"), "{args:?}: {}", stderr(&out));
+    }
+}
