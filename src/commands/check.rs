@@ -5,45 +5,46 @@ use std::process::ExitCode;
 
 use tracing::Level;
 
+use super::answer_line;
 use crate::config::{Config, Destination, Source, StateLocation};
 use crate::redact::redact_url;
 use crate::say::say;
 use crate::source;
 
 pub async fn check(config: &Config) -> anyhow::Result<ExitCode> {
-    println!("config {}: ok", config.path.display());
+    answer_line!("config {}: ok", config.path.display());
     match &config.state {
         StateLocation::File(path) => {
             let exists = if path.exists() { "exists" } else { "will be created on first sync" };
-            println!("state {}: {exists}", path.display());
+            answer_line!("state {}: {exists}", path.display());
         }
         StateLocation::Postgres { env, .. } => {
-            println!("state {} (PostgreSQL, from {env}): not opened by check", config.state.describe());
+            answer_line!("state {} (PostgreSQL, from {env}): not opened by check", config.state.describe());
             warn_of_local_files(config);
         }
     }
     match &config.destination {
         Destination::Contentstack(c) => {
             let attributes = if c.attributes.is_some() { ", creates missing attributes" } else { "" };
-            println!(
+            answer_line!(
                 "destination contentstack: {} (project {}){attributes}",
                 redact_url(c.edge_api_base_url.as_str()),
                 c.project_uid
             );
         }
         Destination::Segment(s) => {
-            println!("destination segment: {} ({:?} events)", redact_url(s.endpoint.as_str()), s.events)
+            answer_line!("destination segment: {} ({:?} events)", redact_url(s.endpoint.as_str()), s.events)
         }
-        Destination::File { path } => println!("destination file: {}", path.display()),
+        Destination::File { path } => answer_line!("destination file: {}", path.display()),
     }
     let mut broken = Vec::new();
     for c in &config.computations {
         let (c2, buffer) = (c.clone(), config.sort_buffer_bytes);
         let counted = tokio::task::spawn_blocking(move || source::count_users(&c2, buffer)).await?;
         match counted {
-            Ok(n) => println!("{} {:?} ({}): ok, {n} users, schedule {:?}", c.kind.as_str(), c.name, c.key, c.cron),
+            Ok(n) => answer_line!("{} {:?} ({}): ok, {n} users, schedule {:?}", c.kind.as_str(), c.name, c.key, c.cron),
             Err(e) => {
-                println!("{} {:?} ({}): {e}", c.kind.as_str(), c.name, c.key);
+                answer_line!("{} {:?} ({}): {e}", c.kind.as_str(), c.name, c.key);
                 broken.push(c.key.clone());
             }
         }

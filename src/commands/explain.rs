@@ -109,9 +109,9 @@ pub async fn explanation(config: &Config, user: &str, audiences: &[String]) -> a
 pub async fn explain(config: &Config, user: &str, audiences: &[String], json: bool) -> anyhow::Result<ExitCode> {
     let e = explanation(config, user, audiences).await?;
     if json {
-        answer(&format!("{}\n", serde_json::to_string_pretty(&e)?))?;
+        answer(&format!("{}\n", serde_json::to_string_pretty(&e)?));
     } else {
-        answer(&text(&e))?;
+        answer(&text(&e));
     }
     Ok(ExitCode::SUCCESS)
 }

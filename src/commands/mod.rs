@@ -18,7 +18,7 @@ use crate::shutdown::shutdown_signal;
 /// Prints the summaries; exit 0 only when everything selected was delivered.
 fn conclude(selected: &[String], reports: &[ComputationReport]) -> ExitCode {
     for r in reports {
-        println!("{}", r.summary());
+        answer_line!("{}", r.summary());
     }
     let unfinished = reports.iter().filter_map(ComputationReport::unfinished);
     // A shutdown before a computation's turn leaves it without a report: not delivered either.
@@ -46,13 +46,24 @@ pub fn stop_on_signal() -> CancellationToken {
     stop
 }
 
-/// Writes `text` to standard output, a command's answer (`status`, `explain`): a reader that
-/// closed the pipe early (`status | head`) has what it wanted, and the rest is dropped
-/// quietly where `println!` would panic.
-pub(crate) fn answer(text: &str) -> std::io::Result<()> {
+/// Writes `text` to standard output, a command's answer (`status`, `explain`, a pass's
+/// summaries): a reader that closed the pipe early (`status | head`) has what it wanted, and
+/// the rest is dropped quietly where `println!` would panic; another failure is said on
+/// standard error.
+pub(crate) fn answer(text: &str) {
     use std::io::Write;
     match std::io::stdout().lock().write_all(text.as_bytes()) {
-        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
-        written => written,
+        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => {
+            say(Level::ERROR, &format!("audience-sync: cannot write to standard output: {e}"));
+        }
+        _ => {}
     }
 }
+
+/// `println!` for a command's answer, through `answer`.
+macro_rules! answer_line {
+    ($($arg:tt)*) => {
+        $crate::commands::answer(&format!("{}\n", format_args!($($arg)*)))
+    };
+}
+pub(crate) use answer_line;

@@ -104,7 +104,7 @@ fn shown_status(p: &LastRun, r: &StatusRow) -> String {
 pub async fn status(config: &Config, json: bool) -> anyhow::Result<ExitCode> {
     let rows = rows(config).await?;
     if json {
-        answer(&format!("{}\n", serde_json::to_string_pretty(&rows)?))?;
+        answer(&format!("{}\n", serde_json::to_string_pretty(&rows)?));
         return Ok(ExitCode::SUCCESS);
     }
     let table: Vec<[String; 9]> = rows
@@ -152,6 +152,6 @@ pub async fn status(config: &Config, json: bool) -> anyhow::Result<ExitCode> {
         text.push_str(cells.join("  ").trim_end());
         text.push('\n');
     }
-    answer(&text)?;
+    answer(&text);
     Ok(ExitCode::SUCCESS)
 }

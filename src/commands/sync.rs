@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use tracing::Level;
 
+use super::answer_line;
 use super::{conclude, stop_on_signal};
 use crate::config::{Computation, Config};
 use crate::destination::Destination;
@@ -127,7 +128,7 @@ async fn prepare(
         let moving_to = moves.then_some(identity.as_str());
         let marked = store.mark_for_resync(&request.keys(), user.as_deref(), moving_to).await?;
         let whose = user.as_ref().map(|u| format!(" of user {u:?}")).unwrap_or_default();
-        println!("resync: {marked} rows{whose} marked to be sent again");
+        answer_line!("resync: {marked} rows{whose} marked to be sent again");
     }
     Ok(destination)
 }
@@ -164,13 +165,13 @@ pub async fn dry_run(config: &Config, keys: &[String]) -> anyhow::Result<ExitCod
     for c in &selected {
         match plan::plan(config, store.as_ref(), c).await {
             Ok(p) => {
-                println!("{}", p.summary(&c.key));
+                answer_line!("{}", p.summary(&c.key));
                 if let Err(held) = pass::guard(c, &p.counts) {
-                    println!("{}: {held}", c.key);
+                    answer_line!("{}: {held}", c.key);
                 }
             }
             Err(e) => {
-                println!("{}: snapshot failed: {e:#}", c.key);
+                answer_line!("{}: snapshot failed: {e:#}", c.key);
                 failed.push(c.key.clone());
             }
         }

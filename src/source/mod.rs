@@ -65,7 +65,10 @@ pub fn load_sorted(
         if read.is_multiple_of(4096) {
             loading.inc(4096);
         }
-        sorter.push(rec).map_err(|e| SnapshotError::new(&name, None, None, format!("cannot spill to a temp file: {e}")))
+        sorter.push(rec).map_err(|e| {
+            let dir = std::env::temp_dir();
+            SnapshotError::new(&name, None, None, format!("cannot spill to a temp file in {}: {e}", dir.display()))
+        })
     };
     match &computation.source {
         Source::File { path, format, gzip, ready_file } => {
@@ -89,7 +92,10 @@ pub fn load_sorted(
     }
     loading.inc(read % 4096);
     loading.finish();
-    let sorted = sorter.finish().map_err(|e| SnapshotError::new(&name, None, None, format!("cannot sort: {e}")))?;
+    let sorted = sorter.finish().map_err(|e| {
+        let dir = std::env::temp_dir();
+        SnapshotError::new(&name, None, None, format!("cannot sort (temp files in {}): {e}", dir.display()))
+    })?;
     Ok(Deduplicated { name, inner: sorted, previous: None, fingerprint })
 }
 

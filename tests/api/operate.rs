@@ -604,14 +604,24 @@ async fn a_sigterm_while_the_daemon_starts_stops_it() {
 }
 
 /// `status | head` and the like: a reader that closes the pipe before the answer is written
-/// ends the command quietly, where it used to panic with a backtrace (review finding).
+/// ends the command quietly, where it used to panic with a backtrace (review findings: `status`,
+/// then `check`, `sync --dry-run` and `sync`, whose pass still ran whole).
 #[tokio::test]
 async fn an_answer_written_to_a_closed_pipe_ends_quietly() {
     let server = contentstack_server().await;
     let app = TestApp::contentstack(&server, 4, &audience("A", "a.csv"));
     app.write("a.csv", &csv_users(&["u1", "u2"]));
     assert_success(&app.sync(&[]).await);
-    for args in [&["status"][..], &["status", "--json"], &["explain", "--user", "u1"]] {
+    app.write("a.csv", &csv_users(&["u1", "u3"]));
+    let every = [
+        &["status"][..],
+        &["status", "--json"],
+        &["explain", "--user", "u1"],
+        &["check"],
+        &["sync", "--dry-run"],
+        &["sync"],
+    ];
+    for args in every {
         let (reader, writer) = std::io::pipe().unwrap();
         drop(reader);
         let mut command = app.command(args);
