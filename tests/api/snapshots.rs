@@ -124,15 +124,21 @@ async fn user_listed_twice_names_the_user_and_both_lines() {
     .await;
 }
 
+/// An app whose audience "Big" (big.csv, not written yet) sorts in a 1 MB buffer, and 30,000
+/// users for it: enough to spill several sorted runs to temp files.
+fn spilling_app(server: &wiremock::MockServer) -> (TestApp, Vec<String>) {
+    let app = TestApp::contentstack(server, 4, &audience("Big", "big.csv"));
+    let config = std::fs::read_to_string(app.config_path()).unwrap();
+    app.write("config.toml", &format!("[sync]\nsort_buffer_mb = 1\n{config}"));
+    (app, (0..30_000).map(|i| format!("user-{i:06}")).collect())
+}
+
 #[tokio::test]
 async fn duplicate_found_after_spilling_to_temp_files_still_changes_nothing() {
     // A tiny sort buffer forces the snapshot through sorted runs on disk; the duplicate is then
     // found while the diff is already writing, and the whole diff must roll back.
     let server = contentstack_server().await;
-    let app = TestApp::contentstack(&server, 4, &audience("Big", "big.csv"));
-    let config = std::fs::read_to_string(app.config_path()).unwrap();
-    app.write("config.toml", &format!("[sync]\nsort_buffer_mb = 1\n{config}"));
-    let users: Vec<String> = (0..30_000).map(|i| format!("user-{i:06}")).collect();
+    let (app, users) = spilling_app(&server);
     let mut with_dup: Vec<&str> = users.iter().map(String::as_str).collect();
     with_dup.push("user-029999");
     app.write("big.csv", &csv_users(&with_dup));
@@ -150,10 +156,7 @@ async fn duplicate_found_after_spilling_to_temp_files_still_changes_nothing() {
 #[tokio::test]
 async fn a_snapshot_whose_temp_files_cannot_be_written_changes_nothing() {
     let server = contentstack_server().await;
-    let app = TestApp::contentstack(&server, 4, &audience("Big", "big.csv"));
-    let config = std::fs::read_to_string(app.config_path()).unwrap();
-    app.write("config.toml", &format!("[sync]\nsort_buffer_mb = 1\n{config}"));
-    let users: Vec<String> = (0..30_000).map(|i| format!("user-{i:06}")).collect();
+    let (app, users) = spilling_app(&server);
     let mut listed: Vec<&str> = users.iter().map(String::as_str).collect();
     app.write("big.csv", &csv_users(&listed));
     let without_tmp = async || {
