@@ -52,13 +52,15 @@ static MARK_SENT: LazyLock<String> = LazyLock::new(|| {
     )
 });
 
-/// Pending rows per computation, through the pending index.
+/// Pending rows per computation, through the pending index. The computation is tested first,
+/// on the index entry: the lookup in `acknowledged` then runs only for rows of the computations
+/// asked about, not for every pending row of the state (a pass of one computation asks).
 static PENDING_COUNTS: LazyLock<String> = LazyLock::new(|| {
     format!(
         "SELECT c.key, count(*) FROM member_rows m INDEXED BY member_rows_pending \
          JOIN computations c ON c.id = m.computation_id \
-         WHERE m.desired IS NOT m.synced AND NOT {ACKED_APART} AND c.key IN (SELECT value FROM json_each(?1)) \
-         GROUP BY c.key"
+         WHERE m.computation_id IN (SELECT id FROM computations WHERE key IN (SELECT value FROM json_each(?1))) \
+         AND m.desired IS NOT m.synced AND NOT {ACKED_APART} GROUP BY c.key"
     )
 });
 
