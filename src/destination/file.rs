@@ -5,18 +5,21 @@ use std::fs::{File, OpenOptions};
 use std::io::Write;
 use std::os::unix::fs::FileExt;
 use std::path::Path;
-use std::sync::Mutex;
 
 use anyhow::Context;
 use serde::Serialize;
+use tokio::sync::oneshot;
 
 use super::{DeliveryError, RowResults, UserUpdate, for_every_row};
 
 pub struct FileDestination {
     /// Each call's lines go in one write of their own (no buffer to carry a failed write's
-    /// rest into the next).
-    out: Mutex<File>,
+    /// rest into the next), by the appending thread, in the order the calls were made.
+    appends: std::sync::mpsc::Sender<Append>,
 }
+
+/// One call's lines, and where to say whether they are on disk.
+type Append = (Vec<u8>, oneshot::Sender<std::io::Result<()>>);
 
 #[derive(Serialize)]
 struct Identify<'a> {
@@ -34,45 +37,53 @@ impl FileDestination {
         }
         // Read too, to find a line torn by a crash; a file the process may only write is
         // appended to all the same.
-        let append = |read| OpenOptions::new().create(true).append(true).read(read).open(path);
-        let file = append(true)
-            .or_else(|_| append(false))
+        let open = |read| OpenOptions::new().create(true).append(true).read(read).open(path);
+        let file = open(true)
+            .or_else(|_| open(false))
             .with_context(|| format!("cannot open the destination file {}", path.display()))?;
-        Ok(FileDestination { out: Mutex::new(file) })
+        let (appends, calls) = std::sync::mpsc::channel::<Append>();
+        std::thread::Builder::new()
+            .name("file-destination".into())
+            .spawn(move || {
+                for (lines, done) in calls {
+                    let _ = done.send(append(&file, &lines));
+                }
+            })
+            .context("cannot start the destination file's writer")?;
+        Ok(FileDestination { appends })
     }
 
     /// Appends one line per update and syncs them to disk; the lines are acknowledged once
-    /// synced.
-    pub fn send(&self, updates: &[UserUpdate]) -> RowResults {
-        let encoded: Vec<Result<Vec<u8>, DeliveryError>> = updates
-            .iter()
-            .map(|update| {
-                let identify = Identify { kind: "identify", user_id: &update.user_id, traits: update.traits()? };
-                serde_json::to_vec(&identify).map_err(|e| DeliveryError::permanent(e.to_string()))
-            })
-            .collect();
+    /// synced. The append and its sync run on a thread of their own: on the runtime's thread
+    /// they would hold up every other call meanwhile (the encoding of the next, the answers of
+    /// the last), where a few calls in flight are meant to overlap.
+    pub async fn send(&self, updates: &[UserUpdate]) -> RowResults {
         let mut lines = Vec::with_capacity(updates.len() * 128);
-        for line in encoded.iter().flatten() {
-            lines.extend_from_slice(line);
-            lines.push(b'\n');
+        let encoded: Vec<Result<(), DeliveryError>> = updates.iter().map(|update| encode(update, &mut lines)).collect();
+        let (done, appended) = oneshot::channel();
+        let written = match self.appends.send((lines, done)) {
+            Ok(()) => appended.await.unwrap_or_else(|_| Err(std::io::Error::other("the file's writer stopped"))),
+            Err(_) => Err(std::io::Error::other("the file's writer stopped")),
         }
-        let written = {
-            let out = self.out.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-            append(&out, &lines)
-                .map_err(|e| DeliveryError::transient(format!("cannot append to the destination file: {e}")))
-        };
+        .map_err(|e| DeliveryError::transient(format!("cannot append to the destination file: {e}")));
         updates
             .iter()
             .zip(&encoded)
-            .flat_map(|(update, line)| {
-                let result = match line {
-                    Ok(_) => written.clone(),
-                    Err(e) => Err(e.clone()),
-                };
-                for_every_row(std::slice::from_ref(update), &result)
-            })
+            .flat_map(|(update, line)| for_every_row(std::slice::from_ref(update), &line.clone().and(written.clone())))
             .collect()
     }
+}
+
+/// Appends `update`'s identify line to `lines`, or leaves them as they were.
+fn encode(update: &UserUpdate, lines: &mut Vec<u8>) -> Result<(), DeliveryError> {
+    let identify = Identify { kind: "identify", user_id: &update.user_id, traits: update.traits()? };
+    let before = lines.len();
+    serde_json::to_writer(&mut *lines, &identify).map_err(|e| {
+        lines.truncate(before);
+        DeliveryError::permanent(e.to_string())
+    })?;
+    lines.push(b'\n');
+    Ok(())
 }
 
 /// Appends `lines` under the file's lock (other processes may append to the same file for
@@ -120,6 +131,8 @@ fn cut_torn_line(file: &File) -> std::io::Result<()> {
 
 #[cfg(test)]
 mod tests {
+    use std::io::{BufRead, BufReader};
+
     use super::*;
     use crate::change::PendingValue;
     use crate::config::Kind;
@@ -134,8 +147,8 @@ mod tests {
         UserUpdate { user_id: user.into(), values: vec![value] }
     }
 
-    #[test]
-    fn a_line_torn_by_a_kill_is_cut_before_the_next_append() {
+    #[tokio::test]
+    async fn a_line_torn_by_a_kill_is_cut_before_the_next_append() {
         // Review finding: killed mid-append, the next pass appended its first line onto the
         // fragment, and recorded it acknowledged.
         let dir = tempfile::tempdir().unwrap();
@@ -143,7 +156,7 @@ mod tests {
         let whole = "{\"type\":\"identify\",\"userId\":\"u0\",\"traits\":{\"vip\":true}}\n";
         std::fs::write(&path, format!("{whole}{{\"type\":\"identify\",\"userId\":\"u1\",\"tr")).unwrap();
         let destination = FileDestination::open(&path).unwrap();
-        assert!(destination.send(&[update("u2")]).iter().all(Result::is_ok));
+        assert!(destination.send(&[update("u2")]).await.iter().all(Result::is_ok));
         let text = std::fs::read_to_string(&path).unwrap();
         let users: Vec<String> = text
             .lines()
@@ -152,11 +165,40 @@ mod tests {
         assert_eq!(users, ["u0", "u2"]);
     }
 
+    /// A call's append and sync wait off the runtime's thread: on the one thread of `sync`
+    /// and `run`, a destination file that stalls (a full pipe here, a hung mount for an
+    /// operator) held up every other task meanwhile, SIGTERM's handling included.
     #[test]
-    fn dev_null_still_takes_every_line() {
+    fn a_stalled_append_leaves_the_runtimes_thread_free() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("out.fifo");
+        assert!(std::process::Command::new("mkfifo").arg(&path).status().unwrap().success());
+        let destination = FileDestination::open(&path).unwrap(); // read-write: opening does not wait
+        // More than a pipe holds, so that the append waits for a reader.
+        let updates: Vec<UserUpdate> = (0..5000).map(|i| update(&format!("user-{i:06}"))).collect();
+        let (polled, first_poll) = std::sync::mpsc::channel();
+        let sending = std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+            runtime.block_on(async {
+                let send = destination.send(&updates);
+                tokio::pin!(send);
+                polled.send(futures::poll!(&mut send).is_pending()).unwrap();
+                send.await
+            })
+        });
+        // Only a deadlock detector: the old code never came back from that first poll.
+        let pending = first_poll.recv_timeout(std::time::Duration::from_secs(60));
+        assert_eq!(pending, Ok(true), "the first poll of a stalled append must come back pending");
+        let lines = BufReader::new(File::open(&path).unwrap()).lines().take(5000).count();
+        assert_eq!(lines, 5000);
+        assert!(sending.join().unwrap().iter().all(Result::is_ok));
+    }
+
+    #[tokio::test]
+    async fn dev_null_still_takes_every_line() {
         // Review finding: cutting an "empty file's torn line" truncated /dev/null, which fails.
         let destination = FileDestination::open(Path::new("/dev/null")).unwrap();
-        assert!(destination.send(&[update("u1")]).iter().all(Result::is_ok));
+        assert!(destination.send(&[update("u1")]).await.iter().all(Result::is_ok));
     }
 
     #[test]

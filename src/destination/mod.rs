@@ -145,7 +145,7 @@ impl Destination {
         match self {
             Destination::Contentstack(c) => c.send(updates, patience).await,
             Destination::Segment(s) => s.send(updates, patience).await,
-            Destination::File(f) => f.send(updates),
+            Destination::File(f) => f.send(updates).await,
         }
     }
 
