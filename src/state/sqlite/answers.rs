@@ -6,10 +6,13 @@
 //! worker thread; here one writer holds its own SQLite connection and runs cached statements
 //! directly, on the thread that calls it.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::BTreeMap;
 use std::sync::LazyLock;
 
 use rusqlite::{Connection, OptionalExtension, params};
+// Looked up once or more for every answer: SipHash was a fifth of the committer's time in a
+// first sync's profile (docs/performance.md).
+use rustc_hash::{FxHashMap as HashMap, FxHashSet as HashSet};
 
 use super::history::HistoryRecorder;
 use super::stored::{Bound, computation_id, millis, stored_value};
@@ -83,7 +86,7 @@ impl Store {
             first_sync,
             insert_synced: Batched::new(INSERT_SYNCED_COLUMNS, insert_synced_sql),
             acknowledge: Batched::new(ACKNOWLEDGE_COLUMNS, acknowledge_sql),
-            in_place: HashSet::new(),
+            in_place: HashSet::default(),
             runs: BTreeMap::new(),
             history: self.history_recorder(),
             checkpointer: self.checkpointer(),
@@ -193,7 +196,7 @@ impl AnswerRecords for Answers {
         super::leases::hold(&tx, self.lease.as_ref(), false)?;
         {
             let mut empty = tx.prepare_cached(
-                "UPDATE first_sync_queue SET users = '[]' \
+                "UPDATE OR FAIL first_sync_queue SET users = '[]' \
                  WHERE computation_key = ?1 AND last_user > ?2 AND last_user <= ?3",
             )?;
             for key in &self.first_sync {
@@ -262,7 +265,12 @@ fn computation_ids(db: &Connection) -> anyhow::Result<HashMap<String, i64>> {
 
 /// Acknowledged rows of a first sync, `values`: `synced` is the value sent, as is `desired`.
 fn insert_synced_sql(values: &str) -> String {
-    format!("INSERT INTO member_rows (computation_id, user_id, desired, synced, updated_at, synced_at) VALUES {values}")
+    // OR FAIL: a statement of many rows that may abort keeps a journal of its own, to undo
+    // its earlier rows (copies of every page it changes, spilled to temp files); a failure
+    // here rolls the whole transaction back anyway.
+    format!(
+        "INSERT OR FAIL INTO member_rows (computation_id, user_id, desired, synced, updated_at, synced_at) VALUES {values}"
+    )
 }
 
 /// Its values: the computation and the time shared; the user, the value sent (twice), and when
@@ -380,7 +388,7 @@ impl FirstAnswers<'_> {
     /// landed). Returns the key of each row quarantined.
     fn insert(&self, tx: &Connection, answers: &[&Outcome], quarantine_after: u32) -> anyhow::Result<Vec<String>> {
         // When each was decided, as stored: a call's rows nearly all share one time.
-        let mut times: HashMap<&str, i64> = HashMap::new();
+        let mut times: HashMap<&str, i64> = HashMap::default();
         for o in answers {
             if !times.contains_key(o.changed_at()) {
                 times.insert(o.changed_at(), millis(o.changed_at())?);
