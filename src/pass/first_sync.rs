@@ -16,7 +16,7 @@ use crate::delivery::{FirstSync, KeyReport};
 use crate::diff::spool::Spool;
 use crate::diff::{Change, DiffCounts, Op, OpSink};
 use crate::source::fingerprint::Fingerprint;
-use crate::state::{QueueWriter, Store, now};
+use crate::state::{QueueWriter, RunCounts, Store, now};
 
 use super::{PassOptions, differ};
 
@@ -27,12 +27,13 @@ pub struct Spooled {
 }
 
 /// Loads and sorts the snapshot of `c` (which has no state) and spools its entries, queueing
-/// them in the state too.
+/// them in the state too, with the counts noted on the pass's `sync_runs` row `run_id`.
 pub async fn diff(
     config: &Config,
     store: &Store,
     c: &Computation,
     options: &PassOptions,
+    run_id: i64,
 ) -> anyhow::Result<(DiffCounts, Spooled)> {
     let progress = &options.progress;
     let loading = progress.stage(format!("{}: loading", c.key), "rows read", None);
@@ -51,7 +52,8 @@ pub async fn diff(
     let differ::Diffed { counts, sink, fingerprint } =
         differ::run(None, c, config.sort_buffer_bytes, (loading, diffing), sink, &options.stop).await?;
     let Spooling { spool, queue } = sink;
-    tokio::task::spawn_blocking(move || queue.commit()).await??;
+    let noted = RunCounts::of_diff(&counts);
+    tokio::task::spawn_blocking(move || queue.commit(run_id, noted)).await??;
     let entries = FirstSync { key: c.key.clone(), kind: c.kind, changed_at, entries: spool.into_reader()? };
     Ok((counts, Spooled { entries, fingerprint }))
 }

@@ -23,13 +23,14 @@ pub enum Loaded {
 
 /// Loads the snapshot of `c` and merges it into the state in one transaction, which commits
 /// only if the whole snapshot loaded, passed the guards and every write succeeded; or, when the
-/// state holds nothing of `c` (`has_rows` false), spools it for a first sync.
+/// state holds nothing of `c` (`has_rows` false), spools it for a first sync, whose counts it
+/// notes on the pass's `sync_runs` row `run_id` with its queue.
 pub async fn load(
     config: &Config,
     store: &Store,
     c: &Computation,
     options: &PassOptions,
-    has_rows: bool,
+    (run_id, has_rows): (i64, bool),
 ) -> Result<Loaded, PassError> {
     if let Some(rows) = unchanged(store, c, &options.stop).await? {
         tracing::info!(key = %c.key, "snapshot unchanged (same size and SHA-256): diff skipped");
@@ -39,7 +40,8 @@ pub async fn load(
         // From the first row a first sync writes, the state is no longer what any recorded
         // fingerprint produced.
         store.forget_snapshot_content(&c.key).await.map_err(PassError::state)?;
-        let (counts, spooled) = first_sync::diff(config, store, c, options).await.map_err(PassError::of_load)?;
+        let (counts, spooled) =
+            first_sync::diff(config, store, c, options, run_id).await.map_err(PassError::of_load)?;
         return Ok(Loaded::FirstSync(counts, spooled));
     }
     let progress = &options.progress;

@@ -240,7 +240,7 @@ async fn begin<'a>(
     let run_id = store.start_run(&c.key, options.trigger, mode).await?;
     tracing::debug!(computation = %c.key, pass_id = run_id, %mode, "pass started");
     let loading = Instant::now();
-    let loaded = load::load(config, store, c, options, has_rows).await;
+    let loaded = load::load(config, store, c, options, (run_id, has_rows)).await;
     let skipped = matches!(loaded, Ok(Loaded::Unchanged(_)));
     let stage = match loaded {
         Ok(Loaded::Diffed(d) | Loaded::Unchanged(d)) => Stage::Diffed(d),
@@ -257,8 +257,9 @@ async fn begin<'a>(
         exited = d.exited, changed = d.changed, "snapshot diffed"
     );
     // A skipped diff found nothing to show before delivery: its run's close records its counts,
-    // and a pass over many unchanged computations spares a transaction for each.
-    if !skipped {
+    // and a pass over many unchanged computations spares a transaction for each. A first sync's
+    // counts went in with its queue.
+    if !skipped && !matches!(stage, Stage::FirstSync(..)) {
         store.note_diff(run_id, &RunCounts::of_diff(d)).await?;
     }
     Ok(Pass { c, mode, run_id, stage })

@@ -12,6 +12,8 @@
 use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
 use std::thread::JoinHandle;
 
+use super::RunCounts;
+
 /// Members per queue row: small enough that finding one user reads one short JSON text.
 const RUN_ENTRIES: u64 = 1000;
 /// Runs handed to the writing thread and not written yet, at most.
@@ -30,8 +32,9 @@ pub struct QueueRun {
 /// earlier first sync of the computation left.
 pub trait QueueRows: Send {
     fn insert(&mut self, run: &QueueRun) -> anyhow::Result<()>;
-    /// Commits, checking (and renewing) the lease in the transaction.
-    fn commit(&mut self) -> anyhow::Result<()>;
+    /// Notes the diff's counts on its `sync_runs` row `run` (as `Store::note_diff`) and
+    /// commits, checking (and renewing) the lease in the transaction.
+    fn commit(&mut self, run: i64, counts: &RunCounts) -> anyhow::Result<()>;
 }
 
 /// The writer of one first sync's queue: the diff's thread builds the runs, a thread of the
@@ -41,15 +44,20 @@ pub struct QueueWriter {
     run: QueueRun,
     runs: Option<SyncSender<QueueRun>>,
     inserting: Option<JoinHandle<anyhow::Result<()>>>,
+    /// Set by `commit`, read by the inserting thread once the runs are all written.
+    noted: std::sync::Arc<std::sync::OnceLock<(i64, RunCounts)>>,
 }
 
 impl QueueWriter {
     /// Starts the inserting thread over a backend's `rows`.
     pub fn start(rows: Box<dyn QueueRows>) -> anyhow::Result<QueueWriter> {
         let (runs, received) = sync_channel(RUNS_AHEAD);
-        let inserting =
-            std::thread::Builder::new().name("first-sync-queue".into()).spawn(move || insert_all(rows, received))?;
-        Ok(QueueWriter { run: QueueRun::default(), runs: Some(runs), inserting: Some(inserting) })
+        let noted = std::sync::Arc::new(std::sync::OnceLock::new());
+        let note = noted.clone();
+        let inserting = std::thread::Builder::new()
+            .name("first-sync-queue".into())
+            .spawn(move || insert_all(rows, received, &note))?;
+        Ok(QueueWriter { run: QueueRun::default(), runs: Some(runs), inserting: Some(inserting), noted })
     }
 
     /// Queues `user_id` (after every user queued before) with its value's JSON text.
@@ -69,8 +77,13 @@ impl QueueWriter {
         Ok(())
     }
 
-    /// Commits the queue, checking (and renewing) the lease in its transaction. Blocking.
-    pub fn commit(mut self) -> anyhow::Result<()> {
+    /// Commits the queue with the diff's `counts` noted on its `sync_runs` row `run`, checking
+    /// (and renewing) the lease in its transaction. Blocking. The counts go in this transaction
+    /// rather than one of their own after it: on SQLite the next commit of another connection
+    /// would copy the queue's whole log back into the database file before delivery could
+    /// begin, where the answers' checkpointer does it beside delivery (docs/performance.md).
+    pub fn commit(mut self, run: i64, counts: RunCounts) -> anyhow::Result<()> {
+        let _ = self.noted.set((run, counts));
         self.hand_over()?;
         // The last run is an empty one: it says "commit".
         self.send(QueueRun::default())?;
@@ -107,10 +120,15 @@ impl QueueWriter {
 
 /// Inserts runs until the empty one (then commits) or until the writer is dropped (then the
 /// transaction rolls back with the connection).
-fn insert_all(mut rows: Box<dyn QueueRows>, runs: Receiver<QueueRun>) -> anyhow::Result<()> {
+fn insert_all(
+    mut rows: Box<dyn QueueRows>,
+    runs: Receiver<QueueRun>,
+    noted: &std::sync::OnceLock<(i64, RunCounts)>,
+) -> anyhow::Result<()> {
     while let Ok(run) = runs.recv() {
         if run.entries == 0 {
-            return rows.commit();
+            let (run, counts) = noted.get().ok_or_else(|| anyhow::anyhow!("the first sync's queue has no counts"))?;
+            return rows.commit(*run, counts);
         }
         rows.insert(&run)?;
     }

@@ -4,6 +4,7 @@
 use std::collections::HashSet;
 
 use anyhow::bail;
+use sqlx::PgConnection;
 
 use super::Store;
 use crate::config::Computation;
@@ -119,14 +120,7 @@ impl Store {
 
     pub async fn note_diff(&self, id: i64, counts: &RunCounts) -> anyhow::Result<()> {
         let mut tx = self.begin_holding_run(id).await?;
-        sqlx::query("UPDATE sync_runs SET snapshot_rows = $2, entered = $3, exited = $4, changed = $5 WHERE id = $1")
-            .bind(id)
-            .bind(counts.snapshot_rows.map(|n| n as i64))
-            .bind(counts.entered as i64)
-            .bind(counts.exited as i64)
-            .bind(counts.changed as i64)
-            .execute(&mut *tx)
-            .await?;
+        note_diff(&mut *tx, id, counts).await?;
         tx.commit().await?;
         Ok(())
     }
@@ -212,4 +206,17 @@ impl Store {
         .await?;
         Ok(())
     }
+}
+
+/// Notes what a diff found on its running `sync_runs` row `id`, in the transaction of `conn`.
+pub(super) async fn note_diff(conn: &mut PgConnection, id: i64, counts: &RunCounts) -> anyhow::Result<()> {
+    sqlx::query("UPDATE sync_runs SET snapshot_rows = $2, entered = $3, exited = $4, changed = $5 WHERE id = $1")
+        .bind(id)
+        .bind(counts.snapshot_rows.map(|n| n as i64))
+        .bind(counts.entered as i64)
+        .bind(counts.exited as i64)
+        .bind(counts.changed as i64)
+        .execute(conn)
+        .await?;
+    Ok(())
 }

@@ -11,7 +11,7 @@ use crate::diff::StateRow;
 use crate::record::json_text;
 use crate::source::fingerprint::Fingerprint;
 use crate::state::times::millis;
-use crate::state::{DiffRows, DiffWrite, DiffWriter, QueueRows, QueueRun, QueueWriter, now};
+use crate::state::{DiffRows, DiffWrite, DiffWriter, QueueRows, QueueRun, QueueWriter, RunCounts, now};
 
 /// State rows handed from the scan's thread to the diff at a time.
 const SCAN_ROWS: usize = 4096;
@@ -337,8 +337,8 @@ impl QueueRows for QueueTransaction {
         Ok(())
     }
 
-    fn commit(&mut self) -> anyhow::Result<()> {
+    fn commit(&mut self, run: i64, counts: &RunCounts) -> anyhow::Result<()> {
         self.flush()?;
-        self.tx.commit(self.lease.as_ref(), async |_, _| Ok(()))
+        self.tx.commit(self.lease.as_ref(), async |conn, _| super::computations::note_diff(conn, run, counts).await)
     }
 }

@@ -5,6 +5,7 @@ use rusqlite::{Connection, params};
 
 use super::Store;
 use super::leases::{LeaseCheck, hold};
+use crate::state::RunCounts;
 use crate::state::first_sync_queue::{QueueRows, QueueRun, QueueWriter};
 
 impl Store {
@@ -71,9 +72,16 @@ impl QueueRows for Inserter {
         Ok(())
     }
 
-    fn commit(&mut self) -> anyhow::Result<()> {
+    fn commit(&mut self, run: i64, counts: &RunCounts) -> anyhow::Result<()> {
         self.begin()?;
         hold(&self.db, self.lease.as_ref(), true)?;
+        self.db.prepare_cached(super::runs::NOTE_DIFF)?.execute(params![
+            run,
+            counts.snapshot_rows.map(|n| n as i64),
+            counts.entered as i64,
+            counts.exited as i64,
+            counts.changed as i64
+        ])?;
         self.db.execute_batch("COMMIT")?;
         Ok(())
     }
@@ -89,5 +97,39 @@ impl Inserter {
             self.begun = true;
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::state::testing::store_with_audience;
+    use crate::state::{Mode, RunCounts, Trigger};
+
+    /// A first sync notes its diff's counts in its queue's transaction, not in one of its own
+    /// after it (whose commit on another connection copied the queue's whole log back into the
+    /// database file before delivery could begin): the run shows them as soon as the queue.
+    #[tokio::test]
+    async fn a_first_syncs_counts_are_noted_in_its_queues_transaction() {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, db) = store_with_audience(dir.path()).await;
+        let run = store.start_run("a", Trigger::Manual, Mode::Initial).await.unwrap();
+        let counts = RunCounts { snapshot_rows: Some(3), entered: 3, ..RunCounts::default() };
+        let queue_store = store.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut queue = queue_store.first_sync_queue("a", "2026-12-07T00:00:00.000Z")?;
+            ["u1", "u2", "u3"].iter().try_for_each(|u| queue.push(u, "true"))?;
+            queue.commit(run, counts)
+        })
+        .await
+        .unwrap()
+        .unwrap();
+        let noted: (i64, i64, i64) = db
+            .query_row(
+                "SELECT snapshot_rows, entered, (SELECT sum(entries) FROM first_sync_queue) FROM sync_runs WHERE id = ?1",
+                [run],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+            )
+            .unwrap();
+        assert_eq!(noted, (3, 3, 3));
     }
 }

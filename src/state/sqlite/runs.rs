@@ -3,6 +3,10 @@
 use super::Store;
 use crate::state::{Mode, RunCounts, RunEnd, Trigger, now};
 
+/// Notes what a diff found on its running `sync_runs` row `?1`.
+pub(super) const NOTE_DIFF: &str =
+    "UPDATE sync_runs SET snapshot_rows = ?2, entered = ?3, exited = ?4, changed = ?5 WHERE id = ?1";
+
 impl Store {
     /// Opens a `sync_runs` row with status `running`. Rows that an earlier, killed process left
     /// `running` for this computation are closed as `interrupted` first.
@@ -32,7 +36,7 @@ impl Store {
     /// Records on a running `sync_runs` row what its diff found, before delivery begins.
     pub async fn note_diff(&self, id: i64, counts: &RunCounts) -> anyhow::Result<()> {
         let mut tx = self.begin_holding_run(id).await?;
-        sqlx::query("UPDATE sync_runs SET snapshot_rows = ?2, entered = ?3, exited = ?4, changed = ?5 WHERE id = ?1")
+        sqlx::query(NOTE_DIFF)
             .bind(id)
             .bind(counts.snapshot_rows.map(|n| n as i64))
             .bind(counts.entered as i64)
