@@ -120,7 +120,7 @@ impl Store {
 
     pub async fn note_diff(&self, id: i64, counts: &RunCounts) -> anyhow::Result<()> {
         let mut tx = self.begin_holding_run(id).await?;
-        note_diff(&mut *tx, id, counts).await?;
+        note_diff(&mut tx, id, counts).await?;
         tx.commit().await?;
         Ok(())
     }
