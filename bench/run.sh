@@ -64,10 +64,12 @@ TOML
   read -r ref _ < <(measure bash -c "LC_ALL=C sort -S 200M '$work/churn.csv' | LC_ALL=C comm -3 - '$work/base.sorted' > /dev/null")
 
   cp "$work/base.csv" "$work/snap.csv"
-  read -r secs mb < <(measure "$bin" --config "$work/config.toml" sync)
-  printf '%-44s %10s %9s %12s %s\n' "$n initial pass (file destination)" "$secs" "$mb" "$(awk "BEGIN{printf \"%.0f/s\", $n/$secs}")" "target >= 1000000/s (issue 14)"
+  read -r first mb < <(measure "$bin" --config "$work/config.toml" sync)
+  printf '%-44s %10s %9s %12s %s\n' "$n initial pass (file destination)" "$first" "$mb" "$(awk "BEGIN{printf \"%.0f/s\", $n/$first}")" "target >= 1000000/s (issue 14)"
   floor=$(sqlite_floor "$n" "$work/state.db")
   printf '%-44s %10s %9s %12s %s\n' "$n rows inserted by SQLite alone" "$floor" "" "$(awk "BEGIN{printf \"%.0f/s\", $n/$floor}")" "the floor under the initial pass's writes"
+  # the machine's speed drifts between runs; against the floor measured beside it, it does less
+  printf '%-44s %10s %9s %12s %s\n' "$n initial pass against that floor" "" "" "$(awk "BEGIN{printf \"%.2fx\", $first/$floor}")" "the pass's whole time over SQLite's inserts alone"
 
   cp "$work/churn.csv" "$work/snap.csv"
   read -r secs mb < <(measure "$bin" --config "$work/config.toml" sync)
