@@ -3,7 +3,7 @@
 
 use std::fs::{File, OpenOptions};
 use std::io::Write;
-use std::os::unix::fs::FileExt;
+use std::os::unix::fs::{FileExt, FileTypeExt, OpenOptionsExt};
 use std::path::Path;
 
 use anyhow::Context;
@@ -35,12 +35,16 @@ impl FileDestination {
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
             std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
         }
-        // Read too, to find a line torn by a crash; a file the process may only write is
-        // appended to all the same.
-        let open = |read| OpenOptions::new().create(true).append(true).read(read).open(path);
-        let file = open(true)
-            .or_else(|_| open(false))
-            .with_context(|| format!("cannot open the destination file {}", path.display()))?;
+        let file = if path.metadata().is_ok_and(|m| m.file_type().is_fifo()) {
+            open_fifo(path)?
+        } else {
+            // Read too, to find a line torn by a crash; a file the process may only write is
+            // appended to all the same.
+            let open = |read| OpenOptions::new().create(true).append(true).read(read).open(path);
+            open(true)
+                .or_else(|_| open(false))
+                .with_context(|| format!("cannot open the destination file {}", path.display()))?
+        };
         let (appends, calls) = std::sync::mpsc::channel::<Append>();
         std::thread::Builder::new()
             .name("file-destination".into())
@@ -72,6 +76,25 @@ impl FileDestination {
             .flat_map(|(update, line)| for_every_row(std::slice::from_ref(update), &line.clone().and(written.clone())))
             .collect()
     }
+}
+
+/// Opens the FIFO at `path` for writing only, and only while a process reads it. Opened for
+/// reading too, this process was a reader of its own: lines nobody else read counted as
+/// delivered and went with it. (The check and the open are two steps: a reader that leaves
+/// between them makes the open wait for the next one.)
+fn open_fifo(path: &Path) -> anyhow::Result<File> {
+    // A non-blocking open for writing fails at once when no process has the FIFO open to read.
+    let probe = OpenOptions::new().write(true).custom_flags(libc::O_NONBLOCK).open(path);
+    if let Err(e) = probe {
+        if e.raw_os_error() == Some(libc::ENXIO) {
+            anyhow::bail!("the destination file {} is a FIFO that no process reads", path.display());
+        }
+        return Err(e).with_context(|| format!("cannot open the destination file {}", path.display()));
+    }
+    OpenOptions::new()
+        .write(true)
+        .open(path)
+        .with_context(|| format!("cannot open the destination file {}", path.display()))
 }
 
 /// Appends `update`'s identify line to `lines`, or leaves them as they were.
@@ -173,7 +196,9 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("out.fifo");
         assert!(std::process::Command::new("mkfifo").arg(&path).status().unwrap().success());
-        let destination = FileDestination::open(&path).unwrap(); // read-write: opening does not wait
+        // A reader that does not read yet (opening it non-blocking does not wait for a writer).
+        let _idle = OpenOptions::new().read(true).custom_flags(libc::O_NONBLOCK).open(&path).unwrap();
+        let destination = FileDestination::open(&path).unwrap();
         // More than a pipe holds, so that the append waits for a reader.
         let updates: Vec<UserUpdate> = (0..5000).map(|i| update(&format!("user-{i:06}"))).collect();
         let (polled, first_poll) = std::sync::mpsc::channel();
@@ -192,6 +217,17 @@ mod tests {
         let lines = BufReader::new(File::open(&path).unwrap()).lines().take(5000).count();
         assert_eq!(lines, 5000);
         assert!(sending.join().unwrap().iter().all(Result::is_ok));
+    }
+
+    /// Review finding: a FIFO no process read was opened for reading too, so this process read
+    /// it itself: every line counted as delivered, and went with the process.
+    #[test]
+    fn a_fifo_that_no_process_reads_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("out.fifo");
+        assert!(std::process::Command::new("mkfifo").arg(&path).status().unwrap().success());
+        let refused = FileDestination::open(&path).err().expect("a FIFO nobody reads must be refused");
+        assert!(refused.to_string().contains("is a FIFO that no process reads"), "{refused:#}");
     }
 
     #[tokio::test]
