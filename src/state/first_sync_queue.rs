@@ -42,22 +42,24 @@ pub trait QueueRows: Send {
 /// time). It counts only once `commit` is called; dropping it rolls everything back.
 pub struct QueueWriter {
     run: QueueRun,
-    runs: Option<SyncSender<QueueRun>>,
+    runs: Option<SyncSender<Queued>>,
     inserting: Option<JoinHandle<anyhow::Result<()>>>,
-    /// Set by `commit`, read by the inserting thread once the runs are all written.
-    noted: std::sync::Arc<std::sync::OnceLock<(i64, RunCounts)>>,
+}
+
+/// What the inserting thread is handed: a run to insert, or, last, the counts to note on the
+/// `sync_runs` row as it commits.
+enum Queued {
+    Run(QueueRun),
+    Commit(i64, RunCounts),
 }
 
 impl QueueWriter {
     /// Starts the inserting thread over a backend's `rows`.
     pub fn start(rows: Box<dyn QueueRows>) -> anyhow::Result<QueueWriter> {
         let (runs, received) = sync_channel(RUNS_AHEAD);
-        let noted = std::sync::Arc::new(std::sync::OnceLock::new());
-        let note = noted.clone();
-        let inserting = std::thread::Builder::new()
-            .name("first-sync-queue".into())
-            .spawn(move || insert_all(rows, received, &note))?;
-        Ok(QueueWriter { run: QueueRun::default(), runs: Some(runs), inserting: Some(inserting), noted })
+        let inserting =
+            std::thread::Builder::new().name("first-sync-queue".into()).spawn(move || insert_all(rows, received))?;
+        Ok(QueueWriter { run: QueueRun::default(), runs: Some(runs), inserting: Some(inserting) })
     }
 
     /// Queues `user_id` (after every user queued before) with its value's JSON text.
@@ -83,10 +85,8 @@ impl QueueWriter {
     /// would copy the queue's whole log back into the database file before delivery could
     /// begin, where the answers' checkpointer does it beside delivery (docs/performance.md).
     pub fn commit(mut self, run: i64, counts: RunCounts) -> anyhow::Result<()> {
-        let _ = self.noted.set((run, counts));
         self.hand_over()?;
-        // The last run is an empty one: it says "commit".
-        self.send(QueueRun::default())?;
+        self.send(Queued::Commit(run, counts))?;
         self.runs = None;
         self.finish()
     }
@@ -98,11 +98,11 @@ impl QueueWriter {
         self.run.users.push(b']');
         let next = QueueRun { after: self.run.last.clone(), ..QueueRun::default() };
         let run = std::mem::replace(&mut self.run, next);
-        self.send(run)
+        self.send(Queued::Run(run))
     }
 
-    fn send(&mut self, run: QueueRun) -> anyhow::Result<()> {
-        match self.runs.as_ref().map(|runs| runs.send(run)) {
+    fn send(&mut self, queued: Queued) -> anyhow::Result<()> {
+        match self.runs.as_ref().map(|runs| runs.send(queued)) {
             Some(Ok(())) => Ok(()),
             // The inserting thread stopped: its error says why.
             _ => {
@@ -118,19 +118,14 @@ impl QueueWriter {
     }
 }
 
-/// Inserts runs until the empty one (then commits) or until the writer is dropped (then the
-/// transaction rolls back with the connection).
-fn insert_all(
-    mut rows: Box<dyn QueueRows>,
-    runs: Receiver<QueueRun>,
-    noted: &std::sync::OnceLock<(i64, RunCounts)>,
-) -> anyhow::Result<()> {
-    while let Ok(run) = runs.recv() {
-        if run.entries == 0 {
-            let (run, counts) = noted.get().ok_or_else(|| anyhow::anyhow!("the first sync's queue has no counts"))?;
-            return rows.commit(*run, counts);
+/// Inserts runs until told to commit, or until the writer is dropped (then the transaction
+/// rolls back with the connection).
+fn insert_all(mut rows: Box<dyn QueueRows>, queued: Receiver<Queued>) -> anyhow::Result<()> {
+    while let Ok(next) = queued.recv() {
+        match next {
+            Queued::Run(run) => rows.insert(&run)?,
+            Queued::Commit(run, counts) => return rows.commit(run, &counts),
         }
-        rows.insert(&run)?;
     }
     Ok(())
 }
