@@ -25,3 +25,4 @@ pub mod shutdown;
 pub mod source;
 mod sqlite_memory;
 pub mod state;
+pub mod tenure;

@@ -60,7 +60,7 @@ pub async fn sync(config: &Config, request: PassRequest) -> anyhow::Result<ExitC
     let owner = LeaseOwner::this_process();
     let stop = stop_on_signal();
     let leases = lease::acquire_all(&store, &owner, config.lease_ttl, &keys, request.wait, &stop).await?;
-    let store = store.claimed_by(&owner, config.lease_ttl);
+    let store = leases.claim(config.lease_ttl);
     let destination = match prepare(&store, config, &request, &metrics).await {
         Ok(destination) => destination,
         Err(e) => {

@@ -25,7 +25,7 @@ use crate::metrics::Metrics;
 use crate::pass::{self, PassOptions, lease};
 use crate::progress::{Progress, Stage};
 use crate::shutdown::shutdown_signal;
-use crate::state::{LeaseOwner, RunStatus, Store, Trigger};
+use crate::state::{LeaseOwner, RunStatus, Store, Tenure, Trigger};
 
 use server::Health;
 
@@ -270,9 +270,10 @@ async fn help(shared: &Shared, store: &Store, stop: &CancellationToken, progress
     }
 }
 
-/// The state as this daemon's shard deliveries write it, where deliveries are shared out.
+/// The state as this daemon's shard deliveries write it, where deliveries are shared out (each
+/// shard's delivery bounds its sending by its own claim's tenure).
 fn sharing_store(shared: &Shared) -> Option<Store> {
-    let store = shared.store.claimed_by(&shared.owner, shared.config.lease_ttl);
+    let store = shared.store.claimed_by(&shared.owner, shared.config.lease_ttl, &Tenure::unbounded());
     (store.delivers_in_shards() && shared.destination.shared_by_workers()).then_some(store)
 }
 
@@ -310,7 +311,7 @@ async fn leased_pass(shared: &Shared, keys: &[String], stop: CancellationToken) 
         leases.release().await?;
         return Err(e);
     }
-    let store = shared.store.claimed_by(&shared.owner, ttl);
+    let store = leases.claim(ttl);
     for h in &held {
         tracing::info!("skipping: {h}");
     }

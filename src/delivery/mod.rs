@@ -29,6 +29,7 @@ use crate::destination::{Destination, UserUpdate};
 use crate::metrics::DeliveryCounters;
 use crate::progress::Stage;
 use crate::state::Store;
+use crate::tenure::Tenure;
 
 pub use attributes::ensure_attributes;
 pub use rows::FirstSync;
@@ -120,6 +121,8 @@ struct Sending<'a> {
     policy: &'a RetryConfig,
     deadline: Instant,
     halt: &'a retry::Halt,
+    /// The leases' tenure: nothing is sent past it.
+    tenure: &'a Tenure,
     counters: &'a BTreeMap<String, DeliveryCounters>,
 }
 
@@ -164,7 +167,8 @@ pub async fn deliver(
         }
     };
     let halt = retry::Halt::new(stop);
-    let sending = Sending { destination, policy, deadline, halt: &halt, counters: &counters };
+    let tenure = store.tenure();
+    let sending = Sending { destination, policy, deadline, halt: &halt, tenure: &tenure, counters: &counters };
     // A window is read and noted while the one before it goes out, so that requests never
     // wait for the state between windows, and no sooner (see `produce`).
     let (window_tx, window_rx) = mpsc::channel::<Window>(1);
@@ -266,8 +270,8 @@ async fn send_and_record(
     window: u64,
     call: Vec<UserUpdate>,
 ) -> anyhow::Result<CallResult> {
-    let Sending { destination, policy, deadline, halt, .. } = *sending;
-    let (outcomes, retried) = retry::send_with_retries(destination, policy, deadline, halt, call).await;
+    let Sending { destination, policy, deadline, halt, tenure, .. } = *sending;
+    let (outcomes, retried) = retry::send_with_retries(destination, policy, deadline, halt, tenure, call).await;
     let (committed, done) = oneshot::channel();
     let answers = commit::Write::Answers(commit::CallAnswers { window, outcomes, committed });
     writes.send(answers).await.map_err(|_| stopped_recording())?;

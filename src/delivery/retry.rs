@@ -11,6 +11,7 @@ use crate::change::{Outcome, PendingRow};
 use crate::config::RetryConfig;
 use crate::destination::{DeliveryError, Destination, Failure, Patience, RowResults, UserUpdate};
 use crate::http::{Backoff, beyond_budget};
+use crate::tenure::Tenure;
 
 /// Ends a delivery early, saying why: once the destination is paused past the pass's retry
 /// budget, nothing more can be sent in this pass. A child of the shutdown token, so that
@@ -59,15 +60,17 @@ type Again = (PendingRow, DeliveryError);
 /// Sends one call, re-sending the rows whose failure is transient. Returns an outcome per row
 /// sent and the computation key of each row re-sent (once per retry); a row never sent (delivery
 /// halted before its first turn) has no outcome and stays pending as it was.
-/// Every wait, the pacer's and the retries', ends at once when `halt` is cancelled.
+/// Every wait, the pacer's and the retries', ends at once when `halt` is cancelled; nothing is
+/// sent once `tenure` has lapsed.
 pub async fn send_with_retries(
     destination: &Destination,
     policy: &RetryConfig,
     deadline: Instant,
     halt: &Halt,
+    tenure: &Tenure,
     call: Vec<UserUpdate>,
 ) -> (Vec<Outcome>, Vec<String>) {
-    let patience = Patience { deadline, stop: halt.token() };
+    let patience = Patience { deadline, stop: halt.token(), tenure };
     let mut outcomes = Vec::new();
     let mut retried = Vec::new();
     let mut todo = call;

@@ -20,7 +20,7 @@ use crate::config::RetryConfig;
 use crate::destination::Destination;
 use crate::metrics::Metrics;
 use crate::progress::Stage;
-use crate::state::{LeaseLost, ShardClaim, ShardsOf, Store};
+use crate::state::{LeaseLost, ShardClaim, ShardsOf, Store, Tenure};
 
 /// At most this many shards: each worker's reader skips the other shards' rows.
 const MAX_SHARDS: u64 = 64;
@@ -131,9 +131,13 @@ pub async fn help_any(s: &Sharding<'_>, known: &[String], busy: impl Fn(&str) ->
 /// Delivers the users of one claimed shard, renewing the claim meanwhile, and marks it done;
 /// on a stop gives it back undone, for another worker to claim at once.
 async fn deliver_shard(s: &Sharding<'_>, claim: &ShardClaim, holds_pass: bool) -> anyhow::Result<()> {
-    let store = s.store.delivering_shard(claim, holds_pass);
+    // Renewed once first: its tenure then counts from a renewal this process saw.
+    let asked = std::time::Instant::now();
+    s.store.renew_shard(claim).await?;
+    let tenure = Tenure::starting(asked, s.ttl);
+    let store = s.store.delivering_shard(claim, holds_pass, &tenure);
     let stop = s.stop.child_token();
-    let heartbeat = tokio::spawn(renew(store.clone(), claim.clone(), s.ttl, stop.clone()));
+    let heartbeat = tokio::spawn(renew(store.clone(), claim.clone(), (s.ttl, tenure), stop.clone()));
     let work = Work {
         keys: claim.runs.keys().cloned().collect(),
         runs: claim.runs.clone(),
@@ -154,14 +158,16 @@ async fn deliver_shard(s: &Sharding<'_>, claim: &ShardClaim, holds_pass: bool) -
     }
 }
 
-/// Renews the claim of `shard` every third of `ttl`; cancels `lost` when it is gone.
-async fn renew(store: Store, shard: ShardClaim, ttl: Duration, lost: CancellationToken) {
+/// Renews the claim of `shard` every third of `ttl`, extending `tenure`; cancels `lost` when
+/// it is gone.
+async fn renew(store: Store, shard: ShardClaim, (ttl, tenure): (Duration, Tenure), lost: CancellationToken) {
     let mut tick = tokio::time::interval(ttl / 3);
     tick.tick().await;
     loop {
         tick.tick().await;
+        let asked = std::time::Instant::now();
         match store.renew_shard(&shard).await {
-            Ok(()) => {}
+            Ok(()) => tenure.renewed(asked, ttl),
             Err(e) if e.is::<LeaseLost>() => {
                 tracing::error!(error = %e, "delivery shard lost: stopping its delivery");
                 lost.cancel();

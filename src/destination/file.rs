@@ -11,6 +11,7 @@ use serde::Serialize;
 use tokio::sync::oneshot;
 
 use super::{DeliveryError, RowResults, UserUpdate, for_every_row};
+use crate::tenure::Tenure;
 
 pub struct FileDestination {
     /// Each call's lines go in one write of their own (no buffer to carry a failed write's
@@ -18,8 +19,13 @@ pub struct FileDestination {
     appends: std::sync::mpsc::Sender<Append>,
 }
 
-/// One call's lines, and where to say whether they are on disk.
-type Append = (Vec<u8>, oneshot::Sender<std::io::Result<()>>);
+/// One call's lines, the tenure within which they may be written, and where to say whether
+/// they are on disk.
+struct Append {
+    lines: Vec<u8>,
+    tenure: Tenure,
+    done: oneshot::Sender<Result<(), DeliveryError>>,
+}
 
 #[derive(Serialize)]
 struct Identify<'a> {
@@ -49,8 +55,8 @@ impl FileDestination {
         std::thread::Builder::new()
             .name("file-destination".into())
             .spawn(move || {
-                for (lines, done) in calls {
-                    let _ = done.send(append(&file, &lines));
+                for Append { lines, tenure, done } in calls {
+                    let _ = done.send(append(&file, &lines, &tenure));
                 }
             })
             .context("cannot start the destination file's writer")?;
@@ -61,15 +67,16 @@ impl FileDestination {
     /// synced. The append and its sync run on a thread of their own: on the runtime's thread
     /// they would hold up every other call meanwhile (the encoding of the next, the answers of
     /// the last), where a few calls in flight are meant to overlap.
-    pub async fn send(&self, updates: &[UserUpdate]) -> RowResults {
+    /// Lines queued there while the process stalled past `tenure` are not written.
+    pub async fn send(&self, updates: &[UserUpdate], tenure: &Tenure) -> RowResults {
         let mut lines = Vec::with_capacity(updates.len() * 128);
         let encoded: Vec<Result<(), DeliveryError>> = updates.iter().map(|update| encode(update, &mut lines)).collect();
         let (done, appended) = oneshot::channel();
-        let written = match self.appends.send((lines, done)) {
-            Ok(()) => appended.await.unwrap_or_else(|_| Err(std::io::Error::other("the file's writer stopped"))),
-            Err(_) => Err(std::io::Error::other("the file's writer stopped")),
-        }
-        .map_err(|e| DeliveryError::transient(format!("cannot append to the destination file: {e}")));
+        let stopped = || Err(cannot_append(std::io::Error::other("the file's writer stopped")));
+        let written = match self.appends.send(Append { lines, tenure: tenure.clone(), done }) {
+            Ok(()) => appended.await.unwrap_or_else(|_| stopped()),
+            Err(_) => stopped(),
+        };
         updates
             .iter()
             .zip(&encoded)
@@ -112,20 +119,35 @@ fn encode(update: &UserUpdate, lines: &mut Vec<u8>) -> Result<(), DeliveryError>
 /// Appends `lines` under the file's lock (other processes may append to the same file for
 /// other computations), after any torn line, and syncs them: they count as delivered only once
 /// on disk, so a power loss must not keep them acknowledged in the state and lost from the
-/// file. A write that failed half-way (a full disk) is cut back.
-fn append(mut file: &File, lines: &[u8]) -> std::io::Result<()> {
-    if !file.metadata()?.is_file() {
-        return file.write_all(lines); // a pipe or a device (/dev/null): nothing to keep whole
+/// file. A write that failed half-way (a full disk) is cut back. Nothing is written once
+/// `tenure` has lapsed, checked last before the write (after the lock's wait).
+fn append(mut file: &File, lines: &[u8], tenure: &Tenure) -> Result<(), DeliveryError> {
+    if !file.metadata().map_err(cannot_append)?.is_file() {
+        // a pipe or a device (/dev/null): nothing to keep whole
+        return may_write(tenure).and_then(|()| file.write_all(lines).map_err(cannot_append));
     }
-    file.lock()?;
-    let appended = cut_torn_line(file).and_then(|()| {
-        let before = file.metadata()?.len();
-        file.write_all(lines).and_then(|()| file.sync_data()).inspect_err(|_| {
-            let _ = file.set_len(before);
-        })
+    file.lock().map_err(cannot_append)?;
+    let appended = may_write(tenure).and_then(|()| {
+        cut_torn_line(file)
+            .and_then(|()| {
+                let before = file.metadata()?.len();
+                file.write_all(lines).and_then(|()| file.sync_data()).inspect_err(|_| {
+                    let _ = file.set_len(before);
+                })
+            })
+            .map_err(cannot_append)
     });
-    file.unlock()?;
+    file.unlock().map_err(cannot_append)?;
     appended
+}
+
+fn cannot_append(e: std::io::Error) -> DeliveryError {
+    DeliveryError::transient(format!("cannot append to the destination file: {e}"))
+}
+
+/// Refused, unsent, once the sender's leases may have lapsed.
+fn may_write(tenure: &Tenure) -> Result<(), DeliveryError> {
+    tenure.lapsed().map_or(Ok(()), |why| Err(DeliveryError::unsent(why)))
 }
 
 /// Cuts the file back to its last whole line: a process killed in the middle of an append left
@@ -179,7 +201,7 @@ mod tests {
         let whole = "{\"type\":\"identify\",\"userId\":\"u0\",\"traits\":{\"vip\":true}}\n";
         std::fs::write(&path, format!("{whole}{{\"type\":\"identify\",\"userId\":\"u1\",\"tr")).unwrap();
         let destination = FileDestination::open(&path).unwrap();
-        assert!(destination.send(&[update("u2")]).await.iter().all(Result::is_ok));
+        assert!(destination.send(&[update("u2")], &crate::tenure::UNBOUNDED).await.iter().all(Result::is_ok));
         let text = std::fs::read_to_string(&path).unwrap();
         let users: Vec<String> = text
             .lines()
@@ -205,7 +227,7 @@ mod tests {
         let sending = std::thread::spawn(move || {
             let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
             runtime.block_on(async {
-                let send = destination.send(&updates);
+                let send = destination.send(&updates, &crate::tenure::UNBOUNDED);
                 tokio::pin!(send);
                 polled.send(futures::poll!(&mut send).is_pending()).unwrap();
                 send.await
@@ -234,7 +256,7 @@ mod tests {
     async fn dev_null_still_takes_every_line() {
         // Review finding: cutting an "empty file's torn line" truncated /dev/null, which fails.
         let destination = FileDestination::open(Path::new("/dev/null")).unwrap();
-        assert!(destination.send(&[update("u1")]).await.iter().all(Result::is_ok));
+        assert!(destination.send(&[update("u1")], &crate::tenure::UNBOUNDED).await.iter().all(Result::is_ok));
     }
 
     #[test]

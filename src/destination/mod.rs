@@ -78,6 +78,11 @@ impl DeliveryError {
     pub fn transient(message: impl Into<String>) -> Self {
         DeliveryError { message: message.into(), failure: Failure::Transient, retry_after: None }
     }
+
+    /// Not sent at all: delivery stops, and the row stays pending as it was.
+    pub fn unsent(message: impl Into<String>) -> Self {
+        DeliveryError { message: message.into(), failure: Failure::Unsent, retry_after: None }
+    }
 }
 
 impl From<HttpError> for DeliveryError {
@@ -145,7 +150,7 @@ impl Destination {
         match self {
             Destination::Contentstack(c) => c.send(updates, patience).await,
             Destination::Segment(s) => s.send(updates, patience).await,
-            Destination::File(f) => f.send(updates).await,
+            Destination::File(f) => f.send(updates, patience.tenure).await,
         }
     }
 

@@ -11,19 +11,27 @@ use tokio_util::sync::CancellationToken;
 use tracing::Level;
 
 use crate::say::say;
-use crate::state::{HeldLease, LeaseLost, LeaseOwner, Store};
+use crate::state::{HeldLease, LeaseLost, LeaseOwner, Store, Tenure};
 
 /// Leases held by this process on some computations.
 pub struct Leases {
     store: Store,
     owner: LeaseOwner,
     keys: Vec<String>,
+    /// Until when they are surely ours, extended by each renewal.
+    tenure: Tenure,
     heartbeat: JoinHandle<()>,
 }
 
 impl Leases {
     pub fn keys(&self) -> &[String] {
         &self.keys
+    }
+
+    /// The store through which a pass under these leases writes and sends: its writes checked
+    /// against them, its sending bounded by their tenure.
+    pub fn claim(&self, ttl: Duration) -> Store {
+        self.store.claimed_by(&self.owner, ttl, &self.tenure)
     }
 
     /// Stops the heartbeat and gives the leases up.
@@ -42,6 +50,7 @@ pub async fn try_acquire(
     keys: &[String],
     lost: &CancellationToken,
 ) -> anyhow::Result<(Leases, Vec<HeldLease>)> {
+    let asked = std::time::Instant::now();
     let mut got = Vec::new();
     let mut held = Vec::new();
     for (key, taken) in keys.iter().zip(store.acquire_leases(keys, owner, ttl).await?) {
@@ -50,29 +59,56 @@ pub async fn try_acquire(
             Err(h) => held.push(h),
         }
     }
-    let heartbeat = tokio::spawn(heartbeat(store.clone(), owner.clone(), got.clone(), ttl, lost.clone()));
-    Ok((Leases { store: store.clone(), owner: owner.clone(), keys: got, heartbeat }, held))
+    let tenure = Tenure::starting(asked, ttl);
+    let beat = Heartbeat { store: store.clone(), owner: owner.clone(), keys: got.clone(), ttl, tenure: tenure.clone() };
+    let heartbeat = tokio::spawn(beat.run(lost.clone()));
+    Ok((Leases { store: store.clone(), owner: owner.clone(), keys: got, tenure, heartbeat }, held))
 }
 
-/// Renews the leases of `keys` every third of `ttl`, each renewal waiting at most that long for
-/// the write lock; cancels `lost` and ends when one was taken over.
-async fn heartbeat(store: Store, owner: LeaseOwner, keys: Vec<String>, ttl: Duration, lost: CancellationToken) {
-    let mut tick = tokio::time::interval(ttl / 3);
-    tick.tick().await;
-    loop {
+/// What renews a pass's leases.
+struct Heartbeat {
+    store: Store,
+    owner: LeaseOwner,
+    keys: Vec<String>,
+    ttl: Duration,
+    tenure: Tenure,
+}
+
+impl Heartbeat {
+    /// Renews the leases every third of `ttl`, each renewal waiting at most that long for the
+    /// write lock; cancels `lost` and ends when one was taken over.
+    async fn run(self, lost: CancellationToken) {
+        let mut tick = tokio::time::interval(self.ttl / 3);
         tick.tick().await;
-        let (store, owner, keys) = (store.clone(), owner.clone(), keys.clone());
-        let renewed = tokio::task::spawn_blocking(move || store.renew_leases(&owner, &keys, ttl, ttl / 3)).await;
+        loop {
+            tick.tick().await;
+            let asked = std::time::Instant::now();
+            let (store, owner, keys, ttl) = (self.store.clone(), self.owner.clone(), self.keys.clone(), self.ttl);
+            let renewed = tokio::task::spawn_blocking(move || store.renew_leases(&owner, &keys, ttl, ttl / 3)).await;
+            if !self.renewed(renewed, asked, &lost) {
+                return;
+            }
+        }
+    }
+
+    /// Takes in a renewal asked at `asked`: whether the leases are still ours.
+    fn renewed(
+        &self,
+        renewed: Result<anyhow::Result<()>, tokio::task::JoinError>,
+        asked: std::time::Instant,
+        lost: &CancellationToken,
+    ) -> bool {
         match renewed {
-            Ok(Ok(())) => {}
+            Ok(Ok(())) => self.tenure.renewed(asked, self.ttl),
             Ok(Err(e)) if e.is::<LeaseLost>() => {
                 tracing::error!(error = %e, "lease lost: stopping the pass");
                 lost.cancel();
-                return;
+                return false;
             }
             Ok(Err(e)) => tracing::warn!(error = %format!("{e:#}"), "cannot renew leases"),
             Err(e) => tracing::warn!(error = %e, "cannot renew leases"),
         }
+        true
     }
 }
 

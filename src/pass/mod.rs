@@ -288,7 +288,8 @@ async fn deliver<'a>(
         // The retry budget counts from delivery, not from the loads before it: a slow source
         // must not leave the other computations no retries.
         let deadline = Instant::now() + config.retry.budget;
-        let patience = Patience { deadline, stop: &options.stop };
+        let tenure = store.tenure();
+        let patience = Patience { deadline, stop: &options.stop, tenure: &tenure };
         let loaded: Vec<&Computation> =
             passes.iter().filter(|p| !matches!(p.stage, Stage::Failed(_))).map(|p| p.c).collect();
         let blocked = delivery::ensure_attributes(store, destination, &loaded, &patience).await?;

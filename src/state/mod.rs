@@ -22,6 +22,7 @@ mod status;
 mod store;
 mod times;
 
+pub use crate::tenure::Tenure;
 pub use delivery::{AnswerRecords, AnswerWriter, PendingPages, PendingReader};
 pub use destination::OtherDestination;
 pub use diff_writer::{DiffRows, DiffWrite, DiffWriter};

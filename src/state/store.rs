@@ -6,8 +6,8 @@ use std::time::Duration;
 
 use super::{
     AnswerWriter, ComputationStatus, DiffWriter, HeldLease, LastRun, LeaseOwner, Mode, ObservedComputation,
-    OtherDestination, PendingReader, QueueWriter, RunCounts, RunEnd, ShardClaim, ShardProgress, ShardsOf, Trigger,
-    UserState, postgres, sqlite,
+    OtherDestination, PendingReader, QueueWriter, RunCounts, RunEnd, ShardClaim, ShardProgress, ShardsOf, Tenure,
+    Trigger, UserState, postgres, sqlite,
 };
 use crate::config::{Computation, StateLocation};
 use crate::diff::StateRow;
@@ -120,9 +120,16 @@ impl Store {
         each!(self, s => s.close().await)
     }
 
-    /// This store, its pass's writes checked against the leases `owner` holds.
-    pub fn claimed_by(&self, owner: &LeaseOwner, ttl: Duration) -> Store {
-        same_backend!(self, s => s.claimed_by(owner, ttl))
+    /// This store, its pass's writes checked against the leases `owner` holds, and its sending
+    /// bounded by their `tenure`.
+    pub fn claimed_by(&self, owner: &LeaseOwner, ttl: Duration, tenure: &Tenure) -> Store {
+        same_backend!(self, s => s.claimed_by(owner, ttl, tenure))
+    }
+
+    /// Until when a pass through this store may send: what its leases (or its delivery shard's
+    /// claim) last said, by this process's clock.
+    pub fn tenure(&self) -> Tenure {
+        each!(self, s => s.tenure())
     }
 
     /// Whether a big delivery is split into shards for every worker to claim (delivery's `shards`):
@@ -134,9 +141,9 @@ impl Store {
 
     /// This store, its delivery reading and recording only the users of the shard `claim`;
     /// `holds_pass`: this worker holds the computations' leases too.
-    pub fn delivering_shard(&self, claim: &ShardClaim, holds_pass: bool) -> Store {
+    pub fn delivering_shard(&self, claim: &ShardClaim, holds_pass: bool, tenure: &Tenure) -> Store {
         match self {
-            Store::Postgres(s) => Store::Postgres(Box::new(s.delivering_shard(claim, holds_pass))),
+            Store::Postgres(s) => Store::Postgres(Box::new(s.delivering_shard(claim, holds_pass, tenure))),
             Store::Sqlite(_) => self.clone(),
         }
     }

@@ -359,6 +359,12 @@ where
     }
 }
 
+/// Sends `signal` to a child process.
+pub fn signal(child: &std::process::Child, signal: libc::c_int) {
+    // SAFETY: a plain syscall on our own child's pid.
+    assert_eq!(unsafe { libc::kill(child.id() as libc::pid_t, signal) }, 0);
+}
+
 /// Sends SIGTERM to a child process.
 pub fn terminate(child: &std::process::Child) {
     let status = std::process::Command::new("kill").arg("-TERM").arg(child.id().to_string()).status().unwrap();

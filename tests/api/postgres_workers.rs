@@ -658,11 +658,6 @@ async fn kill_the_lease_holder(app: &TestApp, workers: &mut Vec<Child>) -> usize
     killed
 }
 
-fn signal(child: &Child, signal: libc::c_int) {
-    // SAFETY: a plain syscall on our own child's pid.
-    assert_eq!(unsafe { libc::kill(child.id() as libc::pid_t, signal) }, 0);
-}
-
 /// Review finding: a resync moving the state took over a killed holder's pass while another
 /// worker still delivered a shard of it to the old destination; that worker's answers recorded
 /// after the rows were marked left them synced, and the new destination never got them.

@@ -323,3 +323,93 @@ async fn status_shows_a_killed_pass_as_stopped_not_running() {
     let json: serde_json::Value = serde_json::from_slice(&app.run(&["status", "--json"]).await.stdout).unwrap();
     assert_eq!(json[0]["held_by"], serde_json::Value::Null);
 }
+
+/// Review finding: a process stopped (SIGSTOP, a paused VM) past its lease, with calls handed
+/// to the file's writer, appended them when it woke, after the lines of the process that had
+/// taken its lease over meanwhile: the file's last word for those users was the stale value,
+/// while the state said the new one. Nothing may be sent once the lease may have lapsed.
+#[tokio::test]
+async fn a_process_stalled_past_its_lease_sends_nothing_when_it_wakes() {
+    const USERS: usize = 200_000;
+    let destination = "[destination]\ntype = \"file\"\npath = \"out.ndjson\"\n[sync]\nlease_ttl_secs = 1\n";
+    let app = TestApp::new(destination, &computed_trait("Score", "score.ndjson"));
+    let scores = |value: u32| -> String {
+        (0..USERS).map(|i| format!("{{\"user_id\":\"user-{i:06}\",\"value\":{value}}}\n")).collect()
+    };
+    app.write("score.ndjson", &scores(1));
+    let mut stale = app.command(&["sync"]).stdout(Stdio::null()).stderr(Stdio::piped()).spawn().unwrap();
+    let appended = || async { std::fs::metadata(app.path("out.ndjson")).map(|m| m.len()).unwrap_or(0) };
+    stop_while_delivering(&app, &mut stale, appended).await;
+
+    // The lease lapses while the process is stopped; another takes it over and sends 2 to all.
+    app.write("score.ndjson", &scores(2));
+    let out = app.sync(&["--wait", "60"]).await;
+    assert_success(&out);
+    signal(&stale, libc::SIGCONT);
+    let stale = tokio::task::spawn_blocking(move || stale.wait_with_output().unwrap()).await.unwrap();
+    assert!(!stale.status.success(), "the stalled process finished its pass: {}", stderr(&stale));
+
+    let mut last: HashMap<String, serde_json::Value> = HashMap::new();
+    for line in std::fs::read_to_string(app.path("out.ndjson")).unwrap().lines() {
+        let identify: serde_json::Value = serde_json::from_str(line).unwrap();
+        last.insert(identify["userId"].as_str().unwrap().to_string(), identify["traits"]["score"].clone());
+    }
+    assert_eq!(last.len(), USERS);
+    let stale_last = last.values().filter(|v| **v != serde_json::json!(2)).count();
+    assert_eq!(stale_last, 0, "users whose last line in the file is the stalled process's value");
+    let synced: i64 = sqlx::query_scalar("SELECT count(*) FROM memberships WHERE synced = '2'")
+        .fetch_one(&app.db().await)
+        .await
+        .unwrap();
+    assert_eq!(synced, USERS as i64);
+}
+
+/// The same for an HTTP destination whose requests wait for their turn (a rate limit): woken
+/// past its lease, the stalled process sends no request more, though their turns have come.
+#[tokio::test]
+async fn a_process_stalled_past_its_lease_sends_no_request_when_it_wakes() {
+    let server = contentstack_server().await;
+    let computations = format!("[sync]\nlease_ttl_secs = 1\n{}", audience("Big", "big.csv"));
+    let app = TestApp::contentstack_at(&server.uri(), CONCURRENCY, "max_requests_per_second = 100\n", &computations);
+    let users: Vec<String> = (0..MEMBERS).map(|i| format!("user-{i:04}")).collect();
+    app.write("big.csv", &csv_users(&users.iter().map(String::as_str).collect::<Vec<_>>()));
+    let mut stale = app.command(&["sync"]).stdout(Stdio::null()).stderr(Stdio::piped()).spawn().unwrap();
+    let sent = || async { server.received_requests().await.unwrap().len() as u64 };
+    stop_while_delivering(&app, &mut stale, sent).await;
+
+    assert_success(&app.sync(&["--wait", "60"]).await);
+    let sent_by_the_new_holder = sent().await;
+    signal(&stale, libc::SIGCONT);
+    let stale = tokio::task::spawn_blocking(move || stale.wait_with_output().unwrap()).await.unwrap();
+    assert!(!stale.status.success(), "the stalled process finished its pass: {}", stderr(&stale));
+    assert_eq!(sent().await - sent_by_the_new_holder, 0, "requests sent by the stalled process once awake");
+    assert_eq!(app.pending_count().await, 0);
+}
+
+/// Stops `child` (SIGSTOP) once its `progress` (what it sent) has grown, and not while it holds
+/// the destination file's lock or a SQLite state's write lock (no process could append, or
+/// take its lease over, then).
+async fn stop_while_delivering<F, Fut>(app: &TestApp, child: &mut std::process::Child, progress: F)
+where
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = u64>,
+{
+    loop {
+        let before = progress().await;
+        wait_until(60, "the stalled process to send more", || async { progress().await > before }).await;
+        assert!(child.try_wait().unwrap().is_none(), "the process ended before it could be stopped mid-delivery");
+        signal(child, libc::SIGSTOP);
+        let file_free = std::fs::File::open(app.path("out.ndjson")).map_or(true, |f| f.try_lock().is_ok());
+        if file_free && (on_postgres() || !sqlite_write_locked(&app.path("state.db"))) {
+            return;
+        }
+        signal(child, libc::SIGCONT);
+    }
+}
+
+fn sqlite_write_locked(path: &std::path::Path) -> bool {
+    let db = rusqlite::Connection::open(path).unwrap();
+    // Not rusqlite's 5 s wait: the process stopped holding the lock would outstay its lease.
+    db.busy_timeout(Duration::ZERO).unwrap();
+    db.execute_batch("BEGIN IMMEDIATE; ROLLBACK").is_err()
+}

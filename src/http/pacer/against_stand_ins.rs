@@ -124,7 +124,11 @@ async fn deliver(stand_in: impl StandIn + 'static, wanted: u32, concurrency: usi
         let (pacer, shared) = (pacer.clone(), shared.clone());
         tasks.push(tokio::spawn(async move {
             let stop = CancellationToken::new();
-            let patience = Patience { deadline: Instant::now() + Duration::from_secs(86_400), stop: &stop };
+            let patience = Patience {
+                deadline: Instant::now() + Duration::from_secs(86_400),
+                stop: &stop,
+                tenure: &crate::tenure::UNBOUNDED,
+            };
             loop {
                 let ticket = pacer.acquire(&patience).await.unwrap();
                 tokio::time::sleep(Duration::from_millis(1)).await;

@@ -31,6 +31,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::answer::{Failure, HttpError};
+use crate::tenure::Tenure;
 
 #[cfg(test)]
 mod against_stand_ins;
@@ -66,6 +67,16 @@ pub struct Ticket {
 pub struct Patience<'a> {
     pub deadline: Instant,
     pub stop: &'a CancellationToken,
+    /// Nothing goes once the sender's leases may have lapsed.
+    pub tenure: &'a Tenure,
+}
+
+impl Patience<'_> {
+    /// Refused (an `Unsent` error) when the sender's leases may have lapsed: checked last thing
+    /// before a request goes.
+    pub fn may_send(&self) -> Result<(), HttpError> {
+        self.tenure.lapsed().map_or(Ok(()), |why| Err(unsent(why)))
+    }
 }
 
 /// Why delivery ends when the destination asks to pause for `asked` with `left` of the budget.
@@ -354,7 +365,7 @@ mod tests {
 
     /// Patience that never runs out, for tests that are not about it.
     fn forever(stop: &CancellationToken) -> Patience<'_> {
-        Patience { deadline: Instant::now() + Duration::from_secs(86_400), stop }
+        Patience { deadline: Instant::now() + Duration::from_secs(86_400), stop, tenure: &crate::tenure::UNBOUNDED }
     }
 
     #[tokio::test(start_paused = true)]
@@ -497,7 +508,8 @@ mod tests {
         let ticket = pacer.acquire(&forever(&stop)).await.unwrap();
         pacer.throttled(ticket, Some(Duration::from_secs(3600)));
         let start = Instant::now();
-        let patience = Patience { deadline: start + Duration::from_secs(60), stop: &stop };
+        let patience =
+            Patience { deadline: start + Duration::from_secs(60), stop: &stop, tenure: &crate::tenure::UNBOUNDED };
         let refused = pacer.acquire(&patience).await.unwrap_err();
         assert_eq!(refused.failure, Failure::Unsent);
         assert_eq!(refused.message, "Retry-After 3600 s exceeds the 60 s left of retry_budget_secs");

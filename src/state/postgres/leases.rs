@@ -6,19 +6,21 @@
 //! heartbeat, an `UPDATE` of no key, renew the lease meanwhile.
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use sqlx::{AssertSqlSafe, PgConnection};
 
 use super::{DB_NOW, Store};
 use crate::state::leases::holder_gone;
-use crate::state::{HeldLease, LeaseLost, LeaseOwner};
+use crate::state::{HeldLease, LeaseLost, LeaseOwner, Tenure};
 
 /// What a store's writes check: the leases of this owner.
 #[derive(Debug, Clone)]
 pub(super) struct Claim {
     owner: Arc<LeaseOwner>,
     ttl: Duration,
+    /// Extended by every renewal made through this claim.
+    tenure: Tenure,
 }
 
 impl Claim {
@@ -43,8 +45,20 @@ pub(super) fn expiry(ttl_param: &str) -> String {
 
 impl Store {
     /// This store, its pass's writes checked against the leases `owner` holds.
-    pub fn claimed_by(&self, owner: &LeaseOwner, ttl: Duration) -> Store {
-        Store { claim: Some(Claim { owner: Arc::new(owner.clone()), ttl }), ..self.clone() }
+    pub fn claimed_by(&self, owner: &LeaseOwner, ttl: Duration, tenure: &Tenure) -> Store {
+        let claim = Claim { owner: Arc::new(owner.clone()), ttl, tenure: tenure.clone() };
+        Store { claim: Some(claim), ..self.clone() }
+    }
+
+    /// Until when this store's pass, or its shard's delivery, may send (unbounded without a claim).
+    pub fn tenure(&self) -> Tenure {
+        self.claim.as_ref().map(|c| c.tenure.clone()).unwrap_or_default()
+    }
+
+    /// This store, its sending bounded by `tenure` (a delivery shard's claim).
+    pub(super) fn with_tenure(&self, tenure: &Tenure) -> Store {
+        let claim = self.claim.as_ref().map(|c| Claim { tenure: tenure.clone(), ..c.clone() });
+        Store { claim, ..self.clone() }
     }
 
     /// What a writer of `keys` checks in each of its transactions: nothing without a claim.
@@ -131,7 +145,7 @@ impl Store {
         ttl: Duration,
         wait: Duration,
     ) -> anyhow::Result<()> {
-        let claim = Claim { owner: Arc::new(owner.clone()), ttl };
+        let claim = Claim { owner: Arc::new(owner.clone()), ttl, tenure: Tenure::unbounded() };
         let check = LeaseCheck { claim, keys: keys.to_vec(), shard: None };
         let mut db = self.blocking()?;
         db.run(async |conn| {
@@ -251,6 +265,7 @@ impl LeaseCheck {
     /// whether the rows are then locked until the transaction ends, or extended too.
     pub(super) async fn hold(&self, db: &mut PgConnection, how: Hold) -> anyhow::Result<()> {
         let owner = self.claim.owner.id.as_str();
+        let asked = Instant::now();
         if let Some((round, shard)) = self.shard {
             super::shards::hold_shard(db, owner, round, shard, how != Hold::Look).await?;
         }
@@ -279,6 +294,9 @@ impl LeaseCheck {
         };
         if held < self.keys.len() {
             return Err(LeaseLost { keys: self.keys.join(", ") }.into());
+        }
+        if how == Hold::Renew {
+            self.claim.tenure.renewed(asked, self.claim.ttl);
         }
         Ok(())
     }

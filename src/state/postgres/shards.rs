@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 use sqlx::{AssertSqlSafe, PgConnection};
 
 use super::{DB_NOW, Store};
-use crate::state::{LeaseLost, ShardClaim, ShardProgress, ShardsOf};
+use crate::state::{LeaseLost, ShardClaim, ShardProgress, ShardsOf, Tenure};
 
 /// The shard a store's delivery reads and records: its claim, and whether this worker also
 /// holds the pass (then the computations' leases are checked too).
@@ -48,8 +48,9 @@ const ROUND_RUNNING: &str = "EXISTS (SELECT 1 FROM sync_runs r WHERE r.id = d.ro
 
 impl Store {
     /// This store, reading and recording the users of the shard `claim` only.
-    pub fn delivering_shard(&self, claim: &ShardClaim, holds_pass: bool) -> Store {
-        Store { shard: Some(Delivering { claim: claim.clone(), holds_pass }), ..self.clone() }
+    /// Its sending is bounded by the shard claim's `tenure`.
+    pub fn delivering_shard(&self, claim: &ShardClaim, holds_pass: bool, tenure: &Tenure) -> Store {
+        Store { shard: Some(Delivering { claim: claim.clone(), holds_pass }), ..self.with_tenure(tenure) }
     }
 
     pub fn is_claimed(&self) -> bool {

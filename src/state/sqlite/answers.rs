@@ -138,7 +138,8 @@ impl AnswerRecords for Answers {
         let tx = rusqlite::Transaction::new(&mut self.db, rusqlite::TransactionBehavior::Immediate)?;
         // First: once another process holds the lease, its rows may clash with these writes,
         // and the error must be the lost lease.
-        super::leases::hold(&tx, self.lease.as_ref(), false)?;
+        let due = self.lease.as_ref().is_some_and(super::leases::LeaseCheck::due);
+        super::leases::hold(&tx, self.lease.as_ref(), due)?;
         let mut quarantined = Vec::new();
         let mut acked: BTreeMap<&str, Vec<[Bound<'_>; 2]>> = BTreeMap::new();
         for call in calls {

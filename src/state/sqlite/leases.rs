@@ -1,13 +1,13 @@
 //! The `leases` table: which process is running a pass of which computation.
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use rusqlite::params;
 
 use super::Store;
 use crate::state::leases::holder_gone;
-use crate::state::{HeldLease, LeaseLost, LeaseOwner, now};
+use crate::state::{HeldLease, LeaseLost, LeaseOwner, Tenure, now};
 
 /// What a store's writes check: the leases of this owner. Every write transaction of a pass
 /// verifies, inside itself, that its computations' leases are still this owner's: a takeover
@@ -16,12 +16,21 @@ use crate::state::{HeldLease, LeaseLost, LeaseOwner, now};
 pub(super) struct Claim {
     owner: Arc<str>,
     ttl: Duration,
+    /// Extended by every renewal made through this claim.
+    tenure: Tenure,
 }
 
 impl Store {
-    /// This store, its pass's writes checked against the leases `owner` holds.
-    pub fn claimed_by(&self, owner: &LeaseOwner, ttl: Duration) -> Store {
-        Store { claim: Some(Claim { owner: owner.id.as_str().into(), ttl }), ..self.clone() }
+    /// This store, its pass's writes checked against the leases `owner` holds, and its sending
+    /// bounded by their `tenure`.
+    pub fn claimed_by(&self, owner: &LeaseOwner, ttl: Duration, tenure: &Tenure) -> Store {
+        let claim = Claim { owner: owner.id.as_str().into(), ttl, tenure: tenure.clone() };
+        Store { claim: Some(claim), ..self.clone() }
+    }
+
+    /// Until when this store's pass may send (unbounded without a claim).
+    pub fn tenure(&self) -> Tenure {
+        self.claim.as_ref().map(|c| c.tenure.clone()).unwrap_or_default()
     }
 
     /// What a writer of `keys` checks in each of its transactions: nothing without a claim.
@@ -45,10 +54,19 @@ impl LeaseCheck {
         Ok(LeaseCheck { claim, keys: keys.len(), keys_json: serde_json::to_string(keys)?, names: keys.join(", ") })
     }
 
+    /// Whether a writer's transaction should renew the leases it checks: when less than two
+    /// thirds of their tenure is left, the heartbeat is late (SQLite's lock is not fair: a
+    /// renewal can lose it to a busy writer again and again), and this transaction holds the
+    /// lock already.
+    pub(super) fn due(&self) -> bool {
+        self.claim.tenure.running_out(self.claim.ttl * 2 / 3)
+    }
+
     /// Inside a write transaction on `db`: fails with `LeaseLost` unless the leases are still
     /// the claim's, and (with `renew`) extends them, as a heartbeat would.
     pub(super) fn hold(&self, db: &rusqlite::Connection, renew: bool) -> anyhow::Result<()> {
         let (owner, keys) = (&*self.claim.owner, &self.keys_json);
+        let asked = Instant::now();
         let held: usize = if renew {
             db.prepare_cached(
                 "UPDATE leases SET heartbeat_at = ?3, expires_at = ?4 \
@@ -63,6 +81,9 @@ impl LeaseCheck {
         };
         if held < self.keys {
             return Err(LeaseLost { keys: self.names.clone() }.into());
+        }
+        if renew {
+            self.claim.tenure.renewed(asked, self.claim.ttl);
         }
         Ok(())
     }
@@ -215,7 +236,7 @@ impl Store {
     ) -> anyhow::Result<()> {
         let db = rusqlite::Connection::open_with_flags(&self.path, rusqlite::OpenFlags::SQLITE_OPEN_READ_WRITE)?;
         db.busy_timeout(wait)?;
-        let check = LeaseCheck::new(Claim { owner: owner.id.as_str().into(), ttl }, keys)?;
+        let check = LeaseCheck::new(Claim { owner: owner.id.as_str().into(), ttl, tenure: Tenure::unbounded() }, keys)?;
         db.execute_batch("BEGIN IMMEDIATE")?;
         check.hold(&db, true)?;
         db.execute_batch("COMMIT")?;
@@ -259,12 +280,16 @@ mod tests {
         let (old, new) = (LeaseOwner::this_process(), LeaseOwner::this_process());
         let ttl = Duration::from_secs(60);
         store.acquire_lease("a", &old, ttl).await.unwrap().unwrap();
-        let stale = store.claimed_by(&old, ttl);
+        let stale = store.claimed_by(&old, ttl, &crate::tenure::UNBOUNDED);
         let own = stale.start_run("a", Trigger::Manual, Mode::Initial).await.unwrap();
         // The new holder took the lease, closed the stale run as interrupted (starting its
         // own), and noted a window it is sending.
         db.execute("UPDATE leases SET owner = ?1", [&new.id]).unwrap();
-        let running = store.claimed_by(&new, ttl).start_run("a", Trigger::Manual, Mode::Initial).await.unwrap();
+        let running = store
+            .claimed_by(&new, ttl, &crate::tenure::UNBOUNDED)
+            .start_run("a", Trigger::Manual, Mode::Initial)
+            .await
+            .unwrap();
         db.execute(
             "INSERT INTO sending_windows (computation_key, after_user, last_user, noted_at) VALUES ('a', '', 'u9', 't')",
             [],
@@ -329,7 +354,7 @@ mod tests {
         let ttl = Duration::from_secs(60);
         let keys: Vec<String> = ["a", "b"].map(String::from).to_vec();
         assert!(store.acquire_leases(&keys, &ours, ttl).await.unwrap().iter().all(Result::is_ok));
-        let pass = store.claimed_by(&ours, ttl);
+        let pass = store.claimed_by(&ours, ttl, &crate::tenure::UNBOUNDED);
         let a = pass.start_run("a", Trigger::Manual, Mode::Delta).await.unwrap();
         let b = pass.start_run("b", Trigger::Manual, Mode::Delta).await.unwrap();
         db.execute("UPDATE leases SET owner = ?1 WHERE computation_key = 'b'", [&thief.id]).unwrap();

@@ -1,0 +1,93 @@
+//! A lease's tenure as this process's own clock tells it: what lets a stalled process know,
+//! on waking, that it must not send before it has renewed its leases.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+/// Until when, by this process's own clock, its leases are surely still its own: the expiry it
+/// last wrote counts from after the instant taken before writing it, so this ends no later.
+/// A process stalled past it (stopped, swapped out, its VM paused) may have lost its leases to
+/// another without knowing yet; it sends nothing more until a renewal says they are still its
+/// own, lest a stale update land after the new holder's (§9.6). Shared by every clone.
+#[derive(Debug, Clone, Default)]
+pub struct Tenure(Option<Arc<TenureClock>>);
+
+/// The tenure of a sender that holds no lease.
+pub static UNBOUNDED: Tenure = Tenure(None);
+
+#[derive(Debug)]
+struct TenureClock {
+    base: Instant,
+    /// Microseconds after `base`.
+    until: AtomicU64,
+}
+
+impl Tenure {
+    /// A tenure without end: writes through a store that holds no lease.
+    pub fn unbounded() -> Tenure {
+        Tenure(None)
+    }
+
+    /// Leases written at `asked` or later, to last `ttl`.
+    pub fn starting(asked: Instant, ttl: Duration) -> Tenure {
+        let clock = TenureClock { base: asked, until: AtomicU64::new(0) };
+        let tenure = Tenure(Some(Arc::new(clock)));
+        tenure.renewed(asked, ttl);
+        tenure
+    }
+
+    /// The leases renewed, their expiry written at `asked` or later, to last `ttl`.
+    pub fn renewed(&self, asked: Instant, ttl: Duration) {
+        if let Some(clock) = &self.0 {
+            let until = asked.saturating_duration_since(clock.base) + ttl;
+            clock.until.fetch_max(until.as_micros() as u64, Ordering::Relaxed);
+        }
+    }
+
+    /// Whether less than `part` of the tenure is left (never, unbounded): a writer that holds
+    /// the leases anyway may as well renew them.
+    pub fn running_out(&self, part: Duration) -> bool {
+        self.0.as_ref().is_some_and(|clock| {
+            let until = clock.base + Duration::from_micros(clock.until.load(Ordering::Relaxed));
+            until.saturating_duration_since(Instant::now()) < part
+        })
+    }
+
+    /// Why nothing may be sent now, if the leases may have lapsed.
+    pub fn lapsed(&self) -> Option<String> {
+        let clock = self.0.as_ref()?;
+        let until = clock.base + Duration::from_micros(clock.until.load(Ordering::Relaxed));
+        let late = Instant::now().checked_duration_since(until)?;
+        Some(format!(
+            "this process went {} ms past its lease without renewing it (stalled?); sending nothing more",
+            late.as_millis()
+        ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const TTL: Duration = Duration::from_secs(60);
+
+    #[test]
+    fn a_tenure_lapses_a_ttl_after_the_last_renewal_was_asked_and_never_without_leases() {
+        let long_ago = Instant::now() - 2 * TTL;
+        let tenure = Tenure::starting(long_ago, TTL);
+        assert!(tenure.lapsed().is_some(), "acquired two ttls ago, never renewed");
+        tenure.clone().renewed(Instant::now(), TTL);
+        assert!(tenure.lapsed().is_none(), "a renewal seen through a clone extends it");
+        tenure.renewed(long_ago, TTL);
+        assert!(tenure.lapsed().is_none(), "a renewal asked earlier does not shorten it");
+        assert!(UNBOUNDED.lapsed().is_none() && !UNBOUNDED.running_out(TTL));
+    }
+
+    #[test]
+    fn a_tenure_runs_out_as_its_end_nears() {
+        let tenure = Tenure::starting(Instant::now() - TTL / 2, TTL);
+        assert!(tenure.running_out(TTL * 2 / 3));
+        assert!(!tenure.running_out(TTL / 3));
+    }
+}
