@@ -16,11 +16,22 @@ pub struct Tenure(Option<Arc<TenureClock>>);
 /// The tenure of a sender that holds no lease.
 pub static UNBOUNDED: Tenure = Tenure(None);
 
-#[derive(Debug)]
+/// A blocking renewal of the leases behind a tenure: `Err` when they are no longer ours.
+pub type Renewal = Arc<dyn Fn() -> anyhow::Result<()> + Send + Sync>;
+
 struct TenureClock {
     base: Instant,
     /// Microseconds after `base`.
     until: AtomicU64,
+    ttl: Duration,
+    /// How to ask whether the leases are still ours once the tenure has passed.
+    renewal: Option<Renewal>,
+}
+
+impl std::fmt::Debug for TenureClock {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TenureClock").field("until", &self.until).field("ttl", &self.ttl).finish_non_exhaustive()
+    }
 }
 
 impl Tenure {
@@ -29,9 +40,16 @@ impl Tenure {
         Tenure(None)
     }
 
-    /// Leases written at `asked` or later, to last `ttl`.
+    /// Leases written at `asked` or later, to last `ttl`; past it, nothing is sent.
     pub fn starting(asked: Instant, ttl: Duration) -> Tenure {
-        let clock = TenureClock { base: asked, until: AtomicU64::new(0) };
+        Tenure::renewable(asked, ttl, None)
+    }
+
+    /// As `starting`, but past it `renewal` asks whether the leases are still ours, and they
+    /// are sent under once it says so: a renewal late behind a busy writer (SQLite's lock is
+    /// not fair) is no reason to stop.
+    pub fn renewable(asked: Instant, ttl: Duration, renewal: Option<Renewal>) -> Tenure {
+        let clock = TenureClock { base: asked, until: AtomicU64::new(0), ttl, renewal };
         let tenure = Tenure(Some(Arc::new(clock)));
         tenure.renewed(asked, ttl);
         tenure
@@ -52,6 +70,22 @@ impl Tenure {
             let until = clock.base + Duration::from_micros(clock.until.load(Ordering::Relaxed));
             until.saturating_duration_since(Instant::now()) < part
         })
+    }
+
+    /// Blocking. Why nothing may be sent now, if the leases may have lapsed and a renewal (where
+    /// there is one) did not say they are still ours.
+    pub fn confirm(&self) -> Option<String> {
+        let why = self.lapsed()?;
+        let clock = self.0.as_ref()?;
+        let Some(renewal) = &clock.renewal else { return Some(why) };
+        let asked = Instant::now();
+        match renewal() {
+            Ok(()) => {
+                self.renewed(asked, clock.ttl);
+                None
+            }
+            Err(e) => Some(format!("{why}: {e:#}")),
+        }
     }
 
     /// Why nothing may be sent now, if the leases may have lapsed.
@@ -82,6 +116,19 @@ mod tests {
         tenure.renewed(long_ago, TTL);
         assert!(tenure.lapsed().is_none(), "a renewal asked earlier does not shorten it");
         assert!(UNBOUNDED.lapsed().is_none() && !UNBOUNDED.running_out(TTL));
+    }
+
+    #[test]
+    fn past_its_tenure_a_sender_goes_on_only_once_a_renewal_says_the_leases_are_still_its_own() {
+        let long_ago = Instant::now() - 2 * TTL;
+        let renewed = Tenure::renewable(long_ago, TTL, Some(Arc::new(|| Ok(()))));
+        assert!(renewed.lapsed().is_some());
+        assert_eq!(renewed.confirm(), None);
+        assert!(renewed.lapsed().is_none(), "the renewal extends the tenure");
+        let lost = Tenure::renewable(long_ago, TTL, Some(Arc::new(|| anyhow::bail!("lost the lease of a"))));
+        let why = lost.confirm().expect("refused");
+        assert!(why.contains("past its lease") && why.contains("lost the lease of a"), "{why}");
+        assert!(Tenure::starting(long_ago, TTL).confirm().is_some(), "no renewal to ask");
     }
 
     #[test]

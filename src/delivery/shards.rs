@@ -133,7 +133,10 @@ pub async fn help_any(s: &Sharding<'_>, known: &[String], busy: impl Fn(&str) ->
 async fn deliver_shard(s: &Sharding<'_>, claim: &ShardClaim, holds_pass: bool) -> anyhow::Result<()> {
     // Renewed once first: its tenure then counts from a renewal this process saw.
     let asked = std::time::Instant::now();
-    s.store.renew_shard(claim).await?;
+    if let Err(e) = s.store.renew_shard(claim).await {
+        let _ = s.store.release_shard(claim).await;
+        return Err(e);
+    }
     let tenure = Tenure::starting(asked, s.ttl);
     let store = s.store.delivering_shard(claim, holds_pass, &tenure);
     let stop = s.stop.child_token();

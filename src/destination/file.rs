@@ -119,35 +119,44 @@ fn encode(update: &UserUpdate, lines: &mut Vec<u8>) -> Result<(), DeliveryError>
 /// Appends `lines` under the file's lock (other processes may append to the same file for
 /// other computations), after any torn line, and syncs them: they count as delivered only once
 /// on disk, so a power loss must not keep them acknowledged in the state and lost from the
-/// file. A write that failed half-way (a full disk) is cut back. Nothing is written once
-/// `tenure` has lapsed, checked last before the write (after the lock's wait).
+/// file. A write that failed half-way (a full disk) is cut back. Nothing is written past
+/// `tenure` unless a renewal says the leases are still ours, asked before taking the file's lock
+/// (the other process may be waiting for it while holding the state's), and checked again
+/// after the lock's wait.
 fn append(mut file: &File, lines: &[u8], tenure: &Tenure) -> Result<(), DeliveryError> {
     if !file.metadata().map_err(cannot_append)?.is_file() {
         // a pipe or a device (/dev/null): nothing to keep whole
         return may_write(tenure).and_then(|()| file.write_all(lines).map_err(cannot_append));
     }
-    file.lock().map_err(cannot_append)?;
-    let appended = may_write(tenure).and_then(|()| {
-        cut_torn_line(file)
-            .and_then(|()| {
-                let before = file.metadata()?.len();
-                file.write_all(lines).and_then(|()| file.sync_data()).inspect_err(|_| {
-                    let _ = file.set_len(before);
-                })
-            })
-            .map_err(cannot_append)
-    });
+    loop {
+        may_write(tenure)?;
+        file.lock().map_err(cannot_append)?;
+        if tenure.lapsed().is_none() {
+            break;
+        }
+        file.unlock().map_err(cannot_append)?;
+    }
+    let appended = write_whole(file, lines).map_err(cannot_append);
     file.unlock().map_err(cannot_append)?;
     appended
+}
+
+/// Under the file's lock: `lines` after the last whole line, synced, or cut back.
+fn write_whole(mut file: &File, lines: &[u8]) -> std::io::Result<()> {
+    cut_torn_line(file)?;
+    let before = file.metadata()?.len();
+    file.write_all(lines).and_then(|()| file.sync_data()).inspect_err(|_| {
+        let _ = file.set_len(before);
+    })
 }
 
 fn cannot_append(e: std::io::Error) -> DeliveryError {
     DeliveryError::transient(format!("cannot append to the destination file: {e}"))
 }
 
-/// Refused, unsent, once the sender's leases may have lapsed.
+/// Refused, unsent, once the sender's leases may have lapsed. Blocking.
 fn may_write(tenure: &Tenure) -> Result<(), DeliveryError> {
-    tenure.lapsed().map_or(Ok(()), |why| Err(DeliveryError::unsent(why)))
+    tenure.confirm().map_or(Ok(()), |why| Err(DeliveryError::unsent(why)))
 }
 
 /// Cuts the file back to its last whole line: a process killed in the middle of an append left

@@ -50,7 +50,7 @@ impl HttpSender {
     ) -> Result<Vec<u8>, DeliveryError> {
         let _slot = self.in_flight.acquire().await.expect("never closed");
         let ticket = self.pacer.acquire(patience).await?;
-        patience.may_send()?;
+        patience.may_send().await?;
         let sent = self.metrics.sending();
         let answer = http::send(request, &self.secrets).await;
         sent.answered(match &answer {
@@ -72,7 +72,7 @@ impl HttpSender {
     ) -> Result<(), DeliveryError> {
         let _slot = self.in_flight.acquire().await.expect("never closed");
         let ticket = self.pacer.acquire(patience).await?;
-        patience.may_send()?;
+        patience.may_send().await?;
         let sent = self.metrics.sending();
         let answer = pool.send(request).await;
         sent.answered(answer.as_ref().ok().map(|a| a.status.as_u16()));

@@ -59,7 +59,11 @@ pub async fn try_acquire(
             Err(h) => held.push(h),
         }
     }
-    let tenure = Tenure::starting(asked, ttl);
+    let renewal = {
+        let (store, owner, keys) = (store.clone(), owner.clone(), got.clone());
+        move || store.renew_leases(&owner, &keys, ttl, ttl / 3)
+    };
+    let tenure = Tenure::renewable(asked, ttl, Some(std::sync::Arc::new(renewal)));
     let beat = Heartbeat { store: store.clone(), owner: owner.clone(), keys: got.clone(), ttl, tenure: tenure.clone() };
     let heartbeat = tokio::spawn(beat.run(lost.clone()));
     Ok((Leases { store: store.clone(), owner: owner.clone(), keys: got, tenure, heartbeat }, held))

@@ -386,6 +386,61 @@ async fn a_process_stalled_past_its_lease_sends_no_request_when_it_wakes() {
     assert_eq!(app.pending_count().await, 0);
 }
 
+/// Review finding: a pass whose renewals could not take the state's write lock for longer than
+/// its lease (an operator's open transaction here; a busy writer does the same) stopped sending
+/// once the lock was free, though no process had taken its lease: past its tenure a sender asks
+/// for a renewal, and goes on when the lease is still its own. SQLite only (its one write lock).
+#[tokio::test]
+async fn a_pass_held_past_its_lease_by_the_states_lock_renews_and_goes_on() {
+    const USERS: usize = 100_000;
+    let destination = "[destination]\ntype = \"file\"\npath = \"out.ndjson\"\n[sync]\nlease_ttl_secs = 1\n";
+    let app = TestApp::new(destination, &audience("Big", "big.csv"));
+    let users: Vec<String> = (0..USERS).map(|i| format!("user-{i:06}")).collect();
+    app.write("big.csv", &csv_users(&users.iter().map(String::as_str).collect::<Vec<_>>()));
+    let pass = app.command(&["sync"]).stdout(Stdio::null()).stderr(Stdio::piped()).spawn().unwrap();
+    let appended = || std::fs::metadata(app.path("out.ndjson")).map(|m| m.len()).unwrap_or(0);
+    wait_until(60, "the first lines", || async { appended() > 0 }).await;
+
+    let operator = rusqlite::Connection::open(app.path("state.db")).unwrap();
+    operator.busy_timeout(Duration::from_secs(60)).unwrap();
+    operator.execute_batch("BEGIN IMMEDIATE").unwrap();
+    let expires: String = operator.query_row("SELECT max(expires_at) FROM leases", [], |r| r.get(0)).unwrap();
+    let now = || chrono::Utc::now().format("%Y-%m-%dT%H:%M:%S%.3fZ").to_string();
+    wait_until(30, "the lease to lapse, unrenewed behind the lock", || async { now() > expires }).await;
+    operator.execute_batch("ROLLBACK").unwrap();
+
+    let out = tokio::task::spawn_blocking(move || pass.wait_with_output().unwrap()).await.unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(app.pending_count().await, 0);
+    assert_eq!(std::fs::read_to_string(app.path("out.ndjson")).unwrap().lines().count(), USERS);
+}
+
+/// Review finding: woken past its lease with nobody else having taken it, a process stopped
+/// its pass (every row not yet sent left pending, exit 1) instead of renewing the lease and
+/// going on. SQLite only: on PostgreSQL a lease past its expiry on the database's clock is
+/// lost, taken or not (`a_stalled_worker_loses_its_lease_on_the_databases_clock...`).
+#[tokio::test]
+async fn a_process_stalled_past_its_lease_that_nobody_took_renews_it_and_goes_on() {
+    const USERS: usize = 200_000;
+    let destination = "[destination]\ntype = \"file\"\npath = \"out.ndjson\"\n[sync]\nlease_ttl_secs = 1\n";
+    let app = TestApp::new(destination, &audience("Big", "big.csv"));
+    let users: Vec<String> = (0..USERS).map(|i| format!("user-{i:06}")).collect();
+    app.write("big.csv", &csv_users(&users.iter().map(String::as_str).collect::<Vec<_>>()));
+    let mut pass = app.command(&["sync"]).stdout(Stdio::null()).stderr(Stdio::piped()).spawn().unwrap();
+    let appended = || async { std::fs::metadata(app.path("out.ndjson")).map(|m| m.len()).unwrap_or(0) };
+    stop_while_delivering(&app, &mut pass, appended).await;
+    let db = app.db().await;
+    let expires: String = sqlx::query_scalar("SELECT max(expires_at) FROM leases").fetch_one(&db).await.unwrap();
+    let now = || chrono::Utc::now().format("%Y-%m-%dT%H:%M:%S%.3fZ").to_string();
+    wait_until(30, "the lease to lapse while the process is stopped", || async { now() > expires }).await;
+    signal(&pass, libc::SIGCONT);
+
+    let out = tokio::task::spawn_blocking(move || pass.wait_with_output().unwrap()).await.unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(app.pending_count().await, 0);
+    assert_eq!(std::fs::read_to_string(app.path("out.ndjson")).unwrap().lines().count(), USERS);
+}
+
 /// Stops `child` (SIGSTOP) once its `progress` (what it sent) has grown, and not while it holds
 /// the destination file's lock or a SQLite state's write lock (no process could append, or
 /// take its lease over, then).

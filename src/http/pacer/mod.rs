@@ -72,10 +72,19 @@ pub struct Patience<'a> {
 }
 
 impl Patience<'_> {
-    /// Refused (an `Unsent` error) when the sender's leases may have lapsed: checked last thing
-    /// before a request goes.
-    pub fn may_send(&self) -> Result<(), HttpError> {
-        self.tenure.lapsed().map_or(Ok(()), |why| Err(unsent(why)))
+    /// Refused (an `Unsent` error) when the sender's leases may have lapsed and a renewal did
+    /// not say they are still its own: checked last thing before a request goes.
+    pub async fn may_send(&self) -> Result<(), HttpError> {
+        if self.tenure.lapsed().is_none() {
+            return Ok(());
+        }
+        let tenure = self.tenure.clone();
+        let refused = tokio::task::spawn_blocking(move || tenure.confirm()).await;
+        match refused {
+            Ok(None) => Ok(()),
+            Ok(Some(why)) => Err(unsent(why)),
+            Err(e) => Err(unsent(format!("cannot renew the leases: {e}"))),
+        }
     }
 }
 
