@@ -21,6 +21,7 @@ use crate::destination::Destination;
 use crate::metrics::Metrics;
 use crate::progress::Stage;
 use crate::state::{LeaseLost, ShardClaim, ShardsOf, Store, Tenure};
+use crate::tenure::Renewal;
 
 /// At most this many shards: each worker's reader skips the other shards' rows.
 const MAX_SHARDS: u64 = 64;
@@ -137,7 +138,13 @@ async fn deliver_shard(s: &Sharding<'_>, claim: &ShardClaim, holds_pass: bool) -
         let _ = s.store.release_shard(claim).await;
         return Err(e);
     }
-    let tenure = Tenure::starting(asked, s.ttl);
+    // Past its tenure, a sender renews the claim there and then (on a blocking thread, while
+    // this runtime's own thread drives the connection).
+    let renewal: Renewal = {
+        let (store, claim, runtime) = (s.store.clone(), claim.clone(), tokio::runtime::Handle::current());
+        std::sync::Arc::new(move || runtime.block_on(store.renew_shard(&claim)))
+    };
+    let tenure = Tenure::renewable(asked, s.ttl, Some(renewal));
     let store = s.store.delivering_shard(claim, holds_pass, &tenure);
     let stop = s.stop.child_token();
     let heartbeat = tokio::spawn(renew(store.clone(), claim.clone(), (s.ttl, tenure), stop.clone()));

@@ -12,6 +12,7 @@ use tracing::Level;
 
 use crate::say::say;
 use crate::state::{HeldLease, LeaseLost, LeaseOwner, Store, Tenure};
+use crate::tenure::Renewal;
 
 /// Leases held by this process on some computations.
 pub struct Leases {
@@ -59,14 +60,29 @@ pub async fn try_acquire(
             Err(h) => held.push(h),
         }
     }
-    let renewal = {
-        let (store, owner, keys) = (store.clone(), owner.clone(), got.clone());
-        move || store.renew_leases(&owner, &keys, ttl, ttl / 3)
-    };
-    let tenure = Tenure::renewable(asked, ttl, Some(std::sync::Arc::new(renewal)));
+    let tenure = Tenure::renewable(asked, ttl, Some(renewal(store, owner, &got, ttl)));
     let beat = Heartbeat { store: store.clone(), owner: owner.clone(), keys: got.clone(), ttl, tenure: tenure.clone() };
     let heartbeat = tokio::spawn(beat.run(lost.clone()));
     Ok((Leases { store: store.clone(), owner: owner.clone(), keys: got, tenure, heartbeat }, held))
+}
+
+/// How a sender past its tenure asks whether the leases of `keys` are still ours: a renewal,
+/// tried again after an answer that says neither (a lock still held after a third of the lease,
+/// a lost connection), three times at most and not once shutting down.
+fn renewal(store: &Store, owner: &LeaseOwner, keys: &[String], ttl: Duration) -> Renewal {
+    let (store, owner, keys) = (store.clone(), owner.clone(), keys.to_vec());
+    std::sync::Arc::new(move || {
+        let mut tries = 0;
+        loop {
+            tries += 1;
+            match store.renew_leases(&owner, &keys, ttl, ttl / 3) {
+                Err(e) if !e.is::<LeaseLost>() && tries < 3 && !crate::state::signalled() => {
+                    tracing::warn!(error = %format!("{e:#}"), "cannot renew leases past their tenure; trying again");
+                }
+                renewed => return renewed,
+            }
+        }
+    })
 }
 
 /// What renews a pass's leases.
