@@ -331,8 +331,7 @@ async fn status_shows_a_killed_pass_as_stopped_not_running() {
 #[tokio::test]
 async fn a_process_stalled_past_its_lease_sends_nothing_when_it_wakes() {
     const USERS: usize = 200_000;
-    let destination = "[destination]\ntype = \"file\"\npath = \"out.ndjson\"\n[sync]\nlease_ttl_secs = 1\n";
-    let app = TestApp::new(destination, &computed_trait("Score", "score.ndjson"));
+    let app = on_a_one_second_lease(&computed_trait("Score", "score.ndjson"));
     let scores = |value: u32| -> String {
         (0..USERS).map(|i| format!("{{\"user_id\":\"user-{i:06}\",\"value\":{value}}}\n")).collect()
     };
@@ -393,10 +392,8 @@ async fn a_process_stalled_past_its_lease_sends_no_request_when_it_wakes() {
 #[tokio::test]
 async fn a_pass_held_past_its_lease_by_the_states_lock_renews_and_goes_on() {
     const USERS: usize = 100_000;
-    let destination = "[destination]\ntype = \"file\"\npath = \"out.ndjson\"\n[sync]\nlease_ttl_secs = 1\n";
-    let app = TestApp::new(destination, &audience("Big", "big.csv"));
-    let users: Vec<String> = (0..USERS).map(|i| format!("user-{i:06}")).collect();
-    app.write("big.csv", &csv_users(&users.iter().map(String::as_str).collect::<Vec<_>>()));
+    let app = on_a_one_second_lease(&audience("Big", "big.csv"));
+    app.write("big.csv", &members(USERS));
     let pass = app.command(&["sync"]).stdout(Stdio::null()).stderr(Stdio::piped()).spawn().unwrap();
     let appended = || std::fs::metadata(app.path("out.ndjson")).map(|m| m.len()).unwrap_or(0);
     wait_until(60, "the first lines", || async { appended() > 0 }).await;
@@ -405,8 +402,7 @@ async fn a_pass_held_past_its_lease_by_the_states_lock_renews_and_goes_on() {
     operator.busy_timeout(Duration::from_secs(60)).unwrap();
     operator.execute_batch("BEGIN IMMEDIATE").unwrap();
     let expires: String = operator.query_row("SELECT max(expires_at) FROM leases", [], |r| r.get(0)).unwrap();
-    let now = || chrono::Utc::now().format("%Y-%m-%dT%H:%M:%S%.3fZ").to_string();
-    wait_until(30, "the lease to lapse, unrenewed behind the lock", || async { now() > expires }).await;
+    wait_past(&expires).await;
     operator.execute_batch("ROLLBACK").unwrap();
 
     let out = tokio::task::spawn_blocking(move || pass.wait_with_output().unwrap()).await.unwrap();
@@ -422,23 +418,37 @@ async fn a_pass_held_past_its_lease_by_the_states_lock_renews_and_goes_on() {
 #[tokio::test]
 async fn a_process_stalled_past_its_lease_that_nobody_took_renews_it_and_goes_on() {
     const USERS: usize = 200_000;
-    let destination = "[destination]\ntype = \"file\"\npath = \"out.ndjson\"\n[sync]\nlease_ttl_secs = 1\n";
-    let app = TestApp::new(destination, &audience("Big", "big.csv"));
-    let users: Vec<String> = (0..USERS).map(|i| format!("user-{i:06}")).collect();
-    app.write("big.csv", &csv_users(&users.iter().map(String::as_str).collect::<Vec<_>>()));
+    let app = on_a_one_second_lease(&audience("Big", "big.csv"));
+    app.write("big.csv", &members(USERS));
     let mut pass = app.command(&["sync"]).stdout(Stdio::null()).stderr(Stdio::piped()).spawn().unwrap();
     let appended = || async { std::fs::metadata(app.path("out.ndjson")).map(|m| m.len()).unwrap_or(0) };
     stop_while_delivering(&app, &mut pass, appended).await;
     let db = app.db().await;
     let expires: String = sqlx::query_scalar("SELECT max(expires_at) FROM leases").fetch_one(&db).await.unwrap();
-    let now = || chrono::Utc::now().format("%Y-%m-%dT%H:%M:%S%.3fZ").to_string();
-    wait_until(30, "the lease to lapse while the process is stopped", || async { now() > expires }).await;
+    wait_past(&expires).await;
     signal(&pass, libc::SIGCONT);
 
     let out = tokio::task::spawn_blocking(move || pass.wait_with_output().unwrap()).await.unwrap();
     assert!(out.status.success(), "{}", stderr(&out));
     assert_eq!(app.pending_count().await, 0);
     assert_eq!(std::fs::read_to_string(app.path("out.ndjson")).unwrap().lines().count(), USERS);
+}
+
+/// An app appending to `out.ndjson`, its leases lasting one second, with `computations`.
+fn on_a_one_second_lease(computations: &str) -> TestApp {
+    TestApp::new("[destination]\ntype = \"file\"\npath = \"out.ndjson\"\n[sync]\nlease_ttl_secs = 1\n", computations)
+}
+
+/// A CSV audience of `n` members, `user-000000` on.
+fn members(n: usize) -> String {
+    let users: Vec<String> = (0..n).map(|i| format!("user-{i:06}")).collect();
+    csv_users(&users.iter().map(String::as_str).collect::<Vec<_>>())
+}
+
+/// Waits until the wall clock is past `expires`, a lease's expiry as the state records it.
+async fn wait_past(expires: &str) {
+    let now = || chrono::Utc::now().format("%Y-%m-%dT%H:%M:%S%.3fZ").to_string();
+    wait_until(30, "the lease to lapse", || async { now().as_str() > expires }).await;
 }
 
 /// Stops `child` (SIGSTOP) once its `progress` (what it sent) has grown, and not while it holds
