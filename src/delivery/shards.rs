@@ -142,7 +142,7 @@ async fn deliver_shard(s: &Sharding<'_>, claim: &ShardClaim, holds_pass: bool) -
     // this runtime's own thread drives the connection).
     let renewal: Renewal = {
         let (store, claim, runtime) = (s.store.clone(), claim.clone(), tokio::runtime::Handle::current());
-        std::sync::Arc::new(move || runtime.block_on(store.renew_shard(&claim)))
+        crate::state::renewal(move || runtime.block_on(store.renew_shard(&claim)))
     };
     let tenure = Tenure::renewable(asked, s.ttl, Some(renewal));
     let store = s.store.delivering_shard(claim, holds_pass, &tenure);

@@ -66,23 +66,10 @@ pub async fn try_acquire(
     Ok((Leases { store: store.clone(), owner: owner.clone(), keys: got, tenure, heartbeat }, held))
 }
 
-/// How a sender past its tenure asks whether the leases of `keys` are still ours: a renewal,
-/// tried again after an answer that says neither (a lock still held after a third of the lease,
-/// a lost connection), three times at most and not once shutting down.
+/// How a sender past its tenure asks whether the leases of `keys` are still ours.
 fn renewal(store: &Store, owner: &LeaseOwner, keys: &[String], ttl: Duration) -> Renewal {
     let (store, owner, keys) = (store.clone(), owner.clone(), keys.to_vec());
-    std::sync::Arc::new(move || {
-        let mut tries = 0;
-        loop {
-            tries += 1;
-            match store.renew_leases(&owner, &keys, ttl, ttl / 3) {
-                Err(e) if !e.is::<LeaseLost>() && tries < 3 && !crate::state::signalled() => {
-                    tracing::warn!(error = %format!("{e:#}"), "cannot renew leases past their tenure; trying again");
-                }
-                renewed => return renewed,
-            }
-        }
-    })
+    crate::state::renewal(move || store.renew_leases(&owner, &keys, ttl, ttl / 3))
 }
 
 /// What renews a pass's leases.

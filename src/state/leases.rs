@@ -11,6 +11,24 @@ pub struct LeaseLost {
     pub keys: String,
 }
 
+/// How a sender past its tenure asks whether its leases (or its shard's claim) are still its
+/// own: `renew`, tried again after an answer that says neither (a lock still held after its
+/// wait, a lost connection), three times at most and not once shutting down.
+pub fn renewal(renew: impl Fn() -> anyhow::Result<()> + Send + Sync + 'static) -> crate::tenure::Renewal {
+    std::sync::Arc::new(move || {
+        let mut tries = 0;
+        loop {
+            tries += 1;
+            match renew() {
+                Err(e) if !e.is::<LeaseLost>() && tries < 3 && !crate::state::signalled() => {
+                    tracing::warn!(error = %format!("{e:#}"), "cannot renew leases past their tenure; trying again");
+                }
+                renewed => return renewed,
+            }
+        }
+    })
+}
+
 /// Who holds a lease: this process, described for operators.
 #[derive(Debug, Clone)]
 pub struct LeaseOwner {

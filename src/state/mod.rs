@@ -28,7 +28,7 @@ pub use destination::OtherDestination;
 pub use diff_writer::{DiffRows, DiffWrite, DiffWriter};
 pub use explain::{Delivery, DiffPass, MembershipRow, Queued, UserState};
 pub use first_sync_queue::{QueueRows, QueueRun, QueueWriter};
-pub use leases::{HeldLease, LeaseLost, LeaseOwner, holder_gone};
+pub use leases::{HeldLease, LeaseLost, LeaseOwner, holder_gone, renewal};
 pub use runs::{Mode, RunCounts, RunEnd, RunStatus, Trigger};
 pub use shards::{ShardClaim, ShardProgress, ShardsOf};
 pub use sqlite::{ended_by_stop, explain_lock_wait, listen_for_signals, signalled, stop_waiting_for_locks};
