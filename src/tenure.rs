@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 #[derive(Debug, Clone, Default)]
 pub struct Tenure(Option<Arc<TenureClock>>);
 
-/// The tenure of a sender that holds no lease.
+/// The tenure of a sender that holds no lease (also `Tenure::default()`).
 pub static UNBOUNDED: Tenure = Tenure(None);
 
 /// A blocking renewal of the leases behind a tenure: `Err` when they are no longer ours.
@@ -35,11 +35,6 @@ impl std::fmt::Debug for TenureClock {
 }
 
 impl Tenure {
-    /// A tenure without end: writes through a store that holds no lease.
-    pub fn unbounded() -> Tenure {
-        Tenure(None)
-    }
-
     /// Leases written at `asked` or later, to last `ttl`; past it, nothing is sent.
     pub fn starting(asked: Instant, ttl: Duration) -> Tenure {
         Tenure::renewable(asked, ttl, None)

@@ -25,7 +25,7 @@ use crate::metrics::Metrics;
 use crate::pass::{self, PassOptions, lease};
 use crate::progress::{Progress, Stage};
 use crate::shutdown::shutdown_signal;
-use crate::state::{LeaseOwner, RunStatus, Store, Tenure, Trigger};
+use crate::state::{LeaseOwner, RunStatus, Store, Trigger};
 
 use server::Health;
 
@@ -273,7 +273,7 @@ async fn help(shared: &Shared, store: &Store, stop: &CancellationToken, progress
 /// The state as this daemon's shard deliveries write it, where deliveries are shared out (each
 /// shard's delivery bounds its sending by its own claim's tenure).
 fn sharing_store(shared: &Shared) -> Option<Store> {
-    let store = shared.store.claimed_by(&shared.owner, shared.config.lease_ttl, &Tenure::unbounded());
+    let store = shared.store.claimed_by(&shared.owner, shared.config.lease_ttl, &crate::tenure::UNBOUNDED);
     (store.delivers_in_shards() && shared.destination.shared_by_workers()).then_some(store)
 }
 

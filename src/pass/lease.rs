@@ -2,6 +2,7 @@
 //! pass, renewed by a heartbeat while it runs, released after. A process that dies stops
 //! renewing, and its leases can be taken over once they expire.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::task::JoinHandle;
@@ -12,7 +13,6 @@ use tracing::Level;
 
 use crate::say::say;
 use crate::state::{HeldLease, LeaseLost, LeaseOwner, Store, Tenure};
-use crate::tenure::Renewal;
 
 /// Leases held by this process on some computations.
 pub struct Leases {
@@ -60,23 +60,26 @@ pub async fn try_acquire(
             Err(h) => held.push(h),
         }
     }
-    let tenure = Tenure::renewable(asked, ttl, Some(renewal(store, owner, &got, ttl)));
-    let beat = Heartbeat { store: store.clone(), owner: owner.clone(), keys: got.clone(), ttl, tenure: tenure.clone() };
+    let renew: Renew = {
+        let (store, owner, keys) = (store.clone(), owner.clone(), got.clone());
+        Arc::new(move || store.renew_leases(&owner, &keys, ttl, ttl / 3))
+    };
+    let retried = crate::state::renewal({
+        let renew = renew.clone();
+        move || renew()
+    });
+    let tenure = Tenure::renewable(asked, ttl, Some(retried));
+    let beat = Heartbeat { renew, ttl, tenure: tenure.clone() };
     let heartbeat = tokio::spawn(beat.run(lost.clone()));
     Ok((Leases { store: store.clone(), owner: owner.clone(), keys: got, tenure, heartbeat }, held))
 }
 
-/// How a sender past its tenure asks whether the leases of `keys` are still ours.
-fn renewal(store: &Store, owner: &LeaseOwner, keys: &[String], ttl: Duration) -> Renewal {
-    let (store, owner, keys) = (store.clone(), owner.clone(), keys.to_vec());
-    crate::state::renewal(move || store.renew_leases(&owner, &keys, ttl, ttl / 3))
-}
+/// One renewal of a pass's leases, each waiting at most a third of the lease for the write lock.
+type Renew = Arc<dyn Fn() -> anyhow::Result<()> + Send + Sync>;
 
 /// What renews a pass's leases.
 struct Heartbeat {
-    store: Store,
-    owner: LeaseOwner,
-    keys: Vec<String>,
+    renew: Renew,
     ttl: Duration,
     tenure: Tenure,
 }
@@ -90,8 +93,8 @@ impl Heartbeat {
         loop {
             tick.tick().await;
             let asked = std::time::Instant::now();
-            let (store, owner, keys, ttl) = (self.store.clone(), self.owner.clone(), self.keys.clone(), self.ttl);
-            let renewed = tokio::task::spawn_blocking(move || store.renew_leases(&owner, &keys, ttl, ttl / 3)).await;
+            let renew = self.renew.clone();
+            let renewed = tokio::task::spawn_blocking(move || renew()).await;
             if !self.renewed(renewed, asked, &lost) {
                 return;
             }

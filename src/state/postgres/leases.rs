@@ -145,7 +145,7 @@ impl Store {
         ttl: Duration,
         wait: Duration,
     ) -> anyhow::Result<()> {
-        let claim = Claim { owner: Arc::new(owner.clone()), ttl, tenure: Tenure::unbounded() };
+        let claim = Claim { owner: Arc::new(owner.clone()), ttl, tenure: Tenure::default() };
         let check = LeaseCheck { claim, keys: keys.to_vec(), shard: None };
         let mut db = self.blocking()?;
         db.run(async |conn| {

@@ -236,7 +236,7 @@ impl Store {
     ) -> anyhow::Result<()> {
         let db = rusqlite::Connection::open_with_flags(&self.path, rusqlite::OpenFlags::SQLITE_OPEN_READ_WRITE)?;
         db.busy_timeout(wait)?;
-        let check = LeaseCheck::new(Claim { owner: owner.id.as_str().into(), ttl, tenure: Tenure::unbounded() }, keys)?;
+        let check = LeaseCheck::new(Claim { owner: owner.id.as_str().into(), ttl, tenure: Tenure::default() }, keys)?;
         db.execute_batch("BEGIN IMMEDIATE")?;
         check.hold(&db, true)?;
         db.execute_batch("COMMIT")?;
