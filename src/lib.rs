@@ -18,6 +18,7 @@ pub mod key;
 pub mod metrics;
 pub mod pass;
 pub mod progress;
+pub mod read_ahead;
 pub mod record;
 pub mod redact;
 pub mod say;

@@ -9,6 +9,7 @@ use tokio_util::sync::CancellationToken;
 use crate::config::{Computation, Kind};
 use crate::diff::{self, DiffCounts, OpSink, StateRow};
 use crate::progress::Stage;
+use crate::read_ahead;
 use crate::record::SnapshotRecord;
 use crate::source;
 use crate::source::fingerprint::Fingerprint;
@@ -73,16 +74,21 @@ pub async fn run<S: OpSink + Send + 'static>(
         let fingerprint = snapshot.fingerprint.take();
         let check = StopCheck { token: &stopped, rows: Cell::new(0) };
         let mut rows = 0u64;
-        let snapshot = snapshot.inspect(|_| {
-            rows += 1;
-            if rows.is_multiple_of(CHECK_EVERY) {
-                diffing.inc(CHECK_EVERY);
+        let counts = std::thread::scope(|scope| {
+            // The sorted runs are merged ahead of the diff, beside it rather than in its time.
+            let snapshot = read_ahead::spawn(scope, move |ahead| ahead.send_all(snapshot)).inspect(|_| {
+                rows += 1;
+                if rows.is_multiple_of(CHECK_EVERY) {
+                    diffing.inc(CHECK_EVERY);
+                }
+            });
+            match &store {
+                Some(s) => {
+                    s.with_state_rows_read_ahead(&c.key, |state| check.merge(c.kind, state, snapshot, &mut sink))
+                }
+                None => check.merge(c.kind, std::iter::empty(), snapshot, &mut sink),
             }
-        });
-        let counts = match &store {
-            Some(s) => s.with_state_rows_read_ahead(&c.key, |state| check.merge(c.kind, state, snapshot, &mut sink))?,
-            None => check.merge(c.kind, std::iter::empty(), snapshot, &mut sink)?,
-        };
+        })?;
         diffing.inc(rows % CHECK_EVERY);
         diffing.finish();
         Ok(Diffed { counts, sink, fingerprint })

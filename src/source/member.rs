@@ -86,7 +86,7 @@ pub fn check_user_id(name: &str, line: u64, user_id: &str, rules: Rules) -> Resu
     }
     // A NUL ends the id for SQLite's JSON functions, and no control character belongs in an
     // id an operator reads, pastes and queries: a corrupt export, not a user.
-    if let Some(c) = user_id.chars().find(|&c| c.is_control() || is_invisible_or_reordering(c)) {
+    if let Some(c) = forbidden_char(user_id) {
         let message = format!("user_id holds the control character U+{:04X}", c as u32);
         return Err(SnapshotError::new(name, Some(line), Some("user_id"), message));
     }
@@ -149,6 +149,33 @@ pub fn read_ndjson(name: &str, mut reader: impl BufRead, rules: Rules, push: &mu
 
 /// Characters that are invisible yet change how a line reads: line and paragraph separators,
 /// zero-width characters, and bidirectional overrides and isolates.
+/// The first character a user id must not hold. Most ids are ASCII, whose only such characters
+/// are its controls: a byte scan finds those without decoding a character at a time.
+fn forbidden_char(user_id: &str) -> Option<char> {
+    if user_id.is_ascii() {
+        return user_id.bytes().find(u8::is_ascii_control).map(char::from);
+    }
+    user_id.chars().find(|&c| c.is_control() || is_invisible_or_reordering(c))
+}
+
 fn is_invisible_or_reordering(c: char) -> bool {
     matches!(c, '\u{200B}'..='\u{200F}' | '\u{2028}'..='\u{202E}' | '\u{2066}'..='\u{2069}' | '\u{FEFF}')
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_ascii_scan_refuses_exactly_the_characters_the_full_scan_refuses() {
+        let full = |id: &str| id.chars().find(|&c| c.is_control() || is_invisible_or_reordering(c));
+        for byte in 0u8..=0x7f {
+            let id = format!("user-{}-1", char::from(byte));
+            assert_eq!(forbidden_char(&id), full(&id), "byte {byte:#04x}");
+        }
+        for id in ["us\u{e9}r\u{0}", "\u{202e}user", "user\u{85}", "\u{e9}t\u{e9}"] {
+            assert_eq!(forbidden_char(id), full(id), "{id:?}");
+        }
+        assert_eq!(forbidden_char("user\u{7f}"), Some('\u{7f}'));
+    }
 }

@@ -447,45 +447,10 @@ impl Store {
         read: impl FnOnce(&mut dyn Iterator<Item = anyhow::Result<StateRow>>) -> anyhow::Result<T>,
     ) -> anyhow::Result<T> {
         std::thread::scope(|scope| {
-            let (chunks, received) = std::sync::mpsc::sync_channel::<anyhow::Result<Vec<StateRow>>>(READ_AHEAD_CHUNKS);
-            scope.spawn(move || {
-                let scanned = self.with_state_rows(key, |rows| {
-                    let mut chunk = Vec::with_capacity(CHUNK_ROWS);
-                    for row in rows {
-                        chunk.push(row?);
-                        if chunk.len() == CHUNK_ROWS {
-                            let full = std::mem::replace(&mut chunk, Vec::with_capacity(CHUNK_ROWS));
-                            if chunks.send(Ok(full)).is_err() {
-                                return Ok(()); // the merge stopped
-                            }
-                        }
-                    }
-                    let _ = chunks.send(Ok(chunk));
-                    Ok(())
-                });
-                if let Err(e) = scanned {
-                    let _ = chunks.send(Err(e));
-                }
-            });
-            let mut chunk = Vec::new().into_iter();
-            let mut rows = std::iter::from_fn(|| {
-                loop {
-                    if let Some(row) = chunk.next() {
-                        return Some(Ok(row));
-                    }
-                    match received.recv() {
-                        Ok(Ok(next)) => chunk = next.into_iter(),
-                        Ok(Err(e)) => return Some(Err(e)),
-                        Err(_) => return None, // the scan is done
-                    }
-                }
-            });
-            // Returning drops the receiver, which stops a scan still running after an error.
+            let mut rows =
+                crate::read_ahead::spawn(scope, |ahead| self.with_state_rows(key, |rows| ahead.send_all(rows)));
+            // Returning drops `rows`, which stops a scan still running after an error.
             read(&mut rows)
         })
     }
 }
-
-/// Rows per chunk handed from the scan's thread to the merge, and chunks read ahead.
-const CHUNK_ROWS: usize = 4096;
-const READ_AHEAD_CHUNKS: usize = 4;
