@@ -1,12 +1,13 @@
 //! External sort of snapshot records by user, in bounded memory.
 //!
-//! Records collect in a buffer of a third of the budget; when it is full it goes to a spill
-//! thread, which sorts it and writes it to a temp file as one sorted run, while reading goes on
-//! into a fresh buffer. Sorting and writing a run costs the spill thread more than reading it
-//! costs the reader, so two spill threads work at once: at most three buffers (the budget) are
-//! held. At the end the runs (or the buffer alone, when nothing spilled) are merged. Ties
-//! between equal users keep file order (by line), so a duplicate is reported with its first
-//! line first.
+//! Records collect in a buffer of a third of the budget, already in the format of a run (one
+//! byte array, no allocation per record) beside a small sort key each; when it is full it goes
+//! to a spill thread, which sorts the keys and writes the records in their order to a temp file
+//! as one sorted run, while reading goes on into another buffer. Sorting and writing a run
+//! costs the spill thread more than reading it costs the reader, so two spill threads work at
+//! once: at most three buffers (the budget) are held. At the end the runs (or the buffer alone,
+//! when nothing spilled) are merged. Ties between equal users keep file order (by line), so a
+//! duplicate is reported with its first line first.
 
 use std::cmp::{Ordering, Reverse};
 use std::collections::binary_heap::PeekMut;
@@ -17,15 +18,11 @@ use std::thread::JoinHandle;
 
 use crate::record::{SnapshotRecord, json_text};
 
-/// Bookkeeping per record beyond its strings' bytes (the struct and allocator overhead).
-const RECORD_OVERHEAD: usize = std::mem::size_of::<SnapshotRecord>() + 32;
-
 /// Spill threads at work at once: with one, the reader waited on it about half of the time.
 const SPILLING_AT_ONCE: usize = 2;
 
 pub struct Sorter {
-    buffer: Vec<SnapshotRecord>,
-    bytes: usize,
+    buffer: Buffer,
     /// Bytes a buffer may hold before it is spilled: the budget shared by the buffer being read
     /// into and those being spilled.
     limit: usize,
@@ -33,11 +30,67 @@ pub struct Sorter {
     runs: usize,
 }
 
+/// Records in run format, in file order, and each one's sort key.
+#[derive(Default)]
+struct Buffer {
+    records: Vec<u8>,
+    keys: Vec<Key>,
+}
+
+/// A record's place in a buffer and the first 16 bytes of its user (see `prefix`).
+struct Key {
+    prefix: u128,
+    at: usize,
+}
+
+impl Buffer {
+    /// A buffer that holds `limit` bytes without growing: grown by doubling, it would copy
+    /// itself and leave half of its last size unused. Untouched capacity costs no memory. (The
+    /// first buffer grows: most snapshots never fill one.)
+    fn with_limit(limit: usize) -> Buffer {
+        Buffer { records: Vec::with_capacity(limit), keys: Vec::with_capacity(limit / std::mem::size_of::<Key>()) }
+    }
+
+    /// Whether `rec` fits within `limit` bytes beside what the buffer holds (one record always
+    /// fits an empty buffer).
+    fn fits(&self, rec: &SnapshotRecord, limit: usize) -> bool {
+        let size = std::mem::size_of::<Key>() + 16 + rec.user_id.len() + rec.value.len();
+        self.is_empty() || self.bytes() + size <= limit
+    }
+
+    fn push(&mut self, rec: &SnapshotRecord) {
+        self.keys.push(Key { prefix: prefix(&rec.user_id), at: self.records.len() });
+        write_record(&mut self.records, rec);
+    }
+
+    fn bytes(&self) -> usize {
+        self.records.len() + self.keys.len() * std::mem::size_of::<Key>()
+    }
+
+    fn is_empty(&self) -> bool {
+        self.keys.is_empty()
+    }
+
+    /// The keys in sorted order: by prefix, then (rarely) by the whole user and the line.
+    fn sort(&mut self) {
+        let records = &self.records;
+        self.keys.sort_unstable_by(|a, b| {
+            a.prefix.cmp(&b.prefix).then_with(|| by_user_then_line(record_at(records, a.at), record_at(records, b.at)))
+        });
+    }
+
+    /// The record at `key`'s place, whole.
+    fn record(&self, key: &Key) -> &[u8] {
+        let (user, value, _) = record_at(&self.records, key.at);
+        &self.records[key.at..key.at + 16 + user.len() + value.len()]
+    }
+}
+
 /// The spill threads: each takes one full buffer and gives back a sorted run, and the buffer
-/// emptied for reuse (a fresh one of that size costs the kernel's zeroing of every page).
+/// emptied for reuse (a fresh one costs the kernel's zeroing of every page as it grows).
 #[derive(Default)]
 struct Spiller {
-    spilling: VecDeque<JoinHandle<io::Result<(File, Vec<SnapshotRecord>)>>>,
+    spilling: VecDeque<JoinHandle<io::Result<(File, Buffer)>>>,
     runs: Vec<File>,
 }
 
@@ -45,14 +98,14 @@ impl Spiller {
     /// Hands `buffer` to a thread of its own, first waiting for the oldest when
     /// `SPILLING_AT_ONCE` are at work, so that no more buffers exist than the budget allows;
     /// gives back that oldest's buffer, emptied.
-    fn spill(&mut self, buffer: Vec<SnapshotRecord>) -> io::Result<Option<Vec<SnapshotRecord>>> {
+    fn spill(&mut self, buffer: Buffer) -> io::Result<Option<Buffer>> {
         let emptied = if self.spilling.len() >= SPILLING_AT_ONCE { self.wait_oldest()? } else { None };
         let thread = std::thread::Builder::new().name("sort-spill".into()).spawn(move || write_run(buffer))?;
         self.spilling.push_back(thread);
         Ok(emptied)
     }
 
-    fn wait_oldest(&mut self) -> io::Result<Option<Vec<SnapshotRecord>>> {
+    fn wait_oldest(&mut self) -> io::Result<Option<Buffer>> {
         let Some(thread) = self.spilling.pop_front() else { return Ok(None) };
         let (run, emptied) =
             thread.join().unwrap_or_else(|_| Err(io::Error::other("the sort's spill thread panicked")))?;
@@ -72,15 +125,14 @@ impl Spiller {
 impl Sorter {
     pub fn new(limit_bytes: usize) -> Self {
         let limit = (limit_bytes / (SPILLING_AT_ONCE + 1)).max(1);
-        Sorter { buffer: Vec::new(), bytes: 0, limit, spiller: None, runs: 0 }
+        Sorter { buffer: Buffer::default(), limit, spiller: None, runs: 0 }
     }
 
     pub fn push(&mut self, rec: SnapshotRecord) -> io::Result<()> {
-        self.bytes += rec.user_id.len() + rec.value.len() + RECORD_OVERHEAD;
-        self.buffer.push(rec);
-        if self.bytes >= self.limit {
+        if !self.buffer.fits(&rec, self.limit) {
             self.spill()?;
         }
+        self.buffer.push(&rec);
         Ok(())
     }
 
@@ -90,20 +142,20 @@ impl Sorter {
     }
 
     fn spill(&mut self) -> io::Result<()> {
-        let capacity = self.buffer.len();
         let buffer = std::mem::take(&mut self.buffer);
-        self.bytes = 0;
         self.runs += 1;
         let emptied = self.spiller.get_or_insert_with(Spiller::default).spill(buffer)?;
-        self.buffer = emptied.unwrap_or_else(|| Vec::with_capacity(capacity));
+        self.buffer = emptied.unwrap_or_else(|| Buffer::with_limit(self.limit));
         Ok(())
     }
 
     pub fn finish(mut self) -> io::Result<SortedRecords> {
         if self.spiller.is_none() {
-            let order = sorted_order(&self.buffer);
-            let mut slots: Vec<Option<SnapshotRecord>> = self.buffer.into_iter().map(Some).collect();
-            let sorted: Vec<SnapshotRecord> = order.iter().filter_map(|&i| slots[i as usize].take()).collect();
+            self.buffer.sort();
+            let mut sorted = Vec::with_capacity(self.buffer.keys.len());
+            for key in &self.buffer.keys {
+                sorted.push(parse_record(self.buffer.record(key))?.map(|(rec, _)| rec).ok_or_else(truncated)?);
+            }
             return Ok(SortedRecords::Memory(sorted.into_iter()));
         }
         if !self.buffer.is_empty() {
@@ -123,14 +175,16 @@ impl Sorter {
 
 /// Sorts a buffer and writes it to a temp file as one run, rewound for reading; gives the
 /// buffer back emptied.
-fn write_run(mut buffer: Vec<SnapshotRecord>) -> io::Result<(File, Vec<SnapshotRecord>)> {
+fn write_run(mut buffer: Buffer) -> io::Result<(File, Buffer)> {
+    buffer.sort();
     let mut out = BufWriter::with_capacity(1 << 20, tempfile::tempfile()?);
-    for i in sorted_order(&buffer) {
-        write_record(&mut out, &buffer[i as usize])?;
+    for key in &buffer.keys {
+        out.write_all(buffer.record(key))?;
     }
     let mut file = out.into_inner().map_err(|e| e.into_error())?;
     file.rewind()?;
-    buffer.clear();
+    buffer.records.clear();
+    buffer.keys.clear();
     Ok((file, buffer))
 }
 
@@ -145,18 +199,8 @@ fn prefix(user_id: &str) -> u128 {
 }
 
 /// Users in byte order, then by line (file order for a user listed twice).
-fn by_user_then_line(a: &SnapshotRecord, b: &SnapshotRecord) -> Ordering {
-    a.user_id.cmp(&b.user_id).then(a.line.cmp(&b.line))
-}
-
-/// The indexes of `buffer`'s records in sorted order. Sorting (prefix, index) pairs moves 32
-/// bytes a swap and rarely looks at the records themselves.
-fn sorted_order(buffer: &[SnapshotRecord]) -> Vec<u32> {
-    let mut keys: Vec<(u128, u32)> = buffer.iter().enumerate().map(|(i, r)| (prefix(&r.user_id), i as u32)).collect();
-    keys.sort_unstable_by(|a, b| {
-        a.0.cmp(&b.0).then_with(|| by_user_then_line(&buffer[a.1 as usize], &buffer[b.1 as usize]))
-    });
-    keys.into_iter().map(|(_, i)| i).collect()
+fn by_user_then_line<V>((user_a, _, line_a): (&[u8], V, u64), (user_b, _, line_b): (&[u8], V, u64)) -> Ordering {
+    user_a.cmp(user_b).then(line_a.cmp(&line_b))
 }
 
 /// Records in user order, from memory or merged from sorted runs.
@@ -209,17 +253,31 @@ impl PartialOrd for HeapEntry {
 }
 impl Ord for HeapEntry {
     fn cmp(&self, other: &Self) -> Ordering {
-        self.0.cmp(&other.0).then_with(|| by_user_then_line(&self.1, &other.1))
+        let (a, b) = (&self.1, &other.1);
+        self.0
+            .cmp(&other.0)
+            .then_with(|| by_user_then_line((a.user_id.as_bytes(), (), a.line), (b.user_id.as_bytes(), (), b.line)))
     }
 }
 
 /// Run format: per record, u32 LE length + user_id bytes, u32 LE length + value bytes, u64 LE line.
-fn write_record(out: &mut impl Write, rec: &SnapshotRecord) -> io::Result<()> {
+fn write_record(out: &mut Vec<u8>, rec: &SnapshotRecord) {
     for s in [rec.user_id.as_str(), &rec.value] {
-        out.write_all(&(s.len() as u32).to_le_bytes())?;
-        out.write_all(s.as_bytes())?;
+        out.extend_from_slice(&(s.len() as u32).to_le_bytes());
+        out.extend_from_slice(s.as_bytes());
     }
-    out.write_all(&rec.line.to_le_bytes())
+    out.extend_from_slice(&rec.line.to_le_bytes());
+}
+
+/// The user, value and line of the record at `at` in `records`, which holds it whole.
+fn record_at(records: &[u8], at: usize) -> (&[u8], &[u8], u64) {
+    let field = |at: usize| {
+        let len = u32::from_le_bytes(records[at..at + 4].try_into().expect("4 bytes")) as usize;
+        (&records[at + 4..at + 4 + len], at + 4 + len)
+    };
+    let (user, next) = field(at);
+    let (value, next) = field(next);
+    (user, value, u64::from_le_bytes(records[next..next + 8].try_into().expect("8 bytes")))
 }
 
 /// A sorted run read back. A value is read into `scratch`: most values are `true`, `false` or
@@ -282,6 +340,10 @@ fn field(bytes: &[u8]) -> Option<(&[u8], &[u8])> {
     (rest.len() >= len).then(|| rest.split_at(len))
 }
 
+fn truncated() -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidData, "a sort buffer's record is cut short")
+}
+
 fn invalid(e: impl std::error::Error + Send + Sync + 'static) -> io::Error {
     io::Error::new(io::ErrorKind::InvalidData, e)
 }
@@ -340,8 +402,9 @@ mod tests {
 
     #[test]
     fn equal_users_keep_file_order_across_runs() {
+        // A buffer of one record: each spills as the next arrives, the last at the end.
         let (out, runs) = sorted(1, &["b", "a", "b", "a"]);
-        assert_eq!(runs, 4);
+        assert_eq!(runs, 3);
         assert_eq!(out, vec![("a".into(), 2), ("a".into(), 4), ("b".into(), 1), ("b".into(), 3)]);
     }
 
