@@ -11,6 +11,14 @@ use std::thread::Scope;
 /// Items per chunk handed over, and chunks read ahead of the consumer at most.
 const CHUNK: usize = 4096;
 const CHUNKS_AHEAD: usize = 4;
+/// A chunk is handed over sooner once its items weigh this much: a trait's values may be 32 KB
+/// each, and 4,096 of them would hold 128 MB a chunk outside the sort's budget (review finding).
+const CHUNK_BYTES: usize = 1 << 20;
+
+/// What an item holds beyond its own size (its strings' bytes), for the chunks' byte bound.
+pub trait Weigh {
+    fn weight(&self) -> usize;
+}
 
 type Chunk<T> = anyhow::Result<Vec<T>>;
 
@@ -18,12 +26,12 @@ type Chunk<T> = anyhow::Result<Vec<T>>;
 /// Once the iterator is dropped, the producer's next hand-over ends it.
 pub fn spawn<'scope, T, F>(scope: &'scope Scope<'scope, '_>, produce: F) -> Behind<T>
 where
-    T: Send + 'scope,
+    T: Weigh + Send + 'scope,
     F: FnOnce(&mut Ahead<T>) -> anyhow::Result<()> + Send + 'scope,
 {
     let (chunks, received) = sync_channel(CHUNKS_AHEAD);
     scope.spawn(move || {
-        let mut ahead = Ahead { chunk: Vec::with_capacity(CHUNK), chunks, gone: false };
+        let mut ahead = Ahead { chunk: Vec::with_capacity(CHUNK), weight: 0, chunks, gone: false };
         let produced = produce(&mut ahead);
         ahead.finish(produced);
     });
@@ -33,11 +41,13 @@ where
 /// The producer's side.
 pub struct Ahead<T> {
     chunk: Vec<T>,
+    /// What the chunk's items weigh.
+    weight: usize,
     chunks: SyncSender<Chunk<T>>,
     gone: bool,
 }
 
-impl<T> Ahead<T> {
+impl<T: Weigh> Ahead<T> {
     /// Sends every item of `items` up to its first error, which it returns (unsent); stops
     /// early, with `Ok`, once the consumer is gone.
     pub fn send_all<E: Into<anyhow::Error>>(
@@ -45,8 +55,10 @@ impl<T> Ahead<T> {
         items: impl Iterator<Item = Result<T, E>>,
     ) -> anyhow::Result<()> {
         for item in items {
-            self.chunk.push(item.map_err(Into::into)?);
-            if self.chunk.len() == CHUNK && !self.hand_over() {
+            let item = item.map_err(Into::into)?;
+            self.weight += item.weight();
+            self.chunk.push(item);
+            if (self.chunk.len() == CHUNK || self.weight >= CHUNK_BYTES) && !self.hand_over() {
                 return Ok(());
             }
         }
@@ -55,6 +67,7 @@ impl<T> Ahead<T> {
 
     /// Hands over the chunk; false once the consumer is gone.
     fn hand_over(&mut self) -> bool {
+        self.weight = 0;
         let full = std::mem::replace(&mut self.chunk, Vec::with_capacity(CHUNK));
         self.gone = self.gone || self.chunks.send(Ok(full)).is_err();
         !self.gone
@@ -97,6 +110,38 @@ impl<T> Iterator for Behind<T> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    impl Weigh for usize {
+        fn weight(&self) -> usize {
+            0
+        }
+    }
+
+    impl Weigh for u64 {
+        fn weight(&self) -> usize {
+            0
+        }
+    }
+
+    /// An item holding `.0` bytes.
+    struct Heavy(usize);
+
+    impl Weigh for Heavy {
+        fn weight(&self) -> usize {
+            self.0
+        }
+    }
+
+    #[test]
+    fn heavy_items_are_handed_over_in_chunks_of_about_a_megabyte() {
+        // Review finding: 4,096 trait values of 32 KB made a 128 MB chunk, six of them in
+        // flight, outside the sort's budget.
+        let sizes: Vec<usize> = std::thread::scope(|scope| {
+            let behind = spawn(scope, |ahead| ahead.send_all((0..100).map(|_| anyhow::Ok(Heavy(CHUNK_BYTES / 4)))));
+            behind.chunks.iter().map(|chunk| chunk.unwrap().len()).collect()
+        });
+        assert_eq!(sizes, [&[4; 25][..], &[0]].concat());
+    }
 
     #[test]
     fn items_arrive_in_order_across_chunks() {

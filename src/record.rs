@@ -15,6 +15,12 @@ pub struct SnapshotRecord {
     pub line: u64,
 }
 
+impl crate::read_ahead::Weigh for SnapshotRecord {
+    fn weight(&self) -> usize {
+        self.user_id.len() + self.value.len()
+    }
+}
+
 /// A value as JSON text. The values most rows hold (`true`, `false`, `null`) borrow a static
 /// string instead of allocating one per row: at ten million rows that is most of the sort's
 /// allocations.

@@ -21,6 +21,12 @@ pub struct StateRow {
     pub told: bool,
 }
 
+impl crate::read_ahead::Weigh for StateRow {
+    fn weight(&self) -> usize {
+        self.user_id.len() + self.desired.len()
+    }
+}
+
 /// What a change means for the user, for counts and plans.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Change {
