@@ -189,7 +189,7 @@ async fn pass_task(shared: &Shared, key: String, stop: CancellationToken) {
     }
     if let Err(e) = ran {
         let e = crate::state::explain_lock_wait(e);
-        pass::log_failure(&key, None, None, "state failed", &format!("{e:#}"));
+        pass::log_failure(&key, None, None, pass::state_class(&e), &format!("{e:#}"));
     }
     shared.running.lock().unwrap_or_else(|p| p.into_inner()).remove(&key);
 }

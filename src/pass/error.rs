@@ -24,7 +24,7 @@ impl PassError {
         match self {
             PassError::Snapshot(_) => "snapshot failed",
             PassError::HeldBack(_) => "held back",
-            PassError::State(_) => "state failed",
+            PassError::State(e) => state_class(e),
             PassError::Stopped(_) => "shutting down",
         }
     }
@@ -45,6 +45,12 @@ impl PassError {
     pub fn state(e: anyhow::Error) -> PassError {
         PassError::State(crate::state::explain_lock_wait(e))
     }
+}
+
+/// The class of the state's error `e`: a lock wait that a shutdown ended is the shutdown's, not
+/// a failure of the state (said as a warning, not an error, beside every stopped pass).
+pub fn state_class(e: &anyhow::Error) -> &'static str {
+    if crate::state::ended_by_stop(e) { PassError::Stopped("").class() } else { "state failed" }
 }
 
 /// A load or diff abandoned on shutdown; nothing of it was written.

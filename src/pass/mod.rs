@@ -31,7 +31,7 @@ use crate::progress::Progress;
 use crate::source::fingerprint::Fingerprint;
 use crate::state::{Mode, RunCounts, RunEnd, RunStatus, Store, Trigger};
 
-pub use error::PassError;
+pub use error::{PassError, state_class};
 use first_sync::Spooled;
 use load::Loaded;
 pub use load::guard;
@@ -163,7 +163,7 @@ async fn run_round(
             let e = crate::state::explain_lock_wait(e);
             let message = format!("delivery stopped: {e:#}");
             for (key, mode, run_id) in runs {
-                log_failure(&key, Some(run_id), Some(mode), "state failed", &message);
+                log_failure(&key, Some(run_id), Some(mode), state_class(&e), &message);
                 options.metrics.pass_ended(&key, RunStatus::Failed, started.elapsed());
                 store.fail_run(run_id, &message).await?;
             }
