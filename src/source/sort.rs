@@ -32,7 +32,7 @@ pub struct Sorter {
 
 /// Records in run format, in file order, and each one's sort key.
 #[derive(Default)]
-struct Buffer {
+pub struct Buffer {
     records: Vec<u8>,
     keys: Vec<Key>,
 }
@@ -152,11 +152,7 @@ impl Sorter {
     pub fn finish(mut self) -> io::Result<SortedRecords> {
         if self.spiller.is_none() {
             self.buffer.sort();
-            let mut sorted = Vec::with_capacity(self.buffer.keys.len());
-            for key in &self.buffer.keys {
-                sorted.push(parse_record(self.buffer.record(key))?.map(|(rec, _)| rec).ok_or_else(truncated)?);
-            }
-            return Ok(SortedRecords::Memory(sorted.into_iter()));
+            return Ok(SortedRecords::Memory { buffer: self.buffer, next: 0 });
         }
         if !self.buffer.is_empty() {
             self.spill()?;
@@ -203,9 +199,10 @@ fn by_user_then_line<V>((user_a, _, line_a): (&[u8], V, u64), (user_b, _, line_b
     user_a.cmp(user_b).then(line_a.cmp(&line_b))
 }
 
-/// Records in user order, from memory or merged from sorted runs.
+/// Records in user order, from memory (read from the sorted buffer one at a time, not copied
+/// out whole beside it) or merged from sorted runs.
 pub enum SortedRecords {
-    Memory(std::vec::IntoIter<SnapshotRecord>),
+    Memory { buffer: Buffer, next: usize },
     Merge { readers: Vec<RunReader>, heap: BinaryHeap<Reverse<HeapEntry>> },
 }
 
@@ -214,7 +211,11 @@ impl Iterator for SortedRecords {
 
     fn next(&mut self) -> Option<Self::Item> {
         match self {
-            SortedRecords::Memory(it) => it.next().map(Ok),
+            SortedRecords::Memory { buffer, next } => {
+                let key = buffer.keys.get(*next)?;
+                *next += 1;
+                Some(parse_record(buffer.record(key)).and_then(|rec| rec.map(|(rec, _)| rec).ok_or_else(truncated)))
+            }
             // The smallest head is replaced by its run's next record in place, one sift down,
             // rather than popped and pushed (two).
             SortedRecords::Merge { readers, heap } => {
