@@ -16,6 +16,9 @@ use super::RunCounts;
 
 /// Members per queue row: small enough that finding one user reads one short JSON text.
 const RUN_ENTRIES: u64 = 1000;
+/// A run is cut sooner once its text reaches this: a trait's values may be 32 KB each, and a
+/// thousand of them made runs of 32 MB, ten at a time in memory (review finding).
+const RUN_BYTES: usize = 256 << 10;
 /// Runs handed to the writing thread and not written yet, at most.
 const RUNS_AHEAD: usize = 8;
 
@@ -73,7 +76,7 @@ impl QueueWriter {
         run.users.push(b']');
         run.entries += 1;
         user_id.clone_into(&mut run.last);
-        if run.entries == RUN_ENTRIES {
+        if run.entries == RUN_ENTRIES || run.users.len() >= RUN_BYTES {
             self.hand_over()?;
         }
         Ok(())

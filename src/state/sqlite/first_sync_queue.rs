@@ -132,4 +132,32 @@ mod tests {
             .unwrap();
         assert_eq!(noted, (3, 3, 3));
     }
+
+    /// Review finding: a run was cut at 1,000 members whatever their values weighed, so a
+    /// trait's 30 KB values made 30 MB runs, up to ten of them held at once.
+    #[tokio::test]
+    async fn a_run_of_large_values_is_cut_at_a_quarter_of_a_megabyte() {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, db) = store_with_audience(dir.path()).await;
+        let run = store.start_run("a", Trigger::Manual, Mode::Initial).await.unwrap();
+        let counts = RunCounts { snapshot_rows: Some(100), entered: 100, ..RunCounts::default() };
+        let queue_store = store.clone();
+        let value = format!("\"{}\"", "n".repeat(30 << 10));
+        tokio::task::spawn_blocking(move || {
+            let mut queue = queue_store.first_sync_queue("a", "2026-12-07T00:00:00.000Z")?;
+            (0..100).try_for_each(|i| queue.push(&format!("u{i:03}"), &value))?;
+            queue.commit(run, counts)
+        })
+        .await
+        .unwrap()
+        .unwrap();
+        let (runs, entries, longest): (i64, i64, i64) = db
+            .query_row("SELECT count(*), sum(entries), max(length(users)) FROM first_sync_queue", [], |r| {
+                Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+            })
+            .unwrap();
+        assert_eq!(entries, 100);
+        assert!(runs >= 10, "{runs} runs");
+        assert!(longest < (256 + 40) << 10, "a run of {longest} bytes");
+    }
 }
