@@ -147,8 +147,6 @@ pub fn read_ndjson(name: &str, mut reader: impl BufRead, rules: Rules, push: &mu
     }
 }
 
-/// Characters that are invisible yet change how a line reads: line and paragraph separators,
-/// zero-width characters, and bidirectional overrides and isolates.
 /// The first character a user id must not hold. Most ids are ASCII, whose only such characters
 /// are its controls: a byte scan finds those without decoding a character at a time.
 fn forbidden_char(user_id: &str) -> Option<char> {
@@ -158,6 +156,8 @@ fn forbidden_char(user_id: &str) -> Option<char> {
     user_id.chars().find(|&c| c.is_control() || is_invisible_or_reordering(c))
 }
 
+/// Characters that are invisible yet change how a line reads: line and paragraph separators,
+/// zero-width characters, and bidirectional overrides and isolates.
 fn is_invisible_or_reordering(c: char) -> bool {
     matches!(c, '\u{200B}'..='\u{200F}' | '\u{2028}'..='\u{202E}' | '\u{2066}'..='\u{2069}' | '\u{FEFF}')
 }

@@ -54,7 +54,7 @@ impl Buffer {
     /// Whether `rec` fits within `limit` bytes beside what the buffer holds (one record always
     /// fits an empty buffer).
     fn fits(&self, rec: &SnapshotRecord, limit: usize) -> bool {
-        let size = std::mem::size_of::<Key>() + 16 + rec.user_id.len() + rec.value.len();
+        let size = std::mem::size_of::<Key>() + record_len(rec);
         self.is_empty() || self.bytes() + size <= limit
     }
 
@@ -74,15 +74,19 @@ impl Buffer {
     /// The keys in sorted order: by prefix, then (rarely) by the whole user and the line.
     fn sort(&mut self) {
         let records = &self.records;
+        let user_and_line = |at: usize| {
+            let ((user, _, line), _) = split_record(&records[at..]).expect("a buffer holds its records whole");
+            (user, line)
+        };
         self.keys.sort_unstable_by(|a, b| {
-            a.prefix.cmp(&b.prefix).then_with(|| by_user_then_line(record_at(records, a.at), record_at(records, b.at)))
+            a.prefix.cmp(&b.prefix).then_with(|| by_user_then_line(user_and_line(a.at), user_and_line(b.at)))
         });
     }
 
     /// The record at `key`'s place, whole.
     fn record(&self, key: &Key) -> &[u8] {
-        let (user, value, _) = record_at(&self.records, key.at);
-        &self.records[key.at..key.at + 16 + user.len() + value.len()]
+        let (_, len) = split_record(&self.records[key.at..]).expect("a buffer holds its records whole");
+        &self.records[key.at..key.at + len]
     }
 }
 
@@ -195,7 +199,7 @@ fn prefix(user_id: &str) -> u128 {
 }
 
 /// Users in byte order, then by line (file order for a user listed twice).
-fn by_user_then_line<V>((user_a, _, line_a): (&[u8], V, u64), (user_b, _, line_b): (&[u8], V, u64)) -> Ordering {
+fn by_user_then_line((user_a, line_a): (&[u8], u64), (user_b, line_b): (&[u8], u64)) -> Ordering {
     user_a.cmp(user_b).then(line_a.cmp(&line_b))
 }
 
@@ -257,7 +261,7 @@ impl Ord for HeapEntry {
         let (a, b) = (&self.1, &other.1);
         self.0
             .cmp(&other.0)
-            .then_with(|| by_user_then_line((a.user_id.as_bytes(), (), a.line), (b.user_id.as_bytes(), (), b.line)))
+            .then_with(|| by_user_then_line((a.user_id.as_bytes(), a.line), (b.user_id.as_bytes(), b.line)))
     }
 }
 
@@ -270,15 +274,9 @@ fn write_record(out: &mut Vec<u8>, rec: &SnapshotRecord) {
     out.extend_from_slice(&rec.line.to_le_bytes());
 }
 
-/// The user, value and line of the record at `at` in `records`, which holds it whole.
-fn record_at(records: &[u8], at: usize) -> (&[u8], &[u8], u64) {
-    let field = |at: usize| {
-        let len = u32::from_le_bytes(records[at..at + 4].try_into().expect("4 bytes")) as usize;
-        (&records[at + 4..at + 4 + len], at + 4 + len)
-    };
-    let (user, next) = field(at);
-    let (value, next) = field(next);
-    (user, value, u64::from_le_bytes(records[next..next + 8].try_into().expect("8 bytes")))
+/// The bytes `write_record` writes for `rec`.
+fn record_len(rec: &SnapshotRecord) -> usize {
+    4 + rec.user_id.len() + 4 + rec.value.len() + 8
 }
 
 /// A sorted run read back. A value is read into `scratch`: most values are `true`, `false` or
@@ -326,12 +324,19 @@ impl RunReader {
 
 /// The record at the start of `bytes` and the bytes it takes, if it is there whole.
 fn parse_record(bytes: &[u8]) -> io::Result<Option<(SnapshotRecord, usize)>> {
-    let Some((user_id, rest)) = field(bytes) else { return Ok(None) };
-    let Some((value, rest)) = field(rest) else { return Ok(None) };
-    let Some((line, rest)) = rest.split_first_chunk::<8>() else { return Ok(None) };
+    let Some(((user_id, value, line), used)) = split_record(bytes) else { return Ok(None) };
     let user_id = std::str::from_utf8(user_id).map_err(invalid)?.to_string();
     let value = json_text(std::str::from_utf8(value).map_err(invalid)?);
-    Ok(Some((SnapshotRecord { user_id, value, line: u64::from_le_bytes(*line) }, bytes.len() - rest.len())))
+    Ok(Some((SnapshotRecord { user_id, value, line }, used)))
+}
+
+/// The user, value and line of the record at the start of `bytes`, unchecked, and the bytes it
+/// takes, if it is there whole.
+fn split_record(bytes: &[u8]) -> Option<((&[u8], &[u8], u64), usize)> {
+    let (user_id, rest) = field(bytes)?;
+    let (value, rest) = field(rest)?;
+    let (line, rest) = rest.split_first_chunk::<8>()?;
+    Some(((user_id, value, u64::from_le_bytes(*line)), bytes.len() - rest.len()))
 }
 
 /// A length-prefixed field at the start of `bytes`, and what follows it.
