@@ -35,14 +35,9 @@ impl std::fmt::Debug for TenureClock {
 }
 
 impl Tenure {
-    /// Leases written at `asked` or later, to last `ttl`; past it, nothing is sent.
-    pub fn starting(asked: Instant, ttl: Duration) -> Tenure {
-        Tenure::renewable(asked, ttl, None)
-    }
-
-    /// As `starting`, but past it `renewal` asks whether the leases are still ours, and they
-    /// are sent under once it says so: a renewal late behind a busy writer (SQLite's lock is
-    /// not fair) is no reason to stop.
+    /// Leases written at `asked` or later, to last `ttl`. Past it, nothing is sent unless
+    /// `renewal` (where there is one) says the leases are still ours: a renewal late behind a
+    /// busy writer (SQLite's lock is not fair) is no reason to stop.
     pub fn renewable(asked: Instant, ttl: Duration, renewal: Option<Renewal>) -> Tenure {
         let clock = TenureClock { base: asked, until: AtomicU64::new(0), ttl, renewal };
         let tenure = Tenure(Some(Arc::new(clock)));
@@ -104,7 +99,7 @@ mod tests {
     #[test]
     fn a_tenure_lapses_a_ttl_after_the_last_renewal_was_asked_and_never_without_leases() {
         let long_ago = Instant::now() - 2 * TTL;
-        let tenure = Tenure::starting(long_ago, TTL);
+        let tenure = Tenure::renewable(long_ago, TTL, None);
         assert!(tenure.lapsed().is_some(), "acquired two ttls ago, never renewed");
         tenure.clone().renewed(Instant::now(), TTL);
         assert!(tenure.lapsed().is_none(), "a renewal seen through a clone extends it");
@@ -123,12 +118,12 @@ mod tests {
         let lost = Tenure::renewable(long_ago, TTL, Some(Arc::new(|| anyhow::bail!("lost the lease of a"))));
         let why = lost.confirm().expect("refused");
         assert!(why.contains("past its lease") && why.contains("lost the lease of a"), "{why}");
-        assert!(Tenure::starting(long_ago, TTL).confirm().is_some(), "no renewal to ask");
+        assert!(Tenure::renewable(long_ago, TTL, None).confirm().is_some(), "no renewal to ask");
     }
 
     #[test]
     fn a_tenure_runs_out_as_its_end_nears() {
-        let tenure = Tenure::starting(Instant::now() - TTL / 2, TTL);
+        let tenure = Tenure::renewable(Instant::now() - TTL / 2, TTL, None);
         assert!(tenure.running_out(TTL * 2 / 3));
         assert!(!tenure.running_out(TTL / 3));
     }

@@ -105,24 +105,32 @@ mod tests {
     use crate::state::testing::store_with_audience;
     use crate::state::{Mode, RunCounts, Trigger};
 
-    /// A first sync notes its diff's counts in its queue's transaction, not in one of its own
-    /// after it (whose commit on another connection copied the queue's whole log back into the
-    /// database file before delivery could begin): the run shows them as soon as the queue.
-    #[tokio::test]
-    async fn a_first_syncs_counts_are_noted_in_its_queues_transaction() {
+    /// Queues `users` (user, value JSON) as audience "a"'s first sync in a state of its own, and
+    /// commits with their count noted on the pass's run. The state's connection and that run.
+    async fn queued(users: Vec<(String, String)>) -> (tempfile::TempDir, rusqlite::Connection, i64) {
         let dir = tempfile::tempdir().unwrap();
         let (store, db) = store_with_audience(dir.path()).await;
         let run = store.start_run("a", Trigger::Manual, Mode::Initial).await.unwrap();
-        let counts = RunCounts { snapshot_rows: Some(3), entered: 3, ..RunCounts::default() };
-        let queue_store = store.clone();
+        let n = users.len() as u64;
+        let counts = RunCounts { snapshot_rows: Some(n), entered: n, ..RunCounts::default() };
         tokio::task::spawn_blocking(move || {
-            let mut queue = queue_store.first_sync_queue("a", "2026-12-07T00:00:00.000Z")?;
-            ["u1", "u2", "u3"].iter().try_for_each(|u| queue.push(u, "true"))?;
+            let mut queue = store.first_sync_queue("a", "2026-12-07T00:00:00.000Z")?;
+            users.iter().try_for_each(|(user, value)| queue.push(user, value))?;
             queue.commit(run, counts)
         })
         .await
         .unwrap()
         .unwrap();
+        (dir, db, run)
+    }
+
+    /// A first sync notes its diff's counts in its queue's transaction, not in one of its own
+    /// after it (whose commit on another connection copied the queue's whole log back into the
+    /// database file before delivery could begin): the run shows them as soon as the queue.
+    #[tokio::test]
+    async fn a_first_syncs_counts_are_noted_in_its_queues_transaction() {
+        let users = ["u1", "u2", "u3"].map(|u| (u.to_string(), "true".to_string())).to_vec();
+        let (_dir, db, run) = queued(users).await;
         let noted: (i64, i64, i64) = db
             .query_row(
                 "SELECT snapshot_rows, entered, (SELECT sum(entries) FROM first_sync_queue) FROM sync_runs WHERE id = ?1",
@@ -137,20 +145,8 @@ mod tests {
     /// trait's 30 KB values made 30 MB runs, up to ten of them held at once.
     #[tokio::test]
     async fn a_run_of_large_values_is_cut_at_a_quarter_of_a_megabyte() {
-        let dir = tempfile::tempdir().unwrap();
-        let (store, db) = store_with_audience(dir.path()).await;
-        let run = store.start_run("a", Trigger::Manual, Mode::Initial).await.unwrap();
-        let counts = RunCounts { snapshot_rows: Some(100), entered: 100, ..RunCounts::default() };
-        let queue_store = store.clone();
         let value = format!("\"{}\"", "n".repeat(30 << 10));
-        tokio::task::spawn_blocking(move || {
-            let mut queue = queue_store.first_sync_queue("a", "2026-12-07T00:00:00.000Z")?;
-            (0..100).try_for_each(|i| queue.push(&format!("u{i:03}"), &value))?;
-            queue.commit(run, counts)
-        })
-        .await
-        .unwrap()
-        .unwrap();
+        let (_dir, db, _) = queued((0..100).map(|i| (format!("u{i:03}"), value.clone())).collect()).await;
         let (runs, entries, longest): (i64, i64, i64) = db
             .query_row("SELECT count(*), sum(entries), max(length(users)) FROM first_sync_queue", [], |r| {
                 Ok((r.get(0)?, r.get(1)?, r.get(2)?))
