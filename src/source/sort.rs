@@ -330,9 +330,11 @@ fn parse_record(bytes: &[u8]) -> io::Result<Option<(SnapshotRecord, usize)>> {
     Ok(Some((SnapshotRecord { user_id, value, line }, used)))
 }
 
-/// The user, value and line of the record at the start of `bytes`, unchecked, and the bytes it
-/// takes, if it is there whole.
-fn split_record(bytes: &[u8]) -> Option<((&[u8], &[u8], u64), usize)> {
+/// A record's user and value bytes (unchecked) and line, as the run format holds them.
+type RecordParts<'a> = (&'a [u8], &'a [u8], u64);
+
+/// The record at the start of `bytes` and the bytes it takes, if it is there whole.
+fn split_record(bytes: &[u8]) -> Option<(RecordParts<'_>, usize)> {
     let (user_id, rest) = field(bytes)?;
     let (value, rest) = field(rest)?;
     let (line, rest) = rest.split_first_chunk::<8>()?;
