@@ -2,6 +2,7 @@
 //! delivery, answered by the destination, and recorded back, in one shape all the way.
 
 use crate::config::Kind;
+use crate::read_ahead::Weigh;
 
 /// One computation's pending value for a user, and what a destination needs to describe it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -21,6 +22,18 @@ pub struct PendingValue {
 pub struct PendingRow {
     pub user_id: String,
     pub value: PendingValue,
+}
+
+impl Weigh for PendingValue {
+    fn weight(&self) -> usize {
+        self.key.len() + self.value.len() + self.changed_at.len()
+    }
+}
+
+impl Weigh for PendingRow {
+    fn weight(&self) -> usize {
+        self.user_id.len() + self.value.weight()
+    }
 }
 
 impl PendingRow {

@@ -28,15 +28,24 @@ use crate::config::RetryConfig;
 use crate::destination::{Destination, UserUpdate};
 use crate::metrics::DeliveryCounters;
 use crate::progress::Stage;
+use crate::read_ahead::Weigh;
 use crate::state::Store;
 use crate::tenure::Tenure;
 
 pub use attributes::ensure_attributes;
 pub use rows::FirstSync;
-use rows::Rows;
+use rows::{PageSize, Rows};
 
-/// Pending rows read per page, at least (a page holds at least one window of users).
+/// Pending rows read per page, at least (a page holds at least one window of users), unless
+/// they weigh `PAGE_BYTES` first.
 const PAGE_ROWS: usize = 5000;
+const PAGE_BYTES: usize = 8 << 20;
+/// What the calls in flight may weigh together, about: a call is cut at its share of this (but
+/// not under `CALL_BYTES_AT_LEAST`) as well as at the destination's users per call, and holds
+/// one user at least. A trait's values may be 32 KB each: the file's calls of 4,096 users held
+/// 128 MB each (review finding).
+const IN_FLIGHT_BYTES: usize = 4 << 20;
+const CALL_BYTES_AT_LEAST: usize = 256 << 10;
 /// How often a long delivery logs its progress.
 const PROGRESS_EVERY: Duration = Duration::from_secs(10);
 
@@ -181,7 +190,8 @@ pub async fn deliver(
         .await?
     };
     let notes = write_tx.clone();
-    let windows = async move { produce(rows.await?, (concurrency, per_call), window_tx, notes).await };
+    let shape = Shape::of(concurrency, per_call);
+    let windows = async move { produce(rows.await?, shape, window_tx, notes).await };
     let done = write_tx.clone();
     let sent = send(&sending, window_rx, write_tx, concurrency, progress);
     let sent_whole = async move {
@@ -208,16 +218,16 @@ pub async fn deliver(
     Ok(report)
 }
 
-/// Reads `rows` as windows of `concurrency` calls of `per_call` users, notes each window and
-/// hands it to the sending side. A window is noted only once the sending side took the one
-/// before it: a kill leaves at most one window noted that has not begun to go out.
+/// Reads `rows` as windows of the calls `shape` cuts, notes each window and hands it to the
+/// sending side. A window is noted only once the sending side took the one before it: a kill
+/// leaves at most one window noted that has not begun to go out.
 async fn produce(
     rows: Rows,
-    (concurrency, per_call): (usize, usize),
+    shape: Shape,
     windows: mpsc::Sender<Window>,
     writes: mpsc::Sender<commit::Write>,
 ) -> anyhow::Result<()> {
-    let produced = windows_of_updates(rows, concurrency, per_call);
+    let produced = windows_of_updates(rows, shape);
     futures::pin_mut!(produced);
     while let Some((window, note)) = produced.try_next().await? {
         let Ok(handing_over) = windows.reserve().await else {
@@ -312,36 +322,66 @@ struct WindowNote {
     last: String,
 }
 
-/// Rows as one update per user, in user order, a window of `window` calls of `per_call` users
-/// at a time, each with what noting it writes.
-fn windows_of_updates(
-    rows: Rows,
-    window: usize,
-    per_call: usize,
-) -> impl futures::Stream<Item = anyhow::Result<(Window, WindowNote)>> {
+/// How updates are cut into calls, and calls into windows.
+#[derive(Debug, Clone, Copy)]
+struct Shape {
+    calls_per_window: usize,
+    users_per_call: usize,
+    call_bytes: usize,
+}
+
+impl Shape {
+    /// Windows of `concurrency` calls of `per_call` users, within `IN_FLIGHT_BYTES`.
+    fn of(concurrency: usize, per_call: usize) -> Shape {
+        let call_bytes = (IN_FLIGHT_BYTES / concurrency.max(1)).max(CALL_BYTES_AT_LEAST);
+        Shape { calls_per_window: concurrency, users_per_call: per_call, call_bytes }
+    }
+
+    /// A page: a window of users at least, by count, unless they weigh `PAGE_BYTES` first.
+    fn page(&self) -> PageSize {
+        PageSize { rows: PAGE_ROWS.max(self.calls_per_window * self.users_per_call), bytes: PAGE_BYTES }
+    }
+
+    /// A page's updates as windows of calls, in order.
+    fn windows(&self, updates: Vec<UserUpdate>) -> VecDeque<Vec<Vec<UserUpdate>>> {
+        let mut windows: VecDeque<Vec<Vec<UserUpdate>>> = VecDeque::new();
+        let mut call_weight = 0;
+        for user in updates {
+            let weight = user.weight();
+            let call = windows.back_mut().and_then(|calls| calls.last_mut());
+            match call {
+                Some(call) if call.len() < self.users_per_call && call_weight + weight <= self.call_bytes => {
+                    call.push(user);
+                    call_weight += weight;
+                    continue;
+                }
+                _ => call_weight = weight,
+            }
+            match windows.back_mut() {
+                Some(calls) if calls.len() < self.calls_per_window => calls.push(vec![user]),
+                _ => windows.push_back(vec![vec![user]]),
+            }
+        }
+        windows
+    }
+}
+
+/// Rows as one update per user, in user order, a window of calls at a time (cut by `shape`),
+/// each with what noting it writes.
+fn windows_of_updates(rows: Rows, shape: Shape) -> impl futures::Stream<Item = anyhow::Result<(Window, WindowNote)>> {
     let state = (String::new(), VecDeque::new(), rows, 0u64);
     stream::try_unfold(state, move |(after, mut queued, mut rows, id)| async move {
         if queued.is_empty() {
             let (page, back) = tokio::task::spawn_blocking(move || {
-                let page = rows.page(PAGE_ROWS.max(window * per_call));
+                let page = rows.page(shape.page());
                 (page, rows)
             })
             .await?;
             rows = back;
-            let mut updates = group_by_user(page?).into_iter().peekable();
-            while updates.peek().is_some() {
-                queued.push_back(updates.by_ref().take(window * per_call).collect::<Vec<UserUpdate>>());
-            }
+            queued = shape.windows(group_by_user(page?));
         }
-        let Some(users) = queued.pop_front() else { return anyhow::Ok(None) };
-        let last = users.last().map(|u| u.user_id.clone()).unwrap_or_default();
-        let mut calls: Vec<Vec<UserUpdate>> = Vec::with_capacity(users.len().div_ceil(per_call));
-        for user in users {
-            match calls.last_mut() {
-                Some(call) if call.len() < per_call => call.push(user),
-                _ => calls.push(vec![user]),
-            }
-        }
+        let Some(calls) = queued.pop_front() else { return anyhow::Ok(None) };
+        let last = calls.last().and_then(|call| call.last()).map(|u| u.user_id.clone()).unwrap_or_default();
         let note = WindowNote { window: id, calls: calls.len(), after, last: last.clone() };
         Ok(Some(((Window { id, calls }, note), (last, queued, rows, id + 1))))
     })
@@ -386,5 +426,39 @@ mod tests {
         let keys: Vec<&str> = updates[0].values.iter().map(|v| v.key.as_str()).collect();
         assert_eq!(keys, ["k1", "k2"]);
         assert_eq!(updates[1].user_id, "b");
+    }
+
+    fn update(user: &str, bytes: usize) -> UserUpdate {
+        let value = PendingValue {
+            key: "k".into(),
+            value: "n".repeat(bytes),
+            kind: Kind::ComputedTrait,
+            changed_at: "t".into(),
+        };
+        UserUpdate { user_id: user.into(), values: vec![value] }
+    }
+
+    /// The calls of each window, as their users.
+    fn users(windows: &VecDeque<Vec<Vec<UserUpdate>>>) -> Vec<Vec<Vec<&str>>> {
+        windows.iter().map(|w| w.iter().map(|c| c.iter().map(|u| u.user_id.as_str()).collect()).collect()).collect()
+    }
+
+    #[test]
+    fn calls_are_cut_at_the_destinations_users_per_call_and_windows_at_its_concurrency() {
+        let shape = Shape::of(2, 2);
+        let windows = shape.windows(["a", "b", "c", "d", "e"].map(|u| update(u, 1)).into());
+        assert_eq!(users(&windows), [vec![vec!["a", "b"], vec!["c", "d"]], vec![vec!["e"]]]);
+    }
+
+    /// Review finding: 30 KB trait values made the file's calls of 4,096 users 128 MB each.
+    #[test]
+    fn a_call_is_cut_by_what_its_values_weigh_and_holds_one_user_at_least() {
+        let shape = Shape::of(4, 4096);
+        let big = shape.call_bytes / 2;
+        let updates = vec![update("a", big), update("b", big), update("c", 3 * big), update("d", 1)];
+        let windows = shape.windows(updates);
+        assert_eq!(users(&windows), [vec![vec!["a"], vec!["b"], vec!["c"], vec!["d"]]]);
+        let huge = shape.windows(vec![update("a", 10 * IN_FLIGHT_BYTES)]);
+        assert_eq!(users(&huge), [vec![vec!["a"]]]);
     }
 }

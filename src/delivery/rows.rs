@@ -7,6 +7,7 @@ use std::collections::VecDeque;
 use crate::change::{PendingRow, PendingValue};
 use crate::config::Kind;
 use crate::diff::spool::SpoolReader;
+use crate::read_ahead::Weigh;
 use crate::state::PendingReader;
 
 /// A computation on its first sync: the entries its diff spooled, each to be sent as changed at
@@ -24,11 +25,26 @@ pub struct Rows {
     /// Pending rows read and not yet handed out, and the last user read.
     buffered: VecDeque<PendingRow>,
     read_through: String,
+    /// Rows to ask the state for next: as many as weigh about `STATE_READ_BYTES` by the last
+    /// read's rows, within `STATE_READ_ROWS`.
+    state_rows: usize,
     spools: Vec<(FirstSync, Option<PendingRow>)>,
 }
 
-/// Pending rows read from the state at a time.
-const STATE_PAGE_ROWS: usize = 4096;
+/// Pending rows read from the state at a time, at most, and what they may weigh: a trait's
+/// values may be 32 KB each, and 4,096 of them held 128 MB a read (review finding). The first
+/// read asks for few rows, so that a read's size is known before a big one is asked for.
+const STATE_READ_ROWS: usize = 4096;
+const STATE_READ_BYTES: usize = 1 << 20;
+const STATE_FIRST_READ_ROWS: usize = 16;
+
+/// How much a page holds at least, unless the rows run out: `rows` rows, or rows weighing
+/// `bytes` (`Weigh`).
+#[derive(Debug, Clone, Copy)]
+pub struct PageSize {
+    pub rows: usize,
+    pub bytes: usize,
+}
 
 impl Rows {
     /// Rows from `pending` (the state's, if any computation has some) and from `first`.
@@ -38,29 +54,25 @@ impl Rows {
             let head = next_entry(&mut f)?;
             spools.push((f, head));
         }
-        Ok(Rows { pending, buffered: VecDeque::new(), read_through: String::new(), spools })
+        let read_through = String::new();
+        Ok(Rows { pending, buffered: VecDeque::new(), read_through, state_rows: STATE_FIRST_READ_ROWS, spools })
     }
 
-    /// At least `limit` rows (fewer at the end), in user order; never splits a user.
-    pub fn page(&mut self, limit: usize) -> anyhow::Result<Vec<PendingRow>> {
-        let mut page: Vec<PendingRow> = Vec::with_capacity(limit + 1);
+    /// A page of `size` (less at the end), in user order; never splits a user.
+    pub fn page(&mut self, size: PageSize) -> anyhow::Result<Vec<PendingRow>> {
+        let mut page: Vec<PendingRow> = Vec::new();
+        let mut weight = 0;
         loop {
-            if self.buffered.is_empty()
-                && let Some(reader) = &mut self.pending
-            {
-                let rows = reader.page(&self.read_through, STATE_PAGE_ROWS)?;
-                match rows.last() {
-                    Some(last) => self.read_through = last.user_id.clone(),
-                    None => self.pending = None,
-                }
-                self.buffered.extend(rows);
+            if self.buffered.is_empty() {
+                self.read_state()?;
             }
             let Some(source) = self.smallest() else { break };
             let next = match source {
                 None => &self.buffered[0],
                 Some(i) => self.spools[i].1.as_ref().expect("the smallest head is there"),
             };
-            if page.len() >= limit && page.last().is_some_and(|last| last.user_id != next.user_id) {
+            let full = page.len() >= size.rows || weight >= size.bytes;
+            if full && page.last().is_some_and(|last| last.user_id != next.user_id) {
                 break;
             }
             let row = match source {
@@ -71,9 +83,24 @@ impl Rows {
                     std::mem::replace(head, next).expect("the smallest head is there")
                 }
             };
+            weight += row.weight();
             page.push(row);
         }
         Ok(page)
+    }
+
+    /// Reads the state's next rows, if it has any left.
+    fn read_state(&mut self) -> anyhow::Result<()> {
+        let Some(reader) = &mut self.pending else { return Ok(()) };
+        let rows = reader.page(&self.read_through, self.state_rows)?;
+        match rows.last() {
+            Some(last) => self.read_through = last.user_id.clone(),
+            None => self.pending = None,
+        }
+        let weight: usize = rows.iter().map(Weigh::weight).sum();
+        self.state_rows = (STATE_READ_BYTES * rows.len() / weight.max(1)).clamp(1, STATE_READ_ROWS);
+        self.buffered.extend(rows);
+        Ok(())
     }
 
     /// Which head comes first, by (user, computation): `None` the state's, `Some(i)` spool
@@ -125,10 +152,21 @@ mod tests {
         let b = first_sync("b", &["u2", "u3", "u4"]);
         let mut rows = Rows::new(None, vec![b, a]).unwrap();
         // A page of at least 3 rows: u2's second row comes along rather than wait for the next.
-        let first = rows.page(2).unwrap();
+        let first = rows.page(PageSize { rows: 2, bytes: usize::MAX }).unwrap();
         assert_eq!(pairs(&first), [("u1", "a"), ("u2", "a"), ("u2", "b")].map(|(u, k)| (u.into(), k.into())));
-        let rest = rows.page(10).unwrap();
+        let rest = rows.page(PageSize { rows: 10, bytes: usize::MAX }).unwrap();
         assert_eq!(pairs(&rest), [("u3", "b"), ("u4", "a"), ("u4", "b")].map(|(u, k)| (u.into(), k.into())));
-        assert!(rows.page(10).unwrap().is_empty());
+        assert!(rows.page(PageSize { rows: 10, bytes: usize::MAX }).unwrap().is_empty());
+    }
+
+    #[test]
+    fn a_page_is_cut_by_what_its_rows_weigh_and_still_keeps_a_user_whole() {
+        let a = first_sync("a", &["u1", "u2"]);
+        let b = first_sync("b", &["u2"]);
+        let mut rows = Rows::new(None, vec![a, b]).unwrap();
+        let one_byte = PageSize { rows: 100, bytes: 1 };
+        assert_eq!(pairs(&rows.page(one_byte).unwrap()), [("u1".into(), "a".into())]);
+        assert_eq!(pairs(&rows.page(one_byte).unwrap()), [("u2", "a"), ("u2", "b")].map(|(u, k)| (u.into(), k.into())));
+        assert!(rows.page(one_byte).unwrap().is_empty());
     }
 }

@@ -34,6 +34,12 @@ pub struct UserUpdate {
     pub values: Vec<PendingValue>,
 }
 
+impl crate::read_ahead::Weigh for UserUpdate {
+    fn weight(&self) -> usize {
+        self.user_id.len() + self.values.iter().map(crate::read_ahead::Weigh::weight).sum::<usize>()
+    }
+}
+
 impl UserUpdate {
     /// The values as a JSON object, keys in order, values verbatim (they are stored as JSON).
     pub fn traits(&self) -> Result<BTreeMap<&str, &RawValue>, DeliveryError> {

@@ -312,9 +312,10 @@ async fn assert_fails_within_the_sql_bound(app: &TestApp, expected: &str) {
     run.assert_bounded();
 }
 
-/// Writes a trait snapshot `t.csv` of `users` (in that order), each holding a 30 KB string.
-fn write_large_values(app: &TestApp, users: impl Iterator<Item = usize>) {
-    let value = "n".repeat(30 << 10);
+/// Writes a trait snapshot `t.csv` of `users` (in that order), each holding a 30 KB string of
+/// `letter`.
+fn write_large_values(app: &TestApp, users: impl Iterator<Item = usize>, letter: &str) {
+    let value = letter.repeat(30 << 10);
     let mut out = BufWriter::new(std::fs::File::create(app.path("t.csv")).unwrap());
     out.write_all(b"user_id,value\n").unwrap();
     for i in users {
@@ -332,13 +333,51 @@ async fn a_full_diff_of_large_trait_values_stays_within_the_sort_budget() {
     let app = app_with_file_destination(
         "[[computed_trait]]\nname = \"Note\"\nsource = { type = \"file\", path = \"t.csv\" }\n",
     );
-    write_large_values(&app, 0..USERS);
+    write_large_values(&app, 0..USERS, "n");
     assert_success(&app.sync(&[]).await);
 
-    write_large_values(&app, (0..USERS).rev());
+    write_large_values(&app, (0..USERS).rev(), "n");
     let run = run_measured(&app, &["sync"]).await;
     assert_success(&run.output);
     let said = stdout(&run.output);
     assert!(said.contains(&format!("{USERS} in snapshot, 0 entered, 0 exited, 0 changed")), "{said}");
+    run.assert_bounded();
+}
+
+/// A trait of 4,200 users holding 30 KB each: delivery's reads, windows and calls must be cut by
+/// the bytes they hold, not only by their number of users.
+const LARGE_USERS: usize = 4_200;
+
+fn app_with_large_values() -> TestApp {
+    let app = app_with_file_destination(
+        "[[computed_trait]]\nname = \"Note\"\nsource = { type = \"file\", path = \"t.csv\" }\n",
+    );
+    write_large_values(&app, 0..LARGE_USERS, "n");
+    app
+}
+
+/// Review finding: a first sync's delivery read pages of 16,384 users and handed the file
+/// destination calls of 4,096, whatever their values weighed: with 30 KB values, hundreds of MB.
+#[tokio::test]
+async fn a_first_sync_of_large_trait_values_is_delivered_within_the_sort_budget() {
+    let app = app_with_large_values();
+    let run = run_measured(&app, &["sync"]).await;
+    assert_success(&run.output);
+    assert_eq!(count_lines(&app.path("out.ndjson")), LARGE_USERS);
+    run.assert_bounded();
+}
+
+/// The same from the state: a delta that changes every value reads its pending rows back in
+/// pages, which were 4,096 rows whatever they held.
+#[tokio::test]
+async fn a_delta_changing_every_large_trait_value_is_delivered_within_the_sort_budget() {
+    let app = app_with_large_values();
+    assert_success(&app.sync(&[]).await);
+    write_large_values(&app, 0..LARGE_USERS, "m");
+    let run = run_measured(&app, &["sync"]).await;
+    assert_success(&run.output);
+    let said = stdout(&run.output);
+    assert!(said.contains(&format!("0 exited, {LARGE_USERS} changed")), "{said}");
+    assert_eq!(count_lines(&app.path("out.ndjson")), 2 * LARGE_USERS);
     run.assert_bounded();
 }
