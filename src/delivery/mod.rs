@@ -162,36 +162,17 @@ pub async fn deliver(
     let all_keys: Vec<String> = keys.iter().chain(&first_keys).cloned().collect();
     let committer =
         commit::commit_loop(store.clone(), all_keys.clone(), first_keys, runs, write_rx, policy.quarantine_after);
-    // With one user per call (Contentstack), a slot's time is the latency plus the wait for its
-    // answer to be recorded, and a record is a small transaction: done on this thread, between
-    // polls, it saves two thread wake-ups a call. Calls of many users make transactions that are
-    // better run beside the sending, on a thread of their own (docs/performance.md). Inline, a
-    // record waiting for another process's write lock holds up this thread too; the calls it
-    // would free wait for that lock either way.
-    let committed = async move {
-        if per_call == 1 && !beside_other_passes && store.records_inline() {
-            committer.await
-        } else {
-            tokio::task::spawn_blocking(move || futures::executor::block_on(committer)).await?
-        }
-    };
+    let inline = per_call == 1 && !beside_other_passes && store.records_inline();
+    let committed = run_committer(committer, inline);
     let halt = retry::Halt::new(stop);
     let tenure = store.tenure();
     let sending = Sending { destination, policy, deadline, halt: &halt, tenure: &tenure, counters: &counters };
     // A window is read and noted while the one before it goes out, so that requests never
     // wait for the state between windows, and no sooner (see `produce`).
     let (window_tx, window_rx) = mpsc::channel::<Window>(1);
-    let rows = async {
-        let store = store.clone();
-        tokio::task::spawn_blocking(move || {
-            let pending = if keys.is_empty() { None } else { Some(store.pending_reader(&keys)?) };
-            Rows::new(pending, first)
-        })
-        .await?
-    };
     let notes = write_tx.clone();
     let shape = Shape::of(concurrency, per_call);
-    let windows = async move { produce(rows.await?, shape, window_tx, notes).await };
+    let windows = async move { produce(rows(store, keys, first).await?, shape, window_tx, notes).await };
     let done = write_tx.clone();
     let sent = send(&sending, window_rx, write_tx, concurrency, progress);
     let sent_whole = async move {
@@ -216,6 +197,35 @@ pub async fn deliver(
         }
     }
     Ok(report)
+}
+
+/// Runs the committer `inline`, on this thread, or on a thread of its own. With one user per
+/// call (Contentstack), a slot's time is the latency plus the wait for its answer to be
+/// recorded, and a record is a small transaction: done on this thread, between polls, it saves
+/// two thread wake-ups a call. Calls of many users make transactions that are better run beside
+/// the sending (docs/performance.md). Inline, a record waiting for another process's write lock
+/// holds up this thread too; the calls it would free wait for that lock either way.
+async fn run_committer<F, T>(committer: F, inline: bool) -> anyhow::Result<T>
+where
+    F: std::future::Future<Output = anyhow::Result<T>> + Send + 'static,
+    T: Send + 'static,
+{
+    if inline {
+        committer.await
+    } else {
+        tokio::task::spawn_blocking(move || futures::executor::block_on(committer)).await?
+    }
+}
+
+/// What delivery sends: the state's pending rows of `keys` (if any) and the first syncs'
+/// entries, merged.
+async fn rows(store: &Store, keys: Vec<String>, first: Vec<FirstSync>) -> anyhow::Result<Rows> {
+    let store = store.clone();
+    tokio::task::spawn_blocking(move || {
+        let pending = if keys.is_empty() { None } else { Some(store.pending_reader(&keys)?) };
+        Rows::new(pending, first)
+    })
+    .await?
 }
 
 /// Reads `rows` as windows of the calls `shape` cuts, notes each window and hands it to the
