@@ -2,7 +2,8 @@
 //! merged in user order (then computation), so that each user still gets one update holding
 //! all of their values.
 
-use std::collections::VecDeque;
+use std::cmp::Ordering;
+use std::collections::{BinaryHeap, VecDeque};
 
 use crate::change::{PendingRow, PendingValue};
 use crate::config::Kind;
@@ -28,8 +29,43 @@ pub struct Rows {
     /// Rows to ask the state for next: as many as weigh about `STATE_READ_BYTES` by the last
     /// read's rows, within `STATE_READ_ROWS`.
     state_rows: usize,
-    spools: Vec<(FirstSync, Option<PendingRow>)>,
+    spools: Vec<FirstSync>,
+    /// The next entry of each spool not done, smallest on top: a pass of a hundred first syncs
+    /// merges a hundred spools, and a scan of every head for each row cost 100 comparisons a row.
+    heads: BinaryHeap<Head>,
 }
+
+/// A spool's next entry, ordered for the heap by (user, computation), smallest greatest.
+struct Head {
+    row: PendingRow,
+    spool: usize,
+}
+
+impl Head {
+    fn order(&self) -> (&str, &str) {
+        (&self.row.user_id, &self.row.value.key)
+    }
+}
+
+impl Ord for Head {
+    fn cmp(&self, other: &Head) -> Ordering {
+        other.order().cmp(&self.order())
+    }
+}
+
+impl PartialOrd for Head {
+    fn partial_cmp(&self, other: &Head) -> Option<Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl PartialEq for Head {
+    fn eq(&self, other: &Head) -> bool {
+        self.order() == other.order()
+    }
+}
+
+impl Eq for Head {}
 
 /// Pending rows read from the state at a time, at most, and what they may weigh: a trait's
 /// values may be 32 KB each, and 4,096 of them held 128 MB a read (review finding). The first
@@ -48,14 +84,16 @@ pub struct PageSize {
 
 impl Rows {
     /// Rows from `pending` (the state's, if any computation has some) and from `first`.
-    pub fn new(pending: Option<PendingReader>, first: Vec<FirstSync>) -> anyhow::Result<Rows> {
-        let mut spools = Vec::with_capacity(first.len());
-        for mut f in first {
-            let head = next_entry(&mut f)?;
-            spools.push((f, head));
+    pub fn new(pending: Option<PendingReader>, mut first: Vec<FirstSync>) -> anyhow::Result<Rows> {
+        let mut heads = BinaryHeap::with_capacity(first.len());
+        for (spool, f) in first.iter_mut().enumerate() {
+            if let Some(row) = next_entry(f)? {
+                heads.push(Head { row, spool });
+            }
         }
         let read_through = String::new();
-        Ok(Rows { pending, buffered: VecDeque::new(), read_through, state_rows: STATE_FIRST_READ_ROWS, spools })
+        let state_rows = STATE_FIRST_READ_ROWS;
+        Ok(Rows { pending, buffered: VecDeque::new(), read_through, state_rows, spools: first, heads })
     }
 
     /// A page of `size` (less at the end), in user order; never splits a user.
@@ -66,23 +104,14 @@ impl Rows {
             if self.buffered.is_empty() {
                 self.read_state()?;
             }
-            let Some(source) = self.smallest() else { break };
-            let next = match source {
-                None => &self.buffered[0],
-                Some(i) => self.spools[i].1.as_ref().expect("the smallest head is there"),
-            };
+            let Some(from_state) = self.state_first() else { break };
+            let next = if from_state { &self.buffered[0] } else { &self.heads.peek().expect("a head is there").row };
             let full = page.len() >= size.rows || weight >= size.bytes;
             if full && page.last().is_some_and(|last| last.user_id != next.user_id) {
                 break;
             }
-            let row = match source {
-                None => self.buffered.pop_front().expect("the smallest head is there"),
-                Some(i) => {
-                    let (first, head) = &mut self.spools[i];
-                    let next = next_entry(first)?;
-                    std::mem::replace(head, next).expect("the smallest head is there")
-                }
-            };
+            let row =
+                if from_state { self.buffered.pop_front().expect("a row is there") } else { self.next_of_spools()? };
             weight += row.weight();
             page.push(row);
         }
@@ -103,18 +132,24 @@ impl Rows {
         Ok(())
     }
 
-    /// Which head comes first, by (user, computation): `None` the state's, `Some(i)` spool
-    /// `i`'s; `Ok(None)` when all are done.
-    fn smallest(&self) -> Option<Option<usize>> {
-        let mut best: Option<(Option<usize>, &PendingRow)> = self.buffered.front().map(|r| (None, r));
-        for (i, (_, head)) in self.spools.iter().enumerate() {
-            if let Some(row) = head
-                && best.is_none_or(|(_, b)| (&row.user_id, &row.value.key) < (&b.user_id, &b.value.key))
-            {
-                best = Some((Some(i), row));
-            }
+    /// Whether the state's next row comes before the spools' (by user, then computation);
+    /// `None` when all are done.
+    fn state_first(&self) -> Option<bool> {
+        match (self.buffered.front(), self.heads.peek()) {
+            (None, None) => None,
+            (Some(_), None) => Some(true),
+            (None, Some(_)) => Some(false),
+            (Some(row), Some(head)) => Some((row.user_id.as_str(), row.value.key.as_str()) < head.order()),
         }
-        best.map(|(source, _)| source)
+    }
+
+    /// The spools' smallest entry, its spool's next taking its place.
+    fn next_of_spools(&mut self) -> anyhow::Result<PendingRow> {
+        let Head { row, spool } = self.heads.pop().expect("a head is there");
+        if let Some(next) = next_entry(&mut self.spools[spool])? {
+            self.heads.push(Head { row: next, spool });
+        }
+        Ok(row)
     }
 }
 
@@ -168,5 +203,24 @@ mod tests {
         assert_eq!(pairs(&rows.page(one_byte).unwrap()), [("u1".into(), "a".into())]);
         assert_eq!(pairs(&rows.page(one_byte).unwrap()), [("u2", "a"), ("u2", "b")].map(|(u, k)| (u.into(), k.into())));
         assert!(rows.page(one_byte).unwrap().is_empty());
+    }
+
+    #[test]
+    fn many_spools_merge_into_one_order_whatever_order_they_come_in() {
+        let users: Vec<String> = (0..40).map(|i| format!("u{i:02}")).collect();
+        let spools: Vec<FirstSync> = (0..7)
+            .rev()
+            .map(|k| {
+                let mine: Vec<&str> = users.iter().skip(k % 3).step_by(k + 1).map(String::as_str).collect();
+                first_sync(&format!("k{k}"), &mine)
+            })
+            .collect();
+        let mut rows = Rows::new(None, spools).unwrap();
+        let all = pairs(&rows.page(PageSize { rows: usize::MAX, bytes: usize::MAX }).unwrap());
+        let mut expected = all.clone();
+        expected.sort();
+        assert_eq!(all, expected);
+        let per_spool: usize = (0..7).map(|k| users.iter().skip(k % 3).step_by(k + 1).count()).sum();
+        assert_eq!(all.len(), per_spool);
     }
 }
