@@ -2,7 +2,7 @@
 //! delivery, answered by the destination, and recorded back, in one shape all the way.
 
 use crate::config::Kind;
-use crate::read_ahead::Weigh;
+use crate::weigh::Weigh;
 
 /// One computation's pending value for a user, and what a destination needs to describe it.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -27,3 +27,4 @@ pub mod source;
 mod sqlite_memory;
 pub mod state;
 pub mod tenure;
+pub mod weigh;

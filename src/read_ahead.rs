@@ -8,17 +8,14 @@
 use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
 use std::thread::Scope;
 
+use crate::weigh::Weigh;
+
 /// Items per chunk handed over, and chunks read ahead of the consumer at most.
 const CHUNK: usize = 4096;
 const CHUNKS_AHEAD: usize = 4;
 /// A chunk is handed over sooner once its items weigh this much: a trait's values may be 32 KB
 /// each, and 4,096 of them would hold 128 MB a chunk outside the sort's budget (review finding).
 const CHUNK_BYTES: usize = 1 << 20;
-
-/// What an item holds beyond its own size (its strings' bytes), for the chunks' byte bound.
-pub trait Weigh {
-    fn weight(&self) -> usize;
-}
 
 type Chunk<T> = anyhow::Result<Vec<T>>;
 

@@ -15,7 +15,7 @@ pub struct SnapshotRecord {
     pub line: u64,
 }
 
-impl crate::read_ahead::Weigh for SnapshotRecord {
+impl crate::weigh::Weigh for SnapshotRecord {
     fn weight(&self) -> usize {
         self.user_id.len() + self.value.len()
     }

@@ -28,9 +28,9 @@ use crate::config::RetryConfig;
 use crate::destination::{Destination, UserUpdate};
 use crate::metrics::DeliveryCounters;
 use crate::progress::Stage;
-use crate::read_ahead::Weigh;
 use crate::state::Store;
 use crate::tenure::Tenure;
+use crate::weigh::Weigh;
 
 pub use attributes::ensure_attributes;
 pub use rows::FirstSync;
@@ -358,19 +358,19 @@ impl Shape {
         let mut call_weight = 0;
         for user in updates {
             let weight = user.weight();
-            let call = windows.back_mut().and_then(|calls| calls.last_mut());
-            match call {
-                Some(call) if call.len() < self.users_per_call && call_weight + weight <= self.call_bytes => {
-                    call.push(user);
-                    call_weight += weight;
-                    continue;
+            let fits = windows
+                .back()
+                .and_then(|calls| calls.last())
+                .is_some_and(|call| call.len() < self.users_per_call && call_weight + weight <= self.call_bytes);
+            if !fits {
+                match windows.back_mut() {
+                    Some(calls) if calls.len() < self.calls_per_window => calls.push(Vec::new()),
+                    _ => windows.push_back(vec![Vec::new()]),
                 }
-                _ => call_weight = weight,
+                call_weight = 0;
             }
-            match windows.back_mut() {
-                Some(calls) if calls.len() < self.calls_per_window => calls.push(vec![user]),
-                _ => windows.push_back(vec![vec![user]]),
-            }
+            call_weight += weight;
+            windows.back_mut().and_then(|calls| calls.last_mut()).expect("a call is open").push(user);
         }
         windows
     }

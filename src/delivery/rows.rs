@@ -8,8 +8,8 @@ use std::collections::{BinaryHeap, VecDeque};
 use crate::change::{PendingRow, PendingValue};
 use crate::config::Kind;
 use crate::diff::spool::SpoolReader;
-use crate::read_ahead::Weigh;
 use crate::state::PendingReader;
+use crate::weigh::Weigh;
 
 /// A computation on its first sync: the entries its diff spooled, each to be sent as changed at
 /// `changed_at` (the diff's time).

@@ -34,9 +34,9 @@ pub struct UserUpdate {
     pub values: Vec<PendingValue>,
 }
 
-impl crate::read_ahead::Weigh for UserUpdate {
+impl crate::weigh::Weigh for UserUpdate {
     fn weight(&self) -> usize {
-        self.user_id.len() + self.values.iter().map(crate::read_ahead::Weigh::weight).sum::<usize>()
+        self.user_id.len() + self.values.iter().map(crate::weigh::Weigh::weight).sum::<usize>()
     }
 }
 

@@ -21,7 +21,7 @@ pub struct StateRow {
     pub told: bool,
 }
 
-impl crate::read_ahead::Weigh for StateRow {
+impl crate::weigh::Weigh for StateRow {
     fn weight(&self) -> usize {
         self.user_id.len() + self.desired.len()
     }

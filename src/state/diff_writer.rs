@@ -11,8 +11,8 @@ use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
 use std::thread::JoinHandle;
 
 use crate::diff::{Op, OpSink};
-use crate::read_ahead::Weigh;
 use crate::source::fingerprint::Fingerprint;
+use crate::weigh::Weigh;
 
 /// Ops handed to the writing thread at a time, and batches queued for it at most. A batch goes
 /// sooner once its ops weigh `BATCH_BYTES`: a trait's values may be 32 KB each, and six batches
