@@ -8,13 +8,13 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::{Computation, Kind};
 use crate::diff::{self, DiffCounts, OpSink, StateRow};
-use crate::progress::Stage;
+use crate::progress::Progress;
 use crate::read_ahead;
 use crate::record::SnapshotRecord;
-use crate::source;
 use crate::source::fingerprint::Fingerprint;
 use crate::state::Store;
 
+use super::ahead::SnapshotLoad;
 use super::error::Stopped;
 
 /// Rows read between two checks for a stop (a stop is still seen within milliseconds), and
@@ -57,20 +57,22 @@ pub struct Diffed<S> {
     pub fingerprint: Option<Fingerprint>,
 }
 
-/// Loads the snapshot of `c` and merges it with its state (`None`: no state yet) on a blocking
-/// thread, handing every op to `sink`; gives the sink back with the counts.
+/// Loads the snapshot of `c` (or takes it as read ahead) and merges it with its state (`None`:
+/// no state yet) on a blocking thread, handing every op to `sink`; gives the sink back with the
+/// counts.
 pub async fn run<S: OpSink + Send + 'static>(
     store: Option<Store>,
     c: &Computation,
-    sort_buffer_bytes: usize,
-    (loading, diffing): (Stage, Stage),
+    snapshot: SnapshotLoad,
+    progress: &Progress,
     mut sink: S,
     stop: &CancellationToken,
 ) -> anyhow::Result<Diffed<S>> {
-    let c = c.clone();
+    let (c, progress) = (c.clone(), progress.clone());
     let stopped = stop.clone();
     let diff = tokio::task::spawn_blocking(move || {
-        let mut snapshot = source::load_sorted(&c, sort_buffer_bytes, &loading)?;
+        let mut snapshot = snapshot.load(&c, &progress)?;
+        let diffing = progress.stage(format!("{}: diff", c.key), "rows compared", None);
         let fingerprint = snapshot.fingerprint.take();
         let check = StopCheck { token: &stopped, rows: Cell::new(0) };
         let mut rows = 0u64;

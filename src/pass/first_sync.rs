@@ -11,13 +11,14 @@
 
 use anyhow::Context;
 
-use crate::config::{Computation, Config};
+use crate::config::Computation;
 use crate::delivery::{FirstSync, KeyReport};
 use crate::diff::spool::Spool;
 use crate::diff::{Change, DiffCounts, Op, OpSink};
 use crate::source::fingerprint::Fingerprint;
 use crate::state::{QueueWriter, RunCounts, Store, now};
 
+use super::ahead::SnapshotLoad;
 use super::{PassOptions, differ};
 
 /// A first sync's spooled entries, and the fingerprint to record once they all have answers.
@@ -29,15 +30,11 @@ pub struct Spooled {
 /// Loads and sorts the snapshot of `c` (which has no state) and spools its entries, queueing
 /// them in the state too, with the counts noted on the pass's `sync_runs` row `run_id`.
 pub async fn diff(
-    config: &Config,
     store: &Store,
     c: &Computation,
     options: &PassOptions,
-    run_id: i64,
+    (run_id, snapshot): (i64, SnapshotLoad),
 ) -> anyhow::Result<(DiffCounts, Spooled)> {
-    let progress = &options.progress;
-    let loading = progress.stage(format!("{}: loading", c.key), "rows read", None);
-    let diffing = progress.stage(format!("{}: diff", c.key), "rows compared", None);
     let changed_at = now();
     let sink = {
         let (store, key, changed_at) = (store.clone(), c.key.clone(), changed_at.clone());
@@ -50,7 +47,7 @@ pub async fn diff(
         .await??
     };
     let differ::Diffed { counts, sink, fingerprint } =
-        differ::run(None, c, config.sort_buffer_bytes, (loading, diffing), sink, &options.stop).await?;
+        differ::run(None, c, snapshot, &options.progress, sink, &options.stop).await?;
     let Spooling { spool, queue } = sink;
     let noted = RunCounts::of_diff(&counts);
     tokio::task::spawn_blocking(move || queue.commit(run_id, noted)).await??;

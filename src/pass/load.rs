@@ -3,10 +3,11 @@
 
 use tokio_util::sync::CancellationToken;
 
-use crate::config::{Computation, Config};
+use crate::config::Computation;
 use crate::source::{self, fingerprint};
 use crate::state::Store;
 
+use super::ahead::SnapshotLoad;
 use super::first_sync::{self, Spooled};
 use super::{PassError, PassOptions, differ};
 use crate::diff::DiffCounts;
@@ -26,11 +27,11 @@ pub enum Loaded {
 /// state holds nothing of `c` (`has_rows` false), spools it for a first sync, whose counts it
 /// notes on the pass's `sync_runs` row `run_id` with its queue.
 pub async fn load(
-    config: &Config,
     store: &Store,
     c: &Computation,
     options: &PassOptions,
     (run_id, has_rows): (i64, bool),
+    snapshot: SnapshotLoad,
 ) -> Result<Loaded, PassError> {
     if let Some(rows) = unchanged(store, c, &options.stop).await? {
         tracing::info!(key = %c.key, "snapshot unchanged (same size and SHA-256): diff skipped");
@@ -41,19 +42,15 @@ pub async fn load(
         // fingerprint produced.
         store.forget_snapshot_content(&c.key).await.map_err(PassError::state)?;
         let (counts, spooled) =
-            first_sync::diff(config, store, c, options, run_id).await.map_err(PassError::of_load)?;
+            first_sync::diff(store, c, options, (run_id, snapshot)).await.map_err(PassError::of_load)?;
         return Ok(Loaded::FirstSync(counts, spooled));
     }
-    let progress = &options.progress;
-    let loading = progress.stage(format!("{}: loading", c.key), "rows read", None);
-    let diffing = progress.stage(format!("{}: diff", c.key), "rows compared", None);
     let writer = {
         let (store, key) = (store.clone(), c.key.clone());
         tokio::task::spawn_blocking(move || store.diff_writer(&key)).await.map_err(state)?.map_err(PassError::state)?
     };
-    let stages = (loading, diffing);
     let differ::Diffed { counts, sink: writer, fingerprint } =
-        differ::run(Some(store.clone()), c, config.sort_buffer_bytes, stages, writer, &options.stop)
+        differ::run(Some(store.clone()), c, snapshot, &options.progress, writer, &options.stop)
             .await
             .map_err(PassError::of_load)?;
     if !options.allow_mass_exit {
@@ -84,7 +81,7 @@ async fn unchanged(store: &Store, c: &Computation, stop: &CancellationToken) -> 
             last.modified_at
         )));
     }
-    if size != last.size || last.sha256.is_empty() {
+    if !last.may_be(size) {
         return Ok(None);
     }
     // What a diff records is the fingerprint taken in its own load.

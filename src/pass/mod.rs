@@ -7,6 +7,7 @@
 //! report). A computation whose snapshot fails to load whole changes nothing and sends nothing
 //! (DESIGN §9.2); the others still sync.
 
+mod ahead;
 mod differ;
 mod error;
 mod first_sync;
@@ -31,6 +32,7 @@ use crate::progress::Progress;
 use crate::source::fingerprint::Fingerprint;
 use crate::state::{Mode, RunCounts, RunEnd, RunStatus, Store, Trigger};
 
+use ahead::{Ahead, SnapshotLoad};
 pub use error::{PassError, state_class};
 use first_sync::Spooled;
 use load::Loaded;
@@ -131,14 +133,8 @@ const LARGE_LOAD_ROWS: u64 = 1_000_000;
 /// How many rows `c`'s snapshot is likely to hold, from its file's size; 0 when unknown (HTTP
 /// and SQL sources, a missing file), which puts it in the first round.
 fn expected_rows(c: &Computation) -> u64 {
-    match &c.source {
-        crate::config::Source::File { path, gzip, .. } => {
-            let bytes = std::fs::metadata(path).map(|m| m.len()).unwrap_or(0);
-            // A CSV row of a short id is about 16 bytes; gzip shrinks it about four times.
-            if *gzip { bytes / 4 } else { bytes / 16 }
-        }
-        crate::config::Source::Http { .. } | crate::config::Source::Sql { .. } => 0,
-    }
+    // A CSV row of a short id is about 16 bytes.
+    ahead::snapshot_bytes(c) / 16
 }
 
 /// Loads, delivers and records the computations of one round.
@@ -151,11 +147,13 @@ async fn run_round(
 ) -> anyhow::Result<Vec<ComputationReport>> {
     let started = Instant::now();
     let mut passes = Vec::new();
-    for c in selected {
+    let mut ahead = Ahead::new(config.sort_buffer_bytes);
+    for (i, c) in selected.iter().enumerate() {
         if options.stop.is_cancelled() {
             break;
         }
-        passes.push(begin(config, store, c, options).await?);
+        let snapshot = ahead.load_of(store, c, selected.get(i + 1).copied(), &options.progress).await?;
+        passes.push(begin(store, c, options, snapshot).await?);
     }
     let (passes, delivered) = match deliver(config, store, destination, passes, options).await {
         Ok(done) => done,
@@ -216,10 +214,10 @@ pub async fn within_grace<T>(
 
 /// Opens the run of `c` and loads its snapshot.
 async fn begin<'a>(
-    config: &Config,
     store: &Store,
     c: &'a Computation,
     options: &PassOptions,
+    snapshot: SnapshotLoad,
 ) -> anyhow::Result<Pass<'a>> {
     let initial_done = store.register(c).await?;
     let marked = store.settle_sending_windows(&c.key).await?;
@@ -240,7 +238,7 @@ async fn begin<'a>(
     let run_id = store.start_run(&c.key, options.trigger, mode).await?;
     tracing::debug!(computation = %c.key, pass_id = run_id, %mode, "pass started");
     let loading = Instant::now();
-    let loaded = load::load(config, store, c, options, (run_id, has_rows)).await;
+    let loaded = load::load(store, c, options, (run_id, has_rows), snapshot).await;
     let skipped = matches!(loaded, Ok(Loaded::Unchanged(_)));
     let stage = match loaded {
         Ok(Loaded::Diffed(d) | Loaded::Unchanged(d)) => Stage::Diffed(d),

@@ -1,9 +1,11 @@
 //! `sync --dry-run`: what a pass would do, computed from the snapshots and the state without
 //! writing anything or sending anything.
 
+use super::ahead::SnapshotLoad;
 use super::differ;
 use crate::config::{Computation, Config};
 use crate::diff::{Change, DiffCounts, Op, OpSink};
+use crate::progress::Progress;
 use crate::state::Store;
 
 /// Sample users shown per kind of change.
@@ -63,8 +65,7 @@ pub async fn plan(config: &Config, store: Option<&Store>, c: &Computation) -> an
         Some(s) => s.pending_count(&c.key).await?,
         None => 0,
     };
-    let diffed =
-        differ::run(store, c, config.sort_buffer_bytes, Default::default(), Plan::default(), &Default::default())
-            .await?;
+    let snapshot = SnapshotLoad::Now { budget: config.sort_buffer_bytes };
+    let diffed = differ::run(store, c, snapshot, &Progress::off(), Plan::default(), &Default::default()).await?;
     Ok(Plan { counts: diffed.counts, already_pending, ..diffed.sink })
 }

@@ -26,7 +26,13 @@ impl Fingerprint {
     /// The same bytes (size and SHA-256), whatever the modification time says: a snapshot
     /// rewritten unchanged by a nightly export is still unchanged.
     pub fn same_content(&self, other: &Fingerprint) -> bool {
-        !self.sha256.is_empty() && self.size == other.size && self.sha256 == other.sha256
+        self.may_be(other.size) && self.sha256 == other.sha256
+    }
+
+    /// Whether a file of `size` bytes may hold the content this fingerprint vouches for (then
+    /// only its hash tells).
+    pub fn may_be(&self, size: u64) -> bool {
+        !self.sha256.is_empty() && self.size == size
     }
 }
 
