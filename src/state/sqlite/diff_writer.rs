@@ -14,6 +14,8 @@ use crate::state::diff_writer::{DiffRows, DiffWrite, DiffWriter};
 /// The writing thread's side: the connection and its transaction.
 struct Writer {
     db: Connection,
+    /// The state, whose checkpointer copies the diff's pages back once it commits.
+    store: Store,
     lease: Option<super::leases::LeaseCheck>,
     key: String,
     /// The computation's number, and the time of the diff, as stored.
@@ -32,13 +34,12 @@ impl Store {
     /// Opens the writer of `key`'s diff. Blocking: call it from a blocking thread.
     pub fn diff_writer(&self, key: &str) -> anyhow::Result<DiffWriter> {
         let db = self.bulk_writer()?;
-        // Unlike delivery's writer, a diff checkpoints at its commit once the log is long
-        // (SQLite's default): otherwise the diffs of a pass over many computations pile up in
-        // the log, and every page read after them searches it (docs/performance.md).
-        db.pragma_update(None, "wal_autocheckpoint", 1000)?;
+        // Before the merge's read of the state begins, which would hold the log's frames.
+        self.start_log_over(&db)?;
         let id: i64 = db.query_row("SELECT id FROM computations WHERE key = ?1", [key], |r| r.get(0))?;
         let writer = Writer {
             db,
+            store: self.clone(),
             lease: self.lease_check(&[key.to_string()])?,
             key: key.to_string(),
             id,
@@ -93,6 +94,10 @@ impl DiffRows for Writer {
         // renewed, in the transaction that commits it.
         super::leases::hold(&self.db, self.lease.as_ref(), true)?;
         self.db.execute_batch("COMMIT")?;
+        // Copied back beside the next diff, rather than in this one's time; but copied back
+        // before the diffs of a pass over many computations pile up in the log, where every
+        // page read after them searches it (docs/performance.md).
+        self.store.checkpoint_beside();
         Ok(())
     }
 }

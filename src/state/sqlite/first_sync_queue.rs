@@ -12,8 +12,11 @@ impl Store {
     /// Opens the queue of `key`'s first sync, whose values were decided at `changed_at`.
     /// Blocking: call it from a blocking thread.
     pub fn first_sync_queue(&self, key: &str, changed_at: &str) -> anyhow::Result<QueueWriter> {
+        let db = self.bulk_writer()?;
+        self.start_log_over(&db)?;
         let inserter = Inserter {
-            db: self.bulk_writer()?,
+            db,
+            store: self.clone(),
             lease: self.lease_check(&[key.to_string()])?,
             key: key.to_string(),
             changed_at: changed_at.to_string(),
@@ -53,6 +56,8 @@ impl Store {
 /// The inserting thread's side: one transaction over every run, committed on the empty run.
 struct Inserter {
     db: Connection,
+    /// The state, whose checkpointer copies the queue's pages back once it commits.
+    store: Store,
     lease: Option<LeaseCheck>,
     key: String,
     changed_at: String,
@@ -83,6 +88,7 @@ impl QueueRows for Inserter {
             counts.changed as i64
         ])?;
         self.db.execute_batch("COMMIT")?;
+        self.store.checkpoint_beside();
         Ok(())
     }
 }

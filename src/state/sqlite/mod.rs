@@ -61,6 +61,8 @@ pub struct Store {
     claim: Option<leases::Claim>,
     /// Days `delivery_history` keeps every delivery answered; none: not kept (see `history`).
     keep_history_days: Option<u32>,
+    /// Copies the log back beside the diffs (`Store::checkpoint_beside`), once one asks.
+    checkpoints: std::sync::Arc<std::sync::OnceLock<Checkpointer>>,
 }
 
 impl Store {
@@ -105,7 +107,13 @@ impl Store {
             .with_context(|| format!("cannot open the state file {}", path.display()))?;
         MIGRATOR.run(&pool).await.with_context(|| format!("cannot migrate the state file {}", path.display()))?;
         drop(setting_up);
-        Ok(Store { pool, path: path.to_path_buf(), claim: None, keep_history_days: None })
+        Ok(Store {
+            pool,
+            path: path.to_path_buf(),
+            claim: None,
+            keep_history_days: None,
+            checkpoints: Default::default(),
+        })
     }
 
     /// Opens an existing state file read-only, without migrating it (dry runs and status must
@@ -123,7 +131,13 @@ impl Store {
             .connect_with(options)
             .await
             .with_context(|| format!("cannot open the state file {}", path.display()))?;
-        Ok(Some(Store { pool, path: path.to_path_buf(), claim: None, keep_history_days: None }))
+        Ok(Some(Store {
+            pool,
+            path: path.to_path_buf(),
+            claim: None,
+            keep_history_days: None,
+            checkpoints: Default::default(),
+        }))
     }
 
     /// Fails, saying what to do, when the state file was written by an older version and not
