@@ -85,10 +85,16 @@ impl std::fmt::Display for ProcessIdentity {
 
 /// When `pid` started, in clock ticks after boot; `None` if no such process is visible.
 fn start_time(pid: u32) -> Option<u64> {
+    stat(pid).map(|(_, started)| started)
+}
+
+/// `pid`'s state (`R`, `S`, `Z`, ...) and start time, from `/proc/PID/stat`.
+fn stat(pid: u32) -> Option<(String, u64)> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     // The command name (field 2) may hold spaces and parentheses: count from its end.
-    let after_name = &stat[stat.rfind(')')? + 2..];
-    after_name.split(' ').nth(19)?.parse().ok()
+    let mut after_name = stat[stat.rfind(')')? + 2..].split(' ');
+    let state = after_name.next()?.to_string();
+    Some((state, after_name.nth(18)?.parse().ok()?))
 }
 
 /// A live lease held by someone else.
@@ -121,5 +127,56 @@ pub fn holder_gone(holder: &HeldLease, owner: &LeaseOwner) -> bool {
         return false;
     }
     let Ok(pid) = u32::try_from(holder.pid) else { return false };
-    start_time(pid) != Some(theirs.started)
+    running_since(pid) != Some(theirs.started)
+}
+
+/// When `pid` started, if it is still running: a process killed and not yet reaped by its
+/// parent (a zombie: state `Z`, or `X` as it goes) keeps its entry in `/proc` with its start
+/// time, but holds nothing any more (review finding: after a kill -9, `sync` waited for the
+/// lease to expire while this VM's init was slow to reap).
+fn running_since(pid: u32) -> Option<u64> {
+    stat(pid).filter(|(state, _)| !matches!(state.as_str(), "Z" | "X")).map(|(_, started)| started)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A lease of `pid`'s, as `owner`'s host would record it.
+    fn lease_of(pid: u32, owner: &LeaseOwner) -> HeldLease {
+        HeldLease {
+            computation_key: "a".into(),
+            pid: pid.into(),
+            host: owner.host.clone(),
+            expires_at: "later".into(),
+            process: ProcessIdentity::of(pid).map(|p| p.to_string()),
+        }
+    }
+
+    /// Waits (a bounded number of looks) until `pid` is a zombie.
+    fn zombie(pid: u32) -> bool {
+        (0..1_000_000).any(|_| {
+            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+            let state = stat.rfind(')').and_then(|end| stat.get(end + 2..end + 3));
+            if state == Some("Z") {
+                return true;
+            }
+            std::thread::yield_now();
+            false
+        })
+    }
+
+    #[test]
+    fn a_holder_killed_and_not_yet_reaped_is_gone() {
+        let owner = LeaseOwner::this_process();
+        let mut child = std::process::Command::new("sleep").arg("30").spawn().unwrap();
+        let lease = lease_of(child.id(), &owner);
+        assert!(!holder_gone(&lease, &owner), "a running holder was taken for gone");
+        child.kill().unwrap();
+        assert!(zombie(child.id()), "the killed child never showed as a zombie");
+        let gone = holder_gone(&lease, &owner);
+        child.wait().unwrap();
+        assert!(gone, "a killed holder, not yet reaped, was taken for alive");
+        assert!(holder_gone(&lease, &owner), "a reaped holder was taken for alive");
+    }
 }
