@@ -32,7 +32,7 @@ impl SnapshotLoad {
     pub fn load(self, c: &Computation, progress: &Progress) -> Result<Deduplicated, SnapshotError> {
         match self {
             SnapshotLoad::Now { budget } => source::load_sorted(c, budget, &loading(c, progress)),
-            SnapshotLoad::Ahead(preload) => preload.take(),
+            SnapshotLoad::Ahead(preload) => preload.take(c),
         }
     }
 }
@@ -44,8 +44,6 @@ fn loading(c: &Computation, progress: &Progress) -> Stage {
 /// The snapshot of one computation, being read and sorted on a thread of its own.
 pub struct Preload {
     key: String,
-    /// The source's name, for an error of the thread itself.
-    name: String,
     thread: JoinHandle<Result<Deduplicated, SnapshotError>>,
 }
 
@@ -58,13 +56,13 @@ impl Preload {
             .spawn(move || source::load_sorted(&computation, budget, &loading))
             .inspect_err(|e| tracing::debug!(key = %c.key, error = %e, "cannot read ahead; read in turn"))
             .ok()?;
-        Some(Preload { key: c.key.clone(), name: source::source_name(&c.source), thread })
+        Some(Preload { key: c.key.clone(), thread })
     }
 
-    /// Waits for the read. Blocking.
-    fn take(self) -> Result<Deduplicated, SnapshotError> {
-        let name = self.name;
-        self.thread.join().unwrap_or_else(|_| Err(SnapshotError::new(&name, None, None, "the read ahead panicked")))
+    /// Waits for the read of `c`. Blocking.
+    fn take(self, c: &Computation) -> Result<Deduplicated, SnapshotError> {
+        let panicked = || SnapshotError::new(&source::source_name(&c.source), None, None, "the read ahead panicked");
+        self.thread.join().unwrap_or_else(|_| Err(panicked()))
     }
 }
 
@@ -178,7 +176,7 @@ mod tests {
         assert_eq!(budget_of(&first), Some(budget / 2), "a load beside a read ahead has half of the budget");
         let second = ahead.load_of(&store, small2, Some(large), &progress).await.unwrap();
         let SnapshotLoad::Ahead(preload) = second else { panic!("small2 was not read ahead") };
-        let users = preload.take().unwrap().map(|r| r.unwrap().user_id).collect::<Vec<_>>();
+        let users = preload.take(small2).unwrap().map(|r| r.unwrap().user_id).collect::<Vec<_>>();
         assert_eq!(users.len(), 2000, "the read ahead holds the whole snapshot");
         assert!(users.is_sorted(), "in user order");
 

@@ -89,11 +89,11 @@ fn start_time(pid: u32) -> Option<u64> {
 }
 
 /// `pid`'s state (`R`, `S`, `Z`, ...) and start time, from `/proc/PID/stat`.
-fn stat(pid: u32) -> Option<(String, u64)> {
+fn stat(pid: u32) -> Option<(char, u64)> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     // The command name (field 2) may hold spaces and parentheses: count from its end.
     let mut after_name = stat[stat.rfind(')')? + 2..].split(' ');
-    let state = after_name.next()?.to_string();
+    let state = after_name.next()?.chars().next()?;
     Some((state, after_name.nth(18)?.parse().ok()?))
 }
 
@@ -135,7 +135,7 @@ pub fn holder_gone(holder: &HeldLease, owner: &LeaseOwner) -> bool {
 /// time, but holds nothing any more (review finding: after a kill -9, `sync` waited for the
 /// lease to expire while this VM's init was slow to reap).
 fn running_since(pid: u32) -> Option<u64> {
-    stat(pid).filter(|(state, _)| !matches!(state.as_str(), "Z" | "X")).map(|(_, started)| started)
+    stat(pid).filter(|(state, _)| !matches!(state, 'Z' | 'X')).map(|(_, started)| started)
 }
 
 #[cfg(test)]

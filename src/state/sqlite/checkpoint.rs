@@ -74,7 +74,7 @@ impl Store {
     /// copies what was written since, so that the transaction starts the log over.
     pub(super) fn start_log_over(&self, db: &rusqlite::Connection) -> rusqlite::Result<()> {
         let Some(checkpointer) = self.checkpoints.get() else { return Ok(()) };
-        if checkpointer.idle(|tally| tally.frames.load(Ordering::Acquire) > LOG_FRAMES) {
+        if checkpointer.idle(LOG_FRAMES) {
             checkpoint(db)?;
         }
         Ok(())
@@ -126,16 +126,19 @@ impl Checkpointer {
         }
     }
 
-    /// Whether the thread has tried every checkpoint asked of it; when `wait` says so, after
-    /// waiting for it to.
-    fn idle(&self, wait: impl Fn(&Tally) -> bool) -> bool {
+    /// Whether the thread has tried every checkpoint asked of it; when the log held more than
+    /// `frames` at its last one, after waiting for it to. (Only a thread at work counts frames,
+    /// and it tries each nudge in turn: the wait ends.)
+    fn idle(&self, frames: u64) -> bool {
         let asked = self.tally.asked.load(Ordering::Acquire);
         let tried = self.tally.tried.lock().unwrap_or_else(|e| e.into_inner());
-        if *tried >= asked || self.thread.is_none() || !wait(&self.tally) {
-            return *tried >= asked;
+        if *tried >= asked {
+            return true;
         }
-        let waited = self.tally.tries.wait_while(tried, |tried| *tried < asked);
-        waited.is_ok()
+        if self.tally.frames.load(Ordering::Acquire) <= frames {
+            return false;
+        }
+        self.tally.tries.wait_while(tried, |tried| *tried < asked).is_ok()
     }
 
     /// Once a checkpoint is done, copies back on the writer's own connection `db` the frames

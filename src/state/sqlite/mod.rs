@@ -107,13 +107,7 @@ impl Store {
             .with_context(|| format!("cannot open the state file {}", path.display()))?;
         MIGRATOR.run(&pool).await.with_context(|| format!("cannot migrate the state file {}", path.display()))?;
         drop(setting_up);
-        Ok(Store {
-            pool,
-            path: path.to_path_buf(),
-            claim: None,
-            keep_history_days: None,
-            checkpoints: Default::default(),
-        })
+        Ok(Store::over(pool, path))
     }
 
     /// Opens an existing state file read-only, without migrating it (dry runs and status must
@@ -131,13 +125,12 @@ impl Store {
             .connect_with(options)
             .await
             .with_context(|| format!("cannot open the state file {}", path.display()))?;
-        Ok(Some(Store {
-            pool,
-            path: path.to_path_buf(),
-            claim: None,
-            keep_history_days: None,
-            checkpoints: Default::default(),
-        }))
+        Ok(Some(Store::over(pool, path)))
+    }
+
+    /// A handle on the state file at `path` through `pool`, holding no lease.
+    fn over(pool: SqlitePool, path: &Path) -> Store {
+        Store { pool, path: path.to_path_buf(), claim: None, keep_history_days: None, checkpoints: Default::default() }
     }
 
     /// Fails, saying what to do, when the state file was written by an older version and not
