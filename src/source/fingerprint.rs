@@ -36,9 +36,9 @@ impl Fingerprint {
     }
 }
 
-/// The modification time of an open file, as recorded.
-fn modified_at(file: &File) -> std::io::Result<String> {
-    let modified = chrono::DateTime::<chrono::Utc>::from(file.metadata()?.modified()?);
+/// A file's modification time, as recorded.
+fn modified_at(meta: &std::fs::Metadata) -> std::io::Result<String> {
+    let modified = chrono::DateTime::<chrono::Utc>::from(meta.modified()?);
     Ok(modified.to_rfc3339_opts(chrono::SecondsFormat::Nanos, true))
 }
 
@@ -54,7 +54,7 @@ impl Hashing<File> {
     /// Wraps an open snapshot file; its modification time is taken now, before the read, so
     /// that a write during the read shows as a different time next pass.
     pub fn new(file: File) -> std::io::Result<Self> {
-        let modified_at = modified_at(&file)?;
+        let modified_at = modified_at(&file.metadata()?)?;
         Ok(Hashing { inner: file, hasher: Sha256::new(), size: 0, modified_at })
     }
 }
@@ -76,12 +76,13 @@ impl<R: Read> Read for Hashing<R> {
     }
 }
 
-/// The size and modification time of a file snapshot as it is now (cheap: no read); `None`
-/// for other sources or a missing file.
+/// The size and modification time of a file snapshot as it is now, from its metadata; `None`
+/// for other sources or a missing file. The file is not opened: this runs on the pass's own
+/// thread, where opening a named pipe would wait for a writer, past any SIGTERM.
 pub fn size_and_time(source: &Source) -> Option<(u64, String)> {
     let Source::File { path, .. } = source else { return None };
-    let file = File::open(path).ok()?;
-    Some((file.metadata().ok()?.len(), modified_at(&file).ok()?))
+    let meta = std::fs::metadata(path).ok()?;
+    Some((meta.len(), modified_at(&meta).ok()?))
 }
 
 /// The fingerprint of a file snapshot as it is now, for the unchanged check before a load;

@@ -365,6 +365,55 @@ async fn a_file_without_end_fails_its_load_instead_of_hanging_the_unchanged_chec
     assert!(stdout(&out).contains("longer than 1048576 bytes"), "{}", stdout(&out));
 }
 
+/// Review finding: in a delta, the check for an unchanged snapshot opened the file to read its
+/// size and time on the pass's own thread, where nothing can stop an open: a named pipe with no
+/// writer held it, and the process, past every SIGTERM. The size and time now come from the
+/// file's metadata, and the pipe is opened by the load, which a shutdown abandons.
+async fn sigterm_while_a_named_pipe_waits_for_a_writer(args: &[&str]) {
+    struct Killed(std::process::Child);
+    impl Drop for Killed {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let edge = contentstack_server().await;
+    let app = TestApp::contentstack(&edge, 2, &audience("A", "a.csv"));
+    app.write("a.csv", &csv_users(&["u1", "u2"]));
+    assert_success(&app.sync(&[]).await);
+    let (members, sent) = (app.memberships().await, received(&edge).await.len());
+    // The daemon's delta comes at its schedule's next second.
+    let config = std::fs::read_to_string(app.path("config.toml")).unwrap();
+    app.write("config.toml", &format!("[schedule]\ncron = \"* * * * * *\"\n\n{config}"));
+    std::fs::remove_file(app.path("a.csv")).unwrap();
+    assert!(std::process::Command::new("mkfifo").arg(app.path("a.csv")).status().unwrap().success());
+
+    let mut child = Killed(spawn(&app, args));
+    wait_until(30, "an open of the pipe waiting for a writer", || async { waits_for_a_writer(&child.0) }).await;
+    terminate(&child.0);
+    wait_exit(&mut child.0, 10).await;
+    assert_eq!(received(&edge).await.len(), sent, "nothing sent from an abandoned load");
+    assert_eq!(app.memberships().await, members, "nothing written from an abandoned load");
+}
+
+/// Whether a thread of `child` sleeps in the kernel's wait for a named pipe's other end (its
+/// `wchan`, proc(5)).
+fn waits_for_a_writer(child: &std::process::Child) -> bool {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{}/task", child.id())) else { return false };
+    let waits = |task: std::fs::DirEntry| std::fs::read_to_string(task.path().join("wchan"));
+    tasks.map_while(Result::ok).any(|task| waits(task).is_ok_and(|wchan| wchan == "wait_for_partner"))
+}
+
+#[tokio::test]
+async fn sigterm_ends_a_syncs_wait_for_a_named_pipes_writer() {
+    sigterm_while_a_named_pipe_waits_for_a_writer(&["sync"]).await;
+}
+
+#[tokio::test]
+async fn sigterm_ends_the_daemons_wait_for_a_named_pipes_writer() {
+    sigterm_while_a_named_pipe_waits_for_a_writer(&["run"]).await;
+}
+
 /// Review finding: after a clean SIGTERM, with every request in flight answered, the window
 /// noted next was left behind, and the next pass treated its users, never sent, as told.
 #[tokio::test]
