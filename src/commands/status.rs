@@ -1,5 +1,5 @@
-//! `status [--json]`: one row per configured computation, read from the state without
-//! changing it.
+//! `status [--json]`: one row per configured computation, then one per computation the state
+//! holds that config.toml no longer names; read from the state without changing it.
 
 use std::process::ExitCode;
 
@@ -14,7 +14,9 @@ use crate::state::{LastRun, LeaseOwner, RunStatus, ShardProgress, Store, holder_
 pub struct StatusRow {
     pub key: String,
     pub name: String,
-    pub kind: &'static str,
+    pub kind: String,
+    /// Whether config.toml names it: one it no longer names stays in the state, synced no more.
+    pub configured: bool,
     pub members: i64,
     pub pending: i64,
     pub failed: i64,
@@ -53,7 +55,30 @@ pub async fn rows(config: &Config) -> anyhow::Result<Vec<StatusRow>> {
             leases.iter().find(|l| l.computation_key == c.key).map(|l| format!("pid {} on {}", l.pid, l.host));
         row(c, state, last_pass, held_by, shards.iter().find(|s| s.keys.contains(&c.key)).cloned())
     });
-    Ok(rows.collect())
+    let mut rows: Vec<StatusRow> = rows.collect();
+    for state in known.iter().filter(|s| !config.names(&s.key)) {
+        rows.push(unconfigured(state, s.last_run(&state.key).await?));
+    }
+    Ok(rows)
+}
+
+/// The row of a computation in the state that config.toml no longer names.
+fn unconfigured(state: &crate::state::ComputationStatus, last_pass: Option<LastRun>) -> StatusRow {
+    StatusRow {
+        key: state.key.clone(),
+        name: state.name.clone(),
+        kind: state.kind.clone(),
+        configured: false,
+        members: state.members,
+        pending: state.pending,
+        failed: state.failed,
+        quarantined: state.quarantined,
+        initial_sync_done_at: state.initial_sync_done_at.clone(),
+        last_pass,
+        next_pass: None,
+        held_by: None,
+        shards: None,
+    }
 }
 
 /// One computation's row from what the state says of it.
@@ -68,7 +93,8 @@ fn row(
     StatusRow {
         key: c.key.clone(),
         name: c.name.clone(),
-        kind: c.kind.as_str(),
+        kind: c.kind.as_str().into(),
+        configured: true,
         members: state.map_or(0, |s| s.members),
         pending: state.map_or(0, |s| s.pending),
         failed: state.map_or(0, |s| s.failed),
@@ -133,7 +159,10 @@ pub async fn status(config: &Config, json: bool) -> anyhow::Result<ExitCode> {
                 r.failed.to_string(),
                 r.quarantined.to_string(),
                 last,
-                r.next_pass.clone().unwrap_or_default(),
+                match r.configured {
+                    true => r.next_pass.clone().unwrap_or_default(),
+                    false => "none: not in config.toml".into(),
+                },
                 held_by(r),
             ]
         })

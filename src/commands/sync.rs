@@ -121,6 +121,7 @@ async fn prepare(
     if !moves {
         store.claim_destination(&identity).await?;
     }
+    pass::warn_of_unconfigured(store, config).await?;
     if let PassKind::Resync { user } = &request.kind {
         // Moving, in one transaction: a state moved and killed before marking would send the
         // new destination nothing but deltas, and an answer from the old one recorded between
@@ -139,9 +140,7 @@ async fn refuse_to_strand(store: &Store, config: &Config, identity: &str) -> any
     if store.check_destination(identity).await.is_ok() {
         return Ok(());
     }
-    let configured: Vec<&str> = config.computations.iter().map(|c| c.key.as_str()).collect();
-    let stranded: Vec<String> =
-        store.computation_keys().await?.into_iter().filter(|k| !configured.contains(&k.as_str())).collect();
+    let stranded = pass::unconfigured(store, config).await?;
     if stranded.is_empty() {
         return Ok(());
     }

@@ -209,13 +209,18 @@ impl Config {
         })
     }
 
+    /// Whether a computation of this config has `key`.
+    pub fn names(&self, key: &str) -> bool {
+        self.computations.iter().any(|c| c.key == key)
+    }
+
     /// The computations named by `keys`, or all when `keys` is empty. Unknown keys are an error.
     pub fn select(&self, keys: &[String]) -> anyhow::Result<Vec<Computation>> {
         if keys.is_empty() {
             return Ok(self.computations.clone());
         }
         for k in keys {
-            if !self.computations.iter().any(|c| &c.key == k) {
+            if !self.names(k) {
                 let known: Vec<&str> = self.computations.iter().map(|c| c.key.as_str()).collect();
                 anyhow::bail!("no computation has key {k:?} (known: {})", known.join(", "));
             }

@@ -55,6 +55,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     if !recorded_at_start(&store, &config).await? {
         return Ok(());
     }
+    pass::warn_of_unconfigured(&store, &config).await?;
     let shared = Arc::new(Shared {
         store,
         destination,

@@ -15,6 +15,7 @@ pub mod lease;
 mod load;
 pub mod plan;
 mod report;
+mod unconfigured;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -38,6 +39,7 @@ use first_sync::Spooled;
 use load::Loaded;
 pub use load::guard;
 pub use report::{ComputationReport, Outcome, Unfinished, log_failure};
+pub use unconfigured::{unconfigured, warn_of_unconfigured};
 
 /// Computations with at most this many rows pending are delivered before bigger ones, so that
 /// a multi-hour initial sync does not hold back the deltas of the others.

@@ -631,3 +631,33 @@ async fn an_answer_written_to_a_closed_pipe_ends_quietly() {
         assert!(!stderr(&out).contains("panicked"), "{args:?}: {}", stderr(&out));
     }
 }
+
+/// Noticed in review: a computation removed from config.toml stayed in the state, members,
+/// pending changes and all, and nothing said so: `status` left it out and passes were silent.
+/// Now `sync` warns of it and `status` lists it, not configured and with no next pass.
+#[tokio::test]
+async fn a_computation_removed_from_the_config_is_named_by_sync_and_status() {
+    let head = "[destination]\ntype = \"file\"\npath = \"out.ndjson\"\n";
+    let app = TestApp::new(head, &format!("{}{}", audience("A", "a.csv"), audience("B", "b.csv")));
+    app.write("a.csv", &csv_users(&["u1"]));
+    app.write("b.csv", &csv_users(&["u1", "u2"]));
+    assert_success(&app.sync(&[]).await);
+    app.write("config.toml", &std::fs::read_to_string(app.config_path()).unwrap().replace(&audience("B", "b.csv"), ""));
+
+    let synced = app.sync(&[]).await;
+    assert_success(&synced);
+    let said = stderr(&synced);
+    let warning = said.lines().find(|l| l.contains("not in config.toml")).unwrap_or_else(|| panic!("{said}"));
+    assert!(warning.contains("WARN") && warning.contains("computations=b"), "{warning}");
+
+    let status: Value = serde_json::from_str(&stdout(&app.run(&["status", "--json"]).await)).unwrap();
+    let keys: Vec<&str> = status.as_array().unwrap().iter().map(|r| r["key"].as_str().unwrap()).collect();
+    assert_eq!(keys, ["a", "b"]);
+    let (a, b) = (&status[0], &status[1]);
+    assert_eq!((&a["configured"], &b["configured"]), (&json!(true), &json!(false)));
+    assert_eq!((&b["members"], &b["name"], &b["next_pass"]), (&json!(2), &json!("B"), &Value::Null));
+    assert_eq!(b["last_pass"]["mode"], "initial");
+    let table = stdout(&app.run(&["status"]).await);
+    let row = table.lines().find(|l| l.starts_with("b ")).unwrap_or_else(|| panic!("{table}"));
+    assert!(row.contains("none: not in config.toml"), "{row}");
+}
