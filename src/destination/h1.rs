@@ -21,6 +21,12 @@ use reqwest::StatusCode;
 use reqwest::header::{HOST, HeaderMap, HeaderValue, USER_AGENT};
 use rustls::pki_types::ServerName;
 
+use crate::http::answer::error_chain;
+use crate::tenure::Tenure;
+use gate::{Gate, Gated};
+
+mod gate;
+
 /// A request's answer, read whole.
 pub struct Answer {
     pub status: StatusCode,
@@ -43,6 +49,12 @@ impl From<String> for TransportError {
 
 type Sender = SendRequest<Full<Bytes>>;
 
+/// A kept-alive connection: what sends on it, and the gate of its writes.
+struct Connection {
+    sender: Sender,
+    gate: Gate,
+}
+
 /// Connections to one origin.
 pub struct H1Pool {
     /// `host:port` to connect to.
@@ -52,7 +64,7 @@ pub struct H1Pool {
     /// For `https`: the TLS set-up and the name the certificate must carry.
     tls: Option<(tokio_rustls::TlsConnector, ServerName<'static>)>,
     /// Idle connections, each with when it last answered.
-    idle: Mutex<Vec<(Sender, Instant)>>,
+    idle: Mutex<Vec<(Connection, Instant)>>,
     connect_timeout: Duration,
     request_timeout: Duration,
 }
@@ -100,28 +112,36 @@ impl H1Pool {
     /// Sends `request` (its path; the pool adds `Host` and `User-Agent`) on an idle
     /// connection, or a new one, within the request timeout. A
     /// request that an idle connection could not take (the server had just closed it) goes on
-    /// a new one at once; any other failure is the caller's to retry.
-    pub async fn send(&self, mut request: hyper::Request<Full<Bytes>>) -> Result<Answer, TransportError> {
+    /// a new one at once; any other failure is the caller's to retry. Nothing of it is written
+    /// once `tenure` may have lapsed (`gate`).
+    pub async fn send(
+        &self,
+        mut request: hyper::Request<Full<Bytes>>,
+        tenure: &Tenure,
+    ) -> Result<Answer, TransportError> {
         let headers = request.headers_mut();
         headers.insert(HOST, self.host.clone());
         headers.insert(USER_AGENT, HeaderValue::from_static(crate::http::USER_AGENT));
         let exchange = async {
             let response = match self.checkout() {
-                Some(mut sender) => match sender.try_send_request(request).await {
-                    Ok(response) => (response, sender),
-                    Err(mut e) => match e.take_message() {
-                        Some(request) => self.send_on_new(request).await?,
-                        None => return Err(e.into_error().to_string().into()),
-                    },
-                },
-                None => self.send_on_new(request).await?,
+                Some(mut connection) => {
+                    connection.gate.set(tenure);
+                    match connection.sender.try_send_request(request).await {
+                        Ok(response) => (response, connection),
+                        Err(mut e) => match e.take_message() {
+                            Some(request) => self.send_on_new(request, tenure).await?,
+                            None => return Err(error_chain(&e.into_error()).into()),
+                        },
+                    }
+                }
+                None => self.send_on_new(request, tenure).await?,
             };
-            let (response, sender) = response;
+            let (response, connection) = response;
             let (parts, body) = response.into_parts();
             let (body, whole) = read_at_most(body, crate::http::MAX_ANSWER_BODY).await?;
             // A connection whose answer was not read to its end cannot carry another request.
             if whole {
-                self.idle.lock().expect("idle connections").push((sender, Instant::now()));
+                self.idle.lock().expect("idle connections").push((connection, Instant::now()));
             }
             Ok(Answer { status: parts.status, headers: parts.headers, body })
         };
@@ -135,39 +155,40 @@ impl H1Pool {
     async fn send_on_new(
         &self,
         request: hyper::Request<Full<Bytes>>,
-    ) -> Result<(hyper::Response<hyper::body::Incoming>, Sender), String> {
-        let mut sender = self.connect().await?;
-        let response = sender.send_request(request).await.map_err(|e| e.to_string())?;
-        Ok((response, sender))
+        tenure: &Tenure,
+    ) -> Result<(hyper::Response<hyper::body::Incoming>, Connection), String> {
+        let mut connection = self.connect(Gate::carrying(tenure)).await?;
+        let response = connection.sender.send_request(request).await.map_err(|e| error_chain(&e))?;
+        Ok((response, connection))
     }
 
     /// The last connection to have answered that can take a request now. Connections idle
     /// for `MAX_IDLE` are dropped: servers and load balancers close theirs after a minute or so,
     /// and a request written as they do fails.
-    fn checkout(&self) -> Option<Sender> {
+    fn checkout(&self) -> Option<Connection> {
         let mut idle = self.idle.lock().expect("idle connections");
-        while let Some((sender, since)) = idle.pop() {
-            if sender.is_ready() && since.elapsed() < MAX_IDLE {
-                return Some(sender);
+        while let Some((connection, since)) = idle.pop() {
+            if connection.sender.is_ready() && since.elapsed() < MAX_IDLE {
+                return Some(connection);
             }
         }
         None
     }
 
-    async fn connect(&self) -> Result<Sender, String> {
+    async fn connect(&self, gate: Gate) -> Result<Connection, String> {
         let tcp = tokio::time::timeout(self.connect_timeout, tokio::net::TcpStream::connect(&self.address))
             .await
             .map_err(|_| format!("connecting to {} timed out", self.address))?
             .map_err(|e| format!("cannot connect to {}: {e}", self.address))?;
         tcp.set_nodelay(true).map_err(|e| e.to_string())?;
         match &self.tls {
-            None => handshake(tcp).await,
+            None => handshake(Gated { io: tcp, gate }).await,
             Some((connector, name)) => {
                 let tls = tokio::time::timeout(self.connect_timeout, connector.connect(name.clone(), tcp))
                     .await
                     .map_err(|_| format!("TLS with {} timed out", self.address))?
                     .map_err(|e| format!("TLS with {}: {e}", self.address))?;
-                handshake(tls).await
+                handshake(Gated { io: tls, gate }).await
             }
         }
     }
@@ -176,14 +197,15 @@ impl H1Pool {
 const MAX_IDLE: Duration = Duration::from_secs(30);
 
 /// An HTTP/1.1 connection over `io`, its driver spawned on the runtime.
-async fn handshake<T>(io: T) -> Result<Sender, String>
+async fn handshake<T>(io: Gated<T>) -> Result<Connection, String>
 where
     T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
+    let gate = io.gate.clone();
     let (sender, connection) =
         hyper::client::conn::http1::handshake(TokioIo::new(io)).await.map_err(|e| e.to_string())?;
     tokio::spawn(connection);
-    Ok(sender)
+    Ok(Connection { sender, gate })
 }
 
 /// TLS 1.2 and 1.3 with aws-lc-rs, certificates checked by the platform's verifier (the

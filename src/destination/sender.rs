@@ -74,7 +74,7 @@ impl HttpSender {
         let ticket = self.pacer.acquire(patience).await?;
         patience.may_send().await?;
         let sent = self.metrics.sending();
-        let answer = pool.send(request).await;
+        let answer = pool.send(request, patience.tenure).await;
         sent.answered(answer.as_ref().ok().map(|a| a.status.as_u16()));
         let answer = answer.map_err(from_h1)?;
         let Some(failure) = answer::classify(answer.status) else {

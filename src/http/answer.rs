@@ -104,7 +104,7 @@ pub fn from_transport(e: reqwest::Error) -> HttpError {
 }
 
 /// An error with its causes, on one line.
-fn error_chain(e: &dyn std::error::Error) -> String {
+pub(crate) fn error_chain(e: &dyn std::error::Error) -> String {
     let mut out = e.to_string();
     let mut source = e.source();
     while let Some(s) = source {

@@ -107,7 +107,7 @@ async fn requests_over_tls_reuse_one_connection() {
     let server = TlsServer::start().await;
     let pool = H1Pool::with_tls(&server.url(), Some(trusting_test_ca()), SECOND, 5 * SECOND).unwrap();
     for _ in 0..2 {
-        let answer = pool.send(request()).await.unwrap();
+        let answer = pool.send(request(), &crate::tenure::UNBOUNDED).await.unwrap();
         assert_eq!((answer.status, &answer.body[..]), (StatusCode::OK, &b"ok"[..]));
     }
     assert_eq!(server.connections.load(Ordering::SeqCst), 1, "the second request reused the connection");
@@ -124,7 +124,30 @@ async fn requests_over_tls_reuse_one_connection() {
 async fn a_certificate_the_platform_does_not_trust_is_refused() {
     let server = TlsServer::start().await;
     let pool = H1Pool::new(&server.url(), SECOND, 5 * SECOND).unwrap();
-    let error = pool.send(request()).await.err().expect("our test CA is in no system store");
+    let error = pool.send(request(), &crate::tenure::UNBOUNDED).await.err().expect("our test CA is in no system store");
     assert!(!error.timed_out && error.message.contains("certificate"), "{error:?}");
     assert!(server.heads.lock().unwrap().is_empty(), "nothing was sent in the clear");
+}
+
+/// CI finding: a process stopped after its request passed the tenure's check, but before the
+/// connection wrote it, sent it when it woke, past its lease. The connection checks last:
+/// nothing of a request whose tenure may have lapsed is written, on a new connection or on a
+/// kept-alive one.
+#[tokio::test]
+async fn nothing_is_written_once_the_requests_tenure_may_have_lapsed() {
+    let server = TlsServer::start().await;
+    let pool = H1Pool::with_tls(&server.url(), Some(trusting_test_ca()), SECOND, 5 * SECOND).unwrap();
+    let ttl = 60 * SECOND;
+    let lapsed = Tenure::renewable(Instant::now() - 2 * ttl, ttl, None);
+    let live = Tenure::renewable(Instant::now(), ttl, None);
+    let written = || server.heads.lock().unwrap().len();
+
+    let refused = pool.send(request(), &lapsed).await.err().expect("refused on a new connection");
+    assert!(refused.message.contains("past its lease"), "{}", refused.message);
+    assert_eq!(written(), 0);
+    pool.send(request(), &live).await.unwrap();
+    assert_eq!(written(), 1);
+    pool.send(request(), &lapsed).await.err().expect("refused on the kept-alive connection");
+    assert_eq!(written(), 1);
+    assert_eq!(server.connections.load(Ordering::SeqCst), 2, "the second request went on the kept-alive one");
 }
