@@ -342,6 +342,7 @@ async fn a_process_stalled_past_its_lease_sends_nothing_when_it_wakes() {
 
     // The lease lapses while the process is stopped; another takes it over and sends 2 to all.
     app.write("score.ndjson", &scores(2));
+    with_a_minute_lease(&app);
     let out = app.sync(&["--wait", "60"]).await;
     assert_success(&out);
     signal(&stale, libc::SIGCONT);
@@ -376,6 +377,7 @@ async fn a_process_stalled_past_its_lease_sends_no_request_when_it_wakes() {
     let sent = || async { server.received_requests().await.unwrap().len() as u64 };
     stop_while_delivering(&app, &mut stale, sent).await;
 
+    with_a_minute_lease(&app);
     assert_success(&app.sync(&["--wait", "60"]).await);
     let sent_by_the_new_holder = sent().await;
     signal(&stale, libc::SIGCONT);
@@ -437,6 +439,16 @@ async fn a_process_stalled_past_its_lease_that_nobody_took_renews_it_and_goes_on
 /// An app appending to `out.ndjson`, its leases lasting one second, with `computations`.
 fn on_a_one_second_lease(computations: &str) -> TestApp {
     TestApp::new("[destination]\ntype = \"file\"\npath = \"out.ndjson\"\n[sync]\nlease_ttl_secs = 1\n", computations)
+}
+
+/// Gives the processes started from now on a lease of a minute: the one taking over from a
+/// stalled process keeps its lease through a loaded machine's pauses. (With the stalled one's
+/// lease of a second, under CI's load, a renewal came late, the lease lapsed, and the new
+/// holder rightly stopped its pass.)
+fn with_a_minute_lease(app: &TestApp) {
+    let config = std::fs::read_to_string(app.config_path()).unwrap();
+    assert!(config.contains("lease_ttl_secs = 1\n"), "{config}");
+    app.write("config.toml", &config.replace("lease_ttl_secs = 1\n", "lease_ttl_secs = 60\n"));
 }
 
 /// A CSV audience of `n` members, `user-000000` on.
