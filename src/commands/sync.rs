@@ -159,6 +159,7 @@ pub async fn dry_run(config: &Config, keys: &[String]) -> anyhow::Result<ExitCod
     if let Some(store) = &store {
         store.require_current_schema().await?;
         store.check_destination(&config.destination.identity()).await?;
+        pass::warn_of_unconfigured(store, config).await?;
     }
     let mut failed = Vec::new();
     for c in &selected {

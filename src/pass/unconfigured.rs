@@ -1,7 +1,7 @@
 //! Computations the state holds that config.toml no longer names. Nothing syncs them: the
 //! destination keeps what it was last told of them, and their pending changes are never sent.
-//! Removing one from config.toml is allowed, but never silent: every `sync` and every daemon
-//! start names them, and `status` lists them.
+//! Removing one from config.toml is allowed, but never silent: every `sync` (a dry run too) and
+//! every daemon start names them, and `status` lists them.
 
 use crate::config::Config;
 use crate::state::Store;

@@ -634,7 +634,8 @@ async fn an_answer_written_to_a_closed_pipe_ends_quietly() {
 
 /// Noticed in review: a computation removed from config.toml stayed in the state, members,
 /// pending changes and all, and nothing said so: `status` left it out and passes were silent.
-/// Now `sync` warns of it and `status` lists it, not configured and with no next pass.
+/// Now `sync` (dry runs too) warns of it and `status` lists it, not configured and with no next
+/// pass.
 #[tokio::test]
 async fn a_computation_removed_from_the_config_is_named_by_sync_and_status() {
     let head = "[destination]\ntype = \"file\"\npath = \"out.ndjson\"\n";
@@ -644,11 +645,13 @@ async fn a_computation_removed_from_the_config_is_named_by_sync_and_status() {
     assert_success(&app.sync(&[]).await);
     app.write("config.toml", &std::fs::read_to_string(app.config_path()).unwrap().replace(&audience("B", "b.csv"), ""));
 
-    let synced = app.sync(&[]).await;
-    assert_success(&synced);
-    let said = stderr(&synced);
-    let warning = said.lines().find(|l| l.contains("not in config.toml")).unwrap_or_else(|| panic!("{said}"));
-    assert!(warning.contains("WARN") && warning.contains("computations=b"), "{warning}");
+    for args in [&["--dry-run"][..], &[]] {
+        let synced = app.sync(args).await;
+        assert_success(&synced);
+        let said = stderr(&synced);
+        let warning = said.lines().find(|l| l.contains("not in config.toml")).unwrap_or_else(|| panic!("{said}"));
+        assert!(warning.contains("WARN") && warning.contains("computations=b"), "{args:?}: {warning}");
+    }
 
     let status: Value = serde_json::from_str(&stdout(&app.run(&["status", "--json"]).await)).unwrap();
     let keys: Vec<&str> = status.as_array().unwrap().iter().map(|r| r["key"].as_str().unwrap()).collect();
