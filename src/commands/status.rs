@@ -133,40 +133,7 @@ pub async fn status(config: &Config, json: bool) -> anyhow::Result<ExitCode> {
         answer(&format!("{}\n", serde_json::to_string_pretty(&rows)?));
         return Ok(ExitCode::SUCCESS);
     }
-    let table: Vec<[String; 9]> = rows
-        .iter()
-        .map(|r| {
-            let last = match &r.last_pass {
-                Some(p) => format!(
-                    "{} {} {} (+{} -{} ~{}, {} delivered, {} failed){}",
-                    p.mode,
-                    shown_status(p, r),
-                    p.finished_at.as_deref().unwrap_or(&p.started_at),
-                    p.entered,
-                    p.exited,
-                    p.changed,
-                    p.delivered,
-                    p.failed,
-                    if orphaned(p, r) { "; no process holds it: the next pass resumes it" } else { "" }
-                ),
-                None => "never".into(),
-            };
-            [
-                r.key.clone(),
-                r.kind.to_string(),
-                r.members.to_string(),
-                r.pending.to_string(),
-                r.failed.to_string(),
-                r.quarantined.to_string(),
-                last,
-                match r.configured {
-                    true => r.next_pass.clone().unwrap_or_default(),
-                    false => "none: not in config.toml".into(),
-                },
-                held_by(r),
-            ]
-        })
-        .collect();
+    let table: Vec<[String; 9]> = rows.iter().map(cells).collect();
     let header = ["KEY", "KIND", "MEMBERS", "PENDING", "FAILED", "QUARANTINED", "LAST PASS", "NEXT PASS", "HELD BY"]
         .map(String::from);
     let mut widths = header.clone().map(|h| h.len());
@@ -183,4 +150,37 @@ pub async fn status(config: &Config, json: bool) -> anyhow::Result<ExitCode> {
     }
     answer(&text);
     Ok(ExitCode::SUCCESS)
+}
+
+/// The cells of `r`'s row in the table `status` prints.
+fn cells(r: &StatusRow) -> [String; 9] {
+    let last = match &r.last_pass {
+        Some(p) => format!(
+            "{} {} {} (+{} -{} ~{}, {} delivered, {} failed){}",
+            p.mode,
+            shown_status(p, r),
+            p.finished_at.as_deref().unwrap_or(&p.started_at),
+            p.entered,
+            p.exited,
+            p.changed,
+            p.delivered,
+            p.failed,
+            if orphaned(p, r) { "; no process holds it: the next pass resumes it" } else { "" }
+        ),
+        None => "never".into(),
+    };
+    [
+        r.key.clone(),
+        r.kind.clone(),
+        r.members.to_string(),
+        r.pending.to_string(),
+        r.failed.to_string(),
+        r.quarantined.to_string(),
+        last,
+        match r.configured {
+            true => r.next_pass.clone().unwrap_or_default(),
+            false => "none: not in config.toml".into(),
+        },
+        held_by(r),
+    ]
 }
