@@ -1,8 +1,8 @@
 //! A lease's tenure as this process's own clock tells it: what lets a stalled process know,
 //! on waking, that it must not send before it has renewed its leases.
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 /// Until when, by this process's own clock, its leases are surely still its own: the expiry it
@@ -26,6 +26,10 @@ struct TenureClock {
     ttl: Duration,
     /// How to ask whether the leases are still ours once the tenure has passed.
     renewal: Option<Renewal>,
+    /// Held while one sender asks: the others woken with it past the tenure wait for its answer
+    /// instead of each asking the state at once (a pass has `concurrency` requests in flight; on
+    /// PostgreSQL each renewal is a connection of its own).
+    confirming: Mutex<()>,
 }
 
 impl std::fmt::Debug for TenureClock {
@@ -39,7 +43,7 @@ impl Tenure {
     /// `renewal` (where there is one) says the leases are still ours: a renewal late behind a
     /// busy writer (SQLite's lock is not fair) is no reason to stop.
     pub fn renewable(asked: Instant, ttl: Duration, renewal: Option<Renewal>) -> Tenure {
-        let clock = TenureClock { base: asked, until: AtomicU64::new(0), ttl, renewal };
+        let clock = TenureClock { base: asked, until: AtomicU64::new(0), ttl, renewal, confirming: Mutex::new(()) };
         let tenure = Tenure(Some(Arc::new(clock)));
         tenure.renewed(asked, ttl);
         tenure
@@ -68,6 +72,9 @@ impl Tenure {
         let why = self.lapsed()?;
         let clock = self.0.as_ref()?;
         let Some(renewal) = &clock.renewal else { return Some(why) };
+        let _turn = clock.confirming.lock().unwrap_or_else(PoisonError::into_inner);
+        // Renewed while this one waited its turn: nothing to ask.
+        let why = self.lapsed()?;
         let asked = Instant::now();
         match renewal() {
             Ok(()) => {
@@ -119,6 +126,41 @@ mod tests {
         let why = lost.confirm().expect("refused");
         assert!(why.contains("past its lease") && why.contains("lost the lease of a"), "{why}");
         assert!(Tenure::renewable(long_ago, TTL, None).confirm().is_some(), "no renewal to ask");
+    }
+
+    /// Noticed in review: each sender woken past the tenure asked for a renewal of its own, all
+    /// at once. Eight of them now get their answer from one renewal.
+    #[test]
+    fn senders_woken_together_past_the_tenure_ask_for_one_renewal() {
+        let calls = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        // Renewals in flight now and at most; each waits a while for a second one to overlap it.
+        let overlap = Arc::new((Mutex::new((0, 0)), std::sync::Condvar::new()));
+        let renewal: Renewal = {
+            let (calls, overlap) = (calls.clone(), overlap.clone());
+            Arc::new(move || {
+                calls.fetch_add(1, Ordering::SeqCst);
+                let (lock, arrived) = &*overlap;
+                let mut seen = lock.lock().unwrap();
+                (seen.0, seen.1) = (seen.0 + 1, seen.1.max(seen.0 + 1));
+                arrived.notify_all();
+                let wait = Duration::from_millis(200);
+                let (mut seen, _) = arrived.wait_timeout_while(seen, wait, |seen| seen.0 < 2).unwrap();
+                seen.0 -= 1;
+                Ok(())
+            })
+        };
+        let tenure = Tenure::renewable(Instant::now() - 2 * TTL, TTL, Some(renewal));
+        let senders: Vec<_> = (0..8)
+            .map(|_| {
+                let tenure = tenure.clone();
+                std::thread::spawn(move || tenure.confirm())
+            })
+            .collect();
+        for sender in senders {
+            assert_eq!(sender.join().unwrap(), None, "every sender may go on");
+        }
+        assert_eq!(calls.load(Ordering::SeqCst), 1, "renewals asked");
+        assert_eq!(overlap.0.lock().unwrap().1, 1, "renewals at once");
     }
 
     #[test]
