@@ -226,7 +226,8 @@ async fn begin<'a>(
     if marked > 0 {
         tracing::warn!(
             key = %c.key, rows = marked,
-            "the last delivery was interrupted: rows it may have sent are treated as told"
+            "the last delivery was interrupted: rows it may have sent stay pending, and count as told \
+             (a later exit is sent to them)"
         );
     }
     // A computation the state holds no row of goes through a first sync, whatever an earlier
