@@ -259,6 +259,14 @@ pub async fn contentstack_server() -> MockServer {
     server
 }
 
+/// `contentstack_server` on a port of its own, never one of wiremock's pooled servers that
+/// another test used before: a test counting every request it gets counts only its own.
+pub async fn contentstack_server_of_its_own() -> MockServer {
+    let server = MockServer::builder().start().await;
+    acknowledge_all(&server).await;
+    server
+}
+
 /// A stand-in answering every update after 20 ms: slow enough to stop a sync mid-delivery.
 pub async fn slow_destination() -> MockServer {
     let server = MockServer::start().await;
