@@ -49,7 +49,7 @@ struct Tally {
     /// Nudges the last checkpoint tried answered; signalled at each.
     tried: Mutex<u64>,
     tries: Condvar,
-    /// Frames in the log at the last checkpoint.
+    /// Frames in the log at the last checkpoint (unknown, as many as can be, before the first).
     frames: AtomicU64,
 }
 
@@ -95,6 +95,10 @@ impl Checkpointer {
                 Err(e) => return tracing::warn!(error = %e, "cannot open the state to checkpoint it"),
             };
             let _ = super::wait_for_locks(&db);
+            // Until its first checkpoint says, the log may be long: a diff finding this thread
+            // at work waits for it (else, with a first copy slowed by a loaded machine, diff
+            // after diff went on beside it and the log grew by each).
+            tallied.frames.store(u64::MAX, Ordering::Release);
             for () in rx {
                 // Until the writer has caught up, another checkpoint would only stand in its way.
                 if catches_up && checkpointed.load(Ordering::Acquire) {
