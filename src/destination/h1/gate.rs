@@ -17,7 +17,7 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use crate::tenure::Tenure;
 
 /// The tenure of the request a connection carries now, set as each request is handed to it.
-#[derive(Clone, Default)]
+#[derive(Clone)]
 pub struct Gate(Arc<Mutex<Tenure>>);
 
 impl Gate {
